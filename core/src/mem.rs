@@ -1,0 +1,333 @@
+//! In-memory backends: [`MemBackend`] with fixed capacities and no heap, and (feature `alloc`)
+//! [`VecBackend`] with growable tables.
+//!
+//! Both keep two banks, like the flash adapter: a write transaction writes into the inactive
+//! bank, which starts as a copy of the active one, and commit flips which bank is active. A
+//! dropped transaction leaves the active bank untouched.
+
+use core::ops::ControlFlow;
+
+use crate::backend::{Backend, BackendError, BackendErrorKind, Bucket, ReadTxn, WriteTxn};
+
+/// One bank of records, sorted by `(bucket, key)`.
+pub trait Table: Clone + Default + sealed::Sealed {
+    #[doc(hidden)]
+    fn get(&self, bucket: Bucket, key: &[u8]) -> Option<&[u8]>;
+    #[doc(hidden)]
+    fn scan(&self, bucket: Bucket, from: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>);
+    #[doc(hidden)]
+    fn put(&mut self, bucket: Bucket, key: &[u8], value: &[u8]) -> Result<(), BackendError>;
+    #[doc(hidden)]
+    fn delete(&mut self, bucket: Bucket, key: &[u8]) -> bool;
+    #[doc(hidden)]
+    fn clear(&mut self, bucket: Bucket);
+    #[doc(hidden)]
+    fn len(&self) -> usize;
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A backend held in memory, generic over its [`Table`].
+#[derive(Clone, Debug, Default)]
+pub struct Banked<T: Table> {
+    banks: [T; 2],
+    active: usize,
+}
+
+impl<T: Table> Banked<T> {
+    /// An empty backend.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of records, over all buckets.
+    pub fn len(&self) -> usize {
+        self.banks[self.active].len()
+    }
+
+    /// Whether the backend holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Read view of a [`Banked`] backend.
+#[derive(Debug)]
+pub struct BankRead<'a, T: Table> {
+    table: &'a T,
+}
+
+/// Write transaction of a [`Banked`] backend.
+#[derive(Debug)]
+pub struct BankWrite<'a, T: Table> {
+    owner: &'a mut Banked<T>,
+}
+
+fn read_get<T: Table>(t: &T, bucket: Bucket, key: &[u8], f: &mut dyn FnMut(&[u8])) -> bool {
+    match t.get(bucket, key) {
+        Some(v) => {
+            f(v);
+            true
+        }
+        None => false,
+    }
+}
+
+impl<T: Table> ReadTxn for BankRead<'_, T> {
+    fn get(&self, bucket: Bucket, key: &[u8], f: &mut dyn FnMut(&[u8])) -> Result<bool, BackendError> {
+        Ok(read_get(self.table, bucket, key, f))
+    }
+    fn scan(
+        &self,
+        bucket: Bucket,
+        from: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+    ) -> Result<(), BackendError> {
+        self.table.scan(bucket, from, f);
+        Ok(())
+    }
+}
+
+impl<T: Table> BankWrite<'_, T> {
+    fn staged(&self) -> &T {
+        &self.owner.banks[1 - self.owner.active]
+    }
+    fn staged_mut(&mut self) -> &mut T {
+        &mut self.owner.banks[1 - self.owner.active]
+    }
+}
+
+impl<T: Table> ReadTxn for BankWrite<'_, T> {
+    fn get(&self, bucket: Bucket, key: &[u8], f: &mut dyn FnMut(&[u8])) -> Result<bool, BackendError> {
+        Ok(read_get(self.staged(), bucket, key, f))
+    }
+    fn scan(
+        &self,
+        bucket: Bucket,
+        from: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+    ) -> Result<(), BackendError> {
+        self.staged().scan(bucket, from, f);
+        Ok(())
+    }
+}
+
+impl<T: Table> WriteTxn for BankWrite<'_, T> {
+    fn put(&mut self, bucket: Bucket, key: &[u8], value: &[u8]) -> Result<(), BackendError> {
+        self.staged_mut().put(bucket, key, value)
+    }
+    fn delete(&mut self, bucket: Bucket, key: &[u8]) -> Result<bool, BackendError> {
+        Ok(self.staged_mut().delete(bucket, key))
+    }
+    fn clear(&mut self, bucket: Bucket) -> Result<(), BackendError> {
+        self.staged_mut().clear(bucket);
+        Ok(())
+    }
+    fn commit(self) -> Result<(), BackendError> {
+        self.owner.active = 1 - self.owner.active;
+        Ok(())
+    }
+}
+
+impl<T: Table> Backend for Banked<T> {
+    type Read<'a>
+        = BankRead<'a, T>
+    where
+        Self: 'a;
+    type Write<'a>
+        = BankWrite<'a, T>
+    where
+        Self: 'a;
+
+    fn read(&self) -> Result<Self::Read<'_>, BackendError> {
+        Ok(BankRead { table: &self.banks[self.active] })
+    }
+
+    fn write(&mut self) -> Result<Self::Write<'_>, BackendError> {
+        let (a, b) = self.banks.split_at_mut(1);
+        if self.active == 0 {
+            b[0].clone_from(&a[0]);
+        } else {
+            a[0].clone_from(&b[0]);
+        }
+        Ok(BankWrite { owner: self })
+    }
+}
+
+/// A record of a fixed table.
+type FixedEntry<const K: usize, const V: usize> = (Bucket, heapless::Vec<u8, K>, heapless::Vec<u8, V>);
+
+/// A table of at most `N` records with keys of at most `K` and values of at most `V` bytes.
+#[derive(Clone, Debug, Default)]
+pub struct FixedTable<const N: usize, const K: usize, const V: usize> {
+    entries: heapless::Vec<FixedEntry<K, V>, N>,
+}
+
+/// An in-memory backend without heap: `N` records, keys up to `K` bytes, values up to `V` bytes.
+pub type MemBackend<const N: usize, const K: usize, const V: usize> = Banked<FixedTable<N, K, V>>;
+
+fn position<E>(entries: &[E], bucket: Bucket, key: &[u8], get: impl Fn(&E) -> (Bucket, &[u8])) -> Result<usize, usize> {
+    entries.binary_search_by(|e| {
+        let (b, k) = get(e);
+        (b, k).cmp(&(bucket, key))
+    })
+}
+
+impl<const N: usize, const K: usize, const V: usize> sealed::Sealed for FixedTable<N, K, V> {}
+
+impl<const N: usize, const K: usize, const V: usize> Table for FixedTable<N, K, V> {
+    fn get(&self, bucket: Bucket, key: &[u8]) -> Option<&[u8]> {
+        let i = position(&self.entries, bucket, key, |e| (e.0, &e.1)).ok()?;
+        Some(&self.entries[i].2)
+    }
+    fn scan(&self, bucket: Bucket, from: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>) {
+        let start = position(&self.entries, bucket, from, |e| (e.0, &e.1)).unwrap_or_else(|i| i);
+        for e in self.entries[start..].iter().take_while(|e| e.0 == bucket) {
+            if f(&e.1, &e.2).is_break() {
+                break;
+            }
+        }
+    }
+    fn put(&mut self, bucket: Bucket, key: &[u8], value: &[u8]) -> Result<(), BackendError> {
+        let full = |what| BackendError::new(BackendErrorKind::Full, what);
+        let v = heapless::Vec::from_slice(value).map_err(|_| full("storing a value longer than the table allows"))?;
+        match position(&self.entries, bucket, key, |e| (e.0, &e.1)) {
+            Ok(i) => self.entries[i].2 = v,
+            Err(i) => {
+                let k =
+                    heapless::Vec::from_slice(key).map_err(|_| full("storing a key longer than the table allows"))?;
+                self.entries.insert(i, (bucket, k, v)).map_err(|_| full("adding a record to a full table"))?;
+            }
+        }
+        Ok(())
+    }
+    fn delete(&mut self, bucket: Bucket, key: &[u8]) -> bool {
+        match position(&self.entries, bucket, key, |e| (e.0, &e.1)) {
+            Ok(i) => {
+                self.entries.remove(i);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+    fn clear(&mut self, bucket: Bucket) {
+        self.entries.retain(|e| e.0 != bucket);
+    }
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+#[cfg(feature = "alloc")]
+mod growable {
+    use alloc::collections::BTreeMap;
+    use alloc::vec::Vec;
+    use core::ops::ControlFlow;
+
+    use super::{Table, sealed};
+    use crate::backend::{BackendError, Bucket};
+
+    /// A growable table on the heap.
+    #[derive(Clone, Debug, Default)]
+    pub struct VecTable {
+        entries: BTreeMap<(Bucket, Vec<u8>), Vec<u8>>,
+    }
+
+    impl sealed::Sealed for VecTable {}
+
+    impl Table for VecTable {
+        fn get(&self, bucket: Bucket, key: &[u8]) -> Option<&[u8]> {
+            self.entries.get(&(bucket, key.to_vec())).map(Vec::as_slice)
+        }
+        fn scan(&self, bucket: Bucket, from: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>) {
+            for ((b, k), v) in self.entries.range((bucket, from.to_vec())..) {
+                if *b != bucket || f(k, v).is_break() {
+                    break;
+                }
+            }
+        }
+        fn put(&mut self, bucket: Bucket, key: &[u8], value: &[u8]) -> Result<(), BackendError> {
+            self.entries.insert((bucket, key.to_vec()), value.to_vec());
+            Ok(())
+        }
+        fn delete(&mut self, bucket: Bucket, key: &[u8]) -> bool {
+            self.entries.remove(&(bucket, key.to_vec())).is_some()
+        }
+        fn clear(&mut self, bucket: Bucket) {
+            self.entries.retain(|(b, _), _| *b != bucket);
+        }
+        fn len(&self) -> usize {
+            self.entries.len()
+        }
+    }
+}
+
+#[cfg(feature = "alloc")]
+pub use growable::VecTable;
+
+/// An in-memory backend with growable tables (feature `alloc`).
+#[cfg(feature = "alloc")]
+pub type VecBackend = Banked<VecTable>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all<B: Backend>(b: &B, bucket: Bucket) -> std::vec::Vec<(std::vec::Vec<u8>, std::vec::Vec<u8>)> {
+        let mut out = std::vec::Vec::new();
+        b.read()
+            .unwrap()
+            .scan(bucket, &[], &mut |k, v| {
+                out.push((k.to_vec(), v.to_vec()));
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        out
+    }
+
+    fn exercise<B: Backend + Default>() {
+        let mut b = B::default();
+        let mut w = b.write().unwrap();
+        w.put(Bucket::Key, b"b", b"2").unwrap();
+        w.put(Bucket::Key, b"a", b"1").unwrap();
+        w.put(Bucket::Meta, b"a", b"m").unwrap();
+        w.commit().unwrap();
+        assert_eq!(all(&b, Bucket::Key), [(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), b"2".to_vec())]);
+
+        // A dropped transaction changes nothing.
+        let mut w = b.write().unwrap();
+        w.delete(Bucket::Key, b"a").unwrap();
+        w.clear(Bucket::Meta).unwrap();
+        drop(w);
+        assert_eq!(all(&b, Bucket::Key).len(), 2);
+        assert_eq!(all(&b, Bucket::Meta).len(), 1);
+
+        let mut w = b.write().unwrap();
+        assert!(w.delete(Bucket::Key, b"a").unwrap());
+        w.commit().unwrap();
+        assert_eq!(all(&b, Bucket::Key), [(b"b".to_vec(), b"2".to_vec())]);
+        assert_eq!(all(&b, Bucket::Meta).len(), 1);
+    }
+
+    #[test]
+    fn fixed_backend_commits_and_discards() {
+        exercise::<MemBackend<8, 8, 8>>();
+    }
+
+    #[cfg(feature = "alloc")]
+    #[test]
+    fn vec_backend_commits_and_discards() {
+        exercise::<VecBackend>();
+    }
+
+    #[test]
+    fn fixed_backend_reports_full_instead_of_dropping() {
+        let mut b = MemBackend::<1, 4, 4>::default();
+        let mut w = b.write().unwrap();
+        w.put(Bucket::Key, b"a", b"1").unwrap();
+        assert_eq!(w.put(Bucket::Key, b"b", b"1").unwrap_err().kind, BackendErrorKind::Full);
+        assert_eq!(w.put(Bucket::Key, b"a", b"too long").unwrap_err().kind, BackendErrorKind::Full);
+    }
+}
