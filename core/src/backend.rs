@@ -142,6 +142,12 @@ impl From<crate::collections::CapacityError> for BackendError {
     }
 }
 
+/// The callback of [`ReadTxn::scan`]: called with each `(key, value)`, breaks to stop.
+pub type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> ControlFlow<()> + 'a;
+
+/// The callback of [`for_each_record`]: called with each `(bucket, key, value)`, breaks to stop.
+pub type VisitRecord<'a> = dyn FnMut(Bucket, &[u8], &[u8]) -> ControlFlow<()> + 'a;
+
 /// A consistent read view of a backend.
 pub trait ReadTxn {
     /// Calls `f` with the value of `key` in `bucket`; returns whether the key exists.
@@ -149,12 +155,7 @@ pub trait ReadTxn {
 
     /// Calls `f` with every `(key, value)` of `bucket` whose key is `>= from`, in key order,
     /// until `f` breaks.
-    fn scan(
-        &self,
-        bucket: Bucket,
-        from: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
-    ) -> Result<(), BackendError>;
+    fn scan(&self, bucket: Bucket, from: &[u8], f: &mut Visit<'_>) -> Result<(), BackendError>;
 }
 
 /// A write transaction: nothing it does is visible or durable until [`WriteTxn::commit`];
@@ -188,10 +189,7 @@ pub trait Backend {
 }
 
 /// Every record of `txn`, bucket by bucket in [`Bucket::ALL`] order, then key order.
-pub fn for_each_record<R: ReadTxn + ?Sized>(
-    txn: &R,
-    f: &mut dyn FnMut(Bucket, &[u8], &[u8]) -> ControlFlow<()>,
-) -> Result<(), BackendError> {
+pub fn for_each_record<R: ReadTxn + ?Sized>(txn: &R, f: &mut VisitRecord<'_>) -> Result<(), BackendError> {
     for bucket in Bucket::ALL {
         let mut stop = false;
         txn.scan(bucket, &[], &mut |k, v| {

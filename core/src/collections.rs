@@ -114,7 +114,7 @@ impl<T: Clone + PartialEq + Debug> Seq<T> for alloc::vec::Vec<T> {
 ///
 /// Use [`Fixed`] on devices (capacities fixed at compile time) and [`Growable`] (feature
 /// `alloc`) on hosts.
-pub trait Profile: 'static {
+pub trait Profile: 'static + Clone + Copy + PartialEq + Eq + core::fmt::Debug + Default {
     /// Byte strings: keys, values, names.
     type Bytes: Seq<u8> + Ord;
     /// Tables of the stores.
@@ -123,7 +123,7 @@ pub trait Profile: 'static {
 
 /// Fixed capacities: every table holds at most `N` entries and every byte string at most `B`
 /// bytes. No heap.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Fixed<const N: usize, const B: usize>;
 
 impl<const N: usize, const B: usize> Profile for Fixed<N, B> {
@@ -133,41 +133,11 @@ impl<const N: usize, const B: usize> Profile for Fixed<N, B> {
 
 /// Growable collections on the heap, for hosts.
 #[cfg(feature = "alloc")]
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Growable;
 
 #[cfg(feature = "alloc")]
 impl Profile for Growable {
     type Bytes = alloc::vec::Vec<u8>;
     type Vec<T: Clone + PartialEq + Debug> = alloc::vec::Vec<T>;
-}
-
-/// Copies `bytes` into a new byte string of the profile.
-pub(crate) fn bytes_from<P: Profile>(bytes: &[u8], what: &'static str) -> Result<P::Bytes, CapacityError> {
-    let mut out = P::Bytes::default();
-    for b in bytes {
-        out.try_push(*b).map_err(|_| CapacityError { what })?;
-    }
-    Ok(out)
-}
-
-/// Binary search of a table sorted by `key`.
-pub(crate) fn search_by<T, K: Ord + ?Sized>(items: &[T], key: &K, get: impl Fn(&T) -> &K) -> Result<usize, usize> {
-    items.binary_search_by(|item| get(item).cmp(key))
-}
-
-/// Inserts or replaces in a table sorted by `key`.
-pub(crate) fn upsert<T: Clone + PartialEq + Debug, S: Seq<T>, K: Ord + ?Sized>(
-    seq: &mut S,
-    value: T,
-    get: impl Fn(&T) -> &K,
-    what: &'static str,
-) -> Result<(), CapacityError> {
-    match search_by(seq.as_slice(), get(&value), &get) {
-        Ok(i) => {
-            seq.as_mut_slice()[i] = value;
-            Ok(())
-        }
-        Err(i) => seq.try_insert(i, value).map_err(|_| CapacityError { what }),
-    }
 }

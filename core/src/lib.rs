@@ -10,5 +10,15 @@ mod fmt;
 
 pub mod backend;
 pub mod collections;
+pub mod error;
 pub mod mem;
+pub mod node;
+pub mod pipeline;
+pub mod ports;
 pub mod raft;
+pub mod store;
+
+pub use error::{ApplyError, ApplyErrorKind};
+pub use node::{Config, Node, Request, Stores};
+pub use pipeline::apply_snapshot;
+pub use raft::{ConfState, Progress, Snapshot, SnapshotMetadata};

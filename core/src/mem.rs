@@ -5,16 +5,14 @@
 //! bank, which starts as a copy of the active one, and commit flips which bank is active. A
 //! dropped transaction leaves the active bank untouched.
 
-use core::ops::ControlFlow;
-
-use crate::backend::{Backend, BackendError, BackendErrorKind, Bucket, ReadTxn, WriteTxn};
+use crate::backend::{Backend, BackendError, BackendErrorKind, Bucket, ReadTxn, Visit, WriteTxn};
 
 /// One bank of records, sorted by `(bucket, key)`.
 pub trait Table: Clone + Default + sealed::Sealed {
     #[doc(hidden)]
     fn get(&self, bucket: Bucket, key: &[u8]) -> Option<&[u8]>;
     #[doc(hidden)]
-    fn scan(&self, bucket: Bucket, from: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>);
+    fn scan(&self, bucket: Bucket, from: &[u8], f: &mut Visit<'_>);
     #[doc(hidden)]
     fn put(&mut self, bucket: Bucket, key: &[u8], value: &[u8]) -> Result<(), BackendError>;
     #[doc(hidden)]
@@ -23,6 +21,10 @@ pub trait Table: Clone + Default + sealed::Sealed {
     fn clear(&mut self, bucket: Bucket);
     #[doc(hidden)]
     fn len(&self) -> usize;
+    #[doc(hidden)]
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 mod sealed {
@@ -79,12 +81,7 @@ impl<T: Table> ReadTxn for BankRead<'_, T> {
     fn get(&self, bucket: Bucket, key: &[u8], f: &mut dyn FnMut(&[u8])) -> Result<bool, BackendError> {
         Ok(read_get(self.table, bucket, key, f))
     }
-    fn scan(
-        &self,
-        bucket: Bucket,
-        from: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
-    ) -> Result<(), BackendError> {
+    fn scan(&self, bucket: Bucket, from: &[u8], f: &mut Visit<'_>) -> Result<(), BackendError> {
         self.table.scan(bucket, from, f);
         Ok(())
     }
@@ -103,12 +100,7 @@ impl<T: Table> ReadTxn for BankWrite<'_, T> {
     fn get(&self, bucket: Bucket, key: &[u8], f: &mut dyn FnMut(&[u8])) -> Result<bool, BackendError> {
         Ok(read_get(self.staged(), bucket, key, f))
     }
-    fn scan(
-        &self,
-        bucket: Bucket,
-        from: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
-    ) -> Result<(), BackendError> {
+    fn scan(&self, bucket: Bucket, from: &[u8], f: &mut Visit<'_>) -> Result<(), BackendError> {
         self.staged().scan(bucket, from, f);
         Ok(())
     }
@@ -182,7 +174,7 @@ impl<const N: usize, const K: usize, const V: usize> Table for FixedTable<N, K, 
         let i = position(&self.entries, bucket, key, |e| (e.0, &e.1)).ok()?;
         Some(&self.entries[i].2)
     }
-    fn scan(&self, bucket: Bucket, from: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>) {
+    fn scan(&self, bucket: Bucket, from: &[u8], f: &mut Visit<'_>) {
         let start = position(&self.entries, bucket, from, |e| (e.0, &e.1)).unwrap_or_else(|i| i);
         for e in self.entries[start..].iter().take_while(|e| e.0 == bucket) {
             if f(&e.1, &e.2).is_break() {
@@ -224,10 +216,9 @@ impl<const N: usize, const K: usize, const V: usize> Table for FixedTable<N, K, 
 mod growable {
     use alloc::collections::BTreeMap;
     use alloc::vec::Vec;
-    use core::ops::ControlFlow;
 
     use super::{Table, sealed};
-    use crate::backend::{BackendError, Bucket};
+    use crate::backend::{BackendError, Bucket, Visit};
 
     /// A growable table on the heap.
     #[derive(Clone, Debug, Default)]
@@ -241,7 +232,7 @@ mod growable {
         fn get(&self, bucket: Bucket, key: &[u8]) -> Option<&[u8]> {
             self.entries.get(&(bucket, key.to_vec())).map(Vec::as_slice)
         }
-        fn scan(&self, bucket: Bucket, from: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>) {
+        fn scan(&self, bucket: Bucket, from: &[u8], f: &mut Visit<'_>) {
             for ((b, k), v) in self.entries.range((bucket, from.to_vec())..) {
                 if *b != bucket || f(k, v).is_break() {
                     break;
@@ -274,6 +265,7 @@ pub type VecBackend = Banked<VecTable>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use core::ops::ControlFlow;
 
     fn all<B: Backend>(b: &B, bucket: Bucket) -> std::vec::Vec<(std::vec::Vec<u8>, std::vec::Vec<u8>)> {
         let mut out = std::vec::Vec::new();

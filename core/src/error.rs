@@ -1,0 +1,107 @@
+//! The pipeline's error: which phase failed, why, and whether the node is past the swap.
+
+use crate::ports::{Phase, PortError};
+use crate::store::StoreError;
+
+/// Why a phase failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum ApplyErrorKind {
+    /// The snapshot is not newer than what the node has applied (etcd panics with
+    /// `unexpected leader snapshot from outdated index`).
+    Outdated {
+        /// Index of the incoming snapshot.
+        incoming_index: u64,
+        /// The node's applied index.
+        applied_index: u64,
+    },
+    /// The snapshot store confirmed a different snapshot than the one asked for (a bug in the
+    /// store).
+    PersistedOther {
+        /// Index of the snapshot asked for.
+        expected_index: u64,
+        /// Index the store confirmed.
+        confirmed_index: u64,
+    },
+    /// The snapshot's backend does not reflect the snapshot's index (etcd #17146, #20426).
+    IndexMismatch {
+        /// The consistent index stored in the opened backend.
+        backend_index: u64,
+        /// The snapshot's index.
+        snapshot_index: u64,
+    },
+    /// The snapshot store or the transport failed.
+    Port(PortError),
+    /// A store could not be restored.
+    Store(StoreError),
+}
+
+/// A phase of the pipeline failed.
+///
+/// Before [`Phase::SwapBackend`] nothing changed on the node: its old backend and stores are
+/// live and the persisted snapshot is kept for a retry. From the swap on, the node runs on the
+/// new state and the error is fatal for the apply loop ([`ApplyError::is_fatal`]); what was
+/// persisted lets a restart finish the restore.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct ApplyError {
+    phase: Phase,
+    kind: ApplyErrorKind,
+}
+
+impl ApplyError {
+    pub(crate) fn new(phase: Phase, kind: ApplyErrorKind) -> Self {
+        ApplyError { phase, kind }
+    }
+
+    /// The phase that failed.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Why.
+    pub fn kind(&self) -> &ApplyErrorKind {
+        &self.kind
+    }
+
+    /// Whether the failure happened after the new backend went live.
+    pub fn is_fatal(&self) -> bool {
+        self.phase > Phase::SwapBackend
+    }
+}
+
+impl core::fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "snapshot apply failed reaching {}: ", self.phase.state())?;
+        match &self.kind {
+            ApplyErrorKind::Outdated { incoming_index, applied_index } => write!(
+                f,
+                "unexpected leader snapshot from outdated index (incoming index {incoming_index}, applied index {applied_index})"
+            ),
+            ApplyErrorKind::PersistedOther { expected_index, confirmed_index } => {
+                write!(f, "snapshot store confirmed index {confirmed_index} while persisting index {expected_index}")
+            }
+            ApplyErrorKind::IndexMismatch { backend_index, snapshot_index } => write!(
+                f,
+                "snapshot backend consistent index {backend_index} does not match snapshot index {snapshot_index}"
+            ),
+            ApplyErrorKind::Port(e) => write!(f, "{e}"),
+            ApplyErrorKind::Store(e) => write!(f, "{e}"),
+        }?;
+        if self.is_fatal() {
+            f.write_str(" (after the backend swap: the node runs on the new state; restart to finish the restore)")?;
+        }
+        Ok(())
+    }
+}
+
+impl core::error::Error for ApplyError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match &self.kind {
+            ApplyErrorKind::Port(e) => Some(e),
+            ApplyErrorKind::Store(e) => Some(e),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,412 @@
+//! Authentication and authorisation (etcd's `auth.authStore`): the enabled flag, the auth
+//! revision, users, roles with key permissions, the permission cache derived from them, and the
+//! token provider's state.
+
+use core::ops::ControlFlow;
+
+use serde::{Deserialize, Serialize};
+
+use super::kv::in_range;
+use super::{StoreError, codec};
+use crate::backend::{Backend, Bucket, ReadTxn, WriteTxn};
+use crate::collections::{Profile, Seq};
+
+/// `auth` key of the enabled flag (etcd's `authEnabled`).
+pub const AUTH_ENABLED_KEY: &[u8] = b"authEnabled";
+/// `auth` key of the auth revision (etcd's `authRevision`).
+pub const AUTH_REVISION_KEY: &[u8] = b"authRevision";
+/// The role that may do everything (etcd's `root`).
+pub const ROOT_ROLE: &[u8] = b"root";
+
+/// What a permission allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum PermissionType {
+    /// Reading.
+    Read,
+    /// Writing.
+    Write,
+    /// Both.
+    ReadWrite,
+}
+
+impl PermissionType {
+    fn allows(self, write: bool) -> bool {
+        matches!(
+            (self, write),
+            (PermissionType::ReadWrite, _) | (PermissionType::Read, false) | (PermissionType::Write, true)
+        )
+    }
+}
+
+/// A permission on a key or a range of keys (etcd's `authpb.Permission`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Permission<P: Profile> {
+    /// What it allows.
+    pub kind: PermissionType,
+    /// The key, or the start of the range.
+    pub key: P::Bytes,
+    /// The end of the range (etcd's conventions: empty = just `key`, `[0]` = from `key` on).
+    pub range_end: P::Bytes,
+}
+
+/// A role.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Role<P: Profile> {
+    /// The name.
+    pub name: P::Bytes,
+    /// The permissions, in the order granted.
+    pub permissions: P::Vec<Permission<P>>,
+}
+
+/// A user.
+#[derive(Clone, Debug, PartialEq)]
+pub struct User<P: Profile> {
+    /// The name.
+    pub name: P::Bytes,
+    /// The password hash, as the leader computed it (etcd stores bcrypt).
+    pub password_hash: P::Bytes,
+    /// Names of the roles granted, sorted.
+    pub roles: P::Vec<P::Bytes>,
+    /// Whether the user authenticates without a password (etcd's `NoPassword`).
+    pub no_password: bool,
+}
+
+/// One entry of the permission cache: a user may do `kind` on a range.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CachedPermission<P: Profile> {
+    /// The user.
+    pub user: P::Bytes,
+    /// The permission, from one of the user's roles.
+    pub permission: Permission<P>,
+}
+
+/// State of the token provider: etcd enables it with auth and disables it without (bug #13205
+/// was a provider left disabled after a restore that enabled auth).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum TokenProvider {
+    /// Issues and checks tokens.
+    Enabled,
+    /// Refuses every token.
+    Disabled,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PermissionRecord<'a> {
+    kind: PermissionType,
+    key: &'a [u8],
+    range_end: &'a [u8],
+}
+
+/// Most permissions a role record holds, and roles a user record holds.
+pub const MAX_RECORD_ITEMS: usize = 32;
+
+#[derive(Serialize, Deserialize)]
+struct RoleRecord<'a> {
+    name: &'a [u8],
+    #[serde(borrow)]
+    permissions: heapless::Vec<PermissionRecord<'a>, MAX_RECORD_ITEMS>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct UserRecord<'a> {
+    name: &'a [u8],
+    password_hash: &'a [u8],
+    #[serde(borrow)]
+    roles: heapless::Vec<&'a [u8], MAX_RECORD_ITEMS>,
+    no_password: bool,
+}
+
+/// The auth store.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuthStore<P: Profile> {
+    enabled: bool,
+    revision: u64,
+    users: P::Vec<User<P>>,
+    roles: P::Vec<Role<P>>,
+    cache: P::Vec<CachedPermission<P>>,
+    token: TokenProvider,
+}
+
+impl<P: Profile> Default for AuthStore<P> {
+    fn default() -> Self {
+        AuthStore {
+            enabled: false,
+            revision: 0,
+            users: Default::default(),
+            roles: Default::default(),
+            cache: Default::default(),
+            token: TokenProvider::Disabled,
+        }
+    }
+}
+
+impl<P: Profile> AuthStore<P> {
+    /// Whether auth is enabled.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+    /// The auth revision: bumped by every change.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+    /// Every user, by name.
+    pub fn users(&self) -> &[User<P>] {
+        self.users.as_slice()
+    }
+    /// Every role, by name.
+    pub fn roles(&self) -> &[Role<P>] {
+        self.roles.as_slice()
+    }
+    /// The permission cache, by user.
+    pub fn permission_cache(&self) -> &[CachedPermission<P>] {
+        self.cache.as_slice()
+    }
+    /// The token provider's state.
+    pub fn token_provider(&self) -> TokenProvider {
+        self.token
+    }
+
+    /// Whether `user` may read (or write) `key`, by the permission cache. With auth disabled
+    /// everything is permitted; the root role may do everything.
+    pub fn is_permitted(&self, user: &[u8], key: &[u8], write: bool) -> bool {
+        if !self.enabled {
+            return true;
+        }
+        let Some(u) = codec::find(self.users.as_slice(), user, |u| u.name.as_slice()) else {
+            return false;
+        };
+        if codec::find(u.roles.as_slice(), ROOT_ROLE, |r| r.as_slice()).is_some() {
+            return true;
+        }
+        self.cache.as_slice().iter().filter(|c| c.user.as_slice() == user).any(|c| {
+            c.permission.kind.allows(write)
+                && in_range(key, c.permission.key.as_slice(), c.permission.range_end.as_slice())
+        })
+    }
+
+    fn bump<W: WriteTxn + ?Sized>(&mut self, txn: &mut W) -> Result<(), StoreError> {
+        self.revision += 1;
+        txn.put(Bucket::Auth, AUTH_REVISION_KEY, &self.revision.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Enables or disables auth. Enabling needs a user `root` with the role `root`, as in etcd.
+    pub(crate) fn set_enabled<W: WriteTxn + ?Sized>(&mut self, txn: &mut W, enabled: bool) -> Result<(), StoreError> {
+        if enabled {
+            let root = codec::find(self.users.as_slice(), b"root".as_slice(), |u| u.name.as_slice())
+                .ok_or(StoreError::NotFound("root user"))?;
+            if codec::find(root.roles.as_slice(), ROOT_ROLE, |r| r.as_slice()).is_none() {
+                return Err(StoreError::InvalidRequest("root user does not have the root role"));
+            }
+        }
+        txn.put(Bucket::Auth, AUTH_ENABLED_KEY, &[enabled as u8])?;
+        self.bump(txn)?;
+        self.enabled = enabled;
+        self.token = if enabled { TokenProvider::Enabled } else { TokenProvider::Disabled };
+        Ok(())
+    }
+
+    fn save_user<W: WriteTxn + ?Sized>(txn: &mut W, user: &User<P>, scratch: &mut P::Bytes) -> Result<(), StoreError> {
+        let mut roles = heapless::Vec::<&[u8], MAX_RECORD_ITEMS>::new();
+        for r in user.roles.as_slice() {
+            roles.push(r.as_slice()).map_err(|_| StoreError::InvalidRequest("more than 32 roles for a user"))?;
+        }
+        let record = UserRecord {
+            name: user.name.as_slice(),
+            password_hash: user.password_hash.as_slice(),
+            roles,
+            no_password: user.no_password,
+        };
+        codec::put(txn, Bucket::AuthUsers, user.name.as_slice(), &record, scratch)
+    }
+
+    fn save_role<W: WriteTxn + ?Sized>(txn: &mut W, role: &Role<P>, scratch: &mut P::Bytes) -> Result<(), StoreError> {
+        let mut permissions = heapless::Vec::<PermissionRecord<'_>, MAX_RECORD_ITEMS>::new();
+        for p in role.permissions.as_slice() {
+            let record = PermissionRecord { kind: p.kind, key: p.key.as_slice(), range_end: p.range_end.as_slice() };
+            permissions.push(record).map_err(|_| StoreError::InvalidRequest("more than 32 permissions for a role"))?;
+        }
+        codec::put(
+            txn,
+            Bucket::AuthRoles,
+            role.name.as_slice(),
+            &RoleRecord { name: role.name.as_slice(), permissions },
+            scratch,
+        )
+    }
+
+    /// Adds a user.
+    pub(crate) fn add_user<W: WriteTxn + ?Sized>(
+        &mut self,
+        txn: &mut W,
+        name: &[u8],
+        password_hash: &[u8],
+        no_password: bool,
+        scratch: &mut P::Bytes,
+    ) -> Result<(), StoreError> {
+        if name.is_empty() {
+            return Err(StoreError::InvalidRequest("empty user name"));
+        }
+        if codec::find(self.users.as_slice(), name, |u| u.name.as_slice()).is_some() {
+            return Err(StoreError::AlreadyExists("user"));
+        }
+        let user = User {
+            name: codec::bytes::<P::Bytes>(name, "user name")?,
+            password_hash: codec::bytes::<P::Bytes>(password_hash, "password hash")?,
+            roles: Default::default(),
+            no_password,
+        };
+        Self::save_user(txn, &user, scratch)?;
+        codec::upsert(&mut self.users, user, |u| u.name.as_slice(), "users")?;
+        self.bump(txn)
+    }
+
+    /// Adds a role.
+    pub(crate) fn add_role<W: WriteTxn + ?Sized>(
+        &mut self,
+        txn: &mut W,
+        name: &[u8],
+        scratch: &mut P::Bytes,
+    ) -> Result<(), StoreError> {
+        if name.is_empty() {
+            return Err(StoreError::InvalidRequest("empty role name"));
+        }
+        if codec::find(self.roles.as_slice(), name, |r| r.name.as_slice()).is_some() {
+            return Err(StoreError::AlreadyExists("role"));
+        }
+        let role = Role { name: codec::bytes::<P::Bytes>(name, "role name")?, permissions: Default::default() };
+        Self::save_role(txn, &role, scratch)?;
+        codec::upsert(&mut self.roles, role, |r| r.name.as_slice(), "roles")?;
+        self.bump(txn)
+    }
+
+    /// Grants `role` a permission and refreshes the permission cache.
+    pub(crate) fn grant_permission<W: WriteTxn + ?Sized>(
+        &mut self,
+        txn: &mut W,
+        role: &[u8],
+        kind: PermissionType,
+        key: &[u8],
+        range_end: &[u8],
+        scratch: &mut P::Bytes,
+    ) -> Result<(), StoreError> {
+        let pos = self.roles.as_slice().binary_search_by(|r| r.name.as_slice().cmp(role));
+        let Some(r) = pos.ok().and_then(|i| self.roles.as_mut_slice().get_mut(i)) else {
+            return Err(StoreError::NotFound("role"));
+        };
+        let permission = Permission {
+            kind,
+            key: codec::bytes::<P::Bytes>(key, "permission key")?,
+            range_end: codec::bytes::<P::Bytes>(range_end, "permission range end")?,
+        };
+        let existing = r
+            .permissions
+            .as_slice()
+            .iter()
+            .position(|p| p.key == permission.key && p.range_end == permission.range_end);
+        match existing.and_then(|i| r.permissions.as_mut_slice().get_mut(i)) {
+            Some(p) => p.kind = kind,
+            None => codec::push(&mut r.permissions, permission, "role permissions")?,
+        }
+        Self::save_role(txn, r, scratch)?;
+        self.rebuild_cache()?;
+        self.bump(txn)
+    }
+
+    /// Grants `role` to `user` and refreshes the permission cache.
+    pub(crate) fn grant_role<W: WriteTxn + ?Sized>(
+        &mut self,
+        txn: &mut W,
+        user: &[u8],
+        role: &[u8],
+        scratch: &mut P::Bytes,
+    ) -> Result<(), StoreError> {
+        if role != ROOT_ROLE && codec::find(self.roles.as_slice(), role, |r| r.name.as_slice()).is_none() {
+            return Err(StoreError::NotFound("role"));
+        }
+        let pos = self.users.as_slice().binary_search_by(|u| u.name.as_slice().cmp(user));
+        let Some(u) = pos.ok().and_then(|i| self.users.as_mut_slice().get_mut(i)) else {
+            return Err(StoreError::NotFound("user"));
+        };
+        let role_name = codec::bytes::<P::Bytes>(role, "role name")?;
+        codec::upsert(&mut u.roles, role_name, |r| r.as_slice(), "user roles")?;
+        Self::save_user(txn, u, scratch)?;
+        self.rebuild_cache()?;
+        self.bump(txn)
+    }
+
+    /// Rebuilds the permission cache from users and roles (etcd's `refreshRangePermCache`).
+    fn rebuild_cache(&mut self) -> Result<(), StoreError> {
+        let mut cache = P::Vec::<CachedPermission<P>>::default();
+        for user in self.users.as_slice() {
+            for role_name in user.roles.as_slice() {
+                let Some(role) = codec::find(self.roles.as_slice(), role_name.as_slice(), |r| r.name.as_slice()) else {
+                    continue;
+                };
+                for p in role.permissions.as_slice() {
+                    let entry = CachedPermission { user: user.name.clone(), permission: p.clone() };
+                    codec::push(&mut cache, entry, "permission cache")?;
+                }
+            }
+        }
+        self.cache = cache;
+        Ok(())
+    }
+
+    /// Rebuilds the auth store from the `auth`, `authUsers` and `authRoles` buckets (etcd's
+    /// `authStore.Recover`): flag, revision, users, roles, the permission cache (bug #14571 was
+    /// an empty cache after recover), and the token provider enabled **or disabled** to match.
+    pub fn recover<B: Backend>(backend: &B) -> Result<Self, StoreError> {
+        let mut store = AuthStore::<P>::default();
+        let txn = backend.read()?;
+        let mut enabled = None;
+        txn.get(Bucket::Auth, AUTH_ENABLED_KEY, &mut |v| enabled = Some(v == [1]))?;
+        store.enabled = enabled.unwrap_or(false);
+        store.revision = codec::get_u64(&txn, Bucket::Auth, AUTH_REVISION_KEY)?.unwrap_or(0);
+        let mut result = Ok(());
+        txn.scan(Bucket::AuthUsers, &[], &mut |_, v| {
+            result = codec::decode::<UserRecord<'_>>(Bucket::AuthUsers, v).and_then(|r| {
+                let mut roles = P::Vec::<P::Bytes>::default();
+                for role in &r.roles {
+                    codec::upsert(
+                        &mut roles,
+                        codec::bytes::<P::Bytes>(role, "role name")?,
+                        |r| r.as_slice(),
+                        "user roles",
+                    )?;
+                }
+                let user = User {
+                    name: codec::bytes::<P::Bytes>(r.name, "user name")?,
+                    password_hash: codec::bytes::<P::Bytes>(r.password_hash, "password hash")?,
+                    roles,
+                    no_password: r.no_password,
+                };
+                codec::upsert(&mut store.users, user, |u| u.name.as_slice(), "users").map_err(Into::into)
+            });
+            if result.is_err() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        })?;
+        result?;
+        txn.scan(Bucket::AuthRoles, &[], &mut |_, v| {
+            result = codec::decode::<RoleRecord<'_>>(Bucket::AuthRoles, v).and_then(|r| {
+                let mut permissions = P::Vec::<Permission<P>>::default();
+                for p in &r.permissions {
+                    let permission = Permission {
+                        kind: p.kind,
+                        key: codec::bytes::<P::Bytes>(p.key, "permission key")?,
+                        range_end: codec::bytes::<P::Bytes>(p.range_end, "permission range end")?,
+                    };
+                    codec::push(&mut permissions, permission, "role permissions")?;
+                }
+                let role = Role { name: codec::bytes::<P::Bytes>(r.name, "role name")?, permissions };
+                codec::upsert(&mut store.roles, role, |r| r.name.as_slice(), "roles").map_err(Into::into)
+            });
+            if result.is_err() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        })?;
+        result?;
+        store.rebuild_cache()?;
+        store.token = if store.enabled { TokenProvider::Enabled } else { TokenProvider::Disabled };
+        Ok(store)
+    }
+}

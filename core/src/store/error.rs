@@ -1,0 +1,89 @@
+//! The error of the stores: requests a node refuses and records it cannot read.
+
+use crate::backend::{BackendError, Bucket};
+use crate::collections::CapacityError;
+
+/// A store operation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The backend failed.
+    Backend(BackendError),
+    /// A fixed capacity is exhausted; nothing was changed.
+    Capacity(CapacityError),
+    /// A record of `bucket` could not be decoded: the data is corrupted.
+    Corrupt {
+        /// Where the record is.
+        bucket: Bucket,
+        /// What was wrong with it.
+        what: &'static str,
+    },
+    /// The request names something that does not exist (a lease, a user, a member...).
+    NotFound(&'static str),
+    /// The request creates something that exists already.
+    AlreadyExists(&'static str),
+    /// The request is malformed (an empty key, a zero lease id, a TTL of zero...).
+    InvalidRequest(&'static str),
+    /// The requested revision has been compacted.
+    Compacted {
+        /// The revision asked for.
+        requested: i64,
+        /// The compaction revision.
+        compacted: i64,
+    },
+    /// The requested revision is newer than the store's current revision.
+    FutureRevision {
+        /// The revision asked for.
+        requested: i64,
+        /// The current revision.
+        current: i64,
+    },
+    /// The v2 store holds content other than membership, which the configured
+    /// `--v2-deprecation` level forbids (etcd's `AssertNoV2StoreContent`).
+    V2ContentDisallowed,
+}
+
+impl core::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            StoreError::Backend(e) => write!(f, "{e}"),
+            StoreError::Capacity(e) => write!(f, "{e}"),
+            StoreError::Corrupt { bucket, what } => write!(f, "corrupt record in bucket {}: {what}", bucket.name()),
+            StoreError::NotFound(what) => write!(f, "{what} not found"),
+            StoreError::AlreadyExists(what) => write!(f, "{what} already exists"),
+            StoreError::InvalidRequest(what) => write!(f, "invalid request: {what}"),
+            StoreError::Compacted { requested, compacted } => {
+                write!(f, "revision {requested} has been compacted (compacted revision {compacted})")
+            }
+            StoreError::FutureRevision { requested, current } => {
+                write!(f, "revision {requested} is a future revision (current revision {current})")
+            }
+            StoreError::V2ContentDisallowed => {
+                f.write_str("v2 store holds content other than membership, which the v2 deprecation level forbids")
+            }
+        }
+    }
+}
+
+impl core::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            StoreError::Backend(e) => Some(e),
+            StoreError::Capacity(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<BackendError> for StoreError {
+    fn from(e: BackendError) -> Self {
+        StoreError::Backend(e)
+    }
+}
+
+impl From<CapacityError> for StoreError {
+    fn from(e: CapacityError) -> Self {
+        StoreError::Capacity(e)
+    }
+}

@@ -1,0 +1,198 @@
+//! The lessor: leases with TTLs and the keys attached to them (etcd's `lease.lessor`).
+
+use serde::{Deserialize, Serialize};
+
+use super::cindex::ConsistentIndex;
+use super::{StoreError, codec};
+use crate::backend::{Backend, Bucket, ReadTxn, WriteTxn};
+use crate::collections::{Profile, Seq};
+
+/// A lease id (etcd's `LeaseID`); 0 means "no lease".
+pub type LeaseId = i64;
+
+/// When a lease expires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Expiry {
+    /// Never: a follower holds every lease until it is promoted to leader (etcd's `forever`).
+    Forever,
+    /// At this time of the node's clock, in milliseconds.
+    At(u64),
+}
+
+/// A lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Lease {
+    /// The id.
+    pub id: LeaseId,
+    /// The TTL in seconds, at least the lessor's minimum.
+    pub ttl: i64,
+    /// The remaining TTL last checkpointed, 0 if none (etcd's `remainingTTL`).
+    pub remaining_ttl: i64,
+    /// When it expires.
+    pub expiry: Expiry,
+}
+
+/// A key attached to a lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseItem<B> {
+    /// The lease.
+    pub lease: LeaseId,
+    /// The key.
+    pub key: B,
+}
+
+/// The persisted record of a lease in the `lease` bucket (etcd's `leasepb.Lease`).
+#[derive(Serialize, Deserialize)]
+struct LeaseRecord {
+    id: i64,
+    ttl: i64,
+    remaining_ttl: i64,
+}
+
+/// The key of lease `id` in the `lease` bucket: big-endian, so leases sort by id as in etcd.
+pub(crate) fn lease_key(id: LeaseId) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+/// The lessor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lessor<P: Profile> {
+    leases: P::Vec<Lease>,
+    items: P::Vec<LeaseItem<P::Bytes>>,
+    min_ttl: i64,
+}
+
+impl<P: Profile> Lessor<P> {
+    /// An empty lessor whose leases live at least `min_ttl` seconds.
+    pub fn new(min_ttl: i64) -> Self {
+        Lessor { leases: Default::default(), items: Default::default(), min_ttl: min_ttl.max(1) }
+    }
+
+    /// Every lease, by id.
+    pub fn leases(&self) -> &[Lease] {
+        self.leases.as_slice()
+    }
+
+    /// Every attached key, by lease then key.
+    pub fn items(&self) -> &[LeaseItem<P::Bytes>] {
+        self.items.as_slice()
+    }
+
+    /// The lease `id`, if granted.
+    pub fn lease(&self, id: LeaseId) -> Option<&Lease> {
+        codec::find(self.leases.as_slice(), &id, |l| &l.id)
+    }
+
+    /// The minimum TTL.
+    pub fn min_ttl(&self) -> i64 {
+        self.min_ttl
+    }
+
+    /// Grants lease `id` with `ttl` seconds (raised to the minimum), writing it into `txn`.
+    pub(crate) fn grant<W: WriteTxn + ?Sized>(
+        &mut self,
+        txn: &mut W,
+        id: LeaseId,
+        ttl: i64,
+        scratch: &mut P::Bytes,
+    ) -> Result<(), StoreError> {
+        if id == 0 {
+            return Err(StoreError::InvalidRequest("lease id 0"));
+        }
+        if ttl <= 0 {
+            return Err(StoreError::InvalidRequest("lease ttl must be positive"));
+        }
+        if self.lease(id).is_some() {
+            return Err(StoreError::AlreadyExists("lease"));
+        }
+        let lease = Lease { id, ttl: ttl.max(self.min_ttl), remaining_ttl: 0, expiry: Expiry::Forever };
+        let record = LeaseRecord { id, ttl: lease.ttl, remaining_ttl: 0 };
+        codec::put(txn, Bucket::Lease, &lease_key(id), &record, scratch)?;
+        codec::upsert(&mut self.leases, lease, |l| &l.id, "lessor leases")?;
+        Ok(())
+    }
+
+    /// Removes lease `id` from the lessor and from `txn`; returns the keys that were attached, for
+    /// the caller to delete from the key space (etcd's `Revoke`).
+    pub(crate) fn revoke<W: WriteTxn + ?Sized>(
+        &mut self,
+        txn: &mut W,
+        id: LeaseId,
+    ) -> Result<P::Vec<P::Bytes>, StoreError> {
+        if !codec::remove(&mut self.leases, &id, |l| &l.id) {
+            return Err(StoreError::NotFound("lease"));
+        }
+        txn.delete(Bucket::Lease, &lease_key(id))?;
+        let mut keys = P::Vec::<P::Bytes>::default();
+        for item in self.items.as_slice().iter().filter(|i| i.lease == id) {
+            codec::push(&mut keys, item.key.clone(), "revoked lease keys")?;
+        }
+        self.items.retain_by(|i| i.lease != id);
+        Ok(keys)
+    }
+
+    /// Attaches `key` to lease `id`.
+    pub(crate) fn attach(&mut self, id: LeaseId, key: &[u8]) -> Result<(), StoreError> {
+        if self.lease(id).is_none() {
+            return Err(StoreError::NotFound("lease"));
+        }
+        let item = LeaseItem { lease: id, key: codec::bytes::<P::Bytes>(key, "lease item key")? };
+        let pos = self.items.as_slice().binary_search_by(|i| (i.lease, i.key.as_slice()).cmp(&(id, key)));
+        if let Err(pos) = pos {
+            self.items.try_insert(pos, item).map_err(|_| crate::collections::CapacityError { what: "lease items" })?;
+        }
+        Ok(())
+    }
+
+    /// Detaches `key` from lease `id`, if it was attached.
+    pub(crate) fn detach(&mut self, id: LeaseId, key: &[u8]) {
+        let pos = self.items.as_slice().binary_search_by(|i| (i.lease, i.key.as_slice()).cmp(&(id, key)));
+        if let Ok(pos) = pos {
+            self.items.remove_at(pos);
+        }
+    }
+
+    /// Starts expiring leases: this node became the leader at `now_ms` (etcd's `Promote`).
+    pub fn promote(&mut self, now_ms: u64) {
+        for lease in self.leases.as_mut_slice() {
+            let ttl = if lease.remaining_ttl > 0 { lease.remaining_ttl } else { lease.ttl };
+            lease.expiry = Expiry::At(now_ms.saturating_add((ttl as u64).saturating_mul(1000)));
+        }
+    }
+
+    /// Stops expiring leases: this node is a follower again (etcd's `Demote`).
+    pub fn demote(&mut self) {
+        for lease in self.leases.as_mut_slice() {
+            lease.expiry = Expiry::Forever;
+        }
+    }
+
+    /// Rebuilds the lessor from the `lease` bucket of `backend` (etcd's `lessor.Recover` and
+    /// `initAndRecover`): every TTL at least the minimum, every lease "forever" until promotion,
+    /// no attached key yet (the key-value store reattaches them). Like etcd, it ends with a
+    /// forced commit, which stamps `cindex` into the backend.
+    pub fn recover<B: Backend>(backend: &mut B, min_ttl: i64, cindex: &ConsistentIndex) -> Result<Self, StoreError> {
+        let mut lessor = Lessor::new(min_ttl);
+        {
+            let txn = backend.read()?;
+            let mut result = Ok(());
+            txn.scan(Bucket::Lease, &[], &mut |_, v| {
+                result = codec::decode::<LeaseRecord>(Bucket::Lease, v).and_then(|r| {
+                    let lease = Lease {
+                        id: r.id,
+                        ttl: r.ttl.max(lessor.min_ttl),
+                        remaining_ttl: r.remaining_ttl,
+                        expiry: Expiry::Forever,
+                    };
+                    codec::upsert(&mut lessor.leases, lease, |l| &l.id, "lessor leases").map_err(Into::into)
+                });
+                if result.is_err() { core::ops::ControlFlow::Break(()) } else { core::ops::ControlFlow::Continue(()) }
+            })?;
+            result?;
+        }
+        cindex.commit(backend.write()?)?;
+        Ok(lessor)
+    }
+}

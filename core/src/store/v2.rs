@@ -1,0 +1,155 @@
+//! The legacy v2 store (etcd's `v2store`), kept for membership only, and etcd's
+//! `--v2-deprecation` levels.
+//!
+//! Its snapshot data is a sequence of postcard-encoded nodes, sorted by path, each prefixed by
+//! nothing but its own encoding (`postcard::take_from_bytes` reads one at a time), so a reader
+//! never needs the whole tree at once.
+
+use serde::{Deserialize, Serialize};
+
+use super::membership::{MemberId, member_key};
+use super::{StoreError, codec};
+use crate::backend::Bucket;
+use crate::collections::{Profile, Seq};
+
+/// The prefix of membership content in the v2 tree (etcd's `StoreClusterPrefix`).
+pub const CLUSTER_PREFIX: &[u8] = b"/0";
+
+/// etcd's `--v2-deprecation` levels, in order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum V2Deprecation {
+    /// v2 content is still allowed (`not-yet`).
+    NotYet,
+    /// Only membership may be in the v2 store (`write-only`, etcd 3.6's default).
+    #[default]
+    WriteOnly,
+    /// As `WriteOnly`, and v2 content is dropped (`write-only-drop-data`).
+    WriteOnlyDrop,
+    /// v2 is gone (`gone`).
+    Gone,
+}
+
+/// A node of the v2 tree.
+#[derive(Clone, Debug, PartialEq)]
+pub struct V2Node<P: Profile> {
+    /// The path, e.g. `/0/members/8e9e05c52164694d/raftAttributes`.
+    pub path: P::Bytes,
+    /// The value (empty for a directory).
+    pub value: P::Bytes,
+    /// Whether the node is a directory.
+    pub dir: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct NodeRecord<'a> {
+    path: &'a [u8],
+    value: &'a [u8],
+    dir: bool,
+}
+
+/// The v2 store.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct V2Store<P: Profile> {
+    nodes: P::Vec<V2Node<P>>,
+}
+
+/// Writes the v2 path of a member's attribute: `/0/members/<hex id>/<leaf>`.
+fn member_path<P: Profile>(id: MemberId, leaf: &[u8]) -> Result<P::Bytes, StoreError> {
+    let mut path = P::Bytes::default();
+    for part in [b"/0/members/".as_slice(), &member_key(id), b"/", leaf] {
+        for b in part {
+            path.try_push(*b).map_err(|_| crate::collections::CapacityError { what: "v2 path" })?;
+        }
+    }
+    Ok(path)
+}
+
+impl<P: Profile> V2Store<P> {
+    /// Every node, by path.
+    pub fn nodes(&self) -> &[V2Node<P>] {
+        self.nodes.as_slice()
+    }
+
+    /// Sets a leaf.
+    pub fn set(&mut self, path: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let node = V2Node {
+            path: codec::bytes::<P::Bytes>(path, "v2 path")?,
+            value: codec::bytes::<P::Bytes>(value, "v2 value")?,
+            dir: false,
+        };
+        codec::upsert(&mut self.nodes, node, |n| n.path.as_slice(), "v2 nodes")?;
+        Ok(())
+    }
+
+    /// Removes `path` and everything below it.
+    pub fn delete(&mut self, path: &[u8]) {
+        self.nodes.retain_by(|n| {
+            let p = n.path.as_slice();
+            !(p == path || (p.starts_with(path) && p.get(path.len()) == Some(&b'/')))
+        });
+    }
+
+    /// Records a member's attributes, as etcd 3.5 still did in the v2 tree.
+    pub(crate) fn add_member(&mut self, id: MemberId, raft_attributes: &[u8]) -> Result<(), StoreError> {
+        let path = member_path::<P>(id, b"raftAttributes")?;
+        self.set(path.as_slice(), raft_attributes)
+    }
+
+    /// Removes a member's attributes and records it under `/0/removed_members`.
+    pub(crate) fn remove_member(&mut self, id: MemberId) -> Result<(), StoreError> {
+        let path = member_path::<P>(id, b"")?;
+        let dir = path.as_slice().get(..path.len().saturating_sub(1)).unwrap_or(&[]);
+        self.delete(dir);
+        let mut removed = P::Bytes::default();
+        for b in b"/0/removed_members/".iter().chain(member_key(id).iter()) {
+            removed.try_push(*b).map_err(|_| crate::collections::CapacityError { what: "v2 path" })?;
+        }
+        self.set(removed.as_slice(), b"removed")
+    }
+
+    /// Whether the tree holds nothing but membership (etcd's `IsMetaStoreOnly`).
+    pub fn is_membership_only(&self) -> bool {
+        self.nodes.as_slice().iter().all(|n| {
+            let p = n.path.as_slice();
+            p == CLUSTER_PREFIX || (p.starts_with(CLUSTER_PREFIX) && p.get(CLUSTER_PREFIX.len()) == Some(&b'/'))
+        })
+    }
+
+    /// Encodes the tree as snapshot data into `out`.
+    pub fn save<S: Seq<u8>>(&self, out: &mut S) -> Result<(), StoreError> {
+        out.clear_all();
+        let mut one = P::Bytes::default();
+        for n in self.nodes.as_slice() {
+            let record = NodeRecord { path: n.path.as_slice(), value: n.value.as_slice(), dir: n.dir };
+            codec::encode(&record, &mut one)?;
+            for b in one.as_slice() {
+                out.try_push(*b).map_err(|_| crate::collections::CapacityError { what: "v2 snapshot data" })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the tree from snapshot data (etcd's `v2store.Recovery`), then applies the
+    /// deprecation check (etcd's `AssertNoV2StoreContent`). On error nothing is returned, so
+    /// the caller's store is unchanged.
+    pub fn recover(data: &[u8], level: V2Deprecation) -> Result<Self, StoreError> {
+        let mut store = V2Store::<P>::default();
+        let mut rest = data;
+        while !rest.is_empty() {
+            let (record, tail) = postcard::take_from_bytes::<NodeRecord<'_>>(rest)
+                .map_err(|_| StoreError::Corrupt { bucket: Bucket::Meta, what: "v2 snapshot data does not decode" })?;
+            let node = V2Node {
+                path: codec::bytes::<P::Bytes>(record.path, "v2 path")?,
+                value: codec::bytes::<P::Bytes>(record.value, "v2 value")?,
+                dir: record.dir,
+            };
+            codec::upsert(&mut store.nodes, node, |n| n.path.as_slice(), "v2 nodes")?;
+            rest = tail;
+        }
+        if level >= V2Deprecation::WriteOnly && !store.is_membership_only() {
+            return Err(StoreError::V2ContentDisallowed);
+        }
+        Ok(store)
+    }
+}

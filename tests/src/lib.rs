@@ -1,0 +1,1 @@
+//! Shared helpers of snapply's cross-crate tests.
