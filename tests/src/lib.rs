@@ -1,1 +1,343 @@
-//! Shared helpers of snapply's cross-crate tests.
+//! Shared helpers of snapply's cross-crate tests: generated workloads, a leader that snapshots
+//! itself, followers with a different prior state, and store-by-store comparison.
+
+use std::ops::ControlFlow;
+
+use proptest::prelude::*;
+use snapply_core::backend::{Backend, Bucket, for_each_record};
+use snapply_core::collections::{Growable, Profile};
+use snapply_core::image;
+use snapply_core::mem::VecBackend;
+use snapply_core::ports::{Event, Observer, Phase};
+use snapply_core::store::{Alarm, AlarmType, Downgrade, NewMember, PermissionType, V2Deprecation, Version};
+use snapply_core::{Config, Node, Request, SnapshotMetadata};
+
+/// The node type of the host tests.
+pub type HostNode = Node<VecBackend, Growable>;
+
+/// One step of a generated workload. Small alphabets make overwrites, re-grants and conflicts
+/// likely.
+#[derive(Clone, Debug)]
+pub enum Op {
+    /// Put `k<key>`, optionally attached to lease `lease + 1`.
+    Put { key: u8, value: Vec<u8>, lease: Option<u8> },
+    /// Delete `k<key>`, or the range `[k<key>, k<key+3>)`.
+    Delete { key: u8, range: bool },
+    /// Compact `back` revisions behind the current one.
+    Compact { back: u8 },
+    /// Grant lease `lease + 1`.
+    Grant { lease: u8, ttl: i64 },
+    /// Revoke lease `lease + 1` (deleting its keys).
+    Revoke { lease: u8 },
+    /// Add user `u<user>`.
+    UserAdd { user: u8 },
+    /// Add role `r<role>`.
+    RoleAdd { role: u8 },
+    /// Grant role `r<role>` a permission on `k<key>`.
+    RolePermit { role: u8, key: u8, write: bool },
+    /// Grant role `r<role>` to user `u<user>`.
+    UserRole { user: u8, role: u8 },
+    /// Add the root user with the root role.
+    RootSetup,
+    /// Enable or disable auth.
+    Auth(bool),
+    /// Add member `id + 1`.
+    MemberAdd { id: u8, learner: bool },
+    /// Remove member `id + 1`.
+    MemberRemove { id: u8 },
+    /// Raise or clear an alarm.
+    Alarm { member: u8, corrupt: bool, on: bool },
+    /// Set the cluster version to 3.`minor`.
+    Version { minor: u8 },
+    /// Set the downgrade info.
+    Downgrade { enabled: bool, minor: u8 },
+}
+
+/// A strategy for one workload step.
+pub fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0u8..12, proptest::collection::vec(any::<u8>(), 0..24), proptest::option::of(0u8..4))
+            .prop_map(|(key, value, lease)| Op::Put { key, value, lease }),
+        2 => (0u8..12, any::<bool>()).prop_map(|(key, range)| Op::Delete { key, range }),
+        1 => (0u8..6).prop_map(|back| Op::Compact { back }),
+        2 => (0u8..4, 1i64..100).prop_map(|(lease, ttl)| Op::Grant { lease, ttl }),
+        1 => (0u8..4).prop_map(|lease| Op::Revoke { lease }),
+        1 => (0u8..3).prop_map(|user| Op::UserAdd { user }),
+        1 => (0u8..3).prop_map(|role| Op::RoleAdd { role }),
+        1 => (0u8..3, 0u8..12, any::<bool>()).prop_map(|(role, key, write)| Op::RolePermit { role, key, write }),
+        1 => (0u8..3, 0u8..3).prop_map(|(user, role)| Op::UserRole { user, role }),
+        1 => Just(Op::RootSetup),
+        1 => any::<bool>().prop_map(Op::Auth),
+        1 => (0u8..5, any::<bool>()).prop_map(|(id, learner)| Op::MemberAdd { id, learner }),
+        1 => (0u8..5).prop_map(|id| Op::MemberRemove { id }),
+        1 => (0u8..3, any::<bool>(), any::<bool>()).prop_map(|(member, corrupt, on)| Op::Alarm { member, corrupt, on }),
+        1 => (0u8..7).prop_map(|minor| Op::Version { minor }),
+        1 => (any::<bool>(), 0u8..7).prop_map(|(enabled, minor)| Op::Downgrade { enabled, minor }),
+    ]
+}
+
+/// A strategy for a workload of up to `max` steps.
+pub fn workload(max: usize) -> impl Strategy<Value = Vec<Op>> {
+    proptest::collection::vec(op(), 1..max)
+}
+
+/// The configuration of test node `id`.
+pub fn config(id: u64) -> Config {
+    Config { id, min_lease_ttl: 5, v2_deprecation: V2Deprecation::WriteOnly }
+}
+
+/// A fresh node on an empty in-memory backend.
+pub fn node(id: u64) -> HostNode {
+    Node::new(config(id), VecBackend::new())
+}
+
+fn key(k: u8) -> Vec<u8> {
+    format!("k{k:02}").into_bytes()
+}
+
+/// Applies `ops` to `node` as the entries after `first_index`, at `term`. Requests the node refuses
+/// (a missing lease, a duplicate user...) are part of a realistic workload and leave the node as
+/// it was; they are skipped. Returns how many entries were applied.
+pub fn run<B: Backend>(node: &mut Node<B, Growable>, ops: &[Op], first_index: u64, term: u64) -> usize {
+    let mut applied = 0;
+    let mut index = first_index;
+    for op in ops {
+        index += 1;
+        let (k, end, name, role);
+        let url = format!("http://127.0.0.1:{}", 2380 + index % 100).into_bytes();
+        let urls = [url.as_slice()];
+        let request = match op {
+            Op::Put { key: kk, value, lease } => {
+                k = key(*kk);
+                Request::Put { key: &k, value, lease: lease.map_or(0, |l| i64::from(l) + 1) }
+            }
+            Op::Delete { key: kk, range } => {
+                k = key(*kk);
+                end = if *range { key(kk.saturating_add(3)) } else { Vec::new() };
+                Request::DeleteRange { key: &k, range_end: &end }
+            }
+            Op::Compact { back } => {
+                let rev = node.stores().kv.current_revision() - i64::from(*back);
+                Request::Compact { revision: rev }
+            }
+            Op::Grant { lease, ttl } => Request::LeaseGrant { id: i64::from(*lease) + 1, ttl: *ttl },
+            Op::Revoke { lease } => Request::LeaseRevoke { id: i64::from(*lease) + 1 },
+            Op::UserAdd { user } => {
+                name = format!("u{user}").into_bytes();
+                Request::UserAdd { name: &name, password_hash: b"$2a$10$hash", no_password: false }
+            }
+            Op::RoleAdd { role: r } => {
+                name = format!("r{r}").into_bytes();
+                Request::RoleAdd { name: &name }
+            }
+            Op::RolePermit { role: r, key: kk, write } => {
+                name = format!("r{r}").into_bytes();
+                k = key(*kk);
+                let kind = if *write { PermissionType::ReadWrite } else { PermissionType::Read };
+                Request::RoleGrantPermission { role: &name, kind, key: &k, range_end: &[] }
+            }
+            Op::UserRole { user, role: r } => {
+                name = format!("u{user}").into_bytes();
+                role = format!("r{r}").into_bytes();
+                Request::UserGrantRole { user: &name, role: &role }
+            }
+            Op::RootSetup => {
+                let add = Request::UserAdd { name: b"root", password_hash: b"x", no_password: false };
+                if node.apply(index, term, &add).is_ok() {
+                    applied += 1;
+                }
+                index += 1;
+                Request::UserGrantRole { user: b"root", role: b"root" }
+            }
+            Op::Auth(on) => Request::AuthSetEnabled(*on),
+            Op::MemberAdd { id, learner } => {
+                name = format!("m{id}").into_bytes();
+                Request::MemberAdd(NewMember {
+                    id: u64::from(*id) + 1,
+                    name: &name,
+                    peer_urls: &urls,
+                    client_urls: &urls,
+                    is_learner: *learner,
+                })
+            }
+            Op::MemberRemove { id } => Request::MemberRemove { id: u64::from(*id) + 1 },
+            Op::Alarm { member, corrupt, on } => {
+                let alarm = Alarm {
+                    member: u64::from(*member) + 1,
+                    kind: if *corrupt { AlarmType::Corrupt } else { AlarmType::Nospace },
+                };
+                if *on { Request::AlarmActivate(alarm) } else { Request::AlarmDeactivate(alarm) }
+            }
+            Op::Version { minor } => Request::ClusterVersion(Version { major: 3, minor: u16::from(*minor), patch: 0 }),
+            Op::Downgrade { enabled, minor } => Request::Downgrade(Downgrade {
+                enabled: *enabled,
+                target: Version { major: 3, minor: u16::from(*minor), patch: 0 },
+            }),
+        };
+        if node.apply(index, term, &request).is_ok() {
+            applied += 1;
+        }
+    }
+    applied
+}
+
+/// Encodes `node`'s snapshot image at its applied index.
+pub fn snapshot<B: Backend>(node: &Node<B, Growable>) -> (SnapshotMetadata, Vec<u8>) {
+    let metadata = node.snapshot_metadata();
+    let mut v2 = Vec::new();
+    node.v2_snapshot_data(&mut v2).expect("v2 data of a test node");
+    let mut image = Vec::new();
+    let txn = node.backend().read().expect("read transaction on a memory backend");
+    image::encode(&metadata, &txn, &v2, &mut image).expect("encoding a test node's image");
+    (metadata, image)
+}
+
+/// Every record of a backend, in bucket then key order.
+pub fn records<B: Backend>(backend: &B) -> Vec<(Bucket, Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    let txn = backend.read().expect("read transaction");
+    for_each_record(&txn, &mut |b, k, v| {
+        out.push((b, k.to_vec(), v.to_vec()));
+        ControlFlow::Continue(())
+    })
+    .expect("scanning a backend");
+    out
+}
+
+/// Everything observable of a node.
+pub type NodeState<P> = (Vec<(Bucket, Vec<u8>, Vec<u8>)>, snapply_core::Stores<P>, snapply_core::Progress);
+
+/// Everything observable of a node: backend records, stores, progress.
+pub fn state<B: Backend, P: Profile>(node: &Node<B, P>) -> NodeState<P> {
+    (records(node.backend()), node.stores().clone(), node.progress().clone())
+}
+
+/// An observer that records events, the gauge and the phases done.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    /// The gauge `etcd_server_snapshot_apply_in_progress_total`.
+    pub gauge: i64,
+    /// The highest the gauge went.
+    pub gauge_peak: i64,
+    /// Every event, in order.
+    pub events: Vec<Event>,
+    /// Every phase done, in order.
+    pub phases: Vec<Phase>,
+}
+
+impl Observer for Recorder {
+    fn event(&mut self, event: &Event) {
+        self.events.push(*event);
+    }
+    fn in_progress(&mut self, delta: i8) {
+        self.gauge += i64::from(delta);
+        self.gauge_peak = self.gauge_peak.max(self.gauge);
+    }
+    fn phase_done(&mut self, phase: Phase, _micros: Option<u64>) {
+        self.phases.push(phase);
+    }
+}
+
+thread_local! {
+    static BUDGET: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Arms the fault injector of every [`Faulty`] backend of this thread: after `n` more
+/// operations, every operation fails. `None` disarms it.
+pub fn arm_faults(n: Option<usize>) {
+    BUDGET.with(|b| b.set(n));
+}
+
+/// A backend that fails its operations once the budget armed by [`arm_faults`] runs out: the
+/// fault injector of the failure sweeps. The budget is per thread, so a backend a snapshot store
+/// makes with `Default` is armed too.
+#[derive(Clone, Debug, Default)]
+pub struct Faulty<B> {
+    inner: B,
+}
+
+impl<B> Faulty<B> {
+    /// The wrapped backend.
+    pub fn inner(&self) -> &B {
+        &self.inner
+    }
+}
+
+fn spend() -> Result<(), snapply_core::backend::BackendError> {
+    BUDGET.with(|budget| match budget.get() {
+        None => Ok(()),
+        Some(0) => {
+            Err(snapply_core::backend::BackendError::new(snapply_core::backend::BackendErrorKind::Io, "injected fault"))
+        }
+        Some(n) => {
+            budget.set(Some(n - 1));
+            Ok(())
+        }
+    })
+}
+
+/// A transaction of a [`Faulty`] backend.
+#[derive(Debug)]
+pub struct FaultyTxn<T> {
+    inner: T,
+}
+
+impl<T: snapply_core::backend::ReadTxn> snapply_core::backend::ReadTxn for FaultyTxn<T> {
+    fn get(
+        &self,
+        bucket: Bucket,
+        key: &[u8],
+        f: &mut dyn FnMut(&[u8]),
+    ) -> Result<bool, snapply_core::backend::BackendError> {
+        spend()?;
+        self.inner.get(bucket, key, f)
+    }
+    fn scan(
+        &self,
+        bucket: Bucket,
+        from: &[u8],
+        f: &mut snapply_core::backend::Visit<'_>,
+    ) -> Result<(), snapply_core::backend::BackendError> {
+        spend()?;
+        self.inner.scan(bucket, from, f)
+    }
+}
+
+impl<T: snapply_core::backend::WriteTxn> snapply_core::backend::WriteTxn for FaultyTxn<T> {
+    fn put(&mut self, bucket: Bucket, key: &[u8], value: &[u8]) -> Result<(), snapply_core::backend::BackendError> {
+        spend()?;
+        self.inner.put(bucket, key, value)
+    }
+    fn delete(&mut self, bucket: Bucket, key: &[u8]) -> Result<bool, snapply_core::backend::BackendError> {
+        spend()?;
+        self.inner.delete(bucket, key)
+    }
+    fn clear(&mut self, bucket: Bucket) -> Result<(), snapply_core::backend::BackendError> {
+        spend()?;
+        self.inner.clear(bucket)
+    }
+    fn commit(self) -> Result<(), snapply_core::backend::BackendError> {
+        spend()?;
+        self.inner.commit()
+    }
+}
+
+impl<B: Backend> Backend for Faulty<B> {
+    type Read<'a>
+        = FaultyTxn<B::Read<'a>>
+    where
+        Self: 'a;
+    type Write<'a>
+        = FaultyTxn<B::Write<'a>>
+    where
+        Self: 'a;
+
+    fn read(&self) -> Result<Self::Read<'_>, snapply_core::backend::BackendError> {
+        spend()?;
+        Ok(FaultyTxn { inner: self.inner.read()? })
+    }
+    fn write(&mut self) -> Result<Self::Write<'_>, snapply_core::backend::BackendError> {
+        spend()?;
+        Ok(FaultyTxn { inner: self.inner.write()? })
+    }
+}

@@ -1,0 +1,397 @@
+//! Failure injection: whatever fails before `BackendSwapped` leaves the follower exactly as it
+//! was; what fails after it is reported as fatal; the gauge is back to zero on every path.
+
+use snapply_core::backend::{Backend, Bucket, WriteTxn};
+use snapply_core::collections::{Fixed, Growable};
+use snapply_core::image::{self, MIN_BUFFER};
+use snapply_core::mem::{MemBackend, VecBackend};
+use snapply_core::memports::{MemSnapshotStore, PeerTable};
+use snapply_core::ports::{Event, Phase, PortErrorKind, Ports};
+use snapply_core::store::{META_CONSISTENT_INDEX, StoreError, V2Deprecation, V2Store};
+use snapply_core::{ApplyError, ApplyErrorKind, Config, Node, Snapshot, SnapshotMetadata, apply_snapshot};
+use snapply_tests::{Faulty, Op, Recorder, arm_faults, node, records, run, snapshot, state};
+
+/// A leader with keys, leases, users, members and alarms, at index > 100.
+fn leader() -> Node<VecBackend, Growable> {
+    let mut leader = node(1);
+    let ops = [
+        Op::Grant { lease: 0, ttl: 30 },
+        Op::Put { key: 1, value: b"one".to_vec(), lease: Some(0) },
+        Op::Put { key: 2, value: b"two".to_vec(), lease: None },
+        Op::Put { key: 2, value: b"two again".to_vec(), lease: None },
+        Op::Delete { key: 1, range: false },
+        Op::Put { key: 3, value: b"three".to_vec(), lease: Some(0) },
+        Op::Compact { back: 1 },
+        Op::UserAdd { user: 0 },
+        Op::RoleAdd { role: 0 },
+        Op::RolePermit { role: 0, key: 3, write: true },
+        Op::UserRole { user: 0, role: 0 },
+        Op::RootSetup,
+        Op::Auth(true),
+        Op::MemberAdd { id: 0, learner: false },
+        Op::MemberAdd { id: 1, learner: false },
+        Op::MemberAdd { id: 2, learner: true },
+        Op::Alarm { member: 1, corrupt: false, on: true },
+        Op::Version { minor: 6 },
+    ];
+    run(&mut leader, &ops, 100, 3);
+    leader
+}
+
+/// A follower at index < 100 with state of its own.
+fn follower<B: Backend>(backend: B) -> Node<B, Growable> {
+    let mut f = Node::new(snapply_tests::config(2), backend);
+    let ops = [
+        Op::Grant { lease: 3, ttl: 10 },
+        Op::Put { key: 9, value: b"old".to_vec(), lease: Some(3) },
+        Op::MemberAdd { id: 4, learner: false },
+        Op::Alarm { member: 4, corrupt: true, on: true },
+    ];
+    run(&mut f, &ops, 0, 1);
+    f
+}
+
+fn apply<B: Backend + Default + Clone>(
+    node: &mut Node<B, Growable>,
+    metadata: &SnapshotMetadata,
+    image: &[u8],
+    observer: &mut Recorder,
+) -> Result<Option<snapply_core::pipeline::Outcome<B>>, ApplyError> {
+    let mut buf = vec![0u8; MIN_BUFFER];
+    let mut storage = MemSnapshotStore::<B, Vec<u8>>::new(&mut buf);
+    let mut transport = PeerTable::<Growable>::default();
+    let ports = Ports { storage: &mut storage, transport: &mut transport, observer };
+    apply_snapshot(node, ports, Snapshot { metadata, data: image })
+}
+
+#[test]
+fn empty_snapshot_changes_nothing_and_logs_nothing() {
+    let mut f = follower(VecBackend::new());
+    let before = state(&f);
+    let mut obs = Recorder::default();
+    let empty = SnapshotMetadata::default();
+    let out = apply(&mut f, &empty, &[], &mut obs).expect("an empty snapshot is not an error");
+    assert!(out.is_none());
+    assert_eq!(state(&f), before);
+    assert!(obs.events.is_empty());
+    assert_eq!((obs.gauge, obs.gauge_peak), (0, 0));
+}
+
+#[test]
+fn outdated_and_equal_index_snapshots_are_refused_without_change() {
+    let l = leader();
+    let (metadata, image) = snapshot(&l);
+    // A follower that already applied the leader's index, then one ahead of it.
+    for extra in [0u64, 5] {
+        let mut f = follower(VecBackend::new());
+        let ops = vec![Op::Put { key: 7, value: b"x".to_vec(), lease: None }; 1];
+        run(&mut f, &ops, metadata.index - 1 + extra, 1);
+        assert_eq!(f.progress().applied_index, metadata.index + extra);
+        let before = state(&f);
+        let mut obs = Recorder::default();
+        let err = apply(&mut f, &metadata, &image, &mut obs).expect_err("an outdated snapshot must be refused");
+        assert_eq!(err.phase(), Phase::Validate);
+        assert_eq!(
+            *err.kind(),
+            ApplyErrorKind::Outdated { incoming_index: metadata.index, applied_index: metadata.index + extra }
+        );
+        assert!(!err.is_fatal());
+        assert_eq!(state(&f), before);
+        assert_eq!(obs.gauge, 0);
+        assert_eq!(obs.gauge_peak, 1);
+        let messages: Vec<&str> = obs.events.iter().map(Event::message).collect();
+        assert_eq!(
+            messages,
+            [
+                "applying snapshot",
+                "unexpected leader snapshot from outdated index",
+                "failed to apply snapshot",
+                "applied snapshot"
+            ]
+        );
+    }
+}
+
+#[test]
+fn successful_apply_logs_etcds_messages_in_order() {
+    let l = leader();
+    let (metadata, image) = snapshot(&l);
+    let mut f = follower(VecBackend::new());
+    let mut obs = Recorder::default();
+    apply(&mut f, &metadata, &image, &mut obs).expect("apply").expect("not empty");
+    let messages: Vec<&str> = obs.events.iter().map(Event::message).collect();
+    assert_eq!(
+        messages,
+        [
+            "applying snapshot",
+            "restoring lease store",
+            "restored lease store",
+            "restoring mvcc store",
+            "restored mvcc store",
+            "restoring alarm store",
+            "restored alarm store",
+            "restoring auth store",
+            "restored auth store",
+            "restoring v2 store",
+            "restored v2 store",
+            "restoring cluster configuration",
+            "restored cluster configuration",
+            "removing old peers from network",
+            "removed old peers from network",
+            "adding peers from new cluster configuration",
+            "added peers from new cluster configuration",
+            "applied snapshot",
+        ]
+    );
+    assert!(obs.events.contains(&Event::RestoredMvccStore { consistent_index: metadata.index }));
+    assert_eq!(obs.gauge, 0);
+}
+
+/// Fails the N-th backend operation of an apply, for every N, and checks what each failure
+/// leaves. The sweep ends when an apply succeeds with the budget it had.
+#[test]
+fn a_fault_at_every_backend_operation_keeps_the_follower_whole() {
+    let l = leader();
+    let (metadata, image) = snapshot(&l);
+    let mut phases_hit = std::collections::BTreeSet::new();
+    for n in 0.. {
+        arm_faults(None);
+        let mut f = follower(Faulty::<VecBackend>::default());
+        let before = state(&f);
+        let mut obs = Recorder::default();
+        arm_faults(Some(n));
+        let result = apply(&mut f, &metadata, &image, &mut obs);
+        arm_faults(None);
+        assert_eq!(obs.gauge, 0, "gauge after a fault at operation {n}");
+        match result {
+            Ok(out) => {
+                assert!(out.is_some());
+                assert_eq!(records(f.backend()), records(l.backend()));
+                assert_eq!(f.stores(), l.stores());
+                break;
+            }
+            Err(e) => {
+                phases_hit.insert(e.phase());
+                if e.phase() < Phase::SwapBackend {
+                    assert!(!e.is_fatal());
+                    assert_eq!(state(&f), before, "fault at operation {n} in {:?} changed the follower", e.phase());
+                } else {
+                    assert!(e.is_fatal(), "a failure after the swap must be fatal: {e}");
+                    // The node runs on the new state: the swap happened, whole.
+                    assert_eq!(records(f.backend()), records(l.backend()));
+                    assert_eq!(f.stores().kv, l.stores().kv);
+                    assert_eq!(f.stores().lessor, l.stores().lessor);
+                }
+            }
+        }
+        assert!(n < 10_000, "the sweep does not end");
+    }
+    // The sweep reached every phase that touches a backend.
+    for phase in [
+        Phase::Persist,
+        Phase::OpenBackend,
+        Phase::BindIndex,
+        Phase::RestoreLease,
+        Phase::RestoreMvcc,
+        Phase::RestoreAlarms,
+        Phase::RestoreAuth,
+        Phase::RestoreCluster,
+    ] {
+        assert!(phases_hit.contains(&phase), "no fault landed in {phase:?}: {phases_hit:?}");
+    }
+}
+
+/// Encodes an image of `backend` under `metadata` with v2 data `v2`.
+fn image_of<B: Backend>(metadata: &SnapshotMetadata, backend: &B, v2: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    image::encode(metadata, &backend.read().expect("read"), v2, &mut out).expect("encode");
+    out
+}
+
+/// The leader's backend with one record replaced.
+fn tampered(l: &Node<VecBackend, Growable>, bucket: Bucket, key: &[u8], value: &[u8]) -> VecBackend {
+    let mut b = l.backend().clone();
+    let mut txn = b.write().expect("write");
+    txn.put(bucket, key, value).expect("put");
+    txn.commit().expect("commit");
+    b
+}
+
+fn assert_refused_before_swap(metadata: &SnapshotMetadata, image: &[u8], phase: Phase) -> ApplyError {
+    let mut f = follower(VecBackend::new());
+    let before = state(&f);
+    let mut obs = Recorder::default();
+    let err = apply(&mut f, metadata, image, &mut obs).expect_err("a bad snapshot must be refused");
+    assert_eq!(err.phase(), phase, "{err}");
+    assert!(!err.is_fatal());
+    assert_eq!(state(&f), before);
+    assert_eq!(obs.gauge, 0);
+    err
+}
+
+#[test]
+fn backend_whose_consistent_index_differs_from_the_snapshot_is_refused() {
+    let l = leader();
+    let (metadata, _) = snapshot(&l);
+    let b = tampered(&l, Bucket::Meta, META_CONSISTENT_INDEX, &(metadata.index - 1).to_be_bytes());
+    let err = assert_refused_before_swap(&metadata, &image_of(&metadata, &b, &[]), Phase::OpenBackend);
+    assert_eq!(
+        *err.kind(),
+        ApplyErrorKind::IndexMismatch { backend_index: metadata.index - 1, snapshot_index: metadata.index }
+    );
+}
+
+#[test]
+fn corrupt_lease_record_fails_lease_restore_without_change() {
+    let l = leader();
+    let (metadata, _) = snapshot(&l);
+    let b = tampered(&l, Bucket::Lease, &7i64.to_be_bytes(), &[0xff; 3]);
+    let err = assert_refused_before_swap(&metadata, &image_of(&metadata, &b, &[]), Phase::RestoreLease);
+    assert!(matches!(err.kind(), ApplyErrorKind::Store(StoreError::Corrupt { bucket: Bucket::Lease, .. })));
+}
+
+#[test]
+fn corrupt_key_record_fails_mvcc_restore_without_change() {
+    let l = leader();
+    let (metadata, _) = snapshot(&l);
+    let b = tampered(&l, Bucket::Key, b"not a revision", b"x");
+    let err = assert_refused_before_swap(&metadata, &image_of(&metadata, &b, &[]), Phase::RestoreMvcc);
+    assert!(matches!(err.kind(), ApplyErrorKind::Store(StoreError::Corrupt { bucket: Bucket::Key, .. })));
+}
+
+#[test]
+fn every_truncation_and_bit_flip_of_an_image_is_refused_without_change() {
+    let mut l = leader();
+    let values: Vec<Op> = (0..24).map(|k| Op::Put { key: k % 12, value: vec![k; 96], lease: None }).collect();
+    run(&mut l, &values, 200, 3);
+    let (metadata, image) = snapshot(&l);
+    assert!(image.len() > 3 * 1024, "the sample image is {} bytes", image.len());
+    let mut f = follower(VecBackend::new());
+    let before = state(&f);
+    let mut obs = Recorder::default();
+    let mut refuse = |bad: &[u8], what: &str| {
+        let err = apply(&mut f, &metadata, bad, &mut obs).expect_err(what);
+        assert_eq!(err.phase(), Phase::Persist, "{what}: {err}");
+        assert!(matches!(err.kind(), ApplyErrorKind::Port(p) if p.kind == PortErrorKind::Corrupt), "{what}: {err}");
+    };
+    for len in 0..image.len() {
+        refuse(&image[..len], &format!("truncated to {len} bytes"));
+    }
+    let mut bad = image.clone();
+    for bit in 0..image.len() * 8 {
+        bad[bit / 8] ^= 1 << (bit % 8);
+        refuse(&bad, &format!("bit {bit} flipped"));
+        bad[bit / 8] ^= 1 << (bit % 8);
+    }
+    assert_eq!(state(&f), before);
+    assert_eq!(obs.gauge, 0);
+}
+
+#[test]
+fn v2_content_beyond_membership_is_fatal_under_write_only_and_accepted_under_not_yet() {
+    let l = leader();
+    let (metadata, _) = snapshot(&l);
+    let mut v2 = V2Store::<Growable>::default();
+    v2.set(b"/1/legacy-key", b"v2 value").expect("set");
+    let mut data = Vec::new();
+    v2.save(&mut data).expect("save");
+    let image = image_of(&metadata, l.backend(), &data);
+
+    let mut f = follower(VecBackend::new());
+    let mut obs = Recorder::default();
+    let err = apply(&mut f, &metadata, &image, &mut obs).expect_err("v2 content under write-only");
+    assert_eq!(err.phase(), Phase::RestoreV2);
+    assert!(err.is_fatal());
+    assert_eq!(*err.kind(), ApplyErrorKind::Store(StoreError::V2ContentDisallowed));
+    assert_eq!(obs.gauge, 0);
+
+    let mut f = Node::<VecBackend, Growable>::new(
+        Config { v2_deprecation: V2Deprecation::NotYet, ..snapply_tests::config(2) },
+        VecBackend::new(),
+    );
+    apply(&mut f, &metadata, &image, &mut Recorder::default()).expect("not-yet allows v2 content");
+    assert_eq!(f.stores().v2, v2);
+}
+
+#[test]
+fn full_fixed_capacity_is_an_error_and_changes_nothing() {
+    let mut l = node(1);
+    let keys: Vec<Op> = (0..5).map(|k| Op::Put { key: k, value: vec![k; 8], lease: None }).collect();
+    run(&mut l, &keys, 100, 3);
+    let (metadata, image) = snapshot(&l);
+    // Room for the follower's own state, not for the leader's key index.
+    type Small = Fixed<2, 64>;
+    type SmallBackend = MemBackend<64, 32, 256>;
+    let mut f = Node::<SmallBackend, Small>::new(snapply_tests::config(2), SmallBackend::default());
+    let put = snapply_core::Request::Put { key: b"a", value: b"1", lease: 0 };
+    f.apply(1, 1, &put).expect("one key fits");
+    let before = state(&f);
+    let mut buf = vec![0u8; MIN_BUFFER];
+    let mut storage = MemSnapshotStore::<SmallBackend, heapless::Vec<u8, 1024>>::new(&mut buf);
+    let mut transport = PeerTable::<Small>::default();
+    let mut obs = Recorder::default();
+    let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs };
+    let err = apply_snapshot(&mut f, ports, Snapshot { metadata: &metadata, data: &image })
+        .expect_err("the leader's state does not fit");
+    assert!(err.phase() < Phase::SwapBackend, "{err}");
+    assert!(matches!(err.kind(), ApplyErrorKind::Store(StoreError::Capacity(_))), "{err}");
+    assert_eq!(state(&f), before);
+    assert_eq!(obs.gauge, 0);
+}
+
+#[test]
+fn a_second_snapshot_does_not_evict_the_first_while_it_waits() {
+    let mut l = leader();
+    let (m1, i1) = snapshot(&l);
+    run(&mut l, &[Op::Put { key: 5, value: b"five".to_vec(), lease: None }], 300, 3);
+    let (m2, i2) = snapshot(&l);
+    run(&mut l, &[Op::Put { key: 6, value: b"six".to_vec(), lease: None }], 400, 3);
+    let (m3, i3) = snapshot(&l);
+
+    let mut buf = vec![0u8; MIN_BUFFER];
+    let mut storage = MemSnapshotStore::<VecBackend, Vec<u8>, 2>::new(&mut buf);
+    let mut f = follower(VecBackend::new());
+    let mut transport = PeerTable::<Growable>::default();
+    let mut obs = Recorder::default();
+    // Snapshot 1 is persisted, then snapshot 2 arrives before 1 is applied: both stay.
+    let v = snapply_core::pipeline::Validated::new(
+        &mut f,
+        Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs },
+        Snapshot { metadata: &m1, data: &i1 },
+    )
+    .expect("valid")
+    .expect("not empty");
+    drop(v.persist().expect("persist 1"));
+    let mut f2 = follower(VecBackend::new());
+    let mut obs2 = Recorder::default();
+    let v = snapply_core::pipeline::Validated::new(
+        &mut f2,
+        Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs2 },
+        Snapshot { metadata: &m2, data: &i2 },
+    )
+    .expect("valid")
+    .expect("not empty");
+    drop(v.persist().expect("persist 2"));
+    assert_eq!(storage.pinned().collect::<Vec<_>>(), [m1.index, m2.index]);
+    // A third cannot evict either while both wait.
+    let mut f3 = follower(VecBackend::new());
+    let mut obs3 = Recorder::default();
+    let err = apply_snapshot(
+        &mut f3,
+        Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs3 },
+        Snapshot { metadata: &m3, data: &i3 },
+    )
+    .expect_err("no slot may be freed");
+    assert_eq!(err.phase(), Phase::Persist);
+    assert!(matches!(err.kind(), ApplyErrorKind::Port(p) if p.kind == PortErrorKind::Full));
+    // Applying snapshot 2 releases snapshot 1; now snapshot 3 fits.
+    apply_snapshot(
+        &mut f2,
+        Ports { storage: &mut storage, transport: &mut transport, observer: &mut Recorder::default() },
+        Snapshot { metadata: &m2, data: &i2 },
+    )
+    .expect("apply 2");
+    assert_eq!(storage.pinned().collect::<Vec<_>>(), [m2.index]);
+    // Abandoning a restore after persisting left that follower as it was.
+    assert_eq!(state(&f), state(&follower(VecBackend::new())));
+}
