@@ -1,10 +1,8 @@
 //! Shared helpers of snapply's cross-crate tests: generated workloads, a leader that snapshots
 //! itself, followers with a different prior state, and store-by-store comparison.
 
-use std::ops::ControlFlow;
-
 use proptest::prelude::*;
-use snapply_core::backend::{Backend, Bucket, for_each_record};
+use snapply_core::backend::{Backend, Bucket, OwnedRecord, dump};
 use snapply_core::collections::{Growable, Profile};
 use snapply_core::image;
 use snapply_core::mem::VecBackend;
@@ -193,19 +191,12 @@ pub fn snapshot<B: Backend>(node: &Node<B, Growable>) -> (SnapshotMetadata, Vec<
 }
 
 /// Every record of a backend, in bucket then key order.
-pub fn records<B: Backend>(backend: &B) -> Vec<(Bucket, Vec<u8>, Vec<u8>)> {
-    let mut out = Vec::new();
-    let txn = backend.read().expect("read transaction");
-    for_each_record(&txn, &mut |b, k, v| {
-        out.push((b, k.to_vec(), v.to_vec()));
-        ControlFlow::Continue(())
-    })
-    .expect("scanning a backend");
-    out
+pub fn records<B: Backend>(backend: &B) -> Vec<OwnedRecord> {
+    dump(&backend.read().expect("read transaction")).expect("scanning a backend")
 }
 
 /// Everything observable of a node.
-pub type NodeState<P> = (Vec<(Bucket, Vec<u8>, Vec<u8>)>, snapply_core::Stores<P>, snapply_core::Progress);
+pub type NodeState<P> = (Vec<OwnedRecord>, snapply_core::Stores<P>, snapply_core::Progress);
 
 /// Everything observable of a node: backend records, stores, progress.
 pub fn state<B: Backend, P: Profile>(node: &Node<B, P>) -> NodeState<P> {
@@ -239,13 +230,24 @@ impl Observer for Recorder {
 }
 
 thread_local! {
-    static BUDGET: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+    /// Operations left before the fault, and whether the fault persists after it.
+    static BUDGET: std::cell::Cell<Option<(usize, bool)>> = const { std::cell::Cell::new(None) };
 }
 
 /// Arms the fault injector of every [`Faulty`] backend of this thread: after `n` more
-/// operations, every operation fails. `None` disarms it.
+/// operations, every operation fails (a dead medium). `None` disarms it.
 pub fn arm_faults(n: Option<usize>) {
-    BUDGET.with(|b| b.set(n));
+    BUDGET.with(|b| b.set(n.map(|n| (n, true))));
+}
+
+/// Operations left before the armed fault, if one is armed and has not fired.
+pub fn fault_pending() -> Option<usize> {
+    BUDGET.with(|b| b.get().map(|(n, _)| n))
+}
+
+/// Arms the fault injector to fail only the operation after `n` more (a transient error).
+pub fn arm_one_fault(n: usize) {
+    BUDGET.with(|b| b.set(Some((n, false))));
 }
 
 /// A backend that fails its operations once the budget armed by [`arm_faults`] runs out: the
@@ -266,11 +268,14 @@ impl<B> Faulty<B> {
 fn spend() -> Result<(), snapply_core::backend::BackendError> {
     BUDGET.with(|budget| match budget.get() {
         None => Ok(()),
-        Some(0) => {
+        Some((0, sticky)) => {
+            if !sticky {
+                budget.set(None);
+            }
             Err(snapply_core::backend::BackendError::new(snapply_core::backend::BackendErrorKind::Io, "injected fault"))
         }
-        Some(n) => {
-            budget.set(Some(n - 1));
+        Some((n, sticky)) => {
+            budget.set(Some((n - 1, sticky)));
             Ok(())
         }
     })

@@ -9,7 +9,7 @@ use snapply_core::memports::{MemSnapshotStore, PeerTable};
 use snapply_core::ports::{Event, Phase, PortErrorKind, Ports};
 use snapply_core::store::{META_CONSISTENT_INDEX, StoreError, V2Deprecation, V2Store};
 use snapply_core::{ApplyError, ApplyErrorKind, Config, Node, Snapshot, SnapshotMetadata, apply_snapshot};
-use snapply_tests::{Faulty, Op, Recorder, arm_faults, node, records, run, snapshot, state};
+use snapply_tests::{Faulty, Op, Recorder, arm_faults, arm_one_fault, node, records, run, snapshot, state};
 
 /// A leader with keys, leases, users, members and alarms, at index > 100.
 fn leader() -> Node<VecBackend, Growable> {
@@ -394,4 +394,53 @@ fn a_second_snapshot_does_not_evict_the_first_while_it_waits() {
     assert_eq!(storage.pinned().collect::<Vec<_>>(), [m2.index]);
     // Abandoning a restore after persisting left that follower as it was.
     assert_eq!(state(&f), state(&follower(VecBackend::new())));
+}
+
+/// A request that fails anywhere inside the node's transaction leaves the node as it was, and
+/// the node keeps working.
+#[test]
+fn a_transient_fault_in_any_request_leaves_the_node_as_it_was() {
+    let requests = [
+        Op::Put { key: 1, value: b"v".to_vec(), lease: Some(0) },
+        Op::Delete { key: 0, range: true },
+        Op::Revoke { lease: 0 },
+        Op::Compact { back: 0 },
+        Op::MemberAdd { id: 3, learner: true },
+        Op::MemberRemove { id: 0 },
+        Op::RolePermit { role: 0, key: 2, write: false },
+        Op::Auth(false),
+    ];
+    for (i, op) in requests.iter().enumerate() {
+        let mut faults = 0;
+        for n in 0.. {
+            arm_faults(None);
+            let mut f = Node::<Faulty<VecBackend>, Growable>::new(snapply_tests::config(1), Faulty::default());
+            let setup = [
+                Op::Grant { lease: 0, ttl: 30 },
+                Op::Put { key: 0, value: b"a".to_vec(), lease: Some(0) },
+                Op::Put { key: 1, value: b"b".to_vec(), lease: Some(0) },
+                Op::MemberAdd { id: 0, learner: false },
+                Op::RoleAdd { role: 0 },
+                Op::RootSetup,
+                Op::Auth(true),
+            ];
+            run(&mut f, &setup, 0, 1);
+            let before = state(&f);
+            let index = f.progress().applied_index;
+            arm_one_fault(n);
+            let applied = run(&mut f, std::slice::from_ref(op), index, 1);
+            let fault_hit = snapply_tests::fault_pending().is_none();
+            arm_faults(None);
+            if applied == 1 {
+                // The fault came too late to matter: the sweep over this request is complete.
+                assert!(faults > 0, "request {i} never met a fault");
+                break;
+            }
+            assert!(fault_hit, "request {i} was refused without a fault");
+            faults += 1;
+            assert_eq!(state(&f), before, "request {i} with a fault at operation {n} changed the node");
+            // The node still applies the request once the medium recovers.
+            assert_eq!(run(&mut f, std::slice::from_ref(op), index, 1), 1, "request {i} after a fault");
+        }
+    }
 }

@@ -1,0 +1,57 @@
+//! The CLI's observer: prints etcd's log lines and each phase with its duration.
+
+use std::time::Instant;
+
+use snapply_core::ports::{Event, Observer, Phase};
+
+/// Prints events and phase timings to standard output.
+pub struct Printer {
+    start: Instant,
+    /// Phases done with their durations in microseconds.
+    pub phases: Vec<(Phase, u64)>,
+    /// The in-progress gauge.
+    pub gauge: i64,
+}
+
+impl Printer {
+    pub fn new() -> Self {
+        Printer { start: Instant::now(), phases: Vec::new(), gauge: 0 }
+    }
+}
+
+impl Observer for Printer {
+    fn event(&mut self, event: &Event) {
+        match event {
+            Event::ApplyingSnapshot(f) | Event::AppliedSnapshot(f) | Event::OutdatedSnapshot(f) => println!(
+                "  log  {:<44} current-snapshot-index={} current-applied-index={} incoming-leader-snapshot-index={} incoming-leader-snapshot-term={}",
+                event.message(),
+                f.current_snapshot_index,
+                f.current_applied_index,
+                f.incoming_leader_snapshot_index,
+                f.incoming_leader_snapshot_term
+            ),
+            Event::RestoredMvccStore { consistent_index } => {
+                println!("  log  {:<44} consistent-index={consistent_index}", event.message())
+            }
+            Event::Failed { phase, fatal } => {
+                println!("  log  {:<44} phase={} fatal={fatal}", event.message(), phase.state())
+            }
+            other => println!("  log  {}", other.message()),
+        }
+    }
+
+    fn in_progress(&mut self, delta: i8) {
+        self.gauge += i64::from(delta);
+        println!("  gauge etcd_server_snapshot_apply_in_progress_total={}", self.gauge);
+    }
+
+    fn now_micros(&mut self) -> Option<u64> {
+        u64::try_from(self.start.elapsed().as_micros()).ok()
+    }
+
+    fn phase_done(&mut self, phase: Phase, micros: Option<u64>) {
+        let micros = micros.unwrap_or(0);
+        self.phases.push((phase, micros));
+        println!("  ok   {:<16} {:>10.3} ms", phase.state(), micros as f64 / 1000.0);
+    }
+}

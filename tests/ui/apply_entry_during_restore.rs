@@ -1,0 +1,20 @@
+// Touching the node during a restore: the pipeline borrows it exclusively from validation to the
+// end, so nothing (an entry, a defragmentation) can race the backend swap (etcd #20271).
+use snapply_core::collections::Profile;
+use snapply_core::pipeline::Validated;
+use snapply_core::ports::{Observer, Ports, SnapshotStore, Transport};
+use snapply_core::{Node, Request, Snapshot};
+
+fn race<P: Profile, S: SnapshotStore, T: Transport, O: Observer>(
+    node: &mut Node<S::Backend, P>,
+    ports: Ports<'_, S, T, O>,
+    snapshot: Snapshot<'_>,
+) {
+    let validated = Validated::new(node, ports, snapshot);
+    let _ = node.apply(9, 2, &Request::Compact { revision: 1 });
+    if let Ok(Some(validated)) = validated {
+        let _ = validated.persist();
+    }
+}
+
+fn main() {}

@@ -1,0 +1,10 @@
+// Cloning a state: no phase state is `Clone`, so a run cannot be forked and driven twice.
+use snapply_core::collections::Profile;
+use snapply_core::pipeline::Validated;
+use snapply_core::ports::{Observer, SnapshotStore, Transport};
+
+fn fork<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer>(state: Validated<'n, P, S, T, O>) {
+    let _ = state.clone();
+}
+
+fn main() {}

@@ -1,0 +1,11 @@
+// Building `Validated` outside the core: its fields are private, so the check that the snapshot
+// is newer than the applied index cannot be bypassed.
+use snapply_core::collections::Profile;
+use snapply_core::pipeline::Validated;
+use snapply_core::ports::{Observer, SnapshotStore, Transport};
+
+fn forge<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer>() -> Validated<'n, P, S, T, O> {
+    Validated {}
+}
+
+fn main() {}

@@ -1,0 +1,15 @@
+// Reordering `restore_lease` before `bind_index`: with the consistent-index holder still on the
+// old backend, the old index would overwrite the snapshot's (etcd #13922).
+use snapply_core::ApplyError;
+use snapply_core::collections::Profile;
+use snapply_core::pipeline::BackendOpened;
+use snapply_core::ports::{Observer, SnapshotStore, Transport};
+
+fn reorder<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer>(
+    state: BackendOpened<'n, P, S, T, O>,
+) -> Result<(), ApplyError> {
+    let _ = state.restore_lease()?.bind_index()?.restore_mvcc()?;
+    Ok(())
+}
+
+fn main() {}

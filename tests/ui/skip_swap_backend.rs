@@ -1,0 +1,10 @@
+// Skipping `swap_backend`: alarms cannot be restored before the new backend is live.
+use snapply_core::collections::Profile;
+use snapply_core::pipeline::MvccRestored;
+use snapply_core::ports::{Observer, SnapshotStore, Transport};
+
+fn skip<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer>(state: MvccRestored<'n, P, S, T, O>) {
+    let _ = state.restore_alarms();
+}
+
+fn main() {}

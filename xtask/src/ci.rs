@@ -1,0 +1,167 @@
+//! `cargo xtask ci`: every check CI runs, in order, stopping at the first failure.
+
+use std::time::{Duration, Instant};
+
+use crate::cmd::{Ctx, Error, Result, probe, run};
+use crate::fuzz::{self, Need};
+
+/// The targets that prove `no_std`: Cortex-M4F (thumbv7em) and the Cortex-M3 of QEMU's
+/// lm3s6965evb (thumbv7m), which the firmware runs on.
+pub const CROSS_TARGETS: [&str; 2] = ["thumbv7em-none-eabihf", "thumbv7m-none-eabi"];
+
+/// How a step that did not fail ended.
+pub enum Outcome {
+    Done,
+    Skipped(String),
+}
+
+enum Status {
+    Ok,
+    Skipped(String),
+    Failed,
+}
+
+/// A named step of the CI run.
+type Step<'a> = (&'a str, &'a dyn Fn(&Ctx) -> Result<Outcome>);
+
+pub fn ci(ctx: &Ctx, fuzz_seconds: u64) -> Result<()> {
+    let steps: [Step; 6] = [
+        ("targets", &ensure_targets),
+        ("fmt", &fmt),
+        ("clippy", &clippy),
+        ("test", &test),
+        ("no_std", &cross_builds),
+        ("fuzz", &|ctx| fuzz::run_targets(ctx, fuzz_seconds, &[], Need::Optional)),
+    ];
+    if ctx.ci {
+        println!("CI=true: cargo runs with --locked, so Cargo.lock must be committed up to date");
+    }
+    let started = Instant::now();
+    let mut report: Vec<(&str, Duration, Status)> = Vec::new();
+    let mut failure = None;
+    for (i, (name, step)) in steps.iter().enumerate() {
+        println!("\n==> [{}/{}] {name}", i + 1, steps.len());
+        let start = Instant::now();
+        let result = step(ctx);
+        let elapsed = start.elapsed();
+        match result {
+            Ok(Outcome::Done) => report.push((name, elapsed, Status::Ok)),
+            Ok(Outcome::Skipped(why)) => {
+                println!("skipped: {why}");
+                report.push((name, elapsed, Status::Skipped(why)));
+            }
+            Err(e) => {
+                report.push((name, elapsed, Status::Failed));
+                failure = Some((i, *name, e));
+                break;
+            }
+        }
+    }
+
+    println!("\n==> summary");
+    for (name, elapsed, status) in &report {
+        let (label, note) = match status {
+            Status::Ok => ("ok", ""),
+            Status::Skipped(why) => ("skipped", why.as_str()),
+            Status::Failed => ("FAILED", ""),
+        };
+        println!("{}", format!("  {name:<8} {label:<8} {:>8}  {note}", secs(*elapsed)).trim_end());
+    }
+    for (name, _) in &steps[report.len()..] {
+        println!("  {name:<8} {:<8} {:>8}", "not run", "-");
+    }
+    println!("  {:<8} {:<8} {:>8}", "total", "", secs(started.elapsed()));
+
+    match failure {
+        None => {
+            println!("\ncargo xtask ci: all steps passed");
+            Ok(())
+        }
+        Some((i, name, e)) => Err(Error::new(format!("ci step {}/{} `{name}` failed: {e}", i + 1, steps.len()))),
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+/// Step 1: the cross targets are installed for the active toolchain. rustup installs them from
+/// `rust-toolchain.toml` on its own when it can; this covers toolchains installed before the file
+/// listed them.
+fn ensure_targets(ctx: &Ctx) -> Result<Outcome> {
+    let rustup_hint = "the cross builds need rustup (https://rustup.rs) to install the thumbv7 targets";
+    let toolchain = crate::cmd::output(ctx.command("rustup").args(["show", "active-toolchain"]))
+        .map_err(|e| e.hint(rustup_hint))?;
+    println!("active toolchain: {}", toolchain.trim());
+    let installed = crate::cmd::output(ctx.command("rustup").args(["target", "list", "--installed"]))
+        .map_err(|e| e.hint(rustup_hint))?;
+    let missing: Vec<&str> =
+        CROSS_TARGETS.into_iter().filter(|t| !installed.lines().any(|line| line.trim() == *t)).collect();
+    if missing.is_empty() {
+        println!("installed: {}", CROSS_TARGETS.join(", "));
+    } else {
+        run(ctx.command("rustup").args(["target", "add"]).args(&missing))?;
+    }
+    Ok(Outcome::Done)
+}
+
+/// Step 2: formatting.
+fn fmt(ctx: &Ctx) -> Result<Outcome> {
+    run(ctx.cargo().args(["fmt", "--all", "--", "--check"])).map_err(|e| e.hint("run `cargo fmt --all`"))?;
+    Ok(Outcome::Done)
+}
+
+/// Step 3: lints, on the default features and on the host feature set of the core. Never
+/// `--all-features`: the core's `defmt` and `log` features exclude each other by `compile_error!`.
+fn clippy(ctx: &Ctx) -> Result<Outcome> {
+    run(ctx
+        .cargo()
+        .args(["clippy", "--workspace", "--all-targets"])
+        .args(ctx.locked())
+        .args(["--", "-D", "warnings"]))?;
+    run(ctx
+        .cargo()
+        .args(["clippy", "-p", "snapply-core", "--all-targets", "--features", "std,log"])
+        .args(ctx.locked())
+        .args(["--", "-D", "warnings"]))?;
+    Ok(Outcome::Done)
+}
+
+/// Step 4: host tests, including the compile-fail tests of `snapply-tests`.
+fn test(ctx: &Ctx) -> Result<Outcome> {
+    if probe(ctx.cargo().args(["nextest", "--version"])) {
+        run(ctx.cargo().args(["nextest", "run", "--workspace"]).args(ctx.locked()))?;
+        // nextest does not run doctests.
+        run(ctx.cargo().args(["test", "--workspace", "--doc"]).args(ctx.locked()))?;
+    } else {
+        println!("cargo-nextest is not installed; using cargo test");
+        run(ctx.cargo().args(["test", "--workspace"]).args(ctx.locked()))?;
+    }
+    // The core again with the alloc-backed (growable) types and the `log` shim.
+    run(ctx.cargo().args(["test", "-p", "snapply-core", "--features", "std,log"]).args(ctx.locked()))?;
+    Ok(Outcome::Done)
+}
+
+/// Step 5: `no_std` is proved by building for targets that have no `std`, not by a host build.
+fn cross_builds(ctx: &Ctx) -> Result<Outcome> {
+    let [m4f, m3] = CROSS_TARGETS;
+    run(ctx.cargo().args(["build", "-p", "snapply-core", "--target", m4f]).args(ctx.locked()))?;
+    run(ctx.cargo().args(["build", "-p", "snapply-core", "--target", m4f, "--features", "defmt"]).args(ctx.locked()))?;
+    run(ctx.cargo().args(["build", "-p", "snapply-core", "--target", m3]).args(ctx.locked()))?;
+
+    // The flash adapter is no_std too (DESIGN.md section 2); build it once it exists.
+    if ctx.root.join("adapters/flash/Cargo.toml").is_file() {
+        run(ctx.cargo().args(["build", "-p", "snapply-flash", "--target", m4f]).args(ctx.locked()))?;
+    } else {
+        println!("adapters/flash does not exist yet: snapply-flash cross build skipped");
+    }
+
+    // The firmware is excluded from the workspace and picks its target from its own config.
+    let firmware = ctx.root.join("targets/firmware");
+    if firmware.join("Cargo.toml").is_file() {
+        run(ctx.cargo().args(["build", "--release"]).current_dir(&firmware))?;
+    } else {
+        println!("targets/firmware does not exist yet: firmware build skipped");
+    }
+    Ok(Outcome::Done)
+}

@@ -1,0 +1,177 @@
+//! `cargo xtask`: snapply's project automation (the cargo alias lives in `.cargo/config.toml`).
+//!
+//! Every task runs from the workspace root and prints each command before running it. A failing
+//! command stops the task with an error that names the command and its exit status.
+
+mod bench;
+mod ci;
+mod cmd;
+mod fuzz;
+
+use std::process::ExitCode;
+
+use cmd::{Ctx, Error, Result, run};
+
+const USAGE: &str = "\
+cargo xtask: snapply's project automation
+
+USAGE:
+    cargo xtask <TASK> [OPTIONS]
+
+TASKS:
+    ci [--fuzz-seconds N]           everything CI checks, in order, stopping at the first failure:
+                                    cross targets installed, fmt, clippy, host tests, no_std cross
+                                    builds, fuzz smoke (N seconds per target, default 20; skipped
+                                    without a nightly toolchain)
+    fuzz [--seconds N] [TARGET...]  run the fuzz targets (all by default) for N seconds each
+                                    (default 60); needs nightly, installs cargo-fuzz if missing
+    bench                           run the criterion benchmarks
+    qemu                            build the firmware and run it in QEMU
+    help                            print this message
+
+ENVIRONMENT:
+    CI=true                         cargo runs with --locked: the committed Cargo.lock must be current
+";
+
+const CI_FUZZ_SECONDS: u64 = 20;
+const FUZZ_SECONDS: u64 = 60;
+
+#[derive(Debug, PartialEq, Eq)]
+enum Task {
+    Help,
+    Ci { fuzz_seconds: u64 },
+    Fuzz { seconds: u64, targets: Vec<String> },
+    Bench,
+    Qemu,
+}
+
+fn main() -> ExitCode {
+    let task = match parse(std::env::args().skip(1)) {
+        Ok(task) => task,
+        Err(message) => {
+            eprintln!("error: {message}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let ctx = Ctx::from_env();
+    let result = match task {
+        Task::Help => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Task::Ci { fuzz_seconds } => ci::ci(&ctx, fuzz_seconds),
+        Task::Fuzz { seconds, targets } => fuzz::run_targets(&ctx, seconds, &targets, fuzz::Need::Required).map(drop),
+        Task::Bench => bench::bench(&ctx),
+        Task::Qemu => qemu(&ctx),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("\nerror: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse(mut args: impl Iterator<Item = String>) -> Result<Task, String> {
+    let Some(task) = args.next() else {
+        return Err("no task given".into());
+    };
+    let mut seconds = None;
+    let mut targets = Vec::new();
+    let seconds_flag = match task.as_str() {
+        "ci" => "--fuzz-seconds",
+        "fuzz" => "--seconds",
+        _ => "",
+    };
+    while let Some(arg) = args.next() {
+        if arg == "-h" || arg == "--help" {
+            return Ok(Task::Help);
+        }
+        if !seconds_flag.is_empty() && arg == seconds_flag {
+            let value = args.next().ok_or_else(|| format!("{seconds_flag} needs a value"))?;
+            seconds = Some(parse_seconds(seconds_flag, &value)?);
+        } else if !seconds_flag.is_empty()
+            && let Some(value) = arg.strip_prefix(seconds_flag).and_then(|v| v.strip_prefix('='))
+        {
+            seconds = Some(parse_seconds(seconds_flag, value)?);
+        } else if task == "fuzz" && !arg.starts_with('-') {
+            targets.push(arg);
+        } else {
+            return Err(format!("unexpected argument `{arg}` for `{task}`"));
+        }
+    }
+    match task.as_str() {
+        "help" | "-h" | "--help" => Ok(Task::Help),
+        "ci" => Ok(Task::Ci { fuzz_seconds: seconds.unwrap_or(CI_FUZZ_SECONDS) }),
+        "fuzz" => Ok(Task::Fuzz { seconds: seconds.unwrap_or(FUZZ_SECONDS), targets }),
+        "bench" => Ok(Task::Bench),
+        "qemu" => Ok(Task::Qemu),
+        other => Err(format!("unknown task `{other}`")),
+    }
+}
+
+fn parse_seconds(flag: &str, value: &str) -> Result<u64, String> {
+    match value.parse() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{flag} takes a whole number of seconds greater than 0, not `{value}`")),
+    }
+}
+
+/// Builds the firmware and runs it under QEMU (lm3s6965evb) through the runner in the firmware's
+/// `.cargo/config.toml`.
+fn qemu(ctx: &Ctx) -> Result<()> {
+    let firmware = ctx.root.join("targets/firmware");
+    if !firmware.join("Cargo.toml").is_file() {
+        return Err(Error::new(format!(
+            "the firmware target does not exist yet ({} is missing)",
+            ctx.rel(&firmware.join("Cargo.toml")).display()
+        )));
+    }
+    run(ctx.cargo().args(["run", "--release"]).current_dir(&firmware))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(line: &str) -> Result<Task, String> {
+        parse(line.split_whitespace().map(String::from))
+    }
+
+    #[test]
+    fn parses_every_task() {
+        assert_eq!(parse_str("ci"), Ok(Task::Ci { fuzz_seconds: CI_FUZZ_SECONDS }));
+        assert_eq!(parse_str("ci --fuzz-seconds 5"), Ok(Task::Ci { fuzz_seconds: 5 }));
+        assert_eq!(parse_str("ci --fuzz-seconds=7"), Ok(Task::Ci { fuzz_seconds: 7 }));
+        assert_eq!(parse_str("fuzz"), Ok(Task::Fuzz { seconds: FUZZ_SECONDS, targets: vec![] }));
+        assert_eq!(
+            parse_str("fuzz --seconds 3 image etcd"),
+            Ok(Task::Fuzz { seconds: 3, targets: vec!["image".into(), "etcd".into()] })
+        );
+        assert_eq!(parse_str("bench"), Ok(Task::Bench));
+        assert_eq!(parse_str("qemu"), Ok(Task::Qemu));
+        assert_eq!(parse_str("help"), Ok(Task::Help));
+        assert_eq!(parse_str("--help"), Ok(Task::Help));
+        assert_eq!(parse_str("ci -h"), Ok(Task::Help));
+    }
+
+    #[test]
+    fn rejects_bad_arguments() {
+        for line in [
+            "",
+            "deploy",
+            "ci --seconds 5",
+            "ci extra",
+            "ci --fuzz-seconds",
+            "ci --fuzz-seconds 0",
+            "fuzz --seconds -1",
+            "fuzz --seconds soon",
+            "fuzz --verbose",
+            "bench --fuzz-seconds 3",
+            "qemu now",
+        ] {
+            assert!(parse_str(line).is_err(), "`{line}` was accepted");
+        }
+    }
+}
