@@ -203,3 +203,18 @@ pub fn for_each_record<R: ReadTxn + ?Sized>(txn: &R, f: &mut VisitRecord<'_>) ->
     }
     Ok(())
 }
+
+/// A record as [`dump`] returns it: bucket, key, value.
+#[cfg(feature = "alloc")]
+pub type OwnedRecord = (Bucket, alloc::vec::Vec<u8>, alloc::vec::Vec<u8>);
+
+/// Every record of `txn`, in the order of [`for_each_record`], copied out (feature `alloc`).
+#[cfg(feature = "alloc")]
+pub fn dump<R: ReadTxn + ?Sized>(txn: &R) -> Result<alloc::vec::Vec<OwnedRecord>, BackendError> {
+    let mut out = alloc::vec::Vec::new();
+    for_each_record(txn, &mut |b, k, v| {
+        out.push((b, k.to_vec(), v.to_vec()));
+        ControlFlow::Continue(())
+    })?;
+    Ok(out)
+}

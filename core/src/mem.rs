@@ -1,9 +1,10 @@
 //! In-memory backends: [`MemBackend`] with fixed capacities and no heap, and (feature `alloc`)
 //! [`VecBackend`] with growable tables.
 //!
-//! Both keep two banks, like the flash adapter: a write transaction writes into the inactive
-//! bank, which starts as a copy of the active one, and commit flips which bank is active. A
-//! dropped transaction leaves the active bank untouched.
+//! [`MemBackend`] keeps two banks, like the flash adapter: a write transaction writes into the
+//! inactive bank, which starts as a copy of the active one, and commit flips which bank is
+//! active. [`VecBackend`] keeps a transaction's changes in an overlay. Either way a dropped
+//! transaction leaves the committed state untouched.
 
 use crate::backend::{Backend, BackendError, BackendErrorKind, Bucket, ReadTxn, Visit, WriteTxn};
 
@@ -216,51 +217,175 @@ impl<const N: usize, const K: usize, const V: usize> Table for FixedTable<N, K, 
 mod growable {
     use alloc::collections::BTreeMap;
     use alloc::vec::Vec;
+    use core::ops::ControlFlow;
 
-    use super::{Table, sealed};
-    use crate::backend::{BackendError, Bucket, Visit};
+    use crate::backend::{Backend, BackendError, Bucket, ReadTxn, Visit, WriteTxn};
 
-    /// A growable table on the heap.
+    type Map = BTreeMap<(Bucket, Vec<u8>), Vec<u8>>;
+
+    /// An in-memory backend with growable tables (feature `alloc`).
+    ///
+    /// A write transaction keeps its changes in an overlay that reads see and commit merges, so
+    /// a transaction costs what it changes, not the size of the backend.
     #[derive(Clone, Debug, Default)]
-    pub struct VecTable {
-        entries: BTreeMap<(Bucket, Vec<u8>), Vec<u8>>,
+    pub struct VecBackend {
+        map: Map,
     }
 
-    impl sealed::Sealed for VecTable {}
-
-    impl Table for VecTable {
-        fn get(&self, bucket: Bucket, key: &[u8]) -> Option<&[u8]> {
-            self.entries.get(&(bucket, key.to_vec())).map(Vec::as_slice)
+    impl VecBackend {
+        /// An empty backend.
+        pub fn new() -> Self {
+            Self::default()
         }
-        fn scan(&self, bucket: Bucket, from: &[u8], f: &mut Visit<'_>) {
-            for ((b, k), v) in self.entries.range((bucket, from.to_vec())..) {
-                if *b != bucket || f(k, v).is_break() {
-                    break;
+
+        /// Number of records, over all buckets.
+        pub fn len(&self) -> usize {
+            self.map.len()
+        }
+
+        /// Whether the backend holds no record.
+        pub fn is_empty(&self) -> bool {
+            self.map.is_empty()
+        }
+    }
+
+    /// Read transaction of a [`VecBackend`].
+    #[derive(Debug)]
+    pub struct VecRead<'a> {
+        map: &'a Map,
+    }
+
+    /// Write transaction of a [`VecBackend`].
+    #[derive(Debug)]
+    pub struct VecWrite<'a> {
+        map: &'a mut Map,
+        /// Changes: `Some` puts, `None` deletes.
+        pending: BTreeMap<(Bucket, Vec<u8>), Option<Vec<u8>>>,
+        /// Buckets cleared before the changes in `pending`.
+        cleared: [bool; Bucket::ALL.len()],
+    }
+
+    fn scan_map(map: &Map, bucket: Bucket, from: &[u8], f: &mut Visit<'_>) {
+        for ((b, k), v) in map.range((bucket, from.to_vec())..) {
+            if *b != bucket || f(k, v).is_break() {
+                break;
+            }
+        }
+    }
+
+    impl ReadTxn for VecRead<'_> {
+        fn get(&self, bucket: Bucket, key: &[u8], f: &mut dyn FnMut(&[u8])) -> Result<bool, BackendError> {
+            Ok(self.map.get(&(bucket, key.to_vec())).map(|v| f(v)).is_some())
+        }
+        fn scan(&self, bucket: Bucket, from: &[u8], f: &mut Visit<'_>) -> Result<(), BackendError> {
+            scan_map(self.map, bucket, from, f);
+            Ok(())
+        }
+    }
+
+    impl ReadTxn for VecWrite<'_> {
+        fn get(&self, bucket: Bucket, key: &[u8], f: &mut dyn FnMut(&[u8])) -> Result<bool, BackendError> {
+            let k = (bucket, key.to_vec());
+            let value = match self.pending.get(&k) {
+                Some(change) => change.as_deref(),
+                None if self.cleared[bucket.id() as usize] => None,
+                None => self.map.get(&k).map(Vec::as_slice),
+            };
+            Ok(value.map(f).is_some())
+        }
+
+        fn scan(&self, bucket: Bucket, from: &[u8], f: &mut Visit<'_>) -> Result<(), BackendError> {
+            // Merge the committed records (unless the bucket was cleared) with the overlay; the
+            // overlay wins on equal keys and hides deleted ones.
+            let start = (bucket, from.to_vec());
+            let mut base = self.map.range(start.clone()..).take_while(|((b, _), _)| *b == bucket).peekable();
+            if self.cleared[bucket.id() as usize] {
+                base.by_ref().for_each(drop);
+            }
+            let mut over = self.pending.range(start..).take_while(|((b, _), _)| *b == bucket).peekable();
+            loop {
+                let take_over = match (base.peek(), over.peek()) {
+                    (None, None) => return Ok(()),
+                    (Some(_), None) => false,
+                    (None, Some(_)) => true,
+                    (Some(((_, a), _)), Some(((_, b), _))) => b <= a,
+                };
+                let flow = if take_over {
+                    let Some(((_, k), change)) = over.next() else { return Ok(()) };
+                    if base.peek().is_some_and(|((_, a), _)| a == k) {
+                        base.next();
+                    }
+                    match change {
+                        Some(v) => f(k, v),
+                        None => ControlFlow::Continue(()),
+                    }
+                } else {
+                    let Some(((_, k), v)) = base.next() else { return Ok(()) };
+                    f(k, v)
+                };
+                if flow.is_break() {
+                    return Ok(());
                 }
             }
         }
+    }
+
+    impl WriteTxn for VecWrite<'_> {
         fn put(&mut self, bucket: Bucket, key: &[u8], value: &[u8]) -> Result<(), BackendError> {
-            self.entries.insert((bucket, key.to_vec()), value.to_vec());
+            self.pending.insert((bucket, key.to_vec()), Some(value.to_vec()));
             Ok(())
         }
-        fn delete(&mut self, bucket: Bucket, key: &[u8]) -> bool {
-            self.entries.remove(&(bucket, key.to_vec())).is_some()
+        fn delete(&mut self, bucket: Bucket, key: &[u8]) -> Result<bool, BackendError> {
+            let existed = self.get(bucket, key, &mut |_| {})?;
+            self.pending.insert((bucket, key.to_vec()), None);
+            Ok(existed)
         }
-        fn clear(&mut self, bucket: Bucket) {
-            self.entries.retain(|(b, _), _| *b != bucket);
+        fn clear(&mut self, bucket: Bucket) -> Result<(), BackendError> {
+            self.cleared[bucket.id() as usize] = true;
+            self.pending.retain(|(b, _), _| *b != bucket);
+            Ok(())
         }
-        fn len(&self) -> usize {
-            self.entries.len()
+        fn commit(self) -> Result<(), BackendError> {
+            for bucket in Bucket::ALL {
+                if self.cleared[bucket.id() as usize] {
+                    self.map.retain(|(b, _), _| *b != bucket);
+                }
+            }
+            for (k, change) in self.pending {
+                match change {
+                    Some(v) => {
+                        self.map.insert(k, v);
+                    }
+                    None => {
+                        self.map.remove(&k);
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+
+    impl Backend for VecBackend {
+        type Read<'a>
+            = VecRead<'a>
+        where
+            Self: 'a;
+        type Write<'a>
+            = VecWrite<'a>
+        where
+            Self: 'a;
+
+        fn read(&self) -> Result<Self::Read<'_>, BackendError> {
+            Ok(VecRead { map: &self.map })
+        }
+        fn write(&mut self) -> Result<Self::Write<'_>, BackendError> {
+            Ok(VecWrite { map: &mut self.map, pending: BTreeMap::new(), cleared: [false; Bucket::ALL.len()] })
         }
     }
 }
 
 #[cfg(feature = "alloc")]
-pub use growable::VecTable;
-
-/// An in-memory backend with growable tables (feature `alloc`).
-#[cfg(feature = "alloc")]
-pub type VecBackend = Banked<VecTable>;
+pub use growable::{VecBackend, VecRead, VecWrite};
 
 #[cfg(test)]
 mod tests {
@@ -321,5 +446,119 @@ mod tests {
         w.put(Bucket::Key, b"a", b"1").unwrap();
         assert_eq!(w.put(Bucket::Key, b"b", b"1").unwrap_err().kind, BackendErrorKind::Full);
         assert_eq!(w.put(Bucket::Key, b"a", b"too long").unwrap_err().kind, BackendErrorKind::Full);
+    }
+
+    #[cfg(feature = "alloc")]
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::BTreeMap;
+
+        #[derive(Clone, Debug)]
+        enum Step {
+            Put(u8, u8, u8),
+            Delete(u8, u8),
+            Clear(u8),
+            Scan(u8, u8),
+            Commit,
+            Abort,
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            prop_oneof![
+                4 => (0u8..3, 0u8..8, any::<u8>()).prop_map(|(b, k, v)| Step::Put(b, k, v)),
+                2 => (0u8..3, 0u8..8).prop_map(|(b, k)| Step::Delete(b, k)),
+                1 => (0u8..3).prop_map(Step::Clear),
+                2 => (0u8..3, 0u8..9).prop_map(|(b, k)| Step::Scan(b, k)),
+                1 => Just(Step::Commit),
+                1 => Just(Step::Abort),
+            ]
+        }
+
+        type Model = BTreeMap<(Bucket, Vec<u8>), Vec<u8>>;
+
+        fn scan_model(m: &Model, bucket: Bucket, from: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+            m.iter()
+                .filter(|((b, k), _)| *b == bucket && k.as_slice() >= from)
+                .map(|((_, k), v)| (k.clone(), v.clone()))
+                .collect()
+        }
+
+        fn scan_txn<R: ReadTxn>(t: &R, bucket: Bucket, from: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+            let mut out = Vec::new();
+            t.scan(bucket, from, &mut |k, v| {
+                out.push((k.to_vec(), v.to_vec()));
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+            out
+        }
+
+        /// Runs `steps` against a backend and a model; every scan and get inside and outside a
+        /// transaction agrees with the model.
+        fn check<B: Backend + Default>(steps: &[Step]) -> Result<(), TestCaseError> {
+            let mut backend = B::default();
+            let mut committed = Model::new();
+            let mut steps = steps.iter().peekable();
+            while steps.peek().is_some() {
+                let mut staged = committed.clone();
+                let mut txn = backend.write().unwrap();
+                let mut commit = false;
+                for s in steps.by_ref() {
+                    match *s {
+                        Step::Put(b, k, v) => {
+                            let b = Bucket::ALL[b as usize];
+                            txn.put(b, &[k], &[v]).unwrap();
+                            staged.insert((b, vec![k]), vec![v]);
+                        }
+                        Step::Delete(b, k) => {
+                            let b = Bucket::ALL[b as usize];
+                            let existed = txn.delete(b, &[k]).unwrap();
+                            prop_assert_eq!(existed, staged.remove(&(b, vec![k])).is_some());
+                        }
+                        Step::Clear(b) => {
+                            let b = Bucket::ALL[b as usize];
+                            txn.clear(b).unwrap();
+                            staged.retain(|(x, _), _| *x != b);
+                        }
+                        Step::Scan(b, from) => {
+                            let b = Bucket::ALL[b as usize];
+                            prop_assert_eq!(scan_txn(&txn, b, &[from]), scan_model(&staged, b, &[from]));
+                            let mut got = None;
+                            txn.get(b, &[from], &mut |v| got = Some(v.to_vec())).unwrap();
+                            prop_assert_eq!(got.as_ref(), staged.get(&(b, vec![from])));
+                        }
+                        Step::Commit => {
+                            commit = true;
+                            break;
+                        }
+                        Step::Abort => break,
+                    }
+                }
+                if commit {
+                    txn.commit().unwrap();
+                    committed = staged;
+                } else {
+                    drop(txn);
+                }
+                let read = backend.read().unwrap();
+                for b in &Bucket::ALL[..3] {
+                    prop_assert_eq!(scan_txn(&read, *b, &[]), scan_model(&committed, *b, &[]));
+                }
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #[test]
+            fn vec_backend_matches_a_model(steps in proptest::collection::vec(step(), 1..64)) {
+                check::<VecBackend>(&steps)?;
+            }
+
+            #[test]
+            fn mem_backend_matches_a_model(steps in proptest::collection::vec(step(), 1..64)) {
+                check::<MemBackend<32, 4, 4>>(&steps)?;
+            }
+        }
     }
 }

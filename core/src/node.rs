@@ -198,24 +198,53 @@ impl<B: Backend, P: Profile> Node<B, P> {
         if index <= self.progress.applied_index {
             return Ok(self.stores.kv.current_revision());
         }
-        // Every store is changed on a copy installed only once the backend has committed, so a
-        // refused request leaves the node exactly as it was.
-        let mut next = self.stores.clone();
-        let mut scratch = P::Bytes::default();
-        let mut txn = self.backend.write()?;
-        apply_request(&mut next, &mut txn, request, &mut scratch)?;
-        if let Request::Compact { revision } = request {
-            // etcd commits the schedule before compacting, so an interrupted compaction is
-            // resumed on restore. Here both land in one transaction, which is stronger.
-            next.kv.compact(&mut txn, *revision)?;
+        // The stores change in place, as the request is written into the transaction. If
+        // anything fails, the transaction is dropped, so the backend is as it was, and the stores
+        // are read back from it: they always equal what recovering from the backend gives (the
+        // invariant the differential tests check). The v2 store is not in the backend; the only
+        // requests that touch it are member changes, which keep a copy.
+        let v2_before =
+            matches!(request, Request::MemberAdd(_) | Request::MemberRemove { .. }).then(|| self.stores.v2.clone());
+        let mut cindex = self.stores.cindex;
+        cindex.advance(index, term);
+        let result = self.backend.write().map_err(StoreError::from).and_then(|mut txn| {
+            let mut scratch = P::Bytes::default();
+            apply_request(&mut self.stores, &mut txn, request, &mut scratch)?;
+            if let Request::Compact { revision } = request {
+                // etcd commits the schedule before compacting, so an interrupted compaction is
+                // resumed on restore. Here both land in one transaction, which is stronger.
+                self.stores.kv.compact(&mut txn, *revision)?;
+            }
+            save_conf_state(&mut txn, &self.progress.conf_state)?;
+            cindex.commit(txn)
+        });
+        if let Err(e) = result {
+            if let Some(v2) = v2_before {
+                self.stores.v2 = v2;
+            }
+            // If even reading back fails, the error of the reload is the one to report: the
+            // node must be reopened from its backend.
+            self.reload()?;
+            return Err(e);
         }
-        next.cindex.advance(index, term);
-        save_conf_state(&mut txn, &self.progress.conf_state)?;
-        next.cindex.commit(txn)?;
-        self.stores = next;
+        self.stores.cindex = cindex;
         self.progress.applied_index = index;
         self.progress.applied_term = term;
         Ok(self.stores.kv.current_revision())
+    }
+
+    /// Rebuilds every store kept in the backend from it, without writing.
+    fn reload(&mut self) -> Result<(), StoreError> {
+        let txn = self.backend.read()?;
+        let mut lessor = Lessor::load(&txn, self.config.min_lease_ttl)?;
+        let (kv, _) = KvStore::load(&txn, &mut lessor)?;
+        self.stores.cindex = ConsistentIndex::load(&txn)?;
+        self.stores.alarms = AlarmStore::load(&txn)?;
+        self.stores.auth = AuthStore::load(&txn)?;
+        self.stores.membership = Membership::load(&txn)?;
+        self.stores.lessor = lessor;
+        self.stores.kv = kv;
+        Ok(())
     }
 
     /// Applies a configuration change's resulting conf state (raft-rs `apply_conf_change`).

@@ -86,8 +86,12 @@ impl<P: Profile> AlarmStore<P> {
 
     /// Rebuilds the alarms from the `alarm` bucket (etcd's `restoreAlarms`).
     pub fn recover<B: Backend>(backend: &B) -> Result<Self, StoreError> {
+        Self::load(&backend.read()?)
+    }
+
+    /// Reads the store from a read transaction.
+    pub(crate) fn load<R: ReadTxn + ?Sized>(txn: &R) -> Result<Self, StoreError> {
         let mut store = AlarmStore::<P>::default();
-        let txn = backend.read()?;
         let mut result = Ok(());
         txn.scan(Bucket::Alarm, &[], &mut |k, _| {
             result = match Alarm::from_key(k) {

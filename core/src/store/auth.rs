@@ -359,12 +359,16 @@ impl<P: Profile> AuthStore<P> {
     /// `authStore.Recover`): flag, revision, users, roles, the permission cache (bug #14571 was
     /// an empty cache after recover), and the token provider enabled **or disabled** to match.
     pub fn recover<B: Backend>(backend: &B) -> Result<Self, StoreError> {
+        Self::load(&backend.read()?)
+    }
+
+    /// Reads the store from a read transaction.
+    pub(crate) fn load<R: ReadTxn + ?Sized>(txn: &R) -> Result<Self, StoreError> {
         let mut store = AuthStore::<P>::default();
-        let txn = backend.read()?;
         let mut enabled = None;
         txn.get(Bucket::Auth, AUTH_ENABLED_KEY, &mut |v| enabled = Some(v == [1]))?;
         store.enabled = enabled.unwrap_or(false);
-        store.revision = codec::get_u64(&txn, Bucket::Auth, AUTH_REVISION_KEY)?.unwrap_or(0);
+        store.revision = codec::get_u64(txn, Bucket::Auth, AUTH_REVISION_KEY)?.unwrap_or(0);
         let mut result = Ok(());
         txn.scan(Bucket::AuthUsers, &[], &mut |_, v| {
             result = codec::decode::<UserRecord<'_>>(Bucket::AuthUsers, v).and_then(|r| {

@@ -344,14 +344,29 @@ impl<P: Profile> KvStore<P> {
         lessor: &mut Lessor<P>,
         cindex: &ConsistentIndex,
     ) -> Result<Self, StoreError> {
+        let (mut store, scheduled) = Self::load(&backend.read()?, lessor)?;
+        if let Some(scheduled) = scheduled {
+            crate::fmt::info!("resume scheduled compaction: scheduled-compact-revision {}", scheduled);
+            let mut txn = backend.write()?;
+            store.compact(&mut txn, scheduled)?;
+            cindex.commit(txn)?;
+        }
+        Ok(store)
+    }
+
+    /// Reads the store as [`KvStore::restore`] does, without committing; returns the scheduled
+    /// compaction revision if a compaction is unfinished.
+    pub(crate) fn load<R: ReadTxn + ?Sized>(
+        txn: &R,
+        lessor: &mut Lessor<P>,
+    ) -> Result<(Self, Option<i64>), StoreError> {
         let mut store = KvStore::<P>::default();
         let (finished, scheduled);
         // Which lease each key is attached to at the end: the lease of its latest revision.
         let mut key_lease = P::Vec::<(P::Bytes, LeaseId)>::default();
         {
-            let txn = backend.read()?;
-            finished = codec::get_u64(&txn, Bucket::Meta, META_FINISHED_COMPACT)?.map(|v| v as i64);
-            scheduled = codec::get_u64(&txn, Bucket::Meta, META_SCHEDULED_COMPACT)?.map(|v| v as i64);
+            finished = codec::get_u64(txn, Bucket::Meta, META_FINISHED_COMPACT)?.map(|v| v as i64);
+            scheduled = codec::get_u64(txn, Bucket::Meta, META_SCHEDULED_COMPACT)?.map(|v| v as i64);
             let mut result: Result<(), StoreError> = Ok(());
             txn.scan(Bucket::Key, &[], &mut |k, v| {
                 result = store.restore_one(k, v, &mut key_lease);
@@ -375,15 +390,8 @@ impl<P: Profile> KvStore<P> {
         if store.current_rev < store.compact_rev {
             store.current_rev = store.compact_rev;
         }
-        if let Some(scheduled) = scheduled
-            && scheduled > store.compact_rev
-        {
-            crate::fmt::info!("resume scheduled compaction: scheduled-compact-revision {}", scheduled);
-            let mut txn = backend.write()?;
-            store.compact(&mut txn, scheduled)?;
-            cindex.commit(txn)?;
-        }
-        Ok(store)
+        let unfinished = scheduled.filter(|s| *s > store.compact_rev);
+        Ok((store, unfinished))
     }
 
     fn restore_one(

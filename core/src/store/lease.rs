@@ -174,9 +174,15 @@ impl<P: Profile> Lessor<P> {
     /// no attached key yet (the key-value store reattaches them). Like etcd, it ends with a
     /// forced commit, which stamps `cindex` into the backend.
     pub fn recover<B: Backend>(backend: &mut B, min_ttl: i64, cindex: &ConsistentIndex) -> Result<Self, StoreError> {
+        let lessor = Self::load(&backend.read()?, min_ttl)?;
+        cindex.commit(backend.write()?)?;
+        Ok(lessor)
+    }
+
+    /// Reads the leases of the `lease` bucket, as [`Lessor::recover`] does, without committing.
+    pub(crate) fn load<R: ReadTxn + ?Sized>(txn: &R, min_ttl: i64) -> Result<Self, StoreError> {
         let mut lessor = Lessor::new(min_ttl);
         {
-            let txn = backend.read()?;
             let mut result = Ok(());
             txn.scan(Bucket::Lease, &[], &mut |_, v| {
                 result = codec::decode::<LeaseRecord>(Bucket::Lease, v).and_then(|r| {
@@ -192,7 +198,6 @@ impl<P: Profile> Lessor<P> {
             })?;
             result?;
         }
-        cindex.commit(backend.write()?)?;
         Ok(lessor)
     }
 }

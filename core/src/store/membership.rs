@@ -238,8 +238,12 @@ impl<P: Profile> Membership<P> {
     /// Rebuilds membership from the `members`, `members_removed` and `cluster` buckets and
     /// updates the capabilities (etcd's `RaftCluster.Recover(api.UpdateCapability)`).
     pub fn recover<B: Backend>(backend: &B) -> Result<Self, StoreError> {
+        Self::load(&backend.read()?)
+    }
+
+    /// Reads the store from a read transaction.
+    pub(crate) fn load<R: ReadTxn + ?Sized>(txn: &R) -> Result<Self, StoreError> {
         let mut store = Membership::<P>::default();
-        let txn = backend.read()?;
         let mut result = Ok(());
         txn.scan(Bucket::Members, &[], &mut |_, v| {
             result = codec::decode::<MemberRecord<'_>>(Bucket::Members, v)
@@ -256,8 +260,8 @@ impl<P: Profile> Membership<P> {
             if result.is_err() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
         })?;
         result?;
-        store.version = codec::get(&txn, Bucket::Cluster, CLUSTER_VERSION_KEY)?;
-        store.downgrade = codec::get(&txn, Bucket::Cluster, DOWNGRADE_KEY)?.unwrap_or_default();
+        store.version = codec::get(txn, Bucket::Cluster, CLUSTER_VERSION_KEY)?;
+        store.downgrade = codec::get(txn, Bucket::Cluster, DOWNGRADE_KEY)?.unwrap_or_default();
         store.capabilities = Capabilities::of(store.version);
         Ok(store)
     }
