@@ -308,3 +308,185 @@ fn apply_request<P: Profile, W: WriteTxn>(
     }
     Ok(())
 }
+
+#[cfg(all(test, feature = "alloc"))]
+mod tests {
+    use super::*;
+    use crate::backend::ReadTxn;
+    use crate::collections::{Fixed, Growable};
+    use crate::mem::{MemBackend, VecBackend};
+    use crate::store::{AlarmType, Expiry, KeyValue, StoreError, TokenProvider};
+
+    type TestNode = Node<VecBackend, Growable>;
+
+    fn node() -> TestNode {
+        Node::new(Config { id: 1, min_lease_ttl: 5, v2_deprecation: V2Deprecation::WriteOnly }, VecBackend::new())
+    }
+
+    fn apply(n: &mut TestNode, r: &Request<'_>) -> Result<i64, StoreError> {
+        let index = n.progress().applied_index + 1;
+        n.apply(index, 1, r)
+    }
+
+    fn get(n: &TestNode, key: &[u8], at: i64) -> Result<Option<(std::vec::Vec<u8>, i64, i64, i64, i64)>, StoreError> {
+        let mut out = None;
+        n.stores().kv.range(&n.backend().read()?, key, &[], at, &mut |kv: &KeyValue<'_>| {
+            out = Some((kv.value.to_vec(), kv.create_revision, kv.mod_revision, kv.version, kv.lease))
+        })?;
+        Ok(out)
+    }
+
+    #[test]
+    fn revisions_versions_and_generations_follow_etcd() {
+        let mut n = node();
+        assert_eq!(apply(&mut n, &Request::Put { key: b"a", value: b"1", lease: 0 }), Ok(2));
+        assert_eq!(apply(&mut n, &Request::Put { key: b"a", value: b"2", lease: 0 }), Ok(3));
+        assert_eq!(get(&n, b"a", 0), Ok(Some((b"2".to_vec(), 2, 3, 2, 0))));
+        assert_eq!(get(&n, b"a", 2), Ok(Some((b"1".to_vec(), 2, 2, 1, 0))));
+        assert_eq!(apply(&mut n, &Request::DeleteRange { key: b"a", range_end: b"" }), Ok(4));
+        assert_eq!(get(&n, b"a", 0), Ok(None));
+        // A new generation starts with version 1 and a new create revision.
+        assert_eq!(apply(&mut n, &Request::Put { key: b"a", value: b"3", lease: 0 }), Ok(5));
+        assert_eq!(get(&n, b"a", 0), Ok(Some((b"3".to_vec(), 5, 5, 1, 0))));
+        assert_eq!(get(&n, b"a", 6), Err(StoreError::FutureRevision { requested: 6, current: 5 }));
+        // Deleting nothing makes no revision.
+        assert_eq!(apply(&mut n, &Request::DeleteRange { key: b"zz", range_end: b"" }), Ok(5));
+    }
+
+    #[test]
+    fn compaction_keeps_the_latest_live_revision_and_drops_history() {
+        let mut n = node();
+        for v in [b"1", b"2", b"3"] {
+            apply(&mut n, &Request::Put { key: b"a", value: v, lease: 0 }).unwrap();
+        }
+        apply(&mut n, &Request::Put { key: b"b", value: b"x", lease: 0 }).unwrap();
+        apply(&mut n, &Request::DeleteRange { key: b"b", range_end: b"" }).unwrap();
+        apply(&mut n, &Request::Compact { revision: 6 }).unwrap();
+        assert_eq!(n.stores().kv.compact_revision(), 6);
+        assert_eq!(get(&n, b"a", 0).unwrap().map(|v| v.0), Some(b"3".to_vec()));
+        assert_eq!(get(&n, b"a", 3), Err(StoreError::Compacted { requested: 3, compacted: 6 }));
+        // Only a@4 survives: older revisions of a and the deleted b are gone from index and backend.
+        assert_eq!(n.stores().kv.index().len(), 1);
+        let mut key_records = 0;
+        n.backend()
+            .read()
+            .unwrap()
+            .scan(crate::backend::Bucket::Key, &[], &mut |_, _| {
+                key_records += 1;
+                core::ops::ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert_eq!(key_records, 1);
+        assert_eq!(
+            apply(&mut n, &Request::Compact { revision: 6 }),
+            Err(StoreError::Compacted { requested: 6, compacted: 6 })
+        );
+    }
+
+    #[test]
+    fn leases_floor_ttl_attach_keys_and_revoke_deletes_them() {
+        let mut n = node();
+        apply(&mut n, &Request::LeaseGrant { id: 7, ttl: 1 }).unwrap();
+        assert_eq!(n.stores().lessor.lease(7).map(|l| (l.ttl, l.expiry)), Some((5, Expiry::Forever)));
+        assert_eq!(
+            apply(&mut n, &Request::Put { key: b"k", value: b"v", lease: 8 }),
+            Err(StoreError::NotFound("lease"))
+        );
+        apply(&mut n, &Request::Put { key: b"k", value: b"v", lease: 7 }).unwrap();
+        apply(&mut n, &Request::Put { key: b"j", value: b"v", lease: 7 }).unwrap();
+        apply(&mut n, &Request::Put { key: b"j", value: b"w", lease: 0 }).unwrap();
+        assert_eq!(n.stores().lessor.items().len(), 1);
+        apply(&mut n, &Request::LeaseRevoke { id: 7 }).unwrap();
+        assert_eq!(get(&n, b"k", 0), Ok(None));
+        assert_eq!(get(&n, b"j", 0).unwrap().map(|v| v.0), Some(b"w".to_vec()));
+        assert!(n.stores().lessor.leases().is_empty());
+        n.promote(1_000);
+        apply(&mut n, &Request::LeaseGrant { id: 9, ttl: 10 }).unwrap();
+        n.promote(1_000);
+        assert_eq!(n.stores().lessor.lease(9).map(|l| l.expiry), Some(Expiry::At(11_000)));
+    }
+
+    #[test]
+    fn auth_needs_root_and_builds_the_permission_cache() {
+        let mut n = node();
+        assert_eq!(apply(&mut n, &Request::AuthSetEnabled(true)), Err(StoreError::NotFound("root user")));
+        for name in [&b"root"[..], b"alice"] {
+            apply(&mut n, &Request::UserAdd { name, password_hash: b"h", no_password: false }).unwrap();
+        }
+        apply(&mut n, &Request::UserGrantRole { user: b"root", role: b"root" }).unwrap();
+        apply(&mut n, &Request::RoleAdd { name: b"reader" }).unwrap();
+        let grant =
+            Request::RoleGrantPermission { role: b"reader", kind: PermissionType::Read, key: b"a", range_end: b"c" };
+        apply(&mut n, &grant).unwrap();
+        apply(&mut n, &Request::UserGrantRole { user: b"alice", role: b"reader" }).unwrap();
+        apply(&mut n, &Request::AuthSetEnabled(true)).unwrap();
+        let auth = &n.stores().auth;
+        assert_eq!(auth.token_provider(), TokenProvider::Enabled);
+        assert!(auth.is_permitted(b"alice", b"b", false));
+        assert!(!auth.is_permitted(b"alice", b"b", true));
+        assert!(!auth.is_permitted(b"alice", b"c", false));
+        assert!(auth.is_permitted(b"root", b"zzz", true));
+        assert_eq!(auth.revision(), 7);
+    }
+
+    #[test]
+    fn membership_and_v2_track_member_changes() {
+        let mut n = node();
+        let url: &[u8] = b"http://10.0.0.2:2380";
+        let add =
+            Request::MemberAdd(NewMember { id: 2, name: b"b", peer_urls: &[url], client_urls: &[], is_learner: true });
+        apply(&mut n, &add).unwrap();
+        assert_eq!(apply(&mut n, &add), Err(StoreError::AlreadyExists("member")));
+        apply(&mut n, &Request::ClusterVersion(Version { major: 3, minor: 6, patch: 0 })).unwrap();
+        assert!(n.stores().membership.capabilities().auth);
+        apply(&mut n, &Request::MemberRemove { id: 2 }).unwrap();
+        assert_eq!(n.stores().membership.removed(), &[2]);
+        assert_eq!(apply(&mut n, &add), Err(StoreError::InvalidRequest("member id was removed")));
+        assert!(n.stores().v2.is_membership_only());
+        let paths: std::vec::Vec<&[u8]> = n.stores().v2.nodes().iter().map(|x| x.path.as_slice()).collect();
+        assert_eq!(paths, [&b"/0/removed_members/0000000000000002"[..]]);
+    }
+
+    #[test]
+    fn alarms_are_per_member_and_kind() {
+        let mut n = node();
+        let a = Alarm { member: 3, kind: AlarmType::Nospace };
+        apply(&mut n, &Request::AlarmActivate(a)).unwrap();
+        apply(&mut n, &Request::AlarmActivate(Alarm { member: 3, kind: AlarmType::Corrupt })).unwrap();
+        apply(&mut n, &Request::AlarmActivate(a)).unwrap();
+        assert_eq!(n.stores().alarms.alarms().len(), 2);
+        apply(&mut n, &Request::AlarmDeactivate(a)).unwrap();
+        assert_eq!(n.stores().alarms.alarms(), &[Alarm { member: 3, kind: AlarmType::Corrupt }]);
+    }
+
+    #[test]
+    fn entries_at_or_below_the_applied_index_are_skipped() {
+        let mut n = node();
+        n.apply(5, 1, &Request::Put { key: b"a", value: b"1", lease: 0 }).unwrap();
+        n.apply(5, 1, &Request::Put { key: b"a", value: b"2", lease: 0 }).unwrap();
+        n.apply(3, 1, &Request::Put { key: b"a", value: b"3", lease: 0 }).unwrap();
+        assert_eq!(get(&n, b"a", 0).unwrap().map(|v| v.0), Some(b"1".to_vec()));
+        assert_eq!(n.stores().cindex.index(), 5);
+    }
+
+    #[test]
+    fn a_full_fixed_node_refuses_the_request_and_keeps_its_state() {
+        let mut n = Node::<MemBackend<16, 32, 64>, Fixed<2, 32>>::new(
+            Config { id: 1, min_lease_ttl: 5, v2_deprecation: V2Deprecation::WriteOnly },
+            MemBackend::default(),
+        );
+        n.apply(1, 1, &Request::Put { key: b"a", value: b"1", lease: 0 }).unwrap();
+        n.apply(2, 1, &Request::Put { key: b"b", value: b"1", lease: 0 }).unwrap();
+        let before = n.stores().clone();
+        let full = n.apply(3, 1, &Request::Put { key: b"c", value: b"1", lease: 0 });
+        assert!(matches!(full, Err(StoreError::Capacity(_))), "{full:?}");
+        assert_eq!(n.stores(), &before);
+        assert_eq!(n.progress().applied_index, 2);
+        let long = [b'x'; 40];
+        assert!(matches!(
+            n.apply(3, 1, &Request::Put { key: &long, value: b"1", lease: 0 }),
+            Err(StoreError::Capacity(_))
+        ));
+        assert_eq!(n.stores(), &before);
+    }
+}

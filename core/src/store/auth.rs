@@ -187,7 +187,8 @@ impl<P: Profile> AuthStore<P> {
     }
 
     fn bump<W: WriteTxn + ?Sized>(&mut self, txn: &mut W) -> Result<(), StoreError> {
-        self.revision += 1;
+        self.revision =
+            self.revision.checked_add(1).ok_or(StoreError::InvalidRequest("auth revision space exhausted"))?;
         txn.put(Bucket::Auth, AUTH_REVISION_KEY, &self.revision.to_be_bytes())?;
         Ok(())
     }

@@ -124,6 +124,12 @@ impl<P: Profile> KvStore<P> {
         self.index.as_slice()
     }
 
+    /// The revision of the next change. A store restored from a hostile image can sit at the
+    /// top of the revision space; that refuses the change instead of overflowing.
+    fn next_revision(&self) -> Result<i64, StoreError> {
+        self.current_rev.checked_add(1).ok_or(StoreError::InvalidRequest("revision space exhausted"))
+    }
+
     /// Entries of `key`, in revision order.
     fn entries_of(&self, key: &[u8]) -> &[IndexEntry<P::Bytes>] {
         let all = self.index.as_slice();
@@ -208,14 +214,14 @@ impl<P: Profile> KvStore<P> {
         if lease != 0 && lessor.lease(lease).is_none() {
             return Err(StoreError::NotFound("lease"));
         }
-        let rev = Revision { main: self.current_rev + 1, sub: 0 };
+        let rev = Revision { main: self.next_revision()?, sub: 0 };
         let (mut create_revision, mut version, mut old_lease) = (rev.main, 1, 0);
         if let Some(prev) = self.visible(key, self.current_rev) {
             let mut result = Ok(());
             txn.get(Bucket::Key, &revision_key(prev, false), &mut |v| {
                 result = codec::decode::<KeyValue<'_>>(Bucket::Key, v).map(|kv| {
                     create_revision = kv.create_revision;
-                    version = kv.version + 1;
+                    version = kv.version.saturating_add(1);
                     old_lease = kv.lease;
                 });
             })?;
@@ -259,7 +265,7 @@ impl<P: Profile> KvStore<P> {
         if doomed.is_empty() {
             return Ok(0);
         }
-        let main = self.current_rev + 1;
+        let main = self.next_revision()?;
         for (sub, (k, lease)) in doomed.as_slice().iter().enumerate() {
             let rev = Revision { main, sub: sub as i64 };
             let kv = KeyValue {
@@ -350,6 +356,8 @@ impl<P: Profile> KvStore<P> {
             let mut txn = backend.write()?;
             store.compact(&mut txn, scheduled)?;
             cindex.commit(txn)?;
+            // etcd: the current revision is never below the compacted one.
+            store.current_rev = store.current_rev.max(store.compact_rev);
         }
         Ok(store)
     }
