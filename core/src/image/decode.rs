@@ -1,0 +1,441 @@
+//! The streaming decoder and [`materialize`].
+//!
+//! The generic parts (reading from the [`Source`]) are a thin shell; checking frames, parsing
+//! payloads, the order check and the hashing live in [`State`], which is not generic, so a
+//! firmware pays for one copy of them whatever its sources.
+
+use sha2::{Digest, Sha256};
+
+use super::error::{Corruption, DecodeError, MaterializeError};
+use super::order::{Order, Verdict};
+use super::wire::{FRAME_CRC, FRAME_HEAD, Kind, PREAMBLE_LEN, RecordWire, TrailerWire, is_canonical};
+use super::{FORMAT_VERSION, Item, MAGIC, MAX_KEY_LEN, MAX_VALUE_LEN, Source, Summary, V2_CHUNK_LEN};
+use crate::backend::{BackendError, Bucket, WriteTxn};
+use crate::raft::SnapshotMetadata;
+
+/// Decodes an image from a [`Source`] through a caller-provided buffer, one frame at a time.
+///
+/// Records and v2 chunks are yielded as slices of the buffer, without a further copy. Memory
+/// use is the buffer plus about 2 KiB in the decoder itself, whatever the image's size.
+///
+/// Nothing yielded is known to be part of a valid image until [`Decoder::next`] has returned
+/// `Ok(None)`: only then have the trailer's counts and SHA-256 been checked and the end of the
+/// input been seen. Stage what is yielded (as [`materialize`] does in a write transaction) and
+/// use it only after that.
+#[derive(Debug)]
+pub struct Decoder<'b, S: Source> {
+    source: S,
+    buf: &'b mut [u8],
+    state: State,
+}
+
+impl<'b, S: Source> Decoder<'b, S> {
+    /// Reads and checks the preamble and the header frame of the image in `source`.
+    ///
+    /// `buf` holds one frame at a time; [`MIN_BUFFER`](super::MIN_BUFFER) bytes decode every
+    /// valid image. A smaller buffer decodes images whose frames all fit it and reports
+    /// [`DecodeError::BufferTooSmall`] at the first frame that does not.
+    ///
+    /// # Errors
+    /// [`DecodeError::Corrupt`] if the image does not start with a valid preamble and header,
+    /// [`DecodeError::Source`] if reading fails, [`DecodeError::BufferTooSmall`].
+    pub fn new(mut source: S, buf: &'b mut [u8]) -> Result<Self, DecodeError<S::Error>> {
+        let mut state = State::new();
+        let mut preamble = [0u8; PREAMBLE_LEN];
+        read_exact(&mut source, &mut preamble, &mut state.offset)?;
+        state.preamble(&preamble)?;
+        let frame = read_frame(&mut source, buf, &mut state)?;
+        state.header(frame)?;
+        Ok(Decoder { source, buf, state })
+    }
+
+    /// The snapshot metadata of the image's header.
+    pub fn metadata(&self) -> &SnapshotMetadata {
+        &self.state.metadata
+    }
+
+    /// The image's summary, once [`Decoder::next`] has returned `Ok(None)`.
+    pub fn summary(&self) -> Option<&Summary> {
+        self.state.summary.as_ref()
+    }
+
+    /// Bytes of the image read so far, for progress reports.
+    pub fn offset(&self) -> u64 {
+        self.state.offset
+    }
+
+    /// The next record or v2 chunk; `Ok(None)` once the trailer has been read and verified and
+    /// the source is at its end. After `Ok(None)`, every call returns `Ok(None)`.
+    ///
+    /// # Errors
+    /// [`DecodeError::Corrupt`] at the first frame that is invalid, [`DecodeError::Source`],
+    /// [`DecodeError::BufferTooSmall`]. After an error, every call returns
+    /// [`DecodeError::Poisoned`].
+    #[allow(clippy::should_implement_trait)] // Lending: items borrow the decoder's buffer.
+    pub fn next(&mut self) -> Result<Option<Item<'_>>, DecodeError<S::Error>> {
+        match self.state.phase {
+            Phase::Done => return Ok(None),
+            Phase::Failed => return Err(DecodeError::Poisoned),
+            Phase::Header | Phase::Records | Phase::V2 => {}
+        }
+        let Decoder { source, buf, state } = self;
+        match advance(source, buf, state) {
+            Ok(Step::Item(item)) => Ok(Some(item)),
+            Ok(Step::Done(_)) => Ok(None),
+            Err(e) => {
+                state.phase = Phase::Failed;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Decodes and verifies the whole image in `source`, keeping nothing but its metadata and
+/// summary (`snapply verify`).
+///
+/// # Errors
+/// As [`Decoder::new`] and [`Decoder::next`].
+pub fn verify<S: Source>(source: S, buf: &mut [u8]) -> Result<(SnapshotMetadata, Summary), DecodeError<S::Error>> {
+    let mut decoder = Decoder::new(source, buf)?;
+    loop {
+        let Decoder { source, buf, state } = &mut decoder;
+        if let Step::Done(summary) = advance(source, buf, state)? {
+            return Ok((core::mem::take(&mut decoder.state.metadata), summary));
+        }
+    }
+}
+
+/// Writes the image in `source` into `txn`: clears every bucket, puts every record, and passes
+/// the v2 data to `v2` chunk by chunk.
+///
+/// The image is verified as it is written and its trailer only at the end, so on error `txn`
+/// holds a partial state: drop it. Commit `txn` only when this returns `Ok`; then it holds
+/// exactly the image's records, and a bad image never becomes visible.
+///
+/// # Errors
+/// [`MaterializeError::Decode`] if the image is invalid or cannot be read,
+/// [`MaterializeError::Backend`] if `txn` fails, [`MaterializeError::V2`] if `v2` fails.
+pub fn materialize<S: Source, W: WriteTxn + ?Sized>(
+    source: S,
+    buf: &mut [u8],
+    txn: &mut W,
+    v2: &mut dyn FnMut(&[u8]) -> Result<(), BackendError>,
+) -> Result<(SnapshotMetadata, Summary), MaterializeError<S::Error>> {
+    let mut decoder = Decoder::new(source, buf)?;
+    for bucket in Bucket::ALL {
+        txn.clear(bucket).map_err(MaterializeError::Backend)?;
+    }
+    loop {
+        let Decoder { source, buf, state } = &mut decoder;
+        match advance(source, buf, state)? {
+            Step::Item(Item::Record { bucket, key, value }) => {
+                txn.put(bucket, key, value).map_err(MaterializeError::Backend)?;
+            }
+            Step::Item(Item::V2(chunk)) => v2(chunk).map_err(MaterializeError::V2)?,
+            Step::Done(summary) => return Ok((core::mem::take(&mut decoder.state.metadata), summary)),
+        }
+    }
+}
+
+/// What one call of [`advance`] produced.
+enum Step<'a> {
+    Item(Item<'a>),
+    Done(Summary),
+}
+
+/// Reads, checks and parses the next frame after the header.
+fn advance<'a, S: Source>(
+    source: &mut S,
+    buf: &'a mut [u8],
+    state: &mut State,
+) -> Result<Step<'a>, DecodeError<S::Error>> {
+    let frame = read_frame(source, buf, state)?;
+    match state.body(frame)? {
+        Parsed::Item(item) => Ok(Step::Item(item)),
+        Parsed::Trailer(summary) => {
+            // The image is complete; the input must be too.
+            let mut probe = [0u8; 1];
+            let at = state.offset;
+            if source.read(&mut probe).map_err(DecodeError::Source)? != 0 {
+                return Err(DecodeError::Corrupt { offset: at, what: Corruption::TrailingBytes });
+            }
+            state.phase = Phase::Done;
+            state.summary = Some(summary);
+            Ok(Step::Done(summary))
+        }
+    }
+}
+
+/// Reads exactly `dst.len()` bytes, advancing `offset`.
+fn read_exact<S: Source>(source: &mut S, dst: &mut [u8], offset: &mut u64) -> Result<(), DecodeError<S::Error>> {
+    let mut filled = 0;
+    while let Some(rest) = dst.get_mut(filled..) {
+        if rest.is_empty() {
+            break;
+        }
+        let n = source.read(rest).map_err(DecodeError::Source)?;
+        if n == 0 {
+            return Err(DecodeError::Corrupt { offset: *offset, what: Corruption::Truncated });
+        }
+        // A source claiming more than it was asked for is not believed beyond the slice.
+        let n = n.min(rest.len());
+        filled += n;
+        *offset = offset.saturating_add(n as u64);
+    }
+    Ok(())
+}
+
+/// Reads one whole frame (head, payload, CRC) into the front of `buf`, checking the head
+/// before reading anything more.
+fn read_frame<'a, S: Source>(
+    source: &mut S,
+    buf: &'a mut [u8],
+    state: &mut State,
+) -> Result<&'a [u8], DecodeError<S::Error>> {
+    state.frame_start = state.offset;
+    let available = buf.len();
+    let too_small = |needed| DecodeError::BufferTooSmall { needed, available };
+    let head = buf.get_mut(..FRAME_HEAD).ok_or(too_small(FRAME_HEAD + FRAME_CRC))?;
+    read_exact(source, head, &mut state.offset)?;
+    let total = state.head(head)?;
+    let frame = buf.get_mut(..total).ok_or(too_small(total))?;
+    read_exact(source, frame.get_mut(FRAME_HEAD..).unwrap_or(&mut []), &mut state.offset)?;
+    Ok(frame)
+}
+
+/// Where the decoder is in the image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Expecting the header frame.
+    Header,
+    /// Expecting records, the first v2 chunk or the trailer.
+    Records,
+    /// Expecting v2 chunks or the trailer.
+    V2,
+    /// The trailer has been verified.
+    Done,
+    /// A call failed.
+    Failed,
+}
+
+/// A frame after the header, parsed.
+enum Parsed<'a> {
+    Item(Item<'a>),
+    Trailer(Summary),
+}
+
+/// A corruption found by [`State`]; its `From` turns it into a [`DecodeError`] of any source.
+#[derive(Debug)]
+struct Fail {
+    offset: u64,
+    what: Corruption,
+}
+
+impl<E> From<Fail> for DecodeError<E> {
+    fn from(Fail { offset, what }: Fail) -> Self {
+        DecodeError::Corrupt { offset, what }
+    }
+}
+
+/// Everything the decoder knows, and every check it makes: not generic.
+#[derive(Debug)]
+struct State {
+    phase: Phase,
+    /// Bytes read from the source.
+    offset: u64,
+    /// Offset of the frame being checked.
+    frame_start: u64,
+    /// Payload length of the frame being checked, from its head.
+    frame_len: usize,
+    metadata: SnapshotMetadata,
+    sha: Sha256,
+    order: Order,
+    records: u64,
+    v2_len: u64,
+    /// Whether the last v2 chunk was shorter than [`V2_CHUNK_LEN`]: then it must be the last.
+    short_chunk: bool,
+    summary: Option<Summary>,
+}
+
+impl State {
+    fn new() -> Self {
+        State {
+            phase: Phase::Header,
+            offset: 0,
+            frame_start: 0,
+            frame_len: 0,
+            metadata: SnapshotMetadata::default(),
+            sha: Sha256::new(),
+            order: Order::new(),
+            records: 0,
+            v2_len: 0,
+            short_chunk: false,
+            summary: None,
+        }
+    }
+
+    fn corrupt(&self, what: Corruption) -> Fail {
+        Fail { offset: self.frame_start, what }
+    }
+
+    fn preamble(&mut self, preamble: &[u8; PREAMBLE_LEN]) -> Result<(), Fail> {
+        let [m0, m1, m2, m3, m4, m5, m6, m7, v0, v1, f0, f1] = *preamble;
+        if [m0, m1, m2, m3, m4, m5, m6, m7] != MAGIC {
+            return Err(Fail { offset: 0, what: Corruption::BadMagic });
+        }
+        let version = u16::from_le_bytes([v0, v1]);
+        if version != FORMAT_VERSION {
+            return Err(Fail { offset: 8, what: Corruption::UnsupportedVersion { version } });
+        }
+        let flags = u16::from_le_bytes([f0, f1]);
+        if flags != 0 {
+            return Err(Fail { offset: 10, what: Corruption::UnsupportedFlags { flags } });
+        }
+        self.sha.update(preamble);
+        Ok(())
+    }
+
+    /// Checks a frame head against the phase and the kind's limit; returns the frame's total
+    /// length. Nothing of the payload has been read yet.
+    fn head(&mut self, head: &[u8]) -> Result<usize, Fail> {
+        let Ok([kind, l0, l1, l2, l3]) = <[u8; FRAME_HEAD]>::try_from(head) else {
+            return Err(self.corrupt(Corruption::Truncated));
+        };
+        let Some(known) = Kind::from_u8(kind) else {
+            return Err(self.corrupt(Corruption::UnknownFrameKind { kind }));
+        };
+        let in_place = matches!(
+            (self.phase, known),
+            (Phase::Header, Kind::Header)
+                | (Phase::Records, Kind::Record | Kind::V2 | Kind::Trailer)
+                | (Phase::V2, Kind::V2 | Kind::Trailer)
+        );
+        if !in_place {
+            return Err(self.corrupt(Corruption::UnexpectedFrame { kind }));
+        }
+        let len = u32::from_le_bytes([l0, l1, l2, l3]);
+        let max = known.max_payload();
+        let fits = usize::try_from(len).ok().filter(|&n| n <= max);
+        let Some(len_usize) = fits else {
+            let max = u32::try_from(max).unwrap_or(u32::MAX);
+            return Err(self.corrupt(Corruption::FrameTooLong { kind, len, max }));
+        };
+        self.frame_len = len_usize;
+        // Bounded by `max`, far below `usize::MAX`.
+        Ok(FRAME_HEAD + len_usize + FRAME_CRC)
+    }
+
+    /// Checks the CRC of a whole frame; returns its kind and payload.
+    fn checked<'a>(&self, frame: &'a [u8]) -> Result<(u8, &'a [u8]), Fail> {
+        let body_len = FRAME_HEAD + self.frame_len;
+        let (Some(body), Some(stored)) = (frame.get(..body_len), frame.get(body_len..)) else {
+            return Err(self.corrupt(Corruption::Truncated));
+        };
+        let Ok(stored) = <[u8; FRAME_CRC]>::try_from(stored) else {
+            return Err(self.corrupt(Corruption::Truncated));
+        };
+        let stored = u32::from_le_bytes(stored);
+        let computed = super::wire::crc32c(&[body]);
+        if stored != computed {
+            return Err(self.corrupt(Corruption::BadCrc { stored, computed }));
+        }
+        let kind = body.first().copied().unwrap_or(0);
+        Ok((kind, body.get(FRAME_HEAD..).unwrap_or(&[])))
+    }
+
+    fn header(&mut self, frame: &[u8]) -> Result<(), Fail> {
+        let (kind, payload) = self.checked(frame)?;
+        let malformed = self.corrupt(Corruption::Malformed { kind });
+        let (metadata, rest) = postcard::take_from_bytes::<SnapshotMetadata>(payload).map_err(|_| malformed)?;
+        if !is_canonical(&metadata, payload, rest) {
+            return Err(self.corrupt(Corruption::Malformed { kind }));
+        }
+        self.sha.update(frame);
+        self.metadata = metadata;
+        self.phase = Phase::Records;
+        Ok(())
+    }
+
+    /// Checks and parses a record, v2 or trailer frame.
+    fn body<'a>(&mut self, frame: &'a [u8]) -> Result<Parsed<'a>, Fail> {
+        let (kind, payload) = self.checked(frame)?;
+        match Kind::from_u8(kind) {
+            Some(Kind::Record) => {
+                self.sha.update(frame);
+                self.record(kind, payload)
+            }
+            Some(Kind::V2) => {
+                self.sha.update(frame);
+                self.v2(kind, payload)
+            }
+            Some(Kind::Trailer) => self.trailer(kind, payload),
+            // `head` let only the kinds above through in this phase.
+            Some(Kind::Header) | None => Err(self.corrupt(Corruption::UnexpectedFrame { kind })),
+        }
+    }
+
+    fn record<'a>(&mut self, kind: u8, payload: &'a [u8]) -> Result<Parsed<'a>, Fail> {
+        let Ok((record, rest)) = postcard::take_from_bytes::<RecordWire<'a>>(payload) else {
+            return Err(self.corrupt(Corruption::Malformed { kind }));
+        };
+        let Some(bucket) = Bucket::from_id(record.bucket) else {
+            return Err(self.corrupt(Corruption::UnknownBucket { id: record.bucket }));
+        };
+        let len32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        if record.key.len() > MAX_KEY_LEN {
+            return Err(self.corrupt(Corruption::KeyTooLong { len: len32(record.key.len()) }));
+        }
+        if record.value.len() > MAX_VALUE_LEN {
+            return Err(self.corrupt(Corruption::ValueTooLong { len: len32(record.value.len()) }));
+        }
+        if !rest.is_empty() || record.canonical_len() != payload.len() {
+            return Err(self.corrupt(Corruption::Malformed { kind }));
+        }
+        match self.order.admit(bucket, record.key) {
+            Verdict::After => {}
+            Verdict::Duplicate => return Err(self.corrupt(Corruption::DuplicateRecord { bucket })),
+            Verdict::Before => return Err(self.corrupt(Corruption::OutOfOrder { bucket })),
+        }
+        self.records = self.records.saturating_add(1);
+        Ok(Parsed::Item(Item::Record { bucket, key: record.key, value: record.value }))
+    }
+
+    fn v2<'a>(&mut self, kind: u8, payload: &'a [u8]) -> Result<Parsed<'a>, Fail> {
+        let Ok((chunk, rest)) = postcard::take_from_bytes::<&'a [u8]>(payload) else {
+            return Err(self.corrupt(Corruption::Malformed { kind }));
+        };
+        if !is_canonical(chunk, payload, rest) {
+            return Err(self.corrupt(Corruption::Malformed { kind }));
+        }
+        if chunk.is_empty() || chunk.len() > V2_CHUNK_LEN || self.short_chunk {
+            let len = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
+            return Err(self.corrupt(Corruption::BadV2Chunk { len }));
+        }
+        self.short_chunk = chunk.len() < V2_CHUNK_LEN;
+        self.v2_len = self.v2_len.saturating_add(chunk.len() as u64);
+        self.phase = Phase::V2;
+        Ok(Parsed::Item(Item::V2(chunk)))
+    }
+
+    fn trailer<'a>(&mut self, kind: u8, payload: &[u8]) -> Result<Parsed<'a>, Fail> {
+        let Ok((trailer, rest)) = postcard::take_from_bytes::<TrailerWire>(payload) else {
+            return Err(self.corrupt(Corruption::Malformed { kind }));
+        };
+        if !is_canonical(&trailer, payload, rest) {
+            return Err(self.corrupt(Corruption::Malformed { kind }));
+        }
+        if trailer.records != self.records {
+            return Err(
+                self.corrupt(Corruption::RecordCountMismatch { trailer: trailer.records, actual: self.records })
+            );
+        }
+        if trailer.v2_len != self.v2_len {
+            return Err(self.corrupt(Corruption::V2LenMismatch { trailer: trailer.v2_len, actual: self.v2_len }));
+        }
+        let sha256: [u8; 32] = core::mem::take(&mut self.sha).finalize().into();
+        if sha256 != trailer.sha256 {
+            return Err(self.corrupt(Corruption::DigestMismatch));
+        }
+        Ok(Parsed::Trailer(Summary { records: self.records, v2_len: self.v2_len, sha256 }))
+    }
+}

@@ -1,0 +1,246 @@
+//! The portable snapshot image: one versioned byte format for every adapter, so a host leader
+//! can feed a flash follower. `docs/format.md` specifies it byte by byte.
+//!
+//! An image is a preamble (magic, version, flags), a header frame (the snapshot metadata), one
+//! frame per backend record in bucket-then-key order, the v2 data in chunk frames, and a
+//! trailer frame with the counts and a SHA-256 of everything before it. Every frame carries a
+//! CRC-32C, so a torn or flipped byte is caught in the frame where it happens; the SHA-256
+//! catches everything else (a missing, repeated or swapped frame).
+//!
+//! [`encode`] streams an image out of a backend read transaction into a [`Sink`];
+//! [`Decoder`] streams one in from a [`Source`] through a fixed buffer, so a device never holds
+//! a whole image; [`materialize`] writes one into a backend write transaction. Every length is
+//! bounded before it is trusted: a hostile image gets an error, never an allocation or a panic.
+//!
+//! ```
+//! use snapply_core::backend::{Backend, Bucket, WriteTxn};
+//! use snapply_core::image::{self, MIN_BUFFER};
+//! use snapply_core::mem::MemBackend;
+//! use snapply_core::raft::SnapshotMetadata;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut leader = MemBackend::<8, 16, 16>::new();
+//! let mut txn = leader.write()?;
+//! txn.put(Bucket::Key, b"rev-1", b"hello")?;
+//! txn.put(Bucket::Meta, b"consistent_index", &7u64.to_be_bytes())?;
+//! txn.commit()?;
+//!
+//! let metadata = SnapshotMetadata { index: 7, term: 2, ..Default::default() };
+//! let mut bytes = heapless::Vec::<u8, 512>::new();
+//! let summary = image::encode(&metadata, &leader.read()?, b"v2 store", &mut bytes)?;
+//! assert_eq!(summary.records, 2);
+//!
+//! // The follower: decode through a fixed buffer, stage in a write transaction, commit on Ok.
+//! let mut follower = MemBackend::<8, 16, 16>::new();
+//! let mut buf = vec![0u8; MIN_BUFFER];
+//! let mut v2 = Vec::new();
+//! let mut txn = follower.write()?;
+//! let (meta, checked) = image::materialize(&bytes[..], &mut buf, &mut txn, &mut |chunk| {
+//!     v2.extend_from_slice(chunk);
+//!     Ok(())
+//! })?;
+//! txn.commit()?;
+//! assert_eq!((meta, checked, &v2[..]), (metadata, summary, &b"v2 store"[..]));
+//! # Ok(())
+//! # }
+//! ```
+#![deny(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unreachable,
+    clippy::todo,
+    clippy::unimplemented
+)]
+
+mod decode;
+mod encode;
+mod error;
+mod order;
+mod wire;
+
+#[cfg(test)]
+mod tests;
+
+use core::convert::Infallible;
+use core::fmt::Debug;
+
+pub use decode::{Decoder, materialize, verify};
+pub use encode::encode;
+pub use error::{Corruption, DecodeError, EncodeError, MaterializeError};
+
+use crate::backend::Bucket;
+use crate::collections::CapacityError;
+
+/// The first eight bytes of every image.
+pub const MAGIC: [u8; 8] = *b"SNAPPLY\0";
+
+/// The format version this crate writes and reads.
+pub const FORMAT_VERSION: u16 = 1;
+
+/// Longest key a record may have, in bytes. etcd's `key` bucket keys are 17-byte revisions;
+/// the other buckets' keys are ids and names.
+pub const MAX_KEY_LEN: usize = 1024;
+
+/// Longest value a record may have, in bytes.
+///
+/// Every value must fit the receiver's RAM at once, and the smallest receivers are
+/// microcontrollers; larger values are refused by the encoder ([`EncodeError::ValueTooLong`]).
+pub const MAX_VALUE_LEN: usize = 64 * 1024;
+
+/// Longest encoded snapshot metadata (the header frame's payload), in bytes. The largest
+/// metadata the types allow encodes in 665 bytes.
+pub const MAX_METADATA_LEN: usize = 1024;
+
+/// Bytes of v2 data per chunk frame: every chunk but the last holds exactly this many.
+/// Small, so that a device whose records are small can decode with a small buffer.
+pub const V2_CHUNK_LEN: usize = 4 * 1024;
+
+/// Longest payload any frame may declare (that of the largest record: 66 566 bytes).
+pub const MAX_FRAME_LEN: usize = wire::MAX_RECORD_PAYLOAD;
+
+/// Bytes a frame adds to its payload: kind (1), length (4), CRC-32C (4).
+pub const FRAME_OVERHEAD: usize = wire::FRAME_HEAD + wire::FRAME_CRC;
+
+/// The smallest [`Decoder`] buffer that decodes every valid image (66 575 bytes).
+pub const MIN_BUFFER: usize = MAX_FRAME_LEN + FRAME_OVERHEAD;
+
+/// Where the decoder reads an image from.
+pub trait Source {
+    /// The medium's error.
+    type Error: Debug;
+
+    /// Reads at most `buf.len()` bytes into the front of `buf` and returns how many it read.
+    /// `Ok(0)` means the end of the input; the decoder never passes an empty `buf`.
+    ///
+    /// # Errors
+    /// The medium's error; the decoder stops at the first one.
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error>;
+}
+
+impl Source for &[u8] {
+    type Error = Infallible;
+
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, Infallible> {
+        let n = buf.len().min(self.len());
+        if let (Some(dst), Some((src, rest))) = (buf.get_mut(..n), self.split_at_checked(n)) {
+            dst.copy_from_slice(src);
+            *self = rest;
+            return Ok(n);
+        }
+        Ok(0)
+    }
+}
+
+impl<S: Source + ?Sized> Source for &mut S {
+    type Error = S::Error;
+
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, S::Error> {
+        (**self).read(buf)
+    }
+}
+
+/// A [`Source`] that returns at most `max` bytes per read, the way a socket or a flash driver
+/// with a small transfer size does. Tests use it to cut an image at every boundary.
+#[derive(Clone, Debug)]
+pub struct Chunked<S> {
+    inner: S,
+    max: usize,
+}
+
+impl<S> Chunked<S> {
+    /// Reads `inner` at most `max` bytes at a time (at least one).
+    pub fn new(inner: S, max: usize) -> Self {
+        Chunked { inner, max: max.max(1) }
+    }
+
+    /// The wrapped source.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Source> Source for Chunked<S> {
+    type Error = S::Error;
+
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, S::Error> {
+        let n = buf.len().min(self.max);
+        match buf.get_mut(..n) {
+            Some(head) => self.inner.read(head),
+            None => self.inner.read(buf),
+        }
+    }
+}
+
+/// Where the encoder writes an image to.
+pub trait Sink {
+    /// The medium's error.
+    type Error: Debug;
+
+    /// Writes all of `bytes`.
+    ///
+    /// # Errors
+    /// The medium's error; the encoder stops at the first one.
+    fn write_all(&mut self, bytes: &[u8]) -> Result<(), Self::Error>;
+}
+
+impl<W: Sink + ?Sized> Sink for &mut W {
+    type Error = W::Error;
+
+    fn write_all(&mut self, bytes: &[u8]) -> Result<(), W::Error> {
+        (**self).write_all(bytes)
+    }
+}
+
+/// A fixed-capacity vector is a sink that fails, writing nothing, when `bytes` do not fit.
+impl<const N: usize> Sink for heapless::Vec<u8, N> {
+    type Error = CapacityError;
+
+    fn write_all(&mut self, bytes: &[u8]) -> Result<(), CapacityError> {
+        self.extend_from_slice(bytes).map_err(|_| CapacityError { what: "image sink" })
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl Sink for alloc::vec::Vec<u8> {
+    type Error = Infallible;
+
+    fn write_all(&mut self, bytes: &[u8]) -> Result<(), Infallible> {
+        self.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// What an image holds, as its trailer states it: returned by [`encode`], and by the decoder
+/// once it has verified the trailer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Summary {
+    /// Number of records.
+    pub records: u64,
+    /// Length of the v2 data, in bytes.
+    pub v2_len: u64,
+    /// SHA-256 of every byte of the image before the trailer frame.
+    pub sha256: [u8; 32],
+}
+
+/// One element of an image after its header, borrowed from the decoder's buffer.
+///
+/// Deliberately exhaustive: a consumer that does not handle every element would silently drop
+/// part of a snapshot, so a new element (with a new format version) should break its build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Item<'a> {
+    /// A backend record.
+    Record {
+        /// Its bucket.
+        bucket: Bucket,
+        /// Its key.
+        key: &'a [u8],
+        /// Its value.
+        value: &'a [u8],
+    },
+    /// The next chunk of the v2 data.
+    V2(&'a [u8]),
+}

@@ -1,0 +1,278 @@
+//! The byte layout shared by the encoder and the decoder: preamble, frame heads, frame kinds,
+//! payload types, the CRC and the varints. `docs/format.md` is the normative description; the
+//! tests at the end of this file tie the hand-written encodings to postcard's.
+
+use serde::{Deserialize, Serialize};
+
+use super::{MAX_KEY_LEN, MAX_METADATA_LEN, MAX_VALUE_LEN, V2_CHUNK_LEN};
+
+/// Length of the preamble: magic (8), version (2), flags (2).
+pub(crate) const PREAMBLE_LEN: usize = 12;
+/// Length of a frame head: kind (1), payload length (4).
+pub(crate) const FRAME_HEAD: usize = 5;
+/// Length of a frame's CRC-32C, after the payload.
+pub(crate) const FRAME_CRC: usize = 4;
+
+/// The kinds of frame of a version 1 image. Kinds are never reused: a retired kind stays
+/// reserved. `0x00` and `0xFF` are never valid, so zeroed memory and erased NOR flash do not
+/// parse as frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Kind {
+    /// Snapshot metadata.
+    Header = 0x01,
+    /// One backend record.
+    Record = 0x02,
+    /// One chunk of the v2 data.
+    V2 = 0x03,
+    /// Counts and the SHA-256 of everything before it.
+    Trailer = 0x04,
+}
+
+impl Kind {
+    pub(crate) const fn from_u8(kind: u8) -> Option<Kind> {
+        Some(match kind {
+            0x01 => Kind::Header,
+            0x02 => Kind::Record,
+            0x03 => Kind::V2,
+            0x04 => Kind::Trailer,
+            _ => return None,
+        })
+    }
+
+    /// The largest payload a frame of this kind may declare; checked before the payload is read.
+    pub(crate) const fn max_payload(self) -> usize {
+        match self {
+            Kind::Header => MAX_METADATA_LEN,
+            Kind::Record => MAX_RECORD_PAYLOAD,
+            Kind::V2 => MAX_V2_PAYLOAD,
+            Kind::Trailer => MAX_TRAILER_PAYLOAD,
+        }
+    }
+}
+
+/// Number of bytes of the postcard varint (LEB128) of `n`.
+pub(crate) const fn varint_len(n: u64) -> usize {
+    let mut len = 1;
+    let mut rest = n >> 7;
+    while rest != 0 {
+        len += 1;
+        rest >>= 7;
+    }
+    len
+}
+
+/// Largest record payload: bucket id, key length, key, value length, value.
+pub(crate) const MAX_RECORD_PAYLOAD: usize =
+    1 + varint_len(MAX_KEY_LEN as u64) + MAX_KEY_LEN + varint_len(MAX_VALUE_LEN as u64) + MAX_VALUE_LEN;
+/// Largest v2 chunk payload: chunk length, chunk.
+pub(crate) const MAX_V2_PAYLOAD: usize = varint_len(V2_CHUNK_LEN as u64) + V2_CHUNK_LEN;
+/// Largest trailer payload: two u64 varints and the digest.
+pub(crate) const MAX_TRAILER_PAYLOAD: usize = 2 * varint_len(u64::MAX) + 32;
+
+/// A postcard varint, encoded on the stack.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Varint {
+    bytes: [u8; 10],
+    len: usize,
+}
+
+impl Varint {
+    pub(crate) fn new(n: u64) -> Self {
+        let mut bytes = [0u8; 10];
+        let mut rest = n;
+        let mut len = 0;
+        for slot in bytes.iter_mut() {
+            len += 1;
+            // Truncation to the low seven bits is the encoding.
+            let low = (rest & 0x7F) as u8;
+            rest >>= 7;
+            if rest == 0 {
+                *slot = low;
+                break;
+            }
+            *slot = low | 0x80;
+        }
+        Varint { bytes, len }
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        // `len` is at most 10 by construction; `get` keeps this free of a panic path anyway.
+        self.bytes.get(..self.len).unwrap_or(&self.bytes)
+    }
+}
+
+/// The frame head of a frame of `kind` with a payload of `len` bytes.
+pub(crate) fn frame_head(kind: Kind, len: u32) -> [u8; FRAME_HEAD] {
+    let [a, b, c, d] = len.to_le_bytes();
+    [kind as u8, a, b, c, d]
+}
+
+/// CRC-32C (Castagnoli, iSCSI polynomial, reflected, init and xorout `0xFFFF_FFFF`).
+///
+/// Hosts use the slice-by-16 table (16 KiB) for throughput; bare-metal targets use the 1 KiB
+/// byte table, because there flash is scarce and the software SHA-256 bounds decoding anyway.
+#[cfg(not(target_os = "none"))]
+pub(crate) static CASTAGNOLI: crc::Crc<u32, crc::Table<16>> = crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
+#[cfg(target_os = "none")]
+pub(crate) static CASTAGNOLI: crc::Crc<u32, crc::Table<1>> = crc::Crc::<u32, crc::Table<1>>::new(&crc::CRC_32_ISCSI);
+
+/// The CRC-32C of the concatenation of `parts`.
+pub(crate) fn crc32c(parts: &[&[u8]]) -> u32 {
+    let mut digest = CASTAGNOLI.digest();
+    for part in parts {
+        digest.update(part);
+    }
+    digest.finalize()
+}
+
+/// Payload of a record frame: postcard of `(u8, &[u8], &[u8])`.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RecordWire<'a> {
+    pub(crate) bucket: u8,
+    #[serde(borrow)]
+    pub(crate) key: &'a [u8],
+    #[serde(borrow)]
+    pub(crate) value: &'a [u8],
+}
+
+impl RecordWire<'_> {
+    /// Length of the canonical (shortest) postcard encoding of this record.
+    pub(crate) fn canonical_len(&self) -> usize {
+        bytes_len(self.key).saturating_add(bytes_len(self.value)).saturating_add(1)
+    }
+}
+
+/// Length of the canonical postcard encoding of a byte string: varint length, bytes.
+pub(crate) fn bytes_len(bytes: &[u8]) -> usize {
+    varint_len(bytes.len() as u64).saturating_add(bytes.len())
+}
+
+/// Payload of the trailer frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TrailerWire {
+    pub(crate) records: u64,
+    pub(crate) v2_len: u64,
+    pub(crate) sha256: [u8; 32],
+}
+
+/// Whether `payload` is exactly the canonical postcard encoding of `value`, given that
+/// `value` was decoded from `payload` leaving `rest` unread.
+///
+/// postcard accepts over-long varints (`0x80 0x00` for 0); a v1 image must not contain any, so
+/// that one content has exactly one image. Every over-long varint makes the encoding longer
+/// than postcard's own, so "nothing left over and the length equals postcard's" is exactly
+/// "canonical".
+pub(crate) fn is_canonical<T: Serialize + ?Sized>(value: &T, payload: &[u8], rest: &[u8]) -> bool {
+    rest.is_empty()
+        && postcard::serialize_with_flavor::<T, _, usize>(value, postcard::ser_flavors::Size::default())
+            .is_ok_and(|n| n == payload.len())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::raft::{ConfState, IdList, MAX_CONF_IDS, SnapshotMetadata};
+
+    #[test]
+    fn limits_are_what_the_spec_says() {
+        assert_eq!(MAX_RECORD_PAYLOAD, 66_566);
+        assert_eq!(MAX_V2_PAYLOAD, 4_098);
+        assert_eq!(MAX_TRAILER_PAYLOAD, 52);
+        assert_eq!(super::super::MAX_FRAME_LEN, MAX_RECORD_PAYLOAD);
+        const { assert!(MAX_V2_PAYLOAD <= super::super::MAX_FRAME_LEN) };
+        const { assert!(MAX_METADATA_LEN <= super::super::MAX_FRAME_LEN) };
+        assert_eq!(super::super::MIN_BUFFER, 66_575);
+    }
+
+    #[test]
+    fn the_largest_metadata_fits_its_limit() {
+        let full = || {
+            let mut ids = IdList::new();
+            for _ in 0..MAX_CONF_IDS {
+                ids.push(u64::MAX).unwrap();
+            }
+            ids
+        };
+        let worst = SnapshotMetadata {
+            index: u64::MAX,
+            term: u64::MAX,
+            conf_state: ConfState {
+                voters: full(),
+                learners: full(),
+                voters_outgoing: full(),
+                learners_next: full(),
+                auto_leave: true,
+            },
+        };
+        let size = postcard::to_slice(&worst, &mut [0u8; 2048]).unwrap().len();
+        assert_eq!(size, 665);
+        assert!(size <= MAX_METADATA_LEN);
+    }
+
+    #[test]
+    fn crc_is_castagnoli() {
+        // The standard check value of CRC-32C ("123456789").
+        assert_eq!(crc32c(&[b"123456789"]), 0xE306_9283);
+        assert_eq!(crc32c(&[b"1234", b"", b"56789"]), 0xE306_9283);
+    }
+
+    #[test]
+    fn kinds_round_trip_and_reserve_zero_and_erased() {
+        for kind in [Kind::Header, Kind::Record, Kind::V2, Kind::Trailer] {
+            assert_eq!(Kind::from_u8(kind as u8), Some(kind));
+        }
+        assert_eq!(Kind::from_u8(0x00), None);
+        assert_eq!(Kind::from_u8(0xFF), None);
+    }
+
+    proptest! {
+        #[test]
+        fn varint_matches_postcard(n in any::<u64>()) {
+            let mut buf = [0u8; 16];
+            let expected = postcard::to_slice(&n, &mut buf).unwrap();
+            let ours = Varint::new(n);
+            prop_assert_eq!(ours.as_bytes(), &*expected);
+            prop_assert_eq!(varint_len(n), expected.len());
+        }
+
+        #[test]
+        fn record_layout_matches_postcard(
+            bucket in any::<u8>(),
+            key in proptest::collection::vec(any::<u8>(), 0..300),
+            value in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let record = RecordWire { bucket, key: &key, value: &value };
+            let mut buf = [0u8; 1024];
+            let expected = postcard::to_slice(&record, &mut buf).unwrap();
+            // The encoder writes these pieces one after the other.
+            let mut ours = std::vec::Vec::new();
+            ours.push(bucket);
+            ours.extend_from_slice(Varint::new(key.len() as u64).as_bytes());
+            ours.extend_from_slice(&key);
+            ours.extend_from_slice(Varint::new(value.len() as u64).as_bytes());
+            ours.extend_from_slice(&value);
+            prop_assert_eq!(&ours[..], &*expected);
+            prop_assert_eq!(record.canonical_len(), expected.len());
+            let (back, rest) = postcard::take_from_bytes::<RecordWire<'_>>(expected).unwrap();
+            prop_assert_eq!(back, record);
+            prop_assert!(rest.is_empty());
+        }
+    }
+
+    #[test]
+    fn overlong_varints_are_not_canonical() {
+        // Key length 1 written as `0x81 0x00` instead of `0x01`.
+        let payload = [0x00, 0x81, 0x00, b'k', 0x00];
+        let (record, rest) = postcard::take_from_bytes::<RecordWire<'_>>(&payload).unwrap();
+        assert_eq!(record.key, b"k");
+        assert!(!is_canonical(&record, &payload, rest));
+        let canonical = [0x00, 0x01, b'k', 0x00];
+        let (record, rest) = postcard::take_from_bytes::<RecordWire<'_>>(&canonical).unwrap();
+        assert!(is_canonical(&record, &canonical, rest));
+    }
+}
