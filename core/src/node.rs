@@ -328,7 +328,10 @@ mod tests {
         n.apply(index, 1, r)
     }
 
-    fn get(n: &TestNode, key: &[u8], at: i64) -> Result<Option<(std::vec::Vec<u8>, i64, i64, i64, i64)>, StoreError> {
+    /// Value, create revision, mod revision, version and lease of a key.
+    type Got = (std::vec::Vec<u8>, i64, i64, i64, i64);
+
+    fn get(n: &TestNode, key: &[u8], at: i64) -> Result<Option<Got>, StoreError> {
         let mut out = None;
         n.stores().kv.range(&n.backend().read()?, key, &[], at, &mut |kv: &KeyValue<'_>| {
             out = Some((kv.value.to_vec(), kv.create_revision, kv.mod_revision, kv.version, kv.lease))

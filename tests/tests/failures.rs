@@ -411,8 +411,7 @@ fn a_transient_fault_in_any_request_leaves_the_node_as_it_was() {
         Op::Auth(false),
     ];
     for (i, op) in requests.iter().enumerate() {
-        let mut faults = 0;
-        for n in 0.. {
+        for (faults, n) in (0usize..).enumerate() {
             arm_faults(None);
             let mut f = Node::<Faulty<VecBackend>, Growable>::new(snapply_tests::config(1), Faulty::default());
             let setup = [
@@ -437,7 +436,6 @@ fn a_transient_fault_in_any_request_leaves_the_node_as_it_was() {
                 break;
             }
             assert!(fault_hit, "request {i} was refused without a fault");
-            faults += 1;
             assert_eq!(state(&f), before, "request {i} with a fault at operation {n} changed the node");
             // The node still applies the request once the medium recovers.
             assert_eq!(run(&mut f, std::slice::from_ref(op), index, 1), 1, "request {i} after a fault");
