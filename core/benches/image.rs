@@ -131,6 +131,7 @@ fn benches(c: &mut Criterion) {
     group.bench_function("sha256", |b| b.iter(|| black_box(Sha256::digest(black_box(&image)))));
     let castagnoli = crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
     group.bench_function("crc32c-slice16", |b| b.iter(|| black_box(castagnoli.checksum(black_box(&image)))));
+    group.bench_function("crc32c-hw", |b| b.iter(|| black_box(crc32c::crc32c(black_box(&image)))));
     group.finish();
 }
 

@@ -134,12 +134,12 @@ impl<W: Sink> Out<'_, W> {
     fn frame(&mut self, kind: Kind, parts: &[&[u8]], hashed: bool) -> Result<(), EncodeError<W::Error>> {
         let len = parts.iter().fold(0usize, |n, p| n.saturating_add(p.len()));
         let head = frame_head(kind, len_u32(len));
-        let mut digest = super::wire::CASTAGNOLI.digest();
+        let mut digest = super::wire::Crc32c::new();
         digest.update(&head);
         for part in parts {
             digest.update(part);
         }
-        let crc = digest.finalize();
+        let crc = digest.finish();
         self.put(&head, hashed)?;
         for part in parts {
             self.put(part, hashed)?;

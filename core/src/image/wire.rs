@@ -108,22 +108,63 @@ pub(crate) fn frame_head(kind: Kind, len: u32) -> [u8; FRAME_HEAD] {
     [kind as u8, a, b, c, d]
 }
 
-/// CRC-32C (Castagnoli, iSCSI polynomial, reflected, init and xorout `0xFFFF_FFFF`).
+/// CRC-32C (Castagnoli, iSCSI polynomial, reflected, init and xorout `0xFFFF_FFFF`), computed
+/// incrementally.
 ///
-/// Hosts use the slice-by-16 table (16 KiB) for throughput; bare-metal targets use the 1 KiB
-/// byte table, because there flash is scarce and the software SHA-256 bounds decoding anyway.
-#[cfg(not(target_os = "none"))]
-pub(crate) static CASTAGNOLI: crc::Crc<u32, crc::Table<16>> = crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
-#[cfg(target_os = "none")]
-pub(crate) static CASTAGNOLI: crc::Crc<u32, crc::Table<1>> = crc::Crc::<u32, crc::Table<1>>::new(&crc::CRC_32_ISCSI);
+/// On hosts (feature `std`) the `crc32c` crate computes it with the CPU's CRC instructions
+/// (SSE4.2 `crc32`, ARMv8 `crc32c*`) when the CPU has them, several times the speed of any table;
+/// it needs `std` to detect the CPU, so `no_std` builds use the `crc` crate's tables instead:
+/// slice-by-16 (16 KiB) where flash is plentiful, the 1 KiB byte table on bare metal, where flash
+/// is scarce and the software SHA-256 bounds decoding anyway. Both give the same checksum (a
+/// test pins the check value).
+#[derive(Clone)]
+pub(crate) struct Crc32c {
+    #[cfg(feature = "std")]
+    state: u32,
+    #[cfg(not(feature = "std"))]
+    state: crc::Digest<'static, u32, CrcTable>,
+}
+
+#[cfg(all(not(feature = "std"), not(target_os = "none")))]
+type CrcTable = crc::Table<16>;
+#[cfg(all(not(feature = "std"), target_os = "none"))]
+type CrcTable = crc::Table<1>;
+
+#[cfg(not(feature = "std"))]
+static CASTAGNOLI: crc::Crc<u32, CrcTable> = crc::Crc::<u32, CrcTable>::new(&crc::CRC_32_ISCSI);
+
+impl Crc32c {
+    pub(crate) fn new() -> Self {
+        #[cfg(feature = "std")]
+        return Crc32c { state: 0 };
+        #[cfg(not(feature = "std"))]
+        return Crc32c { state: CASTAGNOLI.digest() };
+    }
+
+    pub(crate) fn update(&mut self, bytes: &[u8]) {
+        #[cfg(feature = "std")]
+        {
+            self.state = ::crc32c::crc32c_append(self.state, bytes);
+        }
+        #[cfg(not(feature = "std"))]
+        self.state.update(bytes);
+    }
+
+    pub(crate) fn finish(self) -> u32 {
+        #[cfg(feature = "std")]
+        return self.state;
+        #[cfg(not(feature = "std"))]
+        return self.state.finalize();
+    }
+}
 
 /// The CRC-32C of the concatenation of `parts`.
 pub(crate) fn crc32c(parts: &[&[u8]]) -> u32 {
-    let mut digest = CASTAGNOLI.digest();
+    let mut crc = Crc32c::new();
     for part in parts {
-        digest.update(part);
+        crc.update(part);
     }
-    digest.finalize()
+    crc.finish()
 }
 
 /// Payload of a record frame: postcard of `(u8, &[u8], &[u8])`.

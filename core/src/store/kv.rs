@@ -369,29 +369,30 @@ impl<P: Profile> KvStore<P> {
         lessor: &mut Lessor<P>,
     ) -> Result<(Self, Option<i64>), StoreError> {
         let mut store = KvStore::<P>::default();
-        let (finished, scheduled);
-        // Which lease each key is attached to at the end: the lease of its latest revision.
-        let mut key_lease = P::Vec::<(P::Bytes, LeaseId)>::default();
-        {
-            finished = codec::get_u64(txn, Bucket::Meta, META_FINISHED_COMPACT)?.map(|v| v as i64);
-            scheduled = codec::get_u64(txn, Bucket::Meta, META_SCHEDULED_COMPACT)?.map(|v| v as i64);
-            let mut result: Result<(), StoreError> = Ok(());
-            txn.scan(Bucket::Key, &[], &mut |k, v| {
-                result = store.restore_one(k, v, &mut key_lease);
-                if result.is_err() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
-            })?;
-            result?;
+        let finished = codec::get_u64(txn, Bucket::Meta, META_FINISHED_COMPACT)?.map(|v| v as i64);
+        let scheduled = codec::get_u64(txn, Bucket::Meta, META_SCHEDULED_COMPACT)?.map(|v| v as i64);
+        // Revisions that attach their key to a lease; a key's lease is that of its latest revision.
+        let mut leased = P::Vec::<(Revision, LeaseId)>::default();
+        let mut result: Result<(), StoreError> = Ok(());
+        txn.scan(Bucket::Key, &[], &mut |k, v| {
+            result = store.restore_one(k, v, &mut leased);
+            if result.is_err() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        })?;
+        result?;
+        // Entries were pushed in revision order; one sort puts them in key order, which keeps the
+        // restore O(n log n) however the keys interleave.
+        store.index.as_mut_slice().sort_unstable_by(|a, b| (a.key.as_slice(), a.rev).cmp(&(b.key.as_slice(), b.rev)));
+        if store.index.as_slice().windows(2).any(|w| matches!(w, [a, b] if a.key == b.key && a.rev == b.rev)) {
+            return Err(StoreError::Corrupt { bucket: Bucket::Key, what: "revision written twice" });
         }
-        for (key, lease) in key_lease.as_slice() {
-            if *lease != 0 {
-                // etcd logs and skips a key whose lease is gone; the key stays, unattached.
-                if lessor.lease(*lease).is_some() {
-                    lessor.attach(*lease, key.as_slice())?;
-                } else {
-                    crate::fmt::warning!("key attached to a missing lease: lease {}", *lease);
-                }
-            }
-        }
+        leased.as_mut_slice().sort_unstable_by_key(|(rev, _)| *rev);
+        let index = store.index.as_slice();
+        let latest = index.iter().enumerate().filter(|(i, e)| index.get(i + 1).is_none_or(|next| next.key != e.key));
+        let attachments = latest.filter(|(_, e)| !e.tombstone).filter_map(|(_, e)| {
+            let pos = leased.as_slice().binary_search_by_key(&e.rev, |(rev, _)| *rev).ok()?;
+            leased.as_slice().get(pos).map(|(_, lease)| (*lease, e.key.as_slice()))
+        });
+        lessor.attach_all(attachments)?;
         if let Some(finished) = finished {
             store.compact_rev = finished;
         }
@@ -402,20 +403,15 @@ impl<P: Profile> KvStore<P> {
         Ok((store, unfinished))
     }
 
-    fn restore_one(
-        &mut self,
-        k: &[u8],
-        v: &[u8],
-        key_lease: &mut P::Vec<(P::Bytes, LeaseId)>,
-    ) -> Result<(), StoreError> {
+    fn restore_one(&mut self, k: &[u8], v: &[u8], leased: &mut P::Vec<(Revision, LeaseId)>) -> Result<(), StoreError> {
         let (rev, tombstone) =
             parse_revision_key(k).ok_or(StoreError::Corrupt { bucket: Bucket::Key, what: "malformed revision key" })?;
         let kv = codec::decode::<KeyValue<'_>>(Bucket::Key, v)?;
-        // The bucket is scanned in revision order, so entries arrive at the end of their key's run.
-        self.insert_entry(kv.key, rev, tombstone)?;
-        let lease = if tombstone { 0 } else { kv.lease };
-        let item = (codec::bytes::<P::Bytes>(kv.key, "key lease map")?, lease);
-        codec::upsert(key_lease, item, |(k, _)| k.as_slice(), "key lease map")?;
+        let entry = IndexEntry { key: codec::bytes::<P::Bytes>(kv.key, "key index key")?, rev, tombstone };
+        codec::push(&mut self.index, entry, "key index")?;
+        if !tombstone && kv.lease != 0 {
+            codec::push(leased, (rev, kv.lease), "leased revisions")?;
+        }
         if rev.main > self.current_rev {
             self.current_rev = rev.main;
         }

@@ -146,6 +146,37 @@ impl<P: Profile> Lessor<P> {
         Ok(())
     }
 
+    /// Attaches many `(lease, key)` pairs at once, sorting once at the end (the key-value
+    /// store's restore). A key whose lease does not exist stays unattached, as in etcd, which
+    /// logs it and goes on.
+    pub(crate) fn attach_all<'k>(
+        &mut self,
+        pairs: impl Iterator<Item = (LeaseId, &'k [u8])>,
+    ) -> Result<(), StoreError> {
+        for (lease, key) in pairs {
+            if self.lease(lease).is_none() {
+                crate::fmt::warning!("key attached to a missing lease: lease {}", lease);
+                continue;
+            }
+            let item = LeaseItem { lease, key: codec::bytes::<P::Bytes>(key, "lease item key")? };
+            codec::push(&mut self.items, item, "lease items")?;
+        }
+        self.items
+            .as_mut_slice()
+            .sort_unstable_by(|a, b| (a.lease, a.key.as_slice()).cmp(&(b.lease, b.key.as_slice())));
+        // Attaching twice is attaching once: drop adjacent duplicates (rare; the restore attaches
+        // each key once).
+        let mut i = 1;
+        while let (Some(prev), Some(cur)) = (self.items.as_slice().get(i - 1), self.items.as_slice().get(i)) {
+            if prev == cur {
+                self.items.remove_at(i);
+            } else {
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+
     /// Detaches `key` from lease `id`, if it was attached.
     pub(crate) fn detach(&mut self, id: LeaseId, key: &[u8]) {
         let pos = self.items.as_slice().binary_search_by(|i| (i.lease, i.key.as_slice()).cmp(&(id, key)));
