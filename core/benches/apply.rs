@@ -56,7 +56,6 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("restore");
     for keys in [10_000u32, 100_000] {
         let (metadata, data) = leader(keys);
-        let snapshot = Snapshot { metadata: &metadata, data: &data };
         let mut buf = vec![0u8; MIN_BUFFER];
 
         // Persisting: image checked (CRCs, SHA-256) and materialised into a backend.
@@ -66,7 +65,9 @@ fn bench(c: &mut Criterion) {
                 let mut storage = MemSnapshotStore::<VecBackend, Vec<u8>>::new(&mut buf);
                 let mut transport = PeerTable::<Growable>::default();
                 let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut NoObserver };
-                let v = Validated::new(&mut follower, ports, snapshot).expect("valid").expect("not empty");
+                let v = Validated::new(&mut follower, ports, Snapshot::from_bytes(&metadata, &data))
+                    .expect("valid")
+                    .expect("not empty");
                 drop(black_box(v.persist().expect("persist")));
             })
         });
@@ -80,7 +81,9 @@ fn bench(c: &mut Criterion) {
                     let mut storage = MemSnapshotStore::<VecBackend, Vec<u8>>::new(&mut buf);
                     let mut transport = PeerTable::<Growable>::default();
                     let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut NoObserver };
-                    let v = Validated::new(&mut follower, ports, snapshot).expect("valid").expect("not empty");
+                    let v = Validated::new(&mut follower, ports, Snapshot::from_bytes(&metadata, &data))
+                        .expect("valid")
+                        .expect("not empty");
                     let persisted = v.persist().expect("persist");
                     let start = Instant::now();
                     let mvcc = persisted

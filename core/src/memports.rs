@@ -8,7 +8,7 @@ use crate::backend::{Backend, BackendError, BackendErrorKind, WriteTxn};
 use crate::collections::{Profile, Seq};
 use crate::image;
 use crate::ports::{Durable, PersistTicket, PortError, PortErrorKind, SnapshotStore, Transport};
-use crate::raft::Snapshot;
+use crate::raft::{ImageData, SnapshotMetadata};
 use crate::store::MemberId;
 
 /// A persisted snapshot: its materialised backend and its v2 data.
@@ -74,7 +74,12 @@ fn backend_error(e: BackendError) -> PortError {
 impl<B: Backend + Default + Clone, V: Seq<u8>, const K: usize> SnapshotStore for MemSnapshotStore<'_, B, V, K> {
     type Backend = B;
 
-    fn persist(&mut self, snapshot: Snapshot<'_>, ticket: PersistTicket) -> Result<Durable, PortError> {
+    fn persist(
+        &mut self,
+        metadata: &SnapshotMetadata,
+        image: ImageData<'_>,
+        ticket: PersistTicket,
+    ) -> Result<Durable, PortError> {
         let (index, term) = (ticket.index(), ticket.term());
         if self.pinned.iter().any(|p| p.index == index && p.term == term) {
             // Already persisted (a retry after a failed apply): the pinned copy is the snapshot.
@@ -90,9 +95,20 @@ impl<B: Backend + Default + Clone, V: Seq<u8>, const K: usize> SnapshotStore for
                 }
                 Ok(())
             };
-            let (metadata, _) =
-                image::materialize(snapshot.data, self.buf, &mut txn, &mut keep_v2).map_err(|e| image_error(&e))?;
-            if metadata != *snapshot.metadata {
+            let decoded = match image {
+                ImageData::Bytes(bytes) => {
+                    image::materialize(bytes, self.buf, &mut txn, &mut keep_v2).map_err(|e| image_error(&e))
+                }
+                ImageData::Stream(source) => {
+                    image::materialize(source, self.buf, &mut txn, &mut keep_v2).map_err(|e| match e {
+                        // The stream's own failure (a dropped connection) is reported as it is.
+                        image::MaterializeError::Decode(image::DecodeError::Source(e)) => e,
+                        e => image_error(&e),
+                    })
+                }
+            };
+            let (decoded, _) = decoded?;
+            if decoded != *metadata {
                 return Err(PortError::new(
                     PortErrorKind::Corrupt,
                     "comparing the image's metadata with the snapshot's",

@@ -26,8 +26,11 @@ use crate::collections::Seq;
 use crate::error::{ApplyError, ApplyErrorKind};
 use crate::fmt::info;
 use crate::node::Node;
-use crate::ports::{Durable, Event, Observer, PersistTicket, Phase, Ports, SnapshotFields, SnapshotStore, Transport};
-use crate::raft::{Progress, Snapshot};
+use crate::ports::{
+    Durable, Event, Observer, PersistTicket, Phase, PortError, PortErrorKind, Ports, SnapshotFields, SnapshotStore,
+    Transport,
+};
+use crate::raft::{ImageData, Progress, Snapshot, SnapshotMetadata};
 use crate::store::{AlarmStore, AuthStore, ConsistentIndex, KvStore, Lessor, MAX_MEMBER_URLS, Membership, StoreError};
 
 /// What every state carries: the node (the live-backend slot, held exclusively), the ports, the
@@ -37,7 +40,9 @@ struct Run<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer> {
     storage: &'n mut S,
     transport: &'n mut T,
     observer: &'n mut O,
-    snapshot: Snapshot<'n>,
+    metadata: &'n SnapshotMetadata,
+    /// The image, until `persist` hands it to the snapshot store.
+    image: Option<ImageData<'n>>,
     mark: Option<u64>,
 }
 
@@ -46,8 +51,8 @@ impl<P: Profile, S: SnapshotStore, T: Transport, O: Observer> Run<'_, P, S, T, O
         SnapshotFields {
             current_snapshot_index: self.node.progress.snapshot_index,
             current_applied_index: self.node.progress.applied_index,
-            incoming_leader_snapshot_index: self.snapshot.metadata.index,
-            incoming_leader_snapshot_term: self.snapshot.metadata.term,
+            incoming_leader_snapshot_index: self.metadata.index,
+            incoming_leader_snapshot_term: self.metadata.term,
         }
     }
 
@@ -114,8 +119,8 @@ macro_rules! state {
         impl<P: Profile, S: SnapshotStore, T: Transport, O: Observer> core::fmt::Debug for $name<'_, P, S, T, O> {
             fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
                 f.debug_struct(stringify!($name))
-                    .field("index", &self.run.snapshot.metadata.index)
-                    .field("term", &self.run.snapshot.metadata.term)
+                    .field("index", &self.run.metadata.index)
+                    .field("term", &self.run.metadata.term)
                     .finish_non_exhaustive()
             }
         }
@@ -198,13 +203,14 @@ impl<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer> Validated<'n, 
         let Ports { storage, transport, observer } = ports;
         observer.in_progress(1);
         let mark = observer.now_micros();
-        let mut run = Run { node, storage, transport, observer, snapshot, mark };
+        let Snapshot { metadata, data } = snapshot;
+        let mut run = Run { node, storage, transport, observer, metadata, image: Some(data), mark };
         let fields = run.fields();
         run.event(Event::ApplyingSnapshot(fields));
         let applied_index = run.node.progress.applied_index;
-        if snapshot.metadata.index <= applied_index {
+        if metadata.index <= applied_index {
             run.event(Event::OutdatedSnapshot(fields));
-            let kind = ApplyErrorKind::Outdated { incoming_index: snapshot.metadata.index, applied_index };
+            let kind = ApplyErrorKind::Outdated { incoming_index: metadata.index, applied_index };
             return Err(run.fail(Phase::Validate, kind));
         }
         run.done(Phase::Validate);
@@ -214,9 +220,14 @@ impl<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer> Validated<'n, 
     /// Makes the snapshot durable through the snapshot store. The backend swap must never come
     /// before the durable record of the snapshot, or a crash loses the only copy (etcd #7876).
     pub fn persist(mut self) -> Result<Persisted<'n, P, S, T, O>, ApplyError> {
-        let meta = self.run.snapshot.metadata;
+        let meta = self.run.metadata;
         let ticket = PersistTicket::new(meta.index, meta.term);
-        let durable = match self.run.storage.persist(self.run.snapshot, ticket) {
+        // `Validated` is reached once per run and consumed here, so the image is always there.
+        let stored = match self.run.image.take() {
+            Some(image) => self.run.storage.persist(meta, image, ticket),
+            None => Err(PortError::new(PortErrorKind::Misuse, "persisting an image that was already handed over")),
+        };
+        let durable = match stored {
             Ok(d) => d,
             Err(e) => return Err(self.run.fail(Phase::Persist, ApplyErrorKind::Port(e))),
         };
@@ -241,7 +252,7 @@ impl<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer> Persisted<'n, 
             Ok(c) => c,
             Err(e) => return Err(self.run.fail(Phase::OpenBackend, ApplyErrorKind::Store(e))),
         };
-        let snapshot_index = self.run.snapshot.metadata.index;
+        let snapshot_index = self.run.metadata.index;
         if stored.index() != snapshot_index {
             let kind = ApplyErrorKind::IndexMismatch { backend_index: stored.index(), snapshot_index };
             return Err(self.run.fail(Phase::OpenBackend, kind));
@@ -418,7 +429,7 @@ impl<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer> PeersUpdated<'
     /// Sets the progress to the snapshot's (applied term and index, snapshot index, conf state)
     /// and lets the snapshot store release snapshots older than this one.
     pub fn finish(mut self) -> Result<Applied<'n, P, S, T, O>, ApplyError> {
-        self.run.node.progress = Progress::at_snapshot(self.run.snapshot.metadata);
+        self.run.node.progress = Progress::at_snapshot(self.run.metadata);
         if let Err(e) = self.run.storage.release_before(&self.durable) {
             return Err(self.run.fail(Phase::Finish, ApplyErrorKind::Port(e)));
         }
@@ -451,10 +462,10 @@ pub struct Outcome<B> {
 /// Runs the whole pipeline: etcd's `applySnapshot`.
 ///
 /// Returns `Ok(None)` for an empty snapshot. See [`ApplyError`] for what a failure leaves.
-pub fn apply_snapshot<P: Profile, S: SnapshotStore, T: Transport, O: Observer>(
-    node: &mut Node<S::Backend, P>,
-    ports: Ports<'_, S, T, O>,
-    snapshot: Snapshot<'_>,
+pub fn apply_snapshot<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer>(
+    node: &'n mut Node<S::Backend, P>,
+    ports: Ports<'n, S, T, O>,
+    snapshot: Snapshot<'n>,
 ) -> Result<Option<Outcome<S::Backend>>, ApplyError> {
     let Some(validated) = Validated::new(node, ports, snapshot)? else {
         return Ok(None);

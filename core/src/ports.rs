@@ -6,7 +6,8 @@
 //! #20271).
 
 use crate::backend::Backend;
-use crate::raft::Snapshot;
+use crate::image::Source;
+use crate::raft::{ImageData, SnapshotMetadata};
 use crate::store::MemberId;
 
 /// What went wrong in a port.
@@ -125,7 +126,15 @@ pub trait SnapshotStore {
     /// Makes `snapshot` (metadata and image) durable, then confirms `ticket`. Checking the
     /// image and materialising its backend belongs here: it only depends on the snapshot's bytes
     /// and keeps that work off the apply loop's critical path.
-    fn persist(&mut self, snapshot: Snapshot<'_>, ticket: PersistTicket) -> Result<Durable, PortError>;
+    ///
+    /// The image is read once, front to back; a store that keeps it must check it (the
+    /// decoder verifies every frame's CRC and the trailer's SHA-256) before confirming.
+    fn persist(
+        &mut self,
+        metadata: &SnapshotMetadata,
+        image: ImageData<'_>,
+        ticket: PersistTicket,
+    ) -> Result<Durable, PortError>;
 
     /// Opens the backend of the durable snapshot (etcd's `openSnapshotBackend`).
     fn open_backend(&mut self, snapshot: &Durable) -> Result<Self::Backend, PortError>;
@@ -135,6 +144,31 @@ pub trait SnapshotStore {
 
     /// The snapshot `applied` is applied: snapshots older than it may be deleted.
     fn release_before(&mut self, applied: &Durable) -> Result<(), PortError>;
+}
+
+/// Adapts any image [`Source`] to the one [`ImageData::Stream`] takes: its errors become
+/// [`PortErrorKind::Io`] port errors.
+#[derive(Debug)]
+pub struct ImageStream<S>(S);
+
+impl<S: Source> ImageStream<S> {
+    /// Wraps `source`.
+    pub fn new(source: S) -> Self {
+        ImageStream(source)
+    }
+
+    /// The wrapped source.
+    pub fn into_inner(self) -> S {
+        self.0
+    }
+}
+
+impl<S: Source> Source for ImageStream<S> {
+    type Error = PortError;
+
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, PortError> {
+        self.0.read(buf).map_err(|_| PortError::new(PortErrorKind::Io, "reading the snapshot image stream"))
+    }
 }
 
 /// The peer transport (etcd's `rafthttp.Transporter`).

@@ -37,7 +37,7 @@ proptest! {
         let mut transport = PeerTable::<Growable>::default();
         let mut observer = Recorder::default();
         let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut observer };
-        let outcome = snapply_core::apply_snapshot(&mut follower, ports, Snapshot { metadata: &metadata, data: &image })
+        let outcome = snapply_core::apply_snapshot(&mut follower, ports, Snapshot::from_bytes(&metadata, &image))
             .map_err(|e| TestCaseError::fail(e.to_string()))?
             .ok_or_else(|| TestCaseError::fail("a non-empty snapshot was treated as empty"))?;
 

@@ -61,7 +61,7 @@ fn apply<B: Backend + Default + Clone>(
     let mut storage = MemSnapshotStore::<B, Vec<u8>>::new(&mut buf);
     let mut transport = PeerTable::<Growable>::default();
     let ports = Ports { storage: &mut storage, transport: &mut transport, observer };
-    apply_snapshot(node, ports, Snapshot { metadata, data: image })
+    apply_snapshot(node, ports, Snapshot::from_bytes(metadata, image))
 }
 
 #[test]
@@ -331,7 +331,7 @@ fn full_fixed_capacity_is_an_error_and_changes_nothing() {
     let mut transport = PeerTable::<Small>::default();
     let mut obs = Recorder::default();
     let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs };
-    let err = apply_snapshot(&mut f, ports, Snapshot { metadata: &metadata, data: &image })
+    let err = apply_snapshot(&mut f, ports, Snapshot::from_bytes(&metadata, &image))
         .expect_err("the leader's state does not fit");
     assert!(err.phase() < Phase::SwapBackend, "{err}");
     assert!(matches!(err.kind(), ApplyErrorKind::Store(StoreError::Capacity(_))), "{err}");
@@ -357,7 +357,7 @@ fn a_second_snapshot_does_not_evict_the_first_while_it_waits() {
     let v = snapply_core::pipeline::Validated::new(
         &mut f,
         Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs },
-        Snapshot { metadata: &m1, data: &i1 },
+        Snapshot::from_bytes(&m1, &i1),
     )
     .expect("valid")
     .expect("not empty");
@@ -367,7 +367,7 @@ fn a_second_snapshot_does_not_evict_the_first_while_it_waits() {
     let v = snapply_core::pipeline::Validated::new(
         &mut f2,
         Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs2 },
-        Snapshot { metadata: &m2, data: &i2 },
+        Snapshot::from_bytes(&m2, &i2),
     )
     .expect("valid")
     .expect("not empty");
@@ -379,7 +379,7 @@ fn a_second_snapshot_does_not_evict_the_first_while_it_waits() {
     let err = apply_snapshot(
         &mut f3,
         Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs3 },
-        Snapshot { metadata: &m3, data: &i3 },
+        Snapshot::from_bytes(&m3, &i3),
     )
     .expect_err("no slot may be freed");
     assert_eq!(err.phase(), Phase::Persist);
@@ -388,7 +388,7 @@ fn a_second_snapshot_does_not_evict_the_first_while_it_waits() {
     apply_snapshot(
         &mut f2,
         Ports { storage: &mut storage, transport: &mut transport, observer: &mut Recorder::default() },
-        Snapshot { metadata: &m2, data: &i2 },
+        Snapshot::from_bytes(&m2, &i2),
     )
     .expect("apply 2");
     assert_eq!(storage.pinned().collect::<Vec<_>>(), [m2.index]);
@@ -468,4 +468,57 @@ fn an_unfinished_compaction_in_the_snapshot_is_resumed_with_the_bound_index() {
     assert_eq!(ConsistentIndex::load(&read).expect("load").index(), metadata.index);
     let key_records = records(f.backend()).iter().filter(|r| r.0 == Bucket::Key).count();
     assert_eq!(key_records, 3);
+}
+
+/// An image read from a stream in small pieces applies exactly like the same bytes in memory;
+/// a stream that breaks or ends early is refused before anything changes.
+#[test]
+fn a_streamed_image_applies_like_bytes_and_a_broken_stream_changes_nothing() {
+    use snapply_core::image::{Chunked, Source};
+    use snapply_core::ports::{ImageStream, PortError};
+
+    let l = leader();
+    let (metadata, image) = snapshot(&l);
+    let mut f = follower(VecBackend::new());
+    let mut buf = vec![0u8; MIN_BUFFER];
+    let mut storage = MemSnapshotStore::<VecBackend, Vec<u8>>::new(&mut buf);
+    let mut transport = PeerTable::<Growable>::default();
+    let mut obs = Recorder::default();
+    let mut stream = ImageStream::new(Chunked::new(image.as_slice(), 7));
+    let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs };
+    apply_snapshot(&mut f, ports, Snapshot::streamed(&metadata, &mut stream)).expect("streamed apply");
+    assert_eq!(records(f.backend()), records(l.backend()));
+    assert_eq!(f.stores(), l.stores());
+
+    /// A connection that drops after `left` bytes.
+    struct Dropping<'a>(&'a [u8], usize);
+    impl Source for Dropping<'_> {
+        type Error = PortError;
+        fn read(&mut self, buf: &mut [u8]) -> Result<usize, PortError> {
+            if self.1 == 0 {
+                return Err(PortError::new(PortErrorKind::Io, "connection reset"));
+            }
+            let n = buf.len().min(self.1).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            self.1 -= n;
+            Ok(n)
+        }
+    }
+    for cut in [0, 11, image.len() / 2, image.len() - 1] {
+        let mut f = follower(VecBackend::new());
+        let before = state(&f);
+        let mut buf = vec![0u8; MIN_BUFFER];
+        let mut storage = MemSnapshotStore::<VecBackend, Vec<u8>>::new(&mut buf);
+        let mut obs = Recorder::default();
+        let mut dropping = Dropping(&image, cut);
+        let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs };
+        let err = apply_snapshot(&mut f, ports, Snapshot::streamed(&metadata, &mut dropping))
+            .expect_err("a broken stream must be refused");
+        assert_eq!(err.phase(), Phase::Persist);
+        assert_eq!(*err.kind(), ApplyErrorKind::Port(PortError::new(PortErrorKind::Io, "connection reset")));
+        assert_eq!(state(&f), before);
+        assert_eq!(obs.gauge, 0);
+        assert_eq!(storage.pinned().count(), 0, "nothing of a broken stream is pinned");
+    }
 }

@@ -5,10 +5,10 @@ use snapply_core::pipeline::Validated;
 use snapply_core::ports::{Observer, Ports, SnapshotStore, Transport};
 use snapply_core::{Node, Request, Snapshot};
 
-fn race<P: Profile, S: SnapshotStore, T: Transport, O: Observer>(
-    node: &mut Node<S::Backend, P>,
-    ports: Ports<'_, S, T, O>,
-    snapshot: Snapshot<'_>,
+fn race<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer>(
+    node: &'n mut Node<S::Backend, P>,
+    ports: Ports<'n, S, T, O>,
+    snapshot: Snapshot<'n>,
 ) {
     let validated = Validated::new(node, ports, snapshot);
     let _ = node.apply(9, 2, &Request::Compact { revision: 1 });

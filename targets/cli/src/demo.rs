@@ -201,7 +201,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Box<dyn Error>> {
     let mut transport = PeerTable::<Growable>::default();
     let mut printer = Printer::new();
     let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut printer };
-    let outcome = apply_snapshot(&mut follower, ports, Snapshot { metadata: &metadata, data: &data })?
+    let outcome = apply_snapshot(&mut follower, ports, Snapshot::from_bytes(&metadata, &data))?
         .ok_or("the leader's snapshot is empty")?;
     // The old backend would be closed off the apply loop; here it is simply dropped.
     drop(outcome.old_backend);

@@ -6,10 +6,10 @@ use snapply_core::{ApplyError, Node, Progress, Snapshot};
 
 /// The restore, generic over profile and ports: type- and borrow-checked without any adapter.
 /// `pub` so that the compiler sees it as used without instantiating it.
-pub fn restore<P: Profile, S: SnapshotStore, T: Transport, O: Observer>(
-    node: &mut Node<S::Backend, P>,
-    ports: Ports<'_, S, T, O>,
-    snapshot: Snapshot<'_>,
+pub fn restore<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer>(
+    node: &'n mut Node<S::Backend, P>,
+    ports: Ports<'n, S, T, O>,
+    snapshot: Snapshot<'n>,
 ) -> Result<Option<(Progress, S::Backend)>, ApplyError> {
     let Some(validated) = Validated::new(node, ports, snapshot)? else {
         return Ok(None);
