@@ -1,7 +1,5 @@
 //! Alarms raised by members (etcd's `v3alarm.AlarmStore`): NOSPACE and CORRUPT.
 
-use core::ops::ControlFlow;
-
 use super::{StoreError, codec};
 use crate::backend::{Backend, Bucket, ReadTxn, WriteTxn};
 use crate::collections::{Profile, Seq};
@@ -92,15 +90,10 @@ impl<P: Profile> AlarmStore<P> {
     /// Reads the store from a read transaction.
     pub(crate) fn load<R: ReadTxn + ?Sized>(txn: &R) -> Result<Self, StoreError> {
         let mut store = AlarmStore::<P>::default();
-        let mut result = Ok(());
-        txn.scan(Bucket::Alarm, &[], &mut |k, _| {
-            result = match Alarm::from_key(k) {
-                Some(alarm) => codec::upsert(&mut store.alarms, alarm, |a| a, "alarms").map_err(Into::into),
-                None => Err(StoreError::Corrupt { bucket: Bucket::Alarm, what: "malformed alarm key" }),
-            };
-            if result.is_err() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        codec::scan(txn, Bucket::Alarm, |k, _| match Alarm::from_key(k) {
+            Some(alarm) => codec::upsert(&mut store.alarms, alarm, |a| a, "alarms").map_err(Into::into),
+            None => Err(StoreError::Corrupt { bucket: Bucket::Alarm, what: "malformed alarm key" }),
         })?;
-        result?;
         Ok(store)
     }
 }

@@ -2,8 +2,6 @@
 //! revision, users, roles with key permissions, the permission cache derived from them, and the
 //! token provider's state.
 
-use core::ops::ControlFlow;
-
 use serde::{Deserialize, Serialize};
 
 use super::kv::in_range;
@@ -370,9 +368,8 @@ impl<P: Profile> AuthStore<P> {
         txn.get(Bucket::Auth, AUTH_ENABLED_KEY, &mut |v| enabled = Some(v == [1]))?;
         store.enabled = enabled.unwrap_or(false);
         store.revision = codec::get_u64(txn, Bucket::Auth, AUTH_REVISION_KEY)?.unwrap_or(0);
-        let mut result = Ok(());
-        txn.scan(Bucket::AuthUsers, &[], &mut |_, v| {
-            result = codec::decode::<UserRecord<'_>>(Bucket::AuthUsers, v).and_then(|r| {
+        codec::scan(txn, Bucket::AuthUsers, |_, v| {
+            codec::decode::<UserRecord<'_>>(Bucket::AuthUsers, v).and_then(|r| {
                 let mut roles = P::Vec::<P::Bytes>::default();
                 for role in &r.roles {
                     codec::upsert(
@@ -389,12 +386,10 @@ impl<P: Profile> AuthStore<P> {
                     no_password: r.no_password,
                 };
                 codec::upsert(&mut store.users, user, |u| u.name.as_slice(), "users").map_err(Into::into)
-            });
-            if result.is_err() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+            })
         })?;
-        result?;
-        txn.scan(Bucket::AuthRoles, &[], &mut |_, v| {
-            result = codec::decode::<RoleRecord<'_>>(Bucket::AuthRoles, v).and_then(|r| {
+        codec::scan(txn, Bucket::AuthRoles, |_, v| {
+            codec::decode::<RoleRecord<'_>>(Bucket::AuthRoles, v).and_then(|r| {
                 let mut permissions = P::Vec::<Permission<P>>::default();
                 for p in &r.permissions {
                     let permission = Permission {
@@ -406,10 +401,8 @@ impl<P: Profile> AuthStore<P> {
                 }
                 let role = Role { name: codec::bytes::<P::Bytes>(r.name, "role name")?, permissions };
                 codec::upsert(&mut store.roles, role, |r| r.name.as_slice(), "roles").map_err(Into::into)
-            });
-            if result.is_err() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+            })
         })?;
-        result?;
         store.rebuild_cache()?;
         store.token = if store.enabled { TokenProvider::Enabled } else { TokenProvider::Disabled };
         Ok(store)

@@ -47,6 +47,20 @@ pub(crate) fn decode<'a, T: serde::Deserialize<'a>>(bucket: Bucket, bytes: &'a [
     postcard::from_bytes(bytes).map_err(|_| StoreError::Corrupt { bucket, what: "record does not decode" })
 }
 
+/// Calls `f` with every `(key, value)` of `bucket`, in key order, stopping at its first error.
+pub(crate) fn scan<R: ReadTxn + ?Sized>(
+    txn: &R,
+    bucket: Bucket,
+    mut f: impl FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut result = Ok(());
+    txn.scan(bucket, &[], &mut |k, v| {
+        result = f(k, v);
+        if result.is_err() { core::ops::ControlFlow::Break(()) } else { core::ops::ControlFlow::Continue(()) }
+    })?;
+    result
+}
+
 /// Reads and decodes the record under `key` in `bucket`, if any.
 pub(crate) fn get<T: DeserializeOwned, R: ReadTxn + ?Sized>(
     txn: &R,

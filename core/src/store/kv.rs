@@ -5,8 +5,6 @@
 //! generations are the runs of revisions ended by a tombstone, as in etcd's `keyIndex`; keeping
 //! them flat needs no nested collection, which matters for fixed capacities.
 
-use core::ops::ControlFlow;
-
 use serde::{Deserialize, Serialize};
 
 use super::cindex::ConsistentIndex;
@@ -373,12 +371,7 @@ impl<P: Profile> KvStore<P> {
         let scheduled = codec::get_u64(txn, Bucket::Meta, META_SCHEDULED_COMPACT)?.map(|v| v as i64);
         // Revisions that attach their key to a lease; a key's lease is that of its latest revision.
         let mut leased = P::Vec::<(Revision, LeaseId)>::default();
-        let mut result: Result<(), StoreError> = Ok(());
-        txn.scan(Bucket::Key, &[], &mut |k, v| {
-            result = store.restore_one(k, v, &mut leased);
-            if result.is_err() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
-        })?;
-        result?;
+        codec::scan(txn, Bucket::Key, |k, v| store.restore_one(k, v, &mut leased))?;
         // Entries were pushed in revision order; one sort puts them in key order, which keeps the
         // restore O(n log n) however the keys interleave.
         store.index.as_mut_slice().sort_unstable_by(|a, b| (a.key.as_slice(), a.rev).cmp(&(b.key.as_slice(), b.rev)));

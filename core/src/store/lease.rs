@@ -214,9 +214,8 @@ impl<P: Profile> Lessor<P> {
     pub(crate) fn load<R: ReadTxn + ?Sized>(txn: &R, min_ttl: i64) -> Result<Self, StoreError> {
         let mut lessor = Lessor::new(min_ttl);
         {
-            let mut result = Ok(());
-            txn.scan(Bucket::Lease, &[], &mut |_, v| {
-                result = codec::decode::<LeaseRecord>(Bucket::Lease, v).and_then(|r| {
+            codec::scan(txn, Bucket::Lease, |_, v| {
+                codec::decode::<LeaseRecord>(Bucket::Lease, v).and_then(|r| {
                     let lease = Lease {
                         id: r.id,
                         ttl: r.ttl.max(lessor.min_ttl),
@@ -224,10 +223,8 @@ impl<P: Profile> Lessor<P> {
                         expiry: Expiry::Forever,
                     };
                     codec::upsert(&mut lessor.leases, lease, |l| &l.id, "lessor leases").map_err(Into::into)
-                });
-                if result.is_err() { core::ops::ControlFlow::Break(()) } else { core::ops::ControlFlow::Continue(()) }
+                })
             })?;
-            result?;
         }
         Ok(lessor)
     }

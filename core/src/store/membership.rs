@@ -1,8 +1,6 @@
 //! Cluster membership (etcd's `membership.RaftCluster`): members, removed members, cluster
 //! version, downgrade info, and the capabilities the version enables.
 
-use core::ops::ControlFlow;
-
 use serde::{Deserialize, Serialize};
 
 use super::{StoreError, codec};
@@ -244,22 +242,15 @@ impl<P: Profile> Membership<P> {
     /// Reads the store from a read transaction.
     pub(crate) fn load<R: ReadTxn + ?Sized>(txn: &R) -> Result<Self, StoreError> {
         let mut store = Membership::<P>::default();
-        let mut result = Ok(());
-        txn.scan(Bucket::Members, &[], &mut |_, v| {
-            result = codec::decode::<MemberRecord<'_>>(Bucket::Members, v)
+        codec::scan(txn, Bucket::Members, |_, v| {
+            codec::decode::<MemberRecord<'_>>(Bucket::Members, v)
                 .and_then(|r| Self::member_from(&r))
-                .and_then(|m| codec::upsert(&mut store.members, m, |m| &m.id, "members").map_err(Into::into));
-            if result.is_err() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+                .and_then(|m| codec::upsert(&mut store.members, m, |m| &m.id, "members").map_err(Into::into))
         })?;
-        result?;
-        txn.scan(Bucket::MembersRemoved, &[], &mut |k, _| {
-            result = match parse_member_key(k) {
-                Some(id) => codec::upsert(&mut store.removed, id, |r| r, "removed members").map_err(Into::into),
-                None => Err(StoreError::Corrupt { bucket: Bucket::MembersRemoved, what: "malformed member id" }),
-            };
-            if result.is_err() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        codec::scan(txn, Bucket::MembersRemoved, |k, _| match parse_member_key(k) {
+            Some(id) => codec::upsert(&mut store.removed, id, |r| r, "removed members").map_err(Into::into),
+            None => Err(StoreError::Corrupt { bucket: Bucket::MembersRemoved, what: "malformed member id" }),
         })?;
-        result?;
         store.version = codec::get(txn, Bucket::Cluster, CLUSTER_VERSION_KEY)?;
         store.downgrade = codec::get(txn, Bucket::Cluster, DOWNGRADE_KEY)?.unwrap_or_default();
         store.capabilities = Capabilities::of(store.version);
