@@ -2,12 +2,27 @@
 
 use std::time::{Duration, Instant};
 
-use crate::cmd::{Ctx, Error, Result, probe, run};
+use std::cell::Cell;
+
+use crate::cmd::{Counts, Ctx, Error, Result, probe, run, run_counting};
 use crate::fuzz::{self, Need};
 
 /// The targets that prove `no_std`: Cortex-M4F (thumbv7em) and the Cortex-M3 of QEMU's
 /// lm3s6965evb (thumbv7m), which the firmware runs on.
 pub const CROSS_TARGETS: [&str; 2] = ["thumbv7em-none-eabihf", "thumbv7m-none-eabi"];
+
+thread_local! {
+    /// Tests passed and failed over the whole run, for the closing line.
+    static COUNTS: Cell<Counts> = const { Cell::new(Counts { passed: 0, failed: 0 }) };
+}
+
+/// Runs a test command, adding what it reports to the run's counts.
+fn run_tests(cmd: &mut std::process::Command) -> Result<()> {
+    let mut counts = COUNTS.with(Cell::get);
+    let result = run_counting(cmd, &mut counts);
+    COUNTS.with(|c| c.set(counts));
+    result
+}
 
 /// How a step that did not fail ended.
 pub enum Outcome {
@@ -75,6 +90,9 @@ pub fn ci(ctx: &Ctx, fuzz_seconds: u64) -> Result<()> {
     match failure {
         None => {
             println!("\ncargo xtask ci: all steps passed");
+            // The closing line: what every test runner of the run reported, added up.
+            let counts = COUNTS.with(Cell::get);
+            println!("tests: {} passed, {} failed", counts.passed, counts.failed);
             Ok(())
         }
         Some((i, name, e)) => Err(Error::new(format!("ci step {}/{} `{name}` failed: {e}", i + 1, steps.len()))),
@@ -130,15 +148,15 @@ fn clippy(ctx: &Ctx) -> Result<Outcome> {
 /// Step 4: host tests, including the compile-fail tests of `snapply-tests`.
 fn test(ctx: &Ctx) -> Result<Outcome> {
     if probe(ctx.cargo().args(["nextest", "--version"])) {
-        run(ctx.cargo().args(["nextest", "run", "--workspace"]).args(ctx.locked()))?;
+        run_tests(ctx.cargo().args(["nextest", "run", "--workspace"]).args(ctx.locked()))?;
         // nextest does not run doctests.
-        run(ctx.cargo().args(["test", "--workspace", "--doc"]).args(ctx.locked()))?;
+        run_tests(ctx.cargo().args(["test", "--workspace", "--doc"]).args(ctx.locked()))?;
     } else {
         println!("cargo-nextest is not installed; using cargo test");
-        run(ctx.cargo().args(["test", "--workspace"]).args(ctx.locked()))?;
+        run_tests(ctx.cargo().args(["test", "--workspace"]).args(ctx.locked()))?;
     }
     // The core again with the alloc-backed (growable) types and the `log` shim.
-    run(ctx.cargo().args(["test", "-p", "snapply-core", "--features", "std,log"]).args(ctx.locked()))?;
+    run_tests(ctx.cargo().args(["test", "-p", "snapply-core", "--features", "std,log"]).args(ctx.locked()))?;
     Ok(Outcome::Done)
 }
 

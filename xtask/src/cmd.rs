@@ -140,6 +140,72 @@ fn quote(word: &str) -> String {
     if plain { word.to_owned() } else { format!("'{}'", word.replace('\'', r"'\''")) }
 }
 
+/// Passed and failed test counts, read from the closing lines of the test runners.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub passed: u64,
+    pub failed: u64,
+}
+
+impl Counts {
+    /// Adds what one output line reports: libtest's `test result: ok. 3 passed; 0 failed; …` or
+    /// nextest's `Summary [ 1.2s] 67 tests run: 65 passed, 2 failed, 0 skipped`.
+    pub fn read_line(&mut self, line: &str) {
+        if !(line.contains("test result:") || line.contains("tests run:")) {
+            return;
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        for pair in words.windows(2) {
+            let [count, word] = pair else { continue };
+            let Ok(n) = count.parse::<u64>() else { continue };
+            match word.trim_end_matches([';', ',']) {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Like [`run`], and adds the test counts the command reports to `counts`; its output is passed
+/// through line by line.
+pub fn run_counting(cmd: &mut Command, counts: &mut Counts) -> Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+
+    let line = display(cmd);
+    println!("$ {line}");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::new(format!("could not start `{line}`: {e}")))?;
+    fn pump<R: std::io::Read + Send + 'static>(
+        from: Option<R>,
+        to: fn() -> Box<dyn Write>,
+    ) -> std::thread::JoinHandle<Counts> {
+        std::thread::spawn(move || {
+            let mut counts = Counts::default();
+            let Some(from) = from else { return counts };
+            let mut out = to();
+            for line in BufReader::new(from).split(b'\n').map_while(std::result::Result::ok) {
+                let text = String::from_utf8_lossy(&line);
+                counts.read_line(&text);
+                let _ = writeln!(out, "{text}");
+            }
+            counts
+        })
+    }
+    let stdout = pump(child.stdout.take(), || Box::new(std::io::stdout()));
+    let stderr = pump(child.stderr.take(), || Box::new(std::io::stderr()));
+    for pumped in [stdout, stderr] {
+        let got = pumped.join().unwrap_or_default();
+        counts.passed += got.passed;
+        counts.failed += got.failed;
+    }
+    let status = child.wait().map_err(|e| Error::new(format!("could not wait for `{line}`: {e}")))?;
+    if status.success() { Ok(()) } else { Err(Error::new(format!("`{line}` failed ({status})"))) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,5 +228,15 @@ mod tests {
         assert_eq!(display(&cmd), "cargo build --release");
         cmd.current_dir(ctx.root.join("targets/firmware"));
         assert_eq!(display(&cmd), "(cd targets/firmware && cargo build --release)");
+    }
+
+    #[test]
+    fn counts_libtest_and_nextest_closing_lines() {
+        let mut c = Counts::default();
+        c.read_line("test result: ok. 45 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 5.66s");
+        c.read_line("     Summary [  38.260s] 67 tests run: 65 passed, 2 failed, 0 skipped");
+        c.read_line("running 3 tests");
+        c.read_line("test foo ... ok");
+        assert_eq!(c, Counts { passed: 110, failed: 2 });
     }
 }
