@@ -74,10 +74,10 @@ fn restore_once(metadata: &SnapshotMetadata, data: &[u8], buf: &mut [u8]) -> (Du
     let (swapped, old) = mvcc.swap_backend();
     let applied = swapped
         .restore_alarms()
-        .and_then(|s| s.restore_auth())
-        .and_then(|s| s.restore_v2())
-        .and_then(|s| s.restore_cluster())
-        .and_then(|s| s.update_peers())
+        .restore_auth()
+        .restore_v2()
+        .restore_cluster()
+        .update_peers()
         .and_then(|s| s.finish())
         .expect("apply");
     black_box(applied.into_progress());

@@ -40,9 +40,11 @@ pub enum ApplyErrorKind {
 /// A phase of the pipeline failed.
 ///
 /// Before [`Phase::SwapBackend`] nothing changed on the node: its old backend and stores are
-/// live and the persisted snapshot is kept for a retry. From the swap on, the node runs on the
-/// new state and the error is fatal for the apply loop ([`ApplyError::is_fatal`]); what was
-/// persisted lets a restart finish the restore.
+/// live and the persisted snapshot is kept for a retry. Everything a snapshot contains is read
+/// and checked before the swap, so after it only the transport ([`Phase::UpdatePeers`]) and the
+/// snapshot store ([`Phase::Finish`]) can fail; the node then runs on the new state and the
+/// error is fatal for the apply loop ([`ApplyError::is_fatal`]); what was persisted lets a
+/// restart finish the restore.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct ApplyError {

@@ -16,6 +16,13 @@
 //! exclusive borrow of the node. Until then the node is untouched, so any failure before the
 //! swap leaves it exactly as it was.
 //!
+//! The alarms, auth, membership and v2 stores are read from the new backend (and the snapshot's
+//! v2 data) when it is opened, in phase 3, and installed after the swap in etcd's order, phases 8
+//! to 11. The data is the same the live backend holds after the swap, but a corrupt record or a
+//! full capacity is then found while the old state is still live: after the swap, only the
+//! transport and the snapshot store can fail, and the node is never left between its old and its
+//! new state by what a snapshot contains.
+//!
 //! The in-progress gauge goes up when `Validated` is reached and down, with etcd's
 //! `applied snapshot` line, whenever the run ends: at `Applied`, on an error, or when a state is
 //! dropped (etcd's `defer`).
@@ -31,7 +38,9 @@ use crate::ports::{
     Transport,
 };
 use crate::raft::{ImageData, Progress, Snapshot, SnapshotMetadata};
-use crate::store::{AlarmStore, AuthStore, ConsistentIndex, KvStore, Lessor, MAX_MEMBER_URLS, Membership, StoreError};
+use crate::store::{
+    AlarmStore, AuthStore, ConsistentIndex, KvStore, Lessor, MAX_MEMBER_URLS, Membership, StoreError, V2Store,
+};
 
 /// What every state carries: the node (the live-backend slot, held exclusively), the ports, the
 /// snapshot. Dropping it ends the run: `applied snapshot` is logged and the gauge goes down.
@@ -135,23 +144,33 @@ state!(
     /// The snapshot is durable on the node's own storage (etcd waits on `apply.notifyc`).
     Persisted { durable: Durable }
 );
+/// The stores read from the new backend when it is opened and installed after the swap.
+struct Later<P: Profile> {
+    alarms: AlarmStore<P>,
+    auth: AuthStore<P>,
+    v2: V2Store<P>,
+    membership: Membership<P>,
+}
+
 state!(
-    /// The snapshot's backend is open and its consistent index equals the snapshot's index.
-    BackendOpened { durable: Durable, backend: S::Backend }
+    /// The snapshot's backend is open, its consistent index equals the snapshot's index, and the
+    /// stores installed after the swap have been read from it.
+    BackendOpened { durable: Durable, backend: S::Backend, later: Later<P> }
 );
 state!(
     /// The consistent-index holder points at the new backend (etcd's `consistIndex.SetBackend`).
-    IndexBound { durable: Durable, backend: S::Backend, cindex: ConsistentIndex }
+    IndexBound { durable: Durable, backend: S::Backend, later: Later<P>, cindex: ConsistentIndex }
 );
 state!(
     /// The lessor is rebuilt from the new backend, staged.
-    LeaseRestored { durable: Durable, backend: S::Backend, cindex: ConsistentIndex, lessor: Lessor<P> }
+    LeaseRestored { durable: Durable, backend: S::Backend, later: Later<P>, cindex: ConsistentIndex, lessor: Lessor<P> }
 );
 state!(
     /// The key index is rebuilt from the new backend, keys reattached to the staged leases.
     MvccRestored {
         durable: Durable,
         backend: S::Backend,
+        later: Later<P>,
         cindex: ConsistentIndex,
         lessor: Lessor<P>,
         kv: KvStore<P>,
@@ -159,22 +178,22 @@ state!(
 );
 state!(
     /// The new backend and staged stores are live; the old backend was handed back.
-    BackendSwapped { durable: Durable }
+    BackendSwapped { durable: Durable, alarms: AlarmStore<P>, auth: AuthStore<P>, v2: V2Store<P>, membership: Membership<P> }
 );
 state!(
-    /// Alarms are rebuilt from the live backend.
-    AlarmsRestored { durable: Durable }
+    /// Alarms are restored.
+    AlarmsRestored { durable: Durable, auth: AuthStore<P>, v2: V2Store<P>, membership: Membership<P> }
 );
 state!(
-    /// Auth is rebuilt: flag, revision, users, roles, permission cache, token provider.
-    AuthRestored { durable: Durable }
+    /// Auth is restored: flag, revision, users, roles, permission cache, token provider.
+    AuthRestored { durable: Durable, v2: V2Store<P>, membership: Membership<P> }
 );
 state!(
-    /// The v2 store is recovered from the snapshot and checked against the deprecation level.
-    V2Restored { durable: Durable }
+    /// The v2 store is restored, checked against the deprecation level.
+    V2Restored { durable: Durable, membership: Membership<P> }
 );
 state!(
-    /// Membership, cluster version and downgrade info are rebuilt; capabilities updated.
+    /// Membership, cluster version and downgrade info are restored; capabilities updated.
     ClusterRestored { durable: Durable }
 );
 state!(
@@ -257,8 +276,29 @@ impl<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer> Persisted<'n, 
             let kind = ApplyErrorKind::IndexMismatch { backend_index: stored.index(), snapshot_index };
             return Err(self.run.fail(Phase::OpenBackend, kind));
         }
+        let later = match self.read_later(&backend) {
+            Ok(later) => later,
+            Err(kind) => return Err(self.run.fail(Phase::OpenBackend, kind)),
+        };
         self.run.done(Phase::OpenBackend);
-        Ok(BackendOpened { run: self.run, durable: self.durable, backend })
+        Ok(BackendOpened { run: self.run, durable: self.durable, backend, later })
+    }
+
+    /// Reads the stores installed after the swap: alarms, auth and membership from the new
+    /// backend (etcd's `restoreAlarms`, `authStore.Recover`, `cluster.Recover`), the v2 store from
+    /// the snapshot's v2 data, checked against the deprecation level (`AssertNoV2StoreContent`).
+    fn read_later(&mut self, backend: &S::Backend) -> Result<Later<P>, ApplyErrorKind> {
+        let level = self.run.node.config.v2_deprecation;
+        let v2 = match self.run.storage.v2_data(&self.durable) {
+            Ok(data) => V2Store::recover(data, level).map_err(ApplyErrorKind::Store)?,
+            Err(e) => return Err(ApplyErrorKind::Port(e)),
+        };
+        Ok(Later {
+            alarms: AlarmStore::recover(backend).map_err(ApplyErrorKind::Store)?,
+            auth: AuthStore::recover(backend).map_err(ApplyErrorKind::Store)?,
+            membership: Membership::recover(backend).map_err(ApplyErrorKind::Store)?,
+            v2,
+        })
     }
 }
 
@@ -272,7 +312,7 @@ impl<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer> BackendOpened<
             Err(e) => return Err(self.run.store_err(Phase::BindIndex)(e)),
         };
         self.run.done(Phase::BindIndex);
-        Ok(IndexBound { run: self.run, durable: self.durable, backend: self.backend, cindex })
+        Ok(IndexBound { run: self.run, durable: self.durable, backend: self.backend, later: self.later, cindex })
     }
 }
 
@@ -288,7 +328,14 @@ impl<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer> IndexBound<'n,
         };
         self.run.event(Event::RestoredLeaseStore);
         self.run.done(Phase::RestoreLease);
-        Ok(LeaseRestored { run: self.run, durable: self.durable, backend: self.backend, cindex: self.cindex, lessor })
+        Ok(LeaseRestored {
+            run: self.run,
+            durable: self.durable,
+            backend: self.backend,
+            later: self.later,
+            cindex: self.cindex,
+            lessor,
+        })
     }
 }
 
@@ -307,6 +354,7 @@ impl<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer> LeaseRestored<
             run: self.run,
             durable: self.durable,
             backend: self.backend,
+            later: self.later,
             cindex: self.cindex,
             lessor: self.lessor,
             kv,
@@ -325,71 +373,62 @@ impl<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer> MvccRestored<'
         node.stores.lessor = self.lessor;
         node.stores.kv = self.kv;
         self.run.done(Phase::SwapBackend);
-        (BackendSwapped { run: self.run, durable: self.durable }, old)
+        let Later { alarms, auth, v2, membership } = self.later;
+        (BackendSwapped { run: self.run, durable: self.durable, alarms, auth, v2, membership }, old)
     }
 }
 
 impl<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer> BackendSwapped<'n, P, S, T, O> {
-    /// Rebuilds the alarms from the live backend (etcd's `restoreAlarms`).
-    pub fn restore_alarms(mut self) -> Result<AlarmsRestored<'n, P, S, T, O>, ApplyError> {
+    /// Restores the alarms (etcd's `restoreAlarms`), read from the new backend when it was
+    /// opened.
+    pub fn restore_alarms(mut self) -> AlarmsRestored<'n, P, S, T, O> {
         self.run.event(Event::RestoringAlarmStore);
-        match AlarmStore::recover(&self.run.node.backend) {
-            Ok(a) => self.run.node.stores.alarms = a,
-            Err(e) => return Err(self.run.store_err(Phase::RestoreAlarms)(e)),
-        }
+        self.run.node.stores.alarms = self.alarms;
         self.run.event(Event::RestoredAlarmStore);
         self.run.done(Phase::RestoreAlarms);
-        Ok(AlarmsRestored { run: self.run, durable: self.durable })
+        AlarmsRestored {
+            run: self.run,
+            durable: self.durable,
+            auth: self.auth,
+            v2: self.v2,
+            membership: self.membership,
+        }
     }
 }
 
 impl<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer> AlarmsRestored<'n, P, S, T, O> {
-    /// Rebuilds auth from the live backend: flag, revision, users, roles, the permission cache,
-    /// and the token provider enabled or disabled to match (etcd #13205, #14571).
-    pub fn restore_auth(mut self) -> Result<AuthRestored<'n, P, S, T, O>, ApplyError> {
+    /// Restores auth: flag, revision, users, roles, the permission cache, and the token provider
+    /// enabled or disabled to match (etcd #13205, #14571).
+    pub fn restore_auth(mut self) -> AuthRestored<'n, P, S, T, O> {
         self.run.event(Event::RestoringAuthStore);
-        match AuthStore::recover(&self.run.node.backend) {
-            Ok(a) => self.run.node.stores.auth = a,
-            Err(e) => return Err(self.run.store_err(Phase::RestoreAuth)(e)),
-        }
+        self.run.node.stores.auth = self.auth;
         self.run.event(Event::RestoredAuthStore);
         self.run.done(Phase::RestoreAuth);
-        Ok(AuthRestored { run: self.run, durable: self.durable })
+        AuthRestored { run: self.run, durable: self.durable, v2: self.v2, membership: self.membership }
     }
 }
 
 impl<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer> AuthRestored<'n, P, S, T, O> {
-    /// Recovers the v2 store from the snapshot's v2 data and rejects content other than
-    /// membership under the configured deprecation level (etcd's `AssertNoV2StoreContent`).
-    pub fn restore_v2(mut self) -> Result<V2Restored<'n, P, S, T, O>, ApplyError> {
+    /// Restores the v2 store recovered from the snapshot's v2 data, which held nothing the
+    /// configured deprecation level forbids (etcd's `AssertNoV2StoreContent`).
+    pub fn restore_v2(mut self) -> V2Restored<'n, P, S, T, O> {
         self.run.event(Event::RestoringV2Store);
-        let level = self.run.node.config.v2_deprecation;
-        let recovered = match self.run.storage.v2_data(&self.durable) {
-            Ok(data) => crate::store::V2Store::recover(data, level),
-            Err(e) => return Err(self.run.fail(Phase::RestoreV2, ApplyErrorKind::Port(e))),
-        };
-        match recovered {
-            Ok(v2) => self.run.node.stores.v2 = v2,
-            Err(e) => return Err(self.run.store_err(Phase::RestoreV2)(e)),
-        }
+        self.run.node.stores.v2 = self.v2;
         self.run.event(Event::RestoredV2Store);
         self.run.done(Phase::RestoreV2);
-        Ok(V2Restored { run: self.run, durable: self.durable })
+        V2Restored { run: self.run, durable: self.durable, membership: self.membership }
     }
 }
 
 impl<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer> V2Restored<'n, P, S, T, O> {
-    /// Rebuilds members, removed members, cluster version and downgrade info from the live
-    /// backend and updates the capabilities (etcd's `cluster.Recover(api.UpdateCapability)`).
-    pub fn restore_cluster(mut self) -> Result<ClusterRestored<'n, P, S, T, O>, ApplyError> {
+    /// Restores members, removed members, cluster version and downgrade info, with the
+    /// capabilities the version enables (etcd's `cluster.Recover(api.UpdateCapability)`).
+    pub fn restore_cluster(mut self) -> ClusterRestored<'n, P, S, T, O> {
         self.run.event(Event::RestoringClusterConfiguration);
-        match Membership::recover(&self.run.node.backend) {
-            Ok(m) => self.run.node.stores.membership = m,
-            Err(e) => return Err(self.run.store_err(Phase::RestoreCluster)(e)),
-        }
+        self.run.node.stores.membership = self.membership;
         self.run.event(Event::RestoredClusterConfiguration);
         self.run.done(Phase::RestoreCluster);
-        Ok(ClusterRestored { run: self.run, durable: self.durable })
+        ClusterRestored { run: self.run, durable: self.durable }
     }
 }
 
@@ -472,7 +511,6 @@ pub fn apply_snapshot<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observe
     };
     let mvcc = validated.persist()?.open_backend()?.bind_index()?.restore_lease()?.restore_mvcc()?;
     let (swapped, old_backend) = mvcc.swap_backend();
-    let applied =
-        swapped.restore_alarms()?.restore_auth()?.restore_v2()?.restore_cluster()?.update_peers()?.finish()?;
+    let applied = swapped.restore_alarms().restore_auth().restore_v2().restore_cluster().update_peers()?.finish()?;
     Ok(Some(Outcome { progress: applied.into_progress(), old_backend }))
 }

@@ -20,10 +20,10 @@ pub fn restore<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer>(
     let leases = bound.restore_lease()?;
     let mvcc = leases.restore_mvcc()?;
     let (swapped, old_backend) = mvcc.swap_backend();
-    let alarms = swapped.restore_alarms()?;
-    let auth = alarms.restore_auth()?;
-    let v2 = auth.restore_v2()?;
-    let cluster = v2.restore_cluster()?;
+    let alarms = swapped.restore_alarms();
+    let auth = alarms.restore_auth();
+    let v2 = auth.restore_v2();
+    let cluster = v2.restore_cluster();
     let peers = cluster.update_peers()?;
     let applied = peers.finish()?;
     let _ = applied.progress();
