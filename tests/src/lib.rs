@@ -96,7 +96,7 @@ fn key(k: u8) -> Vec<u8> {
 /// Applies `ops` to `node` as the entries after `first_index`, at `term`. Requests the node refuses
 /// (a missing lease, a duplicate user...) are part of a realistic workload and leave the node as
 /// it was; they are skipped. Returns how many entries were applied.
-pub fn run<B: Backend>(node: &mut Node<B, Growable>, ops: &[Op], first_index: u64, term: u64) -> usize {
+pub fn run<B: Backend, P: Profile>(node: &mut Node<B, P>, ops: &[Op], first_index: u64, term: u64) -> usize {
     let mut applied = 0;
     let mut index = first_index;
     for op in ops {
@@ -180,7 +180,7 @@ pub fn run<B: Backend>(node: &mut Node<B, Growable>, ops: &[Op], first_index: u6
 }
 
 /// Encodes `node`'s snapshot image at its applied index.
-pub fn snapshot<B: Backend>(node: &Node<B, Growable>) -> (SnapshotMetadata, Vec<u8>) {
+pub fn snapshot<B: Backend, P: Profile>(node: &Node<B, P>) -> (SnapshotMetadata, Vec<u8>) {
     let metadata = node.snapshot_metadata();
     let mut v2 = Vec::new();
     node.v2_snapshot_data(&mut v2).expect("v2 data of a test node");

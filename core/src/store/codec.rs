@@ -25,6 +25,11 @@ impl<S: Seq<u8>> postcard::ser_flavors::Flavor for SeqFlavor<'_, S> {
 /// Encodes `value` into `out` (cleared first).
 pub(crate) fn encode<T: Serialize + ?Sized, S: Seq<u8>>(value: &T, out: &mut S) -> Result<(), StoreError> {
     out.clear_all();
+    append(value, out)
+}
+
+/// Encodes `value` at the end of `out`.
+pub(crate) fn append<T: Serialize + ?Sized, S: Seq<u8>>(value: &T, out: &mut S) -> Result<(), StoreError> {
     postcard::serialize_with_flavor(value, SeqFlavor(out))
         .map_err(|_| StoreError::Capacity(CapacityError { what: "record encoding buffer" }))
 }

@@ -119,13 +119,11 @@ impl<P: Profile> V2Store<P> {
     /// Encodes the tree as snapshot data into `out`.
     pub fn save<S: Seq<u8>>(&self, out: &mut S) -> Result<(), StoreError> {
         out.clear_all();
-        let mut one = P::Bytes::default();
         for n in self.nodes.as_slice() {
             let record = NodeRecord { path: n.path.as_slice(), value: n.value.as_slice(), dir: n.dir };
-            codec::encode(&record, &mut one)?;
-            for b in one.as_slice() {
-                out.try_push(*b).map_err(|_| crate::collections::CapacityError { what: "v2 snapshot data" })?;
-            }
+            // Straight into `out`: a node the store holds always fits, whatever `P::Bytes` is.
+            codec::append(&record, out)
+                .map_err(|_| StoreError::Capacity(crate::collections::CapacityError { what: "v2 snapshot data" }))?;
         }
         Ok(())
     }
