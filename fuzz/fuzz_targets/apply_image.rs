@@ -80,7 +80,8 @@ fn apply<B: Backend + Default + Clone, P: Profile>(metadata: &SnapshotMetadata, 
         Ok(_) => assert_eq!(node.progress().applied_index, INDEX),
         Err(e) => {
             assert!(e.phase() < Phase::SwapBackend, "a snapshot's content failed after the swap: {e}");
-            let after = (dump(&node.backend().read().unwrap()).unwrap(), node.stores().clone(), node.progress().clone());
+            let after =
+                (dump(&node.backend().read().unwrap()).unwrap(), node.stores().clone(), node.progress().clone());
             assert!(after == before, "a refused snapshot changed the follower: {e}");
         }
     }
