@@ -112,7 +112,7 @@ impl<T: Clone + PartialEq + Debug> Seq<T> for alloc::vec::Vec<T> {
 
 /// Chooses the collections the stores are built from.
 ///
-/// Use [`Fixed`] on devices (capacities fixed at compile time) and [`Growable`] (feature
+/// Use [`Fixed`] on devices (capacities fixed at compile time) and `Growable` (feature
 /// `alloc`) on hosts.
 pub trait Profile: 'static + Clone + Copy + PartialEq + Eq + core::fmt::Debug + Default {
     /// Byte strings: keys, values, names.

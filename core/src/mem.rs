@@ -1,9 +1,9 @@
 //! In-memory backends: [`MemBackend`] with fixed capacities and no heap, and (feature `alloc`)
-//! [`VecBackend`] with growable tables.
+//! `VecBackend` with growable tables.
 //!
 //! [`MemBackend`] keeps two banks, like the flash adapter: a write transaction writes into the
 //! inactive bank, which starts as a copy of the active one, and commit flips which bank is
-//! active. [`VecBackend`] keeps a transaction's changes in an overlay. Either way a dropped
+//! active. `VecBackend` keeps a transaction's changes in an overlay. Either way a dropped
 //! transaction leaves the committed state untouched.
 
 use crate::backend::{Backend, BackendError, BackendErrorKind, Bucket, ReadTxn, Visit, WriteTxn};
@@ -249,13 +249,13 @@ mod growable {
         }
     }
 
-    /// Read transaction of a [`VecBackend`].
+    /// Read transaction of a `VecBackend`.
     #[derive(Debug)]
     pub struct VecRead<'a> {
         map: &'a Map,
     }
 
-    /// Write transaction of a [`VecBackend`].
+    /// Write transaction of a `VecBackend`.
     #[derive(Debug)]
     pub struct VecWrite<'a> {
         map: &'a mut Map,

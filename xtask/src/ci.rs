@@ -142,6 +142,12 @@ fn clippy(ctx: &Ctx) -> Result<Outcome> {
         .args(["clippy", "-p", "snapply-core", "--all-targets", "--features", "std,log"])
         .args(ctx.locked())
         .args(["--", "-D", "warnings"]))?;
+    // The core's documentation, without features, so links to feature-gated items are caught.
+    run(ctx
+        .cargo()
+        .env("RUSTDOCFLAGS", "-D warnings")
+        .args(["doc", "-p", "snapply-core", "--no-deps"])
+        .args(ctx.locked()))?;
     Ok(Outcome::Done)
 }
 
