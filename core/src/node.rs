@@ -93,6 +93,13 @@ pub enum Request<'a> {
         /// The id.
         id: LeaseId,
     },
+    /// Record a lease's remaining TTL.
+    LeaseCheckpoint {
+        /// The id.
+        id: LeaseId,
+        /// The remaining TTL in seconds.
+        remaining_ttl: i64,
+    },
     /// Raise an alarm.
     AlarmActivate(Alarm),
     /// Clear an alarm.
@@ -131,10 +138,48 @@ pub enum Request<'a> {
         /// The role.
         role: &'a [u8],
     },
+    /// Delete a user.
+    UserDelete {
+        /// The name.
+        name: &'a [u8],
+    },
+    /// Delete a role, revoking it from every user.
+    RoleDelete {
+        /// The name.
+        name: &'a [u8],
+    },
+    /// Revoke a role's permission on a key or range.
+    RoleRevokePermission {
+        /// The role.
+        role: &'a [u8],
+        /// The key or start of the range.
+        key: &'a [u8],
+        /// The end of the range.
+        range_end: &'a [u8],
+    },
+    /// Revoke a role from a user.
+    UserRevokeRole {
+        /// The user.
+        user: &'a [u8],
+        /// The role.
+        role: &'a [u8],
+    },
     /// Add a member.
     MemberAdd(NewMember<'a>),
     /// Remove a member.
     MemberRemove {
+        /// The id.
+        id: MemberId,
+    },
+    /// Replace a member's peer URLs.
+    MemberUpdate {
+        /// The id.
+        id: MemberId,
+        /// The new peer URLs.
+        peer_urls: &'a [&'a [u8]],
+    },
+    /// Promote a learner to a voting member.
+    MemberPromote {
         /// The id.
         id: MemberId,
     },
@@ -203,8 +248,9 @@ impl<B: Backend, P: Profile> Node<B, P> {
         // are read back from it: they always equal what recovering from the backend gives (the
         // invariant the differential tests check). The v2 store is not in the backend; the only
         // requests that touch it are member changes, which keep a copy.
-        let v2_before =
-            matches!(request, Request::MemberAdd(_) | Request::MemberRemove { .. }).then(|| self.stores.v2.clone());
+        let touches_v2 =
+            matches!(request, Request::MemberAdd(_) | Request::MemberRemove { .. } | Request::MemberUpdate { .. });
+        let v2_before = touches_v2.then(|| self.stores.v2.clone());
         let mut cindex = self.stores.cindex;
         cindex.advance(index, term);
         let result = self.backend.write().map_err(StoreError::from).and_then(|mut txn| {
@@ -279,6 +325,7 @@ fn apply_request<P: Profile, W: WriteTxn>(
                 s.kv.delete_range(txn, &mut s.lessor, crate::collections::Seq::as_slice(key), &[], scratch)?;
             }
         }
+        Request::LeaseCheckpoint { id, remaining_ttl } => s.lessor.checkpoint(txn, id, remaining_ttl, scratch)?,
         Request::AlarmActivate(alarm) => {
             s.alarms.activate(txn, alarm)?;
         }
@@ -294,6 +341,12 @@ fn apply_request<P: Profile, W: WriteTxn>(
             s.auth.grant_permission(txn, role, kind, key, range_end, scratch)?
         }
         Request::UserGrantRole { user, role } => s.auth.grant_role(txn, user, role, scratch)?,
+        Request::UserDelete { name } => s.auth.delete_user(txn, name)?,
+        Request::RoleDelete { name } => s.auth.delete_role(txn, name, scratch)?,
+        Request::RoleRevokePermission { role, key, range_end } => {
+            s.auth.revoke_permission(txn, role, key, range_end, scratch)?
+        }
+        Request::UserRevokeRole { user, role } => s.auth.revoke_role(txn, user, role, scratch)?,
         Request::MemberAdd(new) => {
             s.membership.add(txn, &new, scratch)?;
             let first = new.peer_urls.first().copied().unwrap_or(&[]);
@@ -303,6 +356,11 @@ fn apply_request<P: Profile, W: WriteTxn>(
             s.membership.remove(txn, id)?;
             s.v2.remove_member(id)?;
         }
+        Request::MemberUpdate { id, peer_urls } => {
+            s.membership.update_peer_urls(txn, id, peer_urls, scratch)?;
+            s.v2.update_member(id, peer_urls.first().copied().unwrap_or(&[]))?;
+        }
+        Request::MemberPromote { id } => s.membership.promote(txn, id, scratch)?,
         Request::ClusterVersion(v) => s.membership.set_version(txn, v)?,
         Request::Downgrade(d) => s.membership.set_downgrade(txn, d)?,
     }
@@ -491,5 +549,54 @@ mod tests {
             Err(StoreError::Capacity(_))
         ));
         assert_eq!(n.stores(), &before);
+    }
+
+    #[test]
+    fn role_delete_revokes_it_from_users_and_refreshes_the_cache() {
+        let mut n = node();
+        apply(&mut n, &Request::UserAdd { name: b"alice", password_hash: b"h", no_password: false }).unwrap();
+        apply(&mut n, &Request::RoleAdd { name: b"rw" }).unwrap();
+        let grant =
+            Request::RoleGrantPermission { role: b"rw", kind: PermissionType::ReadWrite, key: b"k", range_end: b"" };
+        apply(&mut n, &grant).unwrap();
+        apply(&mut n, &Request::UserGrantRole { user: b"alice", role: b"rw" }).unwrap();
+        assert_eq!(n.stores().auth.permission_cache().len(), 1);
+        apply(&mut n, &Request::RoleDelete { name: b"rw" }).unwrap();
+        assert!(n.stores().auth.users()[0].roles.is_empty());
+        assert!(n.stores().auth.permission_cache().is_empty());
+        assert_eq!(apply(&mut n, &Request::RoleDelete { name: b"rw" }), Err(StoreError::NotFound("role")));
+        // What recovering from the backend gives matches, so the deletion reached the buckets.
+        assert_eq!(AuthStore::<Growable>::recover(n.backend()).unwrap(), n.stores().auth);
+    }
+
+    #[test]
+    fn learners_are_promoted_and_members_move() {
+        let mut n = node();
+        let url: &[u8] = b"http://10.0.0.2:2380";
+        let add =
+            Request::MemberAdd(NewMember { id: 2, name: b"b", peer_urls: &[url], client_urls: &[], is_learner: true });
+        apply(&mut n, &add).unwrap();
+        apply(&mut n, &Request::MemberPromote { id: 2 }).unwrap();
+        assert_eq!(
+            apply(&mut n, &Request::MemberPromote { id: 2 }),
+            Err(StoreError::InvalidRequest("can only promote a learner member"))
+        );
+        let moved: &[u8] = b"http://10.0.0.9:2380";
+        apply(&mut n, &Request::MemberUpdate { id: 2, peer_urls: &[moved] }).unwrap();
+        let m = n.stores().membership.member(2).unwrap();
+        assert!(!m.is_learner);
+        assert_eq!(m.peer_urls, std::vec![moved.to_vec()]);
+        assert_eq!(Membership::<Growable>::recover(n.backend()).unwrap(), n.stores().membership);
+    }
+
+    #[test]
+    fn a_checkpointed_lease_keeps_its_remaining_ttl_through_recovery() {
+        let mut n = node();
+        apply(&mut n, &Request::LeaseGrant { id: 3, ttl: 60 }).unwrap();
+        apply(&mut n, &Request::LeaseCheckpoint { id: 3, remaining_ttl: 17 }).unwrap();
+        let recovered = Lessor::<Growable>::load(&n.backend().read().unwrap(), 5).unwrap();
+        assert_eq!(recovered.lease(3).map(|l| (l.ttl, l.remaining_ttl)), Some((60, 17)));
+        n.promote(0);
+        assert_eq!(n.stores().lessor.lease(3).map(|l| l.expiry), Some(Expiry::At(17_000)));
     }
 }

@@ -49,6 +49,20 @@ pub enum Op {
     Version { minor: u8 },
     /// Set the downgrade info.
     Downgrade { enabled: bool, minor: u8 },
+    /// Checkpoint lease `lease + 1` with `remaining` seconds left.
+    Checkpoint { lease: u8, remaining: i64 },
+    /// Delete user `u<user>`.
+    UserDelete { user: u8 },
+    /// Delete role `r<role>`.
+    RoleDelete { role: u8 },
+    /// Revoke role `r<role>`'s permission on `k<key>`.
+    RoleRevoke { role: u8, key: u8 },
+    /// Revoke role `r<role>` from user `u<user>`.
+    UserRevokeRole { user: u8, role: u8 },
+    /// Move member `id + 1` to another peer URL.
+    MemberUpdate { id: u8, port: u16 },
+    /// Promote member `id + 1` from learner.
+    MemberPromote { id: u8 },
 }
 
 /// A strategy for one workload step.
@@ -71,6 +85,13 @@ pub fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..3, any::<bool>(), any::<bool>()).prop_map(|(member, corrupt, on)| Op::Alarm { member, corrupt, on }),
         1 => (0u8..7).prop_map(|minor| Op::Version { minor }),
         1 => (any::<bool>(), 0u8..7).prop_map(|(enabled, minor)| Op::Downgrade { enabled, minor }),
+        1 => (0u8..4, 1i64..100).prop_map(|(lease, remaining)| Op::Checkpoint { lease, remaining }),
+        1 => (0u8..3).prop_map(|user| Op::UserDelete { user }),
+        1 => (0u8..3).prop_map(|role| Op::RoleDelete { role }),
+        1 => (0u8..3, 0u8..12).prop_map(|(role, key)| Op::RoleRevoke { role, key }),
+        1 => (0u8..3, 0u8..3).prop_map(|(user, role)| Op::UserRevokeRole { user, role }),
+        1 => (0u8..5, 1u16..9).prop_map(|(id, port)| Op::MemberUpdate { id, port }),
+        1 => (0u8..5).prop_map(|id| Op::MemberPromote { id }),
     ]
 }
 
@@ -101,7 +122,7 @@ pub fn run<B: Backend, P: Profile>(node: &mut Node<B, P>, ops: &[Op], first_inde
     let mut index = first_index;
     for op in ops {
         index += 1;
-        let (k, end, name, role);
+        let (k, end, name, role, moved, moved_urls);
         let url = format!("http://127.0.0.1:{}", 2380 + index % 100).into_bytes();
         let urls = [url.as_slice()];
         let request = match op {
@@ -171,6 +192,33 @@ pub fn run<B: Backend, P: Profile>(node: &mut Node<B, P>, ops: &[Op], first_inde
                 enabled: *enabled,
                 target: Version { major: 3, minor: u16::from(*minor), patch: 0 },
             }),
+            Op::Checkpoint { lease, remaining } => {
+                Request::LeaseCheckpoint { id: i64::from(*lease) + 1, remaining_ttl: *remaining }
+            }
+            Op::UserDelete { user } => {
+                name = format!("u{user}").into_bytes();
+                Request::UserDelete { name: &name }
+            }
+            Op::RoleDelete { role: r } => {
+                name = format!("r{r}").into_bytes();
+                Request::RoleDelete { name: &name }
+            }
+            Op::RoleRevoke { role: r, key: kk } => {
+                name = format!("r{r}").into_bytes();
+                k = key(*kk);
+                Request::RoleRevokePermission { role: &name, key: &k, range_end: &[] }
+            }
+            Op::UserRevokeRole { user, role: r } => {
+                name = format!("u{user}").into_bytes();
+                role = format!("r{r}").into_bytes();
+                Request::UserRevokeRole { user: &name, role: &role }
+            }
+            Op::MemberUpdate { id, port } => {
+                moved = format!("http://127.0.0.1:{}", 3380 + port).into_bytes();
+                moved_urls = [moved.as_slice()];
+                Request::MemberUpdate { id: u64::from(*id) + 1, peer_urls: &moved_urls }
+            }
+            Op::MemberPromote { id } => Request::MemberPromote { id: u64::from(*id) + 1 },
         };
         if node.apply(index, term, &request).is_ok() {
             applied += 1;

@@ -129,7 +129,7 @@ fn fmt(ctx: &Ctx) -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
-/// Step 3: lints, on the default features and on the host feature set of the core. Never
+/// Step 3: lints and docs, on the default features and on the host feature set of the core. Never
 /// `--all-features`: the core's `defmt` and `log` features exclude each other by `compile_error!`.
 fn clippy(ctx: &Ctx) -> Result<Outcome> {
     run(ctx

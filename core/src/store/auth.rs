@@ -336,6 +336,87 @@ impl<P: Profile> AuthStore<P> {
         self.bump(txn)
     }
 
+    /// Deletes a user (etcd's `UserDelete`). The root user cannot go while auth is enabled.
+    pub(crate) fn delete_user<W: WriteTxn + ?Sized>(&mut self, txn: &mut W, name: &[u8]) -> Result<(), StoreError> {
+        if self.enabled && name == b"root" {
+            return Err(StoreError::InvalidRequest("cannot delete root user while auth is enabled"));
+        }
+        if !codec::remove(&mut self.users, name, |u| u.name.as_slice()) {
+            return Err(StoreError::NotFound("user"));
+        }
+        txn.delete(Bucket::AuthUsers, name)?;
+        self.rebuild_cache()?;
+        self.bump(txn)
+    }
+
+    /// Deletes a role and revokes it from every user who had it (etcd's `RoleDelete`). The root
+    /// role cannot go while auth is enabled.
+    pub(crate) fn delete_role<W: WriteTxn + ?Sized>(
+        &mut self,
+        txn: &mut W,
+        name: &[u8],
+        scratch: &mut P::Bytes,
+    ) -> Result<(), StoreError> {
+        if self.enabled && name == ROOT_ROLE {
+            return Err(StoreError::InvalidRequest("cannot delete root role while auth is enabled"));
+        }
+        if !codec::remove(&mut self.roles, name, |r| r.name.as_slice()) {
+            return Err(StoreError::NotFound("role"));
+        }
+        txn.delete(Bucket::AuthRoles, name)?;
+        for user in self.users.as_mut_slice() {
+            if codec::remove(&mut user.roles, name, |r| r.as_slice()) {
+                Self::save_user(txn, user, scratch)?;
+            }
+        }
+        self.rebuild_cache()?;
+        self.bump(txn)
+    }
+
+    /// Revokes a role's permission on exactly `[key, range_end)` (etcd's `RoleRevokePermission`).
+    pub(crate) fn revoke_permission<W: WriteTxn + ?Sized>(
+        &mut self,
+        txn: &mut W,
+        role: &[u8],
+        key: &[u8],
+        range_end: &[u8],
+        scratch: &mut P::Bytes,
+    ) -> Result<(), StoreError> {
+        let pos = self.roles.as_slice().binary_search_by(|r| r.name.as_slice().cmp(role));
+        let r = pos.ok().and_then(|i| self.roles.as_mut_slice().get_mut(i)).ok_or(StoreError::NotFound("role"))?;
+        let found = r
+            .permissions
+            .as_slice()
+            .iter()
+            .position(|p| p.key.as_slice() == key && p.range_end.as_slice() == range_end);
+        let Some(i) = found else { return Err(StoreError::NotFound("permission")) };
+        r.permissions.remove_at(i);
+        Self::save_role(txn, r, scratch)?;
+        self.rebuild_cache()?;
+        self.bump(txn)
+    }
+
+    /// Revokes `role` from `user` (etcd's `UserRevokeRole`).
+    pub(crate) fn revoke_role<W: WriteTxn + ?Sized>(
+        &mut self,
+        txn: &mut W,
+        user: &[u8],
+        role: &[u8],
+        scratch: &mut P::Bytes,
+    ) -> Result<(), StoreError> {
+        let pos = self.users.as_slice().binary_search_by(|u| u.name.as_slice().cmp(user));
+        let u = pos.ok().and_then(|i| self.users.as_mut_slice().get_mut(i)).ok_or(StoreError::NotFound("user"))?;
+        if self.enabled && user == b"root" && role == ROOT_ROLE {
+            return Err(StoreError::InvalidRequest("cannot revoke root role from root user while auth is enabled"));
+        }
+        if !codec::remove(&mut u.roles, role, |r| r.as_slice()) {
+            return Err(StoreError::NotFound("role of the user"));
+        }
+        Self::save_user(txn, u, scratch)?;
+        self.rebuild_cache()?;
+        self.bump(txn)
+    }
+
     /// Rebuilds the permission cache from users and roles (etcd's `refreshRangePermCache`).
     fn rebuild_cache(&mut self) -> Result<(), StoreError> {
         let mut cache = P::Vec::<CachedPermission<P>>::default();

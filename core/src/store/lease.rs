@@ -133,6 +133,26 @@ impl<P: Profile> Lessor<P> {
         Ok(keys)
     }
 
+    /// Records the remaining TTL of lease `id`, so a new leader does not extend it back to its
+    /// full TTL (etcd's `LeaseCheckpoint`).
+    pub(crate) fn checkpoint<W: WriteTxn + ?Sized>(
+        &mut self,
+        txn: &mut W,
+        id: LeaseId,
+        remaining_ttl: i64,
+        scratch: &mut P::Bytes,
+    ) -> Result<(), StoreError> {
+        if remaining_ttl <= 0 {
+            return Err(StoreError::InvalidRequest("remaining ttl must be positive"));
+        }
+        let pos = self.leases.as_slice().binary_search_by(|l| l.id.cmp(&id));
+        let lease =
+            pos.ok().and_then(|i| self.leases.as_mut_slice().get_mut(i)).ok_or(StoreError::NotFound("lease"))?;
+        lease.remaining_ttl = remaining_ttl;
+        let record = LeaseRecord { id, ttl: lease.ttl, remaining_ttl };
+        codec::put(txn, Bucket::Lease, &lease_key(id), &record, scratch)
+    }
+
     /// Attaches `key` to lease `id`.
     pub(crate) fn attach(&mut self, id: LeaseId, key: &[u8]) -> Result<(), StoreError> {
         if self.lease(id).is_none() {

@@ -205,6 +205,60 @@ impl<P: Profile> Membership<P> {
         })
     }
 
+    fn save<W: WriteTxn + ?Sized>(txn: &mut W, m: &Member<P>, scratch: &mut P::Bytes) -> Result<(), StoreError> {
+        let mut peer_urls = heapless::Vec::<&[u8], MAX_MEMBER_URLS>::new();
+        for u in m.peer_urls.as_slice() {
+            peer_urls.push(u.as_slice()).map_err(|_| StoreError::InvalidRequest("more than 8 peer urls"))?;
+        }
+        let mut client_urls = heapless::Vec::<&[u8], MAX_MEMBER_URLS>::new();
+        for u in m.client_urls.as_slice() {
+            client_urls.push(u.as_slice()).map_err(|_| StoreError::InvalidRequest("more than 8 client urls"))?;
+        }
+        let record =
+            MemberRecord { id: m.id, name: m.name.as_slice(), peer_urls, client_urls, is_learner: m.is_learner };
+        codec::put(txn, Bucket::Members, &member_key(m.id), &record, scratch)
+    }
+
+    fn member_mut(&mut self, id: MemberId) -> Result<&mut Member<P>, StoreError> {
+        let pos = self.members.as_slice().binary_search_by(|m| m.id.cmp(&id));
+        pos.ok().and_then(|i| self.members.as_mut_slice().get_mut(i)).ok_or(StoreError::NotFound("member"))
+    }
+
+    /// Replaces a member's peer URLs (etcd's `MemberUpdate`).
+    pub(crate) fn update_peer_urls<W: WriteTxn + ?Sized>(
+        &mut self,
+        txn: &mut W,
+        id: MemberId,
+        peer_urls: &[&[u8]],
+        scratch: &mut P::Bytes,
+    ) -> Result<(), StoreError> {
+        if peer_urls.len() > MAX_MEMBER_URLS {
+            return Err(StoreError::InvalidRequest("more than 8 peer urls"));
+        }
+        let mut urls = P::Vec::<P::Bytes>::default();
+        for u in peer_urls {
+            codec::push(&mut urls, codec::bytes::<P::Bytes>(u, "member url")?, "member urls")?;
+        }
+        let member = self.member_mut(id)?;
+        member.peer_urls = urls;
+        Self::save(txn, member, scratch)
+    }
+
+    /// Promotes a learner to a voting member (etcd's `MemberPromote`).
+    pub(crate) fn promote<W: WriteTxn + ?Sized>(
+        &mut self,
+        txn: &mut W,
+        id: MemberId,
+        scratch: &mut P::Bytes,
+    ) -> Result<(), StoreError> {
+        let member = self.member_mut(id)?;
+        if !member.is_learner {
+            return Err(StoreError::InvalidRequest("can only promote a learner member"));
+        }
+        member.is_learner = false;
+        Self::save(txn, member, scratch)
+    }
+
     /// Removes a member and records its id as removed.
     pub(crate) fn remove<W: WriteTxn + ?Sized>(&mut self, txn: &mut W, id: MemberId) -> Result<(), StoreError> {
         if !codec::remove(&mut self.members, &id, |m| &m.id) {

@@ -96,6 +96,11 @@ impl<P: Profile> V2Store<P> {
         self.set(path.as_slice(), raft_attributes)
     }
 
+    /// Updates a member's recorded peer URL.
+    pub(crate) fn update_member(&mut self, id: MemberId, raft_attributes: &[u8]) -> Result<(), StoreError> {
+        self.add_member(id, raft_attributes)
+    }
+
     /// Removes a member's attributes and records it under `/0/removed_members`.
     pub(crate) fn remove_member(&mut self, id: MemberId) -> Result<(), StoreError> {
         let path = member_path::<P>(id, b"")?;
