@@ -35,7 +35,7 @@ impl Observer for Gauge {
 /// Reads records from the input: `[bucket][key len][key][value len][value]`, repeated.
 fn records(mut data: &[u8]) -> Vec<(Bucket, Vec<u8>, Vec<u8>)> {
     let mut out = Vec::new();
-    let mut take = |n: usize, data: &mut &[u8]| {
+    let take = |n: usize, data: &mut &[u8]| {
         let n = n.min(data.len());
         let (head, tail) = data.split_at(n);
         *data = tail;
