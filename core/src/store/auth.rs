@@ -291,10 +291,7 @@ impl<P: Profile> AuthStore<P> {
         range_end: &[u8],
         scratch: &mut P::Bytes,
     ) -> Result<(), StoreError> {
-        let pos = self.roles.as_slice().binary_search_by(|r| r.name.as_slice().cmp(role));
-        let Some(r) = pos.ok().and_then(|i| self.roles.as_mut_slice().get_mut(i)) else {
-            return Err(StoreError::NotFound("role"));
-        };
+        let r = codec::find_mut(&mut self.roles, role, |r| r.name.as_slice(), "role")?;
         let permission = Permission {
             kind,
             key: codec::bytes::<P::Bytes>(key, "permission key")?,
@@ -325,10 +322,7 @@ impl<P: Profile> AuthStore<P> {
         if role != ROOT_ROLE && codec::find(self.roles.as_slice(), role, |r| r.name.as_slice()).is_none() {
             return Err(StoreError::NotFound("role"));
         }
-        let pos = self.users.as_slice().binary_search_by(|u| u.name.as_slice().cmp(user));
-        let Some(u) = pos.ok().and_then(|i| self.users.as_mut_slice().get_mut(i)) else {
-            return Err(StoreError::NotFound("user"));
-        };
+        let u = codec::find_mut(&mut self.users, user, |u| u.name.as_slice(), "user")?;
         let role_name = codec::bytes::<P::Bytes>(role, "role name")?;
         codec::upsert(&mut u.roles, role_name, |r| r.as_slice(), "user roles")?;
         Self::save_user(txn, u, scratch)?;
@@ -382,8 +376,7 @@ impl<P: Profile> AuthStore<P> {
         range_end: &[u8],
         scratch: &mut P::Bytes,
     ) -> Result<(), StoreError> {
-        let pos = self.roles.as_slice().binary_search_by(|r| r.name.as_slice().cmp(role));
-        let r = pos.ok().and_then(|i| self.roles.as_mut_slice().get_mut(i)).ok_or(StoreError::NotFound("role"))?;
+        let r = codec::find_mut(&mut self.roles, role, |r| r.name.as_slice(), "role")?;
         let found = r
             .permissions
             .as_slice()
@@ -404,8 +397,7 @@ impl<P: Profile> AuthStore<P> {
         role: &[u8],
         scratch: &mut P::Bytes,
     ) -> Result<(), StoreError> {
-        let pos = self.users.as_slice().binary_search_by(|u| u.name.as_slice().cmp(user));
-        let u = pos.ok().and_then(|i| self.users.as_mut_slice().get_mut(i)).ok_or(StoreError::NotFound("user"))?;
+        let u = codec::find_mut(&mut self.users, user, |u| u.name.as_slice(), "user")?;
         if self.enabled && user == b"root" && role == ROOT_ROLE {
             return Err(StoreError::InvalidRequest("cannot revoke root role from root user while auth is enabled"));
         }

@@ -138,6 +138,17 @@ pub(crate) fn remove<T: Clone + PartialEq + core::fmt::Debug, S: Seq<T>, K: Ord 
     }
 }
 
+/// Finds the element of a sorted table whose key is `k`, mutably; `what` names it in the error.
+pub(crate) fn find_mut<'s, T: Clone + PartialEq + core::fmt::Debug, S: Seq<T>, K: Ord + ?Sized>(
+    seq: &'s mut S,
+    k: &K,
+    key: impl Fn(&T) -> &K,
+    what: &'static str,
+) -> Result<&'s mut T, StoreError> {
+    let pos = seq.as_slice().binary_search_by(|e| key(e).cmp(k));
+    pos.ok().and_then(|i| seq.as_mut_slice().get_mut(i)).ok_or(StoreError::NotFound(what))
+}
+
 /// Finds the element of `seq` whose key is `k`.
 pub(crate) fn find<'s, T, K: Ord + ?Sized>(items: &'s [T], k: &K, key: impl Fn(&T) -> &K) -> Option<&'s T> {
     items.binary_search_by(|e| key(e).cmp(k)).ok().and_then(|i| items.get(i))

@@ -145,9 +145,7 @@ impl<P: Profile> Lessor<P> {
         if remaining_ttl <= 0 {
             return Err(StoreError::InvalidRequest("remaining ttl must be positive"));
         }
-        let pos = self.leases.as_slice().binary_search_by(|l| l.id.cmp(&id));
-        let lease =
-            pos.ok().and_then(|i| self.leases.as_mut_slice().get_mut(i)).ok_or(StoreError::NotFound("lease"))?;
+        let lease = codec::find_mut(&mut self.leases, &id, |l| &l.id, "lease")?;
         lease.remaining_ttl = remaining_ttl;
         let record = LeaseRecord { id, ttl: lease.ttl, remaining_ttl };
         codec::put(txn, Bucket::Lease, &lease_key(id), &record, scratch)

@@ -220,8 +220,7 @@ impl<P: Profile> Membership<P> {
     }
 
     fn member_mut(&mut self, id: MemberId) -> Result<&mut Member<P>, StoreError> {
-        let pos = self.members.as_slice().binary_search_by(|m| m.id.cmp(&id));
-        pos.ok().and_then(|i| self.members.as_mut_slice().get_mut(i)).ok_or(StoreError::NotFound("member"))
+        codec::find_mut(&mut self.members, &id, |m| &m.id, "member")
     }
 
     /// Replaces a member's peer URLs (etcd's `MemberUpdate`).
