@@ -394,3 +394,28 @@ impl<B: Backend> Backend for Faulty<B> {
         Ok(FaultyTxn { inner: self.inner.write()? })
     }
 }
+
+/// The result of [`apply_in_memory`].
+pub type ApplyResult<B> = Result<Option<snapply_core::pipeline::Outcome<B>>, snapply_core::ApplyError>;
+
+/// Applies an image to `node` through the in-memory ports (a fresh `MemSnapshotStore` whose v2
+/// data is held in a `V`, a fresh `PeerTable`), observed by `observer`. Returns the result and the
+/// peer table the restore left.
+pub fn apply_in_memory<B, P, V>(
+    node: &mut Node<B, P>,
+    metadata: &SnapshotMetadata,
+    image: &[u8],
+    observer: &mut Recorder,
+) -> (ApplyResult<B>, snapply_core::memports::PeerTable<P>)
+where
+    B: Backend + Default + Clone,
+    P: Profile,
+    V: snapply_core::collections::Seq<u8>,
+{
+    let mut buf = vec![0u8; image::MIN_BUFFER];
+    let mut storage = snapply_core::memports::MemSnapshotStore::<B, V>::new(&mut buf);
+    let mut transport = snapply_core::memports::PeerTable::<P>::default();
+    let ports = snapply_core::ports::Ports { storage: &mut storage, transport: &mut transport, observer };
+    let result = snapply_core::apply_snapshot(node, ports, snapply_core::Snapshot::from_bytes(metadata, image));
+    (result, transport)
+}

@@ -56,12 +56,8 @@ fn apply<B: Backend + Default + Clone>(
     metadata: &SnapshotMetadata,
     image: &[u8],
     observer: &mut Recorder,
-) -> Result<Option<snapply_core::pipeline::Outcome<B>>, ApplyError> {
-    let mut buf = vec![0u8; MIN_BUFFER];
-    let mut storage = MemSnapshotStore::<B, Vec<u8>>::new(&mut buf);
-    let mut transport = PeerTable::<Growable>::default();
-    let ports = Ports { storage: &mut storage, transport: &mut transport, observer };
-    apply_snapshot(node, ports, Snapshot::from_bytes(metadata, image))
+) -> snapply_tests::ApplyResult<B> {
+    snapply_tests::apply_in_memory::<B, Growable, Vec<u8>>(node, metadata, image, observer).0
 }
 
 #[test]
@@ -356,26 +352,27 @@ fn a_second_snapshot_does_not_evict_the_first_while_it_waits() {
     let mut storage = MemSnapshotStore::<VecBackend, Vec<u8>, 2>::new(&mut buf);
     let mut f = follower(VecBackend::new());
     let mut transport = PeerTable::<Growable>::default();
-    let mut obs = Recorder::default();
+    // Persists a snapshot for `node` and abandons the restore right after, as a follower whose
+    // apply loop has not reached the snapshot yet.
+    fn persist_only(
+        node: &mut Node<VecBackend, Growable>,
+        storage: &mut MemSnapshotStore<'_, VecBackend, Vec<u8>, 2>,
+        transport: &mut PeerTable<Growable>,
+        metadata: &SnapshotMetadata,
+        image: &[u8],
+    ) {
+        let mut obs = Recorder::default();
+        let ports = Ports { storage, transport, observer: &mut obs };
+        let v = snapply_core::pipeline::Validated::new(node, ports, Snapshot::from_bytes(metadata, image))
+            .expect("valid")
+            .expect("not empty");
+        drop(v.persist().expect("persist"));
+        assert_eq!(obs.gauge, 0);
+    }
     // Snapshot 1 is persisted, then snapshot 2 arrives before 1 is applied: both stay.
-    let v = snapply_core::pipeline::Validated::new(
-        &mut f,
-        Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs },
-        Snapshot::from_bytes(&m1, &i1),
-    )
-    .expect("valid")
-    .expect("not empty");
-    drop(v.persist().expect("persist 1"));
+    persist_only(&mut f, &mut storage, &mut transport, &m1, &i1);
     let mut f2 = follower(VecBackend::new());
-    let mut obs2 = Recorder::default();
-    let v = snapply_core::pipeline::Validated::new(
-        &mut f2,
-        Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs2 },
-        Snapshot::from_bytes(&m2, &i2),
-    )
-    .expect("valid")
-    .expect("not empty");
-    drop(v.persist().expect("persist 2"));
+    persist_only(&mut f2, &mut storage, &mut transport, &m2, &i2);
     assert_eq!(storage.pinned().collect::<Vec<_>>(), [m1.index, m2.index]);
     // A third cannot evict either while both wait.
     let mut f3 = follower(VecBackend::new());
