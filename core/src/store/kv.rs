@@ -343,7 +343,7 @@ impl<P: Profile> KvStore<P> {
     /// `kvstore.restore`): the index with generations and tombstones, the current and compacted
     /// revisions, keys reattached to `lessor`'s leases, and an unfinished scheduled compaction
     /// resumed and committed on `backend` through `cindex`.
-    pub fn restore<B: Backend>(
+    pub(crate) fn restore<B: Backend>(
         backend: &mut B,
         lessor: &mut Lessor<P>,
         cindex: &ConsistentIndex,

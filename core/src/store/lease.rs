@@ -222,7 +222,11 @@ impl<P: Profile> Lessor<P> {
     /// `initAndRecover`): every TTL at least the minimum, every lease "forever" until promotion,
     /// no attached key yet (the key-value store reattaches them). Like etcd, it ends with a
     /// forced commit, which stamps `cindex` into the backend.
-    pub fn recover<B: Backend>(backend: &mut B, min_ttl: i64, cindex: &ConsistentIndex) -> Result<Self, StoreError> {
+    pub(crate) fn recover<B: Backend>(
+        backend: &mut B,
+        min_ttl: i64,
+        cindex: &ConsistentIndex,
+    ) -> Result<Self, StoreError> {
         let lessor = Self::load(&backend.read()?, min_ttl)?;
         cindex.commit(backend.write()?)?;
         Ok(lessor)

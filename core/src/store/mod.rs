@@ -29,3 +29,13 @@ pub use membership::{
     NewMember, Version, member_key,
 };
 pub use v2::{CLUSTER_PREFIX, V2Deprecation, V2Node, V2Store};
+
+/// The stores etcd restores after the backend swap (alarms, auth, v2, membership), read and
+/// checked when the new backend is opened and installed with it at the swap.
+#[derive(Debug)]
+pub(crate) struct Later<P: crate::collections::Profile> {
+    pub(crate) alarms: AlarmStore<P>,
+    pub(crate) auth: AuthStore<P>,
+    pub(crate) v2: V2Store<P>,
+    pub(crate) membership: Membership<P>,
+}
