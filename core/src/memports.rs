@@ -180,12 +180,12 @@ impl<B: Backend + Default + Clone, V: Seq<u8>, const K: usize> SnapshotStore for
 /// from here.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PeerTable<P: Profile> {
-    peers: P::Vec<(MemberId, P::Vec<P::Bytes>)>,
+    peers: P::Peers,
 }
 
 impl<P: Profile> PeerTable<P> {
     /// Every peer with its URLs, in the order added.
-    pub fn peers(&self) -> &[(MemberId, P::Vec<P::Bytes>)] {
+    pub fn peers(&self) -> &[(MemberId, P::MemberUrls)] {
         self.peers.as_slice()
     }
 }
@@ -197,7 +197,7 @@ impl<P: Profile> Transport for PeerTable<P> {
 
     fn add_peer(&mut self, id: MemberId, peer_urls: &[&[u8]]) -> Result<(), PortError> {
         let full = PortError::new(PortErrorKind::Full, "adding a peer to the peer table");
-        let mut urls = P::Vec::<P::Bytes>::default();
+        let mut urls = P::MemberUrls::default();
         for u in peer_urls {
             let url = crate::store::codec::bytes::<P::Bytes>(u, "peer url").map_err(|_| full)?;
             urls.try_push(url).map_err(|_| full)?;

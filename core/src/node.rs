@@ -3,7 +3,7 @@
 //! the [`crate::pipeline`].
 
 use crate::backend::{Backend, WriteTxn};
-use crate::collections::Profile;
+use crate::collections::{Profile, Seq};
 use crate::raft::{Progress, SnapshotMetadata};
 use crate::store::{
     Alarm, AlarmStore, AuthStore, ConsistentIndex, Downgrade, KvStore, Later, LeaseId, Lessor, MemberId, Membership,
@@ -374,7 +374,7 @@ impl<B: Backend, P: Profile> Node<B, P> {
         let mut cindex = self.stores.cindex;
         cindex.advance(index, term);
         let result = self.backend.write().map_err(StoreError::from).and_then(|mut txn| {
-            let mut scratch = P::Bytes::default();
+            let mut scratch = P::Record::default();
             apply_request(&mut self.stores, &mut txn, request, &mut scratch)?;
             if let Request::Compact { revision } = request {
                 // etcd commits the schedule before compacting, so an interrupted compaction is
@@ -428,7 +428,7 @@ fn apply_request<P: Profile, W: WriteTxn>(
     s: &mut Stores<P>,
     txn: &mut W,
     request: &Request<'_>,
-    scratch: &mut P::Bytes,
+    scratch: &mut P::Record,
 ) -> Result<(), StoreError> {
     match *request {
         Request::Put { key, value, lease } => {
@@ -440,9 +440,14 @@ fn apply_request<P: Profile, W: WriteTxn>(
         Request::Compact { revision } => s.kv.schedule_compaction(txn, revision)?,
         Request::LeaseGrant { id, ttl } => s.lessor.grant(txn, id, ttl, scratch)?,
         Request::LeaseRevoke { id } => {
-            let keys = s.lessor.revoke(txn, id)?;
-            for key in crate::collections::Seq::as_slice(&keys) {
-                s.kv.delete_range(txn, &mut s.lessor, crate::collections::Seq::as_slice(key), &[], scratch)?;
+            s.lessor.revoke(txn, id)?;
+            // Key by key: a device has no room to list them all first.
+            let mut key = P::Bytes::default();
+            while s.lessor.first_key_of(id, &mut key)? {
+                s.kv.delete_range(txn, &mut s.lessor, key.as_slice(), &[], scratch)?;
+                // Deleting the key detached it; detaching again is a no-op that guarantees the
+                // loop ends even for a key that was not live.
+                s.lessor.detach(id, key.as_slice());
             }
         }
         Request::LeaseCheckpoint { id, remaining_ttl } => s.lessor.checkpoint(txn, id, remaining_ttl, scratch)?,
@@ -547,7 +552,7 @@ mod tests {
         assert_eq!(get(&n, b"a", 0).unwrap().map(|v| v.0), Some(b"3".to_vec()));
         assert_eq!(get(&n, b"a", 3), Err(StoreError::Compacted { requested: 3, compacted: 6 }));
         // Only a@4 survives: older revisions of a and the deleted b are gone from index and backend.
-        assert_eq!(n.stores().kv.index().len(), 1);
+        assert_eq!(n.stores().kv.index_len(), 1);
         let mut key_records = 0;
         n.backend()
             .read()
@@ -669,6 +674,50 @@ mod tests {
             Err(StoreError::Capacity(_))
         ));
         assert_eq!(n.stores(), &before);
+    }
+
+    #[test]
+    fn bytes_of_compacted_keys_are_reclaimed_when_the_arena_fills() {
+        crate::fixed_profile! {
+            Small {
+                bytes: 32, record_bytes: 128, keys: 128, key_bytes: 2048, leases: 1, lease_items: 1, alarms: 1,
+                users: 1, roles_per_user: 1, roles: 1, permissions_per_role: 1, permission_cache: 1,
+                members: 1, urls_per_member: 1, removed: 1, v2_nodes: 1,
+            }
+        }
+        // A 2 KiB arena: 60 keys of 30 bytes fill it most of the way.
+        let mut n = Node::<MemBackend<200, 32, 96>, Small>::new(
+            Config { id: 1, min_lease_ttl: 5, v2_deprecation: V2Deprecation::WriteOnly },
+            MemBackend::default(),
+        );
+        let key = |round: u8, i: u8| [[b'a' + round; 28].as_slice(), &[b'0' + i / 10, b'0' + i % 10]].concat();
+        let mut index = 0;
+        let mut next = || {
+            index += 1;
+            index
+        };
+        for i in 0..60 {
+            n.apply(next(), 1, &Request::Put { key: &key(0, i), value: b"v", lease: 0 })
+                .map_err(|e| e.to_string())
+                .unwrap();
+        }
+        n.apply(next(), 1, &Request::DeleteRange { key: b"a", range_end: b"b" }).unwrap();
+        let rev = n.stores().kv.current_revision();
+        n.apply(next(), 1, &Request::Compact { revision: rev }).unwrap();
+        assert_eq!(n.stores().kv.index_len(), 0);
+        // 60 new keys do not fit beside the old bytes: the arena reclaims them.
+        for i in 0..60 {
+            n.apply(next(), 1, &Request::Put { key: &key(1, i), value: b"v", lease: 0 })
+                .map_err(|e| e.to_string())
+                .unwrap();
+        }
+        assert_eq!(n.stores().kv.arena_len(), 60 * 30);
+        let mut found = std::vec::Vec::new();
+        n.stores()
+            .kv
+            .range(&n.backend().read().unwrap(), &key(1, 7), &[], 0, &mut |kv| found.push(kv.value.to_vec()))
+            .unwrap();
+        assert_eq!(found, [b"v".to_vec()]);
     }
 
     #[test]

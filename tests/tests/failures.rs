@@ -443,7 +443,7 @@ fn an_unfinished_compaction_in_the_snapshot_is_resumed_with_the_bound_index() {
     assert_eq!(f.stores().kv.compact_revision(), scheduled);
     // Revisions 2..=7 alternate between two keys; compacting at 6 keeps each key's latest
     // revision at or below 6, and what came after.
-    let revs: Vec<i64> = f.stores().kv.index().iter().map(|e| e.rev.main).collect();
+    let revs: Vec<i64> = f.stores().kv.entries().map(|(_, rev, _)| rev.main).collect();
     assert_eq!(revs, [6, 5, 7]);
     let read = f.backend().read().expect("read");
     assert_eq!(ConsistentIndex::load(&read).expect("load").index(), metadata.index);
