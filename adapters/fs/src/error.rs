@@ -4,6 +4,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use snapply_core::backend::{BackendError, BackendErrorKind};
+use snapply_core::image::Corruption;
 use snapply_core::ports::{PortError, PortErrorKind};
 use snapply_core::store::StoreError;
 
@@ -60,8 +61,10 @@ pub enum FsError {
     },
     /// The snapshot image was refused: a frame, the trailer or the metadata is bad.
     Image {
-        /// What was wrong.
-        what: &'static str,
+        /// Byte offset in the image of the frame that is wrong.
+        offset: u64,
+        /// What is wrong.
+        what: Corruption,
     },
     /// The image stream failed (a dropped connection); nothing was kept.
     Stream(PortError),
@@ -152,7 +155,8 @@ impl FsError {
             | FsError::Full { op, .. }
             | FsError::Db { op, .. }
             | FsError::Backend { op, .. } => op,
-            FsError::CorruptSnap { what, .. } | FsError::Image { what } => what,
+            FsError::CorruptSnap { what, .. } => what,
+            FsError::Image { .. } => "checking the snapshot image",
             FsError::Stream(e) => e.context,
             FsError::MetadataMismatch { .. } => "comparing the image's metadata with the snapshot's",
             FsError::IndexMismatch { .. } => "checking the snapshot backend's consistent index",
@@ -171,7 +175,7 @@ impl core::fmt::Display for FsError {
             FsError::Db { op, path, source } => write!(f, "{op} ({}): {source}", path.display()),
             FsError::Backend { op, source } => write!(f, "{op}: {source}"),
             FsError::CorruptSnap { path, what } => write!(f, "corrupt snapshot file {}: {what}", path.display()),
-            FsError::Image { what } => write!(f, "snapshot image refused: {what}"),
+            FsError::Image { offset, what } => write!(f, "snapshot image refused at byte {offset}: {what}"),
             FsError::Stream(e) => write!(f, "snapshot image stream failed: {e}"),
             FsError::MetadataMismatch { index } => {
                 write!(f, "the image's metadata is not that of snapshot {index}")
@@ -196,6 +200,7 @@ impl std::error::Error for FsError {
             FsError::Db { source, .. } => Some(&**source),
             FsError::Backend { source, .. } => Some(source),
             FsError::Stream(e) => Some(e),
+            FsError::Image { what, .. } => Some(what),
             FsError::Store { source, .. } => Some(source),
             _ => None,
         }

@@ -3,7 +3,17 @@
 #![forbid(unsafe_code)]
 
 mod backend;
+mod datadir;
+mod durable;
 mod error;
+mod failpoint;
+mod snapfile;
+mod store;
 
 pub use backend::{RedbBackend, RedbRead, RedbWrite};
+pub use datadir::{Boot, DataDir, PendingSnapshot, SnapName};
 pub use error::FsError;
+#[cfg(feature = "failpoints")]
+pub use failpoint::{CRASH_EXIT_CODE, FAILPOINTS};
+pub use snapfile::SnapInfo;
+pub use store::{FsSnapshotStore, persist};
