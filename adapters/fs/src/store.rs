@@ -161,12 +161,15 @@ pub fn persist(
         Ok(info)
     })();
     if result.is_err() {
-        // Leave the directory as it was. The `.snap` is written last and `write_durable` cleans
-        // up after itself, so a failure leaves no `.snap`: the backend file is unreferenced.
+        // Leave the directory as it was: the snapshot was not reported durable, so nothing of it
+        // may stay (a `.snap` left by a failed directory sync would be applied at the next boot).
+        // Removal is best effort; whatever survives a second failure is what `DataDir::open`
+        // sweeps (temp files, backends no `.snap` names) or a `.snap` the leader's next snapshot
+        // supersedes.
+        let _ = remove_if_exists(&dir.snap_path(name));
+        let _ = remove_if_exists(&db);
         let _ = remove_if_exists(&tmp);
-        if !dir.snap_path(name).exists() {
-            let _ = remove_if_exists(&db);
-        }
+        let _ = sync_dir(dir.snap_dir());
     }
     result
 }
