@@ -94,6 +94,11 @@ pub enum FsError {
         /// The term asked for.
         term: u64,
     },
+    /// A blocking task panicked or was cancelled (the runtime is shutting down).
+    Task {
+        /// What the task was doing.
+        what: &'static str,
+    },
     /// The snapshot's `.snap` is there but its backend file is not (etcd: "failed to find
     /// database snapshot file").
     MissingDb {
@@ -162,6 +167,7 @@ impl FsError {
             FsError::IndexMismatch { .. } => "checking the snapshot backend's consistent index",
             FsError::Store { .. } => "recovering the stores of the snapshot's backend",
             FsError::NotFound { .. } => "looking up a persisted snapshot",
+            FsError::Task { what } => what,
             FsError::MissingDb { .. } => "finding the snapshot's backend file",
         }
     }
@@ -186,6 +192,7 @@ impl core::fmt::Display for FsError {
             ),
             FsError::Store { index, source } => write!(f, "snapshot {index}: a store does not recover: {source}"),
             FsError::NotFound { index, term } => write!(f, "no persisted snapshot at index {index}, term {term}"),
+            FsError::Task { what } => write!(f, "the blocking task {what} panicked or was cancelled"),
             FsError::MissingDb { index, path } => {
                 write!(f, "snapshot {index} has no backend file {}", path.display())
             }

@@ -9,6 +9,7 @@ mod error;
 mod failpoint;
 mod snapfile;
 mod store;
+mod tasks;
 
 pub use backend::{RedbBackend, RedbRead, RedbWrite};
 pub use datadir::{Boot, DataDir, PendingSnapshot, SnapName};
@@ -17,3 +18,4 @@ pub use error::FsError;
 pub use failpoint::{CRASH_EXIT_CODE, FAILPOINTS};
 pub use snapfile::SnapInfo;
 pub use store::{FsSnapshotStore, persist};
+pub use tasks::{close_async, persist_async};
