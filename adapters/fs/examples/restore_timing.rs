@@ -6,12 +6,12 @@
 
 use std::time::Instant;
 
+use snapply_core::ImageData;
 use snapply_core::collections::Growable;
 use snapply_core::image;
 use snapply_core::mem::VecBackend;
 use snapply_core::memports::PeerTable;
 use snapply_core::ports::{NoObserver, Ports};
-use snapply_core::raft::ImageData;
 use snapply_core::store::V2Deprecation;
 use snapply_core::{Config, Node, Request, Snapshot, apply_snapshot};
 use snapply_fs::{DataDir, FsSnapshotStore};
@@ -28,7 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let key = format!("key-{i:08}");
         leader.apply(i + 1, 1, &Request::Put { key: key.as_bytes(), value: &value, lease: 0 })?;
     }
-    let metadata = leader.snapshot_metadata();
+    let metadata = leader.snapshot_metadata()?;
     let mut v2 = Vec::new();
     leader.v2_snapshot_data(&mut v2)?;
     let mut bytes = Vec::new();
@@ -41,13 +41,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut store = FsSnapshotStore::new(dir);
 
     let start = Instant::now();
-    store.persist_image(&metadata, ImageData::Bytes(&bytes))?;
+    let info = store.persist_image(&metadata, ImageData::Bytes(&bytes))?;
     let persist = start.elapsed();
 
     let start = Instant::now();
     let mut transport = PeerTable::<Growable>::default();
     let ports = Ports { storage: &mut store, transport: &mut transport, observer: &mut NoObserver };
-    let outcome = apply_snapshot(&mut follower, ports, Snapshot::from_bytes(&metadata, &[]))?;
+    let outcome = apply_snapshot(&mut follower, ports, Snapshot::persisted(&metadata, info.image_sha256))?;
     let apply = start.elapsed();
     drop(outcome);
 

@@ -2,8 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
+use snapply_core::Snapshot;
 use snapply_core::backend::Backend;
-use snapply_core::raft::{Snapshot, SnapshotMetadata};
+use snapply_core::raft::SnapshotMetadata;
 use snapply_core::store::ConsistentIndex;
 
 use crate::backend::RedbBackend;
@@ -243,10 +244,10 @@ impl PendingSnapshot {
         &self.info
     }
 
-    /// The snapshot to hand the pipeline. Its image is empty: the snapshot is already persisted,
-    /// so [`crate::FsSnapshotStore`] confirms it from the data directory without reading an image.
+    /// The snapshot to hand the pipeline: already persisted, named by its image's digest, so
+    /// [`crate::FsSnapshotStore`] confirms it from the data directory without reading an image.
     pub fn snapshot(&self) -> Snapshot<'_> {
-        Snapshot::from_bytes(&self.info.metadata, &[])
+        Snapshot::persisted(&self.info.metadata, self.info.image_sha256)
     }
 }
 

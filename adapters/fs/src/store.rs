@@ -5,12 +5,13 @@
 //! [`SnapshotStore`] impl at the end only converts tickets and proofs, so it follows the port's
 //! changes without touching the disk logic.
 
+use snapply_core::ImageData;
 use snapply_core::backend::{Backend, WriteTxn};
 use snapply_core::collections::Growable;
 use snapply_core::image::{self, DecodeError, MaterializeError};
-use snapply_core::ports::{Durable, PersistTicket, PortError, SnapshotStore};
-use snapply_core::raft::{ImageData, SnapshotMetadata};
-use snapply_core::store::{AlarmStore, AuthStore, ConsistentIndex, KvStore, Lessor, Membership};
+use snapply_core::ports::{Durable, PersistTicket, PortError, ReleaseTicket, SnapshotStore};
+use snapply_core::raft::SnapshotMetadata;
+use snapply_core::store::ConsistentIndex;
 
 use crate::backend::RedbBackend;
 use crate::datadir::{DataDir, SnapName};
@@ -145,7 +146,24 @@ pub fn persist(
         && let Ok(info) = dir.read_snap(name)
         && info.metadata == *metadata
     {
+        // Already persisted (a retry): it is this snapshot only if the image is the same one.
+        let digest = match image {
+            ImageData::Bytes(bytes) => image::verify(bytes, buf)
+                .map(|(_, s)| s.sha256)
+                .map_err(|_| FsError::Image { offset: 0, what: snapply_core::image::Corruption::DigestMismatch })?,
+            ImageData::Stream(source) => image::verify(source, buf).map(|(_, s)| s.sha256).map_err(|e| match e {
+                DecodeError::Source(e) => FsError::Stream(e),
+                _ => FsError::Image { offset: 0, what: snapply_core::image::Corruption::DigestMismatch },
+            })?,
+            ImageData::Persisted { sha256 } => sha256,
+        };
+        if digest != info.image_sha256 {
+            return Err(FsError::MetadataMismatch { index: name.index });
+        }
         return Ok(info);
+    }
+    if let ImageData::Persisted { .. } = image {
+        return Err(FsError::NotFound { index: name.index, term: name.term });
     }
     let tmp = dir.snap_dir().join(format!("{}.tmp", snapfile::db_name(name.index)));
     let result = (|| {
@@ -198,6 +216,7 @@ fn materialize(
             MaterializeError::Decode(DecodeError::Source(e)) => FsError::Stream(e),
             e => image_error(e),
         }),
+        ImageData::Persisted { .. } => return Err(FsError::NotFound { index, term: metadata.term }),
     };
     let (decoded, summary) = decoded?;
     if decoded != *metadata {
@@ -215,19 +234,11 @@ fn materialize(
     Ok(SnapInfo { metadata: decoded, image_sha256: summary.sha256, records: summary.records, v2 })
 }
 
-/// Recovers every store the pipeline recovers from a snapshot's backend, and drops them: a
+/// Reads every store the pipeline recovers from a snapshot's backend, and drops them: a
 /// snapshot whose records do not recover is refused while persisting, before it can replace
-/// `member/db`. The lease and key recoveries commit (etcd's forced commit, a resumed
-/// compaction) exactly as the pipeline's would on the same file.
-fn check_stores<B: Backend>(backend: &mut B, cindex: &ConsistentIndex, index: u64) -> Result<(), FsError> {
-    let store = |source| FsError::Store { index, source };
-    // The TTL floor only clamps TTLs; it cannot make a lease fail to recover.
-    let mut lessor = Lessor::<Growable>::recover(backend, 1, cindex).map_err(store)?;
-    KvStore::<Growable>::restore(backend, &mut lessor, cindex).map_err(store)?;
-    AlarmStore::<Growable>::recover(backend).map_err(store)?;
-    AuthStore::<Growable>::recover(backend).map_err(store)?;
-    Membership::<Growable>::recover(backend).map_err(store)?;
-    Ok(())
+/// `member/db`.
+fn check_stores<B: Backend>(backend: &mut B, _cindex: &ConsistentIndex, index: u64) -> Result<(), FsError> {
+    snapply_core::store::check_backend::<Growable, B>(backend).map_err(|source| FsError::Store { index, source })
 }
 
 fn image_error<E>(e: MaterializeError<E>) -> FsError {
@@ -248,35 +259,45 @@ fn image_error<E>(e: MaterializeError<E>) -> FsError {
     }
 }
 
-fn name_of(d: &Durable) -> SnapName {
+fn name_of(d: &Durable<'_>) -> SnapName {
     SnapName { index: d.index(), term: d.term() }
 }
 
 impl SnapshotStore for FsSnapshotStore {
     type Backend = RedbBackend;
 
-    fn persist(
-        &mut self,
-        metadata: &SnapshotMetadata,
-        image: ImageData<'_>,
-        ticket: PersistTicket,
-    ) -> Result<Durable, PortError> {
-        let info = self.persist_image(metadata, image)?;
-        if info.metadata.index != ticket.index() || info.metadata.term != ticket.term() {
+    fn persist<'r>(&mut self, image: ImageData<'_>, ticket: PersistTicket<'r>) -> Result<Durable<'r>, PortError> {
+        let info = self.persist_image(ticket.metadata(), image)?;
+        if info.metadata != *ticket.metadata() {
             return Err(FsError::MetadataMismatch { index: ticket.index() }.to_port());
         }
-        Ok(ticket.confirm())
+        Ok(ticket.confirm(info.image_sha256))
     }
 
-    fn open_backend(&mut self, snapshot: &Durable) -> Result<RedbBackend, PortError> {
-        Ok(self.open_snapshot(name_of(snapshot))?)
+    fn open_backend(&mut self, snapshot: &Durable<'_>) -> Result<RedbBackend, PortError> {
+        let name = name_of(snapshot);
+        if !self.dir.snap_db_path(name.index).exists() {
+            // Completing a restore whose backend was already renamed over `member/db` (the run
+            // ended after opening it): the live file is the snapshot's if its consistent index is.
+            let live = RedbBackend::open(&self.dir.db_path())?;
+            let index = live
+                .read()
+                .map_err(snapply_core::store::StoreError::from)
+                .and_then(|t| ConsistentIndex::load(&t))
+                .map(|c| c.index())
+                .map_err(|source| FsError::Store { index: name.index, source })?;
+            if index == name.index {
+                return Ok(live);
+            }
+        }
+        Ok(self.open_snapshot(name)?)
     }
 
-    fn v2_data(&mut self, snapshot: &Durable) -> Result<&[u8], PortError> {
+    fn v2_data(&mut self, snapshot: &Durable<'_>) -> Result<&[u8], PortError> {
         Ok(self.v2_of(name_of(snapshot))?)
     }
 
-    fn release_before(&mut self, applied: &Durable) -> Result<(), PortError> {
+    fn release_before(&mut self, applied: ReleaseTicket<'_>) -> Result<(), PortError> {
         Ok(self.release(applied.index())?)
     }
 }

@@ -6,8 +6,9 @@
 //! apply loop; the pipeline's persist phase then finds it persisted and only confirms it (the
 //! image is not read again), so the apply loop waits only for the open and the restore proper.
 
+use snapply_core::ImageData;
 use snapply_core::image;
-use snapply_core::raft::{ImageData, SnapshotMetadata};
+use snapply_core::raft::SnapshotMetadata;
 
 use crate::backend::RedbBackend;
 use crate::datadir::DataDir;

@@ -61,8 +61,8 @@ fn back_to_back_snapshots_keep_the_one_waiting() {
     let root = tempfile::tempdir().unwrap();
     let (mut node, mut store) = follower(root.path(), &[]);
 
-    store.persist_image(&first_meta, snapply_core::raft::ImageData::Bytes(&first_image)).unwrap();
-    store.persist_image(&second_meta, snapply_core::raft::ImageData::Bytes(&second_image)).unwrap();
+    store.persist_image(&first_meta, snapply_core::ImageData::Bytes(&first_image)).unwrap();
+    store.persist_image(&second_meta, snapply_core::ImageData::Bytes(&second_image)).unwrap();
     assert_eq!(snap_files(root.path()).len(), 4, "two .snap and two .snap.db");
 
     // The first is applied (its persist is the one already done: the image is not read again).
@@ -84,7 +84,7 @@ fn boot_applies_a_pending_snapshot() {
     let (leader, metadata, image) = leader(&[rich_ops(), more_ops()]);
     let root = tempfile::tempdir().unwrap();
     let (node, mut store) = follower(root.path(), &rich_ops()[..4]);
-    store.persist_image(&metadata, snapply_core::raft::ImageData::Bytes(&image)).unwrap();
+    store.persist_image(&metadata, snapply_core::ImageData::Bytes(&image)).unwrap();
     drop((node, store));
 
     let (node, _, recovered) = boot(root.path());
@@ -99,8 +99,8 @@ fn corrupt_snap_is_set_aside_and_the_next_newest_applied() {
     let (_, second_meta, second_image) = leader(&[rich_ops(), more_ops()]);
     let root = tempfile::tempdir().unwrap();
     let (node, mut store) = follower(root.path(), &[]);
-    store.persist_image(&first_meta, snapply_core::raft::ImageData::Bytes(&first_image)).unwrap();
-    store.persist_image(&second_meta, snapply_core::raft::ImageData::Bytes(&second_image)).unwrap();
+    store.persist_image(&first_meta, snapply_core::ImageData::Bytes(&first_image)).unwrap();
+    store.persist_image(&second_meta, snapply_core::ImageData::Bytes(&second_image)).unwrap();
     let second = store.dir().snap_path(SnapName { index: second_meta.index, term: second_meta.term });
     drop((node, store));
 

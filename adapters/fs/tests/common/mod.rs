@@ -34,9 +34,20 @@ pub fn apply_with(
     let mut observer = Recorder::default();
     let mut source = ImageStream::new(Chunked::new(image, 4093));
     let result = {
+        // An empty image names the snapshot already persisted under this metadata, by the
+        // digest its `.snap` records.
+        let persisted = store
+            .dir()
+            .read_snap(snapply_fs::SnapName { index: metadata.index, term: metadata.term })
+            .ok()
+            .filter(|_| image.is_empty())
+            .map(|info| info.image_sha256);
+        let snapshot = match persisted {
+            Some(sha256) => Snapshot::persisted(metadata, sha256),
+            None if streamed => Snapshot::streamed(metadata, &mut source),
+            None => Snapshot::from_bytes(metadata, image),
+        };
         let ports = Ports { storage: store, transport: &mut transport, observer: &mut observer };
-        let snapshot =
-            if streamed { Snapshot::streamed(metadata, &mut source) } else { Snapshot::from_bytes(metadata, image) };
         snapply_core::apply_snapshot(node, ports, snapshot)
     };
     assert_eq!(observer.gauge, 0, "the in-progress gauge is back to zero whatever the outcome");
