@@ -94,6 +94,14 @@ pub enum BoltError {
         /// Bytes the file has (without a snapshot trailer).
         len: u64,
     },
+    /// The file is not a whole number of pages (bbolt only ever grows its file by whole pages):
+    /// it was cut short, or has bytes appended.
+    PartialPage {
+        /// Bytes the file has (without a snapshot trailer).
+        len: u64,
+        /// The page size.
+        page_size: u32,
+    },
     /// A page id points at a meta page or past the meta's high-water mark.
     PageOutOfRange {
         /// The page id.
@@ -188,6 +196,10 @@ impl fmt::Display for BoltError {
             BoltError::Truncated { needed, len } => {
                 write!(f, "file cut short: the meta needs {needed} bytes of pages, the file has {len}")
             }
+            BoltError::PartialPage { len, page_size } => write!(
+                f,
+                "file of {len} bytes is not a whole number of {page_size}-byte pages: cut short, or with bytes appended"
+            ),
             BoltError::PageOutOfRange { page, from, high_water } => {
                 write!(f, "{from} references page {page}, outside the pages in use (2..{high_water})")
             }

@@ -171,12 +171,18 @@ impl<'a> Entry<'a> {
 }
 
 /// A bbolt database opened read-only over a [`ReadAt`] source.
-#[derive(Debug)]
 pub struct Db<S> {
     source: S,
     len: u64,
     meta: Meta,
     limits: Limits,
+}
+
+impl<S> core::fmt::Debug for Db<S> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        // The source is left out: it may be the whole file in memory.
+        f.debug_struct("Db").field("len", &self.len).field("meta", &self.meta).field("limits", &self.limits).finish()
+    }
 }
 
 impl<S: ReadAt> Db<S> {
@@ -223,6 +229,9 @@ impl<S: ReadAt> Db<S> {
             .ok_or(BoltError::Truncated { needed: u64::MAX, len })?;
         if needed > len {
             return Err(BoltError::Truncated { needed, len });
+        }
+        if !len.is_multiple_of(u64::from(meta.page_size)) {
+            return Err(BoltError::PartialPage { len, page_size: meta.page_size });
         }
         Ok(Db { source, len, meta, limits })
     }
@@ -477,12 +486,22 @@ fn read_u64(buf: &[u8], at: usize) -> Option<u64> {
 }
 
 /// A page run in memory whose element count was checked against its length.
-#[derive(Debug)]
 struct Page {
     data: Vec<u8>,
     loc: PageLoc,
     flags: u16,
     count: u16,
+}
+
+impl core::fmt::Debug for Page {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Page")
+            .field("loc", &self.loc)
+            .field("flags", &self.flags)
+            .field("count", &self.count)
+            .field("len", &self.data.len())
+            .finish()
+    }
 }
 
 impl Page {

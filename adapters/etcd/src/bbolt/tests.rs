@@ -207,6 +207,10 @@ fn a_truncated_file_is_refused() {
         matches!(err, BoltError::Truncated { needed, len } if needed == file.len() as u64 && len == cut.len() as u64)
     );
     assert!(matches!(Db::open(&file[..40]).unwrap_err(), BoltError::TooSmall { len: 40 }));
+    let mut longer = file.clone();
+    longer.push(0);
+    let err = Db::open(longer.as_slice()).unwrap_err();
+    assert!(matches!(err, BoltError::PartialPage { page_size: 4096, .. }), "{err}");
 }
 
 #[test]

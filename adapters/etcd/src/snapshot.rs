@@ -1,0 +1,392 @@
+//! An etcd v3 snapshot: a bbolt database, with the SHA-256 trailer `etcdctl snapshot save`
+//! appends, decoded bucket by bucket.
+
+use std::fs::File;
+use std::ops::ControlFlow;
+use std::path::Path;
+
+use prost::Message;
+use sha2::{Digest as _, Sha256};
+
+use crate::bbolt::{BoltError, Bucket, Cursor, Db, Limits, ReadAt};
+use crate::error::{Error, RecordFault};
+use crate::proto::{AlarmMember, AlarmType, KeyValue, Lease, PermissionType, Role, User};
+use crate::records::{Alarm, AuthState, Downgrade, Layout, Member, Meta, RevisionKey, Version, member_id};
+
+/// The length of the trailer: a SHA-256 digest.
+const TRAILER: u64 = 32;
+/// Bytes hashed per read while checking the trailer.
+const HASH_CHUNK: usize = 1 << 20;
+
+/// The buckets etcd keeps in its backend, by their names in the root bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EtcdBucket {
+    /// `key`: MVCC revisions.
+    Key,
+    /// `meta`: consistent index, term, conf state, compaction revisions, storage version.
+    Meta,
+    /// `lease`.
+    Lease,
+    /// `alarm`.
+    Alarm,
+    /// `auth`: the auth flag and revision.
+    Auth,
+    /// `authUsers`.
+    AuthUsers,
+    /// `authRoles`.
+    AuthRoles,
+    /// `members`.
+    Members,
+    /// `members_removed`.
+    MembersRemoved,
+    /// `cluster`: cluster version and downgrade info.
+    Cluster,
+}
+
+impl EtcdBucket {
+    /// Every bucket etcd keeps.
+    pub const ALL: [EtcdBucket; 10] = [
+        EtcdBucket::Key,
+        EtcdBucket::Meta,
+        EtcdBucket::Lease,
+        EtcdBucket::Alarm,
+        EtcdBucket::Auth,
+        EtcdBucket::AuthUsers,
+        EtcdBucket::AuthRoles,
+        EtcdBucket::Members,
+        EtcdBucket::MembersRemoved,
+        EtcdBucket::Cluster,
+    ];
+
+    /// The bucket's name in the backend.
+    pub const fn name(self) -> &'static str {
+        match self {
+            EtcdBucket::Key => "key",
+            EtcdBucket::Meta => "meta",
+            EtcdBucket::Lease => "lease",
+            EtcdBucket::Alarm => "alarm",
+            EtcdBucket::Auth => "auth",
+            EtcdBucket::AuthUsers => "authUsers",
+            EtcdBucket::AuthRoles => "authRoles",
+            EtcdBucket::Members => "members",
+            EtcdBucket::MembersRemoved => "members_removed",
+            EtcdBucket::Cluster => "cluster",
+        }
+    }
+}
+
+/// What the snapshot's SHA-256 trailer said.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Digest {
+    /// There is no trailer: a member's `db` file, or a snapshot whose trailer was removed.
+    Absent,
+    /// The trailer matched the database bytes.
+    Verified([u8; 32]),
+    /// There is a trailer, and checking it was turned off ([`Options::verify_digest`]).
+    Unchecked([u8; 32]),
+}
+
+/// How a snapshot is opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Check the SHA-256 trailer when there is one (default `true`). This reads the whole
+    /// database once more, in 1 MiB chunks.
+    pub verify_digest: bool,
+    /// Limits on what the bbolt reader allocates.
+    pub limits: Limits,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { verify_digest: true, limits: Limits::default() }
+    }
+}
+
+/// An etcd snapshot opened read-only: `etcdctl snapshot save` output or a member's
+/// `member/snap/db`.
+///
+/// Opening checks the bbolt meta pages and the SHA-256 trailer, and finds the top-level
+/// buckets; everything else is read on demand, a page at a time. The `key` bucket is streamed
+/// ([`EtcdSnapshot::revisions`]); the other buckets, small in any etcd, are returned whole.
+/// A bucket that is missing reads as empty, as it would in an etcd that never wrote it.
+#[derive(Debug)]
+pub struct EtcdSnapshot<S> {
+    db: Db<S>,
+    digest: Digest,
+    buckets: [Option<Bucket>; 10],
+}
+
+impl EtcdSnapshot<File> {
+    /// Opens the snapshot file at `path` with the default [`Options`].
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let file = File::open(path).map_err(|source| Error::Open { path: path.to_path_buf(), source })?;
+        Self::from_source(file, Options::default())
+    }
+}
+
+impl<S: ReadAt> EtcdSnapshot<S> {
+    /// Opens the snapshot held by `source`.
+    ///
+    /// A source whose length is 32 more than a multiple of 512 ends with a SHA-256 trailer,
+    /// the rule etcd's own restore uses (`hasChecksum` in `etcdutl/snapshot/v3_snapshot.go`);
+    /// bbolt files are whole pages of at least 512 bytes, so no trailer-less file matches it.
+    pub fn from_source(source: S, options: Options) -> Result<Self, Error> {
+        let size = source.size().map_err(|source| BoltError::Io { offset: 0, len: 0, source })?;
+        let has_trailer = size % 512 == TRAILER && size >= TRAILER;
+        let db_len = if has_trailer { size - TRAILER } else { size };
+        let db = Db::open_prefix(source, db_len, options.limits)?;
+        let digest = if has_trailer {
+            let mut stored = [0u8; 32];
+            read(db.source(), &mut stored, db_len)?;
+            if options.verify_digest {
+                let computed = sha256_prefix(db.source(), db_len)?;
+                if computed != stored {
+                    return Err(Error::DigestMismatch { stored, computed });
+                }
+                Digest::Verified(stored)
+            } else {
+                Digest::Unchecked(stored)
+            }
+        } else {
+            Digest::Absent
+        };
+        let mut buckets: [Option<Bucket>; 10] = Default::default();
+        db.for_each::<Error>(&db.root(), |entry| {
+            if let Some(i) = EtcdBucket::ALL.iter().position(|b| b.name().as_bytes() == entry.key()) {
+                let bucket = entry.bucket()?;
+                if bucket.is_none() {
+                    return Err(Error::record("(root)", entry.key(), RecordFault::NotABucket));
+                }
+                if let Some(slot) = buckets.get_mut(i) {
+                    *slot = bucket;
+                }
+            }
+            Ok(ControlFlow::Continue(()))
+        })?;
+        Ok(EtcdSnapshot { db, digest, buckets })
+    }
+
+    /// What the SHA-256 trailer said.
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    /// The bbolt database, for reading it directly.
+    pub fn db(&self) -> &Db<S> {
+        &self.db
+    }
+
+    /// The bucket `which`, or `None` if the snapshot has none.
+    pub fn bucket(&self, which: EtcdBucket) -> Option<&Bucket> {
+        self.buckets.get(which as usize).and_then(Option::as_ref)
+    }
+
+    /// Calls `f` with every raw `(key, value)` of `which` in key order, until it breaks. A
+    /// nested bucket inside it is an error: etcd nests none.
+    pub fn for_each_raw(
+        &self,
+        which: EtcdBucket,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, Error>,
+    ) -> Result<(), Error> {
+        let Some(bucket) = self.bucket(which) else { return Ok(()) };
+        self.db.for_each::<Error>(bucket, |entry| {
+            if entry.is_bucket() {
+                return Err(Error::record(which.name(), entry.key(), RecordFault::NestedBucket));
+            }
+            f(entry.key(), entry.value())
+        })
+    }
+
+    /// The `meta` bucket.
+    pub fn meta(&self) -> Result<Meta, Error> {
+        let mut meta = Meta::default();
+        self.for_each_raw(EtcdBucket::Meta, |k, v| {
+            meta.absorb(k, v).map_err(|fault| Error::record("meta", k, fault))?;
+            Ok(ControlFlow::Continue(()))
+        })?;
+        Ok(meta)
+    }
+
+    /// The etcd release whose layout the backend has (from the `meta` bucket).
+    pub fn layout(&self) -> Result<Layout, Error> {
+        Ok(self.meta()?.layout())
+    }
+
+    /// The `key` bucket's revisions in revision order, decoded one at a time.
+    pub fn revisions(&self) -> Revisions<'_, S> {
+        Revisions { cursor: self.bucket(EtcdBucket::Key).map(|b| self.db.cursor(b)) }
+    }
+
+    /// Calls `f` with every revision of the `key` bucket in order, until it breaks.
+    pub fn for_each_revision(&self, mut f: impl FnMut(RevisionKey, KeyValue) -> ControlFlow<()>) -> Result<(), Error> {
+        for item in self.revisions() {
+            let (rev, kv) = item?;
+            if f(rev, kv).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The `lease` bucket, in lease id order (keys are big-endian ids).
+    pub fn leases(&self) -> Result<Vec<Lease>, Error> {
+        self.collect(EtcdBucket::Lease, |k, v| {
+            let lease = Lease::decode(v).map_err(RecordFault::Protobuf)?;
+            let key: [u8; 8] =
+                k.try_into().map_err(|_| RecordFault::Length { expected: "8 (lease id)", found: k.len() })?;
+            if i64::from_be_bytes(key) != lease.id {
+                return Err(RecordFault::KeyMismatch);
+            }
+            Ok(lease)
+        })
+    }
+
+    /// The `alarm` bucket: each key is a marshalled `AlarmMember`, each value empty.
+    pub fn alarms(&self) -> Result<Vec<Alarm>, Error> {
+        self.collect(EtcdBucket::Alarm, |k, _| {
+            let member = AlarmMember::decode(k).map_err(RecordFault::Protobuf)?;
+            let alarm = AlarmType::try_from(member.alarm).map_err(|_| RecordFault::UnknownEnum(member.alarm))?;
+            Ok(Alarm { member_id: member.member_id, alarm })
+        })
+    }
+
+    /// The `auth` bucket.
+    pub fn auth(&self) -> Result<AuthState, Error> {
+        let mut auth = AuthState::default();
+        self.for_each_raw(EtcdBucket::Auth, |k, v| {
+            auth.absorb(k, v).map_err(|fault| Error::record("auth", k, fault))?;
+            Ok(ControlFlow::Continue(()))
+        })?;
+        Ok(auth)
+    }
+
+    /// The `authUsers` bucket, by name.
+    pub fn users(&self) -> Result<Vec<User>, Error> {
+        self.collect(EtcdBucket::AuthUsers, |k, v| {
+            let user = User::decode(v).map_err(RecordFault::Protobuf)?;
+            if user.name != k {
+                return Err(RecordFault::KeyMismatch);
+            }
+            Ok(user)
+        })
+    }
+
+    /// The `authRoles` bucket, by name. Every permission type is checked to be one etcd
+    /// defines.
+    pub fn roles(&self) -> Result<Vec<Role>, Error> {
+        self.collect(EtcdBucket::AuthRoles, |k, v| {
+            let role = Role::decode(v).map_err(RecordFault::Protobuf)?;
+            if role.name != k {
+                return Err(RecordFault::KeyMismatch);
+            }
+            if let Some(p) = role.key_permission.iter().find(|p| PermissionType::try_from(p.perm_type).is_err()) {
+                return Err(RecordFault::UnknownEnum(p.perm_type));
+            }
+            Ok(role)
+        })
+    }
+
+    /// The `members` bucket, in key order (etcd's hexadecimal ids, which do not sort
+    /// numerically).
+    pub fn members(&self) -> Result<Vec<Member>, Error> {
+        self.collect(EtcdBucket::Members, |k, v| {
+            let id = member_id(k)?;
+            let member: Member = serde_json::from_slice(v).map_err(RecordFault::Json)?;
+            if member.id != id {
+                return Err(RecordFault::KeyMismatch);
+            }
+            Ok(member)
+        })
+    }
+
+    /// The ids in the `members_removed` bucket.
+    pub fn removed_members(&self) -> Result<Vec<u64>, Error> {
+        self.collect(EtcdBucket::MembersRemoved, |k, _| member_id(k))
+    }
+
+    /// `cluster/clusterVersion`, if set.
+    pub fn cluster_version(&self) -> Result<Option<Version>, Error> {
+        self.cluster_value(b"clusterVersion", |v| {
+            Version::parse(core::str::from_utf8(v).map_err(|_| RecordFault::Utf8)?)
+        })
+    }
+
+    /// `cluster/downgrade` (etcd 3.5+), if set.
+    pub fn downgrade(&self) -> Result<Option<Downgrade>, Error> {
+        self.cluster_value(b"downgrade", Downgrade::parse)
+    }
+
+    fn cluster_value<T>(
+        &self,
+        key: &[u8],
+        parse: impl Fn(&[u8]) -> Result<T, RecordFault>,
+    ) -> Result<Option<T>, Error> {
+        let Some(bucket) = self.bucket(EtcdBucket::Cluster) else { return Ok(None) };
+        let Some(value) = self.db.get(bucket, key)? else { return Ok(None) };
+        parse(&value).map(Some).map_err(|fault| Error::record("cluster", key, fault))
+    }
+
+    fn collect<T>(
+        &self,
+        which: EtcdBucket,
+        mut decode: impl FnMut(&[u8], &[u8]) -> Result<T, RecordFault>,
+    ) -> Result<Vec<T>, Error> {
+        let mut out = Vec::new();
+        self.for_each_raw(which, |k, v| {
+            out.push(decode(k, v).map_err(|fault| Error::record(which.name(), k, fault))?);
+            Ok(ControlFlow::Continue(()))
+        })?;
+        Ok(out)
+    }
+}
+
+/// The revisions of the `key` bucket, in order, each decoded when reached: an iterator of
+/// `(RevisionKey, KeyValue)`. After an error it ends.
+#[derive(Debug)]
+pub struct Revisions<'a, S> {
+    cursor: Option<Cursor<'a, S>>,
+}
+
+impl<S: ReadAt> Iterator for Revisions<'_, S> {
+    type Item = Result<(RevisionKey, KeyValue), Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let cursor = self.cursor.as_mut()?;
+        let item = match cursor.next() {
+            Ok(None) => None,
+            Ok(Some(entry)) if entry.is_bucket() => {
+                Some(Err(Error::record("key", entry.key(), RecordFault::NestedBucket)))
+            }
+            Ok(Some(entry)) => Some(
+                RevisionKey::parse(entry.key())
+                    .and_then(|rev| KeyValue::decode(entry.value()).map(|kv| (rev, kv)).map_err(RecordFault::Protobuf))
+                    .map_err(|fault| Error::record("key", entry.key(), fault)),
+            ),
+            Err(e) => Some(Err(e.into())),
+        };
+        if !matches!(item, Some(Ok(_))) {
+            self.cursor = None;
+        }
+        item
+    }
+}
+
+fn read<S: ReadAt>(source: &S, buf: &mut [u8], offset: u64) -> Result<(), BoltError> {
+    source.read_exact_at(buf, offset).map_err(|source| BoltError::Io { offset, len: buf.len() as u64, source })
+}
+
+/// SHA-256 of the first `len` bytes of `source`, read in chunks.
+fn sha256_prefix<S: ReadAt>(source: &S, len: u64) -> Result<[u8; 32], BoltError> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; HASH_CHUNK];
+    let mut offset = 0u64;
+    while offset < len {
+        let n = usize::try_from(len - offset).map_or(HASH_CHUNK, |rest| rest.min(HASH_CHUNK));
+        let chunk = buf.get_mut(..n).unwrap_or_default();
+        read(source, chunk, offset)?;
+        hasher.update(&*chunk);
+        offset += n as u64;
+    }
+    Ok(hasher.finalize().into())
+}
