@@ -390,3 +390,310 @@ fn sha256_prefix<S: ReadAt>(source: &S, len: u64) -> Result<[u8; 32], BoltError>
     }
     Ok(hasher.finalize().into())
 }
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+    use crate::bbolt::testdb::{Layout as PageLayout, Node, bucket, build, value};
+    use crate::proto::{Permission, UserAddOptions};
+    use crate::records::{ConfState, Revision};
+
+    fn rev_key(main: i64, sub: i64, tombstone: bool) -> Vec<u8> {
+        let mut k = main.to_be_bytes().to_vec();
+        k.push(b'_');
+        k.extend_from_slice(&sub.to_be_bytes());
+        if tombstone {
+            k.push(b't');
+        }
+        k
+    }
+
+    fn kv(key: &str, rev: i64, value: &str, lease: i64) -> KeyValue {
+        KeyValue { key: key.into(), create_revision: rev, mod_revision: rev, version: 1, value: value.into(), lease }
+    }
+
+    fn entry(k: impl Into<Vec<u8>>, v: impl Into<Vec<u8>>) -> (Vec<u8>, Node) {
+        (k.into(), value(v))
+    }
+
+    /// A backend as etcd 3.6 lays it out, with every bucket populated.
+    fn etcd36() -> Vec<(Vec<u8>, Node)> {
+        let keys: Vec<(Vec<u8>, Node)> = (1..=200)
+            .map(|i| entry(rev_key(i, 0, false), kv(&format!("k{i}"), i, "v", 0).encode_to_vec()))
+            .chain([entry(
+                rev_key(201, 0, true),
+                KeyValue { key: b"k1".to_vec(), ..KeyValue::default() }.encode_to_vec(),
+            )])
+            .collect();
+        let lease = Lease { id: 0x10, ttl: 30, remaining_ttl: 0 };
+        let alarm = AlarmMember { member_id: 7, alarm: AlarmType::Nospace as i32 };
+        let user = User {
+            name: b"alice".to_vec(),
+            password: b"$2a$10$x".to_vec(),
+            roles: vec!["r".into()],
+            options: Some(UserAddOptions { no_password: false }),
+        };
+        let role = Role {
+            name: b"r".to_vec(),
+            key_permission: vec![Permission { perm_type: 1, key: b"a".to_vec(), range_end: vec![0] }],
+        };
+        vec![
+            (b"key".to_vec(), bucket(keys)),
+            (
+                b"meta".to_vec(),
+                bucket(vec![
+                    entry("consistent_index", 42u64.to_be_bytes()),
+                    entry("term", 3u64.to_be_bytes()),
+                    entry("confState", r#"{"voters":[7],"auto_leave":false}"#),
+                    entry("scheduledCompactRev", rev_key(5, 0, false)),
+                    entry("finishedCompactRev", rev_key(4, 0, false)),
+                    entry("storageVersion", "3.6.0"),
+                ]),
+            ),
+            (b"lease".to_vec(), bucket(vec![entry(0x10i64.to_be_bytes(), lease.encode_to_vec())])),
+            (b"alarm".to_vec(), bucket(vec![entry(alarm.encode_to_vec(), "")])),
+            (b"auth".to_vec(), bucket(vec![entry("authEnabled", [1]), entry("authRevision", 9u64.to_be_bytes())])),
+            (b"authUsers".to_vec(), bucket(vec![entry("alice", user.encode_to_vec())])),
+            (b"authRoles".to_vec(), bucket(vec![entry("r", role.encode_to_vec())])),
+            (
+                b"members".to_vec(),
+                bucket(vec![entry("7", r#"{"id":7,"peerURLs":["http://p"],"name":"m","clientURLs":["http://c"]}"#)]),
+            ),
+            (b"members_removed".to_vec(), bucket(vec![entry("ff", "removed")])),
+            (
+                b"cluster".to_vec(),
+                bucket(vec![
+                    entry("clusterVersion", "3.6.0"),
+                    entry("downgrade", r#"{"target-version":"3.5.0","enabled":true}"#),
+                ]),
+            ),
+        ]
+    }
+
+    fn file(root: Vec<(Vec<u8>, Node)>) -> Vec<u8> {
+        build(&bucket(root), PageLayout { page_size: 4096, fanout: 16, inline: true })
+    }
+
+    fn with_trailer(mut db: Vec<u8>) -> Vec<u8> {
+        let digest: [u8; 32] = Sha256::digest(&db).into();
+        db.extend_from_slice(&digest);
+        db
+    }
+
+    fn open(bytes: Vec<u8>) -> Result<EtcdSnapshot<Vec<u8>>, Error> {
+        EtcdSnapshot::from_source(bytes, Options::default())
+    }
+
+    #[test]
+    fn every_bucket_of_an_etcd_3_6_backend_decodes() {
+        let snap = open(with_trailer(file(etcd36()))).unwrap();
+        assert!(matches!(snap.digest(), Digest::Verified(_)));
+        let meta = snap.meta().unwrap();
+        assert_eq!(
+            meta,
+            Meta {
+                consistent_index: Some(42),
+                term: Some(3),
+                conf_state: Some(ConfState { voters: vec![7], ..ConfState::default() }),
+                scheduled_compact_revision: Some(5),
+                finished_compact_revision: Some(4),
+                storage_version: Some("3.6.0".into()),
+            }
+        );
+        assert_eq!(snap.layout().unwrap(), Layout::V3_6);
+
+        let revs: Vec<(RevisionKey, KeyValue)> = snap.revisions().collect::<Result<_, _>>().unwrap();
+        assert_eq!(revs.len(), 201);
+        assert_eq!(
+            revs[0],
+            (RevisionKey { revision: Revision { main: 1, sub: 0 }, tombstone: false }, kv("k1", 1, "v", 0))
+        );
+        assert!(revs[200].0.tombstone && revs[200].1.key == b"k1");
+        assert!(revs.windows(2).all(|w| w[0].0 < w[1].0));
+        let mut seen = 0;
+        snap.for_each_revision(|_, _| {
+            seen += 1;
+            if seen == 3 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        })
+        .unwrap();
+        assert_eq!(seen, 3);
+
+        assert_eq!(snap.leases().unwrap(), vec![Lease { id: 0x10, ttl: 30, remaining_ttl: 0 }]);
+        assert_eq!(snap.alarms().unwrap(), vec![Alarm { member_id: 7, alarm: AlarmType::Nospace }]);
+        assert_eq!(snap.auth().unwrap(), AuthState { enabled: true, revision: 9 });
+        assert_eq!(snap.users().unwrap()[0].roles, vec!["r".to_string()]);
+        assert_eq!(snap.roles().unwrap()[0].key_permission[0].range_end, vec![0]);
+        assert_eq!(
+            snap.members().unwrap(),
+            vec![Member {
+                id: 7,
+                name: "m".into(),
+                peer_urls: vec!["http://p".into()],
+                client_urls: vec!["http://c".into()],
+                is_learner: false
+            }]
+        );
+        assert_eq!(snap.removed_members().unwrap(), vec![0xff]);
+        assert_eq!(snap.cluster_version().unwrap(), Some(Version { major: 3, minor: 6, patch: 0 }));
+        assert_eq!(
+            snap.downgrade().unwrap(),
+            Some(Downgrade { enabled: true, target: Some(Version { major: 3, minor: 5, patch: 0 }) })
+        );
+    }
+
+    #[test]
+    fn an_etcd_3_5_backend_and_one_with_missing_buckets_decode() {
+        let mut root = etcd36();
+        if let (_, Node::Bucket(meta)) = &mut root[1] {
+            meta.retain(|(k, _)| k != b"storageVersion");
+        }
+        let snap = open(file(root)).unwrap();
+        assert_eq!(snap.digest(), Digest::Absent);
+        assert_eq!(snap.layout().unwrap(), Layout::V3_5);
+
+        // Only `key` and a 3.4 `meta`: everything else reads as empty.
+        let root = vec![
+            (b"key".to_vec(), bucket(vec![])),
+            (b"meta".to_vec(), bucket(vec![entry("consistent_index", 1u64.to_be_bytes())])),
+            (b"unrelated".to_vec(), bucket(vec![entry("x", "y")])),
+        ];
+        let snap = open(with_trailer(file(root))).unwrap();
+        assert_eq!(snap.layout().unwrap(), Layout::V3_4);
+        assert_eq!(snap.revisions().count(), 0);
+        assert_eq!(snap.leases().unwrap(), vec![]);
+        assert_eq!(snap.auth().unwrap(), AuthState::default());
+        assert_eq!(snap.members().unwrap(), vec![]);
+        assert_eq!(snap.cluster_version().unwrap(), None);
+        assert_eq!(snap.downgrade().unwrap(), None);
+        assert!(snap.bucket(EtcdBucket::Lease).is_none());
+    }
+
+    #[test]
+    fn the_trailer_is_checked_unless_told_not_to() {
+        let mut bytes = with_trailer(file(etcd36()));
+        let at = bytes.len() / 2;
+        bytes[at] ^= 1;
+        let err = open(bytes.clone()).unwrap_err();
+        assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+        let snap = EtcdSnapshot::from_source(bytes, Options { verify_digest: false, ..Options::default() }).unwrap();
+        assert!(matches!(snap.digest(), Digest::Unchecked(_)));
+    }
+
+    fn replace(root: &mut [(Vec<u8>, Node)], name: &str, entries: Vec<(Vec<u8>, Node)>) {
+        for (k, node) in root.iter_mut() {
+            if k == name.as_bytes() {
+                *node = bucket(entries.clone());
+            }
+        }
+    }
+
+    fn record_fault(root: Vec<(Vec<u8>, Node)>, read: impl Fn(&EtcdSnapshot<Vec<u8>>) -> Result<(), Error>) -> Error {
+        let snap = open(file(root)).unwrap();
+        read(&snap).unwrap_err()
+    }
+
+    #[test]
+    fn malformed_records_are_refused_with_their_bucket_and_key() {
+        type Read = fn(&EtcdSnapshot<Vec<u8>>) -> Result<(), Error>;
+        type Entries = Vec<(Vec<u8>, Node)>;
+        let cases: Vec<(&str, Entries, Read, &str)> = vec![
+            (
+                "key",
+                vec![entry(vec![0u8; 9], "")],
+                |s| s.for_each_revision(|_, _| ControlFlow::Continue(())),
+                "revision",
+            ),
+            (
+                "key",
+                vec![entry(rev_key(1, 0, false), [0xff, 0xff])],
+                |s| s.revisions().try_for_each(|r| r.map(drop)),
+                "protobuf",
+            ),
+            (
+                "key",
+                vec![(rev_key(1, 0, false), bucket(vec![entry("a", "b")]))],
+                |s| s.revisions().try_for_each(|r| r.map(drop)),
+                "nested",
+            ),
+            ("meta", vec![entry("consistent_index", [1, 2])], |s| s.meta().map(drop), "big-endian"),
+            (
+                "lease",
+                vec![entry(1i64.to_be_bytes(), Lease { id: 2, ttl: 1, remaining_ttl: 0 }.encode_to_vec())],
+                |s| s.leases().map(drop),
+                "match",
+            ),
+            ("lease", vec![entry("short", "")], |s| s.leases().map(drop), "lease id"),
+            (
+                "alarm",
+                vec![entry(AlarmMember { member_id: 1, alarm: 9 }.encode_to_vec(), "")],
+                |s| s.alarms().map(drop),
+                "enumeration",
+            ),
+            (
+                "authUsers",
+                vec![entry("bob", User { name: b"alice".to_vec(), ..User::default() }.encode_to_vec())],
+                |s| s.users().map(drop),
+                "match",
+            ),
+            (
+                "authRoles",
+                vec![entry(
+                    "r",
+                    Role {
+                        name: b"r".to_vec(),
+                        key_permission: vec![Permission { perm_type: 5, ..Permission::default() }],
+                    }
+                    .encode_to_vec(),
+                )],
+                |s| s.roles().map(drop),
+                "enumeration",
+            ),
+            ("members", vec![entry("zz", "{}")], |s| s.members().map(drop), "member id"),
+            ("members", vec![entry("8", r#"{"id":7}"#)], |s| s.members().map(drop), "match"),
+            ("members", vec![entry("7", "not json")], |s| s.members().map(drop), "JSON"),
+            ("cluster", vec![entry("clusterVersion", "3.x")], |s| s.cluster_version().map(drop), "version"),
+            ("cluster", vec![entry("downgrade", "{")], |s| s.downgrade().map(drop), "JSON"),
+        ];
+        for (name, entries, read, words) in cases {
+            let mut root = etcd36();
+            replace(&mut root, name, entries);
+            let err = record_fault(root, read);
+            assert!(matches!(&err, Error::Record { bucket, .. } if *bucket == name), "{name}: {err}");
+            assert!(err.to_string().contains(words), "{name}: `{err}` should mention {words}");
+        }
+    }
+
+    #[test]
+    fn a_top_level_name_holding_a_value_is_refused() {
+        let mut root = etcd36();
+        root[0] = entry("key", "not a bucket");
+        let err = open(file(root)).unwrap_err();
+        assert!(matches!(err, Error::Record { fault: RecordFault::NotABucket, .. }), "{err}");
+    }
+
+    #[test]
+    fn revisions_end_after_an_error() {
+        let mut root = etcd36();
+        replace(
+            &mut root,
+            "key",
+            vec![
+                entry(rev_key(1, 0, false), kv("a", 1, "v", 0).encode_to_vec()),
+                entry(rev_key(2, 0, false), [0xff]),
+                entry(rev_key(3, 0, false), kv("c", 3, "v", 0).encode_to_vec()),
+            ],
+        );
+        let snap = open(file(root)).unwrap();
+        let results: Vec<bool> = snap.revisions().map(|r| r.is_ok()).collect();
+        assert_eq!(results, [true, false]);
+    }
+
+    #[test]
+    fn a_missing_file_names_its_path() {
+        let err = EtcdSnapshot::open("/nonexistent/snapshot.db").unwrap_err();
+        assert!(matches!(err, Error::Open { .. }));
+        assert!(err.to_string().contains("/nonexistent/snapshot.db"), "{err}");
+    }
+}
