@@ -696,4 +696,46 @@ mod tests {
         assert!(matches!(err, Error::Open { .. }));
         assert!(err.to_string().contains("/nonexistent/snapshot.db"), "{err}");
     }
+
+    /// A source that records the largest single read, to show nothing reads the whole file.
+    #[derive(Debug)]
+    struct Counting {
+        bytes: Vec<u8>,
+        largest: std::cell::Cell<usize>,
+        total: std::cell::Cell<u64>,
+    }
+
+    impl ReadAt for Counting {
+        fn size(&self) -> std::io::Result<u64> {
+            self.bytes.size()
+        }
+        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+            self.largest.set(self.largest.get().max(buf.len()));
+            self.total.set(self.total.get() + buf.len() as u64);
+            self.bytes.read_exact_at(buf, offset)
+        }
+    }
+
+    #[test]
+    fn the_file_is_streamed_never_read_whole() {
+        // About 3 MiB: 3000 revisions with 1 KiB values, so the file is larger than the hash chunk.
+        let mut root = etcd36();
+        let keys: Vec<(Vec<u8>, Node)> =
+            (1..=3000).map(|i| entry(rev_key(i, 0, false), kv("k", i, &"x".repeat(1024), 0).encode_to_vec())).collect();
+        replace(&mut root, "key", keys);
+        let bytes = with_trailer(file(root));
+        assert!(bytes.len() > 2 * HASH_CHUNK, "{}", bytes.len());
+        let source = Counting { bytes, largest: 0.into(), total: 0.into() };
+        let snap = EtcdSnapshot::from_source(source, Options::default()).unwrap();
+        assert_eq!(snap.db().source().largest.get(), HASH_CHUNK, "the trailer check reads 1 MiB at a time");
+        let hashed = snap.db().source().total.get();
+
+        snap.db().source().largest.set(0);
+        assert_eq!(snap.revisions().count(), 3000);
+        let largest = snap.db().source().largest.get();
+        // Leaves of 16 one-KiB values span 5 pages: one run is the most ever read at once.
+        assert!(largest <= 5 * 4096, "the walk reads one page run at a time, not {largest} bytes");
+        // Each page is read once (header, then the run): at most about twice the file.
+        assert!(snap.db().source().total.get() - hashed <= 2 * snap.db().len() + 4096);
+    }
 }
