@@ -103,6 +103,8 @@ pub struct Meta {
 pub struct Bucket {
     root: Root,
     sequence: u64,
+    /// The page holding the bucket's header (a meta page for the root bucket), named in errors.
+    parent: PageLoc,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,7 +137,7 @@ impl Bucket {
         } else {
             Root::Page(root)
         };
-        Ok(Bucket { root, sequence })
+        Ok(Bucket { root, sequence, parent: loc })
     }
 }
 
@@ -258,7 +260,11 @@ impl<S: ReadAt> Db<S> {
 
     /// The root bucket, whose entries are the top-level buckets.
     pub fn root(&self) -> Bucket {
-        Bucket { root: Root::Page(self.meta.root), sequence: self.meta.root_sequence }
+        Bucket {
+            root: Root::Page(self.meta.root),
+            sequence: self.meta.root_sequence,
+            parent: PageLoc::Page(u64::from(self.meta.page)),
+        }
     }
 
     /// A cursor over `bucket`'s entries in key order.
@@ -266,6 +272,7 @@ impl<S: ReadAt> Db<S> {
         Cursor {
             db: self,
             start: Some(bucket.root.clone()),
+            parent: bucket.parent,
             stack: Vec::new(),
             leaf: None,
             visited: HashSet::new(),
@@ -311,7 +318,7 @@ impl<S: ReadAt> Db<S> {
         let mut visited = HashSet::new();
         let mut page = match &bucket.root {
             Root::Inline(bytes) => Page::inline(bytes.clone())?,
-            Root::Page(id) => self.read_page(*id, PageLoc::Page(self.meta.root))?,
+            Root::Page(id) => self.read_page(*id, bucket.parent)?,
         };
         loop {
             match page.flags {
@@ -581,6 +588,8 @@ pub struct Cursor<'db, S> {
     db: &'db Db<S>,
     /// The bucket's root, until the first call to `next`.
     start: Option<Root>,
+    /// The page holding the bucket's header.
+    parent: PageLoc,
     /// Branch pages from the root down, each with the index of the next child to visit.
     stack: Vec<(Page, u16)>,
     /// The current leaf and the index of the next element to yield.
@@ -632,7 +641,7 @@ impl<S: ReadAt> Cursor<'_, S> {
         if let Some(root) = self.start.take() {
             match root {
                 Root::Inline(bytes) => self.leaf = Some((Page::inline(bytes)?, 0)),
-                Root::Page(id) => self.descend(id, PageLoc::Page(self.db.meta.root))?,
+                Root::Page(id) => self.descend(id, self.parent)?,
             }
         }
         loop {

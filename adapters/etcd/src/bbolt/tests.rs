@@ -335,7 +335,7 @@ fn a_page_with_a_foreign_id_or_type_is_refused() {
     let mut bad_id = file.clone();
     bad_id[page * PS..page * PS + 8].copy_from_slice(&77u64.to_le_bytes());
     let db = Db::open(bad_id.as_slice()).unwrap();
-    let b = Bucket { root: Root::Page(page as u64), sequence: 0 };
+    let b = Bucket { root: Root::Page(page as u64), sequence: 0, parent: PageLoc::Page(1) };
     let err = entries(&db, &b).unwrap_err();
     assert!(matches!(err, BoltError::PageIdMismatch { found: 77, .. }), "{err}");
 
@@ -398,4 +398,25 @@ fn fnv1a64_matches_go() {
     // Go: fnv.New64a() over "" and "a".
     assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
     assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+}
+
+#[test]
+fn a_bucket_root_out_of_range_names_the_page_holding_the_bucket() {
+    let (root, _) = sample();
+    let mut file = build(&root, layout());
+    let big = big_root(&file) as u64;
+    // Point the `big` bucket header (element 0 of the root bucket's leaf) at page 999.
+    let leaf = root_page(&file) * PS;
+    let elem = leaf + PAGE_HEADER;
+    let pos = elem + u32::from_le_bytes(file[elem + 4..elem + 8].try_into().unwrap()) as usize + 3;
+    assert_eq!(file[pos..pos + 8], big.to_le_bytes());
+    file[pos..pos + 8].copy_from_slice(&999u64.to_le_bytes());
+    let db = Db::open(file.as_slice()).unwrap();
+    let b = db.bucket(&db.root(), b"big").unwrap().unwrap();
+    let holder = PageLoc::Page(root_page(&file) as u64);
+    let err = entries(&db, &b).err().expect("refused");
+    assert!(matches!(err, BoltError::PageOutOfRange { page: 999, from, .. } if from == holder), "{err}");
+    let err = db.get(&b, b"k00001").err().expect("refused");
+    assert!(matches!(err, BoltError::PageOutOfRange { page: 999, from, .. } if from == holder), "{err}");
+    assert!(err.to_string().contains("references page 999"), "{err}");
 }
