@@ -367,22 +367,27 @@ impl<S: ReadAt> Db<S> {
         let page_size = u64::from(self.meta.page_size);
         // In range: `id < high_water` and `high_water * page_size <= len` were checked.
         let offset = id.saturating_mul(page_size);
-        let mut header = [0u8; PAGE_HEADER];
-        self.read_at(&mut header, offset)?;
-        let found = read_u64(&header, 0).unwrap_or(u64::MAX);
+        // One read for the page, a second only for its overflow pages, if it has any.
+        let first = usize::try_from(page_size).map_err(|_| BoltError::OverflowTooLong { page: id, overflow: 0 })?;
+        let mut data = vec![0u8; first];
+        self.read_at(&mut data, offset)?;
+        let found = read_u64(&data, 0).unwrap_or(u64::MAX);
         if found != id {
             return Err(BoltError::PageIdMismatch { page: id, found });
         }
-        let overflow = read_u32(&header, 12).unwrap_or(u32::MAX);
-        let pages = u64::from(overflow) + 1;
-        let run = pages.checked_mul(page_size).filter(|&run| run <= self.limits.max_page_run);
-        let run = match (run, id.checked_add(pages)) {
-            (Some(run), Some(end)) if end <= high_water => run,
-            _ => return Err(BoltError::OverflowTooLong { page: id, overflow }),
-        };
-        let run = usize::try_from(run).map_err(|_| BoltError::OverflowTooLong { page: id, overflow })?;
-        let mut data = vec![0u8; run];
-        self.read_at(&mut data, offset)?;
+        let overflow = read_u32(&data, 12).unwrap_or(u32::MAX);
+        if overflow > 0 {
+            let pages = u64::from(overflow) + 1;
+            let run = pages.checked_mul(page_size).filter(|&run| run <= self.limits.max_page_run);
+            let run = match (run, id.checked_add(pages)) {
+                (Some(run), Some(end)) if end <= high_water => run,
+                _ => return Err(BoltError::OverflowTooLong { page: id, overflow }),
+            };
+            let run = usize::try_from(run).map_err(|_| BoltError::OverflowTooLong { page: id, overflow })?;
+            data.resize(run, 0);
+            let rest = data.get_mut(first..).unwrap_or_default();
+            self.read_at(rest, offset.saturating_add(page_size))?;
+        }
         Page::new(data, PageLoc::Page(id))
     }
 
