@@ -31,7 +31,8 @@ pub struct RevisionKey {
 impl RevisionKey {
     /// Parses etcd's 17-byte revision key (`main` big-endian, `_`, `sub` big-endian), with a
     /// trailing `t` (18 bytes) for a tombstone (etcd `BytesToBucketKey`). etcd itself panics on
-    /// anything else; here it is a fault, and an 18th byte other than `t` is one too.
+    /// anything else; here it is a fault, and so are an 18th byte other than `t` and a negative
+    /// revision.
     pub fn parse(key: &[u8]) -> Result<RevisionKey, RecordFault> {
         let tombstone = match key.get(17) {
             None => false,
@@ -43,6 +44,11 @@ impl RevisionKey {
         };
         let main = i64::from_be_bytes(main.try_into().map_err(|_| RecordFault::RevisionKey)?);
         let sub = i64::from_be_bytes(sub.try_into().map_err(|_| RecordFault::RevisionKey)?);
+        // etcd's revisions start at 1 and sub-revisions at 0. A negative one is corruption, and
+        // refusing it keeps the bucket's byte order (which bbolt keeps) equal to revision order.
+        if main < 0 || sub < 0 {
+            return Err(RecordFault::RevisionKey);
+        }
         Ok(RevisionKey { revision: Revision { main, sub }, tombstone })
     }
 }
@@ -280,11 +286,18 @@ mod tests {
             RevisionKey::parse(&rev_key(7, 0, Some(b't'))).unwrap(),
             RevisionKey { revision: Revision { main: 7, sub: 0 }, tombstone: true }
         );
-        for bad in [rev_key(7, 0, Some(b'x')), rev_key(1, 1, None)[..16].to_vec(), vec![0; 17], {
-            let mut k = rev_key(1, 1, Some(b't'));
-            k.push(b't');
-            k
-        }] {
+        for bad in [
+            rev_key(7, 0, Some(b'x')),
+            rev_key(1, 1, None)[..16].to_vec(),
+            vec![0; 17],
+            rev_key(-1, 0, None),
+            rev_key(1, -5, Some(b't')),
+            {
+                let mut k = rev_key(1, 1, Some(b't'));
+                k.push(b't');
+                k
+            },
+        ] {
             assert!(matches!(RevisionKey::parse(&bad), Err(RecordFault::RevisionKey)), "{bad:?}");
         }
     }
