@@ -49,7 +49,18 @@ fn revision(v: &Value) -> i64 {
 }
 
 fn run_workload() -> Fixture {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("etcd-interop-{}", std::process::id()));
+    // One directory per test process (a runner may start one process per test); those of
+    // processes that are gone are removed.
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    for stale in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        let name = stale.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix("etcd-interop-")
+            && !std::path::Path::new("/proc").join(pid).exists()
+        {
+            let _ = std::fs::remove_dir_all(stale.path());
+        }
+    }
+    let dir = root.join(format!("etcd-interop-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("fixture dir");
     let mut etcd = Etcd::start(&dir, &[]);
@@ -134,9 +145,12 @@ fn run_workload() -> Fixture {
     let status = etcd.json(["endpoint", "status"]);
     let snapshot_status = etcd.json(["snapshot", "status", snapshot.to_str().expect("utf-8 path")]);
     let member_db_live = etcd.data_dir.join("member/snap/db");
+    let data_dir = etcd.data_dir.clone();
     etcd.stop();
     let member_db = dir.join("member.db");
     std::fs::copy(member_db_live, &member_db).expect("copy the member's db");
+    // The data directory holds a preallocated 64 MB WAL; only the two databases are kept.
+    let _ = std::fs::remove_dir_all(data_dir);
 
     Fixture {
         snapshot,
