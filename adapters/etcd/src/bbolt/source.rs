@@ -63,6 +63,20 @@ impl ReadAt for std::fs::File {
     }
 }
 
+#[cfg(not(unix))]
+impl ReadAt for std::fs::File {
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        // Without positional reads, seek the shared handle: `&File` is `Read + Seek`.
+        let mut file = self;
+        file.seek(SeekFrom::Start(offset))?;
+        file.read_exact(buf)
+    }
+}
+
 /// Adapts any `Read + Seek` (a file on a platform without positional reads, a cursor, a
 /// decompressing reader that can seek) to [`ReadAt`]. Each read seeks first, so a source that
 /// is read in order costs no more than plain reads.
