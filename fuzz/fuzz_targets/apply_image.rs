@@ -27,8 +27,8 @@ const INDEX: u64 = 1_000;
 struct Gauge(i64);
 
 impl Observer for Gauge {
-    fn in_progress(&mut self, delta: i8) {
-        self.0 += i64::from(delta);
+    fn in_progress(&mut self, applying: bool) {
+        self.0 = i64::from(applying);
     }
 }
 
