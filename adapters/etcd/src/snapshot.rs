@@ -392,7 +392,7 @@ fn sha256_prefix<S: ReadAt>(source: &S, len: u64) -> Result<[u8; 32], BoltError>
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use prost::Message;
 
     use super::*;
@@ -400,7 +400,7 @@ mod tests {
     use crate::proto::{Permission, UserAddOptions};
     use crate::records::{ConfState, Revision};
 
-    fn rev_key(main: i64, sub: i64, tombstone: bool) -> Vec<u8> {
+    pub(crate) fn rev_key(main: i64, sub: i64, tombstone: bool) -> Vec<u8> {
         let mut k = main.to_be_bytes().to_vec();
         k.push(b'_');
         k.extend_from_slice(&sub.to_be_bytes());
@@ -410,16 +410,16 @@ mod tests {
         k
     }
 
-    fn kv(key: &str, rev: i64, value: &str, lease: i64) -> KeyValue {
+    pub(crate) fn kv(key: &str, rev: i64, value: &str, lease: i64) -> KeyValue {
         KeyValue { key: key.into(), create_revision: rev, mod_revision: rev, version: 1, value: value.into(), lease }
     }
 
-    fn entry(k: impl Into<Vec<u8>>, v: impl Into<Vec<u8>>) -> (Vec<u8>, Node) {
+    pub(crate) fn entry(k: impl Into<Vec<u8>>, v: impl Into<Vec<u8>>) -> (Vec<u8>, Node) {
         (k.into(), value(v))
     }
 
     /// A backend as etcd 3.6 lays it out, with every bucket populated.
-    fn etcd36() -> Vec<(Vec<u8>, Node)> {
+    pub(crate) fn etcd36() -> Vec<(Vec<u8>, Node)> {
         let keys: Vec<(Vec<u8>, Node)> = (1..=200)
             .map(|i| entry(rev_key(i, 0, false), kv(&format!("k{i}"), i, "v", 0).encode_to_vec()))
             .chain([entry(
@@ -472,11 +472,11 @@ mod tests {
         ]
     }
 
-    fn file(root: Vec<(Vec<u8>, Node)>) -> Vec<u8> {
+    pub(crate) fn file(root: Vec<(Vec<u8>, Node)>) -> Vec<u8> {
         build(&bucket(root), PageLayout { page_size: 4096, fanout: 16, inline: true })
     }
 
-    fn with_trailer(mut db: Vec<u8>) -> Vec<u8> {
+    pub(crate) fn with_trailer(mut db: Vec<u8>) -> Vec<u8> {
         let digest: [u8; 32] = Sha256::digest(&db).into();
         db.extend_from_slice(&digest);
         db
@@ -581,7 +581,7 @@ mod tests {
         assert!(matches!(snap.digest(), Digest::Unchecked(_)));
     }
 
-    fn replace(root: &mut [(Vec<u8>, Node)], name: &str, entries: Vec<(Vec<u8>, Node)>) {
+    pub(crate) fn replace(root: &mut [(Vec<u8>, Node)], name: &str, entries: Vec<(Vec<u8>, Node)>) {
         for (k, node) in root.iter_mut() {
             if k == name.as_bytes() {
                 *node = bucket(entries.clone());
