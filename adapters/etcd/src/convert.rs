@@ -66,7 +66,7 @@ impl fmt::Display for Origin {
         f.write_str(match self {
             Origin::Backend => "backend",
             Origin::Given => "given",
-            Origin::Derived => "derived from members",
+            Origin::Derived => "derived",
         })
     }
 }

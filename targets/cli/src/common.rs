@@ -1,0 +1,407 @@
+//! What the file commands share: exit codes, etcd-style structured logs, the one-line error,
+//! progress bars, and reading an image through a buffer that grows to its largest record.
+
+use std::cell::Cell;
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Map, Value};
+use snapply_core::backend::Bucket;
+use snapply_core::image::{self, BASE_BUFFER, DecodeError, Decoder, Item, Summary};
+use snapply_core::ports::{Event, Observer, Phase};
+use snapply_core::raft::SnapshotMetadata;
+use snapply_etcd::bbolt::ReadAt;
+
+/// Exit codes scripts can rely on (documented in the README and in `--help`).
+pub mod exit {
+    /// The command did what it was asked.
+    pub const OK: u8 = 0;
+    /// An unexpected failure (a bug): the message says what.
+    pub const FAILED: u8 = 1;
+    /// Bad arguments (clap's usage errors).
+    pub const USAGE: u8 = 2;
+    /// The input is missing, not the expected format, corrupt or truncated.
+    pub const BAD_INPUT: u8 = 3;
+    /// The data directory is not empty, or another process is using it.
+    pub const DATA_DIR: u8 = 4;
+    /// Reading or writing failed (permissions, a full disk).
+    pub const IO: u8 = 5;
+}
+
+/// The table printed at the end of `--help`.
+pub const EXIT_CODES_HELP: &str = "Exit codes:
+  0  success
+  1  unexpected failure (a bug)
+  2  bad arguments
+  3  bad input: missing, not the expected format, corrupt or truncated
+  4  data directory not empty, or in use by another process
+  5  I/O error (permissions, disk full)";
+
+/// How logs are written (to standard error).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// etcd's console layout: time, level, caller, message, fields as JSON.
+    #[default]
+    Text,
+    /// etcd's JSON layout (zap): one object per line with `level`, `ts`, `caller`, `msg`.
+    Json,
+}
+
+/// The logging options every file command takes.
+#[derive(Clone, Copy, Debug, Args)]
+pub struct LogArgs {
+    /// Log format on standard error.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// A logger writing etcd's layouts. Hand-written rather than `tracing-subscriber`: its JSON
+/// layout nests fields under `fields` and names the time `timestamp`, while etcd operators
+/// read `ts`, `level`, `caller`, `msg` and flat fields (zap's production encoder).
+#[derive(Clone, Copy, Debug)]
+pub struct Log {
+    format: LogFormat,
+    caller: &'static str,
+}
+
+impl Log {
+    pub fn new(args: LogArgs, caller: &'static str) -> Self {
+        Log { format: args.log_format, caller }
+    }
+
+    pub fn info(&self, msg: &str, fields: &[(&str, Value)]) {
+        self.write("info", msg, fields);
+    }
+
+    pub fn warn(&self, msg: &str, fields: &[(&str, Value)]) {
+        self.write("warn", msg, fields);
+    }
+
+    fn write(&self, level: &str, msg: &str, fields: &[(&str, Value)]) {
+        let ts = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
+        let mut map = Map::new();
+        for (k, v) in fields {
+            map.insert((*k).to_owned(), v.clone());
+        }
+        let line = match self.format {
+            LogFormat::Json => {
+                let mut obj = Map::new();
+                obj.insert("level".into(), level.into());
+                obj.insert("ts".into(), ts.into());
+                obj.insert("caller".into(), self.caller.into());
+                obj.insert("msg".into(), msg.into());
+                obj.extend(map);
+                Value::Object(obj).to_string()
+            }
+            LogFormat::Text if map.is_empty() => format!("{ts}\t{level}\t{}\t{msg}", self.caller),
+            LogFormat::Text => format!("{ts}\t{level}\t{}\t{msg}\t{}", self.caller, Value::Object(map)),
+        };
+        eprintln!("{line}");
+    }
+
+    /// Reports `failure` as one line and returns its exit code.
+    pub fn fail(&self, failure: &Failure) -> ExitCode {
+        match self.format {
+            LogFormat::Text => eprintln!("error: {}", failure.message),
+            LogFormat::Json => self.write("error", &failure.message, &[("exit-code", failure.code.into())]),
+        }
+        ExitCode::from(failure.code)
+    }
+
+    /// Ends a command: its exit code, the failure reported if there is one.
+    pub fn finish(&self, result: Result<(), Failure>) -> Result<ExitCode, Box<dyn std::error::Error>> {
+        Ok(match result {
+            Ok(()) => ExitCode::from(exit::OK),
+            Err(f) => self.fail(&f),
+        })
+    }
+}
+
+/// A command failed: the exit code and a one-line message that says what to do.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        Failure { code, message: message.into() }
+    }
+
+    /// A failed file operation: a missing input is bad input, the rest is I/O.
+    pub fn io(what: &str, path: &Path, e: &io::Error) -> Self {
+        if e.kind() == io::ErrorKind::NotFound {
+            Failure::new(exit::BAD_INPUT, format!("{} does not exist: check the path ({what})", path.display()))
+        } else {
+            Failure::new(exit::IO, format!("{what} {} failed: {e}", path.display()))
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// A byte-counting progress bar on standard error (hidden when it is not a terminal).
+pub fn progress(len: u64, what: &'static str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg:>10} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what);
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// Hex of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Which kind of file a path holds, from its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    /// A snapply image (`SNAPPLY\0`).
+    Image,
+    /// A bbolt database: etcd's `snapshot.db` or `member/snap/db` (bbolt's magic `0xED0CDAED`
+    /// in the first meta page, after the 16-byte page header).
+    EtcdDb,
+    /// Neither.
+    Unknown,
+}
+
+pub fn file_kind(path: &Path) -> Result<FileKind, Failure> {
+    let mut head = [0u8; 24];
+    let mut file = File::open(path).map_err(|e| Failure::io("opening", path, &e))?;
+    let mut n = 0;
+    while n < head.len() {
+        match file.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) => return Err(Failure::io("reading", path, &e)),
+        }
+    }
+    if head.starts_with(&image::MAGIC) {
+        Ok(FileKind::Image)
+    } else if n >= 20 && head[16..20] == 0xED0C_DAEDu32.to_le_bytes() {
+        Ok(FileKind::EtcdDb)
+    } else {
+        Ok(FileKind::Unknown)
+    }
+}
+
+/// An image file read front to back, counting the bytes for a progress bar.
+pub struct ImageFile {
+    reader: BufReader<File>,
+    pub read: u64,
+    bar: Option<ProgressBar>,
+}
+
+impl ImageFile {
+    pub fn open(path: &Path, bar: Option<ProgressBar>) -> Result<(Self, u64), Failure> {
+        let file = File::open(path).map_err(|e| Failure::io("opening", path, &e))?;
+        let len = file.metadata().map_err(|e| Failure::io("reading", path, &e))?.len();
+        Ok((ImageFile { reader: BufReader::with_capacity(1 << 20, file), read: 0, bar }, len))
+    }
+
+    /// The progress bar, if any.
+    pub fn bar(&self) -> Option<&ProgressBar> {
+        self.bar.as_ref()
+    }
+}
+
+impl image::Source for ImageFile {
+    type Error = io::Error;
+
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, io::Error> {
+        let n = self.reader.read(buf)?;
+        self.read += n as u64;
+        if let Some(bar) = &self.bar {
+            bar.set_position(self.read);
+        }
+        Ok(n)
+    }
+}
+
+/// The largest decode buffer the commands grow to: 256 MiB, far above etcd's default request
+/// limit (1.5 MiB). An image with a larger record is refused with what it needs.
+pub const MAX_BUFFER: usize = 256 << 20;
+
+/// What a scan of an image sees, item by item; reset when the scan restarts with a larger
+/// buffer.
+pub trait Visit: Default {
+    fn record(&mut self, bucket: Bucket, key: &[u8], value: &[u8]);
+    fn v2(&mut self, chunk: &[u8]) {
+        let _ = chunk;
+    }
+}
+
+impl Visit for () {
+    fn record(&mut self, _: Bucket, _: &[u8], _: &[u8]) {}
+}
+
+/// A whole image read and checked: its metadata, its trailer, the buffer that decodes it.
+pub struct Scanned<V> {
+    pub metadata: SnapshotMetadata,
+    pub summary: Summary,
+    pub visit: V,
+    pub buffer: usize,
+    pub len: u64,
+}
+
+/// Reads the image at `path` through the core's decoder, checking every frame and the
+/// trailer, starting with a 1 MiB buffer and restarting with a larger one if a record needs it.
+pub fn scan_image<V: Visit>(path: &Path, show_progress: bool) -> Result<Scanned<V>, Failure> {
+    let mut size = BASE_BUFFER.max(1 << 20);
+    loop {
+        let mut visit = V::default();
+        let (_, len) = ImageFile::open(path, None)?;
+        let bar = show_progress.then(|| progress(len, "reading"));
+        let (file, _) = ImageFile::open(path, bar.clone())?;
+        let mut buf = vec![0u8; size];
+        let result = (|| {
+            let mut decoder = Decoder::new(file, &mut buf)?;
+            let metadata = decoder.metadata().clone();
+            while let Some(item) = decoder.next()? {
+                match item {
+                    Item::Record { bucket, key, value } => visit.record(bucket, key, value),
+                    Item::V2(chunk) => visit.v2(chunk),
+                }
+            }
+            Ok::<_, DecodeError<io::Error>>((metadata, decoder.summary().copied()))
+        })();
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        match result {
+            Ok((metadata, Some(summary))) => return Ok(Scanned { metadata, summary, visit, buffer: size, len }),
+            Ok((_, None)) => {
+                return Err(Failure::new(exit::BAD_INPUT, format!("{}: image has no trailer", path.display())));
+            }
+            Err(DecodeError::BufferTooSmall { needed, .. }) if needed <= MAX_BUFFER => size = needed,
+            Err(e) => return Err(image_failure(path, &e)),
+        }
+    }
+}
+
+/// The failure of an image that did not decode.
+pub fn image_failure(path: &Path, e: &DecodeError<io::Error>) -> Failure {
+    match e {
+        DecodeError::Source(e) => Failure::io("reading", path, e),
+        DecodeError::Corrupt { .. } => Failure::new(
+            exit::BAD_INPUT,
+            format!("{} is not a valid snapply image ({e}); use an intact copy", path.display()),
+        ),
+        DecodeError::BufferTooSmall { needed, .. } => Failure::new(
+            exit::BAD_INPUT,
+            format!(
+                "{}: a record of {needed} bytes is larger than this tool's {MAX_BUFFER}-byte limit",
+                path.display()
+            ),
+        ),
+        _ => Failure::new(exit::BAD_INPUT, format!("{}: {e}", path.display())),
+    }
+}
+
+/// A sibling path of `path` for a temporary file or directory, removed on drop unless kept.
+pub struct Temp {
+    pub path: PathBuf,
+    keep: bool,
+}
+
+impl Temp {
+    pub fn beside(path: &Path, what: &str) -> Self {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{name}.{what}.{}", std::process::id()));
+        Temp { path: tmp, keep: false }
+    }
+
+    /// Moves the temporary into place, durably: rename, then sync the directory.
+    pub fn persist(mut self, to: &Path) -> Result<(), Failure> {
+        std::fs::rename(&self.path, to).map_err(|e| Failure::io("renaming into", to, &e))?;
+        self.keep = true;
+        sync_parent(to)
+    }
+}
+
+impl Drop for Temp {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_file(&self.path);
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Syncs the directory holding `path`, so a rename into it survives a crash.
+pub fn sync_parent(path: &Path) -> Result<(), Failure> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(parent).and_then(|d| d.sync_all()).map_err(|e| Failure::io("syncing", parent, &e))
+}
+
+/// A file read at offsets, counting the bytes read for a progress bar.
+pub struct CountingFile {
+    pub file: File,
+    pub read: Cell<u64>,
+}
+
+impl ReadAt for CountingFile {
+    fn size(&self) -> io::Result<u64> {
+        self.file.size()
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.read.set(self.read.get() + buf.len() as u64);
+        self.file.read_exact_at(buf, offset)
+    }
+}
+
+/// The pipeline's observer for the CLI: etcd's messages and fields, each phase's duration.
+pub struct LogObserver {
+    pub log: Log,
+    pub start: std::time::Instant,
+}
+
+impl Observer for LogObserver {
+    fn event(&mut self, event: &Event) {
+        let fields: Vec<(&str, Value)> = match event {
+            Event::ApplyingSnapshot(f) | Event::AppliedSnapshot(f) | Event::OutdatedSnapshot(f) => vec![
+                ("current-snapshot-index", f.current_snapshot_index.into()),
+                ("current-applied-index", f.current_applied_index.into()),
+                ("incoming-leader-snapshot-index", f.incoming_leader_snapshot_index.into()),
+                ("incoming-leader-snapshot-term", f.incoming_leader_snapshot_term.into()),
+            ],
+            Event::RestoredMvccStore { consistent_index } => vec![("consistent-index", (*consistent_index).into())],
+            Event::Failed { phase, fatal } => vec![("phase", phase.state().into()), ("fatal", (*fatal).into())],
+            _ => vec![],
+        };
+        if matches!(event, Event::Failed { .. } | Event::OutdatedSnapshot(_)) {
+            self.log.warn(event.message(), &fields);
+        } else {
+            self.log.info(event.message(), &fields);
+        }
+    }
+
+    fn now_micros(&mut self) -> Option<u64> {
+        u64::try_from(self.start.elapsed().as_micros()).ok()
+    }
+
+    fn phase_done(&mut self, phase: Phase, micros: Option<u64>) {
+        let ms = micros.unwrap_or(0) as f64 / 1000.0;
+        self.log.info("phase done", &[("phase", phase.state().into()), ("took-ms", ms.into())]);
+    }
+}

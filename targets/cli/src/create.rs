@@ -1,0 +1,133 @@
+//! `snapply create`: a snapshot image of a stopped node's data directory, at the index and
+//! term its backend reflects.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Args as ClapArgs;
+use snapply_core::backend::Backend;
+use snapply_core::collections::Growable;
+use snapply_core::image::{self, EncodeError, Sink};
+use snapply_core::raft::SnapshotMetadata;
+use snapply_core::store::{ConsistentIndex, Membership, V2Store, load_conf_state, member_key};
+use snapply_fs::{FsError, RedbBackend};
+
+use crate::common::{Failure, Log, LogArgs, Temp, exit, hex};
+
+/// Arguments of `snapply create`.
+#[derive(Debug, ClapArgs)]
+pub struct Args {
+    /// The data directory of a stopped node.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Where to write the image (replaced atomically if it exists).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+pub fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let log = Log::new(args.log, "snapply/create");
+    log.finish(create(&log, args))
+}
+
+struct IoSink<W>(W);
+
+impl<W: Write> Sink for IoSink<W> {
+    type Error = io::Error;
+
+    fn write_all(&mut self, bytes: &[u8]) -> Result<(), io::Error> {
+        self.0.write_all(bytes)
+    }
+}
+
+fn open_backend(args: &Args) -> Result<RedbBackend, Failure> {
+    let db = args.data_dir.join("member").join("db");
+    // Checked first: opening creates an empty backend where there is none.
+    if !db.is_file() {
+        return Err(Failure::new(
+            exit::BAD_INPUT,
+            format!(
+                "{} is not a snapply data directory (no member/db): give the --data-dir of a node",
+                args.data_dir.display()
+            ),
+        ));
+    }
+    RedbBackend::open(&db).map_err(|e| match &e {
+        FsError::Db { source, .. } if matches!(**source, redb::Error::DatabaseAlreadyOpen) => Failure::new(
+            exit::DATA_DIR,
+            format!("data directory {} is in use by another process: stop the node first", args.data_dir.display()),
+        ),
+        FsError::Db { .. } => Failure::new(
+            exit::BAD_INPUT,
+            format!("{}'s backend is not readable ({e}): restore the node from a snapshot", args.data_dir.display()),
+        ),
+        _ => Failure::new(exit::IO, e.to_string()),
+    })
+}
+
+fn create(log: &Log, args: &Args) -> Result<(), Failure> {
+    let started = Instant::now();
+    let backend = open_backend(args)?;
+    let corrupt = |e: &dyn std::fmt::Display| {
+        Failure::new(exit::BAD_INPUT, format!("{}'s backend does not read: {e}", args.data_dir.display()))
+    };
+    let txn = backend.read().map_err(|e| corrupt(&e))?;
+    let cindex = ConsistentIndex::load(&txn).map_err(|e| corrupt(&e))?;
+    let conf_state = load_conf_state(&txn).map_err(|e| corrupt(&e))?.unwrap_or_default();
+    let metadata = SnapshotMetadata { index: cindex.index(), term: cindex.term(), conf_state };
+    if metadata.index == 0 {
+        return Err(Failure::new(
+            exit::BAD_INPUT,
+            format!(
+                "{} has applied nothing (consistent index 0): there is nothing to snapshot",
+                args.data_dir.display()
+            ),
+        ));
+    }
+
+    // The v2 data is the membership tree, kept in step with the members by every node
+    // (`/0/members/<id>/raftAttributes`, `/0/removed_members/<id>`).
+    let membership = Membership::<Growable>::recover(&backend).map_err(|e| corrupt(&e))?;
+    let mut tree = V2Store::<Growable>::default();
+    for m in membership.members() {
+        let path = [b"/0/members/".as_slice(), &member_key(m.id), b"/raftAttributes"].concat();
+        let first = m.peer_urls.first().map(Vec::as_slice).unwrap_or_default();
+        tree.set(&path, first).map_err(|e| corrupt(&e))?;
+    }
+    for id in membership.removed() {
+        let path = [b"/0/removed_members/".as_slice(), &member_key(*id)].concat();
+        tree.set(&path, b"removed").map_err(|e| corrupt(&e))?;
+    }
+    let mut v2 = Vec::new();
+    tree.save(&mut v2).map_err(|e| corrupt(&e))?;
+
+    let tmp = Temp::beside(&args.output, "create");
+    let file = File::create(&tmp.path).map_err(|e| Failure::io("creating", &tmp.path, &e))?;
+    let mut sink = IoSink(BufWriter::with_capacity(1 << 20, file));
+    let summary = image::encode(&metadata, &txn, &v2, &mut sink).map_err(|e| match e {
+        EncodeError::Sink(e) => Failure::io("writing", &tmp.path, &e),
+        e => corrupt(&e),
+    })?;
+    let file = sink.0.into_inner().map_err(|e| Failure::io("writing", &tmp.path, e.error()))?;
+    file.sync_all().map_err(|e| Failure::io("syncing", &tmp.path, &e))?;
+    drop(file);
+    tmp.persist(&args.output)?;
+    log.info(
+        "created snapshot image",
+        &[
+            ("data-dir", args.data_dir.display().to_string().into()),
+            ("path", args.output.display().to_string().into()),
+            ("index", metadata.index.into()),
+            ("term", metadata.term.into()),
+            ("records", summary.records.into()),
+            ("sha256", hex(&summary.sha256).into()),
+            ("took-ms", (started.elapsed().as_secs_f64() * 1000.0).into()),
+        ],
+    );
+    Ok(())
+}
