@@ -14,7 +14,9 @@
 //! - memory stays bounded: pages are read one run at a time under a 1 MiB limit;
 //! - revisions come out in strictly increasing order, each decoded;
 //! - after an error the revision iterator ends;
-//! - a walk of every bucket, nested ones included, ends (page loops are refused).
+//! - a walk of every bucket, nested ones included, ends (page loops are refused);
+//! - a snapshot the importer converts gives an image the core's decoder verifies, with the
+//!   metadata and trailer the importer reported.
 
 #![no_main]
 
@@ -23,7 +25,7 @@ use std::ops::ControlFlow;
 use libfuzzer_sys::fuzz_target;
 use sha2::{Digest as _, Sha256};
 use snapply_etcd::bbolt::{BoltError, Bucket, Db, Limits, ReadAt};
-use snapply_etcd::{EtcdSnapshot, Options};
+use snapply_etcd::{EtcdSnapshot, ImportOptions, Options};
 
 const META_OFFSET: usize = 16;
 
@@ -51,6 +53,7 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(snap) = EtcdSnapshot::from_source(file.as_slice(), Options { verify_digest, limits }) {
             read_everything(&snap);
             walk(snap.db(), &snap.db().root(), &mut 256);
+            import(&snap);
         }
     }
 });
@@ -84,6 +87,24 @@ fn read_everything<S: ReadAt>(snap: &EtcdSnapshot<S>) {
     let _ = snap.removed_members();
     let _ = snap.cluster_version();
     let _ = snap.downgrade();
+}
+
+/// Converts the snapshot into a snapply image: an image written in full must decode and verify
+/// with the core's own decoder, and say what the import reported.
+fn import<S: ReadAt>(snap: &EtcdSnapshot<S>) {
+    let mut image = Vec::new();
+    let Ok(imported) = snapply_etcd::import(snap, &ImportOptions::default(), &mut image, &mut |_| ()) else { return };
+    assert_eq!(imported.bytes, image.len() as u64);
+    let mut buf = vec![0u8; 2 << 20];
+    match snapply_core::image::verify(image.as_slice(), &mut buf) {
+        Ok((metadata, summary)) => {
+            assert_eq!(metadata, imported.metadata.metadata);
+            assert_eq!(summary, imported.summary);
+        }
+        // A value beyond the 2 MiB buffer is this check's limit, not a bad image.
+        Err(snapply_core::image::DecodeError::BufferTooSmall { .. }) => {}
+        Err(e) => panic!("the importer wrote an image the decoder refuses: {e:?}"),
+    }
 }
 
 /// Walks `bucket` and every bucket nested in it, at most `budget` buckets in all: nested
