@@ -71,7 +71,7 @@ impl Visit for Meta {
 }
 
 /// Refuses a data directory that exists and is not empty, as etcdutl does.
-pub fn check_empty(dir: &Path) -> Result<bool, Failure> {
+pub fn check_empty(dir: &Path) -> Result<(), Failure> {
     match std::fs::read_dir(dir) {
         Ok(mut entries) => {
             if entries.next().is_some() {
@@ -80,9 +80,9 @@ pub fn check_empty(dir: &Path) -> Result<bool, Failure> {
                     format!("data directory {} is not empty: restore into a new or empty directory", dir.display()),
                 ));
             }
-            Ok(true)
+            Ok(())
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotADirectory => Err(Failure::new(
             exit::DATA_DIR,
             format!("{} exists and is not a directory: choose another --data-dir", dir.display()),
@@ -119,7 +119,7 @@ impl image::Source for PortSource {
 fn restore(log: &Log, args: &Args) -> Result<(), Failure> {
     let started = Instant::now();
     let kind = file_kind(&args.input)?;
-    let existed = check_empty(&args.data_dir)?;
+    check_empty(&args.data_dir)?;
     let staging = Temp::beside(&args.data_dir, "restore");
     std::fs::create_dir_all(&staging.path).map_err(|e| Failure::io("creating", &staging.path, &e))?;
 
@@ -214,9 +214,8 @@ fn restore(log: &Log, args: &Args) -> Result<(), Failure> {
     drop(node);
     drop(store);
 
-    if existed {
-        std::fs::remove_dir(&args.data_dir).map_err(|e| Failure::io("replacing", &args.data_dir, &e))?;
-    }
+    // rename(2) replaces an empty directory in one step, so an empty target is never removed
+    // before the restored one is in place.
     staging.persist(&args.data_dir)?;
     log.info("restored snapshot", &fields);
     Ok(())
