@@ -23,6 +23,15 @@ pub struct Args {
     /// Where to write the snapply image (replaced atomically if it exists).
     #[arg(short, long)]
     pub output: PathBuf,
+    #[command(flatten)]
+    pub meta: MetaArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// The snapshot metadata an etcd 3.4 backend does not store.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MetaArgs {
     /// The term of the snapshot, for an etcd 3.4 backend that does not store one (default: 1,
     /// as `etcdutl snapshot restore` starts a new cluster).
     #[arg(long)]
@@ -34,8 +43,6 @@ pub struct Args {
     /// The learners (hexadecimal member ids), with `--voters`.
     #[arg(long, value_delimiter = ',', value_parser = parse_id, requires = "voters")]
     pub learners: Option<Vec<u64>>,
-    #[command(flatten)]
-    pub log: LogArgs,
 }
 
 fn parse_id(s: &str) -> Result<u64, String> {
@@ -44,10 +51,11 @@ fn parse_id(s: &str) -> Result<u64, String> {
 
 pub fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let log = Log::new(args.log, "snapply/import-etcd");
-    log.finish(options(args).and_then(|o| import_to_file(&log, &args.snapshot, &args.output, &o)).map(drop))
+    log.finish(options(&args.meta).and_then(|o| import_to_file(&log, &args.snapshot, &args.output, &o)).map(drop))
 }
 
-fn options(args: &Args) -> Result<ImportOptions, Failure> {
+/// The import options the arguments give.
+pub fn options(args: &MetaArgs) -> Result<ImportOptions, Failure> {
     let usage = |what: &str| Failure::new(exit::USAGE, format!("{what}: give at most 16 ids"));
     let conf_state = match &args.voters {
         None => None,

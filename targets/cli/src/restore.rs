@@ -38,9 +38,8 @@ pub struct Args {
     /// default 1 s); shorter TTLs are raised to it, as etcd does on recovery.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i64).range(1..))]
     pub min_lease_ttl: i64,
-    /// For an etcd 3.4 snapshot: the term (see `import-etcd --term`).
-    #[arg(long)]
-    pub term: Option<u64>,
+    #[command(flatten)]
+    pub meta: import_etcd::MetaArgs,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -127,7 +126,7 @@ fn restore(log: &Log, args: &Args) -> Result<(), Failure> {
         FileKind::Image => args.input.clone(),
         FileKind::EtcdDb => {
             let path = staging.path.join("import.snapply");
-            let options = snapply_etcd::ImportOptions { term: args.term, conf_state: None };
+            let options = import_etcd::options(&args.meta)?;
             import_etcd::import_to_file(log, &args.input, &path, &options)?;
             path
         }

@@ -168,6 +168,31 @@ fn import_etcd_writes_an_image_that_verifies() {
     let verified = ok(&snapply(&[&"verify", &image]));
     assert_eq!(verified.trim(), format!("ok {}", done["sha256"].as_str().unwrap()));
     assert_eq!(listing(&dir), ["out.snapply"], "no temporary file is left");
+
+    // etcd 3.4 stores no term or conf state: by default term 1 and the members as voters, as
+    // etcdutl's restore; or what the arguments give.
+    let status: Value = serde_json::from_str(&ok(&snapply(&[&"status", &image, &"--json"]))).unwrap();
+    assert_eq!(status["term"], 1);
+    assert_eq!(status["conf_state"]["voters"].as_array().unwrap().len(), 1);
+    let given = dir.join("given.snapply");
+    let out = snapply(&[
+        &"import-etcd",
+        &fixture().snapshot,
+        &"-o",
+        &given,
+        &"--term",
+        &"7",
+        &"--voters",
+        &"a,b",
+        &"--learners",
+        &"c",
+    ]);
+    ok(&out);
+    assert!(stderr(&out).contains("no term or conf state"), "the import says where they came from");
+    let status: Value = serde_json::from_str(&ok(&snapply(&[&"status", &given, &"--json"]))).unwrap();
+    assert_eq!(status["term"], 7);
+    assert_eq!(status["conf_state"]["voters"], serde_json::json!([10, 11]));
+    assert_eq!(status["conf_state"]["learners"], serde_json::json!([12]));
 }
 
 #[test]
