@@ -783,6 +783,31 @@ mod tests {
         assert!(err.to_string().contains("nested"), "{err}");
     }
 
+    #[test]
+    fn the_view_answers_point_reads_as_the_image_holds_them() {
+        let snap = open(file(etcd36()));
+        let (_, bytes) = convert(&snap, &ImportOptions::default());
+        let (_, node, _) = restore(&bytes);
+        let restored = node.backend().read().unwrap();
+        let metadata = import_metadata(&snap, &ImportOptions::default()).unwrap().metadata;
+        let mut progress = |_| ();
+        let view = EtcdView::new(&snap, &metadata, &mut progress).unwrap();
+        let cases: [(Bucket, Vec<u8>); 6] = [
+            (Bucket::Key, rev_key(7, 0, false)),
+            (Bucket::Key, rev_key(201, 0, true)),
+            (Bucket::Key, rev_key(999, 0, false)),
+            (Bucket::Lease, 0x10i64.to_be_bytes().to_vec()),
+            (Bucket::Meta, META_TERM.to_vec()),
+            (Bucket::Members, b"nope".to_vec()),
+        ];
+        for (bucket, key) in cases {
+            let (mut a, mut b) = (None, None);
+            let found = view.get(bucket, &key, &mut |v| a = Some(v.to_vec())).unwrap();
+            let expected = restored.get(bucket, &key, &mut |v| b = Some(v.to_vec())).unwrap();
+            assert_eq!((found, a), (expected, b), "{bucket:?} {key:?}");
+        }
+    }
+
     struct Failing;
     impl io::Write for Failing {
         fn write(&mut self, _: &[u8]) -> io::Result<usize> {
