@@ -70,6 +70,30 @@ fn open_backend(args: &Args) -> Result<RedbBackend, Failure> {
     })
 }
 
+/// The highest index of a `member/snap/<term>-<index>.snap` above `applied`, if any.
+fn pending_snapshot(args: &Args, applied: u64) -> Result<Option<u64>, Failure> {
+    let snap = args.data_dir.join("member").join("snap");
+    let entries = match std::fs::read_dir(&snap) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Failure::io("listing", &snap, &e)),
+    };
+    let mut newest = None;
+    for entry in entries {
+        let name = entry.map_err(|e| Failure::io("listing", &snap, &e))?.file_name();
+        let index = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".snap"))
+            .and_then(|n| n.split_once('-'))
+            .filter(|(t, i)| t.len() == 16 && i.len() == 16)
+            .and_then(|(_, i)| u64::from_str_radix(i, 16).ok());
+        if let Some(index) = index.filter(|i| *i > applied) {
+            newest = newest.max(Some(index));
+        }
+    }
+    Ok(newest)
+}
+
 fn create(log: &Log, args: &Args) -> Result<(), Failure> {
     let started = Instant::now();
     let backend = open_backend(args)?;
@@ -80,6 +104,18 @@ fn create(log: &Log, args: &Args) -> Result<(), Failure> {
     let cindex = ConsistentIndex::load(&txn).map_err(|e| corrupt(&e))?;
     let conf_state = load_conf_state(&txn).map_err(|e| corrupt(&e))?.unwrap_or_default();
     let metadata = SnapshotMetadata { index: cindex.index(), term: cindex.term(), conf_state };
+    // A snapshot persisted but not yet applied (a restore cut short) is applied when the node
+    // starts (etcd's RecoverSnapshotBackend); until then the backend is the old state.
+    if let Some(pending) = pending_snapshot(args, metadata.index)? {
+        return Err(Failure::new(
+            exit::BAD_INPUT,
+            format!(
+                "{} holds a snapshot at index {pending} its backend (at {}) has not applied yet: start the node once so it applies it, then create",
+                args.data_dir.display(),
+                metadata.index
+            ),
+        ));
+    }
     if metadata.index == 0 {
         return Err(Failure::new(
             exit::BAD_INPUT,

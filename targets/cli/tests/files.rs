@@ -331,6 +331,13 @@ fn verify_accepts_an_intact_image_and_names_the_damage_in_a_bad_one() {
     std::fs::write(dir.join("extra.snapply"), &extra).unwrap();
     refused(&snapply(&[&"verify", &dir.join("extra.snapply")]), BAD_INPUT, "corrupt image");
     refused(&snapply(&[&"verify", &dir.join("missing")]), BAD_INPUT, "does not exist");
+    // In JSON, the error is one JSON line too.
+    let out = snapply(&[&"verify", &dir.join("missing"), &"--log-format", &"json"]);
+    assert_eq!(out.status.code(), Some(BAD_INPUT));
+    let lines: Vec<Value> = stderr(&out).lines().map(|l| serde_json::from_str(l).expect("JSON")).collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!((lines[0]["level"].as_str(), lines[0]["exit-code"].as_i64()), (Some("error"), Some(3)));
+    assert!(lines[0]["msg"].as_str().unwrap().contains("does not exist"));
 }
 
 #[test]
@@ -351,6 +358,13 @@ fn create_refuses_a_directory_that_is_not_a_node_or_is_in_use() {
         "not a snapply data directory",
     );
     assert_eq!(listing(&dir), before, "nothing created");
+    // A snapshot persisted but not yet applied: the backend is not the node's state.
+    let pending = node.join("member/snap/0000000000000009-00000000000fffff.snap");
+    std::fs::write(&pending, b"").unwrap();
+    let before_pending = listing(&dir);
+    refused(&snapply(&[&"create", &"--data-dir", &node, &"-o", &out]), BAD_INPUT, "has not applied yet");
+    assert_eq!(listing(&dir), before_pending, "nothing created");
+    std::fs::remove_file(&pending).unwrap();
     // A running node holds its backend open.
     let held = snapply_fs::RedbBackend::open(&node.join("member/db")).unwrap();
     refused(&snapply(&[&"create", &"--data-dir", &node, &"-o", &out]), DATA_DIR, "in use");
