@@ -1,21 +1,31 @@
 //! `snapply verify`: checks an image whole, as a follower does before it commits one: every
 //! frame's CRC-32C, the record order, the trailer's counts and SHA-256, and that its backend's
-//! consistent index is the snapshot index (the check snapply-fs makes when persisting).
+//! consistent index is the snapshot index (the check snapply-fs makes when persisting); with
+//! `--stores`, that every store recovers from its records.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args as ClapArgs;
-use snapply_core::backend::Bucket;
+use snapply_core::backend::{Backend, Bucket, WriteTxn};
+use snapply_core::collections::Growable;
+use snapply_core::image::{self, MaterializeError};
 use snapply_core::store::META_CONSISTENT_INDEX;
+use snapply_core::store::check_backend;
+use snapply_fs::RedbBackend;
 
-use crate::common::{Failure, Log, LogArgs, Visit, exit, hex, scan_image};
+use crate::common::{Failure, ImageFile, Log, LogArgs, Temp, Visit, exit, hex, image_failure, scan_image};
 
 /// Arguments of `snapply verify`.
 #[derive(Debug, ClapArgs)]
 pub struct Args {
     /// The snapply image.
     pub image: PathBuf,
+    /// Also materialise the image into a temporary backend and recover every store from it
+    /// (leases, keys, alarms, auth, membership), as a follower does before it accepts a
+    /// snapshot. Needs disk space for the backend in the system's temporary directory.
+    #[arg(long)]
+    pub stores: bool,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -49,6 +59,9 @@ fn verify(log: &Log, args: &Args) -> Result<(), Failure> {
             ),
         ));
     }
+    if args.stores {
+        check_stores(&args.image, scanned.buffer)?;
+    }
     log.info(
         "verified image",
         &[
@@ -56,9 +69,31 @@ fn verify(log: &Log, args: &Args) -> Result<(), Failure> {
             ("index", scanned.metadata.index.into()),
             ("term", scanned.metadata.term.into()),
             ("records", scanned.summary.records.into()),
+            ("stores-checked", args.stores.into()),
             ("sha256", hex(&scanned.summary.sha256).into()),
         ],
     );
     println!("ok {}", hex(&scanned.summary.sha256));
     Ok(())
+}
+
+/// Materialises the image into a redb file in the temporary directory and recovers every store
+/// from it, as snapply-fs does when it persists a snapshot; the file is removed afterwards.
+fn check_stores(image: &Path, buffer: usize) -> Result<(), Failure> {
+    let tmp = Temp::beside(&std::env::temp_dir().join("snapply-verify.db"), "stores");
+    let mut backend = RedbBackend::open(&tmp.path).map_err(|e| Failure::new(exit::IO, e.to_string()))?;
+    let mut txn = backend.write().map_err(|e| Failure::new(exit::IO, e.to_string()))?;
+    let (file, _) = ImageFile::open(image, None)?;
+    let mut buf = vec![0u8; buffer];
+    image::materialize(file, &mut buf, &mut txn, &mut |_| Ok(())).map_err(|e| match e {
+        MaterializeError::Decode(e) => image_failure(image, &e),
+        e => Failure::new(exit::IO, format!("materialising {} failed: {e}", image.display())),
+    })?;
+    txn.commit().map_err(|e| Failure::new(exit::IO, e.to_string()))?;
+    check_backend::<Growable, _>(&backend).map_err(|e| {
+        Failure::new(
+            exit::BAD_INPUT,
+            format!("{}: a store does not recover: {e}; the image cannot be restored", image.display()),
+        )
+    })
 }

@@ -331,6 +331,24 @@ fn verify_accepts_an_intact_image_and_names_the_damage_in_a_bad_one() {
     std::fs::write(dir.join("extra.snapply"), &extra).unwrap();
     refused(&snapply(&[&"verify", &dir.join("extra.snapply")]), BAD_INPUT, "corrupt image");
     refused(&snapply(&[&"verify", &dir.join("missing")]), BAD_INPUT, "does not exist");
+    // `--stores` recovers every store: an image whose frames are intact but whose lease record
+    // does not decode passes the format checks and fails that one.
+    assert!(ok(&snapply(&[&"verify", &"--stores", &image])).starts_with("ok "));
+    let bad_record = dir.join("bad-record.snapply");
+    {
+        use snapply_core::backend::{Backend, Bucket, WriteTxn};
+        let mut backend = snapply_core::mem::VecBackend::new();
+        let mut txn = backend.write().unwrap();
+        txn.put(Bucket::Meta, b"consistent_index", &5u64.to_be_bytes()).unwrap();
+        txn.put(Bucket::Lease, &7i64.to_be_bytes(), &[0xff; 3]).unwrap();
+        txn.commit().unwrap();
+        let metadata = snapply_core::SnapshotMetadata { index: 5, term: 1, ..Default::default() };
+        let mut bytes = Vec::new();
+        snapply_core::image::encode(&metadata, &backend.read().unwrap(), &[], &mut bytes).unwrap();
+        std::fs::write(&bad_record, bytes).unwrap();
+    }
+    assert!(ok(&snapply(&[&"verify", &bad_record])).starts_with("ok "));
+    refused(&snapply(&[&"verify", &"--stores", &bad_record]), BAD_INPUT, "a store does not recover");
     // In JSON, the error is one JSON line too.
     let out = snapply(&[&"verify", &dir.join("missing"), &"--log-format", &"json"]);
     assert_eq!(out.status.code(), Some(BAD_INPUT));
