@@ -1,0 +1,22 @@
+#![cfg_attr(not(any(test, feature = "mock")), no_std)]
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::unreachable)
+)]
+
+mod fmt;
+
+mod backend;
+mod chip;
+mod error;
+mod log;
+#[cfg(any(test, feature = "mock"))]
+pub mod mock;
+mod store;
+
+pub use backend::{FlashBackend, FlashRead, FlashWrite};
+pub use error::FlashError;
+pub use store::{FlashSnapshotStore, Mounted, OtherArea, PendingSnapshot, PersistedSnapshot, mount};
