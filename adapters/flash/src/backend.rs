@@ -124,6 +124,24 @@ impl<'f, F: NorFlash, const N: usize, const R: usize> FlashBackend<'f, F, N, R> 
         (self.tail - self.geo.base(self.area), self.geo.area_len)
     }
 
+    /// The v2 data of the snapshot this area was restored from (kept through compactions),
+    /// read into `buf`; empty if the area holds none. A node that boots without a pending
+    /// snapshot recovers its v2 store from it.
+    pub fn v2_data<'a>(&self, buf: &'a mut [u8]) -> Result<&'a [u8], F> {
+        match &self.snap {
+            Some(snap) => crate::store::read_v2(self.flash, &self.geo, snap, buf),
+            None => Ok(&[]),
+        }
+    }
+
+    /// The metadata and image digest of the snapshot this area was restored from, if any.
+    pub fn snapshot(&self) -> Result<Option<(snapply_core::SnapshotMetadata, [u8; 32])>, F> {
+        match &self.snap {
+            Some(snap) if snap.frame != 0 => crate::store::read_snap(self.flash, &self.geo, snap.frame).map(Some),
+            _ => Ok(None),
+        }
+    }
+
     pub(crate) fn snap(&self) -> Option<SnapInfo> {
         self.snap
     }

@@ -98,6 +98,33 @@ pub(crate) fn read_snap<F: NorFlash>(
     Ok((metadata, sha256))
 }
 
+/// Reads the v2 data of the snapshot whose frames `snap` locates into `buf`.
+pub(crate) fn read_v2<'a, F: NorFlash>(
+    flash: &RefCell<F>,
+    geo: &Geometry,
+    snap: &log::SnapInfo,
+    buf: &'a mut [u8],
+) -> Result<&'a [u8], F> {
+    if snap.v2_len as usize > buf.len() {
+        return Err(FlashError::Full("the v2 data is larger than the buffer"));
+    }
+    let mut filled = 0usize;
+    if let Some(mut pos) = snap.v2_first {
+        while pos < snap.frame {
+            let h = log::valid_header_at(flash, pos)?;
+            if h.kind == K_V2 {
+                let n = h.vlen as usize;
+                let dst =
+                    buf.get_mut(filled..filled + n).ok_or(FlashError::Full("the v2 data is larger than the buffer"))?;
+                chip::read(flash, pos + geo.header + u32::from(h.klen), dst)?;
+                filled += n;
+            }
+            pos = log::next_frame(geo, pos, &h)?;
+        }
+    }
+    buf.get(..filled).ok_or(FlashError::Misuse("v2 data"))
+}
+
 /// The index of the snapshot frame at `frame`.
 pub(crate) fn snapshot_index<F: NorFlash>(flash: &RefCell<F>, geo: &Geometry, frame: u32) -> Result<u64, F> {
     read_snap(flash, geo, frame).map(|(m, _)| m.index)
@@ -336,24 +363,7 @@ impl<'f, 'b, F: NorFlash, const N: usize, const R: usize> FlashSnapshotStore<'f,
         let scanned = log::scan(self.flash, &self.geo, base, None, &mut key, true)?;
         let snap =
             scanned.snap.ok_or(FlashError::Corrupt { offset: base, what: "the snapshot area lost its snapshot" })?;
-        let total = snap.v2_len as usize;
-        if total > self.buf.len() {
-            return Err(FlashError::Full("the v2 data is larger than the decode buffer"));
-        }
-        let mut filled = 0usize;
-        if let Some(mut pos) = snap.v2_first {
-            while pos < snap.frame {
-                let h = log::valid_header_at(self.flash, pos)?;
-                if h.kind == K_V2 {
-                    let n = h.vlen as usize;
-                    let dst = self.buf.get_mut(filled..filled + n).ok_or(FlashError::Full("v2 data"))?;
-                    chip::read(self.flash, pos + self.geo.header + u32::from(h.klen), dst)?;
-                    filled += n;
-                }
-                pos = log::next_frame(&self.geo, pos, &h)?;
-            }
-        }
-        self.buf.get(..filled).ok_or(FlashError::Misuse("v2 data"))
+        read_v2(self.flash, &self.geo, &snap, self.buf)
     }
 
     /// Makes the persisted snapshot's area the committed one: one commit-record write. Until it
