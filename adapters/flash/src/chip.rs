@@ -18,6 +18,9 @@ const CHUNK: usize = 64;
 pub(crate) const FRAME_HEADER: usize = 12;
 /// Bytes of the area header and of the commit record before padding.
 pub(crate) const AREA_RECORD: usize = 16;
+/// Commit-record slots after the area header: a commit-record write cut short leaves its slot
+/// unusable, and the next attempt takes the next slot.
+pub(crate) const COMMIT_SLOTS: u32 = 4;
 
 pub(crate) type Result<T, F> =
     core::result::Result<T, FlashError<<F as embedded_storage::nor_flash::ErrorType>::Error>>;
@@ -37,7 +40,7 @@ pub(crate) struct Geometry {
     pub(crate) align: u32,
     /// Bytes of a padded frame header.
     pub(crate) header: u32,
-    /// Bytes of the padded area header (and of the padded commit record after it).
+    /// Bytes of the padded area header (and of each padded commit-record slot after it).
     pub(crate) record: u32,
     /// Offset of the log in an area.
     pub(crate) log_start: u32,
@@ -74,7 +77,7 @@ impl Geometry {
         let area_len = (range.end - range.start) / 2;
         let header = round_up(FRAME_HEADER as u32, align).ok_or(FlashError::Geometry("alignment"))?;
         let record = round_up(AREA_RECORD as u32, align).ok_or(FlashError::Geometry("alignment"))?;
-        let log_start = record * 2;
+        let log_start = record * (1 + COMMIT_SLOTS);
         if area_len < log_start + 8 * header {
             return Err(FlashError::Geometry("an area is too small for its headers and a transaction"));
         }

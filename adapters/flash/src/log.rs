@@ -14,7 +14,7 @@ use embedded_storage::nor_flash::NorFlash;
 use heapless::vec::VecView;
 use snapply_core::backend::Bucket;
 
-use crate::chip::{self, AREA_RECORD, FRAME_HEADER, Geometry, Result, round_up};
+use crate::chip::{self, AREA_RECORD, COMMIT_SLOTS, FRAME_HEADER, Geometry, Result, round_up};
 use crate::error::FlashError;
 
 /// CRC-32C (Castagnoli), the checksum of the image format too.
@@ -119,8 +119,10 @@ pub(crate) struct AreaHeader {
 pub(crate) struct AreaState {
     pub(crate) id: u8,
     pub(crate) header: Option<AreaHeader>,
-    /// The commit record is written and names the header's epoch.
+    /// A commit record is written and names the header's epoch.
     pub(crate) activated: bool,
+    /// The first commit-record slot still erased, if any.
+    pub(crate) free_slot: Option<u32>,
 }
 
 fn record(magic: [u8; 4], a: u8, b: u8, epoch: u32) -> [u8; AREA_RECORD] {
@@ -157,13 +159,19 @@ pub(crate) fn area_state<F: NorFlash>(flash: &RefCell<F>, geo: &Geometry, area: 
         };
         (version == LAYOUT_VERSION).then_some(AreaHeader { kind, epoch })
     });
-    let mut c = [0u8; AREA_RECORD];
-    chip::read(flash, base + geo.record, &mut c)?;
-    let activated = match (header, parse_record(&c, COMMIT_MAGIC)) {
-        (Some(h), Some((_, _, epoch))) => epoch == h.epoch,
-        _ => false,
-    };
-    Ok(AreaState { id: area, header, activated })
+    let mut activated = false;
+    let mut free_slot = None;
+    for slot in 1..=COMMIT_SLOTS {
+        let mut c = [0u8; AREA_RECORD];
+        let at = base + geo.record * slot;
+        chip::read(flash, at, &mut c)?;
+        if c.iter().all(|b| *b == 0xFF) {
+            free_slot = free_slot.or(Some(at));
+        } else if let (Some(h), Some((_, _, epoch))) = (header, parse_record(&c, COMMIT_MAGIC)) {
+            activated |= epoch == h.epoch;
+        }
+    }
+    Ok(AreaState { id: area, header, activated, free_slot })
 }
 
 /// Erases `area` and writes its header: the area is then empty and not activated.
@@ -179,9 +187,11 @@ pub(crate) fn format_area<F: NorFlash>(
     chip::write_small(flash, base, &record(AREA_MAGIC, LAYOUT_VERSION, kind as u8, epoch), geo.record)
 }
 
-/// Writes the commit record of `area`: the one small write that makes it the committed area.
+/// Writes the commit record of `area` into its first free slot: the one small write that makes
+/// it the committed area. A freshly formatted area has every slot free.
 pub(crate) fn activate<F: NorFlash>(flash: &RefCell<F>, geo: &Geometry, area: u8, epoch: u32) -> Result<(), F> {
-    let at = geo.base(area) + geo.record;
+    let state = area_state(flash, geo, area)?;
+    let at = state.free_slot.ok_or(FlashError::Full("every commit-record slot of the area was spent by cut writes"))?;
     chip::write_small(flash, at, &record(COMMIT_MAGIC, 0, 0, epoch), geo.record)
 }
 

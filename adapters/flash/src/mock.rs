@@ -105,9 +105,39 @@ pub struct Stats {
     pub erases: u64,
 }
 
+/// A write or erase, as [`MockFlash::record`] keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// `bytes` written at `offset`.
+    Write {
+        /// Where.
+        offset: u32,
+        /// What.
+        bytes: Vec<u8>,
+    },
+    /// `from..to` erased.
+    Erase {
+        /// First byte.
+        from: u32,
+        /// End, exclusive.
+        to: u32,
+    },
+}
+
+impl Recorded {
+    /// Bytes the operation programs or erases: what a power cut counts.
+    pub fn cost(&self) -> u64 {
+        match self {
+            Recorded::Write { bytes, .. } => bytes.len() as u64,
+            Recorded::Erase { from, to } => u64::from(to - from),
+        }
+    }
+}
+
 /// A NOR flash in memory: `WRITE`-byte words, `ERASE`-byte erase units, 4-byte reads.
 #[derive(Clone, Debug)]
 pub struct MockFlash<const WRITE: usize, const ERASE: usize> {
+    journal: Option<Vec<Recorded>>,
     data: Vec<u8>,
     written: Vec<bool>,
     unit_erases: Vec<u32>,
@@ -130,6 +160,7 @@ impl<const WRITE: usize, const ERASE: usize> MockFlash<WRITE, ERASE> {
     pub fn new(units: usize) -> Self {
         let capacity = units * ERASE;
         MockFlash {
+            journal: None,
             data: vec![0xFF; capacity],
             written: vec![false; capacity / WRITE.max(1)],
             unit_erases: vec![0; units],
@@ -170,6 +201,24 @@ impl<const WRITE: usize, const ERASE: usize> MockFlash<WRITE, ERASE> {
     /// How often each unit was erased since [`MockFlash::reset_stats`].
     pub fn unit_erases(&self) -> &[u32] {
         &self.unit_erases
+    }
+
+    /// Starts keeping every write and erase, for [`MockFlash::take_journal`].
+    pub fn record(&mut self) {
+        self.journal = Some(Vec::new());
+    }
+
+    /// The writes and erases since [`MockFlash::record`]; stops keeping them.
+    pub fn take_journal(&mut self) -> Vec<Recorded> {
+        self.journal.take().unwrap_or_default()
+    }
+
+    /// Performs a recorded operation again (a cut armed with [`MockFlash::cut_after`] applies).
+    pub fn replay(&mut self, op: &Recorded) -> Result<(), MockError> {
+        match op {
+            Recorded::Write { offset, bytes } => self.write(*offset, bytes),
+            Recorded::Erase { from, to } => self.erase(*from, *to),
+        }
     }
 
     /// The chip's contents.
@@ -237,6 +286,9 @@ impl<const WRITE: usize, const ERASE: usize> NorFlash for MockFlash<WRITE, ERASE
             return Err(MockError::OutOfBounds { offset: from });
         }
         let range = self.bounds(from, (to - from) as usize, ERASE)?;
+        if let Some(j) = self.journal.as_mut() {
+            j.push(Recorded::Erase { from, to });
+        }
         for unit_start in range.step_by(ERASE) {
             for i in unit_start..unit_start + ERASE {
                 if !self.spend() {
@@ -276,6 +328,9 @@ impl<const WRITE: usize, const ERASE: usize> NorFlash for MockFlash<WRITE, ERASE
             }
         }
         self.stats.writes += 1;
+        if let Some(j) = self.journal.as_mut() {
+            j.push(Recorded::Write { offset, bytes: bytes.to_vec() });
+        }
         for (i, b) in range.zip(bytes.iter().copied()) {
             self.written[i / WRITE] = true;
             if !self.spend() {

@@ -139,7 +139,13 @@ fn complete_snapshot<F: NorFlash>(
     committed_epoch: u32,
 ) -> Result<Option<(SnapshotMetadata, [u8; SHA256_LEN])>, F> {
     let Some(h) = other.header else { return Ok(None) };
-    if other.activated || h.kind != AreaKind::Snapshot || Some(h.epoch) != committed_epoch.checked_add(1) {
+    // A snapshot whose every commit slot was spent by cut writes cannot be committed: it is
+    // not offered, and the next persist writes the area again.
+    if other.activated
+        || other.free_slot.is_none()
+        || h.kind != AreaKind::Snapshot
+        || Some(h.epoch) != committed_epoch.checked_add(1)
+    {
         return Ok(None);
     }
     let mut key = [0u8; 0];
