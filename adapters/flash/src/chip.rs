@@ -59,19 +59,19 @@ impl Geometry {
             return Err(FlashError::Geometry("READ_SIZE and WRITE_SIZE must be powers of two up to 32"));
         }
         let align = w.max(4);
-        if e == 0 || e % align != 0 {
+        if e == 0 || !e.is_multiple_of(align) {
             return Err(FlashError::Geometry("ERASE_SIZE must be a multiple of WRITE_SIZE and of 4"));
         }
         let e = u32::try_from(e).map_err(|_| FlashError::Geometry("ERASE_SIZE does not fit 32 bits"))?;
         let align = align as u32;
-        if range.start % e != 0 || range.end % e != 0 || range.end <= range.start {
+        if !range.start.is_multiple_of(e) || !range.end.is_multiple_of(e) || range.end <= range.start {
             return Err(FlashError::Geometry("the flash range must start and end on erase-unit boundaries"));
         }
         if usize::try_from(range.end).map_or(true, |end| end > capacity) {
             return Err(FlashError::Geometry("the flash range ends beyond the chip"));
         }
         let units = (range.end - range.start) / e;
-        if units < 2 || units % 2 != 0 {
+        if units < 2 || !units.is_multiple_of(2) {
             return Err(FlashError::Geometry("the flash range must hold an even number of erase units"));
         }
         let area_len = (range.end - range.start) / 2;

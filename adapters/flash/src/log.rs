@@ -373,10 +373,8 @@ fn replay<F: NorFlash>(
                             (K_PUT, Err(i)) => {
                                 index.insert(i, pos).map_err(|_| FlashError::Full("the record index is full"))?
                             }
-                            (_, Ok(i)) => {
-                                if i < index.len() {
-                                    index.remove(i);
-                                }
+                            (_, Ok(i)) if i < index.len() => {
+                                index.remove(i);
                             }
                             _ => {}
                         }

@@ -23,6 +23,10 @@
 //! it untouched. After the cut every operation fails with [`MockError::PowerOff`] until
 //! [`MockFlash::reboot`].
 
+// Test support: every index below is inside a range `bounds` checked, and a bad index in a
+// test double is a bug of the test, which a panic reports well.
+#![allow(clippy::indexing_slicing)]
+
 extern crate std;
 
 use std::vec;
@@ -243,7 +247,7 @@ impl<const WRITE: usize, const ERASE: usize> MockFlash<WRITE, ERASE> {
 
     fn bounds(&self, offset: u32, len: usize, align: usize) -> Result<core::ops::Range<usize>, MockError> {
         let start = offset as usize;
-        if start % align != 0 || len % align != 0 {
+        if !start.is_multiple_of(align) || !len.is_multiple_of(align) {
             return Err(MockError::NotAligned { offset });
         }
         let end = start.checked_add(len).filter(|e| *e <= self.data.len()).ok_or(MockError::OutOfBounds { offset })?;

@@ -58,6 +58,12 @@ pub struct Mounted<'f, F: NorFlash, const N: usize, const R: usize> {
     pub formatted: bool,
 }
 
+/// The state of `area` (0 or 1) of a pair read by [`log::area_state`].
+fn pick(states: &[AreaState; 2], area: u8) -> AreaState {
+    let [a, b] = *states;
+    if area == 0 { a } else { b }
+}
+
 fn geometry<F: NorFlash>(flash: &RefCell<F>, range: &Range<u32>) -> Result<Geometry, F> {
     let capacity = flash.try_borrow().map_err(|_| FlashError::Misuse("the flash is borrowed"))?.capacity();
     Geometry::new::<F>(range, capacity)
@@ -177,7 +183,7 @@ pub fn mount<'f, F: NorFlash, const N: usize, const R: usize>(
         }
     };
     let backend = FlashBackend::<F, N, R>::open(flash, geo, area, epoch)?;
-    let other = if formatted { log::area_state(flash, &geo, 1)? } else { states[usize::from(1 - area)] };
+    let other = if formatted { log::area_state(flash, &geo, 1)? } else { pick(&states, 1 - area) };
     let (other, pending) = match complete_snapshot(flash, &geo, &other, epoch)? {
         Some((metadata, sha256)) if metadata.index > backend.consistent_index()? => {
             crate::fmt::info!("found a persisted snapshot to apply before serving: index={}", metadata.index);
@@ -291,7 +297,7 @@ impl<'f, 'b, F: NorFlash, const N: usize, const R: usize> FlashSnapshotStore<'f,
     fn areas(&self) -> Result<(AreaState, u32, AreaState), F> {
         let states = [log::area_state(self.flash, &self.geo, 0)?, log::area_state(self.flash, &self.geo, 1)?];
         let (area, epoch) = committed(&states)?.ok_or(FlashError::Misuse("persisting before the flash is mounted"))?;
-        Ok((states[usize::from(area)], epoch, states[usize::from(1 - area)]))
+        Ok((pick(&states, area), epoch, pick(&states, 1 - area)))
     }
 
     /// Persists the snapshot `metadata` with its image into the area that is not committed:
@@ -304,11 +310,11 @@ impl<'f, 'b, F: NorFlash, const N: usize, const R: usize> FlashSnapshotStore<'f,
         image: ImageData<'_>,
     ) -> Result<PersistedSnapshot, F> {
         let (_, epoch, other) = self.areas()?;
-        if let Some((meta, sha256)) = complete_snapshot(self.flash, &self.geo, &other, epoch)? {
-            if meta == *metadata {
-                self.held = Some(Held { area: other.id, epoch: epoch + 1, index: meta.index, term: meta.term });
-                return Ok(PersistedSnapshot { index: meta.index, term: meta.term, sha256, reused: true });
-            }
+        if let Some((meta, sha256)) = complete_snapshot(self.flash, &self.geo, &other, epoch)?
+            && meta == *metadata
+        {
+            self.held = Some(Held { area: other.id, epoch: epoch + 1, index: meta.index, term: meta.term });
+            return Ok(PersistedSnapshot { index: meta.index, term: meta.term, sha256, reused: true });
         }
         self.held = None;
         let epoch = epoch.checked_add(1).ok_or(FlashError::Full("area epochs exhausted"))?;

@@ -11,7 +11,7 @@ use std::ops::Range;
 use std::time::Instant;
 
 use common::*;
-use embedded_storage::nor_flash::{NorFlash, ReadNorFlash as _};
+use embedded_storage::nor_flash::NorFlash;
 use snapply_core::backend::OwnedRecord;
 use snapply_core::{Node, Request, SnapshotMetadata, Stores};
 use snapply_flash::mock::{MockFlash, Recorded};
@@ -146,7 +146,7 @@ fn sweep_restore<const W: usize, const E: usize>(units: usize) {
             cut.cut_after(k);
             assert!(cut.replay(op).is_err(), "cut at {n}: the operation was not cut");
             cut.reboot();
-            if n % 64 == 0 {
+            if n.is_multiple_of(64) {
                 assert_eq!(live_cut(&base, range.clone(), n, &metadata, &image).bytes(), cut.bytes(), "cut at {n}");
             }
             if erase {
@@ -246,7 +246,7 @@ fn check_cut<const W: usize, const E: usize>(
     // before writing to it). A boot state already checked, with its recovery, is not checked
     // again, except every 64th cut point, which is checked in full regardless.
     let key = boot_key(&chip, range.clone());
-    if !seen.insert(key) && n % 64 != 0 {
+    if !seen.insert(key) && !n.is_multiple_of(64) {
         *repeated += 1;
         return;
     }

@@ -91,3 +91,15 @@ fn writes_survive_reboot() {
     let mounted = mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap();
     assert_eq!(mounted.other, OtherArea::Stale);
 }
+
+/// RAM of the flash backend for the reference device (500 keys, 8 leases, 3 members, 2 users,
+/// 2 roles and the meta, auth and cluster records: under 540 records), pinned: one `u32` offset
+/// per record plus a fixed header, so RAM follows the record count, not the record sizes.
+#[test]
+fn the_backend_costs_four_bytes_of_ram_per_record() {
+    type Reference<'f> = snapply_flash::FlashBackend<'f, MockFlash<4, 4096>, 600, 256>;
+    let per_record = 4;
+    let size = std::mem::size_of::<Reference<'_>>();
+    println!("FlashBackend<_, 600, 256>: {size} bytes");
+    assert!(size <= 600 * per_record + 96, "{size}");
+}
