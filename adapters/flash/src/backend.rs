@@ -273,10 +273,21 @@ impl<'f, F: NorFlash, const N: usize, const R: usize> FlashBackend<'f, F, N, R> 
         if self.poisoned {
             return Err(FlashError::Poisoned);
         }
+        // Only the committed area compacts: a snapshot area not yet flipped (the pipeline's own
+        // commits land there) or a stale handle on a superseded area must never erase the area
+        // that holds the committed state.
+        let other = 1 - (self.area & 1);
+        let mine = log::area_state(self.flash, &self.geo, self.area)?;
+        let theirs = log::area_state(self.flash, &self.geo, other)?;
+        let committed = mine.activated
+            && mine.header.map(|h| h.epoch) == Some(self.epoch)
+            && !(theirs.activated && theirs.header.is_some_and(|h| h.epoch > self.epoch));
+        if !committed {
+            return Err(FlashError::Full("the flash area is full and is not the committed one"));
+        }
         if self.other_is_pending()? {
             return Err(FlashError::Full("the flash area is full and the other one holds a pending snapshot"));
         }
-        let other = 1 - (self.area & 1);
         let epoch = self.epoch.checked_add(1).ok_or(FlashError::Full("area epochs exhausted"))?;
         crate::fmt::info!("compacting flash area {} into area {}", self.area, other);
         let mut target: FlashBackend<'f, F, N, R> = FlashBackend::fresh(self.flash, self.geo, other, epoch);
