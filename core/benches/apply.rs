@@ -44,7 +44,7 @@ fn leader(keys: u32) -> (SnapshotMetadata, Vec<u8>) {
         let lease = if i % 4 == 0 { i64::from(i % 16) + 1 } else { 0 };
         apply(&mut node, &Request::Put { key: key.as_bytes(), value: &value, lease });
     }
-    let metadata = node.snapshot_metadata();
+    let metadata = node.snapshot_metadata().expect("a bench leader has no unfinished restore");
     let mut v2 = Vec::new();
     node.v2_snapshot_data(&mut v2).expect("v2 data");
     let mut data = Vec::new();

@@ -89,52 +89,13 @@ impl Bucket {
     }
 }
 
-/// What went wrong in a backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[non_exhaustive]
-pub enum BackendErrorKind {
-    /// The medium failed (I/O error, flash error).
-    Io,
-    /// Stored bytes are not what was written (checksum, framing, decoding).
-    Corrupt,
-    /// A fixed capacity is exhausted.
-    Full,
-    /// The caller broke the backend's contract (a bug, would have been a panic).
-    Misuse,
-}
+/// A backend failed: the one error shape of every port (see [`crate::ports::PortError`]).
+/// Adapters map their medium's error into it, keeping a short static context; the core stays
+/// free of every medium's error type.
+pub type BackendError = crate::error::PortError;
 
-/// A backend failed. Adapters map their medium's error into this, keeping a short static
-/// context; the core stays free of every medium's error type.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct BackendError {
-    /// The kind of failure.
-    pub kind: BackendErrorKind,
-    /// What was being done, for the operator.
-    pub context: &'static str,
-}
-
-impl BackendError {
-    /// A failure of `kind` while doing `context`.
-    pub const fn new(kind: BackendErrorKind, context: &'static str) -> Self {
-        BackendError { kind, context }
-    }
-}
-
-impl core::fmt::Display for BackendError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let kind = match self.kind {
-            BackendErrorKind::Io => "i/o error",
-            BackendErrorKind::Corrupt => "corrupt data",
-            BackendErrorKind::Full => "capacity exhausted",
-            BackendErrorKind::Misuse => "misuse",
-        };
-        write!(f, "backend {kind} while {}", self.context)
-    }
-}
-
-impl core::error::Error for BackendError {}
+/// What went wrong in a backend (see [`crate::ports::PortErrorKind`]).
+pub type BackendErrorKind = crate::error::PortErrorKind;
 
 impl From<crate::collections::CapacityError> for BackendError {
     fn from(e: crate::collections::CapacityError) -> Self {

@@ -1,7 +1,58 @@
 //! The pipeline's error: which phase failed, why, and whether the node is past the swap.
 
-use crate::ports::{Phase, PortError};
+use crate::observe::Phase;
 use crate::store::StoreError;
+
+/// What went wrong in a port (the backend, the snapshot store, the transport).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum PortErrorKind {
+    /// The medium or the network failed.
+    Io,
+    /// Stored or received bytes are not what was written (checksum, framing, decoding).
+    Corrupt,
+    /// A capacity is exhausted (a fixed table, a flash area, a disk).
+    Full,
+    /// What was asked for does not exist (no such persisted snapshot).
+    NotFound,
+    /// The caller broke the port's contract (a bug, would have been a panic).
+    Misuse,
+}
+
+/// A port failed. Adapters map their own errors into this, keeping a short static context, so
+/// the pipeline's error type does not depend on any adapter. The backend's
+/// [`crate::backend::BackendError`] is this same type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct PortError {
+    /// The kind of failure.
+    pub kind: PortErrorKind,
+    /// What was being done, for the operator.
+    pub context: &'static str,
+}
+
+impl PortError {
+    /// A failure of `kind` while doing `context`.
+    pub const fn new(kind: PortErrorKind, context: &'static str) -> Self {
+        PortError { kind, context }
+    }
+}
+
+impl core::fmt::Display for PortError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let kind = match self.kind {
+            PortErrorKind::Io => "i/o error",
+            PortErrorKind::Corrupt => "corrupt data",
+            PortErrorKind::Full => "capacity exhausted",
+            PortErrorKind::NotFound => "not found",
+            PortErrorKind::Misuse => "misuse",
+        };
+        write!(f, "{kind} while {}", self.context)
+    }
+}
+
+impl core::error::Error for PortError {}
 
 /// Why a phase failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,13 +67,22 @@ pub enum ApplyErrorKind {
         /// The node's applied index.
         applied_index: u64,
     },
-    /// The snapshot store confirmed a different snapshot than the one asked for (a bug in the
-    /// store).
+    /// The snapshot store confirmed a different snapshot than the one asked for: another
+    /// metadata, or (completing a persisted snapshot) another image digest (a bug in the store).
     PersistedOther {
         /// Index of the snapshot asked for.
         expected_index: u64,
         /// Index the store confirmed.
         confirmed_index: u64,
+    },
+    /// The node holds an unfinished restore (a run that ended before `Applied`: an error after
+    /// the swap, a dropped or forgotten state, a panic unwinding out of a port). It refuses new
+    /// entries and new snapshots until [`crate::pipeline::resume`] completes that restore.
+    RestoreUnfinished {
+        /// Index of the unfinished snapshot.
+        index: u64,
+        /// Whether its backend was already swapped in.
+        swapped: bool,
     },
     /// The snapshot's backend does not reflect the snapshot's index (etcd #17146, #20426).
     IndexMismatch {
@@ -87,6 +147,11 @@ impl core::fmt::Display for ApplyError {
             ApplyErrorKind::IndexMismatch { backend_index, snapshot_index } => write!(
                 f,
                 "snapshot backend consistent index {backend_index} does not match snapshot index {snapshot_index}"
+            ),
+            ApplyErrorKind::RestoreUnfinished { index, swapped } => write!(
+                f,
+                "the restore of snapshot {index} is unfinished ({}); complete it with `resume` first",
+                if *swapped { "its backend is live" } else { "its backend is not live yet" }
             ),
             ApplyErrorKind::Port(e) => write!(f, "{e}"),
             ApplyErrorKind::Store(e) => write!(f, "{e}"),

@@ -15,12 +15,16 @@ pub mod image;
 pub mod mem;
 pub mod memports;
 pub mod node;
+mod observe;
 pub mod pipeline;
 pub mod ports;
 pub mod raft;
+mod snapshot;
 pub mod store;
 
 pub use error::{ApplyError, ApplyErrorKind};
 pub use node::{Config, Node, Request, Stores};
 pub use pipeline::apply_snapshot;
-pub use raft::{ConfState, Progress, Snapshot, SnapshotMetadata};
+pub use pipeline::resume;
+pub use raft::{ConfState, Progress, SnapshotMetadata};
+pub use snapshot::{ImageData, Snapshot};

@@ -7,15 +7,16 @@
 use crate::backend::{Backend, BackendError, BackendErrorKind, WriteTxn};
 use crate::collections::{Profile, Seq};
 use crate::image;
-use crate::ports::{Durable, PersistTicket, PortError, PortErrorKind, SnapshotStore, Transport};
-use crate::raft::{ImageData, SnapshotMetadata};
+use crate::ports::{Durable, PersistTicket, PortError, PortErrorKind, ReleaseTicket, SnapshotStore, Transport};
+use crate::raft::SnapshotMetadata;
+use crate::snapshot::ImageData;
 use crate::store::MemberId;
 
 /// A persisted snapshot: its materialised backend and its v2 data.
 #[derive(Debug)]
 struct Pinned<B, V> {
-    index: u64,
-    term: u64,
+    metadata: SnapshotMetadata,
+    sha256: [u8; 32],
     backend: B,
     v2: V,
 }
@@ -42,14 +43,29 @@ impl<'b, B: Backend + Default + Clone, V: Seq<u8>, const K: usize> MemSnapshotSt
 
     /// Indexes of the snapshots held, in the order they were persisted.
     pub fn pinned(&self) -> impl Iterator<Item = u64> + '_ {
-        self.pinned.iter().map(|p| p.index)
+        self.pinned.iter().map(|p| p.metadata.index)
     }
 
-    fn find(&self, d: &Durable) -> Result<&Pinned<B, V>, PortError> {
+    fn find(&self, d: &Durable<'_>) -> Result<&Pinned<B, V>, PortError> {
         self.pinned
             .iter()
-            .find(|p| p.index == d.index() && p.term == d.term())
+            .find(|p| p.metadata == *d.metadata() && p.sha256 == *d.sha256())
             .ok_or(PortError::new(PortErrorKind::NotFound, "looking up a persisted snapshot"))
+    }
+
+    /// The digest of an image handed in again for a snapshot already held: it must be checked
+    /// whole (its trailer's digest is only proved by decoding), so a retry with another image
+    /// under the same index and term is told apart.
+    fn digest_of(&mut self, image: ImageData<'_>) -> Result<[u8; 32], PortError> {
+        let corrupt = PortError::new(PortErrorKind::Corrupt, "checking the snapshot image");
+        match image {
+            ImageData::Bytes(bytes) => image::verify(bytes, self.buf).map(|(_, s)| s.sha256).map_err(|_| corrupt),
+            ImageData::Stream(source) => image::verify(source, self.buf).map(|(_, s)| s.sha256).map_err(|e| match e {
+                image::DecodeError::Source(e) => e,
+                _ => corrupt,
+            }),
+            ImageData::Persisted { sha256 } => Ok(sha256),
+        }
     }
 }
 
@@ -74,19 +90,25 @@ fn backend_error(e: BackendError) -> PortError {
 impl<B: Backend + Default + Clone, V: Seq<u8>, const K: usize> SnapshotStore for MemSnapshotStore<'_, B, V, K> {
     type Backend = B;
 
-    fn persist(
-        &mut self,
-        metadata: &SnapshotMetadata,
-        image: ImageData<'_>,
-        ticket: PersistTicket,
-    ) -> Result<Durable, PortError> {
-        let (index, term) = (ticket.index(), ticket.term());
-        if self.pinned.iter().any(|p| p.index == index && p.term == term) {
-            // Already persisted (a retry after a failed apply): the pinned copy is the snapshot.
-            return Ok(ticket.confirm());
+    fn persist<'r>(&mut self, image: ImageData<'_>, ticket: PersistTicket<'r>) -> Result<Durable<'r>, PortError> {
+        let metadata = ticket.metadata();
+        let held =
+            self.pinned.iter().position(|p| p.metadata.index == metadata.index && p.metadata.term == metadata.term);
+        if let Some(i) = held {
+            // Already persisted (a retry, or completing an unfinished restore): the pinned copy is
+            // the snapshot, if it is this very snapshot: the same metadata and image.
+            let digest = self.digest_of(image)?;
+            return match self.pinned.get(i) {
+                Some(p) if p.metadata == *metadata && p.sha256 == digest => Ok(ticket.confirm(digest)),
+                _ => Err(PortError::new(
+                    PortErrorKind::Corrupt,
+                    "persisting a snapshot whose index and term are held with another metadata or image",
+                )),
+            };
         }
         let mut backend = B::default();
         let mut v2 = V::default();
+        let sha256;
         {
             let mut txn = backend.write().map_err(backend_error)?;
             let mut keep_v2 = |chunk: &[u8]| {
@@ -106,9 +128,13 @@ impl<B: Backend + Default + Clone, V: Seq<u8>, const K: usize> SnapshotStore for
                         e => image_error(&e),
                     })
                 }
+                ImageData::Persisted { .. } => {
+                    return Err(PortError::new(PortErrorKind::NotFound, "looking up a persisted snapshot"));
+                }
             };
-            let (decoded, _) = decoded?;
-            if decoded != *metadata {
+            let (decoded, summary) = decoded?;
+            sha256 = summary.sha256;
+            if decoded != *ticket.metadata() {
                 return Err(PortError::new(
                     PortErrorKind::Corrupt,
                     "comparing the image's metadata with the snapshot's",
@@ -118,7 +144,7 @@ impl<B: Backend + Default + Clone, V: Seq<u8>, const K: usize> SnapshotStore for
         }
         if self.pinned.is_full() {
             // Evict the oldest snapshot that a newer applied one superseded, never a pending one.
-            let victim = self.pinned.iter().position(|p| p.index < self.applied);
+            let victim = self.pinned.iter().position(|p| p.metadata.index < self.applied);
             match victim {
                 Some(i) => {
                     self.pinned.remove(i);
@@ -129,23 +155,23 @@ impl<B: Backend + Default + Clone, V: Seq<u8>, const K: usize> SnapshotStore for
             }
         }
         self.pinned
-            .push(Pinned { index, term, backend, v2 })
+            .push(Pinned { metadata: ticket.metadata().clone(), sha256, backend, v2 })
             .map_err(|_| PortError::new(PortErrorKind::Full, "pinning a snapshot"))?;
-        Ok(ticket.confirm())
+        Ok(ticket.confirm(sha256))
     }
 
-    fn open_backend(&mut self, snapshot: &Durable) -> Result<B, PortError> {
+    fn open_backend(&mut self, snapshot: &Durable<'_>) -> Result<B, PortError> {
         Ok(self.find(snapshot)?.backend.clone())
     }
 
-    fn v2_data(&mut self, snapshot: &Durable) -> Result<&[u8], PortError> {
+    fn v2_data(&mut self, snapshot: &Durable<'_>) -> Result<&[u8], PortError> {
         Ok(self.find(snapshot)?.v2.as_slice())
     }
 
-    fn release_before(&mut self, applied: &Durable) -> Result<(), PortError> {
+    fn release_before(&mut self, applied: ReleaseTicket<'_>) -> Result<(), PortError> {
         self.applied = self.applied.max(applied.index());
         let floor = self.applied;
-        self.pinned.retain(|p| p.index >= floor);
+        self.pinned.retain(|p| p.metadata.index >= floor);
         Ok(())
     }
 }
@@ -154,12 +180,12 @@ impl<B: Backend + Default + Clone, V: Seq<u8>, const K: usize> SnapshotStore for
 /// from here.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PeerTable<P: Profile> {
-    peers: P::Vec<(MemberId, P::Vec<P::Bytes>)>,
+    peers: P::Peers,
 }
 
 impl<P: Profile> PeerTable<P> {
     /// Every peer with its URLs, in the order added.
-    pub fn peers(&self) -> &[(MemberId, P::Vec<P::Bytes>)] {
+    pub fn peers(&self) -> &[(MemberId, P::MemberUrls)] {
         self.peers.as_slice()
     }
 }
@@ -171,7 +197,7 @@ impl<P: Profile> Transport for PeerTable<P> {
 
     fn add_peer(&mut self, id: MemberId, peer_urls: &[&[u8]]) -> Result<(), PortError> {
         let full = PortError::new(PortErrorKind::Full, "adding a peer to the peer table");
-        let mut urls = P::Vec::<P::Bytes>::default();
+        let mut urls = P::MemberUrls::default();
         for u in peer_urls {
             let url = crate::store::codec::bytes::<P::Bytes>(u, "peer url").map_err(|_| full)?;
             urls.try_push(url).map_err(|_| full)?;

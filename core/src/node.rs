@@ -3,10 +3,10 @@
 //! the [`crate::pipeline`].
 
 use crate::backend::{Backend, WriteTxn};
-use crate::collections::Profile;
+use crate::collections::{Profile, Seq};
 use crate::raft::{Progress, SnapshotMetadata};
 use crate::store::{
-    Alarm, AlarmStore, AuthStore, ConsistentIndex, Downgrade, KvStore, LeaseId, Lessor, MemberId, Membership,
+    Alarm, AlarmStore, AuthStore, ConsistentIndex, Downgrade, KvStore, Later, LeaseId, Lessor, MemberId, Membership,
     NewMember, PermissionType, StoreError, V2Deprecation, V2Store, Version, save_conf_state,
 };
 
@@ -189,6 +189,31 @@ pub enum Request<'a> {
     Downgrade(Downgrade),
 }
 
+/// A restore that a run began and did not finish (see [`Node::unfinished`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Unfinished {
+    pub(crate) metadata: SnapshotMetadata,
+    pub(crate) sha256: Option<[u8; 32]>,
+    pub(crate) swapped: bool,
+    pub(crate) stores_cleared: bool,
+}
+
+impl Unfinished {
+    /// The snapshot being restored.
+    pub fn metadata(&self) -> &SnapshotMetadata {
+        &self.metadata
+    }
+    /// The SHA-256 of its image, once it was persisted.
+    pub fn sha256(&self) -> Option<&[u8; 32]> {
+        self.sha256.as_ref()
+    }
+    /// Whether its backend and stores are live (the run got past `BackendSwapped`).
+    pub fn swapped(&self) -> bool {
+        self.swapped
+    }
+}
+
 /// A node: live backend, stores and apply progress.
 #[derive(Debug)]
 pub struct Node<B: Backend, P: Profile> {
@@ -196,12 +221,102 @@ pub struct Node<B: Backend, P: Profile> {
     pub(crate) backend: B,
     pub(crate) stores: Stores<P>,
     pub(crate) progress: Progress,
+    /// Set when a restore begins, cleared when it reaches `Applied` (or ends before the swap
+    /// with the node's old state intact). While set, the node refuses entries and new restores.
+    pub(crate) unfinished: Option<Unfinished>,
 }
 
 impl<B: Backend, P: Profile> Node<B, P> {
     /// A node on an empty `backend`, at index 0.
     pub fn new(config: Config, backend: B) -> Self {
-        Node { config, stores: Stores::new(config.min_lease_ttl), backend, progress: Progress::default() }
+        Node {
+            config,
+            stores: Stores::new(config.min_lease_ttl),
+            backend,
+            progress: Progress::default(),
+            unfinished: None,
+        }
+    }
+
+    /// A node on a `backend` that already holds state (a restart): every store is read from it,
+    /// the v2 store from `v2_data` (the v2 data of the newest snapshot the node applied, empty
+    /// if none), and the progress is the backend's consistent index, term and conf state.
+    /// A persisted snapshot newer than that is then applied with
+    /// [`crate::Snapshot::persisted`] before the node serves (etcd's `RecoverSnapshotBackend`).
+    pub fn open(config: Config, backend: B, v2_data: &[u8]) -> Result<Self, StoreError> {
+        let mut node = Node::new(config, backend);
+        node.reload()?;
+        // Read, not checked against the deprecation level: this is the node's own state.
+        node.stores.v2 = V2Store::recover(v2_data, V2Deprecation::NotYet)?;
+        let conf_state = crate::store::load_conf_state(&node.backend.read()?)?.unwrap_or_default();
+        let cindex = node.stores.cindex;
+        node.progress = Progress {
+            applied_term: cindex.term(),
+            applied_index: cindex.index(),
+            snapshot_index: cindex.index(),
+            conf_state,
+        };
+        Ok(node)
+    }
+
+    /// The restore a run began and did not finish, if any. While there is one, [`Node::apply`]
+    /// and new restores are refused; [`crate::pipeline::resume`] completes it.
+    pub fn unfinished(&self) -> Option<&Unfinished> {
+        self.unfinished.as_ref()
+    }
+
+    fn refuse_if_unfinished(&self) -> Result<(), StoreError> {
+        match &self.unfinished {
+            Some(u) => Err(StoreError::RestoreUnfinished { index: u.metadata.index }),
+            None => Ok(()),
+        }
+    }
+
+    /// Installs the new backend and every store staged from it, all at once, and hands back the
+    /// old backend. Only the pipeline's swap phase calls it.
+    pub(crate) fn swap(&mut self, backend: B, cindex: ConsistentIndex, later: Later<P>) -> B {
+        let old = core::mem::replace(&mut self.backend, backend);
+        self.stores.cindex = cindex;
+        let Later { alarms, auth, v2, membership } = later;
+        self.stores.alarms = alarms;
+        self.stores.auth = auth;
+        self.stores.v2 = v2;
+        self.stores.membership = membership;
+        if let Some(u) = &mut self.unfinished {
+            u.swapped = true;
+        }
+        old
+    }
+
+    /// Empties the lessor and the key index so a restore can rebuild them in their own memory
+    /// (a device cannot hold two copies). The old ones are read back from the old backend if
+    /// the restore ends before the swap.
+    pub(crate) fn clear_for_rebuild(&mut self) {
+        if let Some(u) = &mut self.unfinished {
+            u.stores_cleared = true;
+        }
+        self.stores.kv = KvStore::default();
+        self.stores.lessor = Lessor::new(self.config.min_lease_ttl);
+    }
+
+    /// A restore ended before the swap: the old backend is live, so the node is as it was once
+    /// the stores cleared for the rebuild are read back from it. If even that read fails, the
+    /// node stays marked unfinished.
+    pub(crate) fn abandon_before_swap(&mut self) -> Result<(), StoreError> {
+        let cleared = self.unfinished.as_ref().is_some_and(|u| u.stores_cleared && !u.swapped);
+        if cleared {
+            self.reload()?;
+        }
+        if self.unfinished.as_ref().is_some_and(|u| !u.swapped) {
+            self.unfinished = None;
+        }
+        Ok(())
+    }
+
+    /// The restore reached `Applied`.
+    pub(crate) fn complete_restore(&mut self, metadata: &SnapshotMetadata) {
+        self.progress = Progress::at_snapshot(metadata);
+        self.unfinished = None;
     }
 
     /// The configuration.
@@ -221,13 +336,15 @@ impl<B: Backend, P: Profile> Node<B, P> {
         &self.progress
     }
 
-    /// The metadata of a snapshot of this node's state at its applied index.
-    pub fn snapshot_metadata(&self) -> SnapshotMetadata {
-        SnapshotMetadata {
+    /// The metadata of a snapshot of this node's state at its applied index. Refused while a
+    /// restore is unfinished: the backend and the progress disagree until it is completed.
+    pub fn snapshot_metadata(&self) -> Result<SnapshotMetadata, StoreError> {
+        self.refuse_if_unfinished()?;
+        Ok(SnapshotMetadata {
             index: self.progress.applied_index,
             term: self.progress.applied_term,
             conf_state: self.progress.conf_state.clone(),
-        }
+        })
     }
 
     /// Promotes the node to leader at `now_ms`: its leases start to expire.
@@ -239,7 +356,10 @@ impl<B: Backend, P: Profile> Node<B, P> {
     /// backend and every store change together or not at all. An entry at or below the applied
     /// index is skipped, as etcd skips entries the backend already reflects. Returns the
     /// key-value store's revision after the entry.
+    ///
+    /// Refused with [`StoreError::RestoreUnfinished`] while a restore is unfinished.
     pub fn apply(&mut self, index: u64, term: u64, request: &Request<'_>) -> Result<i64, StoreError> {
+        self.refuse_if_unfinished()?;
         if index <= self.progress.applied_index {
             return Ok(self.stores.kv.current_revision());
         }
@@ -254,7 +374,7 @@ impl<B: Backend, P: Profile> Node<B, P> {
         let mut cindex = self.stores.cindex;
         cindex.advance(index, term);
         let result = self.backend.write().map_err(StoreError::from).and_then(|mut txn| {
-            let mut scratch = P::Bytes::default();
+            let mut scratch = P::Record::default();
             apply_request(&mut self.stores, &mut txn, request, &mut scratch)?;
             if let Request::Compact { revision } = request {
                 // etcd commits the schedule before compacting, so an interrupted compaction is
@@ -280,7 +400,7 @@ impl<B: Backend, P: Profile> Node<B, P> {
     }
 
     /// Rebuilds every store kept in the backend from it, without writing.
-    fn reload(&mut self) -> Result<(), StoreError> {
+    pub(crate) fn reload(&mut self) -> Result<(), StoreError> {
         let txn = self.backend.read()?;
         let mut lessor = Lessor::load(&txn, self.config.min_lease_ttl)?;
         let (kv, _) = KvStore::load(&txn, &mut lessor)?;
@@ -308,7 +428,7 @@ fn apply_request<P: Profile, W: WriteTxn>(
     s: &mut Stores<P>,
     txn: &mut W,
     request: &Request<'_>,
-    scratch: &mut P::Bytes,
+    scratch: &mut P::Record,
 ) -> Result<(), StoreError> {
     match *request {
         Request::Put { key, value, lease } => {
@@ -320,9 +440,14 @@ fn apply_request<P: Profile, W: WriteTxn>(
         Request::Compact { revision } => s.kv.schedule_compaction(txn, revision)?,
         Request::LeaseGrant { id, ttl } => s.lessor.grant(txn, id, ttl, scratch)?,
         Request::LeaseRevoke { id } => {
-            let keys = s.lessor.revoke(txn, id)?;
-            for key in crate::collections::Seq::as_slice(&keys) {
-                s.kv.delete_range(txn, &mut s.lessor, crate::collections::Seq::as_slice(key), &[], scratch)?;
+            s.lessor.revoke(txn, id)?;
+            // Key by key: a device has no room to list them all first.
+            let mut key = P::Bytes::default();
+            while s.lessor.first_key_of(id, &mut key)? {
+                s.kv.delete_range(txn, &mut s.lessor, key.as_slice(), &[], scratch)?;
+                // Deleting the key detached it; detaching again is a no-op that guarantees the
+                // loop ends even for a key that was not live.
+                s.lessor.detach(id, key.as_slice());
             }
         }
         Request::LeaseCheckpoint { id, remaining_ttl } => s.lessor.checkpoint(txn, id, remaining_ttl, scratch)?,
@@ -427,7 +552,7 @@ mod tests {
         assert_eq!(get(&n, b"a", 0).unwrap().map(|v| v.0), Some(b"3".to_vec()));
         assert_eq!(get(&n, b"a", 3), Err(StoreError::Compacted { requested: 3, compacted: 6 }));
         // Only a@4 survives: older revisions of a and the deleted b are gone from index and backend.
-        assert_eq!(n.stores().kv.index().len(), 1);
+        assert_eq!(n.stores().kv.index_len(), 1);
         let mut key_records = 0;
         n.backend()
             .read()
@@ -549,6 +674,50 @@ mod tests {
             Err(StoreError::Capacity(_))
         ));
         assert_eq!(n.stores(), &before);
+    }
+
+    #[test]
+    fn bytes_of_compacted_keys_are_reclaimed_when_the_arena_fills() {
+        crate::fixed_profile! {
+            Small {
+                bytes: 32, record_bytes: 128, keys: 128, key_bytes: 2048, leases: 1, lease_items: 1, alarms: 1,
+                users: 1, roles_per_user: 1, roles: 1, permissions_per_role: 1, permission_cache: 1,
+                members: 1, urls_per_member: 1, removed: 1, v2_nodes: 1,
+            }
+        }
+        // A 2 KiB arena: 60 keys of 30 bytes fill it most of the way.
+        let mut n = Node::<MemBackend<200, 32, 96>, Small>::new(
+            Config { id: 1, min_lease_ttl: 5, v2_deprecation: V2Deprecation::WriteOnly },
+            MemBackend::default(),
+        );
+        let key = |round: u8, i: u8| [[b'a' + round; 28].as_slice(), &[b'0' + i / 10, b'0' + i % 10]].concat();
+        let mut index = 0;
+        let mut next = || {
+            index += 1;
+            index
+        };
+        for i in 0..60 {
+            n.apply(next(), 1, &Request::Put { key: &key(0, i), value: b"v", lease: 0 })
+                .map_err(|e| e.to_string())
+                .unwrap();
+        }
+        n.apply(next(), 1, &Request::DeleteRange { key: b"a", range_end: b"b" }).unwrap();
+        let rev = n.stores().kv.current_revision();
+        n.apply(next(), 1, &Request::Compact { revision: rev }).unwrap();
+        assert_eq!(n.stores().kv.index_len(), 0);
+        // 60 new keys do not fit beside the old bytes: the arena reclaims them.
+        for i in 0..60 {
+            n.apply(next(), 1, &Request::Put { key: &key(1, i), value: b"v", lease: 0 })
+                .map_err(|e| e.to_string())
+                .unwrap();
+        }
+        assert_eq!(n.stores().kv.arena_len(), 60 * 30);
+        let mut found = std::vec::Vec::new();
+        n.stores()
+            .kv
+            .range(&n.backend().read().unwrap(), &key(1, 7), &[], 0, &mut |kv| found.push(kv.value.to_vec()))
+            .unwrap();
+        assert_eq!(found, [b"v".to_vec()]);
     }
 
     #[test]

@@ -9,53 +9,61 @@
 //! Each transition consumes its state and is the only way to the next one; no state is `Clone`
 //! or `Copy`, and none can be built outside this module. So skipping, repeating or reordering a
 //! phase does not compile (see the compile-fail tests). `Persisted` needs a [`Durable`] that only
-//! a [`SnapshotStore`] confirming a [`PersistTicket`] can produce.
-//!
-//! Phases 4 to 6 build the consistent index, the lessor and the key index as staged values read
-//! from the new backend; phase 7 installs backend and staged stores together under the one
-//! exclusive borrow of the node. Until then the node is untouched, so any failure before the
-//! swap leaves it exactly as it was.
+//! a [`SnapshotStore`] confirming the [`PersistTicket`] of this very run can produce.
 //!
 //! The alarms, auth, membership and v2 stores are read from the new backend (and the snapshot's
-//! v2 data) when it is opened, in phase 3, and installed after the swap in etcd's order, phases 8
-//! to 11. The data is the same the live backend holds after the swap, but a corrupt record or a
-//! full capacity is then found while the old state is still live: after the swap, only the
-//! transport and the snapshot store can fail, and the node is never left between its old and its
-//! new state by what a snapshot contains.
+//! v2 data) when it is opened, in phase 3. Phases 4 to 6 bind the consistent index and rebuild
+//! the lessor and the key index from the new backend, in the node's own memory (a device cannot
+//! hold two copies of them). Phase 7 installs the new backend and every store at once; phases 8
+//! to 11 then announce, in etcd's order, stores that are already live. Nothing a snapshot
+//! contains can fail after the swap: only the transport and the snapshot store can.
 //!
-//! The in-progress gauge goes up when `Validated` is reached and down, with etcd's
-//! `applied snapshot` line, whenever the run ends: at `Applied`, on an error, or when a state is
-//! dropped (etcd's `defer`).
+//! # However a run ends
+//!
+//! The node is borrowed exclusively from [`Validated::new`] to the end of the run and is marked
+//! *unfinished* before any port is called. The mark is cleared when the run reaches `Applied`,
+//! or when it ends before the swap, the old backend still live (the lessor and key index, if the
+//! run had begun to rebuild them, are then read back from it). A run that ends after the swap
+//! other than at `Applied` (an error, a dropped state, a panic unwinding out of a port) and a
+//! run whose state is forgotten (`mem::forget`) leave the mark: the node then refuses
+//! [`Node::apply`] and new restores until [`resume`] completes the restore from the durable
+//! snapshot. Such a run reports [`Event::Failed`] naming the phase it did not reach; the gauge
+//! goes to 0 and `applied snapshot` is logged on every exit but a forgotten state (etcd's
+//! `defer`).
 
 use crate::backend::Backend;
-use crate::collections::Profile;
-use crate::collections::Seq;
+use crate::collections::{Profile, Seq};
 use crate::error::{ApplyError, ApplyErrorKind};
 use crate::fmt::info;
-use crate::node::Node;
-use crate::ports::{
-    Durable, Event, Observer, PersistTicket, Phase, PortError, PortErrorKind, Ports, SnapshotFields, SnapshotStore,
-    Transport,
-};
-use crate::raft::{ImageData, Progress, Snapshot, SnapshotMetadata};
+use crate::node::{Node, Unfinished};
+use crate::observe::{Event, Observer, Phase, SnapshotFields};
+use crate::ports::{Durable, PersistTicket, PortError, PortErrorKind, Ports, ReleaseTicket, SnapshotStore, Transport};
+use crate::raft::{Progress, SnapshotMetadata};
+use crate::snapshot::{ImageData, Snapshot};
 use crate::store::{
-    AlarmStore, AuthStore, ConsistentIndex, KvStore, Lessor, MAX_MEMBER_URLS, Membership, StoreError, V2Store,
+    AlarmStore, AuthStore, ConsistentIndex, KvStore, Later, Lessor, MAX_MEMBER_URLS, Membership, StoreError, V2Store,
 };
 
 /// What every state carries: the node (the live-backend slot, held exclusively), the ports, the
-/// snapshot. Dropping it ends the run: `applied snapshot` is logged and the gauge goes down.
-struct Run<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer> {
+/// snapshot. Dropping it before the end reports the failure and ends the run.
+struct Run<'n, P: Profile, S: SnapshotStore> {
     node: &'n mut Node<S::Backend, P>,
     storage: &'n mut S,
-    transport: &'n mut T,
-    observer: &'n mut O,
-    metadata: &'n SnapshotMetadata,
+    transport: &'n mut dyn Transport,
+    observer: &'n mut dyn Observer,
+    metadata: SnapshotMetadata,
     /// The image, until `persist` hands it to the snapshot store.
     image: Option<ImageData<'n>>,
     mark: Option<u64>,
+    /// The last phase completed.
+    reached: Option<Phase>,
+    /// A failure was already reported.
+    failed: bool,
+    /// The run ended: its closing events are out and the gauge is down.
+    ended: bool,
 }
 
-impl<P: Profile, S: SnapshotStore, T: Transport, O: Observer> Run<'_, P, S, T, O> {
+impl<P: Profile, S: SnapshotStore> Run<'_, P, S> {
     fn fields(&self) -> SnapshotFields {
         SnapshotFields {
             current_snapshot_index: self.node.progress.snapshot_index,
@@ -88,6 +96,7 @@ impl<P: Profile, S: SnapshotStore, T: Transport, O: Observer> Run<'_, P, S, T, O
 
     /// Reports `phase` done and restarts the clock.
     fn done(&mut self, phase: Phase) {
+        self.reached = Some(phase);
         let now = self.observer.now_micros();
         let elapsed = match (self.mark, now) {
             (Some(a), Some(b)) => Some(b.saturating_sub(a)),
@@ -97,8 +106,13 @@ impl<P: Profile, S: SnapshotStore, T: Transport, O: Observer> Run<'_, P, S, T, O
         self.observer.phase_done(phase, elapsed);
     }
 
+    fn swapped(&self) -> bool {
+        self.node.unfinished.as_ref().is_some_and(|u| u.swapped)
+    }
+
     fn fail(&mut self, phase: Phase, kind: ApplyErrorKind) -> ApplyError {
         let error = ApplyError::new(phase, kind);
+        self.failed = true;
         self.event(Event::Failed { phase, fatal: error.is_fatal() });
         error
     }
@@ -106,13 +120,38 @@ impl<P: Profile, S: SnapshotStore, T: Transport, O: Observer> Run<'_, P, S, T, O
     fn store_err(&mut self, phase: Phase) -> impl FnOnce(StoreError) -> ApplyError + '_ {
         move |e| self.fail(phase, ApplyErrorKind::Store(e))
     }
-}
 
-impl<P: Profile, S: SnapshotStore, T: Transport, O: Observer> Drop for Run<'_, P, S, T, O> {
-    fn drop(&mut self) {
+    /// The closing events: a failure if the run did not reach `Applied` and none was reported,
+    /// `applied snapshot`, the gauge down. Before the swap, the node's old state is restored
+    /// and the unfinished mark cleared.
+    fn end(&mut self) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        if self.reached != Some(Phase::Finish) {
+            let next = match self.reached {
+                None => Phase::Validate,
+                Some(p) => Phase::ALL.iter().copied().find(|q| *q > p).unwrap_or(Phase::Finish),
+            };
+            if !self.failed {
+                let fatal = self.swapped();
+                self.failed = true;
+                self.event(Event::Failed { phase: next, fatal });
+            }
+            if let Err(e) = self.node.abandon_before_swap() {
+                crate::fmt::warning!("reading the old state back failed; the restore stays unfinished: {}", e);
+            }
+        }
         let fields = self.fields();
         self.event(Event::AppliedSnapshot(fields));
-        self.observer.in_progress(-1);
+        self.observer.in_progress(false);
+    }
+}
+
+impl<P: Profile, S: SnapshotStore> Drop for Run<'_, P, S> {
+    fn drop(&mut self) {
+        self.end();
     }
 }
 
@@ -120,12 +159,12 @@ macro_rules! state {
     ($(#[$doc:meta])* $name:ident { $($field:ident : $ty:ty),* $(,)? }) => {
         $(#[$doc])*
         #[must_use = "a restore in progress must be driven to `Applied`; dropping it abandons the restore"]
-        pub struct $name<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer> {
-            run: Run<'n, P, S, T, O>,
+        pub struct $name<'n, P: Profile, S: SnapshotStore> {
+            run: Run<'n, P, S>,
             $($field: $ty,)*
         }
 
-        impl<P: Profile, S: SnapshotStore, T: Transport, O: Observer> core::fmt::Debug for $name<'_, P, S, T, O> {
+        impl<P: Profile, S: SnapshotStore> core::fmt::Debug for $name<'_, P, S> {
             fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
                 f.debug_struct(stringify!($name))
                     .field("index", &self.run.metadata.index)
@@ -137,132 +176,170 @@ macro_rules! state {
 }
 
 state!(
-    /// The snapshot is newer than the node's applied index; the gauge is up.
+    /// The snapshot is newer than the node's applied index and its backend's consistent index;
+    /// the gauge is up and the node is marked unfinished.
     Validated {}
 );
 state!(
     /// The snapshot is durable on the node's own storage (etcd waits on `apply.notifyc`).
-    Persisted { durable: Durable }
+    Persisted { durable: Durable<'n> }
 );
-/// The stores read from the new backend when it is opened and installed after the swap.
-struct Later<P: Profile> {
-    alarms: AlarmStore<P>,
-    auth: AuthStore<P>,
-    v2: V2Store<P>,
-    membership: Membership<P>,
-}
-
 state!(
     /// The snapshot's backend is open, its consistent index equals the snapshot's index, and the
-    /// stores installed after the swap have been read from it.
-    BackendOpened { durable: Durable, backend: S::Backend, later: Later<P> }
+    /// stores installed with it at the swap have been read from it.
+    BackendOpened { durable: Durable<'n>, backend: S::Backend, later: Later<P> }
 );
 state!(
     /// The consistent-index holder points at the new backend (etcd's `consistIndex.SetBackend`).
-    IndexBound { durable: Durable, backend: S::Backend, later: Later<P>, cindex: ConsistentIndex }
+    IndexBound { durable: Durable<'n>, backend: S::Backend, later: Later<P>, cindex: ConsistentIndex }
 );
 state!(
-    /// The lessor is rebuilt from the new backend, staged.
-    LeaseRestored { durable: Durable, backend: S::Backend, later: Later<P>, cindex: ConsistentIndex, lessor: Lessor<P> }
+    /// The lessor is rebuilt from the new backend (in the node's memory, not yet live: the node
+    /// is borrowed by the run).
+    LeaseRestored { durable: Durable<'n>, backend: S::Backend, later: Later<P>, cindex: ConsistentIndex }
 );
 state!(
-    /// The key index is rebuilt from the new backend, keys reattached to the staged leases.
-    MvccRestored {
-        durable: Durable,
-        backend: S::Backend,
-        later: Later<P>,
-        cindex: ConsistentIndex,
-        lessor: Lessor<P>,
-        kv: KvStore<P>,
-    }
+    /// The key index is rebuilt from the new backend, keys reattached to the new leases.
+    MvccRestored { durable: Durable<'n>, backend: S::Backend, later: Later<P>, cindex: ConsistentIndex }
 );
 state!(
-    /// The new backend and staged stores are live; the old backend was handed back.
-    BackendSwapped { durable: Durable, alarms: AlarmStore<P>, auth: AuthStore<P>, v2: V2Store<P>, membership: Membership<P> }
+    /// The new backend and every store read from it are live; the old backend was handed back.
+    BackendSwapped { durable: Durable<'n> }
 );
 state!(
     /// Alarms are restored.
-    AlarmsRestored { durable: Durable, auth: AuthStore<P>, v2: V2Store<P>, membership: Membership<P> }
+    AlarmsRestored { durable: Durable<'n> }
 );
 state!(
     /// Auth is restored: flag, revision, users, roles, permission cache, token provider.
-    AuthRestored { durable: Durable, v2: V2Store<P>, membership: Membership<P> }
+    AuthRestored { durable: Durable<'n> }
 );
 state!(
     /// The v2 store is restored, checked against the deprecation level.
-    V2Restored { durable: Durable, membership: Membership<P> }
+    V2Restored { durable: Durable<'n> }
 );
 state!(
     /// Membership, cluster version and downgrade info are restored; capabilities updated.
-    ClusterRestored { durable: Durable }
+    ClusterRestored { durable: Durable<'n> }
 );
 state!(
     /// The transport has every member but this node as a peer.
-    PeersUpdated { durable: Durable }
+    PeersUpdated { durable: Durable<'n> }
 );
 state!(
-    /// The node's progress is the snapshot's. Dropping it ends the run.
+    /// The node's progress is the snapshot's and the run has ended.
     Applied {}
 );
 
-impl<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer> Validated<'n, P, S, T, O> {
+impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
     /// Starts applying `snapshot` to `node`.
     ///
     /// Returns `Ok(None)` for an empty snapshot (`raft.IsEmptySnap`): nothing is done, nothing
-    /// is logged. A snapshot whose index is not above the node's applied index is refused with
-    /// [`ApplyErrorKind::Outdated`] and changes nothing (etcd panics there).
+    /// is logged. A snapshot whose index is not above both the node's applied index and its
+    /// live backend's consistent index is refused with [`ApplyErrorKind::Outdated`] and changes
+    /// nothing (etcd panics there). A node holding an unfinished restore refuses with
+    /// [`ApplyErrorKind::RestoreUnfinished`], calling no port.
     pub fn new(
         node: &'n mut Node<S::Backend, P>,
-        ports: Ports<'n, S, T, O>,
+        ports: Ports<'n, S>,
         snapshot: Snapshot<'n>,
     ) -> Result<Option<Self>, ApplyError> {
         if snapshot.is_empty() {
             return Ok(None);
         }
-        let Ports { storage, transport, observer } = ports;
-        observer.in_progress(1);
-        let mark = observer.now_micros();
+        if let Some(u) = &node.unfinished {
+            let kind = ApplyErrorKind::RestoreUnfinished { index: u.metadata.index, swapped: u.swapped };
+            return Err(ApplyError::new(Phase::Validate, kind));
+        }
         let Snapshot { metadata, data } = snapshot;
-        let mut run = Run { node, storage, transport, observer, metadata, image: Some(data), mark };
+        Self::start(node, ports, metadata.clone(), data, false).map(Some)
+    }
+
+    /// Marks the node, then calls the ports: the guard that ends the run exists before any
+    /// port is called, so a panic in the first one still ends it.
+    fn start(
+        node: &'n mut Node<S::Backend, P>,
+        ports: Ports<'n, S>,
+        metadata: SnapshotMetadata,
+        data: ImageData<'n>,
+        resuming: bool,
+    ) -> Result<Self, ApplyError> {
+        if !resuming {
+            node.unfinished =
+                Some(Unfinished { metadata: metadata.clone(), sha256: None, swapped: false, stores_cleared: false });
+        }
+        let Ports { storage, transport, observer } = ports;
+        let mut run = Run {
+            node,
+            storage,
+            transport,
+            observer,
+            metadata,
+            image: Some(data),
+            mark: None,
+            reached: None,
+            failed: false,
+            ended: false,
+        };
+        run.observer.in_progress(true);
+        run.mark = run.observer.now_micros();
         let fields = run.fields();
         run.event(Event::ApplyingSnapshot(fields));
-        let applied_index = run.node.progress.applied_index;
-        if metadata.index <= applied_index {
+        // etcd compares with the applied index only; the live backend's consistent index can be
+        // ahead of it (a restore swapped in and not finished), and a snapshot below it would
+        // roll the node back. Completing the unfinished restore itself is the one exception.
+        let applied = run.node.progress.applied_index;
+        let floor = if resuming { applied } else { applied.max(run.node.stores.cindex.index()) };
+        if run.metadata.index <= floor {
             run.event(Event::OutdatedSnapshot(fields));
-            let kind = ApplyErrorKind::Outdated { incoming_index: metadata.index, applied_index };
+            let kind = ApplyErrorKind::Outdated { incoming_index: run.metadata.index, applied_index: floor };
             return Err(run.fail(Phase::Validate, kind));
         }
         run.done(Phase::Validate);
-        Ok(Some(Validated { run }))
+        Ok(Validated { run })
     }
 
     /// Makes the snapshot durable through the snapshot store. The backend swap must never come
     /// before the durable record of the snapshot, or a crash loses the only copy (etcd #7876).
-    pub fn persist(mut self) -> Result<Persisted<'n, P, S, T, O>, ApplyError> {
-        let meta = self.run.metadata;
-        let ticket = PersistTicket::new(meta.index, meta.term);
+    pub fn persist(mut self) -> Result<Persisted<'n, P, S>, ApplyError> {
+        let ticket = PersistTicket::new(&self.run.metadata);
         // `Validated` is reached once per run and consumed here, so the image is always there.
-        let stored = match self.run.image.take() {
-            Some(image) => self.run.storage.persist(meta, image, ticket),
-            None => Err(PortError::new(PortErrorKind::Misuse, "persisting an image that was already handed over")),
+        let (stored, asked) = match self.run.image.take() {
+            Some(image) => {
+                let asked = match &image {
+                    ImageData::Persisted { sha256 } => Some(*sha256),
+                    _ => None,
+                };
+                (self.run.storage.persist(image, ticket), asked)
+            }
+            None => {
+                (Err(PortError::new(PortErrorKind::Misuse, "persisting an image that was already handed over")), None)
+            }
         };
         let durable = match stored {
             Ok(d) => d,
             Err(e) => return Err(self.run.fail(Phase::Persist, ApplyErrorKind::Port(e))),
         };
-        if durable.index() != meta.index || durable.term() != meta.term {
-            let kind = ApplyErrorKind::PersistedOther { expected_index: meta.index, confirmed_index: durable.index() };
+        let other_image = asked.is_some_and(|d| d != *durable.sha256());
+        if *durable.metadata() != self.run.metadata || other_image {
+            let kind = ApplyErrorKind::PersistedOther {
+                expected_index: self.run.metadata.index,
+                confirmed_index: durable.index(),
+            };
             return Err(self.run.fail(Phase::Persist, kind));
+        }
+        if let Some(u) = &mut self.run.node.unfinished {
+            u.sha256 = Some(*durable.sha256());
         }
         self.run.done(Phase::Persist);
         Ok(Persisted { run: self.run, durable })
     }
 }
 
-impl<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer> Persisted<'n, P, S, T, O> {
+impl<'n, P: Profile, S: SnapshotStore> Persisted<'n, P, S> {
     /// Opens the snapshot's backend and checks that its consistent index is the snapshot's
     /// index. etcd checks this only under a debug flag (#13973, #20426); snapply always does.
-    pub fn open_backend(mut self) -> Result<BackendOpened<'n, P, S, T, O>, ApplyError> {
+    pub fn open_backend(mut self) -> Result<BackendOpened<'n, P, S>, ApplyError> {
         let backend = match self.run.storage.open_backend(&self.durable) {
             Ok(b) => b,
             Err(e) => return Err(self.run.fail(Phase::OpenBackend, ApplyErrorKind::Port(e))),
@@ -284,9 +361,9 @@ impl<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer> Persisted<'n, 
         Ok(BackendOpened { run: self.run, durable: self.durable, backend, later })
     }
 
-    /// Reads the stores installed after the swap: alarms, auth and membership from the new
-    /// backend (etcd's `restoreAlarms`, `authStore.Recover`, `cluster.Recover`), the v2 store from
-    /// the snapshot's v2 data, checked against the deprecation level (`AssertNoV2StoreContent`).
+    /// Reads the stores installed with the new backend: alarms, auth and membership from it
+    /// (etcd's `restoreAlarms`, `authStore.Recover`, `cluster.Recover`), the v2 store from the
+    /// snapshot's v2 data, checked against the deprecation level (`AssertNoV2StoreContent`).
     fn read_later(&mut self, backend: &S::Backend) -> Result<Later<P>, ApplyErrorKind> {
         let level = self.run.node.config.v2_deprecation;
         let v2 = match self.run.storage.v2_data(&self.durable) {
@@ -302,11 +379,11 @@ impl<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer> Persisted<'n, 
     }
 }
 
-impl<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer> BackendOpened<'n, P, S, T, O> {
+impl<'n, P: Profile, S: SnapshotStore> BackendOpened<'n, P, S> {
     /// Points the consistent-index holder at the new backend. Lease recovery commits a
     /// transaction; with the holder still on the old state, the old consistent index would
     /// overwrite the snapshot's (etcd #13922, fixed by #13930).
-    pub fn bind_index(mut self) -> Result<IndexBound<'n, P, S, T, O>, ApplyError> {
+    pub fn bind_index(mut self) -> Result<IndexBound<'n, P, S>, ApplyError> {
         let cindex = match self.backend.read().map_err(StoreError::from).and_then(|t| ConsistentIndex::load(&t)) {
             Ok(c) => c,
             Err(e) => return Err(self.run.store_err(Phase::BindIndex)(e)),
@@ -316,14 +393,16 @@ impl<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer> BackendOpened<
     }
 }
 
-impl<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer> IndexBound<'n, P, S, T, O> {
-    /// Rebuilds the lessor from the new backend's `lease` bucket. Leases must exist before the
-    /// key-value store reattaches its keys to them (etcd PR #6098).
-    pub fn restore_lease(mut self) -> Result<LeaseRestored<'n, P, S, T, O>, ApplyError> {
+impl<'n, P: Profile, S: SnapshotStore> IndexBound<'n, P, S> {
+    /// Rebuilds the lessor from the new backend's `lease` bucket, with this node's own minimum
+    /// TTL. Leases must exist before the key-value store reattaches its keys to them (etcd PR
+    /// #6098).
+    pub fn restore_lease(mut self) -> Result<LeaseRestored<'n, P, S>, ApplyError> {
         self.run.event(Event::RestoringLeaseStore);
         let min_ttl = self.run.node.config.min_lease_ttl;
-        let lessor = match Lessor::recover(&mut self.backend, min_ttl, &self.cindex) {
-            Ok(l) => l,
+        self.run.node.clear_for_rebuild();
+        match Lessor::recover(&mut self.backend, min_ttl, &self.cindex) {
+            Ok(l) => self.run.node.stores.lessor = l,
             Err(e) => return Err(self.run.store_err(Phase::RestoreLease)(e)),
         };
         self.run.event(Event::RestoredLeaseStore);
@@ -334,18 +413,18 @@ impl<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer> IndexBound<'n,
             backend: self.backend,
             later: self.later,
             cindex: self.cindex,
-            lessor,
         })
     }
 }
 
-impl<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer> LeaseRestored<'n, P, S, T, O> {
-    /// Rebuilds the key index from the new backend, reattaches keys to the staged leases and
+impl<'n, P: Profile, S: SnapshotStore> LeaseRestored<'n, P, S> {
+    /// Rebuilds the key index from the new backend, reattaches keys to the new leases and
     /// resumes an unfinished scheduled compaction.
-    pub fn restore_mvcc(mut self) -> Result<MvccRestored<'n, P, S, T, O>, ApplyError> {
+    pub fn restore_mvcc(mut self) -> Result<MvccRestored<'n, P, S>, ApplyError> {
         self.run.event(Event::RestoringMvccStore);
-        let kv = match KvStore::restore(&mut self.backend, &mut self.lessor, &self.cindex) {
-            Ok(kv) => kv,
+        let stores = &mut self.run.node.stores;
+        match KvStore::restore(&mut self.backend, &mut stores.lessor, &self.cindex) {
+            Ok(kv) => stores.kv = kv,
             Err(e) => return Err(self.run.store_err(Phase::RestoreMvcc)(e)),
         };
         self.run.event(Event::RestoredMvccStore { consistent_index: self.cindex.index() });
@@ -356,85 +435,67 @@ impl<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer> LeaseRestored<
             backend: self.backend,
             later: self.later,
             cindex: self.cindex,
-            lessor: self.lessor,
-            kv,
         })
     }
 }
 
-impl<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer> MvccRestored<'n, P, S, T, O> {
-    /// Makes the new backend and the staged consistent index, lessor and key index live, all
-    /// at once, and hands back the old backend to be closed off the apply loop (etcd closes it
-    /// on a goroutine, "closing old backend file").
-    pub fn swap_backend(mut self) -> (BackendSwapped<'n, P, S, T, O>, S::Backend) {
-        let node = &mut *self.run.node;
-        let old = core::mem::replace(&mut node.backend, self.backend);
-        node.stores.cindex = self.cindex;
-        node.stores.lessor = self.lessor;
-        node.stores.kv = self.kv;
+impl<'n, P: Profile, S: SnapshotStore> MvccRestored<'n, P, S> {
+    /// Makes the new backend and every store read from it live, all at once, and hands back the
+    /// old backend to be closed off the apply loop (etcd closes it on a goroutine, "closing old
+    /// backend file").
+    pub fn swap_backend(mut self) -> (BackendSwapped<'n, P, S>, S::Backend) {
+        let old = self.run.node.swap(self.backend, self.cindex, self.later);
         self.run.done(Phase::SwapBackend);
-        let Later { alarms, auth, v2, membership } = self.later;
-        (BackendSwapped { run: self.run, durable: self.durable, alarms, auth, v2, membership }, old)
+        (BackendSwapped { run: self.run, durable: self.durable }, old)
     }
 }
 
-impl<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer> BackendSwapped<'n, P, S, T, O> {
-    /// Restores the alarms (etcd's `restoreAlarms`), read from the new backend when it was
-    /// opened.
-    pub fn restore_alarms(mut self) -> AlarmsRestored<'n, P, S, T, O> {
+impl<'n, P: Profile, S: SnapshotStore> BackendSwapped<'n, P, S> {
+    /// Announces the alarms (etcd's `restoreAlarms`), live since the swap.
+    pub fn restore_alarms(mut self) -> AlarmsRestored<'n, P, S> {
         self.run.event(Event::RestoringAlarmStore);
-        self.run.node.stores.alarms = self.alarms;
         self.run.event(Event::RestoredAlarmStore);
         self.run.done(Phase::RestoreAlarms);
-        AlarmsRestored {
-            run: self.run,
-            durable: self.durable,
-            auth: self.auth,
-            v2: self.v2,
-            membership: self.membership,
-        }
+        AlarmsRestored { run: self.run, durable: self.durable }
     }
 }
 
-impl<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer> AlarmsRestored<'n, P, S, T, O> {
-    /// Restores auth: flag, revision, users, roles, the permission cache, and the token provider
-    /// enabled or disabled to match (etcd #13205, #14571).
-    pub fn restore_auth(mut self) -> AuthRestored<'n, P, S, T, O> {
+impl<'n, P: Profile, S: SnapshotStore> AlarmsRestored<'n, P, S> {
+    /// Announces auth: flag, revision, users, roles, the permission cache, and the token
+    /// provider enabled or disabled to match (etcd #13205, #14571), live since the swap.
+    pub fn restore_auth(mut self) -> AuthRestored<'n, P, S> {
         self.run.event(Event::RestoringAuthStore);
-        self.run.node.stores.auth = self.auth;
         self.run.event(Event::RestoredAuthStore);
         self.run.done(Phase::RestoreAuth);
-        AuthRestored { run: self.run, durable: self.durable, v2: self.v2, membership: self.membership }
+        AuthRestored { run: self.run, durable: self.durable }
     }
 }
 
-impl<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer> AuthRestored<'n, P, S, T, O> {
-    /// Restores the v2 store recovered from the snapshot's v2 data, which held nothing the
+impl<'n, P: Profile, S: SnapshotStore> AuthRestored<'n, P, S> {
+    /// Announces the v2 store recovered from the snapshot's v2 data, which held nothing the
     /// configured deprecation level forbids (etcd's `AssertNoV2StoreContent`).
-    pub fn restore_v2(mut self) -> V2Restored<'n, P, S, T, O> {
+    pub fn restore_v2(mut self) -> V2Restored<'n, P, S> {
         self.run.event(Event::RestoringV2Store);
-        self.run.node.stores.v2 = self.v2;
         self.run.event(Event::RestoredV2Store);
         self.run.done(Phase::RestoreV2);
-        V2Restored { run: self.run, durable: self.durable, membership: self.membership }
+        V2Restored { run: self.run, durable: self.durable }
     }
 }
 
-impl<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer> V2Restored<'n, P, S, T, O> {
-    /// Restores members, removed members, cluster version and downgrade info, with the
+impl<'n, P: Profile, S: SnapshotStore> V2Restored<'n, P, S> {
+    /// Announces members, removed members, cluster version and downgrade info, with the
     /// capabilities the version enables (etcd's `cluster.Recover(api.UpdateCapability)`).
-    pub fn restore_cluster(mut self) -> ClusterRestored<'n, P, S, T, O> {
+    pub fn restore_cluster(mut self) -> ClusterRestored<'n, P, S> {
         self.run.event(Event::RestoringClusterConfiguration);
-        self.run.node.stores.membership = self.membership;
         self.run.event(Event::RestoredClusterConfiguration);
         self.run.done(Phase::RestoreCluster);
         ClusterRestored { run: self.run, durable: self.durable }
     }
 }
 
-impl<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer> ClusterRestored<'n, P, S, T, O> {
+impl<'n, P: Profile, S: SnapshotStore> ClusterRestored<'n, P, S> {
     /// Removes every peer from the transport and adds every member but this node.
-    pub fn update_peers(mut self) -> Result<PeersUpdated<'n, P, S, T, O>, ApplyError> {
+    pub fn update_peers(mut self) -> Result<PeersUpdated<'n, P, S>, ApplyError> {
         self.run.event(Event::RemovingOldPeers);
         self.run.transport.remove_all_peers();
         self.run.event(Event::RemovedOldPeers);
@@ -464,26 +525,30 @@ impl<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer> ClusterRestore
     }
 }
 
-impl<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer> PeersUpdated<'n, P, S, T, O> {
-    /// Sets the progress to the snapshot's (applied term and index, snapshot index, conf state)
-    /// and lets the snapshot store release snapshots older than this one.
-    pub fn finish(mut self) -> Result<Applied<'n, P, S, T, O>, ApplyError> {
-        self.run.node.progress = Progress::at_snapshot(self.run.metadata);
-        if let Err(e) = self.run.storage.release_before(&self.durable) {
+impl<'n, P: Profile, S: SnapshotStore> PeersUpdated<'n, P, S> {
+    /// Lets the snapshot store release snapshots older than this one, then sets the progress to
+    /// the snapshot's (applied term and index, snapshot index, conf state), clears the node's
+    /// unfinished mark and ends the run.
+    pub fn finish(mut self) -> Result<Applied<'n, P, S>, ApplyError> {
+        if let Err(e) = self.run.storage.release_before(ReleaseTicket::new(&self.durable)) {
             return Err(self.run.fail(Phase::Finish, ApplyErrorKind::Port(e)));
         }
-        self.run.done(Phase::Finish);
-        Ok(Applied { run: self.run })
+        let Self { mut run, durable: _ } = self;
+        let metadata = run.metadata.clone();
+        run.node.complete_restore(&metadata);
+        run.done(Phase::Finish);
+        run.end();
+        Ok(Applied { run })
     }
 }
 
-impl<P: Profile, S: SnapshotStore, T: Transport, O: Observer> Applied<'_, P, S, T, O> {
+impl<P: Profile, S: SnapshotStore> Applied<'_, P, S> {
     /// The node's progress after the snapshot.
     pub fn progress(&self) -> &Progress {
         &self.run.node.progress
     }
 
-    /// Ends the run (logs `applied snapshot`, gauge down) and returns the new progress.
+    /// The new progress.
     pub fn into_progress(self) -> Progress {
         self.run.node.progress.clone()
     }
@@ -501,16 +566,53 @@ pub struct Outcome<B> {
 /// Runs the whole pipeline: etcd's `applySnapshot`.
 ///
 /// Returns `Ok(None)` for an empty snapshot. See [`ApplyError`] for what a failure leaves.
-pub fn apply_snapshot<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer>(
+pub fn apply_snapshot<'n, P: Profile, S: SnapshotStore>(
     node: &'n mut Node<S::Backend, P>,
-    ports: Ports<'n, S, T, O>,
+    ports: Ports<'n, S>,
     snapshot: Snapshot<'n>,
 ) -> Result<Option<Outcome<S::Backend>>, ApplyError> {
     let Some(validated) = Validated::new(node, ports, snapshot)? else {
         return Ok(None);
     };
+    run_from(validated).map(Some)
+}
+
+fn run_from<'n, P: Profile, S: SnapshotStore>(
+    validated: Validated<'n, P, S>,
+) -> Result<Outcome<S::Backend>, ApplyError> {
     let mvcc = validated.persist()?.open_backend()?.bind_index()?.restore_lease()?.restore_mvcc()?;
     let (swapped, old_backend) = mvcc.swap_backend();
     let applied = swapped.restore_alarms().restore_auth().restore_v2().restore_cluster().update_peers()?.finish()?;
-    Ok(Some(Outcome { progress: applied.into_progress(), old_backend }))
+    Ok(Outcome { progress: applied.into_progress(), old_backend })
+}
+
+/// Ends the restore a run left unfinished (see [`Node::unfinished`]), so the node serves
+/// again: the in-memory form of etcd's boot-time `RecoverSnapshotBackend`.
+///
+/// - No unfinished restore: `Ok(None)`, nothing is done.
+/// - The run ended after the swap (the new backend is live): the restore is completed from the
+///   durable snapshot: the whole pipeline runs again from it (the snapshot store confirms it
+///   holds exactly that metadata and image digest), and the node serves again once it reaches
+///   `Applied`.
+/// - The run ended before the swap, the old backend still live, but the old state could not be
+///   read back then (a medium failure), or its state was forgotten (`mem::forget`): the old
+///   state is read back from the old backend, the mark cleared, the gauge set to 0, and
+///   `Ok(None)` returned. The snapshot stays persisted for the next attempt.
+pub fn resume<'n, P: Profile, S: SnapshotStore>(
+    node: &'n mut Node<S::Backend, P>,
+    ports: Ports<'n, S>,
+) -> Result<Option<Outcome<S::Backend>>, ApplyError> {
+    let Some(unfinished) = node.unfinished.clone() else {
+        return Ok(None);
+    };
+    let sha256 = match unfinished.sha256 {
+        Some(sha256) if unfinished.swapped => sha256,
+        _ => {
+            node.abandon_before_swap().map_err(|e| ApplyError::new(Phase::Validate, ApplyErrorKind::Store(e)))?;
+            ports.observer.in_progress(false);
+            return Ok(None);
+        }
+    };
+    let validated = Validated::start(node, ports, unfinished.metadata, ImageData::Persisted { sha256 }, true)?;
+    run_from(validated).map(Some)
 }

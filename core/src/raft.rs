@@ -5,8 +5,6 @@
 
 use heapless::Vec;
 
-use crate::image::Source;
-use crate::ports::PortError;
 use serde::{Deserialize, Serialize};
 
 /// Most node ids a [`ConfState`] list holds. etcd recommends clusters of at most seven voting
@@ -42,53 +40,6 @@ pub struct SnapshotMetadata {
     pub term: u64,
     /// Configuration at `index`.
     pub conf_state: ConfState,
-}
-
-/// Where a snapshot's image (see `docs/format.md`) comes from.
-pub enum ImageData<'a> {
-    /// The whole image in memory, as raft-rs hands a snapshot over.
-    Bytes(&'a [u8]),
-    /// A stream, read once, front to back, through the snapshot store's fixed buffer: for a
-    /// device that receives the image in pieces and cannot hold it whole.
-    Stream(&'a mut dyn Source<Error = PortError>),
-}
-
-impl core::fmt::Debug for ImageData<'_> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            ImageData::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
-            ImageData::Stream(_) => f.write_str("Stream"),
-        }
-    }
-}
-
-/// A snapshot as received from the leader: metadata and the snapshot image.
-///
-/// Raft's empty snapshot (index 0) means "nothing to apply" (`raft.IsEmptySnap`).
-#[derive(Debug)]
-pub struct Snapshot<'a> {
-    /// What the snapshot replaces.
-    pub metadata: &'a SnapshotMetadata,
-    /// The snapshot image, as produced by the leader's encoder.
-    pub data: ImageData<'a>,
-}
-
-impl<'a> Snapshot<'a> {
-    /// A snapshot whose image is in memory.
-    pub fn from_bytes(metadata: &'a SnapshotMetadata, image: &'a [u8]) -> Self {
-        Snapshot { metadata, data: ImageData::Bytes(image) }
-    }
-
-    /// A snapshot whose image is read from a stream (wrap any [`Source`] in
-    /// [`crate::ports::ImageStream`]).
-    pub fn streamed(metadata: &'a SnapshotMetadata, image: &'a mut dyn Source<Error = PortError>) -> Self {
-        Snapshot { metadata, data: ImageData::Stream(image) }
-    }
-
-    /// raft's `IsEmptySnap`: a snapshot at index 0 carries nothing to apply.
-    pub fn is_empty(&self) -> bool {
-        self.metadata.index == 0
-    }
 }
 
 /// The apply loop's progress (etcd's `etcdProgress`).

@@ -14,7 +14,7 @@
 use libfuzzer_sys::fuzz_target;
 use snapply_core::backend::{Backend, Bucket, WriteTxn, dump};
 use snapply_core::collections::{Fixed, Growable, Profile};
-use snapply_core::image::{MIN_BUFFER, encode};
+use snapply_core::image::{BASE_BUFFER, encode};
 use snapply_core::mem::{MemBackend, VecBackend};
 use snapply_core::memports::{MemSnapshotStore, PeerTable};
 use snapply_core::ports::{Observer, Phase, Ports};
@@ -27,8 +27,8 @@ const INDEX: u64 = 1_000;
 struct Gauge(i64);
 
 impl Observer for Gauge {
-    fn in_progress(&mut self, delta: i8) {
-        self.0 += i64::from(delta);
+    fn in_progress(&mut self, applying: bool) {
+        self.0 = i64::from(applying);
     }
 }
 
@@ -71,7 +71,9 @@ fn follower<B: Backend + Default, P: Profile>(v2: V2Deprecation) -> Node<B, P> {
 fn apply<B: Backend + Default + Clone, P: Profile>(metadata: &SnapshotMetadata, image: &[u8], v2: V2Deprecation) {
     let mut node = follower::<B, P>(v2);
     let before = (dump(&node.backend().read().unwrap()).unwrap(), node.stores().clone(), node.progress().clone());
-    let mut buf = vec![0u8; MIN_BUFFER];
+    // A device-sized buffer: every record the input can describe (keys and values of at most
+    // 255 bytes) fits 1 KiB.
+    let mut buf = vec![0u8; BASE_BUFFER];
     let mut storage = MemSnapshotStore::<B, Vec<u8>>::new(&mut buf);
     let mut transport = PeerTable::<P>::default();
     let mut gauge = Gauge::default();

@@ -1,6 +1,8 @@
 //! Fuzzes the snapshot image decoder and `materialize`.
 //!
-//! The first input byte picks a mode:
+//! The first input byte picks a mode, how many bytes each read returns, and the decoder's buffer:
+//! a host-sized one, or one of 64 to 1 072 bytes, which refuses larger frames with
+//! `BufferTooSmall`. The modes:
 //! - raw: the bytes are the image (framing, preamble and length checks);
 //! - preamble: a valid preamble, then the bytes (frame heads and payloads);
 //! - structured: the bytes describe metadata, records and v2 data, which are encoded into a
@@ -9,7 +11,8 @@
 //!   count and canonical-encoding checks instead of stopping at a checksum.
 //!
 //! Properties checked on every input, beyond "no panic":
-//! - the decoder and `materialize` agree (same metadata, records and v2 data, or same error);
+//! - the decoder and `materialize` agree (same metadata, records and v2 data, or the same error,
+//!   `BufferTooSmall` included);
 //! - after an error the decoder is poisoned; after the end it is fused;
 //! - a rejected image leaves the backend as it was (the transaction is dropped, not committed);
 //! - an accepted image is canonical: re-encoding what was decoded gives back the same bytes.
@@ -21,7 +24,10 @@ use std::ops::ControlFlow;
 use libfuzzer_sys::fuzz_target;
 use sha2::{Digest, Sha256};
 use snapply_core::backend::{Backend, Bucket, ReadTxn, WriteTxn, for_each_record};
-use snapply_core::image::{Chunked, DecodeError, Decoder, Item, MAGIC, MIN_BUFFER, Summary, encode, materialize};
+use snapply_core::image::{
+    Chunked, DecodeError, Decoder, FORMAT_VERSION, Item, MAGIC, MAX_KEY_LEN, MaterializeError, Summary, buffer_for,
+    encode, materialize,
+};
 use snapply_core::mem::VecBackend;
 use snapply_core::raft::{ConfState, IdList, SnapshotMetadata};
 
@@ -31,17 +37,19 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else { return };
     // The low bits of the mode byte also pick how many bytes each read returns.
     let chunk = usize::from(mode >> 2) * 37 + 1;
+    let buffer = if mode & 0x40 == 0 { buffer_for(MAX_KEY_LEN, 64 * 1024) } else { 64 + usize::from(mode & 0x3F) * 16 };
     match mode % 3 {
-        0 => check(rest, chunk),
+        0 => check(rest, chunk, buffer),
         1 => {
             let mut image = MAGIC.to_vec();
-            image.extend_from_slice(&[1, 0, 0, 0]);
+            image.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+            image.extend_from_slice(&[0, 0]);
             image.extend_from_slice(rest);
-            check(&image, chunk);
+            check(&image, chunk, buffer);
         }
         _ => {
             let image = structured(rest);
-            check(&image, chunk);
+            check(&image, chunk, buffer);
         }
     }
 });
@@ -64,8 +72,8 @@ fn contents<R: ReadTxn + ?Sized>(txn: &R) -> Records {
     out
 }
 
-fn check(image: &[u8], chunk: usize) {
-    let mut buf = vec![0u8; MIN_BUFFER];
+fn check(image: &[u8], chunk: usize, buffer: usize) {
+    let mut buf = vec![0u8; buffer];
 
     // 1. The decoder, reading `chunk` bytes at a time.
     let decoded = (|| {
@@ -116,7 +124,7 @@ fn check(image: &[u8], chunk: usize) {
             assert!(again == image, "an accepted image is not canonical");
         }
         (Err(d), Err(m)) => {
-            assert_eq!(m.corruption(), d.corruption(), "decoder and materialize disagree");
+            assert_eq!(m, MaterializeError::Decode(d), "decoder and materialize disagree");
             drop(txn);
             assert_eq!(contents(&backend.read().expect("read txn")), before, "a rejected image changed the backend");
         }
@@ -193,22 +201,25 @@ fn structured(input: &[u8]) -> Vec<u8> {
     image
 }
 
-/// Recomputes every frame's CRC-32C and the trailer's SHA-256 after damage, as far as the frame
-/// lengths still parse.
+/// Recomputes every frame's head and payload CRC-32C and the trailer's SHA-256 after damage, as
+/// far as the frame lengths still parse.
 fn fix_checksums(image: &mut [u8]) {
     let castagnoli = crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
     let mut sha = Sha256::new();
     sha.update(image.get(..12).unwrap_or(&[]));
     let mut at = 12;
     while let Some(&[kind, a, b, c, d]) = image.get(at..at + 5) {
+        let Some(head) = image.get_mut(at..at + 9) else { break };
+        let head_crc = castagnoli.checksum(&head[..5]);
+        head[5..].copy_from_slice(&head_crc.to_le_bytes());
         let len = u32::from_le_bytes([a, b, c, d]) as usize;
-        let body_end = at + 5 + len;
+        let body_end = at + 9 + len;
         let Some(end) = body_end.checked_add(4).filter(|&e| e <= image.len()) else { break };
         if kind == 0x04 && len >= 32 {
             let digest: [u8; 32] = sha.clone().finalize().into();
             image[body_end - 32..body_end].copy_from_slice(&digest);
         }
-        let crc = castagnoli.checksum(&image[at..body_end]);
+        let crc = castagnoli.checksum(&image[at + 9..body_end]);
         image[body_end..end].copy_from_slice(&crc.to_le_bytes());
         if kind != 0x04 {
             sha.update(&image[at..end]);

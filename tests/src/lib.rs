@@ -227,9 +227,49 @@ pub fn run<B: Backend, P: Profile>(node: &mut Node<B, P>, ops: &[Op], first_inde
     applied
 }
 
+/// A leader with keys, leases, users, members and alarms, at index > 100.
+pub fn sample_leader() -> HostNode {
+    let mut leader = node(1);
+    let ops = [
+        Op::Grant { lease: 0, ttl: 30 },
+        Op::Put { key: 1, value: b"one".to_vec(), lease: Some(0) },
+        Op::Put { key: 2, value: b"two".to_vec(), lease: None },
+        Op::Put { key: 2, value: b"two again".to_vec(), lease: None },
+        Op::Delete { key: 1, range: false },
+        Op::Put { key: 3, value: b"three".to_vec(), lease: Some(0) },
+        Op::Compact { back: 1 },
+        Op::UserAdd { user: 0 },
+        Op::RoleAdd { role: 0 },
+        Op::RolePermit { role: 0, key: 3, write: true },
+        Op::UserRole { user: 0, role: 0 },
+        Op::RootSetup,
+        Op::Auth(true),
+        Op::MemberAdd { id: 0, learner: false },
+        Op::MemberAdd { id: 1, learner: false },
+        Op::MemberAdd { id: 2, learner: true },
+        Op::Alarm { member: 1, corrupt: false, on: true },
+        Op::Version { minor: 6 },
+    ];
+    run(&mut leader, &ops, 100, 3);
+    leader
+}
+
+/// A follower at index < 100 with state of its own.
+pub fn sample_follower<B: Backend>(backend: B) -> Node<B, Growable> {
+    let mut f = Node::new(config(2), backend);
+    let ops = [
+        Op::Grant { lease: 3, ttl: 10 },
+        Op::Put { key: 9, value: b"old".to_vec(), lease: Some(3) },
+        Op::MemberAdd { id: 4, learner: false },
+        Op::Alarm { member: 4, corrupt: true, on: true },
+    ];
+    run(&mut f, &ops, 0, 1);
+    f
+}
+
 /// Encodes `node`'s snapshot image at its applied index.
 pub fn snapshot<B: Backend, P: Profile>(node: &Node<B, P>) -> (SnapshotMetadata, Vec<u8>) {
-    let metadata = node.snapshot_metadata();
+    let metadata = node.snapshot_metadata().expect("a test leader has no unfinished restore");
     let mut v2 = Vec::new();
     node.v2_snapshot_data(&mut v2).expect("v2 data of a test node");
     let mut image = Vec::new();
@@ -268,8 +308,8 @@ impl Observer for Recorder {
     fn event(&mut self, event: &Event) {
         self.events.push(*event);
     }
-    fn in_progress(&mut self, delta: i8) {
-        self.gauge += i64::from(delta);
+    fn in_progress(&mut self, applying: bool) {
+        self.gauge = i64::from(applying);
         self.gauge_peak = self.gauge_peak.max(self.gauge);
     }
     fn phase_done(&mut self, phase: Phase, _micros: Option<u64>) {

@@ -70,24 +70,24 @@ proptest! {
     }
 }
 
-/// The same on the heap-free path a device takes: fixed-capacity stores (`Fixed`) on a
+/// The same on the heap-free path a device takes: the reference device's stores on a
 /// fixed-capacity backend (`MemBackend`), images decoded through a fixed buffer. Requests that do
 /// not fit are refused by the leader, as a device would refuse them; whatever the leader holds,
 /// the follower restores exactly.
 #[test]
 fn heap_free_follower_equals_heap_free_leader_after_apply() {
     use proptest::test_runner::{Config, TestRunner};
-    use snapply_core::collections::Fixed;
+    use snapply_core::collections::Reference;
     use snapply_core::mem::MemBackend;
     use snapply_core::{Node, Progress};
 
-    type Small = Fixed<24, 64>;
-    type Flash = MemBackend<160, 24, 192>;
+    type Small = Reference;
+    type Flash = MemBackend<128, 20, 128>;
 
     static NON_TRIVIAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
     fn check(leader_ops: &[snapply_tests::Op], follower_ops: &[snapply_tests::Op]) -> Result<(), TestCaseError> {
-        let mut leader = Node::<Flash, Small>::new(snapply_tests::config(LEADER), Flash::default());
+        let mut leader = Box::new(Node::<Flash, Small>::new(snapply_tests::config(LEADER), Flash::default()));
         // Every leader holds keys on a lease and a member, whatever the generated steps add.
         let prefix = [
             Op::Grant { lease: 0, ttl: 30 },
@@ -98,7 +98,7 @@ fn heap_free_follower_equals_heap_free_leader_after_apply() {
         run(&mut leader, leader_ops, 200, 2);
         prop_assume!(leader.progress().applied_index > 0);
         let (metadata, image) = snapshot(&leader);
-        let mut follower = Node::<Flash, Small>::new(snapply_tests::config(FOLLOWER), Flash::default());
+        let mut follower = Box::new(Node::<Flash, Small>::new(snapply_tests::config(FOLLOWER), Flash::default()));
         run(&mut follower, follower_ops, 0, 1);
 
         let mut observer = Recorder::default();
@@ -111,21 +111,18 @@ fn heap_free_follower_equals_heap_free_leader_after_apply() {
         prop_assert_eq!(leader.stores(), follower.stores());
         prop_assert_eq!(outcome.progress, Progress::at_snapshot(&metadata));
         prop_assert_eq!(observer.gauge, 0);
-        if !leader.stores().kv.index().is_empty() && !leader.stores().membership.members().is_empty() {
+        if leader.stores().kv.index_len() > 0 && !leader.stores().membership.members().is_empty() {
             NON_TRIVIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(())
     }
 
-    // Fixed-capacity nodes live on the stack: give the runner room for a leader, a follower,
-    // the staged stores of a restore and the snapshot store's pinned backends.
-    let worker = std::thread::Builder::new().stack_size(256 << 20).spawn(|| {
-        let mut runner = TestRunner::new(Config { cases: 64, ..Config::default() });
-        runner
-            .run(&(workload(64), workload(32)), |(leader_ops, follower_ops)| check(&leader_ops, &follower_ops))
-            .map_err(|e| e.to_string())
-    });
-    let result = worker.expect("spawning the test thread").join().expect("the test thread panicked");
+    // On the test's own thread, with its default stack: the reference profile fits it with a
+    // leader, a follower and the snapshot store's pinned backends.
+    let mut runner = TestRunner::new(Config { cases: 64, ..Config::default() });
+    let result = runner
+        .run(&(workload(64), workload(32)), |(leader_ops, follower_ops)| check(&leader_ops, &follower_ops))
+        .map_err(|e| e.to_string());
     if let Err(e) = result {
         panic!("{e}");
     }

@@ -8,48 +8,10 @@ use snapply_core::mem::{MemBackend, VecBackend};
 use snapply_core::memports::{MemSnapshotStore, PeerTable};
 use snapply_core::ports::{Event, Phase, PortErrorKind, Ports};
 use snapply_core::store::{META_CONSISTENT_INDEX, StoreError, V2Deprecation, V2Store};
-use snapply_core::{ApplyError, ApplyErrorKind, Config, Node, Snapshot, SnapshotMetadata, apply_snapshot};
+use snapply_core::{ApplyError, ApplyErrorKind, Config, Node, Request, Snapshot, SnapshotMetadata, apply_snapshot};
 use snapply_tests::{Faulty, Op, Recorder, arm_faults, arm_one_fault, node, records, run, snapshot, state};
 
-/// A leader with keys, leases, users, members and alarms, at index > 100.
-fn leader() -> Node<VecBackend, Growable> {
-    let mut leader = node(1);
-    let ops = [
-        Op::Grant { lease: 0, ttl: 30 },
-        Op::Put { key: 1, value: b"one".to_vec(), lease: Some(0) },
-        Op::Put { key: 2, value: b"two".to_vec(), lease: None },
-        Op::Put { key: 2, value: b"two again".to_vec(), lease: None },
-        Op::Delete { key: 1, range: false },
-        Op::Put { key: 3, value: b"three".to_vec(), lease: Some(0) },
-        Op::Compact { back: 1 },
-        Op::UserAdd { user: 0 },
-        Op::RoleAdd { role: 0 },
-        Op::RolePermit { role: 0, key: 3, write: true },
-        Op::UserRole { user: 0, role: 0 },
-        Op::RootSetup,
-        Op::Auth(true),
-        Op::MemberAdd { id: 0, learner: false },
-        Op::MemberAdd { id: 1, learner: false },
-        Op::MemberAdd { id: 2, learner: true },
-        Op::Alarm { member: 1, corrupt: false, on: true },
-        Op::Version { minor: 6 },
-    ];
-    run(&mut leader, &ops, 100, 3);
-    leader
-}
-
-/// A follower at index < 100 with state of its own.
-fn follower<B: Backend>(backend: B) -> Node<B, Growable> {
-    let mut f = Node::new(snapply_tests::config(2), backend);
-    let ops = [
-        Op::Grant { lease: 3, ttl: 10 },
-        Op::Put { key: 9, value: b"old".to_vec(), lease: Some(3) },
-        Op::MemberAdd { id: 4, learner: false },
-        Op::Alarm { member: 4, corrupt: true, on: true },
-    ];
-    run(&mut f, &ops, 0, 1);
-    f
-}
+use snapply_tests::{sample_follower as follower, sample_leader as leader};
 
 fn apply<B: Backend + Default + Clone>(
     node: &mut Node<B, Growable>,
@@ -171,6 +133,24 @@ fn a_fault_at_every_backend_operation_keeps_the_follower_whole() {
                 // After the swap nothing reads a backend: every backend fault is found before
                 // it, while the old state is live.
                 assert!(e.phase() < Phase::SwapBackend && !e.is_fatal(), "fault at operation {n}: {e}");
+                if let Some(u) = f.unfinished() {
+                    // The medium died while the run was rebuilding the lessor and key index in
+                    // place: the old state could not be read back. The old backend is untouched
+                    // and live, the node refuses entries, and `resume` reads the old state back
+                    // once the medium works.
+                    assert!(!u.swapped(), "fault at operation {n}");
+                    assert_eq!(records(f.backend()), before.0, "fault at operation {n}");
+                    assert!(matches!(
+                        f.apply(1_000_000, 9, &Request::Put { key: b"x", value: b"y", lease: 0 }),
+                        Err(StoreError::RestoreUnfinished { .. })
+                    ));
+                    let mut buf = vec![0u8; image::MIN_BUFFER];
+                    let mut storage = MemSnapshotStore::<Faulty<VecBackend>, Vec<u8>>::new(&mut buf);
+                    let mut transport = PeerTable::<Growable>::default();
+                    let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs };
+                    assert!(matches!(snapply_core::resume(&mut f, ports), Ok(None)), "fault at operation {n}");
+                    assert_eq!(obs.gauge, 0);
+                }
                 assert_eq!(state(&f), before, "fault at operation {n} in {:?} changed the follower", e.phase());
             }
         }
@@ -463,7 +443,7 @@ fn an_unfinished_compaction_in_the_snapshot_is_resumed_with_the_bound_index() {
     assert_eq!(f.stores().kv.compact_revision(), scheduled);
     // Revisions 2..=7 alternate between two keys; compacting at 6 keeps each key's latest
     // revision at or below 6, and what came after.
-    let revs: Vec<i64> = f.stores().kv.index().iter().map(|e| e.rev.main).collect();
+    let revs: Vec<i64> = f.stores().kv.entries().map(|(_, rev, _)| rev.main).collect();
     assert_eq!(revs, [6, 5, 7]);
     let read = f.backend().read().expect("read");
     assert_eq!(ConsistentIndex::load(&read).expect("load").index(), metadata.index);

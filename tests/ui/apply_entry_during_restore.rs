@@ -2,12 +2,12 @@
 // end, so nothing (an entry, a defragmentation) can race the backend swap (etcd #20271).
 use snapply_core::collections::Profile;
 use snapply_core::pipeline::Validated;
-use snapply_core::ports::{Observer, Ports, SnapshotStore, Transport};
+use snapply_core::ports::{Ports, SnapshotStore};
 use snapply_core::{Node, Request, Snapshot};
 
-fn race<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer>(
+fn race<'n, P: Profile, S: SnapshotStore>(
     node: &'n mut Node<S::Backend, P>,
-    ports: Ports<'n, S, T, O>,
+    ports: Ports<'n, S>,
     snapshot: Snapshot<'n>,
 ) {
     let validated = Validated::new(node, ports, snapshot);

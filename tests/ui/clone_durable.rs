@@ -2,8 +2,8 @@
 // for one snapshot and hand it out again for another.
 use snapply_core::ports::Durable;
 
-fn duplicate(durable: &Durable) -> Durable {
-    <Durable as Clone>::clone(durable)
+fn duplicate<'r>(durable: &Durable<'r>) -> Durable<'r> {
+    <Durable<'r> as Clone>::clone(durable)
 }
 
 fn main() {}

@@ -1,9 +1,9 @@
 // Cloning a state: no phase state is `Clone`, so a run cannot be forked and driven twice.
 use snapply_core::collections::Profile;
 use snapply_core::pipeline::Validated;
-use snapply_core::ports::{Observer, SnapshotStore, Transport};
+use snapply_core::ports::SnapshotStore;
 
-fn fork<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer>(state: Validated<'n, P, S, T, O>) {
+fn fork<'n, P: Profile, S: SnapshotStore>(state: Validated<'n, P, S>) {
     let _ = state.clone();
 }
 

@@ -1,9 +1,9 @@
 // Building `Applied` outside the core: a restore cannot be declared finished without running it.
 use snapply_core::collections::Profile;
 use snapply_core::pipeline::Applied;
-use snapply_core::ports::{Observer, SnapshotStore, Transport};
+use snapply_core::ports::SnapshotStore;
 
-fn forge<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer>() -> Applied<'n, P, S, T, O> {
+fn forge<'n, P: Profile, S: SnapshotStore>() -> Applied<'n, P, S> {
     Applied {}
 }
 

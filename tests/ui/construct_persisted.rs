@@ -1,9 +1,9 @@
 // Building `Persisted` outside the core, even with a genuine `Durable`: its fields are private.
 use snapply_core::collections::Profile;
 use snapply_core::pipeline::Persisted;
-use snapply_core::ports::{Durable, Observer, SnapshotStore, Transport};
+use snapply_core::ports::{Durable, SnapshotStore};
 
-fn forge<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer>(durable: Durable) -> Persisted<'n, P, S, T, O> {
+fn forge<'n, P: Profile, S: SnapshotStore>(durable: Durable<'n>) -> Persisted<'n, P, S> {
     Persisted { durable }
 }
 

@@ -2,9 +2,9 @@
 // is newer than the applied index cannot be bypassed.
 use snapply_core::collections::Profile;
 use snapply_core::pipeline::Validated;
-use snapply_core::ports::{Observer, SnapshotStore, Transport};
+use snapply_core::ports::SnapshotStore;
 
-fn forge<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer>() -> Validated<'n, P, S, T, O> {
+fn forge<'n, P: Profile, S: SnapshotStore>() -> Validated<'n, P, S> {
     Validated {}
 }
 

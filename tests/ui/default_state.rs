@@ -2,9 +2,9 @@
 // from nothing.
 use snapply_core::collections::Profile;
 use snapply_core::pipeline::Persisted;
-use snapply_core::ports::{Observer, SnapshotStore, Transport};
+use snapply_core::ports::SnapshotStore;
 
-fn conjure<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer>() -> Persisted<'n, P, S, T, O> {
+fn conjure<'n, P: Profile, S: SnapshotStore>() -> Persisted<'n, P, S> {
     Default::default()
 }
 

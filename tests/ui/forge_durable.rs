@@ -2,5 +2,5 @@
 use snapply_core::ports::Durable;
 
 fn main() {
-    let _ = Durable { index: 7, term: 2 };
+    let _ = Durable { metadata: Default::default(), sha256: [0; 32], _brand: std::marker::PhantomData };
 }

@@ -3,5 +3,5 @@
 use snapply_core::ports::PersistTicket;
 
 fn main() {
-    let _ = PersistTicket { index: 7, term: 2 }.confirm();
+    let _ = PersistTicket { metadata: Default::default(), _brand: std::marker::PhantomData }.confirm([0; 32]);
 }

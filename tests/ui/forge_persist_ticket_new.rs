@@ -2,5 +2,5 @@
 use snapply_core::ports::PersistTicket;
 
 fn main() {
-    let _ = PersistTicket::new(7, 2).confirm();
+    let _ = PersistTicket::new(&Default::default()).confirm([0; 32]);
 }

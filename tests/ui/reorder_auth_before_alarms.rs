@@ -3,10 +3,10 @@
 use snapply_core::ApplyError;
 use snapply_core::collections::Profile;
 use snapply_core::pipeline::BackendSwapped;
-use snapply_core::ports::{Observer, SnapshotStore, Transport};
+use snapply_core::ports::SnapshotStore;
 
-fn reorder<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer>(
-    state: BackendSwapped<'n, P, S, T, O>,
+fn reorder<'n, P: Profile, S: SnapshotStore>(
+    state: BackendSwapped<'n, P, S>,
 ) -> Result<(), ApplyError> {
     let _ = state.restore_auth()?.restore_alarms()?.restore_v2()?;
     Ok(())

@@ -3,10 +3,10 @@
 use snapply_core::ApplyError;
 use snapply_core::collections::Profile;
 use snapply_core::pipeline::BackendOpened;
-use snapply_core::ports::{Observer, SnapshotStore, Transport};
+use snapply_core::ports::SnapshotStore;
 
-fn reorder<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer>(
-    state: BackendOpened<'n, P, S, T, O>,
+fn reorder<'n, P: Profile, S: SnapshotStore>(
+    state: BackendOpened<'n, P, S>,
 ) -> Result<(), ApplyError> {
     let _ = state.restore_lease()?.bind_index()?.restore_mvcc()?;
     Ok(())

@@ -3,10 +3,10 @@
 use snapply_core::ApplyError;
 use snapply_core::collections::Profile;
 use snapply_core::pipeline::V2Restored;
-use snapply_core::ports::{Observer, SnapshotStore, Transport};
+use snapply_core::ports::SnapshotStore;
 
-fn reorder<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer>(
-    state: V2Restored<'n, P, S, T, O>,
+fn reorder<'n, P: Profile, S: SnapshotStore>(
+    state: V2Restored<'n, P, S>,
 ) -> Result<(), ApplyError> {
     let _ = state.update_peers()?.restore_cluster()?.finish()?;
     Ok(())

@@ -3,10 +3,10 @@
 use snapply_core::ApplyError;
 use snapply_core::collections::Profile;
 use snapply_core::pipeline::LeaseRestored;
-use snapply_core::ports::{Observer, SnapshotStore, Transport};
+use snapply_core::ports::SnapshotStore;
 
-fn reorder<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer>(
-    state: LeaseRestored<'n, P, S, T, O>,
+fn reorder<'n, P: Profile, S: SnapshotStore>(
+    state: LeaseRestored<'n, P, S>,
 ) -> Result<(), ApplyError> {
     let (swapped, _old) = state.swap_backend();
     let _ = swapped.restore_mvcc()?.restore_alarms()?;

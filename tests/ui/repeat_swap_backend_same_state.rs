@@ -2,9 +2,9 @@
 // cannot be taken out of the node (use of moved value).
 use snapply_core::collections::Profile;
 use snapply_core::pipeline::MvccRestored;
-use snapply_core::ports::{Observer, SnapshotStore, Transport};
+use snapply_core::ports::SnapshotStore;
 
-fn repeat<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer>(state: MvccRestored<'n, P, S, T, O>) {
+fn repeat<'n, P: Profile, S: SnapshotStore>(state: MvccRestored<'n, P, S>) {
     let (_swapped, _old) = state.swap_backend();
     let (_again, _older) = state.swap_backend();
 }

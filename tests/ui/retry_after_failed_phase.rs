@@ -2,9 +2,9 @@
 // `Validated::new` (use of moved value).
 use snapply_core::collections::Profile;
 use snapply_core::pipeline::Persisted;
-use snapply_core::ports::{Observer, SnapshotStore, Transport};
+use snapply_core::ports::SnapshotStore;
 
-fn retry<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer>(state: Persisted<'n, P, S, T, O>) {
+fn retry<'n, P: Profile, S: SnapshotStore>(state: Persisted<'n, P, S>) {
     if state.open_backend().is_err() {
         let _ = state.open_backend();
     }

@@ -2,9 +2,9 @@
 // (borrow of moved value).
 use snapply_core::collections::Profile;
 use snapply_core::pipeline::Validated;
-use snapply_core::ports::{Observer, SnapshotStore, Transport};
+use snapply_core::ports::SnapshotStore;
 
-fn reuse<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer>(state: Validated<'n, P, S, T, O>) {
+fn reuse<'n, P: Profile, S: SnapshotStore>(state: Validated<'n, P, S>) {
     let _persisted = state.persist();
     let _ = format!("{state:?}");
 }

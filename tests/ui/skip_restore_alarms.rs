@@ -1,9 +1,9 @@
 // Skipping `restore_alarms`: auth cannot be restored before the alarms.
 use snapply_core::collections::Profile;
 use snapply_core::pipeline::BackendSwapped;
-use snapply_core::ports::{Observer, SnapshotStore, Transport};
+use snapply_core::ports::SnapshotStore;
 
-fn skip<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer>(state: BackendSwapped<'n, P, S, T, O>) {
+fn skip<'n, P: Profile, S: SnapshotStore>(state: BackendSwapped<'n, P, S>) {
     let _ = state.restore_auth();
 }
 

@@ -1,9 +1,9 @@
 // Skipping `restore_v2`: membership cannot be restored before the v2 store.
 use snapply_core::collections::Profile;
 use snapply_core::pipeline::AuthRestored;
-use snapply_core::ports::{Observer, SnapshotStore, Transport};
+use snapply_core::ports::SnapshotStore;
 
-fn skip<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer>(state: AuthRestored<'n, P, S, T, O>) {
+fn skip<'n, P: Profile, S: SnapshotStore>(state: AuthRestored<'n, P, S>) {
     let _ = state.restore_cluster();
 }
 

@@ -1,9 +1,9 @@
 // Skipping `swap_backend`: alarms cannot be restored before the new backend is live.
 use snapply_core::collections::Profile;
 use snapply_core::pipeline::MvccRestored;
-use snapply_core::ports::{Observer, SnapshotStore, Transport};
+use snapply_core::ports::SnapshotStore;
 
-fn skip<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer>(state: MvccRestored<'n, P, S, T, O>) {
+fn skip<'n, P: Profile, S: SnapshotStore>(state: MvccRestored<'n, P, S>) {
     let _ = state.restore_alarms();
 }
 

@@ -40,8 +40,9 @@ enum Status {
 type Step<'a> = (&'a str, &'a dyn Fn(&Ctx) -> Result<Outcome>);
 
 pub fn ci(ctx: &Ctx, fuzz_seconds: u64) -> Result<()> {
-    let steps: [Step; 6] = [
+    let steps: [Step; 7] = [
         ("targets", &ensure_targets),
+        ("etcd", &ensure_etcd),
         ("fmt", &fmt),
         ("clippy", &clippy),
         ("test", &test),
@@ -123,7 +124,36 @@ fn ensure_targets(ctx: &Ctx) -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
-/// Step 2: formatting.
+/// Step 2: a real etcd for the interop tests of `snapply-etcd` (Debian's `etcd-server` and
+/// `etcd-client`, etcd 3.4), installed with apt when `etcd` or `etcdctl` is missing.
+fn ensure_etcd(ctx: &Ctx) -> Result<Outcome> {
+    let present = |tool: &str| probe(std::process::Command::new(tool).arg("--version"));
+    if present("etcd") && present("etcdctl") {
+        println!("etcd and etcdctl are installed");
+        return Ok(Outcome::Done);
+    }
+    let hint = "the interop tests need a real etcd: apt-get install etcd-server etcd-client (as root)";
+    // Root installs directly; anyone else through sudo, which fails clearly without rights.
+    let root = crate::cmd::output(std::process::Command::new("id").arg("-u")).is_ok_and(|u| u.trim() == "0");
+    let apt = |args: &[&str]| {
+        let mut cmd = if root {
+            std::process::Command::new("apt-get")
+        } else {
+            let mut c = std::process::Command::new("sudo");
+            c.arg("apt-get");
+            c
+        };
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        cmd
+    };
+    let _ = ctx;
+    run(&mut apt(&["update"])).map_err(|e| e.hint(hint))?;
+    run(&mut apt(&["install", "-y", "--no-install-recommends", "etcd-server", "etcd-client"]))
+        .map_err(|e| e.hint(hint))?;
+    Ok(Outcome::Done)
+}
+
+/// Step 3: formatting.
 fn fmt(ctx: &Ctx) -> Result<Outcome> {
     run(ctx.cargo().args(["fmt", "--all", "--", "--check"])).map_err(|e| e.hint("run `cargo fmt --all`"))?;
     Ok(Outcome::Done)

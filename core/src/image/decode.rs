@@ -8,8 +8,11 @@ use sha2::{Digest, Sha256};
 
 use super::error::{Corruption, DecodeError, MaterializeError};
 use super::order::{Order, Verdict};
-use super::wire::{FRAME_CRC, FRAME_HEAD, Kind, PREAMBLE_LEN, RecordWire, TrailerWire, is_canonical};
-use super::{FORMAT_VERSION, Item, MAGIC, MAX_KEY_LEN, MAX_VALUE_LEN, Source, Summary, V2_CHUNK_LEN};
+use super::wire::{
+    FRAME_CRC, FRAME_HEAD, HEAD_FIELDS, Kind, PREAMBLE_LEN, RecordLimit, RecordWire, TrailerWire, check_record_lens,
+    is_canonical,
+};
+use super::{FORMAT_VERSION, Item, MAGIC, Source, Summary, V2_CHUNK_LEN};
 use crate::backend::{BackendError, Bucket, WriteTxn};
 use crate::raft::SnapshotMetadata;
 
@@ -17,6 +20,12 @@ use crate::raft::SnapshotMetadata;
 ///
 /// Records and v2 chunks are yielded as slices of the buffer, without a further copy. Memory
 /// use is the buffer plus about 2 KiB in the decoder itself, whatever the image's size.
+///
+/// The buffer holds one frame's payload at a time, so its size is the follower's limit on
+/// records: [`BASE_BUFFER`](super::BASE_BUFFER) (1 KiB) decodes every frame but records, and
+/// [`buffer_for`](super::buffer_for) gives the size for the largest key and value the follower
+/// takes. A record that does not fit is refused with [`DecodeError::BufferTooSmall`] before
+/// any of it is read.
 ///
 /// Nothing yielded is known to be part of a valid image until [`Decoder::next`] has returned
 /// `Ok(None)`: only then have the trailer's counts and SHA-256 been checked and the end of the
@@ -32,9 +41,9 @@ pub struct Decoder<'b, S: Source> {
 impl<'b, S: Source> Decoder<'b, S> {
     /// Reads and checks the preamble and the header frame of the image in `source`.
     ///
-    /// `buf` holds one frame at a time; [`MIN_BUFFER`](super::MIN_BUFFER) bytes decode every
-    /// valid image. A smaller buffer decodes images whose frames all fit it and reports
-    /// [`DecodeError::BufferTooSmall`] at the first frame that does not.
+    /// `buf` holds one frame's payload at a time: it decodes every image whose payloads all
+    /// fit it, and reports [`DecodeError::BufferTooSmall`] at the first frame whose payload does
+    /// not, before reading that payload.
     ///
     /// # Errors
     /// [`DecodeError::Corrupt`] if the image does not start with a valid preamble and header,
@@ -44,8 +53,8 @@ impl<'b, S: Source> Decoder<'b, S> {
         let mut preamble = [0u8; PREAMBLE_LEN];
         read_exact(&mut source, &mut preamble, &mut state.offset)?;
         state.preamble(&preamble)?;
-        let frame = read_frame(&mut source, buf, &mut state)?;
-        state.header(frame)?;
+        let (_, payload) = read_frame(&mut source, buf, &mut state)?;
+        state.header(payload)?;
         Ok(Decoder { source, buf, state })
     }
 
@@ -110,10 +119,12 @@ pub fn verify<S: Source>(source: S, buf: &mut [u8]) -> Result<(SnapshotMetadata,
 ///
 /// The image is verified as it is written and its trailer only at the end, so on error `txn`
 /// holds a partial state: drop it. Commit `txn` only when this returns `Ok`; then it holds
-/// exactly the image's records, and a bad image never becomes visible.
+/// exactly the image's records, and a bad image never becomes visible. This holds for a record
+/// too large for `buf` as for any other error: the backend's committed state is untouched.
 ///
 /// # Errors
-/// [`MaterializeError::Decode`] if the image is invalid or cannot be read,
+/// [`MaterializeError::Decode`] if the image is invalid or cannot be read, or holds a record
+/// larger than `buf` ([`DecodeError::BufferTooSmall`]),
 /// [`MaterializeError::Backend`] if `txn` fails, [`MaterializeError::V2`] if `v2` fails.
 pub fn materialize<S: Source, W: WriteTxn + ?Sized>(
     source: S,
@@ -149,8 +160,8 @@ fn advance<'a, S: Source>(
     buf: &'a mut [u8],
     state: &mut State,
 ) -> Result<Step<'a>, DecodeError<S::Error>> {
-    let frame = read_frame(source, buf, state)?;
-    match state.body(frame)? {
+    let (kind, payload) = read_frame(source, buf, state)?;
+    match state.body(kind, payload)? {
         Parsed::Item(item) => Ok(Step::Item(item)),
         Parsed::Trailer(summary) => {
             // The image is complete; the input must be too.
@@ -185,22 +196,26 @@ fn read_exact<S: Source>(source: &mut S, dst: &mut [u8], offset: &mut u64) -> Re
     Ok(())
 }
 
-/// Reads one whole frame (head, payload, CRC) into the front of `buf`, checking the head
-/// before reading anything more.
+/// Reads one frame: its head into the stack, checked before anything more is read; its payload
+/// into the front of `buf`; its CRC. Returns the frame's kind and its checked payload.
 fn read_frame<'a, S: Source>(
     source: &mut S,
     buf: &'a mut [u8],
     state: &mut State,
-) -> Result<&'a [u8], DecodeError<S::Error>> {
+) -> Result<(u8, &'a [u8]), DecodeError<S::Error>> {
     state.frame_start = state.offset;
+    let mut head = [0u8; FRAME_HEAD];
+    read_exact(source, &mut head, &mut state.offset)?;
+    let (kind, len) = state.head(&head)?;
     let available = buf.len();
-    let too_small = |needed| DecodeError::BufferTooSmall { needed, available };
-    let head = buf.get_mut(..FRAME_HEAD).ok_or(too_small(FRAME_HEAD + FRAME_CRC))?;
-    read_exact(source, head, &mut state.offset)?;
-    let total = state.head(head)?;
-    let frame = buf.get_mut(..total).ok_or(too_small(total))?;
-    read_exact(source, frame.get_mut(FRAME_HEAD..).unwrap_or(&mut []), &mut state.offset)?;
-    Ok(frame)
+    let Some(payload) = buf.get_mut(..len) else {
+        return Err(DecodeError::BufferTooSmall { offset: state.frame_start, kind, needed: len, available });
+    };
+    read_exact(source, payload, &mut state.offset)?;
+    let mut crc = [0u8; FRAME_CRC];
+    read_exact(source, &mut crc, &mut state.offset)?;
+    state.payload(kind, &head, payload, crc)?;
+    Ok((kind, payload))
 }
 
 /// Where the decoder is in the image.
@@ -245,8 +260,6 @@ struct State {
     offset: u64,
     /// Offset of the frame being checked.
     frame_start: u64,
-    /// Payload length of the frame being checked, from its head.
-    frame_len: usize,
     metadata: SnapshotMetadata,
     sha: Sha256,
     order: Order,
@@ -263,7 +276,6 @@ impl State {
             phase: Phase::Header,
             offset: 0,
             frame_start: 0,
-            frame_len: 0,
             metadata: SnapshotMetadata::default(),
             sha: Sha256::new(),
             order: Order::new(),
@@ -295,15 +307,20 @@ impl State {
         Ok(())
     }
 
-    /// Checks a frame head against the phase and the kind's limit; returns the frame's total
-    /// length. Nothing of the payload has been read yet.
-    fn head(&mut self, head: &[u8]) -> Result<usize, Fail> {
-        let Ok([kind, l0, l1, l2, l3]) = <[u8; FRAME_HEAD]>::try_from(head) else {
-            return Err(self.corrupt(Corruption::Truncated));
-        };
+    /// Checks a frame head: its kind, its CRC, its place and its length; returns the kind and
+    /// the payload length. Nothing of the payload has been read yet, and the length is trusted
+    /// only after the head's CRC has matched, so a flipped length bit is reported as damage,
+    /// never as a record too large for the buffer.
+    fn head(&self, head: &[u8; FRAME_HEAD]) -> Result<(u8, usize), Fail> {
+        let [kind, l0, l1, l2, l3, c0, c1, c2, c3] = *head;
         let Some(known) = Kind::from_u8(kind) else {
             return Err(self.corrupt(Corruption::UnknownFrameKind { kind }));
         };
+        let stored = u32::from_le_bytes([c0, c1, c2, c3]);
+        let computed = super::wire::crc32c(&[head.get(..HEAD_FIELDS).unwrap_or(&[])]);
+        if stored != computed {
+            return Err(self.corrupt(Corruption::BadHeadCrc { stored, computed }));
+        }
         let in_place = matches!(
             (self.phase, known),
             (Phase::Header, Kind::Header)
@@ -315,59 +332,47 @@ impl State {
         }
         let len = u32::from_le_bytes([l0, l1, l2, l3]);
         let max = known.max_payload();
-        let fits = usize::try_from(len).ok().filter(|&n| n <= max);
-        let Some(len_usize) = fits else {
-            let max = u32::try_from(max).unwrap_or(u32::MAX);
-            return Err(self.corrupt(Corruption::FrameTooLong { kind, len, max }));
-        };
-        self.frame_len = len_usize;
-        // Bounded by `max`, far below `usize::MAX`.
-        Ok(FRAME_HEAD + len_usize + FRAME_CRC)
+        match usize::try_from(len).ok().filter(|&n| n <= max) {
+            Some(len) => Ok((kind, len)),
+            None => {
+                let max = u32::try_from(max).unwrap_or(u32::MAX);
+                Err(self.corrupt(Corruption::FrameTooLong { kind, len, max }))
+            }
+        }
     }
 
-    /// Checks the CRC of a whole frame; returns its kind and payload.
-    fn checked<'a>(&self, frame: &'a [u8]) -> Result<(u8, &'a [u8]), Fail> {
-        let body_len = FRAME_HEAD + self.frame_len;
-        let (Some(body), Some(stored)) = (frame.get(..body_len), frame.get(body_len..)) else {
-            return Err(self.corrupt(Corruption::Truncated));
-        };
-        let Ok(stored) = <[u8; FRAME_CRC]>::try_from(stored) else {
-            return Err(self.corrupt(Corruption::Truncated));
-        };
-        let stored = u32::from_le_bytes(stored);
-        let computed = super::wire::crc32c(&[body]);
+    /// Checks a payload's CRC and adds the frame to the image digest (the trailer excepted).
+    fn payload(&mut self, kind: u8, head: &[u8], payload: &[u8], crc: [u8; FRAME_CRC]) -> Result<(), Fail> {
+        let stored = u32::from_le_bytes(crc);
+        let computed = super::wire::crc32c(&[payload]);
         if stored != computed {
             return Err(self.corrupt(Corruption::BadCrc { stored, computed }));
         }
-        let kind = body.first().copied().unwrap_or(0);
-        Ok((kind, body.get(FRAME_HEAD..).unwrap_or(&[])))
+        if kind != Kind::Trailer as u8 {
+            self.sha.update(head);
+            self.sha.update(payload);
+            self.sha.update(crc);
+        }
+        Ok(())
     }
 
-    fn header(&mut self, frame: &[u8]) -> Result<(), Fail> {
-        let (kind, payload) = self.checked(frame)?;
+    fn header(&mut self, payload: &[u8]) -> Result<(), Fail> {
+        let kind = Kind::Header as u8;
         let malformed = self.corrupt(Corruption::Malformed { kind });
         let (metadata, rest) = postcard::take_from_bytes::<SnapshotMetadata>(payload).map_err(|_| malformed)?;
         if !is_canonical(&metadata, payload, rest) {
             return Err(self.corrupt(Corruption::Malformed { kind }));
         }
-        self.sha.update(frame);
         self.metadata = metadata;
         self.phase = Phase::Records;
         Ok(())
     }
 
-    /// Checks and parses a record, v2 or trailer frame.
-    fn body<'a>(&mut self, frame: &'a [u8]) -> Result<Parsed<'a>, Fail> {
-        let (kind, payload) = self.checked(frame)?;
+    /// Parses and checks a record, v2 or trailer payload.
+    fn body<'a>(&mut self, kind: u8, payload: &'a [u8]) -> Result<Parsed<'a>, Fail> {
         match Kind::from_u8(kind) {
-            Some(Kind::Record) => {
-                self.sha.update(frame);
-                self.record(kind, payload)
-            }
-            Some(Kind::V2) => {
-                self.sha.update(frame);
-                self.v2(kind, payload)
-            }
+            Some(Kind::Record) => self.record(kind, payload),
+            Some(Kind::V2) => self.v2(payload),
             Some(Kind::Trailer) => self.trailer(kind, payload),
             // `head` let only the kinds above through in this phase.
             Some(Kind::Header) | None => Err(self.corrupt(Corruption::UnexpectedFrame { kind })),
@@ -382,11 +387,14 @@ impl State {
             return Err(self.corrupt(Corruption::UnknownBucket { id: record.bucket }));
         };
         let len32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        if record.key.len() > MAX_KEY_LEN {
-            return Err(self.corrupt(Corruption::KeyTooLong { len: len32(record.key.len()) }));
-        }
-        if record.value.len() > MAX_VALUE_LEN {
-            return Err(self.corrupt(Corruption::ValueTooLong { len: len32(record.value.len()) }));
+        match check_record_lens(record.key.len(), record.value.len()) {
+            Ok(()) => {}
+            Err(RecordLimit::Key) => {
+                return Err(self.corrupt(Corruption::KeyTooLong { len: len32(record.key.len()) }));
+            }
+            Err(RecordLimit::Value) => {
+                return Err(self.corrupt(Corruption::ValueTooLong { len: len32(record.value.len()) }));
+            }
         }
         if !rest.is_empty() || record.canonical_len() != payload.len() {
             return Err(self.corrupt(Corruption::Malformed { kind }));
@@ -400,13 +408,8 @@ impl State {
         Ok(Parsed::Item(Item::Record { bucket, key: record.key, value: record.value }))
     }
 
-    fn v2<'a>(&mut self, kind: u8, payload: &'a [u8]) -> Result<Parsed<'a>, Fail> {
-        let Ok((chunk, rest)) = postcard::take_from_bytes::<&'a [u8]>(payload) else {
-            return Err(self.corrupt(Corruption::Malformed { kind }));
-        };
-        if !is_canonical(chunk, payload, rest) {
-            return Err(self.corrupt(Corruption::Malformed { kind }));
-        }
+    /// A v2 chunk's payload is the chunk itself: the frame's length is the chunk's.
+    fn v2<'a>(&mut self, chunk: &'a [u8]) -> Result<Parsed<'a>, Fail> {
         if chunk.is_empty() || chunk.len() > V2_CHUNK_LEN || self.short_chunk {
             let len = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
             return Err(self.corrupt(Corruption::BadV2Chunk { len }));

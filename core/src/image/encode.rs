@@ -6,8 +6,10 @@ use sha2::{Digest, Sha256};
 
 use super::error::EncodeError;
 use super::order::{Order, Verdict};
-use super::wire::{FRAME_HEAD, Kind, PREAMBLE_LEN, RecordWire, Varint, crc32c, frame_head};
-use super::{FORMAT_VERSION, MAGIC, MAX_KEY_LEN, MAX_METADATA_LEN, MAX_VALUE_LEN, Sink, Summary, V2_CHUNK_LEN};
+use super::wire::{
+    FRAME_HEAD, Kind, PREAMBLE_LEN, RecordLimit, RecordWire, Varint, check_record_lens, crc32c, frame_head,
+};
+use super::{FORMAT_VERSION, MAGIC, MAX_METADATA_LEN, Sink, Summary, V2_CHUNK_LEN};
 use crate::backend::{Bucket, ReadTxn, for_each_record};
 use crate::raft::SnapshotMetadata;
 
@@ -53,8 +55,7 @@ pub fn encode<R: ReadTxn + ?Sized, W: Sink>(
     }
 
     for chunk in v2.chunks(V2_CHUNK_LEN) {
-        let len = Varint::new(chunk.len() as u64);
-        out.frame(Kind::V2, &[len.as_bytes(), chunk], true)?;
+        out.frame(Kind::V2, &[chunk], true)?;
     }
 
     let summary = Summary { records, v2_len: v2.len() as u64, sha256: out.sha.finalize_reset().into() };
@@ -100,11 +101,10 @@ impl<W: Sink> Out<'_, W> {
         key: &[u8],
         value: &[u8],
     ) -> Result<(), EncodeError<W::Error>> {
-        if key.len() > MAX_KEY_LEN {
-            return Err(EncodeError::KeyTooLong { bucket, len: key.len() });
-        }
-        if value.len() > MAX_VALUE_LEN {
-            return Err(EncodeError::ValueTooLong { bucket, len: value.len() });
+        match check_record_lens(key.len(), value.len()) {
+            Ok(()) => {}
+            Err(RecordLimit::Key) => return Err(EncodeError::KeyTooLong { bucket, len: key.len() }),
+            Err(RecordLimit::Value) => return Err(EncodeError::ValueTooLong { bucket, len: value.len() }),
         }
         match order.admit(bucket, key) {
             Verdict::After => {}
@@ -122,7 +122,8 @@ impl<W: Sink> Out<'_, W> {
         }
         let first = first.get(..n).unwrap_or(&[]);
         let value_len = Varint::new(value.len() as u64);
-        let crc = crc32c(&[first, key, value_len.as_bytes(), value]);
+        // The payload's CRC: everything after the head.
+        let crc = crc32c(&[first.get(FRAME_HEAD..).unwrap_or(&[]), key, value_len.as_bytes(), value]);
         self.put(first, true)?;
         self.put(key, true)?;
         self.put(value_len.as_bytes(), true)?;
@@ -134,12 +135,7 @@ impl<W: Sink> Out<'_, W> {
     fn frame(&mut self, kind: Kind, parts: &[&[u8]], hashed: bool) -> Result<(), EncodeError<W::Error>> {
         let len = parts.iter().fold(0usize, |n, p| n.saturating_add(p.len()));
         let head = frame_head(kind, len_u32(len));
-        let mut digest = super::wire::Crc32c::new();
-        digest.update(&head);
-        for part in parts {
-            digest.update(part);
-        }
-        let crc = digest.finish();
+        let crc = crc32c(parts);
         self.put(&head, hashed)?;
         for part in parts {
             self.put(part, hashed)?;

@@ -24,7 +24,7 @@ pub enum Corruption {
         /// The flags the image declares.
         flags: u16,
     },
-    /// A frame has a kind no version 1 image uses.
+    /// A frame has a kind no version 2 image uses.
     UnknownFrameKind {
         /// The frame's kind byte.
         kind: u8,
@@ -35,6 +35,14 @@ pub enum Corruption {
         /// The frame's kind byte.
         kind: u8,
     },
+    /// A frame's head (kind and length) does not match the CRC-32C that follows it: a torn
+    /// write or a flipped bit. Nothing of the payload was read, and the length was not trusted.
+    BadHeadCrc {
+        /// The CRC stored in the frame head.
+        stored: u32,
+        /// The CRC of the head's kind and length.
+        computed: u32,
+    },
     /// A frame declares a payload longer than its kind allows. Nothing of the payload was read.
     FrameTooLong {
         /// The frame's kind byte.
@@ -44,7 +52,8 @@ pub enum Corruption {
         /// The largest payload the kind allows.
         max: u32,
     },
-    /// A frame's CRC-32C does not match its bytes: a torn write or a flipped bit.
+    /// A frame's payload does not match the CRC-32C that follows it: a torn write or a flipped
+    /// bit.
     BadCrc {
         /// The CRC stored in the frame.
         stored: u32,
@@ -114,7 +123,7 @@ impl fmt::Display for Corruption {
         match *self {
             Corruption::BadMagic => f.write_str("not a snapply image (bad magic)"),
             Corruption::UnsupportedVersion { version } => {
-                write!(f, "unsupported image format version {version} (this decoder reads version 1)")
+                write!(f, "unsupported image format version {version} (this decoder reads version 2)")
             }
             Corruption::UnsupportedFlags { flags } => write!(f, "unsupported image flags {flags:#06x}"),
             Corruption::UnknownFrameKind { kind } => write!(f, "unknown frame kind {kind:#04x}"),
@@ -122,8 +131,11 @@ impl fmt::Display for Corruption {
             Corruption::FrameTooLong { kind, len, max } => {
                 write!(f, "frame of kind {kind:#04x} declares {len} payload bytes, at most {max} allowed")
             }
+            Corruption::BadHeadCrc { stored, computed } => {
+                write!(f, "frame head CRC-32C mismatch (stored {stored:#010x}, computed {computed:#010x})")
+            }
             Corruption::BadCrc { stored, computed } => {
-                write!(f, "frame CRC-32C mismatch (stored {stored:#010x}, computed {computed:#010x})")
+                write!(f, "frame payload CRC-32C mismatch (stored {stored:#010x}, computed {computed:#010x})")
             }
             Corruption::Malformed { kind } => write!(f, "malformed payload in frame of kind {kind:#04x}"),
             Corruption::UnknownBucket { id } => write!(f, "record in unknown bucket {id}"),
@@ -163,10 +175,18 @@ pub enum DecodeError<E> {
         /// What is wrong.
         what: Corruption,
     },
-    /// A frame within the format's limits does not fit the caller's buffer. A buffer of
-    /// [`MIN_BUFFER`](super::MIN_BUFFER) bytes decodes every valid image.
+    /// A frame within the format's limits (its head checked by its CRC) has a payload larger
+    /// than the caller's buffer: typically a record whose value is larger than this follower
+    /// was sized for (see [`buffer_for`](super::buffer_for)). Reported before any of the
+    /// payload is read. A configuration limit of this follower, not corruption: a follower with
+    /// a larger buffer decodes the image.
     BufferTooSmall {
-        /// Bytes the frame needs.
+        /// Byte offset in the image of the frame.
+        offset: u64,
+        /// The frame's kind byte (`0x02` for a record).
+        kind: u8,
+        /// Bytes the frame's payload takes in the buffer (for a record: bucket id, key, value
+        /// and their lengths).
         needed: usize,
         /// Bytes the buffer has.
         available: usize,
@@ -190,9 +210,11 @@ impl<E: fmt::Display> fmt::Display for DecodeError<E> {
         match self {
             DecodeError::Source(e) => write!(f, "reading the image failed: {e}"),
             DecodeError::Corrupt { offset, what } => write!(f, "corrupt image at byte {offset}: {what}"),
-            DecodeError::BufferTooSmall { needed, available } => {
-                write!(f, "a frame needs a {needed}-byte buffer, the decoder has {available} bytes")
-            }
+            DecodeError::BufferTooSmall { offset, kind, needed, available } => write!(
+                f,
+                "the {} frame at byte {offset} is {needed} bytes, larger than this decoder's {available}-byte buffer",
+                super::wire::kind_name(*kind)
+            ),
             DecodeError::Poisoned => f.write_str("the image decoder failed earlier and cannot resume"),
         }
     }

@@ -12,9 +12,14 @@
 //! a whole image; [`materialize`] writes one into a backend write transaction. Every length is
 //! bounded before it is trusted: a hostile image gets an error, never an allocation or a panic.
 //!
+//! The format bounds values only by what etcd's backend holds ([`MAX_VALUE_LEN`], 2 GiB); each
+//! follower picks its decoder buffer ([`buffer_for`]) and refuses, with
+//! [`DecodeError::BufferTooSmall`] naming the record's size and its buffer, an image holding a
+//! record larger than that buffer, before reading the record.
+//!
 //! ```
 //! use snapply_core::backend::{Backend, Bucket, WriteTxn};
-//! use snapply_core::image::{self, MIN_BUFFER};
+//! use snapply_core::image::{self, BASE_BUFFER};
 //! use snapply_core::mem::MemBackend;
 //! use snapply_core::raft::SnapshotMetadata;
 //!
@@ -30,9 +35,10 @@
 //! let summary = image::encode(&metadata, &leader.read()?, b"v2 store", &mut bytes)?;
 //! assert_eq!(summary.records, 2);
 //!
-//! // The follower: decode through a fixed buffer, stage in a write transaction, commit on Ok.
+//! // The follower: decode through a fixed buffer (1 KiB: its records are small), stage in a
+//! // write transaction, commit on Ok.
 //! let mut follower = MemBackend::<8, 16, 16>::new();
-//! let mut buf = vec![0u8; MIN_BUFFER];
+//! let mut buf = [0u8; BASE_BUFFER];
 //! let mut v2 = Vec::new();
 //! let mut txn = follower.write()?;
 //! let (meta, checked) = image::materialize(&bytes[..], &mut buf, &mut txn, &mut |chunk| {
@@ -76,35 +82,84 @@ use crate::collections::CapacityError;
 /// The first eight bytes of every image.
 pub const MAGIC: [u8; 8] = *b"SNAPPLY\0";
 
-/// The format version this crate writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+/// The format version this crate writes and reads. Version 1 images are refused
+/// ([`Corruption::UnsupportedVersion`]): none was ever persisted.
+pub const FORMAT_VERSION: u16 = 2;
 
 /// Longest key a record may have, in bytes. etcd's `key` bucket keys are 17-byte revisions;
 /// the other buckets' keys are ids and names.
 pub const MAX_KEY_LEN: usize = 1024;
 
-/// Longest value a record may have, in bytes.
+/// Longest value a record may have, in bytes: bbolt's `MaxValueSize` (`(1 << 31) - 2`), the
+/// largest value etcd's backend can hold, so that the format never refuses a snapshot etcd
+/// could take (etcd's request limit, `--max-request-bytes`, is 1.5 MiB by default and can be
+/// raised).
 ///
-/// Every value must fit the receiver's RAM at once, and the smallest receivers are
-/// microcontrollers; larger values are refused by the encoder ([`EncodeError::ValueTooLong`]).
-pub const MAX_VALUE_LEN: usize = 64 * 1024;
+/// The format does not bound values by any receiver's RAM: each follower decodes with a buffer
+/// of its own choosing ([`buffer_for`]) and refuses a record that does not fit it with
+/// [`DecodeError::BufferTooSmall`], before reading it.
+pub const MAX_VALUE_LEN: usize = (1 << 31) - 2;
 
 /// Longest encoded snapshot metadata (the header frame's payload), in bytes. The largest
 /// metadata the types allow encodes in 665 bytes.
 pub const MAX_METADATA_LEN: usize = 1024;
 
-/// Bytes of v2 data per chunk frame: every chunk but the last holds exactly this many.
-/// Small, so that a device whose records are small can decode with a small buffer.
-pub const V2_CHUNK_LEN: usize = 4 * 1024;
+/// Bytes of v2 data per chunk frame: every chunk but the last holds exactly this many. The
+/// same as [`MAX_METADATA_LEN`], so that a [`BASE_BUFFER`] of 1 KiB decodes every frame but
+/// the records.
+pub const V2_CHUNK_LEN: usize = 1024;
 
-/// Longest payload any frame may declare (that of the largest record: 66 566 bytes).
+/// Longest payload any frame may declare: that of the largest record (2 147 484 678 bytes).
 pub const MAX_FRAME_LEN: usize = wire::MAX_RECORD_PAYLOAD;
 
-/// Bytes a frame adds to its payload: kind (1), length (4), CRC-32C (4).
+/// Bytes a frame adds to its payload: kind (1), length (4), head CRC-32C (4), payload
+/// CRC-32C (4).
 pub const FRAME_OVERHEAD: usize = wire::FRAME_HEAD + wire::FRAME_CRC;
 
-/// The smallest [`Decoder`] buffer that decodes every valid image (66 575 bytes).
-pub const MIN_BUFFER: usize = MAX_FRAME_LEN + FRAME_OVERHEAD;
+/// The smallest [`Decoder`] buffer that decodes every frame but records: the header, v2 chunks
+/// and the trailer (1 024 bytes). The decoder's buffer holds one frame's payload at a time, so
+/// a buffer of at least this size decodes every image whose record payloads all fit it too;
+/// [`buffer_for`] gives the size for given key and value lengths.
+pub const BASE_BUFFER: usize = {
+    let (header, v2, trailer) = (MAX_METADATA_LEN, wire::MAX_V2_PAYLOAD, wire::MAX_TRAILER_PAYLOAD);
+    let most = if header > v2 { header } else { v2 };
+    if most > trailer { most } else { trailer }
+};
+
+/// A [`Decoder`] buffer that decodes every image whose keys are at most [`MAX_KEY_LEN`] bytes
+/// and whose values are at most 64 KiB (66 566 bytes): [`buffer_for`]`(MAX_KEY_LEN, 64 * 1024)`.
+///
+/// Version 1 capped values at 64 KiB, and this was then the buffer that decoded every valid
+/// image; it is kept for the callers sized that way. A version 2 image may hold larger values:
+/// pick the buffer with [`buffer_for`], for the largest value the follower accepts.
+pub const MIN_BUFFER: usize = buffer_for(MAX_KEY_LEN, 64 * 1024);
+
+/// Bytes of [`Decoder`] buffer that a record with a key of `key_len` and a value of
+/// `value_len` bytes takes: its frame's payload length. Saturates at `usize::MAX` for lengths
+/// no image can hold.
+pub const fn record_buffer_len(key_len: usize, value_len: usize) -> usize {
+    wire::record_payload_len(key_len, value_len)
+}
+
+/// The [`Decoder`] buffer that decodes every image whose keys are at most `max_key_len` bytes
+/// and whose values are at most `max_value_len` bytes: the larger of [`BASE_BUFFER`] and the
+/// payload of such a record.
+///
+/// A device whose records are small decodes with a small buffer; a host that takes etcd's
+/// largest requests sizes it for them:
+///
+/// ```
+/// use snapply_core::image::{BASE_BUFFER, buffer_for};
+///
+/// // Keys and values of at most 100 bytes: every frame fits 1 KiB.
+/// assert_eq!(buffer_for(100, 100), BASE_BUFFER);
+/// // etcd's default request limit (1.5 MiB) for a value, under a 17-byte revision key.
+/// assert_eq!(buffer_for(17, 1536 * 1024), 1_572_886);
+/// ```
+pub const fn buffer_for(max_key_len: usize, max_value_len: usize) -> usize {
+    let record = record_buffer_len(max_key_len, max_value_len);
+    if record > BASE_BUFFER { record } else { BASE_BUFFER }
+}
 
 /// Where the decoder reads an image from.
 pub trait Source {

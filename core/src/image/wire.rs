@@ -8,12 +8,14 @@ use super::{MAX_KEY_LEN, MAX_METADATA_LEN, MAX_VALUE_LEN, V2_CHUNK_LEN};
 
 /// Length of the preamble: magic (8), version (2), flags (2).
 pub(crate) const PREAMBLE_LEN: usize = 12;
-/// Length of a frame head: kind (1), payload length (4).
-pub(crate) const FRAME_HEAD: usize = 5;
-/// Length of a frame's CRC-32C, after the payload.
+/// Length of the part of a frame head its own CRC covers: kind (1), payload length (4).
+pub(crate) const HEAD_FIELDS: usize = 5;
+/// Length of a frame head: kind (1), payload length (4), CRC-32C of those five bytes (4).
+pub(crate) const FRAME_HEAD: usize = HEAD_FIELDS + 4;
+/// Length of a frame's payload CRC-32C, after the payload.
 pub(crate) const FRAME_CRC: usize = 4;
 
-/// The kinds of frame of a version 1 image. Kinds are never reused: a retired kind stays
+/// The kinds of frame of a version 2 image. Kinds are never reused: a retired kind stays
 /// reserved. `0x00` and `0xFF` are never valid, so zeroed memory and erased NOR flash do not
 /// parse as frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +53,17 @@ impl Kind {
     }
 }
 
+/// The name of a frame kind byte, for messages.
+pub(crate) const fn kind_name(kind: u8) -> &'static str {
+    match Kind::from_u8(kind) {
+        Some(Kind::Header) => "header",
+        Some(Kind::Record) => "record",
+        Some(Kind::V2) => "v2 chunk",
+        Some(Kind::Trailer) => "trailer",
+        None => "unknown",
+    }
+}
+
 /// Number of bytes of the postcard varint (LEB128) of `n`.
 pub(crate) const fn varint_len(n: u64) -> usize {
     let mut len = 1;
@@ -62,13 +75,47 @@ pub(crate) const fn varint_len(n: u64) -> usize {
     len
 }
 
-/// Largest record payload: bucket id, key length, key, value length, value.
-pub(crate) const MAX_RECORD_PAYLOAD: usize =
-    1 + varint_len(MAX_KEY_LEN as u64) + MAX_KEY_LEN + varint_len(MAX_VALUE_LEN as u64) + MAX_VALUE_LEN;
-/// Largest v2 chunk payload: chunk length, chunk.
-pub(crate) const MAX_V2_PAYLOAD: usize = varint_len(V2_CHUNK_LEN as u64) + V2_CHUNK_LEN;
+/// Length of the payload of a record with a key of `key_len` and a value of `value_len` bytes:
+/// bucket id, key length, key, value length, value. Saturates instead of overflowing, so a
+/// caller's absurd lengths give `usize::MAX`, never a panic or a wrapped small number.
+pub(crate) const fn record_payload_len(key_len: usize, value_len: usize) -> usize {
+    let key = varint_len(key_len as u64).saturating_add(key_len);
+    let value = varint_len(value_len as u64).saturating_add(value_len);
+    key.saturating_add(value).saturating_add(1)
+}
+
+/// Largest record payload: that of the longest key with the longest value.
+pub(crate) const MAX_RECORD_PAYLOAD: usize = record_payload_len(MAX_KEY_LEN, MAX_VALUE_LEN);
+/// Largest v2 chunk payload: the chunk's bytes, nothing else (the frame's length is the
+/// chunk's).
+pub(crate) const MAX_V2_PAYLOAD: usize = V2_CHUNK_LEN;
 /// Largest trailer payload: two u64 varints and the digest.
 pub(crate) const MAX_TRAILER_PAYLOAD: usize = 2 * varint_len(u64::MAX) + 32;
+
+// A payload length is a `u32` on the wire: every kind's limit must be one.
+const _: () = assert!(MAX_RECORD_PAYLOAD <= u32::MAX as usize);
+const _: () = assert!(MAX_METADATA_LEN <= u32::MAX as usize && MAX_V2_PAYLOAD <= MAX_METADATA_LEN);
+
+/// Why a record's key or value cannot be in an image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RecordLimit {
+    /// The key is longer than [`MAX_KEY_LEN`].
+    Key,
+    /// The value is longer than [`MAX_VALUE_LEN`].
+    Value,
+}
+
+/// Checks a record's key and value lengths against the format's limits: the one check the
+/// encoder and the decoder share.
+pub(crate) const fn check_record_lens(key_len: usize, value_len: usize) -> Result<(), RecordLimit> {
+    if key_len > MAX_KEY_LEN {
+        return Err(RecordLimit::Key);
+    }
+    if value_len > MAX_VALUE_LEN {
+        return Err(RecordLimit::Value);
+    }
+    Ok(())
+}
 
 /// A postcard varint, encoded on the stack.
 #[derive(Clone, Copy, Debug)]
@@ -102,10 +149,13 @@ impl Varint {
     }
 }
 
-/// The frame head of a frame of `kind` with a payload of `len` bytes.
+/// The frame head of a frame of `kind` with a payload of `len` bytes: kind, length, and the
+/// CRC-32C of those five bytes.
 pub(crate) fn frame_head(kind: Kind, len: u32) -> [u8; FRAME_HEAD] {
     let [a, b, c, d] = len.to_le_bytes();
-    [kind as u8, a, b, c, d]
+    let fields = [kind as u8, a, b, c, d];
+    let [e, f, g, h] = crc32c(&[&fields]).to_le_bytes();
+    [kind as u8, a, b, c, d, e, f, g, h]
 }
 
 /// CRC-32C (Castagnoli, iSCSI polynomial, reflected, init and xorout `0xFFFF_FFFF`), computed
@@ -200,7 +250,7 @@ pub(crate) struct TrailerWire {
 /// Whether `payload` is exactly the canonical postcard encoding of `value`, given that
 /// `value` was decoded from `payload` leaving `rest` unread.
 ///
-/// postcard accepts over-long varints (`0x80 0x00` for 0); a v1 image must not contain any, so
+/// postcard accepts over-long varints (`0x80 0x00` for 0); an image must not contain any, so
 /// that one content has exactly one image. Every over-long varint makes the encoding longer
 /// than postcard's own, so "nothing left over and the length equals postcard's" is exactly
 /// "canonical".
@@ -221,13 +271,34 @@ mod tests {
 
     #[test]
     fn limits_are_what_the_spec_says() {
-        assert_eq!(MAX_RECORD_PAYLOAD, 66_566);
-        assert_eq!(MAX_V2_PAYLOAD, 4_098);
+        // bbolt's `MaxValueSize`, the largest value etcd's backend can hold.
+        assert_eq!(MAX_VALUE_LEN, (1 << 31) - 2);
+        assert_eq!(MAX_RECORD_PAYLOAD, 2_147_484_678);
+        assert_eq!(MAX_V2_PAYLOAD, 1_024);
         assert_eq!(MAX_TRAILER_PAYLOAD, 52);
         assert_eq!(super::super::MAX_FRAME_LEN, MAX_RECORD_PAYLOAD);
-        const { assert!(MAX_V2_PAYLOAD <= super::super::MAX_FRAME_LEN) };
-        const { assert!(MAX_METADATA_LEN <= super::super::MAX_FRAME_LEN) };
-        assert_eq!(super::super::MIN_BUFFER, 66_575);
+        assert_eq!(super::super::FRAME_OVERHEAD, 13);
+        assert_eq!(super::super::BASE_BUFFER, 1_024);
+        assert_eq!(super::super::MIN_BUFFER, 66_566);
+        assert_eq!(record_payload_len(17, 1_572_864), 1 + 1 + 17 + 3 + 1_572_864);
+        assert_eq!(record_payload_len(usize::MAX, 1), usize::MAX);
+    }
+
+    #[test]
+    fn record_limits_are_checked_in_one_place() {
+        assert_eq!(check_record_lens(MAX_KEY_LEN, MAX_VALUE_LEN), Ok(()));
+        assert_eq!(check_record_lens(0, 0), Ok(()));
+        assert_eq!(check_record_lens(MAX_KEY_LEN + 1, 0), Err(RecordLimit::Key));
+        assert_eq!(check_record_lens(MAX_KEY_LEN + 1, MAX_VALUE_LEN + 1), Err(RecordLimit::Key));
+        assert_eq!(check_record_lens(0, MAX_VALUE_LEN + 1), Err(RecordLimit::Value));
+        assert_eq!(check_record_lens(0, usize::MAX), Err(RecordLimit::Value));
+    }
+
+    #[test]
+    fn a_frame_head_carries_the_crc_of_its_kind_and_length() {
+        let head = frame_head(Kind::Record, 0x0102_0304);
+        assert_eq!(head[..5], [0x02, 0x04, 0x03, 0x02, 0x01]);
+        assert_eq!(head[5..], crc32c(&[&head[..5]]).to_le_bytes());
     }
 
     #[test]

@@ -54,7 +54,7 @@ impl Alarm {
 /// The alarm store.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct AlarmStore<P: Profile> {
-    alarms: P::Vec<Alarm>,
+    alarms: P::Alarms,
 }
 
 impl<P: Profile> AlarmStore<P> {

@@ -54,7 +54,7 @@ pub struct Role<P: Profile> {
     /// The name.
     pub name: P::Bytes,
     /// The permissions, in the order granted.
-    pub permissions: P::Vec<Permission<P>>,
+    pub permissions: P::Permissions,
 }
 
 /// A user.
@@ -65,7 +65,7 @@ pub struct User<P: Profile> {
     /// The password hash, as the leader computed it (etcd stores bcrypt).
     pub password_hash: P::Bytes,
     /// Names of the roles granted, sorted.
-    pub roles: P::Vec<P::Bytes>,
+    pub roles: P::UserRoles,
     /// Whether the user authenticates without a password (etcd's `NoPassword`).
     pub no_password: bool,
 }
@@ -121,9 +121,9 @@ struct UserRecord<'a> {
 pub struct AuthStore<P: Profile> {
     enabled: bool,
     revision: u64,
-    users: P::Vec<User<P>>,
-    roles: P::Vec<Role<P>>,
-    cache: P::Vec<CachedPermission<P>>,
+    users: P::Users,
+    roles: P::Roles,
+    cache: P::PermissionCache,
     token: TokenProvider,
 }
 
@@ -207,7 +207,7 @@ impl<P: Profile> AuthStore<P> {
         Ok(())
     }
 
-    fn save_user<W: WriteTxn + ?Sized>(txn: &mut W, user: &User<P>, scratch: &mut P::Bytes) -> Result<(), StoreError> {
+    fn save_user<W: WriteTxn + ?Sized>(txn: &mut W, user: &User<P>, scratch: &mut P::Record) -> Result<(), StoreError> {
         let mut roles = heapless::Vec::<&[u8], MAX_RECORD_ITEMS>::new();
         for r in user.roles.as_slice() {
             roles.push(r.as_slice()).map_err(|_| StoreError::InvalidRequest("more than 32 roles for a user"))?;
@@ -221,7 +221,7 @@ impl<P: Profile> AuthStore<P> {
         codec::put(txn, Bucket::AuthUsers, user.name.as_slice(), &record, scratch)
     }
 
-    fn save_role<W: WriteTxn + ?Sized>(txn: &mut W, role: &Role<P>, scratch: &mut P::Bytes) -> Result<(), StoreError> {
+    fn save_role<W: WriteTxn + ?Sized>(txn: &mut W, role: &Role<P>, scratch: &mut P::Record) -> Result<(), StoreError> {
         let mut permissions = heapless::Vec::<PermissionRecord<'_>, MAX_RECORD_ITEMS>::new();
         for p in role.permissions.as_slice() {
             let record = PermissionRecord { kind: p.kind, key: p.key.as_slice(), range_end: p.range_end.as_slice() };
@@ -243,7 +243,7 @@ impl<P: Profile> AuthStore<P> {
         name: &[u8],
         password_hash: &[u8],
         no_password: bool,
-        scratch: &mut P::Bytes,
+        scratch: &mut P::Record,
     ) -> Result<(), StoreError> {
         if name.is_empty() {
             return Err(StoreError::InvalidRequest("empty user name"));
@@ -267,7 +267,7 @@ impl<P: Profile> AuthStore<P> {
         &mut self,
         txn: &mut W,
         name: &[u8],
-        scratch: &mut P::Bytes,
+        scratch: &mut P::Record,
     ) -> Result<(), StoreError> {
         if name.is_empty() {
             return Err(StoreError::InvalidRequest("empty role name"));
@@ -289,7 +289,7 @@ impl<P: Profile> AuthStore<P> {
         kind: PermissionType,
         key: &[u8],
         range_end: &[u8],
-        scratch: &mut P::Bytes,
+        scratch: &mut P::Record,
     ) -> Result<(), StoreError> {
         let r = codec::find_mut(&mut self.roles, role, |r| r.name.as_slice(), "role")?;
         let permission = Permission {
@@ -317,7 +317,7 @@ impl<P: Profile> AuthStore<P> {
         txn: &mut W,
         user: &[u8],
         role: &[u8],
-        scratch: &mut P::Bytes,
+        scratch: &mut P::Record,
     ) -> Result<(), StoreError> {
         if role != ROOT_ROLE && codec::find(self.roles.as_slice(), role, |r| r.name.as_slice()).is_none() {
             return Err(StoreError::NotFound("role"));
@@ -349,7 +349,7 @@ impl<P: Profile> AuthStore<P> {
         &mut self,
         txn: &mut W,
         name: &[u8],
-        scratch: &mut P::Bytes,
+        scratch: &mut P::Record,
     ) -> Result<(), StoreError> {
         if self.enabled && name == ROOT_ROLE {
             return Err(StoreError::InvalidRequest("cannot delete root role while auth is enabled"));
@@ -374,7 +374,7 @@ impl<P: Profile> AuthStore<P> {
         role: &[u8],
         key: &[u8],
         range_end: &[u8],
-        scratch: &mut P::Bytes,
+        scratch: &mut P::Record,
     ) -> Result<(), StoreError> {
         let r = codec::find_mut(&mut self.roles, role, |r| r.name.as_slice(), "role")?;
         let found = r
@@ -395,7 +395,7 @@ impl<P: Profile> AuthStore<P> {
         txn: &mut W,
         user: &[u8],
         role: &[u8],
-        scratch: &mut P::Bytes,
+        scratch: &mut P::Record,
     ) -> Result<(), StoreError> {
         let u = codec::find_mut(&mut self.users, user, |u| u.name.as_slice(), "user")?;
         if self.enabled && user == b"root" && role == ROOT_ROLE {
@@ -411,7 +411,7 @@ impl<P: Profile> AuthStore<P> {
 
     /// Rebuilds the permission cache from users and roles (etcd's `refreshRangePermCache`).
     fn rebuild_cache(&mut self) -> Result<(), StoreError> {
-        let mut cache = P::Vec::<CachedPermission<P>>::default();
+        let mut cache = P::PermissionCache::default();
         for user in self.users.as_slice() {
             for role_name in user.roles.as_slice() {
                 let Some(role) = codec::find(self.roles.as_slice(), role_name.as_slice(), |r| r.name.as_slice()) else {
@@ -443,7 +443,7 @@ impl<P: Profile> AuthStore<P> {
         store.revision = codec::get_u64(txn, Bucket::Auth, AUTH_REVISION_KEY)?.unwrap_or(0);
         codec::scan(txn, Bucket::AuthUsers, |_, v| {
             codec::decode::<UserRecord<'_>>(Bucket::AuthUsers, v).and_then(|r| {
-                let mut roles = P::Vec::<P::Bytes>::default();
+                let mut roles = P::UserRoles::default();
                 for role in &r.roles {
                     codec::upsert(
                         &mut roles,
@@ -463,7 +463,7 @@ impl<P: Profile> AuthStore<P> {
         })?;
         codec::scan(txn, Bucket::AuthRoles, |_, v| {
             codec::decode::<RoleRecord<'_>>(Bucket::AuthRoles, v).and_then(|r| {
-                let mut permissions = P::Vec::<Permission<P>>::default();
+                let mut permissions = P::Permissions::default();
                 for p in &r.permissions {
                     let permission = Permission {
                         kind: p.kind,

@@ -42,6 +42,12 @@ pub enum StoreError {
     /// The v2 store holds content other than membership, which the configured
     /// `--v2-deprecation` level forbids (etcd's `AssertNoV2StoreContent`).
     V2ContentDisallowed,
+    /// The node holds an unfinished restore and refuses entries until
+    /// [`crate::pipeline::resume`] completes it.
+    RestoreUnfinished {
+        /// Index of the unfinished snapshot.
+        index: u64,
+    },
 }
 
 impl core::fmt::Display for StoreError {
@@ -58,6 +64,9 @@ impl core::fmt::Display for StoreError {
             }
             StoreError::FutureRevision { requested, current } => {
                 write!(f, "revision {requested} is a future revision (current revision {current})")
+            }
+            StoreError::RestoreUnfinished { index } => {
+                write!(f, "the restore of snapshot {index} is unfinished; complete it with `resume` first")
             }
             StoreError::V2ContentDisallowed => {
                 f.write_str("v2 store holds content other than membership, which the v2 deprecation level forbids")

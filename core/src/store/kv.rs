@@ -76,21 +76,65 @@ pub struct KeyValue<'a> {
     pub lease: LeaseId,
 }
 
-/// One entry of the key index.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct IndexEntry<B> {
-    /// The key.
-    pub key: B,
-    /// A revision of the key.
-    pub rev: Revision,
+/// Where a key's bytes are in the key index's arena.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Span {
+    offset: u32,
+    len: u16,
+}
+
+/// One entry of the key index: a revision of a key. 24 bytes on every target (the size test
+/// pins it); the key's bytes are in the store's arena, once per key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    main: i64,
+    /// The sub revision: a change's position in its transaction, below 2^32 (a transaction
+    /// of four billion changes cannot be applied anyway).
+    sub: u32,
+    offset: u32,
+    len: u16,
+    tombstone: bool,
+}
+
+impl IndexEntry {
+    fn new(rev: Revision, key: Span, tombstone: bool) -> Result<Self, StoreError> {
+        let sub = u32::try_from(rev.sub)
+            .map_err(|_| StoreError::Corrupt { bucket: Bucket::Key, what: "sub revision out of range" })?;
+        Ok(IndexEntry { main: rev.main, sub, offset: key.offset, len: key.len, tombstone })
+    }
+
+    fn rev(&self) -> Revision {
+        Revision { main: self.main, sub: i64::from(self.sub) }
+    }
+
+    fn span(&self) -> Span {
+        Span { offset: self.offset, len: self.len }
+    }
+
+    fn set_span(&mut self, span: Span) {
+        self.offset = span.offset;
+        self.len = span.len;
+    }
+
+    /// The revision.
+    pub fn revision(&self) -> Revision {
+        self.rev()
+    }
     /// Whether the revision deleted the key.
-    pub tombstone: bool,
+    pub fn is_tombstone(&self) -> bool {
+        self.tombstone
+    }
 }
 
 /// The MVCC key-value store.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// The index is flat, one [`IndexEntry`] per (key, revision), sorted by key then revision; the
+/// keys' bytes sit in one arena, each key once (its revisions share its bytes), so RAM follows
+/// the keys' lengths. Bytes of keys dropped by a compaction are reclaimed when the arena fills.
+#[derive(Clone, Debug)]
 pub struct KvStore<P: Profile> {
-    index: P::Vec<IndexEntry<P::Bytes>>,
+    index: P::KeyIndex,
+    arena: P::KeyArena,
     current_rev: i64,
     compact_rev: i64,
 }
@@ -98,12 +142,24 @@ pub struct KvStore<P: Profile> {
 impl<P: Profile> Default for KvStore<P> {
     fn default() -> Self {
         // etcd's store starts at revision 1 and "no compaction" is -1.
-        KvStore { index: Default::default(), current_rev: 1, compact_rev: -1 }
+        KvStore { index: Default::default(), arena: Default::default(), current_rev: 1, compact_rev: -1 }
     }
 }
 
-fn entry_cmp<B: Seq<u8>>(e: &IndexEntry<B>, key: &[u8], rev: Revision) -> core::cmp::Ordering {
-    (e.key.as_slice(), e.rev).cmp(&(key, rev))
+/// Two stores are equal when they hold the same revisions of the same keys, whatever the
+/// layout of their arenas.
+impl<P: Profile> PartialEq for KvStore<P> {
+    fn eq(&self, other: &Self) -> bool {
+        self.current_rev == other.current_rev
+            && self.compact_rev == other.compact_rev
+            && self.index.len() == other.index.len()
+            && self.entries().eq(other.entries())
+    }
+}
+
+fn bytes_of(arena: &[u8], span: Span) -> &[u8] {
+    let start = span.offset as usize;
+    arena.get(start..start + usize::from(span.len)).unwrap_or(&[])
 }
 
 impl<P: Profile> KvStore<P> {
@@ -117,9 +173,24 @@ impl<P: Profile> KvStore<P> {
         self.compact_rev
     }
 
-    /// The key index.
-    pub fn index(&self) -> &[IndexEntry<P::Bytes>] {
-        self.index.as_slice()
+    /// Number of entries of the key index (revisions of keys, tombstones included).
+    pub fn index_len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Every entry of the key index, by key then revision: key, revision, tombstone.
+    pub fn entries(&self) -> impl Iterator<Item = (&[u8], Revision, bool)> + '_ {
+        let arena = self.arena.as_slice();
+        self.index.as_slice().iter().map(move |e| (bytes_of(arena, e.span()), e.rev(), e.tombstone))
+    }
+
+    /// Bytes the arena holds, garbage included.
+    pub fn arena_len(&self) -> usize {
+        self.arena.len()
+    }
+
+    fn key_of(&self, e: &IndexEntry) -> &[u8] {
+        bytes_of(self.arena.as_slice(), e.span())
     }
 
     /// The revision of the next change. A store restored from a hostile image can sit at the
@@ -128,26 +199,81 @@ impl<P: Profile> KvStore<P> {
         self.current_rev.checked_add(1).ok_or(StoreError::InvalidRequest("revision space exhausted"))
     }
 
-    /// Entries of `key`, in revision order.
-    fn entries_of(&self, key: &[u8]) -> &[IndexEntry<P::Bytes>] {
+    /// Index positions of the entries of `key`.
+    fn run_of(&self, key: &[u8]) -> core::ops::Range<usize> {
+        let arena = self.arena.as_slice();
         let all = self.index.as_slice();
-        let start = all.partition_point(|e| e.key.as_slice() < key);
-        let end = start + all.get(start..).map_or(0, |r| r.partition_point(|e| e.key.as_slice() == key));
-        all.get(start..end).unwrap_or(&[])
+        let start = all.partition_point(|e| bytes_of(arena, e.span()) < key);
+        let len = all.get(start..).map_or(0, |r| r.partition_point(|e| bytes_of(arena, e.span()) == key));
+        start..start + len
+    }
+
+    /// Entries of `key`, in revision order.
+    fn entries_of(&self, key: &[u8]) -> &[IndexEntry] {
+        self.index.as_slice().get(self.run_of(key)).unwrap_or(&[])
     }
 
     /// The revision of `key` visible at `at` (its latest revision `<= at`), unless deleted.
     fn visible(&self, key: &[u8], at: i64) -> Option<Revision> {
-        let e = self.entries_of(key).iter().rev().find(|e| e.rev.main <= at)?;
-        (!e.tombstone).then_some(e.rev)
+        let e = self.entries_of(key).iter().rev().find(|e| e.main <= at)?;
+        (!e.tombstone).then_some(e.rev())
+    }
+
+    /// Stores `key`'s bytes once: an indexed key's span is shared by its new revision.
+    fn intern(&mut self, key: &[u8]) -> Result<Span, StoreError> {
+        if let Some(e) = self.entries_of(key).first() {
+            return Ok(e.span());
+        }
+        let len = u16::try_from(key.len()).map_err(|_| StoreError::InvalidRequest("key longer than 65535 bytes"))?;
+        if self.arena.len() + key.len() > u32::MAX as usize {
+            return Err(CapacityError { what: "key index arena" }.into());
+        }
+        if self.arena.try_extend(key).is_err() {
+            self.reclaim();
+            self.arena.try_extend(key).map_err(|_| CapacityError { what: "key index arena" })?;
+        }
+        Ok(Span { offset: (self.arena.len() - key.len()) as u32, len })
+    }
+
+    /// Reclaims the bytes of keys no entry refers to any more: sorts the entries by where their
+    /// key is, slides every key still referred to down over the gaps, then sorts the entries back
+    /// by key and revision. In place: a device has no room for a second arena.
+    fn reclaim(&mut self) {
+        self.index.as_mut_slice().sort_unstable_by_key(|e| e.offset);
+        let arena = self.arena.as_mut_slice();
+        let mut cursor = 0usize;
+        let mut last: Option<(u32, u32)> = None;
+        for e in self.index.as_mut_slice() {
+            match last {
+                Some((from, to)) if from == e.offset => e.offset = to,
+                _ => {
+                    let start = e.offset as usize;
+                    let len = usize::from(e.len);
+                    if start + len <= arena.len() {
+                        arena.copy_within(start..start + len, cursor);
+                    }
+                    last = Some((e.offset, cursor as u32));
+                    e.offset = cursor as u32;
+                    cursor += len;
+                }
+            }
+        }
+        self.arena.truncate_to(cursor);
+        let arena = self.arena.as_slice();
+        self.index
+            .as_mut_slice()
+            .sort_unstable_by(|a, b| (bytes_of(arena, a.span()), a.rev()).cmp(&(bytes_of(arena, b.span()), b.rev())));
     }
 
     fn insert_entry(&mut self, key: &[u8], rev: Revision, tombstone: bool) -> Result<(), StoreError> {
-        let entry = IndexEntry { key: codec::bytes::<P::Bytes>(key, "key index key")?, rev, tombstone };
-        let pos = match self.index.as_slice().binary_search_by(|e| entry_cmp(e, key, rev)) {
+        let span = self.intern(key)?;
+        let run = self.run_of(key);
+        let entries = self.index.as_slice().get(run.clone()).unwrap_or(&[]);
+        let pos = match entries.binary_search_by_key(&rev, |e| e.rev()) {
             Ok(_) => return Err(StoreError::Corrupt { bucket: Bucket::Key, what: "revision written twice" }),
-            Err(pos) => pos,
+            Err(i) => run.start + i,
         };
+        let entry = IndexEntry::new(rev, span, tombstone)?;
         self.index.try_insert(pos, entry).map_err(|_| CapacityError { what: "key index" })?;
         Ok(())
     }
@@ -170,27 +296,26 @@ impl<P: Profile> KvStore<P> {
         if at < self.compact_rev {
             return Err(StoreError::Compacted { requested: at, compacted: self.compact_rev });
         }
-        let mut last: Option<&[u8]> = None;
+        let arena = self.arena.as_slice();
         let all = self.index.as_slice();
-        let start = all.partition_point(|e| e.key.as_slice() < key);
-        for e in all.get(start..).unwrap_or(&[]) {
-            let k = e.key.as_slice();
+        let mut i = all.partition_point(|e| bytes_of(arena, e.span()) < key);
+        while let Some(e) = all.get(i) {
+            let k = bytes_of(arena, e.span());
             if !in_range(k, key, range_end) {
                 break;
             }
-            if last == Some(k) {
+            let run = self.entries_of(k);
+            i += run.len().max(1);
+            let Some(rev) = run.iter().rev().find(|e| e.main <= at).filter(|e| !e.tombstone).map(|e| e.rev()) else {
                 continue;
-            }
-            last = Some(k);
-            if let Some(rev) = self.visible(k, at) {
-                let mut result = Ok(());
-                let found = txn.get(Bucket::Key, &revision_key(rev, false), &mut |v| {
-                    result = codec::decode::<KeyValue<'_>>(Bucket::Key, v).map(|kv| f(&kv));
-                })?;
-                result?;
-                if !found {
-                    return Err(StoreError::Corrupt { bucket: Bucket::Key, what: "indexed revision missing" });
-                }
+            };
+            let mut result = Ok(());
+            let found = txn.get(Bucket::Key, &revision_key(rev, false), &mut |v| {
+                result = codec::decode::<KeyValue<'_>>(Bucket::Key, v).map(|kv| f(&kv));
+            })?;
+            result?;
+            if !found {
+                return Err(StoreError::Corrupt { bucket: Bucket::Key, what: "indexed revision missing" });
             }
         }
         Ok(())
@@ -204,7 +329,7 @@ impl<P: Profile> KvStore<P> {
         key: &[u8],
         value: &[u8],
         lease: LeaseId,
-        scratch: &mut P::Bytes,
+        scratch: &mut P::Record,
     ) -> Result<i64, StoreError> {
         if key.is_empty() {
             return Err(StoreError::InvalidRequest("empty key"));
@@ -239,49 +364,61 @@ impl<P: Profile> KvStore<P> {
     }
 
     /// Deletes every live key in `[key, range_end)` in one new revision; returns how many.
+    ///
+    /// Key by key, in key order, without collecting them first: a device has no room for a
+    /// second list of keys.
     pub(crate) fn delete_range<W: WriteTxn + ?Sized>(
         &mut self,
         txn: &mut W,
         lessor: &mut Lessor<P>,
         key: &[u8],
         range_end: &[u8],
-        scratch: &mut P::Bytes,
+        scratch: &mut P::Record,
     ) -> Result<usize, StoreError> {
-        // Collect the live keys first: the index is changed while deleting.
-        let mut doomed = P::Vec::<(P::Bytes, LeaseId)>::default();
-        self.range(txn, key, range_end, 0, &mut |kv| {
-            let item = codec::bytes::<P::Bytes>(kv.key, "deleted key").map(|k| (k, kv.lease));
-            if let Ok(item) = item {
-                let _ = doomed.try_push(item);
-            }
-        })?;
-        let mut live = 0;
-        self.range(txn, key, range_end, 0, &mut |_| live += 1)?;
-        if live != doomed.len() {
-            return Err(CapacityError { what: "keys deleted in one request" }.into());
-        }
-        if doomed.is_empty() {
-            return Ok(0);
-        }
         let main = self.next_revision()?;
-        for (sub, (k, lease)) in doomed.as_slice().iter().enumerate() {
-            let rev = Revision { main, sub: sub as i64 };
-            let kv = KeyValue {
-                key: k.as_slice(),
-                create_revision: 0,
-                mod_revision: main,
-                version: 0,
-                value: &[],
-                lease: 0,
+        let mut deleted = 0usize;
+        let mut i = {
+            let arena = self.arena.as_slice();
+            self.index.as_slice().partition_point(|e| bytes_of(arena, e.span()) < key)
+        };
+        while let Some(e) = self.index.as_slice().get(i).copied() {
+            let span = e.span();
+            let run = {
+                let k = bytes_of(self.arena.as_slice(), span);
+                if !in_range(k, key, range_end) {
+                    break;
+                }
+                self.run_of(k)
             };
-            codec::put(txn, Bucket::Key, &revision_key(rev, true), &kv, scratch)?;
-            self.insert_entry(k.as_slice(), rev, true)?;
-            if *lease != 0 {
-                lessor.detach(*lease, k.as_slice());
+            let live = self.index.as_slice().get(run.clone()).and_then(|r| r.last()).filter(|e| !e.tombstone).copied();
+            i = run.end;
+            let Some(last) = live else { continue };
+            let mut lease = 0;
+            let mut result = Ok(());
+            txn.get(Bucket::Key, &revision_key(last.rev(), false), &mut |v| {
+                result = codec::decode::<KeyValue<'_>>(Bucket::Key, v).map(|kv| lease = kv.lease);
+            })?;
+            result?;
+            let rev = Revision { main, sub: deleted as i64 };
+            {
+                let k = bytes_of(self.arena.as_slice(), span);
+                // etcd's tombstone record carries only the key (`mvccpb.KeyValue{Key: key}`).
+                let kv = KeyValue { key: k, create_revision: 0, mod_revision: main, version: 0, value: &[], lease: 0 };
+                codec::put(txn, Bucket::Key, &revision_key(rev, true), &kv, scratch)?;
+                if lease != 0 {
+                    lessor.detach(lease, k);
+                }
             }
+            self.index
+                .try_insert(run.end, IndexEntry::new(rev, span, true)?)
+                .map_err(|_| CapacityError { what: "key index" })?;
+            i = run.end + 1;
+            deleted += 1;
         }
-        self.current_rev = main;
-        Ok(doomed.len())
+        if deleted > 0 {
+            self.current_rev = main;
+        }
+        Ok(deleted)
     }
 
     /// Schedules a compaction at `rev`: records it in `meta` so an interrupted compaction is
@@ -297,43 +434,40 @@ impl<P: Profile> KvStore<P> {
         Ok(())
     }
 
-    /// Compacts at `rev`: for each key, drops every revision before its latest revision `<= rev`,
-    /// and that one too if it is a tombstone, from the index and from the `key` bucket.
-    pub(crate) fn compact<W: WriteTxn + ?Sized>(&mut self, txn: &mut W, rev: i64) -> Result<(), StoreError> {
+    /// Whether compacting at `rev` keeps the entry at `i`: every revision after `rev`, and the
+    /// latest revision `<= rev` of its key unless it is a tombstone.
+    fn survives(&self, i: usize, rev: i64) -> bool {
         let all = self.index.as_slice();
-        let mut i = 0;
-        while let Some(e) = all.get(i) {
-            let run = all.get(i..).map_or(0, |r| r.partition_point(|x| x.key == e.key));
-            let entries = all.get(i..i + run).unwrap_or(&[]);
-            // The latest revision <= rev survives unless it is a tombstone.
-            let keep = entries.iter().rposition(|x| x.rev.main <= rev);
-            if let Some(keep) = keep {
-                let last_dropped = if entries.get(keep).is_some_and(|x| x.tombstone) { keep + 1 } else { keep };
-                for x in entries.get(..last_dropped).unwrap_or(&[]) {
-                    txn.delete(Bucket::Key, &revision_key(x.rev, x.tombstone))?;
-                }
-            }
-            i += run.max(1);
+        let Some(e) = all.get(i) else { return true };
+        if e.main > rev {
+            return true;
         }
-        // The backend is done; now drop the same entries from the index.
-        let mut keep_flags = P::Vec::<bool>::default();
-        let mut i = 0;
-        while let Some(e) = all.get(i) {
-            let run = all.get(i..).map_or(0, |r| r.partition_point(|x| x.key == e.key));
-            let entries = all.get(i..i + run).unwrap_or(&[]);
-            let keep = entries.iter().rposition(|x| x.rev.main <= rev);
-            let first_kept = match keep {
-                Some(k) if entries.get(k).is_some_and(|x| x.tombstone) => k + 1,
-                Some(k) => k,
-                None => 0,
-            };
-            for j in 0..entries.len() {
-                codec::push(&mut keep_flags, j >= first_kept, "compaction scratch")?;
+        let next_same_key = all.get(i + 1).filter(|n| n.span() == e.span() || self.key_of(n) == self.key_of(e));
+        let latest = next_same_key.is_none_or(|n| n.main > rev);
+        latest && !e.tombstone
+    }
+
+    /// Compacts at `rev`: for each key, drops every revision before its latest revision `<= rev`,
+    /// and that one too if it is a tombstone, from the `key` bucket and from the index.
+    pub(crate) fn compact<W: WriteTxn + ?Sized>(&mut self, txn: &mut W, rev: i64) -> Result<(), StoreError> {
+        for i in 0..self.index.len() {
+            if !self.survives(i, rev)
+                && let Some(e) = self.index.as_slice().get(i)
+            {
+                txn.delete(Bucket::Key, &revision_key(e.rev(), e.tombstone))?;
             }
-            i += run.max(1);
         }
-        let mut flags = keep_flags.as_slice().iter();
-        self.index.retain_by(|_| flags.next().copied().unwrap_or(true));
+        // The backend is done; now drop the same entries from the index, in place. An entry's
+        // fate depends on the next one, which is read before anything is moved over it.
+        let len = self.index.len();
+        let mut kept = 0;
+        for i in 0..len {
+            if self.survives(i, rev) {
+                self.index.as_mut_slice().swap(kept, i);
+                kept += 1;
+            }
+        }
+        self.index.truncate_to(kept);
         txn.put(Bucket::Meta, META_FINISHED_COMPACT, &rev.to_be_bytes())?;
         self.compact_rev = rev;
         Ok(())
@@ -343,7 +477,7 @@ impl<P: Profile> KvStore<P> {
     /// `kvstore.restore`): the index with generations and tombstones, the current and compacted
     /// revisions, keys reattached to `lessor`'s leases, and an unfinished scheduled compaction
     /// resumed and committed on `backend` through `cindex`.
-    pub fn restore<B: Backend>(
+    pub(crate) fn restore<B: Backend>(
         backend: &mut B,
         lessor: &mut Lessor<P>,
         cindex: &ConsistentIndex,
@@ -369,23 +503,44 @@ impl<P: Profile> KvStore<P> {
         let mut store = KvStore::<P>::default();
         let finished = codec::get_u64(txn, Bucket::Meta, META_FINISHED_COMPACT)?.map(|v| v as i64);
         let scheduled = codec::get_u64(txn, Bucket::Meta, META_SCHEDULED_COMPACT)?.map(|v| v as i64);
-        // Revisions that attach their key to a lease; a key's lease is that of its latest revision.
-        let mut leased = P::Vec::<(Revision, LeaseId)>::default();
-        codec::scan(txn, Bucket::Key, |k, v| store.restore_one(k, v, &mut leased))?;
+        codec::scan(txn, Bucket::Key, |k, v| store.restore_one(k, v))?;
         // Entries were pushed in revision order; one sort puts them in key order, which keeps the
-        // restore O(n log n) however the keys interleave.
-        store.index.as_mut_slice().sort_unstable_by(|a, b| (a.key.as_slice(), a.rev).cmp(&(b.key.as_slice(), b.rev)));
-        if store.index.as_slice().windows(2).any(|w| matches!(w, [a, b] if a.key == b.key && a.rev == b.rev)) {
+        // restore O(n log n) however the keys interleave. Keys were interned as they came, so a
+        // key's revisions may hold copies of its bytes; `dedup_keys` shares them.
+        {
+            let arena = store.arena.as_slice();
+            store.index.as_mut_slice().sort_unstable_by(|a, b| {
+                (bytes_of(arena, a.span()), a.rev()).cmp(&(bytes_of(arena, b.span()), b.rev()))
+            });
+        }
+        store.dedup_keys();
+        let duplicate = {
+            let index = store.index.as_slice();
+            index.windows(2).any(|w| matches!(w, [a, b] if a.span() == b.span() && a.rev() == b.rev()))
+        };
+        if duplicate {
             return Err(StoreError::Corrupt { bucket: Bucket::Key, what: "revision written twice" });
         }
-        leased.as_mut_slice().sort_unstable_by_key(|(rev, _)| *rev);
+        // Reattach every key's latest live revision to its lease (read from its record: the
+        // index keeps no lease, which saves 8 bytes per revision).
         let index = store.index.as_slice();
-        let latest = index.iter().enumerate().filter(|(i, e)| index.get(i + 1).is_none_or(|next| next.key != e.key));
-        let attachments = latest.filter(|(_, e)| !e.tombstone).filter_map(|(_, e)| {
-            let pos = leased.as_slice().binary_search_by_key(&e.rev, |(rev, _)| *rev).ok()?;
-            leased.as_slice().get(pos).map(|(_, lease)| (*lease, e.key.as_slice()))
-        });
-        lessor.attach_all(attachments)?;
+        let arena = store.arena.as_slice();
+        for (i, e) in index.iter().enumerate() {
+            let latest = index.get(i + 1).is_none_or(|n| n.span() != e.span());
+            if !latest || e.tombstone {
+                continue;
+            }
+            let mut lease = 0;
+            let mut result = Ok(());
+            txn.get(Bucket::Key, &revision_key(e.rev(), false), &mut |v| {
+                result = codec::decode::<KeyValue<'_>>(Bucket::Key, v).map(|kv| lease = kv.lease);
+            })?;
+            result?;
+            if lease != 0 {
+                lessor.attach_restored(lease, bytes_of(arena, e.span()))?;
+            }
+        }
+        lessor.finish_attaching();
         if let Some(finished) = finished {
             store.compact_rev = finished;
         }
@@ -396,15 +551,48 @@ impl<P: Profile> KvStore<P> {
         Ok((store, unfinished))
     }
 
-    fn restore_one(&mut self, k: &[u8], v: &[u8], leased: &mut P::Vec<(Revision, LeaseId)>) -> Result<(), StoreError> {
+    /// Makes the revisions of a key share one copy of its bytes (the index is sorted) and
+    /// reclaims the copies.
+    fn dedup_keys(&mut self) {
+        let mut changed = false;
+        for i in 1..self.index.len() {
+            let (prev, cur) = match (self.index.as_slice().get(i - 1), self.index.as_slice().get(i)) {
+                (Some(p), Some(c)) => (*p, *c),
+                _ => break,
+            };
+            if prev.span() != cur.span()
+                && self.key_of(&prev) == self.key_of(&cur)
+                && let Some(e) = self.index.as_mut_slice().get_mut(i)
+            {
+                e.set_span(prev.span());
+                changed = true;
+            }
+        }
+        if changed {
+            self.reclaim();
+        }
+    }
+
+    fn restore_one(&mut self, k: &[u8], v: &[u8]) -> Result<(), StoreError> {
         let (rev, tombstone) =
             parse_revision_key(k).ok_or(StoreError::Corrupt { bucket: Bucket::Key, what: "malformed revision key" })?;
         let kv = codec::decode::<KeyValue<'_>>(Bucket::Key, v)?;
-        let entry = IndexEntry { key: codec::bytes::<P::Bytes>(kv.key, "key index key")?, rev, tombstone };
-        codec::push(&mut self.index, entry, "key index")?;
-        if !tombstone && kv.lease != 0 {
-            codec::push(leased, (rev, kv.lease), "leased revisions")?;
-        }
+        // Share the bytes with the previous revision of the same key when it was the last one
+        // interned (a key's revisions are often adjacent); `dedup_keys` catches the rest.
+        let last = self.index.as_slice().last().copied();
+        let span = match last {
+            Some(e) if self.key_of(&e) == kv.key => e.span(),
+            _ => {
+                let len = u16::try_from(kv.key.len())
+                    .map_err(|_| StoreError::Corrupt { bucket: Bucket::Key, what: "key longer than 65535 bytes" })?;
+                if self.arena.try_extend(kv.key).is_err() {
+                    self.reclaim();
+                    self.arena.try_extend(kv.key).map_err(|_| CapacityError { what: "key index arena" })?;
+                }
+                Span { offset: (self.arena.len() - kv.key.len()) as u32, len }
+            }
+        };
+        codec::push(&mut self.index, IndexEntry::new(rev, span, tombstone)?, "key index")?;
         if rev.main > self.current_rev {
             self.current_rev = rev.main;
         }

@@ -59,8 +59,8 @@ pub(crate) fn lease_key(id: LeaseId) -> [u8; 8] {
 /// The lessor.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Lessor<P: Profile> {
-    leases: P::Vec<Lease>,
-    items: P::Vec<LeaseItem<P::Bytes>>,
+    leases: P::Leases,
+    items: P::LeaseItems,
     min_ttl: i64,
 }
 
@@ -96,7 +96,7 @@ impl<P: Profile> Lessor<P> {
         txn: &mut W,
         id: LeaseId,
         ttl: i64,
-        scratch: &mut P::Bytes,
+        scratch: &mut P::Record,
     ) -> Result<(), StoreError> {
         if id == 0 {
             return Err(StoreError::InvalidRequest("lease id 0"));
@@ -114,23 +114,30 @@ impl<P: Profile> Lessor<P> {
         Ok(())
     }
 
-    /// Removes lease `id` from the lessor and from `txn`; returns the keys that were attached, for
-    /// the caller to delete from the key space (etcd's `Revoke`).
-    pub(crate) fn revoke<W: WriteTxn + ?Sized>(
-        &mut self,
-        txn: &mut W,
-        id: LeaseId,
-    ) -> Result<P::Vec<P::Bytes>, StoreError> {
+    /// Removes lease `id` from the lessor and from `txn` (etcd's `Revoke`); the caller then
+    /// deletes its keys from the key space, taking them one by one with
+    /// [`Lessor::first_key_of`] (deleting a key detaches it).
+    pub(crate) fn revoke<W: WriteTxn + ?Sized>(&mut self, txn: &mut W, id: LeaseId) -> Result<(), StoreError> {
         if !codec::remove(&mut self.leases, &id, |l| &l.id) {
             return Err(StoreError::NotFound("lease"));
         }
         txn.delete(Bucket::Lease, &lease_key(id))?;
-        let mut keys = P::Vec::<P::Bytes>::default();
-        for item in self.items.as_slice().iter().filter(|i| i.lease == id) {
-            codec::push(&mut keys, item.key.clone(), "revoked lease keys")?;
+        Ok(())
+    }
+
+    /// The first key still attached to lease `id`, copied into `out`; `false` when none is.
+    pub(crate) fn first_key_of(&self, id: LeaseId, out: &mut P::Bytes) -> Result<bool, StoreError> {
+        let items = self.items.as_slice();
+        let pos = items.partition_point(|i| i.lease < id);
+        match items.get(pos).filter(|i| i.lease == id) {
+            Some(item) => {
+                out.clear_all();
+                out.try_extend(item.key.as_slice())
+                    .map_err(|_| crate::collections::CapacityError { what: "revoked lease key" })?;
+                Ok(true)
+            }
+            None => Ok(false),
         }
-        self.items.retain_by(|i| i.lease != id);
-        Ok(keys)
     }
 
     /// Records the remaining TTL of lease `id`, so a new leader does not extend it back to its
@@ -140,7 +147,7 @@ impl<P: Profile> Lessor<P> {
         txn: &mut W,
         id: LeaseId,
         remaining_ttl: i64,
-        scratch: &mut P::Bytes,
+        scratch: &mut P::Record,
     ) -> Result<(), StoreError> {
         if remaining_ttl <= 0 {
             return Err(StoreError::InvalidRequest("remaining ttl must be positive"));
@@ -164,26 +171,24 @@ impl<P: Profile> Lessor<P> {
         Ok(())
     }
 
-    /// Attaches many `(lease, key)` pairs at once, sorting once at the end (the key-value
-    /// store's restore). A key whose lease does not exist stays unattached, as in etcd, which
-    /// logs it and goes on.
-    pub(crate) fn attach_all<'k>(
-        &mut self,
-        pairs: impl Iterator<Item = (LeaseId, &'k [u8])>,
-    ) -> Result<(), StoreError> {
-        for (lease, key) in pairs {
-            if self.lease(lease).is_none() {
-                crate::fmt::warning!("key attached to a missing lease: lease {}", lease);
-                continue;
-            }
-            let item = LeaseItem { lease, key: codec::bytes::<P::Bytes>(key, "lease item key")? };
-            codec::push(&mut self.items, item, "lease items")?;
+    /// Attaches `key` to lease `id` during a restore, unsorted; [`Lessor::finish_attaching`]
+    /// sorts once at the end. A key whose lease does not exist stays unattached, as in etcd,
+    /// which logs it and goes on.
+    pub(crate) fn attach_restored(&mut self, lease: LeaseId, key: &[u8]) -> Result<(), StoreError> {
+        if self.lease(lease).is_none() {
+            crate::fmt::warning!("key attached to a missing lease: lease {}", lease);
+            return Ok(());
         }
+        let item = LeaseItem { lease, key: codec::bytes::<P::Bytes>(key, "lease item key")? };
+        codec::push(&mut self.items, item, "lease items")?;
+        Ok(())
+    }
+
+    /// Sorts what [`Lessor::attach_restored`] attached and drops duplicates.
+    pub(crate) fn finish_attaching(&mut self) {
         self.items
             .as_mut_slice()
             .sort_unstable_by(|a, b| (a.lease, a.key.as_slice()).cmp(&(b.lease, b.key.as_slice())));
-        // Attaching twice is attaching once: drop adjacent duplicates (rare; the restore attaches
-        // each key once).
         let mut i = 1;
         while let (Some(prev), Some(cur)) = (self.items.as_slice().get(i - 1), self.items.as_slice().get(i)) {
             if prev == cur {
@@ -192,7 +197,6 @@ impl<P: Profile> Lessor<P> {
                 i += 1;
             }
         }
-        Ok(())
     }
 
     /// Detaches `key` from lease `id`, if it was attached.
@@ -222,7 +226,11 @@ impl<P: Profile> Lessor<P> {
     /// `initAndRecover`): every TTL at least the minimum, every lease "forever" until promotion,
     /// no attached key yet (the key-value store reattaches them). Like etcd, it ends with a
     /// forced commit, which stamps `cindex` into the backend.
-    pub fn recover<B: Backend>(backend: &mut B, min_ttl: i64, cindex: &ConsistentIndex) -> Result<Self, StoreError> {
+    pub(crate) fn recover<B: Backend>(
+        backend: &mut B,
+        min_ttl: i64,
+        cindex: &ConsistentIndex,
+    ) -> Result<Self, StoreError> {
         let lessor = Self::load(&backend.read()?, min_ttl)?;
         cindex.commit(backend.write()?)?;
         Ok(lessor)

@@ -18,9 +18,9 @@ pub struct Member<P: Profile> {
     /// The human-readable name.
     pub name: P::Bytes,
     /// URLs peers reach it at.
-    pub peer_urls: P::Vec<P::Bytes>,
+    pub peer_urls: P::MemberUrls,
     /// URLs clients reach it at.
-    pub client_urls: P::Vec<P::Bytes>,
+    pub client_urls: P::MemberUrls,
     /// Whether it is a learner (non-voting).
     pub is_learner: bool,
 }
@@ -119,8 +119,8 @@ fn parse_member_key(k: &[u8]) -> Option<MemberId> {
 /// The membership store.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct Membership<P: Profile> {
-    members: P::Vec<Member<P>>,
-    removed: P::Vec<MemberId>,
+    members: P::Members,
+    removed: P::Removed,
     version: Option<Version>,
     downgrade: Downgrade,
     capabilities: Capabilities,
@@ -160,7 +160,7 @@ impl<P: Profile> Membership<P> {
         &mut self,
         txn: &mut W,
         new: &NewMember<'_>,
-        scratch: &mut P::Bytes,
+        scratch: &mut P::Record,
     ) -> Result<(), StoreError> {
         let NewMember { id, name, peer_urls, client_urls, is_learner } = *new;
         if id == 0 {
@@ -188,11 +188,11 @@ impl<P: Profile> Membership<P> {
     }
 
     fn member_from(r: &MemberRecord<'_>) -> Result<Member<P>, StoreError> {
-        let mut peer_urls = P::Vec::<P::Bytes>::default();
+        let mut peer_urls = P::MemberUrls::default();
         for u in &r.peer_urls {
             codec::push(&mut peer_urls, codec::bytes::<P::Bytes>(u, "member url")?, "member urls")?;
         }
-        let mut client_urls = P::Vec::<P::Bytes>::default();
+        let mut client_urls = P::MemberUrls::default();
         for u in &r.client_urls {
             codec::push(&mut client_urls, codec::bytes::<P::Bytes>(u, "member url")?, "member urls")?;
         }
@@ -205,7 +205,7 @@ impl<P: Profile> Membership<P> {
         })
     }
 
-    fn save<W: WriteTxn + ?Sized>(txn: &mut W, m: &Member<P>, scratch: &mut P::Bytes) -> Result<(), StoreError> {
+    fn save<W: WriteTxn + ?Sized>(txn: &mut W, m: &Member<P>, scratch: &mut P::Record) -> Result<(), StoreError> {
         let mut peer_urls = heapless::Vec::<&[u8], MAX_MEMBER_URLS>::new();
         for u in m.peer_urls.as_slice() {
             peer_urls.push(u.as_slice()).map_err(|_| StoreError::InvalidRequest("more than 8 peer urls"))?;
@@ -229,12 +229,12 @@ impl<P: Profile> Membership<P> {
         txn: &mut W,
         id: MemberId,
         peer_urls: &[&[u8]],
-        scratch: &mut P::Bytes,
+        scratch: &mut P::Record,
     ) -> Result<(), StoreError> {
         if peer_urls.len() > MAX_MEMBER_URLS {
             return Err(StoreError::InvalidRequest("more than 8 peer urls"));
         }
-        let mut urls = P::Vec::<P::Bytes>::default();
+        let mut urls = P::MemberUrls::default();
         for u in peer_urls {
             codec::push(&mut urls, codec::bytes::<P::Bytes>(u, "member url")?, "member urls")?;
         }
@@ -248,7 +248,7 @@ impl<P: Profile> Membership<P> {
         &mut self,
         txn: &mut W,
         id: MemberId,
-        scratch: &mut P::Bytes,
+        scratch: &mut P::Record,
     ) -> Result<(), StoreError> {
         let member = self.member_mut(id)?;
         if !member.is_learner {

@@ -29,3 +29,31 @@ pub use membership::{
     NewMember, Version, member_key,
 };
 pub use v2::{CLUSTER_PREFIX, V2Deprecation, V2Node, V2Store};
+
+/// The stores etcd restores after the backend swap (alarms, auth, v2, membership), read and
+/// checked when the new backend is opened and installed with it at the swap.
+#[derive(Debug)]
+pub(crate) struct Later<P: crate::collections::Profile> {
+    pub(crate) alarms: AlarmStore<P>,
+    pub(crate) auth: AuthStore<P>,
+    pub(crate) v2: V2Store<P>,
+    pub(crate) membership: Membership<P>,
+}
+
+/// Reads every store a restore recovers from `backend` (leases, keys with their lease
+/// attachments, alarms, auth, membership) and drops them, without writing: a snapshot store
+/// calls it while persisting, off the apply loop's critical path, so a snapshot whose records
+/// do not recover is refused before it can become the live backend. Recovering for real stays
+/// the pipeline's: only it has bound the consistent index the recovery commits with.
+pub fn check_backend<P: crate::collections::Profile, B: crate::backend::Backend>(
+    backend: &B,
+) -> Result<(), StoreError> {
+    let txn = backend.read()?;
+    // The TTL floor only clamps TTLs; it cannot make a lease fail to recover.
+    let mut lessor = Lessor::<P>::load(&txn, 1)?;
+    KvStore::<P>::load(&txn, &mut lessor)?;
+    AlarmStore::<P>::load(&txn)?;
+    AuthStore::<P>::load(&txn)?;
+    Membership::<P>::load(&txn)?;
+    Ok(())
+}

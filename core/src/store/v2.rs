@@ -51,7 +51,7 @@ struct NodeRecord<'a> {
 /// The v2 store.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct V2Store<P: Profile> {
-    nodes: P::Vec<V2Node<P>>,
+    nodes: P::V2Nodes,
 }
 
 /// Writes the v2 path of a member's attribute: `/0/members/<hex id>/<leaf>`.

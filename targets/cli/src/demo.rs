@@ -175,7 +175,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Box<dyn Error>> {
     describe("leader  ", &leader)?;
     println!("  built in {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
 
-    let metadata = leader.snapshot_metadata();
+    let metadata = leader.snapshot_metadata()?;
     let mut v2 = Vec::new();
     leader.v2_snapshot_data(&mut v2)?;
     let mut data = Vec::new();

@@ -40,8 +40,8 @@ impl Observer for Printer {
         }
     }
 
-    fn in_progress(&mut self, delta: i8) {
-        self.gauge += i64::from(delta);
+    fn in_progress(&mut self, applying: bool) {
+        self.gauge = i64::from(applying);
         println!("  gauge etcd_server_snapshot_apply_in_progress_total={}", self.gauge);
     }
 

@@ -1,14 +1,14 @@
 // The right order compiles: every phase once, in etcd's order, each state consumed by the next.
 use snapply_core::collections::Profile;
 use snapply_core::pipeline::Validated;
-use snapply_core::ports::{Observer, Ports, SnapshotStore, Transport};
+use snapply_core::ports::{Ports, SnapshotStore};
 use snapply_core::{ApplyError, Node, Progress, Snapshot};
 
 /// The restore, generic over profile and ports: type- and borrow-checked without any adapter.
 /// `pub` so that the compiler sees it as used without instantiating it.
-pub fn restore<'n, P: Profile, S: SnapshotStore, T: Transport, O: Observer>(
+pub fn restore<'n, P: Profile, S: SnapshotStore>(
     node: &'n mut Node<S::Backend, P>,
-    ports: Ports<'n, S, T, O>,
+    ports: Ports<'n, S>,
     snapshot: Snapshot<'n>,
 ) -> Result<Option<(Progress, S::Backend)>, ApplyError> {
     let Some(validated) = Validated::new(node, ports, snapshot)? else {

@@ -1,0 +1,321 @@
+//! The core's backend port on redb: one redb table per bucket.
+//!
+//! Why one table per bucket rather than one table keyed by `(bucket, key)`:
+//! - it is etcd's layout (one bbolt bucket each), and redb's own tooling shows the buckets by
+//!   their etcd names;
+//! - a bucket scan is a plain range over its table, with no prefix to build or filter;
+//! - `clear`, which every snapshot restore does for all ten buckets, is `delete_table`: redb
+//!   frees the table's pages in bulk instead of deleting its keys one by one;
+//! - keys are stored as they are, without a bucket byte in front of each.
+//!
+//! A table that was never written does not exist in the file; reads treat it as empty.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+
+use redb::backends::FileBackend;
+use redb::{
+    Builder, Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableError, WriteTransaction,
+};
+use snapply_core::backend::{Backend, BackendError, BackendErrorKind, Bucket, ReadTxn, Visit, WriteTxn};
+
+use crate::error::FsError;
+
+/// The redb table of each bucket, named as etcd names its bbolt buckets.
+const fn table(bucket: Bucket) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
+    TableDefinition::new(bucket.name())
+}
+
+/// Whether an I/O error means the medium is out of space (ENOSPC, EDQUOT).
+pub(crate) fn is_full(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
+}
+
+/// The kind of a redb failure, as the core sees it.
+pub(crate) fn redb_kind(e: &redb::Error) -> BackendErrorKind {
+    match e {
+        redb::Error::Io(io) if is_full(io) => BackendErrorKind::Full,
+        redb::Error::Corrupted(_) | redb::Error::UpgradeRequired(_) => BackendErrorKind::Corrupt,
+        // redb's word for "this file is not a redb database".
+        redb::Error::Io(io) if io.kind() == io::ErrorKind::InvalidData => BackendErrorKind::Corrupt,
+        // A value larger than redb accepts (about 3 GiB) is a caller's bug: images bound values
+        // far below it.
+        redb::Error::ValueTooLarge(_) => BackendErrorKind::Misuse,
+        _ => BackendErrorKind::Io,
+    }
+}
+
+fn backend_err(e: impl Into<redb::Error>, context: &'static str) -> BackendError {
+    let e = e.into();
+    BackendError::new(redb_kind(&e), context)
+}
+
+/// A bucketed key-value backend in one redb file (etcd's `backend.Backend` on bbolt).
+///
+/// Read transactions are consistent snapshots (redb's MVCC); a write transaction is atomic and
+/// discarded when dropped; `commit` returns once redb has synced the file
+/// ([`redb::Durability::Immediate`], redb's default).
+#[derive(Debug)]
+pub struct RedbBackend {
+    db: Database,
+    path: PathBuf,
+}
+
+impl RedbBackend {
+    /// Opens the redb file at `path`, creating an empty one (mode 0600) if there is none.
+    ///
+    /// # Errors
+    /// [`FsError::Io`] if the file cannot be opened, [`FsError::Db`] if it is not a redb
+    /// database or redb cannot open it.
+    pub fn open(path: &Path) -> Result<Self, FsError> {
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options.open(path).map_err(|e| FsError::io("opening the backend file", path, e))?;
+        let db = FileBackend::new(file)
+            .and_then(|b| Builder::new().create_with_backend(b))
+            .map_err(|e| FsError::db("opening the backend database", path, e))?;
+        Ok(RedbBackend { db, path: path.to_path_buf() })
+    }
+
+    /// The file the backend was opened from. After the file was renamed or replaced (a
+    /// snapshot's backend renamed over it), this handle still reads and writes the file it
+    /// opened, not the one now at the path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// A read transaction of a [`RedbBackend`]: a consistent snapshot of its last commit.
+#[derive(Debug)]
+pub struct RedbRead<'a> {
+    txn: ReadTransaction,
+    _backend: PhantomData<&'a RedbBackend>,
+}
+
+/// A write transaction of a [`RedbBackend`]; dropped without `commit`, it leaves nothing.
+pub struct RedbWrite<'a> {
+    txn: WriteTransaction,
+    _backend: PhantomData<&'a mut RedbBackend>,
+}
+
+impl core::fmt::Debug for RedbWrite<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("RedbWrite").finish_non_exhaustive()
+    }
+}
+
+fn get_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    table: &T,
+    key: &[u8],
+    f: &mut dyn FnMut(&[u8]),
+) -> Result<bool, BackendError> {
+    match table.get(key).map_err(|e| backend_err(e, "reading a key"))? {
+        Some(v) => {
+            f(v.value());
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+fn scan_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    table: &T,
+    from: &[u8],
+    f: &mut Visit<'_>,
+) -> Result<(), BackendError> {
+    let range = table.range::<&[u8]>(from..).map_err(|e| backend_err(e, "scanning a bucket"))?;
+    for item in range {
+        let (k, v) = item.map_err(|e| backend_err(e, "scanning a bucket"))?;
+        if f(k.value(), v.value()).is_break() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+impl ReadTxn for RedbRead<'_> {
+    fn get(&self, bucket: Bucket, key: &[u8], f: &mut dyn FnMut(&[u8])) -> Result<bool, BackendError> {
+        match self.txn.open_table(table(bucket)) {
+            Ok(t) => get_in(&t, key, f),
+            Err(TableError::TableDoesNotExist(_)) => Ok(false),
+            Err(e) => Err(backend_err(e, "opening a bucket to read")),
+        }
+    }
+
+    fn scan(&self, bucket: Bucket, from: &[u8], f: &mut Visit<'_>) -> Result<(), BackendError> {
+        match self.txn.open_table(table(bucket)) {
+            Ok(t) => scan_in(&t, from, f),
+            Err(TableError::TableDoesNotExist(_)) => Ok(()),
+            Err(e) => Err(backend_err(e, "opening a bucket to scan")),
+        }
+    }
+}
+
+impl RedbWrite<'_> {
+    fn open(&self, bucket: Bucket) -> Result<redb::Table<'_, &'static [u8], &'static [u8]>, BackendError> {
+        self.txn.open_table(table(bucket)).map_err(|e| backend_err(e, "opening a bucket to write"))
+    }
+}
+
+impl ReadTxn for RedbWrite<'_> {
+    fn get(&self, bucket: Bucket, key: &[u8], f: &mut dyn FnMut(&[u8])) -> Result<bool, BackendError> {
+        get_in(&self.open(bucket)?, key, f)
+    }
+
+    fn scan(&self, bucket: Bucket, from: &[u8], f: &mut Visit<'_>) -> Result<(), BackendError> {
+        scan_in(&self.open(bucket)?, from, f)
+    }
+}
+
+impl WriteTxn for RedbWrite<'_> {
+    fn put(&mut self, bucket: Bucket, key: &[u8], value: &[u8]) -> Result<(), BackendError> {
+        self.open(bucket)?.insert(key, value).map_err(|e| backend_err(e, "writing a key"))?;
+        Ok(())
+    }
+
+    fn delete(&mut self, bucket: Bucket, key: &[u8]) -> Result<bool, BackendError> {
+        let mut table = self.open(bucket)?;
+        let removed = table.remove(key).map_err(|e| backend_err(e, "deleting a key"))?.is_some();
+        Ok(removed)
+    }
+
+    fn clear(&mut self, bucket: Bucket) -> Result<(), BackendError> {
+        self.txn.delete_table(table(bucket)).map_err(|e| backend_err(e, "clearing a bucket"))?;
+        Ok(())
+    }
+
+    fn commit(self) -> Result<(), BackendError> {
+        self.txn.commit().map_err(|e| backend_err(e, "committing a write transaction"))
+    }
+}
+
+impl Backend for RedbBackend {
+    type Read<'a>
+        = RedbRead<'a>
+    where
+        Self: 'a;
+    type Write<'a>
+        = RedbWrite<'a>
+    where
+        Self: 'a;
+
+    fn read(&self) -> Result<RedbRead<'_>, BackendError> {
+        let txn = self.db.begin_read().map_err(|e| backend_err(e, "beginning a read transaction"))?;
+        Ok(RedbRead { txn, _backend: PhantomData })
+    }
+
+    fn write(&mut self) -> Result<RedbWrite<'_>, BackendError> {
+        let txn = self.db.begin_write().map_err(|e| backend_err(e, "beginning a write transaction"))?;
+        Ok(RedbWrite { txn, _backend: PhantomData })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use snapply_core::backend::dump;
+    use std::ops::ControlFlow;
+
+    fn backend() -> (tempfile::TempDir, RedbBackend) {
+        let dir = tempfile::tempdir().unwrap();
+        let b = RedbBackend::open(&dir.path().join("db")).unwrap();
+        (dir, b)
+    }
+
+    #[test]
+    fn dropped_write_leaves_nothing_and_commit_publishes() {
+        let (_dir, mut b) = backend();
+        {
+            let mut t = b.write().unwrap();
+            t.put(Bucket::Key, b"a", b"1").unwrap();
+        }
+        assert!(dump(&b.read().unwrap()).unwrap().is_empty());
+        let mut t = b.write().unwrap();
+        t.put(Bucket::Key, b"a", b"1").unwrap();
+        t.put(Bucket::Meta, b"m", b"2").unwrap();
+        t.commit().unwrap();
+        let want = vec![(Bucket::Key, b"a".to_vec(), b"1".to_vec()), (Bucket::Meta, b"m".to_vec(), b"2".to_vec())];
+        assert_eq!(dump(&b.read().unwrap()).unwrap(), want);
+    }
+
+    #[test]
+    fn read_transaction_is_a_snapshot() {
+        let (_dir, mut b) = backend();
+        let mut t = b.write().unwrap();
+        t.put(Bucket::Lease, b"x", b"old").unwrap();
+        t.commit().unwrap();
+        let before = b.db.begin_read().unwrap();
+        let mut t = b.write().unwrap();
+        t.put(Bucket::Lease, b"x", b"new").unwrap();
+        t.commit().unwrap();
+        let view = RedbRead { txn: before, _backend: PhantomData };
+        let mut seen = Vec::new();
+        assert!(view.get(Bucket::Lease, b"x", &mut |v| seen = v.to_vec()).unwrap());
+        assert_eq!(seen, b"old");
+    }
+
+    #[test]
+    fn write_sees_its_own_changes_and_clear_empties_one_bucket() {
+        let (_dir, mut b) = backend();
+        let mut t = b.write().unwrap();
+        for k in [b"a", b"b", b"c"] {
+            t.put(Bucket::Key, k, b"v").unwrap();
+        }
+        t.put(Bucket::Alarm, b"z", b"").unwrap();
+        assert!(t.delete(Bucket::Key, b"b").unwrap());
+        assert!(!t.delete(Bucket::Key, b"b").unwrap());
+        let mut keys = Vec::new();
+        t.scan(Bucket::Key, b"a\0", &mut |k, _| {
+            keys.push(k.to_vec());
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert_eq!(keys, vec![b"c".to_vec()]);
+        t.clear(Bucket::Key).unwrap();
+        assert!(!t.get(Bucket::Key, b"a", &mut |_| {}).unwrap());
+        t.put(Bucket::Key, b"d", b"v").unwrap();
+        t.commit().unwrap();
+        let got = dump(&b.read().unwrap()).unwrap();
+        assert_eq!(got, vec![(Bucket::Key, b"d".to_vec(), b"v".to_vec()), (Bucket::Alarm, b"z".to_vec(), vec![])]);
+    }
+
+    #[test]
+    fn reopened_file_holds_what_was_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let mut b = RedbBackend::open(&path).unwrap();
+            let mut t = b.write().unwrap();
+            t.put(Bucket::Members, b"1", b"m").unwrap();
+            t.commit().unwrap();
+        }
+        let b = RedbBackend::open(&path).unwrap();
+        assert_eq!(dump(&b.read().unwrap()).unwrap(), vec![(Bucket::Members, b"1".to_vec(), b"m".to_vec())]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn a_file_that_is_not_redb_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        let e = RedbBackend::open(&path).unwrap_err();
+        assert!(matches!(e, FsError::Db { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn disk_full_maps_to_full() {
+        let e = redb::Error::Io(io::Error::from(io::ErrorKind::StorageFull));
+        assert_eq!(redb_kind(&e), BackendErrorKind::Full);
+        assert_eq!(backend_err(e, "x").kind, BackendErrorKind::Full);
+        assert_eq!(redb_kind(&redb::Error::Corrupted("x".into())), BackendErrorKind::Corrupt);
+    }
+}

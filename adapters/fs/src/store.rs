@@ -1,0 +1,303 @@
+//! The core's snapshot-store port on a data directory (etcd's snapshotter and
+//! `openSnapshotBackend`).
+//!
+//! The real work is in inherent methods and free functions that take plain values; the
+//! [`SnapshotStore`] impl at the end only converts tickets and proofs, so it follows the port's
+//! changes without touching the disk logic.
+
+use snapply_core::ImageData;
+use snapply_core::backend::{Backend, WriteTxn};
+use snapply_core::collections::Growable;
+use snapply_core::image::{self, DecodeError, MaterializeError};
+use snapply_core::ports::{Durable, PersistTicket, PortError, ReleaseTicket, SnapshotStore};
+use snapply_core::raft::SnapshotMetadata;
+use snapply_core::store::ConsistentIndex;
+
+use crate::backend::RedbBackend;
+use crate::datadir::{DataDir, SnapName};
+use crate::durable::{remove_if_exists, sync_dir};
+use crate::error::FsError;
+use crate::failpoint::failpoint;
+use crate::snapfile::{self, SnapInfo};
+
+/// Snapshots persisted in a [`DataDir`], their backends opened by a rename over `member/db`.
+///
+/// A persisted snapshot stays on disk until [`FsSnapshotStore::release`] is called with a
+/// newer applied index: two snapshots persisted back to back are both kept, so the one waiting
+/// to be applied is never deleted under it (etcd #18055, #20133).
+#[derive(Debug)]
+pub struct FsSnapshotStore {
+    dir: DataDir,
+    buf: Vec<u8>,
+    /// The v2 data of the last snapshot asked for, so that `v2_data` can lend it.
+    v2: Option<(SnapName, Vec<u8>)>,
+}
+
+impl FsSnapshotStore {
+    /// A store on `dir`.
+    pub fn new(dir: DataDir) -> Self {
+        FsSnapshotStore { dir, buf: vec![0; image::MIN_BUFFER], v2: None }
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &DataDir {
+        &self.dir
+    }
+
+    /// Makes the snapshot durable: see [`persist`].
+    ///
+    /// # Errors
+    /// As [`persist`].
+    pub fn persist_image(&mut self, metadata: &SnapshotMetadata, image: ImageData<'_>) -> Result<SnapInfo, FsError> {
+        persist(&self.dir, &mut self.buf, metadata, image)
+    }
+
+    /// Opens the backend of the persisted snapshot `name` as etcd's `openSnapshotBackend` does:
+    /// renames `<index>.snap.db` over `member/db`, syncs both directories, opens it.
+    ///
+    /// The node's live backend keeps its own handle on the file it opened: the rename replaces
+    /// the directory entry, not the open file, so the old backend goes on working (on the
+    /// replaced file) until the pipeline swaps it out and it is dropped, which closes the file
+    /// and frees it. redb's file lock is per file, so the new handle does not conflict with it.
+    /// This relies on POSIX rename semantics; Windows refuses to rename over an open file.
+    ///
+    /// # Errors
+    /// [`FsError::NotFound`] if no such snapshot is persisted, [`FsError::MissingDb`] if its
+    /// backend file is gone, [`FsError::Io`] or [`FsError::Db`] if the rename or the open fails.
+    pub fn open_snapshot(&mut self, name: SnapName) -> Result<RedbBackend, FsError> {
+        let snap = self.dir.snap_path(name);
+        if !snap.exists() {
+            return Err(FsError::NotFound { index: name.index, term: name.term });
+        }
+        let from = self.dir.snap_db_path(name.index);
+        if !from.exists() {
+            return Err(FsError::MissingDb { index: name.index, path: from });
+        }
+        let to = self.dir.db_path();
+        failpoint!("fs::open::start", &from);
+        std::fs::rename(&from, &to)
+            .map_err(|e| FsError::io("renaming the snapshot's backend over the live one", &to, e))?;
+        failpoint!("fs::open::renamed", &to);
+        // The rename changed two directories: the new `db` entry first, then the removed one.
+        sync_dir(self.dir.member_dir())?;
+        sync_dir(self.dir.snap_dir())?;
+        failpoint!("fs::open::dir_synced", &to);
+        let backend = RedbBackend::open(&to)?;
+        failpoint!("fs::open::opened", &to);
+        Ok(backend)
+    }
+
+    /// The v2 data of the persisted snapshot `name`, read from its `.snap`.
+    ///
+    /// # Errors
+    /// As [`DataDir::read_snap`].
+    pub fn v2_of(&mut self, name: SnapName) -> Result<&[u8], FsError> {
+        let cached = matches!(&self.v2, Some((n, _)) if *n == name);
+        if !cached {
+            let info = self.dir.read_snap(name)?;
+            self.v2 = Some((name, info.v2));
+        }
+        Ok(self.v2.as_ref().map_or(&[][..], |(_, v2)| v2.as_slice()))
+    }
+
+    /// The snapshot at `applied` is applied: deletes the snapshots older than it. Snapshots at
+    /// or above it are kept (see [`DataDir`]'s pinning rule).
+    ///
+    /// # Errors
+    /// [`FsError::Io`] if a file cannot be removed or the directory synced.
+    pub fn release(&mut self, applied: u64) -> Result<(), FsError> {
+        self.dir.release_before(applied)
+    }
+}
+
+/// Makes a snapshot durable in `dir`, checking it on the way, off the apply loop's critical
+/// path: everything that depends only on the snapshot's bytes is done here.
+///
+/// 1. The image is streamed (from memory or a [`snapply_core::image::Source`]) through `buf`
+///    by [`image::materialize`] into a write transaction of a fresh redb file
+///    `<index>.snap.db.tmp`: every frame's CRC and the trailer's SHA-256 are checked as it goes.
+/// 2. The image's metadata must be the snapshot's, and its `meta` bucket's consistent index the
+///    snapshot's index (the check etcd makes only under a debug flag, #13973); then it commits
+///    (redb syncs the file).
+/// 3. Every store the pipeline will recover from it (leases, keys, alarms, auth, membership) is
+///    recovered once here, so a snapshot whose records do not recover never replaces `member/db`.
+/// 4. `<index>.snap.db.tmp` is renamed to `<index>.snap.db` and the directory synced.
+/// 5. The `.snap` (metadata, the image's digest, v2 data, CRC-32C) is written durably: it is the
+///    commit record, so a crash before it leaves an orphan backend [`DataDir::open`] removes.
+///
+/// A snapshot already persisted with the same metadata, whose backend is still there, is not
+/// written again: the image is not read (a retry, or a boot-time recovery whose image is empty).
+///
+/// # Errors
+/// [`FsError::Image`], [`FsError::MetadataMismatch`], [`FsError::IndexMismatch`],
+/// [`FsError::Store`] for a bad snapshot; [`FsError::Stream`] if the stream failed;
+/// [`FsError::Full`] (see [`FsError::is_full`]) if the disk is full; [`FsError::Io`],
+/// [`FsError::Db`] otherwise. On every error what was written is removed: the directory holds
+/// what it held before.
+pub fn persist(
+    dir: &DataDir,
+    buf: &mut [u8],
+    metadata: &SnapshotMetadata,
+    image: ImageData<'_>,
+) -> Result<SnapInfo, FsError> {
+    let name = SnapName { index: metadata.index, term: metadata.term };
+    let db = dir.snap_db_path(name.index);
+    if db.exists()
+        && let Ok(info) = dir.read_snap(name)
+        && info.metadata == *metadata
+    {
+        // Already persisted (a retry): it is this snapshot only if the image is the same one.
+        let digest = match image {
+            ImageData::Bytes(bytes) => image::verify(bytes, buf)
+                .map(|(_, s)| s.sha256)
+                .map_err(|_| FsError::Image { offset: 0, what: snapply_core::image::Corruption::DigestMismatch })?,
+            ImageData::Stream(source) => image::verify(source, buf).map(|(_, s)| s.sha256).map_err(|e| match e {
+                DecodeError::Source(e) => FsError::Stream(e),
+                _ => FsError::Image { offset: 0, what: snapply_core::image::Corruption::DigestMismatch },
+            })?,
+            ImageData::Persisted { sha256 } => sha256,
+        };
+        if digest != info.image_sha256 {
+            return Err(FsError::MetadataMismatch { index: name.index });
+        }
+        return Ok(info);
+    }
+    if let ImageData::Persisted { .. } = image {
+        return Err(FsError::NotFound { index: name.index, term: name.term });
+    }
+    let tmp = dir.snap_dir().join(format!("{}.tmp", snapfile::db_name(name.index)));
+    let result = (|| {
+        remove_if_exists(&tmp)?;
+        failpoint!("fs::persist::start", &tmp);
+        let info = materialize(&tmp, buf, metadata, image)?;
+        std::fs::rename(&tmp, &db).map_err(|e| FsError::io("renaming the snapshot's backend into place", &db, e))?;
+        failpoint!("fs::persist::db_renamed", &db);
+        sync_dir(dir.snap_dir())?;
+        failpoint!("fs::persist::db_dir_synced", &db);
+        dir.write_snap(&info)?;
+        failpoint!("fs::persist::done", &dir.snap_path(name));
+        Ok(info)
+    })();
+    if result.is_err() {
+        // Leave the directory as it was: the snapshot was not reported durable, so nothing of it
+        // may stay (a `.snap` left by a failed directory sync would be applied at the next boot).
+        // Removal is best effort; whatever survives a second failure is what `DataDir::open`
+        // sweeps (temp files, backends no `.snap` names) or a `.snap` the leader's next snapshot
+        // supersedes.
+        let _ = remove_if_exists(&dir.snap_path(name));
+        let _ = remove_if_exists(&db);
+        let _ = remove_if_exists(&tmp);
+        let _ = sync_dir(dir.snap_dir());
+    }
+    result
+}
+
+/// Steps 1 to 3 of [`persist`], into the redb file `tmp`.
+fn materialize(
+    tmp: &std::path::Path,
+    buf: &mut [u8],
+    metadata: &SnapshotMetadata,
+    image: ImageData<'_>,
+) -> Result<SnapInfo, FsError> {
+    let index = metadata.index;
+    let mut backend = RedbBackend::open(tmp)?;
+    failpoint!("fs::persist::tmp_created", tmp);
+    let mut v2 = Vec::new();
+    let mut keep_v2 = |chunk: &[u8]| {
+        v2.extend_from_slice(chunk);
+        Ok(())
+    };
+    let mut txn = backend
+        .write()
+        .map_err(|source| FsError::Backend { op: "beginning the snapshot backend's transaction", source })?;
+    let decoded = match image {
+        ImageData::Bytes(bytes) => image::materialize(bytes, buf, &mut txn, &mut keep_v2).map_err(image_error),
+        ImageData::Stream(source) => image::materialize(source, buf, &mut txn, &mut keep_v2).map_err(|e| match e {
+            MaterializeError::Decode(DecodeError::Source(e)) => FsError::Stream(e),
+            e => image_error(e),
+        }),
+        ImageData::Persisted { .. } => return Err(FsError::NotFound { index, term: metadata.term }),
+    };
+    let (decoded, summary) = decoded?;
+    if decoded != *metadata {
+        return Err(FsError::MetadataMismatch { index });
+    }
+    let cindex = ConsistentIndex::load(&txn).map_err(|source| FsError::Store { index, source })?;
+    if cindex.index() != index {
+        return Err(FsError::IndexMismatch { backend_index: cindex.index(), snapshot_index: index });
+    }
+    failpoint!("fs::persist::materialized", tmp);
+    txn.commit().map_err(|source| FsError::Backend { op: "committing the snapshot's backend", source })?;
+    failpoint!("fs::persist::committed", tmp);
+    check_stores(&mut backend, &cindex, index)?;
+    failpoint!("fs::persist::checked", tmp);
+    Ok(SnapInfo { metadata: decoded, image_sha256: summary.sha256, records: summary.records, v2 })
+}
+
+/// Reads every store the pipeline recovers from a snapshot's backend, and drops them: a
+/// snapshot whose records do not recover is refused while persisting, before it can replace
+/// `member/db`.
+fn check_stores<B: Backend>(backend: &mut B, _cindex: &ConsistentIndex, index: u64) -> Result<(), FsError> {
+    snapply_core::store::check_backend::<Growable, B>(backend).map_err(|source| FsError::Store { index, source })
+}
+
+fn image_error<E>(e: MaterializeError<E>) -> FsError {
+    match e {
+        MaterializeError::Decode(DecodeError::Corrupt { offset, what }) => FsError::Image { offset, what },
+        MaterializeError::Backend(source) | MaterializeError::V2(source) => {
+            FsError::Backend { op: "writing the snapshot's backend", source }
+        }
+        // A buffer of MIN_BUFFER bytes decodes every valid image, and the decoder is used once:
+        // either of these is a bug here, reported as an I/O failure rather than a panic.
+        _ => FsError::Backend {
+            op: "decoding the snapshot image",
+            source: snapply_core::backend::BackendError::new(
+                snapply_core::backend::BackendErrorKind::Misuse,
+                "decoder buffer too small or decoder reused",
+            ),
+        },
+    }
+}
+
+fn name_of(d: &Durable<'_>) -> SnapName {
+    SnapName { index: d.index(), term: d.term() }
+}
+
+impl SnapshotStore for FsSnapshotStore {
+    type Backend = RedbBackend;
+
+    fn persist<'r>(&mut self, image: ImageData<'_>, ticket: PersistTicket<'r>) -> Result<Durable<'r>, PortError> {
+        let info = self.persist_image(ticket.metadata(), image)?;
+        if info.metadata != *ticket.metadata() {
+            return Err(FsError::MetadataMismatch { index: ticket.index() }.to_port());
+        }
+        Ok(ticket.confirm(info.image_sha256))
+    }
+
+    fn open_backend(&mut self, snapshot: &Durable<'_>) -> Result<RedbBackend, PortError> {
+        let name = name_of(snapshot);
+        if !self.dir.snap_db_path(name.index).exists() {
+            // Completing a restore whose backend was already renamed over `member/db` (the run
+            // ended after opening it): the live file is the snapshot's if its consistent index is.
+            let live = RedbBackend::open(&self.dir.db_path())?;
+            let index = live
+                .read()
+                .map_err(snapply_core::store::StoreError::from)
+                .and_then(|t| ConsistentIndex::load(&t))
+                .map(|c| c.index())
+                .map_err(|source| FsError::Store { index: name.index, source })?;
+            if index == name.index {
+                return Ok(live);
+            }
+        }
+        Ok(self.open_snapshot(name)?)
+    }
+
+    fn v2_data(&mut self, snapshot: &Durable<'_>) -> Result<&[u8], PortError> {
+        Ok(self.v2_of(name_of(snapshot))?)
+    }
+
+    fn release_before(&mut self, applied: ReleaseTicket<'_>) -> Result<(), PortError> {
+        Ok(self.release(applied.index())?)
+    }
+}

@@ -1,0 +1,136 @@
+//! Whole restores on a data directory: the pipeline with `FsSnapshotStore` and a node on
+//! `member/db`, compared store by store with the leader; pinning of back-to-back snapshots;
+//! boot-time recovery; corrupt `.snap` files; bad images; a full disk at every persist step.
+
+mod common;
+
+use common::{DiskNode, FOLLOWER, apply, assert_same, boot, leader, more_ops, rich_ops, snap_files};
+use proptest::prelude::*;
+use snapply_core::Node;
+use snapply_core::ports::{Phase, PortErrorKind};
+use snapply_fs::{DataDir, FsSnapshotStore, SnapName};
+use snapply_tests::{config, records, run, workload};
+
+/// A follower on a fresh data directory with `ops` applied to its live backend.
+fn follower(root: &std::path::Path, ops: &[snapply_tests::Op]) -> (DiskNode, FsSnapshotStore) {
+    let dir = DataDir::open(root).unwrap();
+    let boot = dir.boot().unwrap();
+    assert!(boot.pending.is_none());
+    let mut node = Node::new(config(FOLLOWER), boot.backend);
+    run(&mut node, ops, 0, 1);
+    (node, FsSnapshotStore::new(dir))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// A generated leader, applied to a follower on disk with unrelated prior state, streamed or
+    /// in memory: the follower equals the leader, `member/db` is the snapshot's backend, the old
+    /// backend handed back still reads the follower's prior state (its file was renamed over),
+    /// and a restart finds the new state with nothing pending.
+    #[test]
+    fn follower_on_disk_equals_leader(leader_ops in workload(64), follower_ops in workload(32), streamed: bool) {
+        let (leader, metadata, image) = leader(&[common::rich_ops(), leader_ops]);
+        let root = tempfile::tempdir().unwrap();
+        let (mut node, mut store) = follower(root.path(), &follower_ops);
+        let before = records(node.backend());
+
+        let outcome = common::apply_with(&mut node, &mut store, &metadata, &image, streamed).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let outcome = outcome.ok_or_else(|| TestCaseError::fail("treated as empty"))?;
+        assert_same(&leader, &node, &metadata);
+        prop_assert_eq!(records(&outcome.old_backend), before);
+        // The snapshot's backend became member/db; its .snap stays as the record of the last
+        // applied snapshot.
+        let name = SnapName { index: metadata.index, term: metadata.term };
+        prop_assert_eq!(snap_files(root.path()), vec![format!("{:016x}-{:016x}.snap", name.term, name.index)]);
+
+        drop((outcome, node, store));
+        let (reopened, _, recovered) = boot(root.path());
+        prop_assert!(!recovered, "nothing is pending after a completed restore");
+        prop_assert_eq!(records(reopened.backend()), records(leader.backend()));
+    }
+}
+
+/// Two snapshots persisted back to back, before either is applied: applying the first deletes
+/// nothing the second needs (etcd #18055, #20133), and the second then applies too.
+#[test]
+fn back_to_back_snapshots_keep_the_one_waiting() {
+    let (_, first_meta, first_image) = leader(&[rich_ops()]);
+    let (second_leader, second_meta, second_image) = leader(&[rich_ops(), more_ops()]);
+    assert!(first_meta.index < second_meta.index);
+    let root = tempfile::tempdir().unwrap();
+    let (mut node, mut store) = follower(root.path(), &[]);
+
+    store.persist_image(&first_meta, snapply_core::ImageData::Bytes(&first_image)).unwrap();
+    store.persist_image(&second_meta, snapply_core::ImageData::Bytes(&second_image)).unwrap();
+    assert_eq!(snap_files(root.path()).len(), 4, "two .snap and two .snap.db");
+
+    // The first is applied (its persist is the one already done: the image is not read again).
+    apply(&mut node, &mut store, &first_meta, &[]).unwrap();
+    let second = SnapName { index: second_meta.index, term: second_meta.term };
+    let dir = store.dir().clone();
+    assert!(dir.snap_path(second).exists() && dir.snap_db_path(second.index).exists());
+
+    apply(&mut node, &mut store, &second_meta, &[]).unwrap();
+    assert_same(&second_leader, &node, &second_meta);
+    // The first is released now that a newer one is applied.
+    assert_eq!(snap_files(root.path()), vec![format!("{:016x}-{:016x}.snap", second.term, second.index)]);
+}
+
+/// A snapshot persisted but not applied when the node stopped is applied at boot, before the
+/// node serves (etcd's `RecoverSnapshotBackend`).
+#[test]
+fn boot_applies_a_pending_snapshot() {
+    let (leader, metadata, image) = leader(&[rich_ops(), more_ops()]);
+    let root = tempfile::tempdir().unwrap();
+    let (node, mut store) = follower(root.path(), &rich_ops()[..4]);
+    store.persist_image(&metadata, snapply_core::ImageData::Bytes(&image)).unwrap();
+    drop((node, store));
+
+    let (node, _, recovered) = boot(root.path());
+    assert!(recovered);
+    assert_same(&leader, &node, &metadata);
+}
+
+/// A `.snap` that fails its checksum is set aside as `.broken` and the next newest is applied.
+#[test]
+fn corrupt_snap_is_set_aside_and_the_next_newest_applied() {
+    let (first_leader, first_meta, first_image) = leader(&[rich_ops()]);
+    let (_, second_meta, second_image) = leader(&[rich_ops(), more_ops()]);
+    let root = tempfile::tempdir().unwrap();
+    let (node, mut store) = follower(root.path(), &[]);
+    store.persist_image(&first_meta, snapply_core::ImageData::Bytes(&first_image)).unwrap();
+    store.persist_image(&second_meta, snapply_core::ImageData::Bytes(&second_image)).unwrap();
+    let second = store.dir().snap_path(SnapName { index: second_meta.index, term: second_meta.term });
+    drop((node, store));
+
+    let mut bytes = std::fs::read(&second).unwrap();
+    bytes[20] ^= 0x01;
+    std::fs::write(&second, &bytes).unwrap();
+
+    let (node, _, recovered) = boot(root.path());
+    assert!(recovered);
+    assert_same(&first_leader, &node, &first_meta);
+    let mut broken = second.into_os_string();
+    broken.push(".broken");
+    assert!(std::path::Path::new(&broken).exists());
+}
+
+/// A damaged image is refused while persisting: nothing is left in `member/snap/`, the node and
+/// `member/db` are as they were.
+#[test]
+fn bad_image_is_refused_and_leaves_nothing() {
+    let (_, metadata, image) = leader(&[rich_ops()]);
+    let root = tempfile::tempdir().unwrap();
+    let (mut node, mut store) = follower(root.path(), &more_ops());
+    let before = (records(node.backend()), node.stores().clone(), node.progress().clone());
+    for at in [12, image.len() / 2, image.len() - 3] {
+        let mut bad = image.clone();
+        bad[at] ^= 0x10;
+        let err = apply(&mut node, &mut store, &metadata, &bad).unwrap_err();
+        assert_eq!(err.phase(), Phase::Persist);
+        assert!(matches!(err.kind(), snapply_core::ApplyErrorKind::Port(p) if p.kind == PortErrorKind::Corrupt));
+        assert!(snap_files(root.path()).is_empty(), "byte {at}: {:?}", snap_files(root.path()));
+        assert_eq!((records(node.backend()), node.stores().clone(), node.progress().clone()), before);
+    }
+}

@@ -1,0 +1,408 @@
+//! A restore driven by hand and left half-done, as a stranger would leave it: a dropped state, a
+//! forgotten state, a panic unwinding out of a port, a fatal error. However the run ends short
+//! of `Applied`, the node never serves a mix of old and new stores: it is either exactly as it
+//! was (the run ended before the swap) or it refuses entries and new restores until `resume`
+//! completes the restore from the durable snapshot.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use snapply_core::collections::Growable;
+use snapply_core::image::MIN_BUFFER;
+use snapply_core::mem::VecBackend;
+use snapply_core::memports::{MemSnapshotStore, PeerTable};
+use snapply_core::pipeline::Validated;
+use snapply_core::ports::{Event, Observer, Phase, PortError, PortErrorKind, Ports, Transport};
+use snapply_core::store::{MemberId, StoreError};
+use snapply_core::{ApplyErrorKind, Node, Request, Snapshot, SnapshotMetadata, resume};
+use snapply_tests::{Op, Recorder, records, run, sample_follower, sample_leader, snapshot, state};
+
+type Store<'b> = MemSnapshotStore<'b, VecBackend, Vec<u8>>;
+type HostNode = Node<VecBackend, Growable>;
+
+/// What to do with the state at the stop point.
+#[derive(Clone, Copy, Debug)]
+enum End {
+    Drop,
+    Forget,
+}
+
+/// Drives a restore by hand through `stop` transitions (1 = `Persisted` ... 12 = `Applied`)
+/// and then drops or forgets the state reached.
+fn drive(
+    node: &mut HostNode,
+    storage: &mut Store<'_>,
+    obs: &mut Recorder,
+    md: &SnapshotMetadata,
+    image: &[u8],
+    stop: usize,
+    end: End,
+) {
+    let mut transport = PeerTable::<Growable>::default();
+    let ports = Ports { storage, transport: &mut transport, observer: obs };
+    let v = Validated::new(node, ports, Snapshot::from_bytes(md, image)).expect("valid").expect("not empty");
+    macro_rules! stop_here {
+        ($state:expr, $n:expr) => {
+            if stop == $n {
+                match end {
+                    End::Drop => drop($state),
+                    End::Forget => std::mem::forget($state),
+                }
+                return;
+            }
+        };
+    }
+    stop_here!(v, 0);
+    let s = v.persist().expect("persist");
+    stop_here!(s, 1);
+    let s = s.open_backend().expect("open");
+    stop_here!(s, 2);
+    let s = s.bind_index().expect("bind");
+    stop_here!(s, 3);
+    let s = s.restore_lease().expect("lease");
+    stop_here!(s, 4);
+    let s = s.restore_mvcc().expect("mvcc");
+    stop_here!(s, 5);
+    let (s, _old) = s.swap_backend();
+    stop_here!(s, 6);
+    let s = s.restore_alarms();
+    stop_here!(s, 7);
+    let s = s.restore_auth();
+    stop_here!(s, 8);
+    let s = s.restore_v2();
+    stop_here!(s, 9);
+    let s = s.restore_cluster();
+    stop_here!(s, 10);
+    let s = s.update_peers().expect("peers");
+    stop_here!(s, 11);
+    let s = s.finish().expect("finish");
+    stop_here!(s, 12);
+}
+
+/// The phase a run stopped after `stop` transitions did not reach.
+fn next_phase(stop: usize) -> Phase {
+    Phase::ALL[stop + 1]
+}
+
+fn put_refused(node: &mut HostNode) -> bool {
+    matches!(
+        node.apply(10_000, 9, &Request::Put { key: b"late", value: b"x", lease: 0 }),
+        Err(StoreError::RestoreUnfinished { .. })
+    )
+}
+
+/// Resumes with `storage` and checks the node then equals the leader, store by store.
+fn resume_to_leader(node: &mut HostNode, storage: &mut Store<'_>, leader: &HostNode, md: &SnapshotMetadata) {
+    let mut obs = Recorder::default();
+    let mut transport = PeerTable::<Growable>::default();
+    let ports = Ports { storage, transport: &mut transport, observer: &mut obs };
+    let out = resume(node, ports).expect("resume").expect("a swapped restore is completed");
+    assert_eq!(out.progress.applied_index, md.index);
+    assert!(node.unfinished().is_none());
+    assert_eq!(records(node.backend()), records(leader.backend()));
+    assert_eq!(node.stores(), leader.stores());
+    assert_eq!(node.progress().applied_index, md.index);
+    assert_eq!(obs.gauge, 0);
+    assert_eq!(obs.events.last().map(Event::message), Some("applied snapshot"));
+}
+
+#[test]
+fn a_state_dropped_before_the_swap_leaves_the_node_exactly_as_it_was() {
+    let leader = sample_leader();
+    let (md, image) = snapshot(&leader);
+    for stop in 0..=5 {
+        let mut f = sample_follower(VecBackend::new());
+        let before = state(&f);
+        let mut buf = vec![0u8; MIN_BUFFER];
+        let mut storage = Store::new(&mut buf);
+        let mut obs = Recorder::default();
+        drive(&mut f, &mut storage, &mut obs, &md, &image, stop, End::Drop);
+        assert_eq!(state(&f), before, "dropped after {stop} transitions");
+        assert!(f.unfinished().is_none(), "dropped after {stop} transitions");
+        assert_eq!(obs.gauge, 0);
+        assert!(obs.events.contains(&Event::Failed { phase: next_phase(stop), fatal: false }), "{:?}", obs.events);
+        // The node serves again: an entry applies.
+        let index = f.progress().applied_index + 1;
+        f.apply(index, 1, &Request::Put { key: b"k", value: b"v", lease: 0 }).expect("entry after a dropped restore");
+    }
+}
+
+#[test]
+fn a_state_dropped_after_the_swap_leaves_a_refusing_node_that_resume_completes() {
+    let leader = sample_leader();
+    let (md, image) = snapshot(&leader);
+    let (older_md, older_image) = {
+        // A leader at a lower index than `md`.
+        let mut l = snapply_tests::node(1);
+        run(&mut l, &[Op::Put { key: 1, value: b"early".to_vec(), lease: None }], 50, 1);
+        snapshot(&l)
+    };
+    for stop in 6..=11 {
+        let mut f = sample_follower(VecBackend::new());
+        let old_progress = f.progress().clone();
+        let mut buf = vec![0u8; MIN_BUFFER];
+        let mut storage = Store::new(&mut buf);
+        let mut obs = Recorder::default();
+        drive(&mut f, &mut storage, &mut obs, &md, &image, stop, End::Drop);
+        // Never a mix: every store is the leader's (installed at the swap), the progress is the
+        // old one until the restore completes, and the node says so.
+        assert_eq!(f.stores(), leader.stores(), "dropped after {stop} transitions");
+        assert_eq!(f.progress(), &old_progress);
+        let u = f.unfinished().expect("an unfinished restore is recorded");
+        assert!(u.swapped());
+        assert_eq!(u.metadata(), &md);
+        assert_eq!(obs.gauge, 0);
+        assert!(obs.events.contains(&Event::Failed { phase: next_phase(stop), fatal: true }), "{:?}", obs.events);
+        // It refuses entries, snapshots of itself and new restores, older ones first of all.
+        assert!(put_refused(&mut f));
+        assert!(matches!(f.snapshot_metadata(), Err(StoreError::RestoreUnfinished { .. })));
+        let mut other_obs = Recorder::default();
+        let err = snapply_tests::apply_in_memory::<VecBackend, Growable, Vec<u8>>(
+            &mut f,
+            &older_md,
+            &older_image,
+            &mut other_obs,
+        )
+        .0
+        .expect_err("an older snapshot must not roll the node back");
+        assert_eq!(*err.kind(), ApplyErrorKind::RestoreUnfinished { index: md.index, swapped: true });
+        assert!(other_obs.events.is_empty(), "a refused restore calls no port");
+        resume_to_leader(&mut f, &mut storage, &leader, &md);
+        // After the restore an older snapshot is outdated.
+        let err = snapply_tests::apply_in_memory::<VecBackend, Growable, Vec<u8>>(
+            &mut f,
+            &older_md,
+            &older_image,
+            &mut Recorder::default(),
+        )
+        .0
+        .expect_err("outdated");
+        assert!(matches!(err.kind(), ApplyErrorKind::Outdated { .. }));
+    }
+}
+
+#[test]
+fn a_forgotten_state_keeps_the_node_refusing_until_resume() {
+    let leader = sample_leader();
+    let (md, image) = snapshot(&leader);
+    for stop in 0..=11 {
+        let mut f = sample_follower(VecBackend::new());
+        let before = state(&f);
+        let mut buf = vec![0u8; MIN_BUFFER];
+        let mut storage = Store::new(&mut buf);
+        let mut obs = Recorder::default();
+        drive(&mut f, &mut storage, &mut obs, &md, &image, stop, End::Forget);
+        // No code ran at the forget: the gauge stays up and the node refuses work.
+        assert_eq!(obs.gauge, 1, "forgotten after {stop} transitions");
+        assert!(f.unfinished().is_some());
+        assert!(put_refused(&mut f), "forgotten after {stop} transitions");
+        if stop < 6 {
+            // Before the swap, `resume` reads the old state back.
+            let mut transport = PeerTable::<Growable>::default();
+            let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs };
+            assert!(matches!(resume(&mut f, ports), Ok(None)));
+            assert_eq!(obs.gauge, 0);
+            assert_eq!(state(&f), before, "forgotten after {stop} transitions, resumed");
+        } else {
+            resume_to_leader(&mut f, &mut storage, &leader, &md);
+        }
+    }
+}
+
+#[test]
+fn an_applied_state_dropped_or_forgotten_leaves_a_finished_node() {
+    let leader = sample_leader();
+    let (md, image) = snapshot(&leader);
+    for end in [End::Drop, End::Forget] {
+        let mut f = sample_follower(VecBackend::new());
+        let mut buf = vec![0u8; MIN_BUFFER];
+        let mut storage = Store::new(&mut buf);
+        let mut obs = Recorder::default();
+        drive(&mut f, &mut storage, &mut obs, &md, &image, 12, end);
+        assert!(f.unfinished().is_none());
+        assert_eq!(obs.gauge, 0, "{end:?}");
+        assert_eq!(f.stores(), leader.stores());
+        assert!(!obs.events.iter().any(|e| matches!(e, Event::Failed { .. })));
+    }
+}
+
+/// An observer that panics at a chosen event, or in its first clock reading.
+struct Panicky {
+    inner: Recorder,
+    at: Option<&'static str>,
+    clock: bool,
+}
+
+impl Observer for Panicky {
+    fn event(&mut self, event: &Event) {
+        if self.at == Some(event.message()) {
+            self.at = None;
+            panic!("observer failed at {}", event.message());
+        }
+        self.inner.event(event);
+    }
+    fn in_progress(&mut self, applying: bool) {
+        self.inner.in_progress(applying);
+    }
+    fn now_micros(&mut self) -> Option<u64> {
+        if self.clock {
+            self.clock = false;
+            panic!("clock failed");
+        }
+        Some(0)
+    }
+}
+
+#[test]
+fn a_panic_out_of_the_observer_never_leaves_a_mixed_serving_node() {
+    let leader = sample_leader();
+    let (md, image) = snapshot(&leader);
+    let cases: [(Option<&'static str>, bool, bool); 4] = [
+        (None, true, false),
+        (Some("restoring lease store"), false, false),
+        (Some("restored auth store"), false, true),
+        (Some("added peers from new cluster configuration"), false, true),
+    ];
+    for (at, clock, after_swap) in cases {
+        let mut f = sample_follower(VecBackend::new());
+        let before = state(&f);
+        let mut buf = vec![0u8; MIN_BUFFER];
+        let mut storage = Store::new(&mut buf);
+        let mut obs = Panicky { inner: Recorder::default(), at, clock };
+        let mut transport = PeerTable::<Growable>::default();
+        let unwound = catch_unwind(AssertUnwindSafe(|| {
+            let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs };
+            snapply_core::apply_snapshot(&mut f, ports, Snapshot::from_bytes(&md, &image))
+        }));
+        assert!(unwound.is_err(), "{at:?}");
+        assert_eq!(obs.inner.gauge, 0, "the run's guard ends it while unwinding ({at:?})");
+        assert!(obs.inner.events.iter().any(|e| matches!(e, Event::Failed { fatal, .. } if *fatal == after_swap)));
+        if after_swap {
+            assert!(put_refused(&mut f), "{at:?}");
+            assert_eq!(f.stores(), leader.stores());
+            resume_to_leader(&mut f, &mut storage, &leader, &md);
+        } else {
+            assert_eq!(state(&f), before, "{at:?}");
+            assert!(f.unfinished().is_none());
+        }
+    }
+}
+
+/// A transport that fails, or panics, when adding a peer.
+struct Broken {
+    panic: bool,
+}
+
+impl Transport for Broken {
+    fn remove_all_peers(&mut self) {}
+    fn add_peer(&mut self, _id: MemberId, _urls: &[&[u8]]) -> Result<(), PortError> {
+        if self.panic {
+            panic!("transport failed");
+        }
+        Err(PortError::new(PortErrorKind::Io, "dialing a peer"))
+    }
+}
+
+#[test]
+fn a_fatal_error_or_a_transport_panic_leaves_a_refusing_node_that_resume_completes() {
+    let leader = sample_leader();
+    let (md, image) = snapshot(&leader);
+    for panic in [false, true] {
+        let mut f = sample_follower(VecBackend::new());
+        let mut buf = vec![0u8; MIN_BUFFER];
+        let mut storage = Store::new(&mut buf);
+        let mut obs = Recorder::default();
+        let mut transport = Broken { panic };
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs };
+            snapply_core::apply_snapshot(&mut f, ports, Snapshot::from_bytes(&md, &image)).map(|o| o.is_some())
+        }));
+        match result {
+            Ok(Err(e)) => {
+                assert!(!panic);
+                assert!(e.is_fatal());
+                assert_eq!(e.phase(), Phase::UpdatePeers);
+            }
+            Err(_) => assert!(panic),
+            Ok(Ok(_)) => panic!("a broken transport cannot reach Applied"),
+        }
+        assert_eq!(obs.gauge, 0);
+        assert!(obs.events.contains(&Event::Failed { phase: Phase::UpdatePeers, fatal: true }));
+        assert!(put_refused(&mut f));
+        // The snapshot metadata of the node and its backend's consistent index cannot disagree:
+        // the node refuses to describe itself until the restore is complete.
+        assert!(f.snapshot_metadata().is_err());
+        resume_to_leader(&mut f, &mut storage, &leader, &md);
+        assert_eq!(f.snapshot_metadata().expect("complete"), md);
+    }
+}
+
+#[test]
+fn a_store_holding_the_index_with_other_metadata_or_image_does_not_confirm_it() {
+    let leader = sample_leader();
+    let (md, image) = snapshot(&leader);
+    let mut buf = vec![0u8; MIN_BUFFER];
+    let mut storage = Store::new(&mut buf);
+    // Persist the leader's snapshot, then drop the run before the swap: the store keeps it.
+    let mut f = sample_follower(VecBackend::new());
+    drive(&mut f, &mut storage, &mut Recorder::default(), &md, &image, 1, End::Drop);
+    assert_eq!(storage.pinned().collect::<Vec<_>>(), [md.index]);
+
+    // The same index and term under another conf state.
+    let mut other_conf = md.clone();
+    other_conf.conf_state.voters.clear();
+    other_conf.conf_state.voters.push(42).expect("room");
+    let mut l2 = sample_leader();
+    l2.set_conf_state(other_conf.conf_state.clone());
+    let (_, image2) = snapshot(&l2);
+    // The same metadata with another image (one more key at the same index and term).
+    let mut l3 = snapply_tests::node(1);
+    run(&mut l3, &[Op::Put { key: 1, value: b"other".to_vec(), lease: None }], md.index - 1, md.term);
+    let (md3, image3) = snapshot(&l3);
+    assert_eq!((md3.index, md3.term), (md.index, md.term));
+
+    for (m, img) in [(&other_conf, &image2), (&md3, &image3)] {
+        let before = state(&f);
+        let mut obs = Recorder::default();
+        let mut transport = PeerTable::<Growable>::default();
+        let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs };
+        let err = snapply_core::apply_snapshot(&mut f, ports, Snapshot::from_bytes(m, img))
+            .expect_err("another snapshot under the same index and term must not be confirmed");
+        assert_eq!(err.phase(), Phase::Persist);
+        assert!(matches!(err.kind(), ApplyErrorKind::Port(PortError { kind: PortErrorKind::Corrupt, .. })));
+        assert_eq!(state(&f), before);
+    }
+    // A persisted snapshot named by another digest is not confirmed either.
+    let mut obs = Recorder::default();
+    let mut transport = PeerTable::<Growable>::default();
+    let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs };
+    let err = snapply_core::apply_snapshot(&mut f, ports, Snapshot::persisted(&md, [7; 32])).expect_err("digest");
+    assert_eq!(err.phase(), Phase::Persist);
+    // The right one is.
+    let mut obs = Recorder::default();
+    let mut transport = PeerTable::<Growable>::default();
+    let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs };
+    let out = snapply_core::apply_snapshot(&mut f, ports, Snapshot::from_bytes(&md, &image)).expect("same snapshot");
+    assert!(out.is_some());
+    assert_eq!(f.stores(), leader.stores());
+}
+
+#[test]
+fn recovery_applies_the_followers_own_minimum_lease_ttl() {
+    // The leader's minimum TTL is lower than the follower's: the follower raises the lease to
+    // its own minimum on recovery, as etcd's lessor does (`minLeaseTTL` of the recovering node).
+    let mut leader = Node::<VecBackend, Growable>::new(
+        snapply_core::Config { min_lease_ttl: 1, ..snapply_tests::config(1) },
+        VecBackend::new(),
+    );
+    run(&mut leader, &[Op::Grant { lease: 0, ttl: 2 }], 10, 1);
+    assert_eq!(leader.stores().lessor.leases()[0].ttl, 2);
+    let (md, image) = snapshot(&leader);
+    let mut f = Node::<VecBackend, Growable>::new(
+        snapply_core::Config { min_lease_ttl: 30, ..snapply_tests::config(2) },
+        VecBackend::new(),
+    );
+    snapply_tests::apply_in_memory::<VecBackend, Growable, Vec<u8>>(&mut f, &md, &image, &mut Recorder::default())
+        .0
+        .expect("apply");
+    assert_eq!(f.stores().lessor.leases()[0].ttl, 30);
+}
