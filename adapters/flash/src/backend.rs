@@ -378,9 +378,6 @@ impl<'f, F: NorFlash, const N: usize, const R: usize> FlashWrite<'_, 'f, F, N, R
         if self.done {
             return Err(FlashError::Misuse("writing to a finished transaction"));
         }
-        if key.len() + value.len() > R {
-            return Err(FlashError::Full("a record is larger than the backend's record buffer"));
-        }
         let klen = u16::try_from(key.len()).map_err(|_| FlashError::Full("a key longer than 65535 bytes"))?;
         let vlen = u32::try_from(value.len()).map_err(|_| FlashError::Full("a value longer than 4 GiB"))?;
         if self.digest.is_none() {
@@ -403,6 +400,11 @@ impl<'f, F: NorFlash, const N: usize, const R: usize> FlashWrite<'_, 'f, F, N, R
     }
 
     fn put_inner(&mut self, bucket: Bucket, key: &[u8], value: &[u8]) -> Result<(), F> {
+        // A record must fit the read buffer to be read back; snapshot frames (metadata, v2
+        // chunks of up to 1 KiB) are read through their own buffers and are not limited by `R`.
+        if key.len().saturating_add(value.len()) > R {
+            return Err(FlashError::Full("a record is larger than the backend's record buffer"));
+        }
         let pos = self.frame(K_PUT, bucket, key, value)?;
         let b = &mut *self.backend;
         match log::find(b.flash, &b.geo, b.index.as_view(), bucket, key)? {

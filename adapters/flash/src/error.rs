@@ -2,7 +2,6 @@
 
 use core::fmt;
 
-use snapply_core::backend::{BackendError, BackendErrorKind};
 use snapply_core::image::Corruption;
 use snapply_core::ports::{PortError, PortErrorKind};
 
@@ -34,8 +33,8 @@ pub enum FlashError<E> {
     },
     /// The snapshot image is invalid (bad CRC, bad digest, bad framing...).
     BadImage(Corruption),
-    /// The snapshot image stream failed.
-    ImageSource,
+    /// The snapshot image stream failed with this error.
+    ImageSource(PortError),
     /// The image's header carries other metadata than the snapshot being persisted.
     MetadataMismatch,
     /// A capacity is exhausted: the area, the record index, a read buffer, or the inactive
@@ -49,7 +48,7 @@ pub enum FlashError<E> {
     /// another contract of the adapter.
     Misuse(&'static str),
     /// A backend error passed through the core (materialising an image).
-    Backend(BackendError),
+    Backend(PortError),
 }
 
 impl<E: fmt::Debug> fmt::Display for FlashError<E> {
@@ -59,7 +58,7 @@ impl<E: fmt::Debug> fmt::Display for FlashError<E> {
             FlashError::Geometry(what) => write!(f, "flash geometry: {what}"),
             FlashError::Corrupt { offset, what } => write!(f, "corrupt flash data at {offset:#x}: {what}"),
             FlashError::BadImage(c) => write!(f, "invalid snapshot image: {c}"),
-            FlashError::ImageSource => f.write_str("the snapshot image stream failed"),
+            FlashError::ImageSource(e) => write!(f, "the snapshot image stream failed: {e}"),
             FlashError::MetadataMismatch => f.write_str("the image's metadata differs from the snapshot's"),
             FlashError::Full(what) => write!(f, "flash capacity exhausted: {what}"),
             FlashError::NotFound => f.write_str("no persisted snapshot with this index and term"),
@@ -80,7 +79,7 @@ impl<E> FlashError<E> {
             FlashError::Geometry(what) | FlashError::Full(what) | FlashError::Misuse(what) => what,
             FlashError::Corrupt { what, .. } => what,
             FlashError::BadImage(_) => "checking the snapshot image",
-            FlashError::ImageSource => "reading the snapshot image stream",
+            FlashError::ImageSource(e) => e.context,
             FlashError::MetadataMismatch => "comparing the image's metadata with the snapshot's",
             FlashError::NotFound => "looking up a persisted snapshot on flash",
             FlashError::Poisoned => "writing after a failed flash write",
@@ -89,19 +88,8 @@ impl<E> FlashError<E> {
     }
 }
 
-impl<E> From<FlashError<E>> for BackendError {
-    fn from(e: FlashError<E>) -> Self {
-        let kind = match &e {
-            FlashError::Corrupt { .. } | FlashError::BadImage(_) => BackendErrorKind::Corrupt,
-            FlashError::Full(_) => BackendErrorKind::Full,
-            FlashError::Geometry(_) | FlashError::Misuse(_) => BackendErrorKind::Misuse,
-            FlashError::Backend(b) => b.kind,
-            _ => BackendErrorKind::Io,
-        };
-        BackendError::new(kind, e.context())
-    }
-}
-
+/// The core's one port error (`BackendError` is the same type): the kind says whether the data
+/// is corrupt, a capacity is exhausted, the caller broke a rule or the medium failed.
 impl<E> From<FlashError<E>> for PortError {
     fn from(e: FlashError<E>) -> Self {
         let kind = match &e {
@@ -111,12 +99,7 @@ impl<E> From<FlashError<E>> for PortError {
             FlashError::Full(_) => PortErrorKind::Full,
             FlashError::NotFound => PortErrorKind::NotFound,
             FlashError::Geometry(_) | FlashError::Misuse(_) => PortErrorKind::Misuse,
-            FlashError::Backend(b) => match b.kind {
-                BackendErrorKind::Corrupt => PortErrorKind::Corrupt,
-                BackendErrorKind::Full => PortErrorKind::Full,
-                BackendErrorKind::Misuse => PortErrorKind::Misuse,
-                _ => PortErrorKind::Io,
-            },
+            FlashError::Backend(b) | FlashError::ImageSource(b) => b.kind,
             _ => PortErrorKind::Io,
         };
         PortError::new(kind, e.context())

@@ -10,6 +10,7 @@
 mod fmt;
 
 mod backend;
+mod boot;
 mod chip;
 mod error;
 mod log;
@@ -18,5 +19,6 @@ pub mod mock;
 mod store;
 
 pub use backend::{FlashBackend, FlashRead, FlashWrite};
+pub use boot::BootError;
 pub use error::FlashError;
 pub use store::{FlashSnapshotStore, Mounted, OtherArea, PendingSnapshot, PersistedSnapshot, mount};

@@ -7,8 +7,8 @@ use core::ops::Range;
 use embedded_storage::nor_flash::NorFlash;
 use snapply_core::backend::{Backend, BackendError, BackendErrorKind, Bucket, ReadTxn, Visit, WriteTxn};
 use snapply_core::image::{self, MAX_METADATA_LEN, MaterializeError};
-use snapply_core::ports::{Durable, PersistTicket, PortError, SnapshotStore};
-use snapply_core::raft::{ImageData, SnapshotMetadata};
+use snapply_core::ports::{Durable, PersistTicket, PortError, ReleaseTicket, SnapshotStore};
+use snapply_core::{ImageData, SnapshotMetadata};
 
 use crate::backend::{FlashBackend, FlashWrite};
 use crate::chip::{self, Geometry, Result};
@@ -222,6 +222,7 @@ struct Held {
     epoch: u32,
     index: u64,
     term: u64,
+    sha256: [u8; SHA256_LEN],
 }
 
 /// The snapshot store on the area that is not committed.
@@ -271,16 +272,22 @@ impl<F: NorFlash, const N: usize, const R: usize> WriteTxn for Staging<'_, '_, '
     }
 }
 
-fn image_error<S, E>(e: MaterializeError<S>, source: impl FnOnce(S) -> FlashError<E>) -> FlashError<E> {
+fn decode_error<S, E>(e: image::DecodeError<S>, source: impl FnOnce(S) -> FlashError<E>) -> FlashError<E> {
     match e {
-        MaterializeError::Decode(image::DecodeError::Source(s)) => source(s),
-        MaterializeError::Decode(image::DecodeError::BufferTooSmall { .. }) => {
+        image::DecodeError::Source(s) => source(s),
+        image::DecodeError::BufferTooSmall { .. } => {
             FlashError::Full("a frame of the image is larger than the decode buffer")
         }
-        MaterializeError::Decode(d) => match d.corruption() {
+        d => match d.corruption() {
             Some(c) => FlashError::BadImage(c),
             None => FlashError::Misuse("the image decoder failed"),
         },
+    }
+}
+
+fn image_error<S, E>(e: MaterializeError<S>, source: impl FnOnce(S) -> FlashError<E>) -> FlashError<E> {
+    match e {
+        MaterializeError::Decode(d) => decode_error(d, source),
         MaterializeError::Backend(b) | MaterializeError::V2(b) => FlashError::Backend(b),
         _ => FlashError::Misuse("materialising the image failed"),
     }
@@ -288,7 +295,8 @@ fn image_error<S, E>(e: MaterializeError<S>, source: impl FnOnce(S) -> FlashErro
 
 impl<'f, 'b, F: NorFlash, const N: usize, const R: usize> FlashSnapshotStore<'f, 'b, F, N, R> {
     /// The snapshot store of the flash range `range` (the range given to [`mount`]), decoding
-    /// images with `buf`.
+    /// images with `buf` (at least [`snapply_core::image::BASE_BUFFER`] bytes, and as large as
+    /// the largest record the node accepts: [`snapply_core::image::buffer_for`]).
     pub fn new(flash: &'f RefCell<F>, range: Range<u32>, buf: &'b mut [u8]) -> Result<Self, F> {
         let geo = geometry(flash, &range)?;
         Ok(FlashSnapshotStore { flash, geo, buf, held: None })
@@ -300,21 +308,71 @@ impl<'f, 'b, F: NorFlash, const N: usize, const R: usize> FlashSnapshotStore<'f,
         Ok((pick(&states, area), epoch, pick(&states, 1 - area)))
     }
 
+    /// The SHA-256 of an image handed in again for a snapshot already persisted: the image is
+    /// decoded whole (its trailer's digest is only proved by decoding), so a retry that carries
+    /// another image under the same metadata is told apart. Nothing is written.
+    fn digest_of(&mut self, image: ImageData<'_>) -> Result<[u8; SHA256_LEN], F> {
+        match image {
+            ImageData::Bytes(bytes) => image::verify(bytes, self.buf)
+                .map(|(_, s)| s.sha256)
+                .map_err(|e| decode_error(e, |never| match never {})),
+            ImageData::Stream(source) => image::verify(source, self.buf)
+                .map(|(_, s)| s.sha256)
+                .map_err(|e| decode_error(e, FlashError::ImageSource)),
+            ImageData::Persisted { sha256 } => Ok(sha256),
+        }
+    }
+
     /// Persists the snapshot `metadata` with its image into the area that is not committed:
     /// erases it (once), streams the image through `materialize` into one transaction with the
-    /// v2 data and the snapshot's metadata and digest, and commits it. If the area already
-    /// holds this snapshot complete (a retry, or boot recovery), nothing is read or written.
+    /// v2 data and the snapshot's metadata and digest, and commits it.
+    ///
+    /// A snapshot already persisted with this whole metadata (a retry, a snapshot persisted
+    /// ahead of the pipeline, or boot recovery) is confirmed without writing anything, and only
+    /// if the image's SHA-256 is the one persisted with it: an [`ImageData::Persisted`] names
+    /// it, a byte slice or a stream is decoded again to compute it. The committed area also
+    /// counts when it holds exactly this snapshot and nothing since (its commit record landed but
+    /// the run that wrote it did not finish).
+    ///
+    /// The area that is not committed holds one snapshot: persisting another one (newer, or
+    /// with other metadata) replaces a snapshot persisted there and not yet applied.
+    ///
+    /// # Errors
+    /// [`FlashError::NotFound`] for [`ImageData::Persisted`] when no such snapshot is held;
+    /// [`FlashError::MetadataMismatch`] when it is held with another image, or the image
+    /// carries other metadata; [`FlashError::BadImage`] for an invalid image;
+    /// [`FlashError::Full`] when the area, the record index or the buffer is too small; a
+    /// flash error otherwise.
     pub fn persist_snapshot(
         &mut self,
         metadata: &SnapshotMetadata,
         image: ImageData<'_>,
     ) -> Result<PersistedSnapshot, F> {
-        let (_, epoch, other) = self.areas()?;
+        let (committed_area, epoch, other) = self.areas()?;
+        let mut held = None;
         if let Some((meta, sha256)) = complete_snapshot(self.flash, &self.geo, &other, epoch)?
             && meta == *metadata
         {
-            self.held = Some(Held { area: other.id, epoch: epoch + 1, index: meta.index, term: meta.term });
-            return Ok(PersistedSnapshot { index: meta.index, term: meta.term, sha256, reused: true });
+            held = Some(Held {
+                area: other.id,
+                epoch: epoch.saturating_add(1),
+                index: meta.index,
+                term: meta.term,
+                sha256,
+            });
+        } else if let Some(sha256) = self.committed_snapshot(committed_area.id, epoch, metadata)? {
+            held = Some(Held { area: committed_area.id, epoch, index: metadata.index, term: metadata.term, sha256 });
+        }
+        if let Some(h) = held {
+            let digest = self.digest_of(image)?;
+            if digest != h.sha256 {
+                return Err(FlashError::MetadataMismatch);
+            }
+            self.held = Some(h);
+            return Ok(PersistedSnapshot { index: h.index, term: h.term, sha256: h.sha256, reused: true });
+        }
+        if let ImageData::Persisted { .. } = image {
+            return Err(FlashError::NotFound);
         }
         self.held = None;
         let epoch = epoch.checked_add(1).ok_or(FlashError::Full("area epochs exhausted"))?;
@@ -328,9 +386,10 @@ impl<'f, 'b, F: NorFlash, const N: usize, const R: usize> FlashSnapshotStore<'f,
         };
         let decoded = match image {
             ImageData::Bytes(bytes) => image::materialize(bytes, self.buf, &mut staging, &mut v2)
-                .map_err(|e| image_error(e, |_| FlashError::ImageSource)),
+                .map_err(|e| image_error(e, |never| match never {})),
             ImageData::Stream(source) => image::materialize(source, self.buf, &mut staging, &mut v2)
-                .map_err(|e| image_error(e, |_| FlashError::ImageSource)),
+                .map_err(|e| image_error(e, FlashError::ImageSource)),
+            ImageData::Persisted { .. } => return Err(FlashError::NotFound),
         };
         let (decoded, summary) = decoded?;
         if decoded != *metadata {
@@ -346,17 +405,42 @@ impl<'f, 'b, F: NorFlash, const N: usize, const R: usize> FlashSnapshotStore<'f,
         }
         txn.raw_frame(K_SNAP, value)?;
         txn.commit_inner()?;
-        self.held = Some(Held { area: other.id, epoch, index: metadata.index, term: metadata.term });
+        let h = Held { area: other.id, epoch, index: metadata.index, term: metadata.term, sha256: summary.sha256 };
+        self.held = Some(h);
         Ok(PersistedSnapshot { index: metadata.index, term: metadata.term, sha256: summary.sha256, reused: false })
     }
 
-    fn held(&self, index: u64, term: u64) -> Result<Held, F> {
-        self.held.filter(|h| h.index == index && h.term == term).ok_or(FlashError::NotFound)
+    /// The image digest of `metadata`'s snapshot if the committed area holds exactly it: its
+    /// snapshot frame names this metadata and its consistent index is the snapshot's (nothing
+    /// was applied on top of it).
+    fn committed_snapshot(
+        &mut self,
+        area: u8,
+        epoch: u32,
+        metadata: &SnapshotMetadata,
+    ) -> Result<Option<[u8; SHA256_LEN]>, F> {
+        let backend = FlashBackend::<F, N, R>::open(self.flash, self.geo, area, epoch)?;
+        match backend.snapshot()? {
+            Some((meta, sha256)) if meta == *metadata && backend.consistent_index()? == metadata.index => {
+                Ok(Some(sha256))
+            }
+            _ => Ok(None),
+        }
     }
 
-    /// Opens the backend of the persisted snapshot, scanning its area again.
-    pub fn open_snapshot(&mut self, index: u64, term: u64) -> Result<FlashBackend<'f, F, N, R>, F> {
-        let held = self.held(index, term)?;
+    fn held(&self, index: u64, term: u64, sha256: &[u8; SHA256_LEN]) -> Result<Held, F> {
+        self.held.filter(|h| h.index == index && h.term == term && h.sha256 == *sha256).ok_or(FlashError::NotFound)
+    }
+
+    /// Opens the backend of the persisted snapshot, scanning its area again (every
+    /// transaction's CRC is checked again).
+    pub fn open_snapshot(
+        &mut self,
+        index: u64,
+        term: u64,
+        sha256: &[u8; SHA256_LEN],
+    ) -> Result<FlashBackend<'f, F, N, R>, F> {
+        let held = self.held(index, term, sha256)?;
         let backend = FlashBackend::<F, N, R>::open(self.flash, self.geo, held.area, held.epoch)?;
         if backend.snap().is_none() {
             return Err(FlashError::Corrupt {
@@ -368,20 +452,22 @@ impl<'f, 'b, F: NorFlash, const N: usize, const R: usize> FlashSnapshotStore<'f,
     }
 
     /// The v2 data of the persisted snapshot, read from its area into the decode buffer.
-    pub fn snapshot_v2(&mut self, index: u64, term: u64) -> Result<&[u8], F> {
-        let held = self.held(index, term)?;
-        let mut key = [0u8; 0];
+    pub fn snapshot_v2(&mut self, index: u64, term: u64, sha256: &[u8; SHA256_LEN]) -> Result<&[u8], F> {
+        let held = self.held(index, term, sha256)?;
         let base = self.geo.base(held.area);
+        let lost = FlashError::Corrupt { offset: base, what: "the snapshot area lost its snapshot" };
+        // The snapshot frames are in an area's first transaction: the snapshot's own in a
+        // snapshot area, the compaction's in a compacted one.
+        let mut key = [0u8; 0];
         let scanned = log::scan(self.flash, &self.geo, base, None, &mut key, true)?;
-        let snap =
-            scanned.snap.ok_or(FlashError::Corrupt { offset: base, what: "the snapshot area lost its snapshot" })?;
+        let snap = scanned.snap.ok_or(lost)?;
         read_v2(self.flash, &self.geo, &snap, self.buf)
     }
 
     /// Makes the persisted snapshot's area the committed one: one commit-record write. Until it
     /// lands, a reboot finds the old area committed and this snapshot pending.
-    pub fn commit_snapshot(&mut self, index: u64, term: u64) -> Result<(), F> {
-        let held = self.held(index, term)?;
+    pub fn commit_snapshot(&mut self, index: u64, term: u64, sha256: &[u8; SHA256_LEN]) -> Result<(), F> {
+        let held = self.held(index, term, sha256)?;
         let state = log::area_state(self.flash, &self.geo, held.area)?;
         if !state.activated {
             log::activate(self.flash, &self.geo, held.area, held.epoch)?;
@@ -390,32 +476,37 @@ impl<'f, 'b, F: NorFlash, const N: usize, const R: usize> FlashSnapshotStore<'f,
         self.held = None;
         Ok(())
     }
+
+    /// The v2 data of the snapshot the committed state was restored from, read into the decode
+    /// buffer: what [`snapply_core::Node::open`] recovers the v2 store from at boot.
+    pub fn committed_v2(&mut self, backend: &FlashBackend<'f, F, N, R>) -> Result<&[u8], F> {
+        backend.v2_data(self.buf)
+    }
 }
 
 /// A thin shim over the inherent methods, so the port can change without moving the logic.
 impl<'f, F: NorFlash, const N: usize, const R: usize> SnapshotStore for FlashSnapshotStore<'f, '_, F, N, R> {
     type Backend = FlashBackend<'f, F, N, R>;
 
-    fn persist(
+    fn persist<'r>(
         &mut self,
-        metadata: &SnapshotMetadata,
         image: ImageData<'_>,
-        ticket: PersistTicket,
-    ) -> core::result::Result<Durable, PortError> {
-        self.persist_snapshot(metadata, image)?;
-        Ok(ticket.confirm())
+        ticket: PersistTicket<'r>,
+    ) -> core::result::Result<Durable<'r>, PortError> {
+        let persisted = self.persist_snapshot(ticket.metadata(), image)?;
+        Ok(ticket.confirm(persisted.sha256))
     }
 
-    fn open_backend(&mut self, snapshot: &Durable) -> core::result::Result<Self::Backend, PortError> {
-        Ok(self.open_snapshot(snapshot.index(), snapshot.term())?)
+    fn open_backend(&mut self, snapshot: &Durable<'_>) -> core::result::Result<Self::Backend, PortError> {
+        Ok(self.open_snapshot(snapshot.index(), snapshot.term(), snapshot.sha256())?)
     }
 
-    fn v2_data(&mut self, snapshot: &Durable) -> core::result::Result<&[u8], PortError> {
-        Ok(self.snapshot_v2(snapshot.index(), snapshot.term())?)
+    fn v2_data(&mut self, snapshot: &Durable<'_>) -> core::result::Result<&[u8], PortError> {
+        Ok(self.snapshot_v2(snapshot.index(), snapshot.term(), snapshot.sha256())?)
     }
 
-    fn release_before(&mut self, applied: &Durable) -> core::result::Result<(), PortError> {
-        Ok(self.commit_snapshot(applied.index(), applied.term())?)
+    fn release_before(&mut self, applied: ReleaseTicket<'_>) -> core::result::Result<(), PortError> {
+        Ok(self.commit_snapshot(applied.index(), applied.term(), applied.sha256())?)
     }
 }
 

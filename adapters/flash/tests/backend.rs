@@ -7,9 +7,9 @@ use std::cell::RefCell;
 use std::ops::ControlFlow;
 
 use common::{RECORD, RECORDS, on_big_stack};
+use snapply_core::ImageData;
 use snapply_core::backend::{Backend, BackendErrorKind, Bucket, ReadTxn, WriteTxn};
-use snapply_core::image::MIN_BUFFER;
-use snapply_core::raft::ImageData;
+use snapply_core::image::BASE_BUFFER;
 use snapply_flash::mock::MockFlash;
 use snapply_flash::{FlashError, FlashSnapshotStore, OtherArea, mount};
 
@@ -113,12 +113,17 @@ fn a_pending_snapshot_blocks_compaction_with_a_full_error() {
         let (metadata, image) = snapply_tests::snapshot(&leader);
         let chip = RefCell::new(Chip::new(4));
         let mut b = mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap().backend;
-        let mut buf = vec![0u8; MIN_BUFFER];
+        let mut buf = vec![0u8; BASE_BUFFER];
         let mut store = FlashSnapshotStore::<Chip, RECORDS, RECORD>::new(&chip, RANGE, &mut buf).unwrap();
         let persisted = store.persist_snapshot(&metadata, ImageData::Bytes(&image)).unwrap();
         assert!(!persisted.reused);
-        // A second persist of the same snapshot reuses the area.
-        assert!(store.persist_snapshot(&metadata, ImageData::Bytes(&[])).unwrap().reused);
+        // A second persist of the same snapshot reuses the area: named by its digest, or with the
+        // same image (decoded again to check its digest). Another image is refused.
+        let by_digest = store.persist_snapshot(&metadata, ImageData::Persisted { sha256: persisted.sha256 }).unwrap();
+        assert!(by_digest.reused);
+        assert!(store.persist_snapshot(&metadata, ImageData::Bytes(&image)).unwrap().reused);
+        let err = store.persist_snapshot(&metadata, ImageData::Persisted { sha256: [7; 32] }).unwrap_err();
+        assert_eq!(err, FlashError::MetadataMismatch);
         let _ = store;
         let mut full = None;
         for i in 0..400u32 {
@@ -150,7 +155,7 @@ fn a_bad_image_leaves_a_discarded_area_and_the_state_untouched() {
         let mut t = b.write().unwrap();
         t.put(Bucket::Key, b"mine", b"1").unwrap();
         t.commit().unwrap();
-        let mut buf = vec![0u8; MIN_BUFFER];
+        let mut buf = vec![0u8; BASE_BUFFER];
         let mut store = FlashSnapshotStore::<Chip, RECORDS, RECORD>::new(&chip, RANGE, &mut buf).unwrap();
         let err = store.persist_snapshot(&metadata, ImageData::Bytes(&image)).unwrap_err();
         assert!(matches!(err, FlashError::BadImage(_)), "{err:?}");

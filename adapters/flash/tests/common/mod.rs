@@ -8,13 +8,12 @@ use std::ops::Range;
 use embedded_storage::nor_flash::NorFlash;
 use snapply_core::backend::{Backend, Bucket, OwnedRecord, dump};
 use snapply_core::collections::Fixed;
-use snapply_core::image::MIN_BUFFER;
+use snapply_core::image::BASE_BUFFER;
 use snapply_core::mem::MemBackend;
 use snapply_core::memports::PeerTable;
 use snapply_core::ports::{NoObserver, Ports};
-use snapply_core::store::{AlarmStore, AuthStore, ConsistentIndex, KvStore, Lessor, Membership, V2Store};
 use snapply_core::{ApplyError, Node, Snapshot, SnapshotMetadata, Stores, apply_snapshot};
-use snapply_flash::{FlashBackend, FlashSnapshotStore, mount};
+use snapply_flash::{BootError, FlashBackend, FlashSnapshotStore, mount};
 use snapply_tests::Op;
 
 /// The stores' capacities in these tests.
@@ -76,11 +75,21 @@ pub fn follower_ops() -> Vec<Op> {
 
 /// A node on the mounted flash, after `ops` (entries 1..).
 pub fn follower<'f, F: NorFlash>(chip: &'f RefCell<F>, range: Range<u32>, ops: &[Op]) -> FlashNode<'f, F> {
-    let mounted = mount::<F, RECORDS, RECORD>(chip, range).unwrap();
+    let mounted = mount::<F, RECORDS, RECORD>(chip, range.clone()).unwrap();
     assert!(mounted.pending.is_none());
-    let mut node = FlashNode::new(snapply_tests::config(FOLLOWER), mounted.backend);
-    snapply_tests::run(&mut node, ops, 0, 1);
+    let mut node = boot(chip, range).unwrap();
+    let first = node.progress().applied_index;
+    snapply_tests::run(&mut node, ops, first, 1);
     node
+}
+
+/// Boots a node from the flash: mount, open, and complete a pending restore first.
+pub fn boot<'f, F: NorFlash>(chip: &'f RefCell<F>, range: Range<u32>) -> Result<FlashNode<'f, F>, BootError<F::Error>> {
+    let mounted = mount::<F, RECORDS, RECORD>(chip, range.clone()).map_err(BootError::Flash)?;
+    let mut buf = vec![0u8; BASE_BUFFER];
+    let mut storage = FlashSnapshotStore::<F, RECORDS, RECORD>::new(chip, range, &mut buf).map_err(BootError::Flash)?;
+    let mut transport = PeerTable::<Small>::default();
+    mounted.open_node(snapply_tests::config(FOLLOWER), &mut storage, &mut transport, &mut NoObserver)
 }
 
 /// Applies `(metadata, image)` to `node` through the pipeline with a flash snapshot store.
@@ -91,7 +100,7 @@ pub fn apply<'f, F: NorFlash>(
     metadata: &SnapshotMetadata,
     image: &[u8],
 ) -> Result<(), ApplyError> {
-    let mut buf = vec![0u8; MIN_BUFFER];
+    let mut buf = vec![0u8; BASE_BUFFER];
     let mut storage = FlashSnapshotStore::<F, RECORDS, RECORD>::new(chip, range, &mut buf).unwrap();
     let mut transport = PeerTable::<Small>::default();
     let mut observer = NoObserver;
@@ -109,9 +118,10 @@ pub fn bucket(records: &[OwnedRecord], bucket: Bucket) -> Vec<OwnedRecord> {
     records.iter().filter(|r| r.0 == bucket).cloned().collect()
 }
 
-/// What a node rebooted from these flash contents holds: its records, its stores as recovered
-/// from the committed area (v2 from the area's snapshot data), and whether a snapshot is
-/// pending. Works on a copy, so recovery's own commits do not touch the flash under test.
+/// What a node rebooted from these flash contents holds, before any recovery: its records, its
+/// stores as [`Node::open`] reads them from the committed area (v2 from the area's snapshot
+/// data), and the snapshot pending, if any. Works on a copy, so nothing is written to the flash
+/// under test.
 pub fn reboot_state<F: NorFlash + Clone>(
     chip: &RefCell<F>,
     range: Range<u32>,
@@ -119,24 +129,12 @@ pub fn reboot_state<F: NorFlash + Clone>(
     let copy = RefCell::new(chip.borrow().clone());
     let mounted = mount::<F, RECORDS, RECORD>(&copy, range).expect("mount after a power cut");
     let pending = mounted.pending.map(|p| p.metadata);
-    let mut backend = mounted.backend;
+    let backend = mounted.backend;
     let recs = records(&backend);
-    let config = snapply_tests::config(FOLLOWER);
-    let cindex = ConsistentIndex::load(&backend.read().unwrap()).unwrap();
-    let mut lessor = Lessor::<Small>::recover(&mut backend, config.min_lease_ttl, &cindex).unwrap();
-    let kv = KvStore::restore(&mut backend, &mut lessor, &cindex).unwrap();
-    let mut v2buf = vec![0u8; 8192];
+    let mut v2buf = vec![0u8; BASE_BUFFER];
     let v2data = backend.v2_data(&mut v2buf).unwrap().to_vec();
-    let stores = Stores {
-        cindex,
-        lessor,
-        kv,
-        alarms: AlarmStore::recover(&backend).unwrap(),
-        auth: AuthStore::recover(&backend).unwrap(),
-        membership: Membership::recover(&backend).unwrap(),
-        v2: V2Store::recover(&v2data, config.v2_deprecation).unwrap(),
-    };
-    (recs, stores, pending)
+    let node = FlashNode::<F>::open(snapply_tests::config(FOLLOWER), backend, &v2data).unwrap();
+    (recs, node.stores().clone(), pending)
 }
 
 /// The names of the stores where `a` and `b` differ (v2 only when `with_v2`).
