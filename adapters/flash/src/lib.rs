@@ -16,9 +16,13 @@ mod error;
 mod log;
 #[cfg(any(test, feature = "mock"))]
 pub mod mock;
+#[cfg(any(test, feature = "ram"))]
+mod ram;
 mod store;
 
 pub use backend::{FlashBackend, FlashRead, FlashWrite};
 pub use boot::BootError;
 pub use error::FlashError;
+#[cfg(any(test, feature = "ram"))]
+pub use ram::{RamFlash, RamFlashError, RamStats};
 pub use store::{FlashSnapshotStore, Mounted, OtherArea, PendingSnapshot, PersistedSnapshot, mount};
