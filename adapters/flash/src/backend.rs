@@ -50,6 +50,21 @@ impl<F: NorFlash, const N: usize, const R: usize> core::fmt::Debug for FlashBack
     }
 }
 
+#[cfg(feature = "defmt")]
+impl<F: NorFlash, const N: usize, const R: usize> defmt::Format for FlashBackend<'_, F, N, R> {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "FlashBackend {{ area: {}, epoch: {}, tail: {}, records: {}, poisoned: {} }}",
+            self.area,
+            self.epoch,
+            self.tail,
+            self.index.len(),
+            self.poisoned
+        )
+    }
+}
+
 /// A read view of a [`FlashBackend`].
 #[derive(Debug)]
 pub struct FlashRead<'b, 'f, F: NorFlash, const N: usize, const R: usize> {

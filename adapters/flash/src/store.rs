@@ -58,6 +58,20 @@ pub struct Mounted<'f, F: NorFlash, const N: usize, const R: usize> {
     pub formatted: bool,
 }
 
+#[cfg(feature = "defmt")]
+impl<F: NorFlash, const N: usize, const R: usize> defmt::Format for Mounted<'_, F, N, R> {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "Mounted {{ backend: {}, pending: {}, other: {}, formatted: {} }}",
+            self.backend,
+            self.pending,
+            self.other,
+            self.formatted
+        )
+    }
+}
+
 /// The state of `area` (0 or 1) of a pair read by [`log::area_state`].
 fn pick(states: &[AreaState; 2], area: u8) -> AreaState {
     let [a, b] = *states;
@@ -233,8 +247,9 @@ struct Held {
 /// that makes it the committed area. The old area is reclaimed lazily: the next persist or
 /// compaction erases it, so a restore erases each erase unit once.
 ///
-/// `buf` is the image decoder's buffer (see `snapply_core::image::MIN_BUFFER`); after a
-/// persist it also holds the v2 data `v2_data` hands out.
+/// `buf` is the image decoder's buffer (at least `snapply_core::image::BASE_BUFFER` bytes, and
+/// as large as the largest record the node takes: `snapply_core::image::buffer_for`); it also
+/// holds the v2 data `v2_data` hands out.
 #[derive(Debug)]
 pub struct FlashSnapshotStore<'f, 'b, F: NorFlash, const N: usize, const R: usize> {
     flash: &'f RefCell<F>,
@@ -481,6 +496,14 @@ impl<'f, 'b, F: NorFlash, const N: usize, const R: usize> FlashSnapshotStore<'f,
     /// buffer: what [`snapply_core::Node::open`] recovers the v2 store from at boot.
     pub fn committed_v2(&mut self, backend: &FlashBackend<'f, F, N, R>) -> Result<&[u8], F> {
         backend.v2_data(self.buf)
+    }
+}
+
+#[cfg(feature = "defmt")]
+impl<F: NorFlash, const N: usize, const R: usize> defmt::Format for FlashSnapshotStore<'_, '_, F, N, R> {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        let held = self.held.map(|h| (h.area, h.index, h.term));
+        defmt::write!(f, "FlashSnapshotStore {{ area_len: {}, held (area, index, term): {} }}", self.geo.area_len, held)
     }
 }
 
