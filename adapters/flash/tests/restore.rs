@@ -179,7 +179,6 @@ fn a_restore_whose_flip_failed_is_resumed_from_flash() {
             snapply_core::ports::Ports { storage: &mut store, transport: &mut transport, observer: &mut observer };
         let outcome = snapply_core::resume(&mut node, ports).unwrap();
         assert!(outcome.is_some());
-        drop(store);
         assert!(node.unfinished().is_none());
         assert_eq!(records(node.backend()), records(leader.backend()));
         assert_eq!(differing(node.stores(), leader.stores(), true), Vec::<&str>::new());
