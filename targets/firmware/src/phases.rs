@@ -1,0 +1,109 @@
+//! The pipeline driven phase by phase, one non-inlined function per transition.
+//!
+//! `apply_snapshot` runs every transition in one function; inlined, every typestate (those
+//! before the swap carry the staged alarms, auth, membership and v2 stores, about 5 KiB with the
+//! reference tables) gets its own stack slot in one large frame, and a `match` over the states
+//! gets one per arm. Here each transition is a function of its own, and each state lives in a
+//! block of its own, so the stack holds few states at a time.
+
+use snapply_core::pipeline::{
+    BackendOpened, BackendSwapped, IndexBound, LeaseRestored, MvccRestored, Persisted, Validated,
+};
+use snapply_core::ports::{Ports, SnapshotStore};
+use snapply_core::{ApplyError, Node, Progress, Snapshot};
+
+use crate::shared::Device;
+
+/// What a restore that reached `Applied` hands back.
+pub struct Applied<B> {
+    /// The node's progress after the snapshot.
+    pub progress: Progress,
+    /// The backend that was live before the swap.
+    pub old_backend: B,
+}
+
+/// Why a phase-by-phase run stopped.
+#[derive(Debug, defmt::Format)]
+#[non_exhaustive]
+pub enum StepError {
+    /// A phase failed (the pipeline's own error, naming the phase).
+    Apply(ApplyError),
+}
+
+impl From<ApplyError> for StepError {
+    fn from(e: ApplyError) -> Self {
+        StepError::Apply(e)
+    }
+}
+
+impl core::fmt::Display for StepError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            StepError::Apply(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Runs every phase, in etcd's order, like `apply_snapshot`. `Ok(None)` for an empty snapshot.
+pub fn apply<'n, S: SnapshotStore>(
+    node: &'n mut Node<S::Backend, Device>,
+    ports: Ports<'n, S>,
+    snapshot: Snapshot<'n>,
+) -> Result<Option<Applied<S::Backend>>, StepError> {
+    let Some(validated) = Validated::new(node, ports, snapshot)? else {
+        return Ok(None);
+    };
+    let (swapped, old_backend) = before_swap(validated)?;
+    let progress = after_swap(swapped)?;
+    Ok(Some(Applied { progress, old_backend }))
+}
+
+/// The phases up to the swap. Each state lives in a block of its own, so its stack slot is free
+/// again once the next state is made.
+#[inline(never)]
+fn before_swap<'n, S: SnapshotStore>(
+    validated: Validated<'n, Device, S>,
+) -> Result<(BackendSwapped<'n, Device, S>, S::Backend), ApplyError> {
+    let leases = {
+        let bound = {
+            let opened = {
+                let persisted = persist(validated)?;
+                open_backend(persisted)?
+            };
+            bind_index(opened)?
+        };
+        restore_lease(bound)?
+    };
+    let mvcc = restore_mvcc(leases)?;
+    Ok(swap(mvcc))
+}
+
+/// Defines a transition as a function of its own.
+macro_rules! transition {
+    ($name:ident, $from:ident => $to:ident) => {
+        #[inline(never)]
+        fn $name<'n, S: SnapshotStore>(state: $from<'n, Device, S>) -> Result<$to<'n, Device, S>, ApplyError> {
+            state.$name()
+        }
+    };
+}
+
+transition!(persist, Validated => Persisted);
+transition!(open_backend, Persisted => BackendOpened);
+transition!(bind_index, BackendOpened => IndexBound);
+transition!(restore_lease, IndexBound => LeaseRestored);
+transition!(restore_mvcc, LeaseRestored => MvccRestored);
+
+/// The swap: the new backend and every store become live.
+#[inline(never)]
+fn swap<'n, S: SnapshotStore>(m: MvccRestored<'n, Device, S>) -> (BackendSwapped<'n, Device, S>, S::Backend) {
+    m.swap_backend()
+}
+
+/// The phases after the swap: they announce stores already live, then update the peers and
+/// finish.
+#[inline(never)]
+fn after_swap<S: SnapshotStore>(s: BackendSwapped<'_, Device, S>) -> Result<Progress, ApplyError> {
+    let peers = s.restore_alarms().restore_auth().restore_v2().restore_cluster().update_peers()?;
+    Ok(peers.finish()?.into_progress())
+}
