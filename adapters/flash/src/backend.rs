@@ -1,0 +1,534 @@
+//! The backend on one flash area: a log of transactions and a sorted index of record offsets
+//! in RAM (4 bytes per live record).
+
+use core::cell::RefCell;
+
+use embedded_storage::nor_flash::NorFlash;
+use heapless::Vec;
+use snapply_core::backend::{Backend, BackendError, BackendErrorKind, Bucket, ReadTxn, Visit, WriteTxn};
+
+use crate::chip::{self, Geometry, Payload, Result};
+use crate::error::FlashError;
+use crate::log::{self, AreaKind, AreaState, CRC, Header, K_BEGIN, K_CLEAR, K_COMMIT, K_DELETE, K_PUT, SnapInfo};
+
+/// The consistent index key of the `meta` bucket (etcd's `consistent_index`).
+const CONSISTENT_INDEX: &[u8] = b"consistent_index";
+
+/// A bucketed key-value backend on one area of a NOR flash (see FORMAT.md).
+///
+/// `N` is the most live records it holds: the index keeps one `u32` offset per record, sorted
+/// by bucket and key, and reads compare keys on flash. `R` is the largest record
+/// (key + value bytes) it accepts: reads copy a record into an `R`-byte stack buffer to hand it
+/// out as slices, and a put of a larger record is a `Full` error.
+///
+/// A write transaction appends frames to the area's log and updates the index in place, so it
+/// reads its own writes; commit appends a commit frame with the transaction's CRC. Dropping it
+/// rebuilds the index from flash, where the uncommitted frames are ignored. When the area is
+/// nearly full, beginning a write transaction first compacts the live records into the other
+/// area and makes that one the committed area, unless the other area holds a pending snapshot.
+pub struct FlashBackend<'f, F: NorFlash, const N: usize, const R: usize> {
+    flash: &'f RefCell<F>,
+    geo: Geometry,
+    area: u8,
+    epoch: u32,
+    tail: u32,
+    index: Vec<u32, N>,
+    snap: Option<SnapInfo>,
+    poisoned: bool,
+    compact_next: bool,
+}
+
+impl<F: NorFlash, const N: usize, const R: usize> core::fmt::Debug for FlashBackend<'_, F, N, R> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("FlashBackend")
+            .field("area", &self.area)
+            .field("epoch", &self.epoch)
+            .field("tail", &self.tail)
+            .field("records", &self.index.len())
+            .field("poisoned", &self.poisoned)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A read view of a [`FlashBackend`].
+#[derive(Debug)]
+pub struct FlashRead<'b, 'f, F: NorFlash, const N: usize, const R: usize> {
+    backend: &'b FlashBackend<'f, F, N, R>,
+}
+
+/// A write transaction of a [`FlashBackend`].
+pub struct FlashWrite<'b, 'f, F: NorFlash, const N: usize, const R: usize> {
+    backend: &'b mut FlashBackend<'f, F, N, R>,
+    digest: Option<crc::Digest<'static, u32>>,
+    done: bool,
+    /// The transaction wrote snapshot frames (metadata, v2 data).
+    snapshot_frames: bool,
+}
+
+impl<'f, F: NorFlash, const N: usize, const R: usize> FlashBackend<'f, F, N, R> {
+    /// Opens the backend of `area` by scanning its log.
+    pub(crate) fn open(flash: &'f RefCell<F>, geo: Geometry, area: u8, epoch: u32) -> Result<Self, F> {
+        let mut index = Vec::new();
+        let mut key = [0u8; R];
+        let scanned = log::scan(flash, &geo, geo.base(area), Some(index.as_mut_view()), &mut key, false)?;
+        Ok(FlashBackend {
+            flash,
+            geo,
+            area,
+            epoch,
+            tail: scanned.tail,
+            index,
+            snap: scanned.snap,
+            poisoned: false,
+            compact_next: false,
+        })
+    }
+
+    /// An empty backend on a freshly formatted `area`.
+    pub(crate) fn fresh(flash: &'f RefCell<F>, geo: Geometry, area: u8, epoch: u32) -> Self {
+        FlashBackend {
+            flash,
+            geo,
+            area,
+            epoch,
+            tail: geo.base(area) + geo.log_start,
+            index: Vec::new(),
+            snap: None,
+            poisoned: false,
+            compact_next: false,
+        }
+    }
+
+    /// Which area (0 or 1) the backend lives on.
+    pub fn area(&self) -> u8 {
+        self.area
+    }
+
+    /// The area's epoch: it grows by one with each snapshot or compaction.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// Number of live records.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Whether the backend holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Bytes of the area's log in use, and the area's size.
+    pub fn usage(&self) -> (u32, u32) {
+        (self.tail - self.geo.base(self.area), self.geo.area_len)
+    }
+
+    /// The v2 data of the snapshot this area was restored from (kept through compactions),
+    /// read into `buf`; empty if the area holds none. A node that boots without a pending
+    /// snapshot recovers its v2 store from it.
+    pub fn v2_data<'a>(&self, buf: &'a mut [u8]) -> Result<&'a [u8], F> {
+        match &self.snap {
+            Some(snap) => crate::store::read_v2(self.flash, &self.geo, snap, buf),
+            None => Ok(&[]),
+        }
+    }
+
+    /// The metadata and image digest of the snapshot this area was restored from, if any.
+    pub fn snapshot(&self) -> Result<Option<(snapply_core::SnapshotMetadata, [u8; 32])>, F> {
+        match &self.snap {
+            Some(snap) if snap.frame != 0 => crate::store::read_snap(self.flash, &self.geo, snap.frame).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    pub(crate) fn snap(&self) -> Option<SnapInfo> {
+        self.snap
+    }
+
+    /// The consistent index the backend reflects (`meta`/`consistent_index`), 0 if absent.
+    pub(crate) fn consistent_index(&self) -> Result<u64, F> {
+        let mut value = [0u8; 8];
+        let mut ok = false;
+        self.get_inner(Bucket::Meta, CONSISTENT_INDEX, &mut |v| {
+            if let Ok(b) = <[u8; 8]>::try_from(v) {
+                value = b;
+                ok = true;
+            }
+        })?;
+        Ok(if ok { u64::from_be_bytes(value) } else { 0 })
+    }
+
+    fn get_inner(&self, bucket: Bucket, key: &[u8], f: &mut dyn FnMut(&[u8])) -> Result<bool, F> {
+        match log::find(self.flash, &self.geo, self.index.as_view(), bucket, key)? {
+            Ok(i) => {
+                let pos = *self.index.get(i).ok_or(FlashError::Misuse("index lookup"))?;
+                let mut buf = [0u8; R];
+                let (k, v) = self.record(pos, &mut buf)?;
+                let _ = k;
+                f(v);
+                Ok(true)
+            }
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// Reads the record at `pos` into `buf`; returns its key and value.
+    fn record<'a>(&self, pos: u32, buf: &'a mut [u8]) -> Result<(&'a [u8], &'a [u8]), F> {
+        let h = log::valid_header_at(self.flash, pos)?;
+        let (klen, vlen) = (usize::from(h.klen), h.vlen as usize);
+        let all = buf.get_mut(..klen + vlen).ok_or(FlashError::Full("a record is larger than the read buffer"))?;
+        chip::read(self.flash, pos + self.geo.header, all)?;
+        Ok(all.split_at(klen))
+    }
+
+    fn scan_inner(&self, bucket: Bucket, from: &[u8], f: &mut Visit<'_>) -> Result<(), F> {
+        let mut i = log::find(self.flash, &self.geo, self.index.as_view(), bucket, from)?.unwrap_or_else(|i| i);
+        let mut buf = [0u8; R];
+        while let Some(pos) = self.index.get(i).copied() {
+            let h = log::valid_header_at(self.flash, pos)?;
+            if h.bucket != bucket.id() {
+                break;
+            }
+            let (k, v) = self.record(pos, &mut buf)?;
+            if f(k, v).is_break() {
+                break;
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// Appends one frame; the tail moves before the write, so a failed write is never written
+    /// over, and the backend refuses further writes until mounted again.
+    pub(crate) fn append(
+        &mut self,
+        h: &Header,
+        payload: &Payload<'_>,
+        digest: Option<&mut crc::Digest<'static, u32>>,
+    ) -> Result<u32, F> {
+        if self.poisoned {
+            return Err(FlashError::Poisoned);
+        }
+        let pos = self.tail;
+        let next = log::next_frame(&self.geo, pos, h)?;
+        if next > self.geo.base(self.area) + self.geo.area_len {
+            self.compact_next = true;
+            return Err(FlashError::Full("the flash area is full"));
+        }
+        self.tail = next;
+        let raw = h.encode();
+        let mut digest = digest;
+        if let Some(d) = digest.as_deref_mut() {
+            d.update(&raw);
+        }
+        let written = chip::write_small(self.flash, pos, &raw, self.geo.header).and_then(|()| {
+            if h.payload_len() == 0 {
+                return Ok(0);
+            }
+            chip::write_payload(self.flash, pos + self.geo.header, payload, self.geo.align, digest)
+        });
+        if let Err(e) = written {
+            self.poisoned = true;
+            return Err(e);
+        }
+        Ok(pos)
+    }
+
+    /// Rebuilds the index from flash (after a dropped transaction).
+    fn reload(&mut self) -> Result<(), F> {
+        self.index.clear();
+        let mut key = [0u8; R];
+        let scanned = log::scan(
+            self.flash,
+            &self.geo,
+            self.geo.base(self.area),
+            Some(self.index.as_mut_view()),
+            &mut key,
+            false,
+        )?;
+        self.tail = self.tail.max(scanned.tail);
+        self.snap = scanned.snap;
+        Ok(())
+    }
+
+    /// Whether the other area holds a complete snapshot newer than this backend's state.
+    fn other_is_pending(&self) -> Result<bool, F> {
+        let other = 1 - (self.area & 1);
+        let state: AreaState = log::area_state(self.flash, &self.geo, other)?;
+        let Some(h) = state.header else { return Ok(false) };
+        if h.kind != AreaKind::Snapshot || state.activated || h.epoch <= self.epoch {
+            return Ok(false);
+        }
+        let mut key = [0u8; 0];
+        let scanned = log::scan(self.flash, &self.geo, self.geo.base(other), None, &mut key, true)?;
+        let Some(snap) = scanned.snap else { return Ok(false) };
+        let index = crate::store::snapshot_index(self.flash, &self.geo, snap.frame)?;
+        Ok(index > self.consistent_index()?)
+    }
+
+    /// Copies the live records and the snapshot frames into the other area, then writes its
+    /// commit record: from that write on, the other area is the committed one.
+    fn compact(&mut self) -> Result<(), F> {
+        if self.poisoned {
+            return Err(FlashError::Poisoned);
+        }
+        // Only the committed area compacts: a snapshot area not yet flipped (the pipeline's own
+        // commits land there) or a stale handle on a superseded area must never erase the area
+        // that holds the committed state.
+        let other = 1 - (self.area & 1);
+        let mine = log::area_state(self.flash, &self.geo, self.area)?;
+        let theirs = log::area_state(self.flash, &self.geo, other)?;
+        let committed = mine.activated
+            && mine.header.map(|h| h.epoch) == Some(self.epoch)
+            && !(theirs.activated && theirs.header.is_some_and(|h| h.epoch > self.epoch));
+        if !committed {
+            return Err(FlashError::Full("the flash area is full and is not the committed one"));
+        }
+        if self.other_is_pending()? {
+            return Err(FlashError::Full("the flash area is full and the other one holds a pending snapshot"));
+        }
+        let epoch = self.epoch.checked_add(1).ok_or(FlashError::Full("area epochs exhausted"))?;
+        crate::fmt::info!("compacting flash area {} into area {}", self.area, other);
+        let mut target: FlashBackend<'f, F, N, R> = FlashBackend::fresh(self.flash, self.geo, other, epoch);
+        let result = (|| {
+            log::format_area(self.flash, &self.geo, other, AreaKind::Compaction, epoch)?;
+            let mut digest = CRC.digest();
+            target.append(
+                &Header { kind: K_BEGIN, bucket: 0, klen: 0, vlen: 0 },
+                &Payload::Slices(&[]),
+                Some(&mut digest),
+            )?;
+            let mut moved: Vec<u32, N> = Vec::new();
+            for pos in self.index.iter().copied() {
+                let at = target.copy_frame(pos, &mut digest)?;
+                moved.push(at).map_err(|_| FlashError::Full("the record index is full"))?;
+            }
+            if let Some(snap) = self.snap {
+                let mut pos = snap.v2_first.unwrap_or(snap.frame);
+                // The v2 frames run up to the snapshot frame, which comes last.
+                loop {
+                    let h = log::valid_header_at(self.flash, pos)?;
+                    target.copy_frame(pos, &mut digest)?;
+                    if pos >= snap.frame {
+                        break;
+                    }
+                    pos = log::next_frame(&self.geo, pos, &h)?;
+                }
+            }
+            let crc = digest.finalize();
+            target.append(&Header { kind: K_COMMIT, bucket: 0, klen: 0, vlen: crc }, &Payload::Slices(&[]), None)?;
+            log::activate(self.flash, &self.geo, other, epoch)?;
+            Ok(moved)
+        })();
+        match result {
+            Ok(moved) => {
+                let mut key = [0u8; 0];
+                let scanned = log::scan(self.flash, &self.geo, self.geo.base(other), None, &mut key, false)?;
+                self.area = other;
+                self.epoch = epoch;
+                self.tail = target.tail;
+                self.index = moved;
+                self.snap = scanned.snap;
+                self.compact_next = false;
+                Ok(())
+            }
+            Err(e) => {
+                if matches!(e, FlashError::Flash { .. }) {
+                    self.poisoned = true;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Copies the frame at `pos` (of another backend's area) to the tail.
+    fn copy_frame(&mut self, pos: u32, digest: &mut crc::Digest<'static, u32>) -> Result<u32, F> {
+        let h = log::valid_header_at(self.flash, pos)?;
+        let payload = Payload::Flash { addr: pos + self.geo.header, len: h.payload_len() };
+        self.append(&h, &payload, Some(digest))
+    }
+
+    fn begin(&mut self) -> Result<(), F> {
+        if self.poisoned {
+            return Err(FlashError::Poisoned);
+        }
+        let (used, len) = self.usage();
+        if self.compact_next || len - used < len / 8 {
+            match self.compact() {
+                Ok(()) => {}
+                // An area whose compaction is blocked by a pending snapshot still takes the
+                // transactions that fit; the others fail with `Full`.
+                Err(FlashError::Full(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<F: NorFlash, const N: usize, const R: usize> core::fmt::Debug for FlashWrite<'_, '_, F, N, R> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("FlashWrite").field("backend", &self.backend).field("begun", &self.digest.is_some()).finish()
+    }
+}
+
+impl<'f, F: NorFlash, const N: usize, const R: usize> FlashWrite<'_, 'f, F, N, R> {
+    fn frame(&mut self, kind: u8, bucket: Bucket, key: &[u8], value: &[u8]) -> Result<u32, F> {
+        if self.done {
+            return Err(FlashError::Misuse("writing to a finished transaction"));
+        }
+        let klen = u16::try_from(key.len()).map_err(|_| FlashError::Full("a key longer than 65535 bytes"))?;
+        let vlen = u32::try_from(value.len()).map_err(|_| FlashError::Full("a value longer than 4 GiB"))?;
+        if self.digest.is_none() {
+            let mut d = CRC.digest();
+            self.backend.append(
+                &Header { kind: K_BEGIN, bucket: 0, klen: 0, vlen: 0 },
+                &Payload::Slices(&[]),
+                Some(&mut d),
+            )?;
+            self.digest = Some(d);
+        }
+        let h = Header { kind, bucket: bucket.id(), klen, vlen };
+        self.backend.append(&h, &Payload::Slices(&[key, value]), self.digest.as_mut())
+    }
+
+    /// Appends a frame that is not a bucket record (snapshot metadata, v2 data).
+    pub(crate) fn raw_frame(&mut self, kind: u8, value: &[u8]) -> Result<u32, F> {
+        self.snapshot_frames = true;
+        self.frame(kind, Bucket::Key, &[], value)
+    }
+
+    fn put_inner(&mut self, bucket: Bucket, key: &[u8], value: &[u8]) -> Result<(), F> {
+        // A record must fit the read buffer to be read back; snapshot frames (metadata, v2
+        // chunks of up to 1 KiB) are read through their own buffers and are not limited by `R`.
+        if key.len().saturating_add(value.len()) > R {
+            return Err(FlashError::Full("a record is larger than the backend's record buffer"));
+        }
+        let pos = self.frame(K_PUT, bucket, key, value)?;
+        let b = &mut *self.backend;
+        match log::find(b.flash, &b.geo, b.index.as_view(), bucket, key)? {
+            Ok(i) => {
+                if let Some(slot) = b.index.get_mut(i) {
+                    *slot = pos;
+                }
+            }
+            Err(i) => b.index.insert(i, pos).map_err(|_| FlashError::Full("the record index is full"))?,
+        }
+        Ok(())
+    }
+
+    fn delete_inner(&mut self, bucket: Bucket, key: &[u8]) -> Result<bool, F> {
+        let b = &*self.backend;
+        let Ok(i) = log::find(b.flash, &b.geo, b.index.as_view(), bucket, key)? else { return Ok(false) };
+        self.frame(K_DELETE, bucket, key, &[])?;
+        if i < self.backend.index.len() {
+            self.backend.index.remove(i);
+        }
+        Ok(true)
+    }
+
+    fn clear_inner(&mut self, bucket: Bucket) -> Result<(), F> {
+        let b = &*self.backend;
+        let (lo, hi) = log::bucket_range(b.flash, &b.geo, b.index.as_view(), bucket)?;
+        if lo == hi {
+            // Nothing to clear: a snapshot written into a fresh area costs no clear frames.
+            return Ok(());
+        }
+        self.frame(K_CLEAR, bucket, &[], &[])?;
+        let b = &mut *self.backend;
+        log::clear_bucket(b.flash, &b.geo, b.index.as_mut_view(), bucket)?;
+        Ok(())
+    }
+
+    pub(crate) fn commit_inner(mut self) -> Result<(), F> {
+        self.done = true;
+        let Some(d) = self.digest.take() else { return Ok(()) };
+        let crc = d.finalize();
+        let committed =
+            self.backend.append(&Header { kind: K_COMMIT, bucket: 0, klen: 0, vlen: crc }, &Payload::Slices(&[]), None);
+        if let Err(e) = committed {
+            // Whether the commit frame reached the flash or not, the index must say what the
+            // flash says.
+            let _ = self.backend.reload();
+            return Err(e);
+        }
+        let b = &mut *self.backend;
+        if self.snapshot_frames {
+            // The snapshot transaction wrote its own frames: find them for `v2_data`.
+            let mut key = [0u8; 0];
+            let scanned = log::scan(b.flash, &b.geo, b.geo.base(b.area), None, &mut key, true)?;
+            b.snap = scanned.snap;
+        }
+        Ok(())
+    }
+}
+
+impl<F: NorFlash, const N: usize, const R: usize> Drop for FlashWrite<'_, '_, F, N, R> {
+    fn drop(&mut self) {
+        if !self.done && self.digest.is_some() {
+            // The frames written stay on flash without a commit frame, which every scan
+            // ignores; the index goes back to what the flash commits. If even that fails, the
+            // backend refuses to work until mounted again.
+            if self.backend.reload().is_err() {
+                self.backend.poisoned = true;
+            }
+        }
+    }
+}
+
+impl<F: NorFlash, const N: usize, const R: usize> ReadTxn for FlashRead<'_, '_, F, N, R> {
+    fn get(&self, bucket: Bucket, key: &[u8], f: &mut dyn FnMut(&[u8])) -> core::result::Result<bool, BackendError> {
+        Ok(self.backend.get_inner(bucket, key, f)?)
+    }
+    fn scan(&self, bucket: Bucket, from: &[u8], f: &mut Visit<'_>) -> core::result::Result<(), BackendError> {
+        Ok(self.backend.scan_inner(bucket, from, f)?)
+    }
+}
+
+impl<F: NorFlash, const N: usize, const R: usize> ReadTxn for FlashWrite<'_, '_, F, N, R> {
+    fn get(&self, bucket: Bucket, key: &[u8], f: &mut dyn FnMut(&[u8])) -> core::result::Result<bool, BackendError> {
+        Ok(self.backend.get_inner(bucket, key, f)?)
+    }
+    fn scan(&self, bucket: Bucket, from: &[u8], f: &mut Visit<'_>) -> core::result::Result<(), BackendError> {
+        Ok(self.backend.scan_inner(bucket, from, f)?)
+    }
+}
+
+impl<F: NorFlash, const N: usize, const R: usize> WriteTxn for FlashWrite<'_, '_, F, N, R> {
+    fn put(&mut self, bucket: Bucket, key: &[u8], value: &[u8]) -> core::result::Result<(), BackendError> {
+        Ok(self.put_inner(bucket, key, value)?)
+    }
+    fn delete(&mut self, bucket: Bucket, key: &[u8]) -> core::result::Result<bool, BackendError> {
+        Ok(self.delete_inner(bucket, key)?)
+    }
+    fn clear(&mut self, bucket: Bucket) -> core::result::Result<(), BackendError> {
+        Ok(self.clear_inner(bucket)?)
+    }
+    fn commit(self) -> core::result::Result<(), BackendError> {
+        Ok(self.commit_inner()?)
+    }
+}
+
+impl<'f, F: NorFlash, const N: usize, const R: usize> Backend for FlashBackend<'f, F, N, R> {
+    type Read<'a>
+        = FlashRead<'a, 'f, F, N, R>
+    where
+        Self: 'a;
+    type Write<'a>
+        = FlashWrite<'a, 'f, F, N, R>
+    where
+        Self: 'a;
+
+    fn read(&self) -> core::result::Result<Self::Read<'_>, BackendError> {
+        if self.poisoned {
+            return Err(BackendError::new(BackendErrorKind::Io, "reading after a failed flash write"));
+        }
+        Ok(FlashRead { backend: self })
+    }
+
+    fn write(&mut self) -> core::result::Result<Self::Write<'_>, BackendError> {
+        self.begin()?;
+        Ok(FlashWrite { backend: self, digest: None, done: false, snapshot_frames: false })
+    }
+}

@@ -1,0 +1,177 @@
+//! The flash backend's transactions: commit, drop, remount, compaction, and a pending snapshot
+//! that blocks compaction.
+
+mod common;
+
+use std::cell::RefCell;
+use std::ops::ControlFlow;
+
+use common::{RECORD, RECORDS, on_big_stack};
+use snapply_core::ImageData;
+use snapply_core::backend::{Backend, BackendErrorKind, Bucket, ReadTxn, WriteTxn};
+use snapply_core::image::BASE_BUFFER;
+use snapply_flash::mock::MockFlash;
+use snapply_flash::{FlashError, FlashSnapshotStore, OtherArea, mount};
+
+type Chip = MockFlash<4, 4096>;
+const RANGE: std::ops::Range<u32> = 0..4 * 4096;
+
+fn all<B: Backend>(b: &B, bucket: Bucket) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    b.read()
+        .unwrap()
+        .scan(bucket, &[], &mut |k, v| {
+            out.push((k.to_vec(), v.to_vec()));
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    out
+}
+
+fn kv(pairs: &[(&[u8], &[u8])]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    pairs.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+}
+
+#[test]
+fn transactions_commit_or_vanish_and_survive_a_remount() {
+    let chip = RefCell::new(Chip::new(4));
+    let mounted = mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap();
+    assert!(mounted.formatted);
+    let mut b = mounted.backend;
+    let mut t = b.write().unwrap();
+    t.put(Bucket::Key, b"b", b"2").unwrap();
+    t.put(Bucket::Key, b"a", b"1").unwrap();
+    t.put(Bucket::Meta, b"m", b"x").unwrap();
+    // A transaction reads its own writes.
+    let mut seen = None;
+    assert!(t.get(Bucket::Key, b"a", &mut |v| seen = Some(v.to_vec())).unwrap());
+    assert_eq!(seen.as_deref(), Some(&b"1"[..]));
+    t.commit().unwrap();
+    assert_eq!(all(&b, Bucket::Key), kv(&[(b"a", b"1"), (b"b", b"2")]));
+
+    // Dropped: nothing happened, in RAM and on flash.
+    let mut t = b.write().unwrap();
+    t.put(Bucket::Key, b"c", b"3").unwrap();
+    assert!(t.delete(Bucket::Key, b"a").unwrap());
+    t.clear(Bucket::Meta).unwrap();
+    drop(t);
+    assert_eq!(all(&b, Bucket::Key), kv(&[(b"a", b"1"), (b"b", b"2")]));
+    assert_eq!(all(&b, Bucket::Meta), kv(&[(b"m", b"x")]));
+
+    let mut t = b.write().unwrap();
+    assert!(t.delete(Bucket::Key, b"b").unwrap());
+    assert!(!t.delete(Bucket::Key, b"zz").unwrap());
+    t.put(Bucket::Key, b"a", b"1'").unwrap();
+    t.clear(Bucket::Meta).unwrap();
+    t.put(Bucket::Lease, b"l", b"").unwrap();
+    t.commit().unwrap();
+    drop(b);
+
+    let b = mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap().backend;
+    assert_eq!(all(&b, Bucket::Key), kv(&[(b"a", b"1'")]));
+    assert!(all(&b, Bucket::Meta).is_empty());
+    assert_eq!(all(&b, Bucket::Lease), kv(&[(b"l", b"")]));
+    // Scans start at `from` and stop at the bucket's end.
+    let mut from_b = Vec::new();
+    b.read()
+        .unwrap()
+        .scan(Bucket::Key, b"a\0", &mut |k, _| {
+            from_b.push(k.to_vec());
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert!(from_b.is_empty());
+}
+
+#[test]
+fn a_full_area_is_compacted_into_the_other_and_survives_a_remount() {
+    let chip = RefCell::new(Chip::new(4));
+    let mut b = mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap().backend;
+    for i in 0..400u32 {
+        let mut t = b.write().unwrap();
+        t.put(Bucket::Key, format!("key{}", i % 7).as_bytes(), &i.to_be_bytes()).unwrap();
+        t.commit().unwrap();
+    }
+    assert!(b.epoch() > 2, "the area was compacted more than once");
+    assert!(chip.borrow().unit_erases().iter().all(|n| *n >= 1));
+    let mut want: Vec<_> =
+        (393..400u32).map(|i| (format!("key{}", i % 7).into_bytes(), i.to_be_bytes().to_vec())).collect();
+    want.sort();
+    assert_eq!(all(&b, Bucket::Key), want);
+    let epoch = b.epoch();
+    let area = b.area();
+    drop(b);
+    let b = mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap().backend;
+    assert_eq!((b.area(), b.epoch()), (area, epoch));
+    assert_eq!(all(&b, Bucket::Key), want);
+}
+
+#[test]
+fn a_pending_snapshot_blocks_compaction_with_a_full_error() {
+    on_big_stack(|| {
+        let leader = common::leader(10);
+        let (metadata, image) = snapply_tests::snapshot(&leader);
+        let chip = RefCell::new(Chip::new(4));
+        let mut b = mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap().backend;
+        let mut buf = vec![0u8; BASE_BUFFER];
+        let mut store = FlashSnapshotStore::<Chip, RECORDS, RECORD>::new(&chip, RANGE, &mut buf).unwrap();
+        let persisted = store.persist_snapshot(&metadata, ImageData::Bytes(&image)).unwrap();
+        assert!(!persisted.reused);
+        // A second persist of the same snapshot reuses the area: named by its digest, or with the
+        // same image (decoded again to check its digest). Another image is refused.
+        let by_digest = store.persist_snapshot(&metadata, ImageData::Persisted { sha256: persisted.sha256 }).unwrap();
+        assert!(by_digest.reused);
+        assert!(store.persist_snapshot(&metadata, ImageData::Bytes(&image)).unwrap().reused);
+        let err = store.persist_snapshot(&metadata, ImageData::Persisted { sha256: [7; 32] }).unwrap_err();
+        assert_eq!(err, FlashError::MetadataMismatch);
+        let _ = store;
+        let mut full = None;
+        for i in 0..400u32 {
+            let result = b.write().and_then(|mut t| {
+                t.put(Bucket::Key, format!("key{}", i % 7).as_bytes(), &[0u8; 64])?;
+                t.commit()
+            });
+            if let Err(e) = result {
+                full = Some(e);
+                break;
+            }
+        }
+        assert_eq!(full.map(|e| e.kind), Some(BackendErrorKind::Full));
+        let mounted = mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap();
+        assert_eq!(mounted.other, OtherArea::Pending);
+        assert_eq!(mounted.pending.map(|p| p.metadata), Some(metadata));
+    });
+}
+
+#[test]
+fn a_bad_image_leaves_a_discarded_area_and_the_state_untouched() {
+    on_big_stack(|| {
+        let leader = common::leader(10);
+        let (metadata, mut image) = snapply_tests::snapshot(&leader);
+        let at = image.len() / 2;
+        image[at] ^= 0x40;
+        let chip = RefCell::new(Chip::new(4));
+        let mut b = mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap().backend;
+        let mut t = b.write().unwrap();
+        t.put(Bucket::Key, b"mine", b"1").unwrap();
+        t.commit().unwrap();
+        let mut buf = vec![0u8; BASE_BUFFER];
+        let mut store = FlashSnapshotStore::<Chip, RECORDS, RECORD>::new(&chip, RANGE, &mut buf).unwrap();
+        let err = store.persist_snapshot(&metadata, ImageData::Bytes(&image)).unwrap_err();
+        assert!(matches!(err, FlashError::BadImage(_)), "{err:?}");
+        let mounted = mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap();
+        assert_eq!(mounted.other, OtherArea::Discarded);
+        assert!(mounted.pending.is_none());
+        assert_eq!(all(&mounted.backend, Bucket::Key), kv(&[(b"mine", b"1")]));
+    });
+}
+
+#[test]
+fn ranges_that_do_not_fit_the_layout_are_refused() {
+    let chip = RefCell::new(Chip::new(4));
+    for range in [0..3 * 4096, 100..4 * 4096, 0..5 * 4096, 0..4096] {
+        let err = mount::<Chip, RECORDS, RECORD>(&chip, range.clone()).unwrap_err();
+        assert!(matches!(err, FlashError::Geometry(_)), "{range:?}: {err:?}");
+    }
+    assert_eq!(chip.borrow().stats().programmed, 0);
+}
