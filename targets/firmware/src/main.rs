@@ -1,11 +1,12 @@
-//! snapply on a Cortex-M3 (QEMU's mps2-an385), in 64 KiB of RAM.
+//! snapply on a Cortex-M3 (QEMU's mps2-an385), in 64 KiB of RAM, its state on NOR flash.
 //!
-//! Boot 1 builds an old state (its own keys, a lease, a member, a user), then receives the first
-//! snapshot image the build script made on the host, streams it through the typestate pipeline
-//! (etcd's `applySnapshot`), checks the restored state against the host's digests, commits, and
-//! resets the system. Boot 2 re-opens the node from storage, checks it again, applies the second
-//! snapshot the same way and resets. Boot 3 re-opens and checks the second snapshot's state and
-//! exits through semihosting. Every failure, panic or fault exits with failure.
+//! Boot 1 (blank flash) builds an old state (its own keys, a lease, a member, a user), then
+//! receives the first snapshot image the build script made on the host, streams it through the
+//! typestate pipeline (etcd's `applySnapshot`) into the flash (`snapply-flash`), checks the
+//! restored state against the host's digests, and resets the system. Boot 2 mounts the flash,
+//! re-opens the node from it, checks it again, applies the second snapshot the same way and
+//! resets. Boot 3 re-opens and checks the second snapshot's state and exits through
+//! semihosting. Every failure, panic or fault exits with failure.
 //!
 //! The log goes out through defmt over semihosting; decode it on the host with
 //! `defmt-print -e <elf>` (`cargo xtask qemu` does).
@@ -32,7 +33,8 @@ use snapply_core::store::{NewMember, StoreError};
 use snapply_core::{ApplyError, Node, Request, Snapshot};
 
 use shared::{DEVICE, Device, digests};
-use storage::{ExtBackend, Storage, StorageError};
+use snapply_flash::{BootError, FlashError, RamFlashError};
+use storage::{DeviceBackend, DeviceStore, MediumError, RANGE, RECORD_BYTES, RECORDS};
 
 /// What the build script expects a snapshot to lead to.
 struct Expected {
@@ -56,12 +58,14 @@ static IMAGES: [&[u8]; 2] = [
 /// The image arrives in pieces of this size, as from a transport with a small frame.
 const CHUNK: usize = 256;
 
-type DeviceNode = Node<ExtBackend, Device>;
+type DeviceNode<'f> = Node<DeviceBackend<'f>, Device>;
 
 /// Why the firmware failed.
 #[derive(Debug, defmt::Format)]
 enum Failure {
-    Storage(StorageError),
+    Medium(MediumError),
+    Flash(FlashError<RamFlashError>),
+    Boot(BootError<RamFlashError>),
     Store(StoreError),
     Apply(ApplyError),
     Steps(phases::StepError),
@@ -79,11 +83,25 @@ enum Failure {
     TooManyBoots {
         boot: u32,
     },
+    /// The flash holds a state that is neither blank nor one of the snapshots.
+    UnknownState {
+        applied_index: u64,
+    },
 }
 
-impl From<StorageError> for Failure {
-    fn from(e: StorageError) -> Self {
-        Failure::Storage(e)
+impl From<MediumError> for Failure {
+    fn from(e: MediumError) -> Self {
+        Failure::Medium(e)
+    }
+}
+impl From<FlashError<RamFlashError>> for Failure {
+    fn from(e: FlashError<RamFlashError>) -> Self {
+        Failure::Flash(e)
+    }
+}
+impl From<BootError<RamFlashError>> for Failure {
+    fn from(e: BootError<RamFlashError>) -> Self {
+        Failure::Boot(e)
     }
 }
 impl From<StoreError> for Failure {
@@ -136,65 +154,106 @@ fn main() -> ! {
 }
 
 fn run() -> Result<(), Failure> {
-    let (mut storage, boot) = Storage::open()?;
-    info!("boot {}: {} snapshot(s) restored before", boot.boot, boot.restores);
+    let (chip, boot) = storage::take()?;
+    info!("boot {}", boot.boot);
+    {
+        use snapply_core::pipeline::*;
+        type S<'a> = DeviceStore<'a, 'a>;
+        info!(
+            "sizes: validated={} persisted={} opened={} bound={} leases={} mvcc={} swapped={} node={} kv={} later-ish auth={} members={} v2={} backend={} meta={}",
+            size_of::<Validated<'_, Device, S<'_>>>(),
+            size_of::<Persisted<'_, Device, S<'_>>>(),
+            size_of::<BackendOpened<'_, Device, S<'_>>>(),
+            size_of::<IndexBound<'_, Device, S<'_>>>(),
+            size_of::<LeaseRestored<'_, Device, S<'_>>>(),
+            size_of::<MvccRestored<'_, Device, S<'_>>>(),
+            size_of::<BackendSwapped<'_, Device, S<'_>>>(),
+            size_of::<DeviceNode<'_>>(),
+            size_of::<snapply_core::store::KvStore<Device>>(),
+            size_of::<snapply_core::store::AuthStore<Device>>(),
+            size_of::<snapply_core::store::Membership<Device>>(),
+            size_of::<snapply_core::store::V2Store<Device>>(),
+            size_of::<DeviceBackend<'_>>(),
+            size_of::<snapply_core::SnapshotMetadata>(),
+        );
+    }
     if boot.boot > 3 {
         return Err(Failure::TooManyBoots { boot: boot.boot });
     }
-    let restores = boot.restores as usize;
-    if restores == 0 { first_boot(&mut storage) } else { later_boot(&mut storage, restores) }?;
-    if restores < SNAPSHOTS.len() {
-        info!("rebooting");
-        cortex_m::peripheral::SCB::sys_reset();
+    let mounted = snapply_flash::mount::<_, RECORDS, RECORD_BYTES>(&chip, RANGE)?;
+    info!("flash mounted: formatted={} other-area={}", mounted.formatted, mounted.other);
+    let snapply_flash::Mounted { backend, pending, formatted, .. } = mounted;
+    let mut buf = [0u8; BASE_BUFFER];
+    let mut store = DeviceStore::new(&chip, RANGE, &mut buf)?;
+    let mut peers = PeerTable::<Device>::default();
+    // `snapply_flash::Mounted::open_node`, taken apart: the node stays in the `Result` it is
+    // returned in (moving it out would copy it on the stack), and a restore a reset interrupted
+    // is completed by `phases::apply` (one frame per phase) rather than `apply_snapshot`.
+    let mut opened = {
+        let v2 = store.committed_v2(&backend)?;
+        open_node(backend, v2)
+    };
+    let node = match &mut opened {
+        Ok(node) => node,
+        Err(e) => return Err(Failure::Store(*e)),
+    };
+    if let Some(p) = pending {
+        info!("completing the restore of the persisted snapshot at index {}", p.metadata.index);
+        let ports = Ports { storage: &mut store, transport: &mut peers, observer: &mut PhaseLog };
+        phases::apply(node, ports, Snapshot::persisted(&p.metadata, p.sha256))?;
     }
-    info!("all snapshots restored and checked after reboot");
-    Ok(())
-}
-
-/// Builds the old state and applies the first snapshot onto it.
-#[inline(never)]
-fn first_boot(storage: &mut Storage) -> Result<(), Failure> {
-    let mut node = DeviceNode::new(DEVICE, storage.live_backend()?);
-    old_state(&mut node)?;
-    info!(
-        "old state: applied-index={} revisions={} records={}",
-        node.progress().applied_index,
-        node.stores().kv.index_len(),
-        node.backend().len()
-    );
-    next_snapshot(&mut node, storage, 0)
-}
-
-/// Re-opens the node from storage, checks it against the snapshot applied before the reset, and
-/// applies the next one if there is one.
-#[inline(never)]
-fn later_boot(storage: &mut Storage, restores: usize) -> Result<(), Failure> {
-    let backend = storage.live_backend()?;
-    let mut node = DeviceNode::open(DEVICE, backend, storage.live_v2())?;
-    info!("re-opened from storage after reboot: applied-index={}", node.progress().applied_index);
-    let expected = SNAPSHOTS.get(restores - 1).ok_or(Failure::TooManyBoots { boot: 0 })?;
-    check(&node, expected, "after reboot")?;
-    info!("peak stack: {} of {} bytes", stack::high_water(), stack::size());
-    next_snapshot(&mut node, storage, restores)
-}
-
-/// Applies snapshot number `n` (from 0), if there is one, checks and commits it.
-fn next_snapshot(node: &mut DeviceNode, storage: &mut Storage, n: usize) -> Result<(), Failure> {
-    let (Some(expected), Some(image)) = (SNAPSHOTS.get(n), IMAGES.get(n)) else {
+    let next = if formatted {
+        old_state(node)?;
+        info!(
+            "old state: applied-index={} revisions={} records={}",
+            node.progress().applied_index,
+            node.stores().kv.index_len(),
+            node.backend().len()
+        );
+        0
+    } else {
+        let applied_index = node.progress().applied_index;
+        info!("re-opened from flash after reboot: applied-index={}", applied_index);
+        let done = SNAPSHOTS.iter().position(|s| s.index == applied_index);
+        let (Some(done), Some(expected)) = (done, done.and_then(|d| SNAPSHOTS.get(d))) else {
+            return Err(Failure::UnknownState { applied_index });
+        };
+        check(node, expected, "after reboot")?;
+        done + 1
+    };
+    let (Some(expected), Some(image)) = (SNAPSHOTS.get(next), IMAGES.get(next)) else {
+        info!("peak stack: {} of {} bytes", stack::high_water(), stack::size());
+        info!("all snapshots restored and checked after reboot");
         return Ok(());
     };
-    restore(node, storage, image, expected)?;
+    chip.borrow_mut().reset_stats();
+    restore(node, &mut store, &mut peers, image, expected)?;
+    let stats = chip.borrow().stats();
     check(node, expected, "before reboot")?;
+    info!(
+        "flash: image-bytes={} programmed-bytes={} erases={} (erase unit {} bytes)",
+        expected.image_len,
+        stats.programmed,
+        stats.erases,
+        storage::ERASE
+    );
     report(node, expected);
-    Ok(())
+    info!("rebooting");
+    cortex_m::peripheral::SCB::sys_reset();
+}
+
+/// `Node::open` in a frame of its own: the node it builds is returned in the caller's slot.
+#[inline(never)]
+fn open_node<'f>(backend: DeviceBackend<'f>, v2: &[u8]) -> Result<DeviceNode<'f>, StoreError> {
+    DeviceNode::open(DEVICE, backend, v2)
 }
 
 /// The device's own state before any snapshot: keys, a lease with keys, a member and a user
 /// that the snapshots do not have.
 #[inline(never)]
-fn old_state(node: &mut DeviceNode) -> Result<(), Failure> {
+fn old_state(node: &mut DeviceNode<'_>) -> Result<(), Failure> {
     let mut index = 0u64;
-    let mut apply = |node: &mut DeviceNode, request: Request<'_>| {
+    let mut apply = |node: &mut DeviceNode<'_>, request: Request<'_>| {
         index += 1;
         node.apply(index, 1, &request).map(drop)
     };
@@ -214,11 +273,20 @@ fn old_state(node: &mut DeviceNode) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Streams `image` through the pipeline into the storage's spare slot and commits it.
+/// Streams `image` through the pipeline into the flash; the store's commit record is written
+/// when the pipeline reaches `Applied`.
 #[inline(never)]
-fn restore(node: &mut DeviceNode, storage: &mut Storage, image: &[u8], expected: &Expected) -> Result<(), Failure> {
-    let mut buf = [0u8; BASE_BUFFER];
-    let metadata = image::Decoder::new(image, &mut buf).map_err(|_| Failure::Header)?.metadata().clone();
+fn restore<'f>(
+    node: &mut DeviceNode<'f>,
+    store: &mut DeviceStore<'f, '_>,
+    peers: &mut PeerTable<Device>,
+    image: &[u8],
+    expected: &Expected,
+) -> Result<(), Failure> {
+    let metadata = {
+        let mut header = [0u8; BASE_BUFFER];
+        image::Decoder::new(image, &mut header).map_err(|_| Failure::Header)?.metadata().clone()
+    };
     if metadata.index != expected.index || metadata.term != expected.term {
         return Err(Failure::WrongSnapshot { index: metadata.index });
     }
@@ -227,25 +295,20 @@ fn restore(node: &mut DeviceNode, storage: &mut Storage, image: &[u8], expected:
         metadata.index, metadata.term, expected.image_len, CHUNK
     );
     let mut source = ImageStream::new(Chunked::new(image, CHUNK));
-    let outcome = {
-        let mut store = storage.snapshot_store(&mut buf);
-        let mut transport = PeerTable::<Device>::default();
-        let ports = Ports { storage: &mut store, transport: &mut transport, observer: &mut PhaseLog };
-        let outcome = phases::apply(node, ports, Snapshot::streamed(&metadata, &mut source))?;
-        info!("peers: {}", transport.peers().len());
-        outcome
-    };
-    let Some(outcome) = outcome else {
+    let ports = Ports { storage: store, transport: peers, observer: &mut PhaseLog };
+    let Some(applied) = phases::apply(node, ports, Snapshot::streamed(&metadata, &mut source))? else {
         return Err(Failure::WrongSnapshot { index: metadata.index });
     };
-    storage.commit(outcome.old_backend)?;
-    info!("committed: live slot holds snapshot index={}", outcome.progress.applied_index);
+    info!("peers: {}", peers.peers().len());
+    // The old backend is the flash's previous area: nothing to close.
+    drop(applied.old_backend);
+    info!("committed to flash: snapshot index={}", applied.progress.applied_index);
     Ok(())
 }
 
 /// Compares the node's state with the host's digests.
 #[inline(never)]
-fn check(node: &DeviceNode, expected: &Expected, when: &'static str) -> Result<(), Failure> {
+fn check(node: &DeviceNode<'_>, expected: &Expected, when: &'static str) -> Result<(), Failure> {
     let got = digests(node)?;
     if got.record_count != expected.records || got.records != expected.records_sha256 {
         error!("records: {} (expected {}), sha256 {:02x}", got.record_count, expected.records, got.records);
@@ -267,7 +330,7 @@ fn check(node: &DeviceNode, expected: &Expected, when: &'static str) -> Result<(
 
 /// The RAM numbers of a restore.
 #[inline(never)]
-fn report(node: &DeviceNode, expected: &Expected) {
+fn report(node: &DeviceNode<'_>, expected: &Expected) {
     let kv = &node.stores().kv;
     let entries = kv.index_len();
     let arena = kv.arena_len();
@@ -275,7 +338,7 @@ fn report(node: &DeviceNode, expected: &Expected) {
         (entries * size_of::<snapply_core::store::IndexEntry>() + arena) * 1000 / (expected.live_keys as usize).max(1);
     info!(
         "ram: node={} stores={} index-entries={} key-arena-bytes={} live-keys={} ram-per-key={}.{=usize:03} bytes",
-        size_of::<DeviceNode>(),
+        size_of::<DeviceNode<'_>>(),
         size_of::<snapply_core::Stores<Device>>(),
         entries,
         arena,

@@ -58,32 +58,24 @@ pub fn apply<'n, S: SnapshotStore>(
     Ok(Some(Applied { progress, old_backend }))
 }
 
-/// The phases up to the swap. Each state lives in a block of its own, so its stack slot is free
-/// again once the next state is made.
+/// The phases up to the swap. Each transition takes the previous one's `Result` as it is and
+/// returns its own, so this frame only passes results along, and each result is dead once the
+/// next transition has taken it.
 #[inline(never)]
 fn before_swap<'n, S: SnapshotStore>(
     validated: Validated<'n, Device, S>,
 ) -> Result<(BackendSwapped<'n, Device, S>, S::Backend), ApplyError> {
-    let leases = {
-        let bound = {
-            let opened = {
-                let persisted = persist(validated)?;
-                open_backend(persisted)?
-            };
-            bind_index(opened)?
-        };
-        restore_lease(bound)?
-    };
-    let mvcc = restore_mvcc(leases)?;
-    Ok(swap(mvcc))
+    swap(restore_mvcc(restore_lease(bind_index(open_backend(persist(Ok(validated)))))))
 }
 
-/// Defines a transition as a function of its own.
+/// Defines a transition as a function of its own, from the previous transition's result.
 macro_rules! transition {
     ($name:ident, $from:ident => $to:ident) => {
         #[inline(never)]
-        fn $name<'n, S: SnapshotStore>(state: $from<'n, Device, S>) -> Result<$to<'n, Device, S>, ApplyError> {
-            state.$name()
+        fn $name<'n, S: SnapshotStore>(
+            state: Result<$from<'n, Device, S>, ApplyError>,
+        ) -> Result<$to<'n, Device, S>, ApplyError> {
+            state?.$name()
         }
     };
 }
@@ -96,8 +88,10 @@ transition!(restore_mvcc, LeaseRestored => MvccRestored);
 
 /// The swap: the new backend and every store become live.
 #[inline(never)]
-fn swap<'n, S: SnapshotStore>(m: MvccRestored<'n, Device, S>) -> (BackendSwapped<'n, Device, S>, S::Backend) {
-    m.swap_backend()
+fn swap<'n, S: SnapshotStore>(
+    mvcc: Result<MvccRestored<'n, Device, S>, ApplyError>,
+) -> Result<(BackendSwapped<'n, Device, S>, S::Backend), ApplyError> {
+    Ok(mvcc?.swap_backend())
 }
 
 /// The phases after the swap: they announce stores already live, then update the peers and

@@ -24,9 +24,9 @@ snapply_core::fixed_profile! {
 }
 
 /// Key index entries (revisions) of [`Device`].
-pub const KEYS: usize = 128;
+pub const KEYS: usize = 64;
 /// Bytes of the key arena of [`Device`].
-pub const KEY_BYTES: usize = 3 * 1024;
+pub const KEY_BYTES: usize = 1536;
 
 /// The device's node configuration (its member id, lease floor, v2 deprecation level).
 pub const DEVICE: Config = Config { id: 2, min_lease_ttl: 5, v2_deprecation: V2Deprecation::WriteOnly };
