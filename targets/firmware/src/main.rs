@@ -55,6 +55,9 @@ static IMAGES: [&[u8]; 2] = [
     include_bytes!(concat!(env!("OUT_DIR"), "/snapshot-2.img")),
 ];
 
+/// Buffer for reading an image's header frame (its metadata) ahead of the restore.
+const HEADER_BUFFER: usize = 256;
+
 /// The image arrives in pieces of this size, as from a transport with a small frame.
 const CHUNK: usize = 256;
 
@@ -284,7 +287,9 @@ fn restore<'f>(
     expected: &Expected,
 ) -> Result<(), Failure> {
     let metadata = {
-        let mut header = [0u8; BASE_BUFFER];
+        // The header frame holds only the metadata (a few dozen bytes for a three-member conf
+        // state); the decode buffer proper is the store's.
+        let mut header = [0u8; HEADER_BUFFER];
         image::Decoder::new(image, &mut header).map_err(|_| Failure::Header)?.metadata().clone()
     };
     if metadata.index != expected.index || metadata.term != expected.term {

@@ -24,7 +24,7 @@ pub const WRITE: usize = 4;
 /// Erase unit of the emulated flash.
 pub const ERASE: usize = 4096;
 /// Erase units per area; the flash adapter keeps two areas (committed state, next snapshot).
-const AREA_UNITS: usize = 16;
+const AREA_UNITS: usize = 4;
 /// Bytes of flash given to the adapter.
 pub const FLASH_LEN: usize = 2 * AREA_UNITS * ERASE;
 /// The flash range given to the adapter: all of it.
