@@ -8,7 +8,7 @@ use crate::cmd::{Counts, Ctx, Error, Result, probe, run, run_counting};
 use crate::fuzz::{self, Need};
 
 /// The targets that prove `no_std`: Cortex-M4F (thumbv7em) and the Cortex-M3 of QEMU's
-/// lm3s6965evb (thumbv7m), which the firmware runs on.
+/// mps2-an385 (thumbv7m), which the firmware runs on.
 pub const CROSS_TARGETS: [&str; 2] = ["thumbv7em-none-eabihf", "thumbv7m-none-eabi"];
 
 thread_local! {

@@ -163,7 +163,7 @@ fn run() -> Result<(), Failure> {
         use snapply_core::pipeline::*;
         type S<'a> = DeviceStore<'a, 'a>;
         info!(
-            "sizes: validated={} persisted={} opened={} bound={} leases={} mvcc={} swapped={} node={} kv={} later-ish auth={} members={} v2={} backend={} meta={}",
+            "sizes: states validated={} persisted={} opened={} bound={} leases={} mvcc={} swapped={}, node={} kv={} auth={} membership={} v2={} backend={} metadata={}",
             size_of::<Validated<'_, Device, S<'_>>>(),
             size_of::<Persisted<'_, Device, S<'_>>>(),
             size_of::<BackendOpened<'_, Device, S<'_>>>(),
