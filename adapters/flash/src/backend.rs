@@ -50,6 +50,21 @@ impl<F: NorFlash, const N: usize, const R: usize> core::fmt::Debug for FlashBack
     }
 }
 
+#[cfg(feature = "defmt")]
+impl<F: NorFlash, const N: usize, const R: usize> defmt::Format for FlashBackend<'_, F, N, R> {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "FlashBackend {{ area: {}, epoch: {}, tail: {}, records: {}, poisoned: {} }}",
+            self.area,
+            self.epoch,
+            self.tail,
+            self.index.len(),
+            self.poisoned
+        )
+    }
+}
+
 /// A read view of a [`FlashBackend`].
 #[derive(Debug)]
 pub struct FlashRead<'b, 'f, F: NorFlash, const N: usize, const R: usize> {
@@ -210,29 +225,18 @@ impl<'f, F: NorFlash, const N: usize, const R: usize> FlashBackend<'f, F, N, R> 
         if self.poisoned {
             return Err(FlashError::Poisoned);
         }
-        let pos = self.tail;
-        let next = log::next_frame(&self.geo, pos, h)?;
-        if next > self.geo.base(self.area) + self.geo.area_len {
-            self.compact_next = true;
-            return Err(FlashError::Full("the flash area is full"));
-        }
-        self.tail = next;
-        let raw = h.encode();
-        let mut digest = digest;
-        if let Some(d) = digest.as_deref_mut() {
-            d.update(&raw);
-        }
-        let written = chip::write_small(self.flash, pos, &raw, self.geo.header).and_then(|()| {
-            if h.payload_len() == 0 {
-                return Ok(0);
+        let end = self.geo.base(self.area) + self.geo.area_len;
+        match append_at(self.flash, &self.geo, end, &mut self.tail, h, payload, digest) {
+            Ok(pos) => Ok(pos),
+            Err(e @ FlashError::Full(_)) => {
+                self.compact_next = true;
+                Err(e)
             }
-            chip::write_payload(self.flash, pos + self.geo.header, payload, self.geo.align, digest)
-        });
-        if let Err(e) = written {
-            self.poisoned = true;
-            return Err(e);
+            Err(e) => {
+                self.poisoned = true;
+                Err(e)
+            }
         }
-        Ok(pos)
     }
 
     /// Rebuilds the index from flash (after a dropped transaction).
@@ -290,63 +294,55 @@ impl<'f, F: NorFlash, const N: usize, const R: usize> FlashBackend<'f, F, N, R> 
         }
         let epoch = self.epoch.checked_add(1).ok_or(FlashError::Full("area epochs exhausted"))?;
         crate::fmt::info!("compacting flash area {} into area {}", self.area, other);
-        let mut target: FlashBackend<'f, F, N, R> = FlashBackend::fresh(self.flash, self.geo, other, epoch);
+        // The target is written through a bare tail rather than a second backend, and the index
+        // is rewritten in place as records move (their order does not change): a compaction
+        // costs no second index in RAM. If it fails, the index is read back from this area,
+        // which is still the committed one.
+        let end = self.geo.base(other) + self.geo.area_len;
+        let mut tail = self.geo.base(other) + self.geo.log_start;
         let result = (|| {
             log::format_area(self.flash, &self.geo, other, AreaKind::Compaction, epoch)?;
             let mut digest = CRC.digest();
-            target.append(
-                &Header { kind: K_BEGIN, bucket: 0, klen: 0, vlen: 0 },
-                &Payload::Slices(&[]),
-                Some(&mut digest),
-            )?;
-            let mut moved: Vec<u32, N> = Vec::new();
-            for pos in self.index.iter().copied() {
-                let at = target.copy_frame(pos, &mut digest)?;
-                moved.push(at).map_err(|_| FlashError::Full("the record index is full"))?;
+            let begin = Header { kind: K_BEGIN, bucket: 0, klen: 0, vlen: 0 };
+            append_at(self.flash, &self.geo, end, &mut tail, &begin, &Payload::Slices(&[]), Some(&mut digest))?;
+            for i in 0..self.index.len() {
+                let slot = self.index.get_mut(i).ok_or(FlashError::Misuse("compaction index"))?;
+                *slot = copy_frame(self.flash, &self.geo, end, &mut tail, *slot, &mut digest)?;
             }
             if let Some(snap) = self.snap {
                 let mut pos = snap.v2_first.unwrap_or(snap.frame);
                 // The v2 frames run up to the snapshot frame, which comes last.
                 loop {
                     let h = log::valid_header_at(self.flash, pos)?;
-                    target.copy_frame(pos, &mut digest)?;
+                    copy_frame(self.flash, &self.geo, end, &mut tail, pos, &mut digest)?;
                     if pos >= snap.frame {
                         break;
                     }
                     pos = log::next_frame(&self.geo, pos, &h)?;
                 }
             }
-            let crc = digest.finalize();
-            target.append(&Header { kind: K_COMMIT, bucket: 0, klen: 0, vlen: crc }, &Payload::Slices(&[]), None)?;
-            log::activate(self.flash, &self.geo, other, epoch)?;
-            Ok(moved)
+            let commit = Header { kind: K_COMMIT, bucket: 0, klen: 0, vlen: digest.finalize() };
+            append_at(self.flash, &self.geo, end, &mut tail, &commit, &Payload::Slices(&[]), None)?;
+            log::activate(self.flash, &self.geo, other, epoch)
         })();
         match result {
-            Ok(moved) => {
+            Ok(()) => {
                 let mut key = [0u8; 0];
                 let scanned = log::scan(self.flash, &self.geo, self.geo.base(other), None, &mut key, false)?;
                 self.area = other;
                 self.epoch = epoch;
-                self.tail = target.tail;
-                self.index = moved;
+                self.tail = tail;
                 self.snap = scanned.snap;
                 self.compact_next = false;
                 Ok(())
             }
             Err(e) => {
-                if matches!(e, FlashError::Flash { .. }) {
+                if matches!(e, FlashError::Flash { .. }) || self.reload().is_err() {
                     self.poisoned = true;
                 }
                 Err(e)
             }
         }
-    }
-
-    /// Copies the frame at `pos` (of another backend's area) to the tail.
-    fn copy_frame(&mut self, pos: u32, digest: &mut crc::Digest<'static, u32>) -> Result<u32, F> {
-        let h = log::valid_header_at(self.flash, pos)?;
-        let payload = Payload::Flash { addr: pos + self.geo.header, len: h.payload_len() };
-        self.append(&h, &payload, Some(digest))
     }
 
     fn begin(&mut self) -> Result<(), F> {
@@ -365,6 +361,48 @@ impl<'f, F: NorFlash, const N: usize, const R: usize> FlashBackend<'f, F, N, R> 
         }
         Ok(())
     }
+}
+
+/// Appends one frame at `*tail` in an area ending at `end`; the tail moves before the write,
+/// so a failed write is never written over.
+fn append_at<F: NorFlash>(
+    flash: &RefCell<F>,
+    geo: &Geometry,
+    end: u32,
+    tail: &mut u32,
+    h: &Header,
+    payload: &Payload<'_>,
+    mut digest: Option<&mut crc::Digest<'static, u32>>,
+) -> Result<u32, F> {
+    let pos = *tail;
+    let next = log::next_frame(geo, pos, h)?;
+    if next > end {
+        return Err(FlashError::Full("the flash area is full"));
+    }
+    *tail = next;
+    let raw = h.encode();
+    if let Some(d) = digest.as_deref_mut() {
+        d.update(&raw);
+    }
+    chip::write_small(flash, pos, &raw, geo.header)?;
+    if h.payload_len() != 0 {
+        chip::write_payload(flash, pos + geo.header, payload, geo.align, digest)?;
+    }
+    Ok(pos)
+}
+
+/// Copies the frame at `pos` (of another area) to `*tail`.
+fn copy_frame<F: NorFlash>(
+    flash: &RefCell<F>,
+    geo: &Geometry,
+    end: u32,
+    tail: &mut u32,
+    pos: u32,
+    digest: &mut crc::Digest<'static, u32>,
+) -> Result<u32, F> {
+    let h = log::valid_header_at(flash, pos)?;
+    let payload = Payload::Flash { addr: pos + geo.header, len: h.payload_len() };
+    append_at(flash, geo, end, tail, &h, &payload, Some(digest))
 }
 
 impl<F: NorFlash, const N: usize, const R: usize> core::fmt::Debug for FlashWrite<'_, '_, F, N, R> {

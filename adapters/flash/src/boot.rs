@@ -24,7 +24,10 @@ pub enum BootError<E> {
     /// capacity of the profile too small for them).
     Store(StoreError),
     /// Completing the restore of the pending snapshot failed; the snapshot stays persisted and
-    /// the next boot tries again.
+    /// the next boot tries again. If the error is not fatal ([`ApplyError::is_fatal`]), the
+    /// committed state is intact; a snapshot that can never be applied (larger than the node's
+    /// tables) is dropped with [`FlashSnapshotStore::discard_pending`], and the next boot serves
+    /// the committed state.
     Apply(ApplyError),
 }
 

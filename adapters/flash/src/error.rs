@@ -37,6 +37,14 @@ pub enum FlashError<E> {
     ImageSource(PortError),
     /// The image's header carries other metadata than the snapshot being persisted.
     MetadataMismatch,
+    /// The snapshot's backend does not reflect the snapshot's index: its `meta` bucket's
+    /// consistent index is another (etcd #17146, #20426).
+    IndexMismatch {
+        /// The consistent index the image's records hold.
+        backend_index: u64,
+        /// The snapshot's index.
+        snapshot_index: u64,
+    },
     /// A capacity is exhausted: the area, the record index, a read buffer, or the inactive
     /// area is pinned by a pending snapshot.
     Full(&'static str),
@@ -60,6 +68,10 @@ impl<E: fmt::Debug> fmt::Display for FlashError<E> {
             FlashError::BadImage(c) => write!(f, "invalid snapshot image: {c}"),
             FlashError::ImageSource(e) => write!(f, "the snapshot image stream failed: {e}"),
             FlashError::MetadataMismatch => f.write_str("the image's metadata differs from the snapshot's"),
+            FlashError::IndexMismatch { backend_index, snapshot_index } => write!(
+                f,
+                "snapshot backend consistent index {backend_index} does not match snapshot index {snapshot_index}"
+            ),
             FlashError::Full(what) => write!(f, "flash capacity exhausted: {what}"),
             FlashError::NotFound => f.write_str("no persisted snapshot with this index and term"),
             FlashError::Poisoned => f.write_str("an earlier flash write failed; mount the flash again"),
@@ -82,6 +94,7 @@ impl<E> FlashError<E> {
             FlashError::ImageSource(e) => e.context,
             FlashError::MetadataMismatch => "comparing the image's metadata with the snapshot's",
             FlashError::NotFound => "looking up a persisted snapshot on flash",
+            FlashError::IndexMismatch { .. } => "comparing the snapshot's consistent index with its index",
             FlashError::Poisoned => "writing after a failed flash write",
             FlashError::Backend(e) => e.context,
         }
@@ -93,9 +106,10 @@ impl<E> FlashError<E> {
 impl<E> From<FlashError<E>> for PortError {
     fn from(e: FlashError<E>) -> Self {
         let kind = match &e {
-            FlashError::Corrupt { .. } | FlashError::BadImage(_) | FlashError::MetadataMismatch => {
-                PortErrorKind::Corrupt
-            }
+            FlashError::Corrupt { .. }
+            | FlashError::BadImage(_)
+            | FlashError::MetadataMismatch
+            | FlashError::IndexMismatch { .. } => PortErrorKind::Corrupt,
             FlashError::Full(_) => PortErrorKind::Full,
             FlashError::NotFound => PortErrorKind::NotFound,
             FlashError::Geometry(_) | FlashError::Misuse(_) => PortErrorKind::Misuse,

@@ -1,11 +1,11 @@
 //! The on-flash log of an area: frame headers, area headers, commit records, the scan that
 //! finds committed transactions, and the sorted index of live records it builds.
 //!
-//! `sequential-storage` was the first choice for this layer and falls short of it: its map
-//! stores one item atomically but has no multi-item transaction (a write transaction here is
-//! a bucket clear plus thousands of puts, all or nothing), no ordered scan from a key, no
-//! bucket clear, and its item framing is private. So the framing is hand-written, small, and
-//! specified in FORMAT.md.
+//! `sequential-storage` was the first choice for this layer and falls short of it (see the
+//! comment at the top of `lib.rs`): no multi-item transaction committed by one write, no
+//! two-area atomic swap, no ordered scan from a key, no bucket clear, removal only on
+//! `MultiwriteNorFlash`, and its item framing is private. So the framing is hand-written,
+//! small, and specified in FORMAT.md.
 
 use core::cell::RefCell;
 use core::cmp::Ordering;

@@ -10,6 +10,8 @@ use snapply_core::image::{self, MAX_METADATA_LEN, MaterializeError};
 use snapply_core::ports::{Durable, PersistTicket, PortError, ReleaseTicket, SnapshotStore};
 use snapply_core::{ImageData, SnapshotMetadata};
 
+use snapply_core::store::ConsistentIndex;
+
 use crate::backend::{FlashBackend, FlashWrite};
 use crate::chip::{self, Geometry, Result};
 use crate::error::FlashError;
@@ -56,6 +58,20 @@ pub struct Mounted<'f, F: NorFlash, const N: usize, const R: usize> {
     pub other: OtherArea,
     /// The flash held no committed area and was formatted.
     pub formatted: bool,
+}
+
+#[cfg(feature = "defmt")]
+impl<F: NorFlash, const N: usize, const R: usize> defmt::Format for Mounted<'_, F, N, R> {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "Mounted {{ backend: {}, pending: {}, other: {}, formatted: {} }}",
+            self.backend,
+            self.pending,
+            self.other,
+            self.formatted
+        )
+    }
 }
 
 /// The state of `area` (0 or 1) of a pair read by [`log::area_state`].
@@ -233,8 +249,9 @@ struct Held {
 /// that makes it the committed area. The old area is reclaimed lazily: the next persist or
 /// compaction erases it, so a restore erases each erase unit once.
 ///
-/// `buf` is the image decoder's buffer (see `snapply_core::image::MIN_BUFFER`); after a
-/// persist it also holds the v2 data `v2_data` hands out.
+/// `buf` is the image decoder's buffer (at least `snapply_core::image::BASE_BUFFER` bytes, and
+/// as large as the largest record the node takes: `snapply_core::image::buffer_for`); it also
+/// holds the v2 data `v2_data` hands out.
 #[derive(Debug)]
 pub struct FlashSnapshotStore<'f, 'b, F: NorFlash, const N: usize, const R: usize> {
     flash: &'f RefCell<F>,
@@ -396,6 +413,18 @@ impl<'f, 'b, F: NorFlash, const N: usize, const R: usize> FlashSnapshotStore<'f,
             return Err(FlashError::MetadataMismatch);
         }
         let mut txn = txn.into_inner();
+        // A snapshot whose backend does not reflect its index would fail the pipeline's check
+        // (etcd #17146, #20426) at every boot: it is refused before it is committed, so it is
+        // never pending.
+        let cindex = ConsistentIndex::load(&txn)
+            .map_err(|_| FlashError::Corrupt {
+                offset: self.geo.base(other.id),
+                what: "the snapshot's consistent index",
+            })?
+            .index();
+        if cindex != metadata.index {
+            return Err(FlashError::IndexMismatch { backend_index: cindex, snapshot_index: metadata.index });
+        }
         let used = postcard::to_slice(metadata, self.buf)
             .map_err(|_| FlashError::Full("the decode buffer cannot hold the snapshot metadata"))?
             .len();
@@ -477,10 +506,36 @@ impl<'f, 'b, F: NorFlash, const N: usize, const R: usize> FlashSnapshotStore<'f,
         Ok(())
     }
 
+    /// Drops a snapshot persisted in the area that is not committed and not yet applied, by
+    /// erasing that area (one erase per unit), and returns whether there was one. For a device
+    /// whose pending snapshot cannot be applied (a [`crate::BootError::Apply`] before the swap:
+    /// say a snapshot larger than the node's tables): the next boot serves the committed state,
+    /// and the leader sends a snapshot again. Never needed otherwise: the next persist replaces
+    /// a pending snapshot, and booting applies it.
+    pub fn discard_pending(&mut self) -> Result<bool, F> {
+        let (_, epoch, other) = self.areas()?;
+        if complete_snapshot(self.flash, &self.geo, &other, epoch)?.is_none() {
+            return Ok(false);
+        }
+        crate::fmt::warning!("discarding the snapshot pending in flash area {}", other.id);
+        let base = self.geo.base(other.id);
+        chip::erase(self.flash, base, base + self.geo.area_len)?;
+        self.held = None;
+        Ok(true)
+    }
+
     /// The v2 data of the snapshot the committed state was restored from, read into the decode
     /// buffer: what [`snapply_core::Node::open`] recovers the v2 store from at boot.
     pub fn committed_v2(&mut self, backend: &FlashBackend<'f, F, N, R>) -> Result<&[u8], F> {
         backend.v2_data(self.buf)
+    }
+}
+
+#[cfg(feature = "defmt")]
+impl<F: NorFlash, const N: usize, const R: usize> defmt::Format for FlashSnapshotStore<'_, '_, F, N, R> {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        let held = self.held.map(|h| (h.area, h.index, h.term));
+        defmt::write!(f, "FlashSnapshotStore {{ area_len: {}, held (area, index, term): {} }}", self.geo.area_len, held)
     }
 }
 

@@ -175,3 +175,58 @@ fn ranges_that_do_not_fit_the_layout_are_refused() {
     }
     assert_eq!(chip.borrow().stats().programmed, 0);
 }
+
+#[test]
+fn a_snapshot_whose_backend_misses_its_index_is_refused_before_it_is_committed() {
+    on_big_stack(|| {
+        let leader = common::leader(10);
+        let (mut metadata, _) = snapply_tests::snapshot(&leader);
+        // The same records under a later index: their consistent index is not the snapshot's.
+        metadata.index += 5;
+        let mut image = Vec::new();
+        snapply_core::image::encode(&metadata, &leader.backend().read().unwrap(), &[], &mut image).unwrap();
+        let chip = RefCell::new(Chip::new(4));
+        drop(mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap());
+        let mut buf = vec![0u8; BASE_BUFFER];
+        let mut store = FlashSnapshotStore::<Chip, RECORDS, RECORD>::new(&chip, RANGE, &mut buf).unwrap();
+        let err = store.persist_snapshot(&metadata, ImageData::Bytes(&image)).unwrap_err();
+        assert!(matches!(err, FlashError::IndexMismatch { snapshot_index, .. } if snapshot_index == metadata.index));
+        let mounted = mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap();
+        assert!(mounted.pending.is_none());
+        assert_eq!(mounted.other, OtherArea::Discarded);
+    });
+}
+
+#[test]
+fn a_pending_snapshot_too_large_for_the_node_fails_boot_until_it_is_discarded() {
+    on_big_stack(|| {
+        // A leader with more keys than the follower's tables (64) hold.
+        let mut leader = snapply_tests::node(1);
+        for k in 0..80u64 {
+            let key = format!("key-{k:03}");
+            leader
+                .apply(10 + k, 2, &snapply_core::Request::Put { key: key.as_bytes(), value: b"v", lease: 0 })
+                .unwrap();
+        }
+        let (metadata, image) = snapply_tests::snapshot(&leader);
+        let chip = RefCell::new(Chip::new(8));
+        let range = 0..8 * 4096;
+        let node = common::follower(&chip, range.clone(), &common::follower_ops());
+        let before = common::records(node.backend());
+        drop(node);
+        let mut buf = vec![0u8; BASE_BUFFER];
+        let mut store = FlashSnapshotStore::<Chip, RECORDS, RECORD>::new(&chip, range.clone(), &mut buf).unwrap();
+        store.persist_snapshot(&metadata, ImageData::Bytes(&image)).unwrap();
+        let Err(err) = common::boot(&chip, range.clone()) else {
+            panic!("booted onto a snapshot the node cannot hold")
+        };
+        assert!(matches!(err, snapply_flash::BootError::Apply(e) if !e.is_fatal()), "{err}");
+        // The committed state is intact; dropping the snapshot lets the node boot onto it.
+        assert!(store.discard_pending().unwrap());
+        assert!(!store.discard_pending().unwrap());
+        let node = common::boot(&chip, range.clone()).unwrap();
+        assert_eq!(common::records(node.backend()), before);
+        drop(node);
+        assert_eq!(mount::<Chip, RECORDS, RECORD>(&chip, range).unwrap().other, OtherArea::Unused);
+    });
+}

@@ -103,3 +103,120 @@ fn the_backend_costs_four_bytes_of_ram_per_record() {
     println!("FlashBackend<_, 600, 256>: {size} bytes");
     assert!(size <= 600 * per_record + 96, "{size}");
 }
+
+/// Boot recovery, "persisted but not swapped": a snapshot persisted into the free area (here
+/// ahead of the pipeline, as a cut after persisting leaves it) is pending at mount, and
+/// `open_node` applies it from flash before it hands the node out.
+#[test]
+fn a_pending_snapshot_is_applied_at_boot_before_the_node_is_handed_out() {
+    on_big_stack(|| {
+        let leader = leader(20);
+        let (metadata, image) = snapply_tests::snapshot(&leader);
+        let chip = RefCell::new(Chip::new(8));
+        drop(follower(&chip, RANGE, &follower_ops()));
+        {
+            let mut buf = vec![0u8; snapply_core::image::BASE_BUFFER];
+            let mut store =
+                snapply_flash::FlashSnapshotStore::<Chip, RECORDS, RECORD>::new(&chip, RANGE, &mut buf).unwrap();
+            let persisted = store.persist_snapshot(&metadata, snapply_core::ImageData::Bytes(&image)).unwrap();
+            assert!(!persisted.reused);
+        }
+        let mounted = mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap();
+        assert_eq!(mounted.other, OtherArea::Pending);
+        assert_eq!(mounted.pending.as_ref().map(|p| &p.metadata), Some(&metadata));
+        drop(mounted);
+        let node = boot(&chip, RANGE).unwrap();
+        assert!(node.unfinished().is_none());
+        assert_eq!(node.progress().applied_index, metadata.index);
+        assert_eq!(records(node.backend()), records(leader.backend()));
+        assert_eq!(differing(node.stores(), leader.stores(), true), Vec::<&str>::new());
+        drop(node);
+        let mounted = mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap();
+        assert!(mounted.pending.is_none());
+        assert_eq!(mounted.other, OtherArea::Stale);
+    });
+}
+
+/// "Swapped but not finished", without a reboot: the commit-record write fails (power comes
+/// back at once), so the run ends after the swap with a fatal error; the node refuses entries
+/// until `resume` completes the restore from the snapshot persisted on flash, confirmed by its
+/// digest, and the flip then takes the next commit-record slot.
+#[test]
+fn a_restore_whose_flip_failed_is_resumed_from_flash() {
+    on_big_stack(|| {
+        let leader = leader(20);
+        let (metadata, image) = snapply_tests::snapshot(&leader);
+        let chip = RefCell::new(Chip::new(8));
+        let mut node = follower(&chip, RANGE, &follower_ops());
+        // The restore's writes on a copy: the last one is the commit record.
+        let cost = {
+            let copy = RefCell::new(chip.borrow().clone());
+            let mut twin = follower(&copy, RANGE, &[]);
+            copy.borrow_mut().record();
+            apply(&copy, RANGE, &mut twin, &metadata, &image).unwrap();
+            drop(twin);
+            let journal = copy.borrow_mut().take_journal();
+            let total: u64 = journal.iter().map(|op| op.cost()).sum();
+            let last = journal.last().map(|op| op.cost()).unwrap();
+            assert_eq!(last, 16, "the flip is one 16-byte commit record");
+            total - last / 2
+        };
+        chip.borrow_mut().cut_after(cost);
+        let err = apply(&chip, RANGE, &mut node, &metadata, &image).unwrap_err();
+        assert!(err.is_fatal(), "{err}");
+        assert_eq!(err.phase(), snapply_core::ports::Phase::Finish);
+        chip.borrow_mut().reboot();
+        assert!(node.unfinished().is_some_and(|u| u.swapped()));
+        let refused = node.apply(metadata.index + 1, 3, &Request::Put { key: b"k", value: b"v", lease: 0 });
+        assert!(refused.is_err(), "an unfinished node takes no entries");
+
+        let mut buf = vec![0u8; snapply_core::image::BASE_BUFFER];
+        let mut store =
+            snapply_flash::FlashSnapshotStore::<Chip, RECORDS, RECORD>::new(&chip, RANGE, &mut buf).unwrap();
+        let mut transport = snapply_core::memports::PeerTable::<Small>::default();
+        let mut observer = snapply_core::ports::NoObserver;
+        let ports =
+            snapply_core::ports::Ports { storage: &mut store, transport: &mut transport, observer: &mut observer };
+        let outcome = snapply_core::resume(&mut node, ports).unwrap();
+        assert!(outcome.is_some());
+        assert!(node.unfinished().is_none());
+        assert_eq!(records(node.backend()), records(leader.backend()));
+        assert_eq!(differing(node.stores(), leader.stores(), true), Vec::<&str>::new());
+        node.apply(metadata.index + 1, 3, &Request::Put { key: b"k", value: b"v", lease: 0 }).unwrap();
+        drop(node);
+        let mounted = mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap();
+        assert!(mounted.pending.is_none());
+        assert_eq!(mounted.backend.len(), records(leader.backend()).len() + 1);
+    });
+}
+
+/// A snapshot whose flip landed is still confirmed from the committed area, by its digest,
+/// while nothing was applied on top of it (a run that wrote the commit record and failed to
+/// report it resumes from there); another digest is refused, and after a write it is not
+/// offered any more.
+#[test]
+fn the_committed_snapshot_is_confirmed_by_its_digest_until_the_node_writes_on() {
+    on_big_stack(|| {
+        let leader = leader(20);
+        let (metadata, image) = snapply_tests::snapshot(&leader);
+        let chip = RefCell::new(Chip::new(8));
+        let mut node = follower(&chip, RANGE, &follower_ops());
+        apply(&chip, RANGE, &mut node, &metadata, &image).unwrap();
+        let mut buf = vec![0u8; snapply_core::image::BASE_BUFFER];
+        let mut store =
+            snapply_flash::FlashSnapshotStore::<Chip, RECORDS, RECORD>::new(&chip, RANGE, &mut buf).unwrap();
+        let by_image = store.persist_snapshot(&metadata, snapply_core::ImageData::Bytes(&image)).unwrap();
+        assert!(by_image.reused);
+        let sha256 = by_image.sha256;
+        let again = store.persist_snapshot(&metadata, snapply_core::ImageData::Persisted { sha256 }).unwrap();
+        assert!(again.reused);
+        let opened = store.open_snapshot(metadata.index, metadata.term, &sha256).unwrap();
+        assert_eq!(records(&opened), records(leader.backend()));
+        drop(opened);
+        let other = store.persist_snapshot(&metadata, snapply_core::ImageData::Persisted { sha256: [0; 32] });
+        assert_eq!(other.unwrap_err(), snapply_flash::FlashError::MetadataMismatch);
+        node.apply(metadata.index + 1, 3, &Request::Put { key: b"k", value: b"v", lease: 0 }).unwrap();
+        let gone = store.persist_snapshot(&metadata, snapply_core::ImageData::Persisted { sha256 });
+        assert_eq!(gone.unwrap_err(), snapply_flash::FlashError::NotFound);
+    });
+}
