@@ -41,7 +41,8 @@ fn main() -> Result<(), Box<dyn Error>> {
         let _ = writeln!(
             expected,
             "    Expected {{ index: {index}, term: {term}, image_len: {len}, live_keys: {live}, records: {count}, \
-             records_sha256: {records}, stores_sha256: {stores} }},",
+             records_sha256: {records}, stores_sha256: {stores}, written_index: {windex}, written_records: {wcount}, \
+             written_records_sha256: {wrecords}, written_stores_sha256: {wstores}, reopened_stores_sha256: {rstores} }},",
             index = g.index,
             term = g.term,
             len = g.image.len(),
@@ -49,6 +50,11 @@ fn main() -> Result<(), Box<dyn Error>> {
             count = g.expected.record_count,
             records = hex_array(&g.expected.records),
             stores = hex_array(&g.expected.stores),
+            windex = g.written.1,
+            wcount = g.written.0.record_count,
+            wrecords = hex_array(&g.written.0.records),
+            wstores = hex_array(&g.written.0.stores),
+            rstores = hex_array(&g.reopened.stores),
         );
     }
     expected.push_str("];\n");

@@ -61,8 +61,8 @@ pub fn qemu(ctx: &Ctx) -> Result<()> {
     let summary =
         check_log(&lines).map_err(|e| Error::new(format!("the firmware's log is not what it should be: {e}")))?;
     println!(
-        "\nqemu: {} restores, {} digest checks before and {} after a reset, every phase in order",
-        summary.restores, summary.checks_before, summary.checks_after
+        "\nqemu: {} restores with every phase in order; digest checks: {} after a restore, {} after entries on top, {} after a reset",
+        summary.restores, summary.checks_before, summary.checks_written, summary.checks_after
     );
     Ok(())
 }
@@ -184,18 +184,22 @@ pub struct Summary {
     pub restores: usize,
     /// Digest checks passed right after a restore.
     pub checks_before: usize,
+    /// Digest checks passed after the entries applied on top of a restore.
+    pub checks_written: usize,
     /// Digest checks passed after a reset and re-open.
     pub checks_after: usize,
 }
 
 /// The lines the firmware must print, in this order (other lines may come between them): two
-/// restores, each through every phase to `applied snapshot` and a digest check, each followed
-/// by a reset and a digest check of the re-opened node, then the closing line.
+/// restores, each through every phase to `applied snapshot` and a digest check, then a digest
+/// check after a few ordinary entries, a reset and a digest check of the re-opened node, then
+/// the closing line.
 fn expected_sequence() -> Vec<String> {
     let mut restore = vec!["applying snapshot".to_owned()];
     restore.extend(PHASES.iter().map(|p| format!("phase done: {p}")));
     restore.push("applied snapshot".to_owned());
     restore.push("digest check passed (before reboot)".to_owned());
+    restore.push("digest check passed (after writes)".to_owned());
     restore.push("rebooting".to_owned());
     restore.push("digest check passed (after reboot)".to_owned());
     let mut all = restore.clone();
@@ -219,6 +223,7 @@ pub fn check_log(lines: &[String]) -> std::result::Result<Summary, String> {
     Ok(Summary {
         restores: count("applied snapshot:"),
         checks_before: count("digest check passed (before reboot)"),
+        checks_written: count("digest check passed (after writes)"),
         checks_after: count("digest check passed (after reboot)"),
     })
 }
@@ -285,7 +290,8 @@ mod tests {
             }
             lines.push("INFO  applied snapshot: current-snapshot-index=65".into());
             lines.push("INFO  digest check passed (before reboot): index=65".into());
-            lines.push("INFO  rebooting".into());
+            lines.push("INFO  digest check passed (after writes): index=68".into());
+            lines.push("INFO  applied entries up to index 68 after the restore; rebooting".into());
             lines.push("INFO  boot 2".into());
             lines.push("INFO  digest check passed (after reboot): index=65".into());
         }
@@ -295,7 +301,10 @@ mod tests {
 
     #[test]
     fn a_complete_log_passes_and_is_counted() {
-        assert_eq!(check_log(&good_log()), Ok(Summary { restores: 2, checks_before: 2, checks_after: 2 }));
+        assert_eq!(
+            check_log(&good_log()),
+            Ok(Summary { restores: 2, checks_before: 2, checks_written: 2, checks_after: 2 })
+        );
     }
 
     #[test]

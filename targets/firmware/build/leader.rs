@@ -12,7 +12,7 @@ use snapply_core::ports::{NoObserver, Ports};
 use snapply_core::store::{NewMember, PermissionType, V2Deprecation};
 use snapply_core::{Config, Node, Request, Snapshot, apply_snapshot};
 
-use crate::shared::{DEVICE, Device, Digests, digests};
+use crate::shared::{DEVICE, Device, Digests, digests, writes_after_restore};
 
 /// Number of distinct keys the leader puts before the first snapshot: five eighths of the
 /// profile's revisions, leaving room for overwrites, tombstones and the second snapshot's keys.
@@ -34,6 +34,11 @@ pub struct Generated {
     pub term: u64,
     /// The state a follower with the device's configuration has after applying the image.
     pub expected: Digests,
+    /// The same follower's state after `shared::writes_after_restore`, and its applied index.
+    pub written: (Digests, u64),
+    /// That state as a node re-opened from its backend holds it (`Node::open`): the same
+    /// records; the same stores, though the key index's arena is laid out afresh.
+    pub reopened: Digests,
     /// Keys live in the expected state (distinct keys with a current revision).
     pub live_keys: u32,
 }
@@ -150,11 +155,21 @@ fn snapshot(
         return Err("the host follower's stores differ from the leader's after the restore".into());
     }
     let expected = digests(&follower)?;
+    let written_index = writes_after_restore(&mut follower, metadata.index, metadata.term)?;
+    let written = (digests(&follower)?, written_index);
+    let mut v2 = Vec::new();
+    follower.v2_snapshot_data(&mut v2)?;
+    let reopened = digests(&Node::<VecBackend, Device>::open(DEVICE, follower.backend().clone(), &v2)?)?;
+    if reopened.records != written.0.records {
+        return Err("re-opening the host follower changed its backend records".into());
+    }
     Ok(Generated {
         image: data,
         index: metadata.index,
         term: metadata.term,
         expected,
+        written,
+        reopened,
         live_keys: u32::try_from(live.len())?,
     })
 }

@@ -33,6 +33,7 @@ use snapply_core::store::{NewMember, StoreError};
 use snapply_core::{ApplyError, Node, Request, Snapshot};
 
 use shared::{DEVICE, Device, digests};
+
 use snapply_flash::{BootError, FlashError, RamFlashError};
 use storage::{DeviceBackend, DeviceStore, MediumError, RANGE, RECORD_BYTES, RECORDS};
 
@@ -45,9 +46,45 @@ struct Expected {
     records: u32,
     records_sha256: [u8; 32],
     stores_sha256: [u8; 32],
+    /// Index of the last entry of `shared::writes_after_restore`, and the state after them.
+    written_index: u64,
+    written_records: u32,
+    written_records_sha256: [u8; 32],
+    written_stores_sha256: [u8; 32],
+    /// The stores of that state re-opened from the backend (the key arena is laid out afresh).
+    reopened_stores_sha256: [u8; 32],
 }
 
 include!(concat!(env!("OUT_DIR"), "/expected.rs"));
+
+/// A state to check against: the host's digests of it.
+#[derive(Clone, Copy)]
+struct Want {
+    records: u32,
+    records_sha256: &'static [u8; 32],
+    stores_sha256: &'static [u8; 32],
+}
+
+impl Expected {
+    /// The state right after the restore.
+    fn restored(&'static self) -> Want {
+        Want { records: self.records, records_sha256: &self.records_sha256, stores_sha256: &self.stores_sha256 }
+    }
+
+    /// The state after `shared::writes_after_restore`.
+    fn written(&'static self) -> Want {
+        Want {
+            records: self.written_records,
+            records_sha256: &self.written_records_sha256,
+            stores_sha256: &self.written_stores_sha256,
+        }
+    }
+
+    /// The state after `shared::writes_after_restore`, re-opened from the backend.
+    fn reopened(&'static self) -> Want {
+        Want { stores_sha256: &self.reopened_stores_sha256, ..self.written() }
+    }
+}
 
 /// The snapshot images, made on the host at build time.
 static IMAGES: [&[u8]; 2] = [
@@ -217,11 +254,12 @@ fn run() -> Result<(), Failure> {
     } else {
         let applied_index = node.progress().applied_index;
         info!("re-opened from flash after reboot: applied-index={}", applied_index);
-        let done = SNAPSHOTS.iter().position(|s| s.index == applied_index);
+        // The last boot restored a snapshot and applied `writes_after_restore` on top.
+        let done = SNAPSHOTS.iter().position(|s| s.written_index == applied_index);
         let (Some(done), Some(expected)) = (done, done.and_then(|d| SNAPSHOTS.get(d))) else {
             return Err(Failure::UnknownState { applied_index });
         };
-        check(node, expected, "after reboot")?;
+        check(node, expected.reopened(), "after reboot")?;
         done + 1
     };
     let (Some(expected), Some(image)) = (SNAPSHOTS.get(next), IMAGES.get(next)) else {
@@ -234,7 +272,7 @@ fn run() -> Result<(), Failure> {
     }
     restore(node, &mut store, &mut peers, image, expected)?;
     let stats = chip.try_borrow().map(|chip| chip.stats()).unwrap_or_default();
-    check(node, expected, "before reboot")?;
+    check(node, expected.restored(), "before reboot")?;
     info!(
         "flash: image-bytes={} programmed-bytes={} erases={} (erase unit {} bytes)",
         expected.image_len,
@@ -243,7 +281,10 @@ fn run() -> Result<(), Failure> {
         storage::ERASE
     );
     report(node, expected);
-    info!("rebooting");
+    // Ordinary entries after the restore go to the flash like any other and survive the reset.
+    let written = shared::writes_after_restore(node, expected.index, expected.term)?;
+    check(node, expected.written(), "after writes")?;
+    info!("applied entries up to index {} after the restore; rebooting", written);
     cortex_m::peripheral::SCB::sys_reset();
 }
 
@@ -341,13 +382,13 @@ fn restore<'f>(
 
 /// Compares the node's state with the host's digests.
 #[inline(never)]
-fn check(node: &DeviceNode<'_>, expected: &Expected, when: &'static str) -> Result<(), Failure> {
+fn check(node: &DeviceNode<'_>, want: Want, when: &'static str) -> Result<(), Failure> {
     let got = digests(node)?;
-    if got.record_count != expected.records || got.records != expected.records_sha256 {
-        error!("records: {} (expected {}), sha256 {:02x}", got.record_count, expected.records, got.records);
+    if got.record_count != want.records || got.records != *want.records_sha256 {
+        error!("records: {} (expected {}), sha256 {:02x}", got.record_count, want.records, got.records);
         return Err(Failure::Digest { what: "backend records" });
     }
-    if got.stores != expected.stores_sha256 {
+    if got.stores != *want.stores_sha256 {
         error!("stores sha256 {:02x}", got.stores);
         return Err(Failure::Digest { what: "stores and progress" });
     }

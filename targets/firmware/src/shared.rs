@@ -7,8 +7,8 @@ use core::ops::ControlFlow;
 use sha2::{Digest, Sha256};
 use snapply_core::backend::{Backend, BackendError, for_each_record};
 use snapply_core::collections::Profile;
-use snapply_core::store::V2Deprecation;
-use snapply_core::{Config, Node};
+use snapply_core::store::{StoreError, V2Deprecation};
+use snapply_core::{Config, Node, Request};
 
 snapply_core::fixed_profile! {
     /// The firmware's capacity profile: the reference device's tables
@@ -37,11 +37,13 @@ pub struct Digests {
     /// SHA-256 over every backend record, bucket by bucket in key order: bucket id, key length
     /// (u32, little endian), key, value length, value.
     pub records: [u8; 32],
-    /// SHA-256 over the `Debug` rendering of the stores and the progress: the key index, the
-    /// lessor with its attached keys, auth with its permission cache, membership, v2, alarms,
-    /// the consistent index, and the applied index, term and conf state. The rendering is the
-    /// same on a 64-bit host and a 32-bit device: the stores hold the same values, and `Debug`
-    /// prints numbers, not their width.
+    /// SHA-256 over the `Debug` rendering of the stores and of the applied index, term and conf
+    /// state: the key index, the lessor with its attached keys, auth with its permission cache,
+    /// membership, v2, alarms, the consistent index. The rendering is the same on a 64-bit host
+    /// and a 32-bit device: the stores hold the same values, and `Debug` prints numbers, not
+    /// their width. The progress's snapshot index is left out: a node re-opened from its
+    /// backend takes it from the consistent index, which entries applied after the snapshot
+    /// move on.
     pub stores: [u8; 32],
     /// Number of backend records.
     pub record_count: u32,
@@ -82,4 +84,25 @@ pub fn digests<B: Backend, P: Profile>(node: &Node<B, P>) -> Result<Digests, Bac
     // Writing into a hash cannot fail, and `Debug` of the stores only fails if the writer does.
     let _ = core::fmt::write(&mut HashWriter(&mut stores), format_args!("{:?}\n{:?}", node.stores(), node.progress()));
     Ok(Digests { records: records.finalize().into(), stores: stores.finalize().into(), record_count })
+}
+
+/// Entries the device applies right after a restore, at indexes after the snapshot's: a new
+/// key, an overwrite, and a range deletion of keys the snapshot brought. They are persisted like
+/// any entry and must survive the reset. Returns the index of the last one.
+pub fn writes_after_restore<B: Backend, P: Profile>(
+    node: &mut Node<B, P>,
+    snapshot_index: u64,
+    term: u64,
+) -> Result<u64, StoreError> {
+    let requests = [
+        Request::Put { key: b"/device/after-restore", value: b"written after the restore", lease: 0 },
+        Request::Put { key: b"/device/after-restore", value: b"and overwritten", lease: 0 },
+        Request::DeleteRange { key: b"/device/cfg/0003", range_end: b"/device/cfg/0004" },
+    ];
+    let mut index = snapshot_index;
+    for request in &requests {
+        index += 1;
+        node.apply(index, term, request)?;
+    }
+    Ok(index)
 }
