@@ -355,12 +355,7 @@ fn restore<'f>(
     image: &[u8],
     expected: &Expected,
 ) -> Result<(), Failure> {
-    let metadata = {
-        // The header frame holds only the metadata (a few dozen bytes for a three-member conf
-        // state); the decode buffer proper is the store's.
-        let mut header = [0u8; HEADER_BUFFER];
-        image::Decoder::new(image, &mut header).map_err(|_| Failure::Header)?.metadata().clone()
-    };
+    let metadata = read_metadata(image)?;
     if metadata.index != expected.index || metadata.term != expected.term {
         return Err(Failure::WrongSnapshot { index: metadata.index });
     }
@@ -378,6 +373,15 @@ fn restore<'f>(
     drop(applied.old_backend);
     info!("committed to flash: snapshot index={}", applied.progress.applied_index);
     Ok(())
+}
+
+/// The snapshot metadata in `image`'s header, decoded in a frame of its own. The header frame
+/// holds only the metadata (a few dozen bytes for a three-member conf state); the decode buffer
+/// proper is the store's.
+#[inline(never)]
+fn read_metadata(image: &[u8]) -> Result<snapply_core::SnapshotMetadata, Failure> {
+    let mut header = [0u8; HEADER_BUFFER];
+    Ok(image::Decoder::new(image, &mut header).map_err(|_| Failure::Header)?.metadata().clone())
 }
 
 /// Compares the node's state with the host's digests.

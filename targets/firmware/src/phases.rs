@@ -50,12 +50,20 @@ pub fn apply<'n, S: SnapshotStore>(
     ports: Ports<'n, S>,
     snapshot: Snapshot<'n>,
 ) -> Result<Option<Applied<S::Backend>>, StepError> {
-    let Some(validated) = Validated::new(node, ports, snapshot)? else {
-        return Ok(None);
-    };
-    let (swapped, old_backend) = before_swap(validated)?;
-    let progress = after_swap(swapped)?;
-    Ok(Some(Applied { progress, old_backend }))
+    match validate(node, ports, snapshot)? {
+        Some(validated) => Ok(Some(after_swap(before_swap(validated))?)),
+        None => Ok(None),
+    }
+}
+
+/// The first phase, in a frame of its own.
+#[inline(never)]
+fn validate<'n, S: SnapshotStore>(
+    node: &'n mut Node<S::Backend, Device>,
+    ports: Ports<'n, S>,
+    snapshot: Snapshot<'n>,
+) -> Result<Option<Validated<'n, Device, S>>, ApplyError> {
+    Validated::new(node, ports, snapshot)
 }
 
 /// The phases up to the swap. Each transition takes the previous one's `Result` as it is and
@@ -97,7 +105,10 @@ fn swap<'n, S: SnapshotStore>(
 /// The phases after the swap: they announce stores already live, then update the peers and
 /// finish.
 #[inline(never)]
-fn after_swap<S: SnapshotStore>(s: BackendSwapped<'_, Device, S>) -> Result<Progress, ApplyError> {
+fn after_swap<S: SnapshotStore>(
+    swapped: Result<(BackendSwapped<'_, Device, S>, S::Backend), ApplyError>,
+) -> Result<Applied<S::Backend>, ApplyError> {
+    let (s, old_backend) = swapped?;
     let peers = s.restore_alarms().restore_auth().restore_v2().restore_cluster().update_peers()?;
-    Ok(peers.finish()?.into_progress())
+    Ok(Applied { progress: peers.finish()?.into_progress(), old_backend })
 }
