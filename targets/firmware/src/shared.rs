@@ -24,9 +24,9 @@ snapply_core::fixed_profile! {
 }
 
 /// Key index entries (revisions) of [`Device`].
-pub const KEYS: usize = 64;
+pub const KEYS: usize = 96;
 /// Bytes of the key arena of [`Device`].
-pub const KEY_BYTES: usize = 1536;
+pub const KEY_BYTES: usize = 2304;
 
 /// The device's node configuration (its member id, lease floor, v2 deprecation level).
 pub const DEVICE: Config = Config { id: 2, min_lease_ttl: 5, v2_deprecation: V2Deprecation::WriteOnly };
