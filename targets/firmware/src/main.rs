@@ -114,8 +114,6 @@ enum Failure {
     Store(StoreError),
     /// The pipeline failed; the error names the phase.
     Apply(ApplyError),
-    /// The phase-by-phase driver failed.
-    Steps(phases::StepError),
     /// The image's header did not decode.
     Header,
     /// The snapshot in the image is not the one the build script recorded.
@@ -136,7 +134,6 @@ impl core::fmt::Display for Failure {
             Failure::Boot(e) => write!(f, "{e}"),
             Failure::Store(e) => write!(f, "{e}"),
             Failure::Apply(e) => write!(f, "{e}"),
-            Failure::Steps(e) => write!(f, "{e}"),
             Failure::Header => f.write_str("the snapshot image's header does not decode"),
             Failure::WrongSnapshot { index } => {
                 write!(f, "the image holds snapshot {index}, not the one the build recorded")
@@ -175,11 +172,6 @@ impl From<StoreError> for Failure {
 impl From<ApplyError> for Failure {
     fn from(e: ApplyError) -> Self {
         Failure::Apply(e)
-    }
-}
-impl From<phases::StepError> for Failure {
-    fn from(e: phases::StepError) -> Self {
-        Failure::Steps(e)
     }
 }
 impl From<snapply_core::backend::BackendError> for Failure {

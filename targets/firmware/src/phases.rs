@@ -1,10 +1,14 @@
 //! The pipeline driven phase by phase, one non-inlined function per transition.
 //!
 //! `apply_snapshot` runs every transition in one function; inlined, every typestate (those
-//! before the swap carry the staged alarms, auth, membership and v2 stores, about 5 KiB with the
-//! reference tables) gets its own stack slot in one large frame, and a `match` over the states
-//! gets one per arm. Here each transition is a function of its own, and each state lives in a
-//! block of its own, so the stack holds few states at a time.
+//! before the swap carry the staged alarms, auth, membership and v2 stores and the new backend,
+//! 4.6 KiB with the firmware's tables, 8.7 KiB with the reference tables) and every `Result`
+//! around one gets its own stack slot in one frame: 45 KiB. Here each transition is a function
+//! of its own that takes the previous transition's `Result` as it is and returns its own, and the
+//! driver only passes results along (`swap(restore_mvcc(restore_lease(...)))`), so a result is
+//! dead once the next transition has taken it and the frames stay small (BENCHMARKS.md,
+//! "Firmware"). Keeping the states in one enum slot, or in `Option`s in scoped blocks, measured
+//! larger: every move of a state through a `match` or `take` is another copy on the stack.
 
 use snapply_core::pipeline::{
     BackendOpened, BackendSwapped, IndexBound, LeaseRestored, MvccRestored, Persisted, Validated,
@@ -22,34 +26,12 @@ pub struct Applied<B> {
     pub old_backend: B,
 }
 
-/// Why a phase-by-phase run stopped.
-#[derive(Debug, defmt::Format)]
-#[non_exhaustive]
-pub enum StepError {
-    /// A phase failed (the pipeline's own error, naming the phase).
-    Apply(ApplyError),
-}
-
-impl From<ApplyError> for StepError {
-    fn from(e: ApplyError) -> Self {
-        StepError::Apply(e)
-    }
-}
-
-impl core::fmt::Display for StepError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            StepError::Apply(e) => write!(f, "{e}"),
-        }
-    }
-}
-
 /// Runs every phase, in etcd's order, like `apply_snapshot`. `Ok(None)` for an empty snapshot.
 pub fn apply<'n, S: SnapshotStore>(
     node: &'n mut Node<S::Backend, Device>,
     ports: Ports<'n, S>,
     snapshot: Snapshot<'n>,
-) -> Result<Option<Applied<S::Backend>>, StepError> {
+) -> Result<Option<Applied<S::Backend>>, ApplyError> {
     match validate(node, ports, snapshot)? {
         Some(validated) => Ok(Some(after_swap(before_swap(validated))?)),
         None => Ok(None),
