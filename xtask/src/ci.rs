@@ -8,7 +8,7 @@ use crate::cmd::{Counts, Ctx, Error, Result, probe, run, run_counting};
 use crate::fuzz::{self, Need};
 
 /// The targets that prove `no_std`: Cortex-M4F (thumbv7em) and the Cortex-M3 of QEMU's
-/// lm3s6965evb (thumbv7m), which the firmware runs on.
+/// mps2-an385 (thumbv7m), which the firmware runs on.
 pub const CROSS_TARGETS: [&str; 2] = ["thumbv7em-none-eabihf", "thumbv7m-none-eabi"];
 
 thread_local! {
@@ -40,13 +40,14 @@ enum Status {
 type Step<'a> = (&'a str, &'a dyn Fn(&Ctx) -> Result<Outcome>);
 
 pub fn ci(ctx: &Ctx, fuzz_seconds: u64) -> Result<()> {
-    let steps: [Step; 7] = [
+    let steps: [Step; 8] = [
         ("targets", &ensure_targets),
         ("etcd", &ensure_etcd),
         ("fmt", &fmt),
         ("clippy", &clippy),
         ("test", &test),
         ("no_std", &cross_builds),
+        ("qemu", &|ctx| crate::qemu::qemu(ctx).map(|()| Outcome::Done)),
         ("fuzz", &|ctx| fuzz::run_targets(ctx, fuzz_seconds, &[], Need::Optional)),
     ];
     if ctx.ci {
@@ -132,8 +133,17 @@ fn ensure_etcd(ctx: &Ctx) -> Result<Outcome> {
         println!("etcd and etcdctl are installed");
         return Ok(Outcome::Done);
     }
-    let hint = "the interop tests need a real etcd: apt-get install etcd-server etcd-client (as root)";
-    // Root installs directly; anyone else through sudo, which fails clearly without rights.
+    let _ = ctx;
+    apt_install(
+        &["etcd-server", "etcd-client"],
+        "the interop tests need a real etcd: apt-get install etcd-server etcd-client (as root)",
+    )?;
+    Ok(Outcome::Done)
+}
+
+/// Installs Debian packages: directly as root, through sudo otherwise (which fails clearly
+/// without rights).
+pub fn apt_install(packages: &[&str], hint: &str) -> Result<()> {
     let root = crate::cmd::output(std::process::Command::new("id").arg("-u")).is_ok_and(|u| u.trim() == "0");
     let apt = |args: &[&str]| {
         let mut cmd = if root {
@@ -146,11 +156,9 @@ fn ensure_etcd(ctx: &Ctx) -> Result<Outcome> {
         cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
         cmd
     };
-    let _ = ctx;
     run(&mut apt(&["update"])).map_err(|e| e.hint(hint))?;
-    run(&mut apt(&["install", "-y", "--no-install-recommends", "etcd-server", "etcd-client"]))
-        .map_err(|e| e.hint(hint))?;
-    Ok(Outcome::Done)
+    run(apt(&["install", "-y", "--no-install-recommends"]).args(packages)).map_err(|e| e.hint(hint))?;
+    Ok(())
 }
 
 /// Step 3: formatting.
@@ -210,12 +218,6 @@ fn cross_builds(ctx: &Ctx) -> Result<Outcome> {
         println!("adapters/flash does not exist yet: snapply-flash cross build skipped");
     }
 
-    // The firmware is excluded from the workspace and picks its target from its own config.
-    let firmware = ctx.root.join("targets/firmware");
-    if firmware.join("Cargo.toml").is_file() {
-        run(ctx.cargo().args(["build", "--release"]).current_dir(&firmware))?;
-    } else {
-        println!("targets/firmware does not exist yet: firmware build skipped");
-    }
+    // The firmware (excluded from the workspace) is built and run by the next step, `qemu`.
     Ok(Outcome::Done)
 }

@@ -7,10 +7,11 @@ mod bench;
 mod ci;
 mod cmd;
 mod fuzz;
+mod qemu;
 
 use std::process::ExitCode;
 
-use cmd::{Ctx, Error, Result, run};
+use cmd::{Ctx, Result};
 
 const USAGE: &str = "\
 cargo xtask: snapply's project automation
@@ -21,12 +22,15 @@ USAGE:
 TASKS:
     ci [--fuzz-seconds N]           everything CI checks, in order, stopping at the first failure:
                                     cross targets installed, fmt, clippy, host tests, no_std cross
-                                    builds, fuzz smoke (N seconds per target, default 20; skipped
-                                    without a nightly toolchain)
+                                    builds, the firmware under QEMU, fuzz smoke (N seconds per
+                                    target, default 20; skipped without a nightly toolchain)
     fuzz [--seconds N] [TARGET...]  run the fuzz targets (all by default) for N seconds each
                                     (default 60); needs nightly, installs cargo-fuzz if missing
     bench                           run the criterion benchmarks
-    qemu                            build the firmware and run it in QEMU
+    qemu                            build the firmware and run it in QEMU (mps2-an385), decode its
+                                    defmt log, check every phase and digest check; installs the
+                                    thumbv7m target, qemu-system-arm, flip-link and defmt-print
+                                    when missing
     help                            print this message
 
 ENVIRONMENT:
@@ -62,7 +66,7 @@ fn main() -> ExitCode {
         Task::Ci { fuzz_seconds } => ci::ci(&ctx, fuzz_seconds),
         Task::Fuzz { seconds, targets } => fuzz::run_targets(&ctx, seconds, &targets, fuzz::Need::Required).map(drop),
         Task::Bench => bench::bench(&ctx),
-        Task::Qemu => qemu(&ctx),
+        Task::Qemu => qemu::qemu(&ctx),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -116,19 +120,6 @@ fn parse_seconds(flag: &str, value: &str) -> Result<u64, String> {
         Ok(n) if n > 0 => Ok(n),
         _ => Err(format!("{flag} takes a whole number of seconds greater than 0, not `{value}`")),
     }
-}
-
-/// Builds the firmware and runs it under QEMU (lm3s6965evb) through the runner in the firmware's
-/// `.cargo/config.toml`.
-fn qemu(ctx: &Ctx) -> Result<()> {
-    let firmware = ctx.root.join("targets/firmware");
-    if !firmware.join("Cargo.toml").is_file() {
-        return Err(Error::new(format!(
-            "the firmware target does not exist yet ({} is missing)",
-            ctx.rel(&firmware.join("Cargo.toml")).display()
-        )));
-    }
-    run(ctx.cargo().args(["run", "--release"]).current_dir(&firmware))
 }
 
 #[cfg(test)]

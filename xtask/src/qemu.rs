@@ -1,0 +1,369 @@
+//! `cargo xtask qemu`: builds the firmware (`targets/firmware`, its own workspace), runs it under
+//! QEMU's mps2-an385 with a time bound, decodes its defmt log on the host with `defmt-print`, and
+//! checks that it went through every phase of both restores and both digest checks, before and
+//! after each reset. Installs what it needs when missing.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::cmd::{Ctx, Error, Result, run};
+
+/// The firmware's target (the Cortex-M3 of mps2-an385).
+pub const TARGET: &str = "thumbv7m-none-eabi";
+/// How long the firmware may run: it takes a few seconds; anything longer is a hang.
+const TIME_BOUND: Duration = Duration::from_secs(120);
+/// What the firmware's ELF is called under `target/<TARGET>/release`.
+const BIN: &str = "snapply-firmware";
+
+/// The pipeline's phases as the firmware logs them (`phase done: <state>`), in order.
+const PHASES: [&str; 13] = [
+    "Validated",
+    "Persisted",
+    "BackendOpened",
+    "IndexBound",
+    "LeaseRestored",
+    "MvccRestored",
+    "BackendSwapped",
+    "AlarmsRestored",
+    "AuthRestored",
+    "V2Restored",
+    "ClusterRestored",
+    "PeersUpdated",
+    "Applied",
+];
+
+/// The whole task.
+pub fn qemu(ctx: &Ctx) -> Result<()> {
+    let firmware = ctx.root.join("targets/firmware");
+    if !firmware.join("Cargo.toml").is_file() {
+        return Err(Error::new(format!(
+            "the firmware target does not exist ({} is missing)",
+            ctx.rel(&firmware.join("Cargo.toml")).display()
+        )));
+    }
+    ensure_tools(ctx)?;
+    // The firmware is not a member of the workspace, so the workspace's fmt and clippy skip it.
+    run(ctx.cargo().args(["fmt", "--", "--check"]).current_dir(&firmware))
+        .map_err(|e| e.hint("run `cargo fmt` in targets/firmware"))?;
+    run(ctx
+        .cargo()
+        .args(["clippy", "--release"])
+        .args(ctx.locked())
+        .args(["--", "-D", "warnings"])
+        .current_dir(&firmware))?;
+    // The build script makes the snapshot images and the expected digests on the host.
+    run(ctx.cargo().args(["build", "--release"]).args(ctx.locked()).current_dir(&firmware))?;
+    let elf = firmware.join("target").join(TARGET).join("release").join(BIN);
+    print_sizes(&elf)?;
+    let lines = run_firmware(ctx, &elf)?;
+    let summary =
+        check_log(&lines).map_err(|e| Error::new(format!("the firmware's log is not what it should be: {e}")))?;
+    println!(
+        "\nqemu: {} restores with every phase in order; digest checks: {} after a restore, {} after entries on top, {} after a reset",
+        summary.restores, summary.checks_before, summary.checks_written, summary.checks_after
+    );
+    Ok(())
+}
+
+/// Whether `tool` is an executable file in a directory of `PATH` (some tools, flip-link among
+/// them, have no `--version` to probe with).
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+}
+
+/// Installs what is missing: the rustup target, `qemu-system-arm` (Debian's `qemu-system-arm`),
+/// `flip-link` (the firmware's linker) and `defmt-print`.
+pub fn ensure_tools(ctx: &Ctx) -> Result<()> {
+    let installed = crate::cmd::output(ctx.command("rustup").args(["target", "list", "--installed"]))
+        .map_err(|e| e.hint("the firmware needs rustup (https://rustup.rs) to install its target"))?;
+    if !installed.lines().any(|line| line.trim() == TARGET) {
+        run(ctx.command("rustup").args(["target", "add", TARGET]))?;
+    }
+    if on_path("qemu-system-arm") {
+        println!("qemu-system-arm is installed");
+    } else {
+        crate::ci::apt_install(&["qemu-system-arm"], "the firmware runs under QEMU: apt-get install qemu-system-arm")?;
+    }
+    for tool in ["flip-link", "defmt-print"] {
+        if on_path(tool) {
+            println!("{tool} is installed");
+        } else {
+            run(ctx.cargo().args(["install", "--locked", tool]))
+                .map_err(|e| e.hint(&format!("install it with `cargo install --locked {tool}`")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Kills and reaps a child process when dropped, however the task ends.
+struct Reaper(Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs the firmware under QEMU, its standard output (the defmt frames, through semihosting)
+/// piped into `defmt-print`; prints and returns the decoded lines. Fails if QEMU does not exit
+/// with success (the firmware exits through semihosting with failure on any error, panic or
+/// fault) within [`TIME_BOUND`].
+fn run_firmware(ctx: &Ctx, elf: &Path) -> Result<Vec<String>> {
+    let mut qemu = Command::new("qemu-system-arm");
+    qemu.args(["-cpu", "cortex-m3", "-machine", "mps2-an385", "-nographic"])
+        .args(["-semihosting-config", "enable=on,target=native", "-kernel"])
+        .arg(elf)
+        .current_dir(&ctx.root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    println!("$ {} | defmt-print -e {}", show(&qemu), ctx.rel(elf).display());
+    let mut qemu = Reaper(qemu.spawn().map_err(|e| Error::new(format!("could not start qemu-system-arm: {e}")))?);
+    let frames = qemu.0.stdout.take().ok_or_else(|| Error::new("qemu-system-arm's output was not piped"))?;
+    let mut decoder = Command::new("defmt-print");
+    decoder.arg("-e").arg(elf).stdin(Stdio::from(frames)).stdout(Stdio::piped());
+    let mut decoder = Reaper(decoder.spawn().map_err(|e| Error::new(format!("could not start defmt-print: {e}")))?);
+    let decoded = decoder.0.stdout.take().ok_or_else(|| Error::new("defmt-print's output was not piped"))?;
+    let reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(decoded).lines().map_while(std::result::Result::ok) {
+            println!("{line}");
+            lines.push(line);
+        }
+        lines
+    });
+
+    let started = Instant::now();
+    let status = loop {
+        match qemu.0.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() > TIME_BOUND => {
+                // Dropping the reapers kills both; defmt-print then sees the end of its input.
+                drop(qemu);
+                drop(decoder);
+                return Err(Error::new(format!(
+                    "the firmware did not finish within {} s: it hangs (QEMU was killed)",
+                    TIME_BOUND.as_secs()
+                )));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => return Err(Error::new(format!("could not wait for qemu-system-arm: {e}"))),
+        }
+    };
+    // QEMU closed its end of the pipe: defmt-print ends once it has decoded the rest.
+    let decoder_status = decoder.0.wait().map_err(|e| Error::new(format!("could not wait for defmt-print: {e}")))?;
+    let lines = reader.join().map_err(|_| Error::new("the thread reading defmt-print's output panicked"))?;
+    if !status.success() {
+        return Err(Error::new(format!(
+            "the firmware failed: qemu-system-arm exited with {status} (semihosting exit with failure, or a lockup)"
+        )));
+    }
+    if !decoder_status.success() {
+        return Err(Error::new(format!("defmt-print failed ({decoder_status})")));
+    }
+    Ok(lines)
+}
+
+fn show(cmd: &Command) -> String {
+    let mut line = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        line.push(' ');
+        line.push_str(&arg.to_string_lossy());
+    }
+    line
+}
+
+/// What a good log contained.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Summary {
+    /// Restores that went through every phase to `applied snapshot`.
+    pub restores: usize,
+    /// Digest checks passed right after a restore.
+    pub checks_before: usize,
+    /// Digest checks passed after the entries applied on top of a restore.
+    pub checks_written: usize,
+    /// Digest checks passed after a reset and re-open.
+    pub checks_after: usize,
+}
+
+/// The lines the firmware must print, in this order (other lines may come between them): two
+/// restores, each through every phase to `applied snapshot` and a digest check, then a digest
+/// check after a few ordinary entries, a reset and a digest check of the re-opened node, then
+/// the closing line.
+fn expected_sequence() -> Vec<String> {
+    let mut restore = vec!["applying snapshot".to_owned()];
+    restore.extend(PHASES.iter().map(|p| format!("phase done: {p}")));
+    restore.push("applied snapshot".to_owned());
+    restore.push("digest check passed (before reboot)".to_owned());
+    restore.push("digest check passed (after writes)".to_owned());
+    restore.push("rebooting".to_owned());
+    restore.push("digest check passed (after reboot)".to_owned());
+    let mut all = restore.clone();
+    all.extend(restore);
+    all.push("all snapshots restored and checked after reboot".to_owned());
+    all
+}
+
+/// Checks the decoded log: no error line, and [`expected_sequence`] in order.
+pub fn check_log(lines: &[String]) -> std::result::Result<Summary, String> {
+    if let Some(error) = lines.iter().find(|l| l.trim_start().starts_with("ERROR")) {
+        return Err(format!("the firmware logged an error: `{error}`"));
+    }
+    let mut rest = lines.iter();
+    for want in expected_sequence() {
+        if !rest.any(|line| line.contains(&want)) {
+            return Err(format!("`{want}` is missing (or out of order)"));
+        }
+    }
+    let count = |needle: &str| lines.iter().filter(|l| l.contains(needle)).count();
+    Ok(Summary {
+        restores: count("applied snapshot:"),
+        checks_before: count("digest check passed (before reboot)"),
+        checks_written: count("digest check passed (after writes)"),
+        checks_after: count("digest check passed (after reboot)"),
+    })
+}
+
+/// Prints the sizes of the ELF's allocated sections, read from its section headers.
+fn print_sizes(elf: &Path) -> Result<()> {
+    let bytes = std::fs::read(elf).map_err(|e| Error::new(format!("reading {}: {e}", elf.display())))?;
+    let sections = elf32_sections(&bytes).map_err(|e| Error::new(format!("reading {}: {e}", elf.display())))?;
+    let size = |name: &str| sections.iter().filter(|(n, _)| n == name).map(|(_, s)| *s).sum::<u64>();
+    println!(
+        "firmware sizes: .text {} B, .rodata {} B, .data {} B, .bss {} B, .uninit {} B ({})",
+        size(".text"),
+        size(".rodata"),
+        size(".data"),
+        size(".bss"),
+        size(".uninit"),
+        PathBuf::from(elf).display()
+    );
+    Ok(())
+}
+
+/// The names and sizes of the sections of a little-endian 32-bit ELF file. Hand-written: the
+/// xtask has no dependencies (see its Cargo.toml), and these are a few fixed offsets.
+pub fn elf32_sections(elf: &[u8]) -> std::result::Result<Vec<(String, u64)>, String> {
+    let u16_at = |at: usize| -> std::result::Result<usize, String> {
+        elf.get(at..at + 2)
+            .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
+            .ok_or_else(|| format!("truncated at offset {at}"))
+    };
+    let u32_at = |at: usize| -> std::result::Result<usize, String> {
+        elf.get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .ok_or_else(|| format!("truncated at offset {at}"))
+    };
+    if elf.get(..6) != Some(b"\x7fELF\x01\x01") {
+        return Err("not a little-endian 32-bit ELF file".into());
+    }
+    let (shoff, shentsize, shnum, shstrndx) = (u32_at(0x20)?, u16_at(0x2e)?, u16_at(0x30)?, u16_at(0x32)?);
+    let header = |i: usize| shoff + i * shentsize;
+    let strtab = u32_at(header(shstrndx) + 16)?;
+    let mut sections = Vec::with_capacity(shnum);
+    for i in 0..shnum {
+        let name_at = strtab + u32_at(header(i))?;
+        let name = elf
+            .get(name_at..)
+            .and_then(|s| s.split(|b| *b == 0).next())
+            .ok_or_else(|| format!("section {i}'s name is out of the file"))?;
+        sections.push((String::from_utf8_lossy(name).into_owned(), u32_at(header(i) + 20)? as u64));
+    }
+    Ok(sections)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good_log() -> Vec<String> {
+        let mut lines = vec!["INFO  boot 1".to_owned()];
+        for _ in 0..2 {
+            lines.push("INFO  applying snapshot: current-snapshot-index=0".into());
+            for p in PHASES {
+                lines.push(format!("INFO  phase done: {p}"));
+                lines.push("INFO  restoring something".into());
+            }
+            lines.push("INFO  applied snapshot: current-snapshot-index=65".into());
+            lines.push("INFO  digest check passed (before reboot): index=65".into());
+            lines.push("INFO  digest check passed (after writes): index=68".into());
+            lines.push("INFO  applied entries up to index 68 after the restore; rebooting".into());
+            lines.push("INFO  boot 2".into());
+            lines.push("INFO  digest check passed (after reboot): index=65".into());
+        }
+        lines.push("INFO  all snapshots restored and checked after reboot".into());
+        lines
+    }
+
+    #[test]
+    fn a_complete_log_passes_and_is_counted() {
+        assert_eq!(
+            check_log(&good_log()),
+            Ok(Summary { restores: 2, checks_before: 2, checks_written: 2, checks_after: 2 })
+        );
+    }
+
+    #[test]
+    fn a_missing_phase_fails() {
+        let lines: Vec<String> = good_log().into_iter().filter(|l| !l.contains("phase done: AuthRestored")).collect();
+        let err = check_log(&lines).unwrap_err();
+        assert!(err.contains("phase done: AuthRestored"), "{err}");
+    }
+
+    #[test]
+    fn phases_out_of_order_fail() {
+        let mut lines = good_log();
+        let swapped = lines.iter().position(|l| l.contains("phase done: Persisted")).unwrap();
+        lines.swap(swapped, swapped - 2);
+        assert!(check_log(&lines).is_err());
+    }
+
+    #[test]
+    fn a_log_cut_after_the_first_reset_fails() {
+        let lines = good_log();
+        let cut = lines.iter().position(|l| l.contains("boot 2")).unwrap();
+        let err = check_log(&lines[..cut]).unwrap_err();
+        assert!(err.contains("after reboot"), "{err}");
+    }
+
+    #[test]
+    fn an_error_line_fails() {
+        let mut lines = good_log();
+        lines.insert(3, "ERROR firmware failed: Digest".into());
+        assert!(check_log(&lines).unwrap_err().contains("firmware failed"));
+    }
+
+    #[test]
+    fn reads_section_sizes_of_a_minimal_elf() {
+        // Header, then a string table and three section headers (null, .text, .shstrtab).
+        let names = b"\0.text\0.shstrtab\0";
+        let mut elf = vec![0u8; 52];
+        elf[..6].copy_from_slice(b"\x7fELF\x01\x01");
+        let strtab_at = elf.len();
+        elf.extend_from_slice(names);
+        let shoff = elf.len();
+        let section = |name: u32, offset: u32, size: u32| {
+            let mut h = [0u8; 40];
+            h[..4].copy_from_slice(&name.to_le_bytes());
+            h[16..20].copy_from_slice(&offset.to_le_bytes());
+            h[20..24].copy_from_slice(&size.to_le_bytes());
+            h
+        };
+        elf.extend_from_slice(&section(0, 0, 0));
+        elf.extend_from_slice(&section(1, 0, 1234));
+        elf.extend_from_slice(&section(7, strtab_at as u32, names.len() as u32));
+        elf[0x20..0x24].copy_from_slice(&(shoff as u32).to_le_bytes());
+        elf[0x2e..0x30].copy_from_slice(&40u16.to_le_bytes());
+        elf[0x30..0x32].copy_from_slice(&3u16.to_le_bytes());
+        elf[0x32..0x34].copy_from_slice(&2u16.to_le_bytes());
+        let sections = elf32_sections(&elf).unwrap();
+        assert_eq!(sections[1], (".text".to_owned(), 1234));
+        assert_eq!(sections[2].0, ".shstrtab");
+        assert!(elf32_sections(&elf[..40]).is_err());
+        assert!(elf32_sections(b"not an elf").is_err());
+    }
+}
