@@ -18,6 +18,6 @@ pub use cluster::{Cluster, member_id};
 pub use codec::{Command, MemberInfo};
 pub use error::RaftError;
 pub use log::RaftLog;
-pub use node::{Client, NodeConfig, NodeHandle, Pair, RestoreReport, Status, start};
+pub use node::{Client, NodeConfig, NodeHandle, Pair, RestoreReport, Status, Trace, start};
 pub use snapply_core::ports::Phase;
 pub use transport::{CHUNK, Network, peer_addr};

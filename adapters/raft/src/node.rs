@@ -73,8 +73,22 @@ pub struct RestoreReport {
     pub image_bytes: usize,
     /// Each phase and its duration.
     pub phases: Vec<(Phase, Duration)>,
+    /// What the pipeline reported, in order: etcd's log lines, the gauge, the phases.
+    pub trace: Vec<Trace>,
     /// When the pipeline reached `Applied`.
     pub applied_at: Instant,
+}
+
+/// One report of the pipeline to its observer, kept so a caller can replay a restore's log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Trace {
+    /// An event, with etcd's message and fields.
+    Event(Event),
+    /// The in-progress gauge was set.
+    InProgress(bool),
+    /// A phase finished after this long.
+    PhaseDone(Phase, Duration),
 }
 
 /// A node's state as its loop last saw it.
@@ -170,8 +184,23 @@ impl Client {
     /// # Errors
     /// [`RaftError::Raft`] (proposal dropped: no leader), [`RaftError::Timeout`],
     /// [`RaftError::Store`] if the store refused it, [`RaftError::Stopped`].
-    pub async fn propose(&self, command: Command) -> Result<i64, RaftError> {
-        self.ask(|tx| Control::Propose(command, tx), "a proposal to be applied").await?
+    ///
+    /// The proposal is handed to the node when this is called, before the future is first
+    /// polled: proposals made one after the other are proposed in that order, even when their
+    /// futures are awaited concurrently.
+    pub fn propose(&self, command: Command) -> impl Future<Output = Result<i64, RaftError>> + Send + 'static {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.control.send(Control::Propose(command, tx)).is_ok();
+        async move {
+            if !sent {
+                return Err(RaftError::Stopped);
+            }
+            match tokio::time::timeout(WAIT, rx).await {
+                Ok(Ok(v)) => v,
+                Ok(Err(_)) => Err(RaftError::Stopped),
+                Err(_) => Err(RaftError::Timeout { what: "a proposal to be applied" }),
+            }
+        }
     }
 
     /// Puts `value` under `key`.
@@ -345,17 +374,30 @@ pub(crate) fn digest(node: &HostNode) -> Result<[u8; 32], RaftError> {
 struct Recorder {
     started: Instant,
     phases: Vec<(Phase, Duration)>,
+    trace: Vec<Trace>,
+}
+
+impl Recorder {
+    fn new() -> Self {
+        Recorder { started: Instant::now(), phases: Vec::new(), trace: Vec::new() }
+    }
 }
 
 impl Observer for Recorder {
     fn event(&mut self, event: &Event) {
         log::info!("{}", event.message());
+        self.trace.push(Trace::Event(*event));
+    }
+    fn in_progress(&mut self, applying: bool) {
+        self.trace.push(Trace::InProgress(applying));
     }
     fn now_micros(&mut self) -> Option<u64> {
         u64::try_from(self.started.elapsed().as_micros()).ok()
     }
     fn phase_done(&mut self, phase: Phase, micros: Option<u64>) {
-        self.phases.push((phase, Duration::from_micros(micros.unwrap_or(0))));
+        let took = Duration::from_micros(micros.unwrap_or(0));
+        self.phases.push((phase, took));
+        self.trace.push(Trace::PhaseDone(phase, took));
     }
 }
 
@@ -409,14 +451,14 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
     let mut net = Network::start(id, listener, inbox_tx, report_tx);
 
     if let Some(pending) = boot.pending {
-        let mut recorder = Recorder { started: Instant::now(), phases: Vec::new() };
+        let mut recorder = Recorder::new();
         let ports = Ports { storage: &mut store, transport: &mut net, observer: &mut recorder };
         if let Some(outcome) = snapply_core::apply_snapshot(&mut node, ports, pending.snapshot())? {
             drop(outcome.old_backend);
         }
     }
     if node.unfinished().is_some() {
-        let mut recorder = Recorder { started: Instant::now(), phases: Vec::new() };
+        let mut recorder = Recorder::new();
         let ports = Ports { storage: &mut store, transport: &mut net, observer: &mut recorder };
         pipeline::resume(&mut node, ports)?;
     }
@@ -685,7 +727,7 @@ impl Loop {
             term: meta.term,
             conf_state: to_core_conf(meta.get_conf_state())?,
         };
-        let mut recorder = Recorder { started: Instant::now(), phases: Vec::new() };
+        let mut recorder = Recorder::new();
         let ports = Ports { storage: &mut self.store, transport: &mut self.net, observer: &mut recorder };
         let result = snapply_core::apply_snapshot(
             &mut self.node,
@@ -702,6 +744,7 @@ impl Loop {
                     term: meta.term,
                     image_bytes: snapshot.data.len(),
                     phases: recorder.phases,
+                    trace: recorder.trace,
                     applied_at: Instant::now(),
                 });
                 log::info!("member {:x} applied snapshot at index {} term {}", self.id, meta.index, meta.term);
@@ -710,7 +753,7 @@ impl Loop {
             Err(e) => {
                 if self.node.unfinished().is_some() {
                     // Past the swap: complete the restore from the durable snapshot.
-                    let mut recorder = Recorder { started: Instant::now(), phases: Vec::new() };
+                    let mut recorder = Recorder::new();
                     let ports = Ports { storage: &mut self.store, transport: &mut self.net, observer: &mut recorder };
                     pipeline::resume(&mut self.node, ports)?;
                 }

@@ -17,10 +17,9 @@ const WAIT: Duration = Duration::from_secs(60);
 async fn write_keys(client: &Client, prefix: &str, n: usize) -> Result {
     let mut inflight = JoinSet::new();
     for i in 0..n {
-        let c = client.clone();
         let key = format!("/{prefix}/key-{i:05}").into_bytes();
         let value = format!("value-{i}-{}", "x".repeat(i % 50)).into_bytes();
-        inflight.spawn(async move { c.propose(Command::Put { key, value, lease: 0 }).await });
+        inflight.spawn(client.propose(Command::Put { key, value, lease: 0 }));
         if inflight.len() >= 64
             && let Some(r) = inflight.join_next().await
         {
