@@ -155,10 +155,10 @@ impl Cluster {
         }
     }
 
-    /// Stops `id` at once, as a crash would.
-    pub fn kill(&mut self, id: u64) {
+    /// Stops `id` at once, as a crash would (see [`NodeHandle::kill`]).
+    pub async fn kill(&mut self, id: u64) {
         if let Some(h) = self.members.get_mut(&id).and_then(|m| m.handle.take()) {
-            h.kill();
+            h.kill().await;
         }
     }
 
@@ -191,8 +191,9 @@ impl Cluster {
         Ok(())
     }
 
-    /// Starts a new member `id` that joins the cluster (no initial cluster: it learns the
-    /// members from the leader), and returns what to propose to add it.
+    /// Starts a new member `id` that joins the cluster (etcd's `--initial-cluster-state
+    /// existing`: it learns the membership from the leader), and returns what to propose to
+    /// add it.
     ///
     /// # Errors
     /// [`RaftError`] if a port cannot be bound or the node cannot start.
@@ -200,7 +201,12 @@ impl Cluster {
         let (l, url) = bind()?;
         let info = MemberInfo { name: name.into(), peer_urls: vec![url], client_urls: vec![] };
         let dir = self.root.join(name);
-        let handle = start(NodeConfig::new(id, dir.clone(), Vec::new()), l)?;
+        let mut members: Vec<(u64, MemberInfo)> =
+            self.members.iter().filter(|(_, m)| m.handle.is_some()).map(|(&id, m)| (id, m.info.clone())).collect();
+        members.push((id, info.clone()));
+        let mut config = NodeConfig::new(id, dir.clone(), members);
+        config.join_existing = true;
+        let handle = start(config, l)?;
         self.members.insert(id, Member { handle: Some(handle), info: info.clone(), dir });
         Ok(info)
     }

@@ -35,10 +35,14 @@ pub struct NodeConfig {
     pub id: u64,
     /// The data directory (etcd's `--data-dir`).
     pub data_dir: PathBuf,
-    /// The members a new cluster starts with (etcd's `--initial-cluster`), this one included.
-    /// Used only when the data directory holds no raft log yet; empty for a member that joins
-    /// an existing cluster (it learns the members from the leader).
+    /// The members of the cluster (etcd's `--initial-cluster`), this one included. Used only
+    /// when the data directory holds no raft log yet: a new cluster's members start with them
+    /// in their log; a member that joins an existing cluster talks to them until it has
+    /// learnt the membership from the leader.
     pub initial_cluster: Vec<(u64, MemberInfo)>,
+    /// Whether this member joins an existing cluster (etcd's `--initial-cluster-state
+    /// existing`) rather than starting a new one.
+    pub join_existing: bool,
     /// The raft tick.
     pub tick: Duration,
     /// Ticks without a leader before an election (raft-rs `election_tick`).
@@ -48,14 +52,16 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
-    /// A configuration with etcd's proportions (heartbeat 1 tick, election 10) on a fast tick
-    /// for loopback.
+    /// A configuration with a 100 ms heartbeat and a 500 ms election timeout (etcd's defaults
+    /// are 100 ms and 1 s; loopback needs no more, and a disk that stalls the loop for a
+    /// moment must not cost the leader its term).
     pub fn new(id: u64, data_dir: PathBuf, initial_cluster: Vec<(u64, MemberInfo)>) -> Self {
         NodeConfig {
             id,
             data_dir,
             initial_cluster,
-            tick: Duration::from_millis(20),
+            join_existing: false,
+            tick: Duration::from_millis(50),
             election_tick: 10,
             heartbeat_tick: 2,
         }
@@ -114,6 +120,9 @@ pub struct Status {
     pub last_restore: Option<RestoreReport>,
     /// Snapshots this node (as leader) reported delivered to a follower.
     pub snapshots_sent: u64,
+    /// Whether the node applied a persisted snapshot when it started (one it had received
+    /// before it stopped: etcd's `RecoverSnapshotBackend`).
+    pub restored_at_boot: bool,
 }
 
 enum Control {
@@ -290,10 +299,13 @@ impl NodeHandle {
         }
     }
 
-    /// Stops the node at once, as a crash would: its task is aborted wherever it is.
-    pub fn kill(mut self) {
+    /// Stops the node at once, as a crash would: its task is aborted at its next await (a
+    /// ready being handled is finished first: the loop's disk work is synchronous), and its
+    /// files are closed when this returns.
+    pub async fn kill(mut self) {
         if let Some(t) = self.task.take() {
             t.abort();
+            let _ = t.await;
         }
     }
 }
@@ -413,6 +425,7 @@ struct Loop {
     snapshots_applied: u64,
     snapshots_sent: u64,
     last_restore: Option<RestoreReport>,
+    restored_at_boot: bool,
 }
 
 /// Starts a node on its data directory, listening for peers on `listener`. Must be called
@@ -450,6 +463,7 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
     let (report_tx, reports) = mpsc::unbounded_channel();
     let mut net = Network::start(id, listener, inbox_tx, report_tx);
 
+    let restored_at_boot = boot.pending.is_some();
     if let Some(pending) = boot.pending {
         let mut recorder = Recorder::new();
         let ports = Ports { storage: &mut store, transport: &mut net, observer: &mut recorder };
@@ -463,7 +477,7 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
         pipeline::resume(&mut node, ports)?;
     }
 
-    let initial = config.initial_cluster.clone();
+    let initial = if config.join_existing { Vec::new() } else { config.initial_cluster.clone() };
     let log = RaftLog::open(&dir.member_dir().join("raft.redb"), move || bootstrap(&initial))?;
     let applied = node.progress().applied_index;
     if applied > log.last_index() {
@@ -485,6 +499,14 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
     for m in node.stores().membership.members() {
         let urls: Vec<&[u8]> = m.peer_urls.iter().map(Vec::as_slice).collect();
         net.add_peer(m.id, &urls)?;
+    }
+    if node.stores().membership.members().is_empty() {
+        // A member joining an existing cluster knows nobody yet: it answers the members it
+        // was told of until the leader's entries or snapshot give it the membership.
+        for (id, info) in &config.initial_cluster {
+            let urls: Vec<&[u8]> = info.peer_urls.iter().map(|u| u.as_bytes()).collect();
+            net.add_peer(*id, &urls)?;
+        }
     }
 
     let raft_config = raft::Config {
@@ -513,6 +535,7 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
         snapshots_applied: 0,
         snapshots_sent: 0,
         last_restore: None,
+        restored_at_boot,
     };
     let tick = config.tick;
     let task = tokio::spawn(async move {
@@ -652,6 +675,7 @@ impl Loop {
                     snapshots_applied: self.snapshots_applied,
                     last_restore: self.last_restore.clone(),
                     snapshots_sent: self.snapshots_sent,
+                    restored_at_boot: self.restored_at_boot,
                 });
             }
             Control::Digest(reply) => {
