@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod demo;
 mod observe;
+mod serve;
 
 /// Apply a Raft leader's snapshot to a follower, the way etcd's applySnapshot does.
 #[derive(Debug, Parser)]
@@ -20,12 +21,15 @@ enum Command {
     /// Build a leader's state, snapshot it, apply it to a follower through every phase, and
     /// compare the two nodes store by store.
     Demo(demo::Args),
+    /// Run one member of a raft-rs cluster, with a line-based client API (put/get/del/range).
+    Serve(serve::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
+        Command::Serve(args) => serve::run(&args),
     };
     match result {
         Ok(code) => code,
