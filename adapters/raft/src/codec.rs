@@ -133,8 +133,7 @@ impl MemberInfo {
             sha.update(u.as_bytes());
         }
         let d = sha.finalize();
-        let mut id = [0u8; 8];
-        id.copy_from_slice(&d[..8]);
+        let id = d.first_chunk::<8>().copied().unwrap_or_default();
         u64::from_be_bytes(id).max(1)
     }
 
