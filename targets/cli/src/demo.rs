@@ -1,222 +1,195 @@
-//! `snapply demo`: a leader's state is snapshotted and applied to a follower through every
-//! phase; the two nodes are then compared store by store.
+//! `snapply demo`: a three-node raft-rs cluster on loopback, in this process, each node with its
+//! own data directory in a temporary directory. One follower is cut off while the leader writes
+//! and compacts its raft log; once healed, it can only catch up by the leader's snapshot, which
+//! it applies through every phase of snapply's pipeline. The nodes' state digests are then
+//! compared.
 
 use std::error::Error;
+use std::path::Path;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use snapply_core::backend::{Backend, dump};
-use snapply_core::collections::Growable;
-use snapply_core::image::{self, MIN_BUFFER};
-use snapply_core::mem::VecBackend;
-use snapply_core::memports::{MemSnapshotStore, PeerTable};
-use snapply_core::ports::{Phase, Ports};
-use snapply_core::store::{Alarm, AlarmType, NewMember, PermissionType, V2Deprecation, Version};
-use snapply_core::{Config, Node, Request, Snapshot, apply_snapshot};
+use snapply_core::ports::{Observer, Phase};
+use snapply_raft::{Client, Cluster, Command, Trace};
+use tokio::task::JoinSet;
 
 use crate::observe::Printer;
 
 /// Options of `snapply demo`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Keys the leader writes.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    /// Keys the leader writes while the follower is cut off.
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     keys: u32,
     /// Bytes of each value.
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(0..=65_536))]
     value_size: u32,
 }
 
-type HostNode = Node<VecBackend, Growable>;
+/// How long the demo waits for any one step before it gives up.
+const WAIT: Duration = Duration::from_secs(120);
 
-const LEADER: u64 = 0x8e9e_05c5_2164_694d;
-const FOLLOWER: u64 = 0x91bc_3c39_8fb3_c146;
-const THIRD: u64 = 0xfd42_2379_fda5_0e48;
-
-fn config(id: u64) -> Config {
-    Config { id, min_lease_ttl: 5, v2_deprecation: V2Deprecation::WriteOnly }
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// Applies `request` as the next entry of `node` at `term`.
-fn commit(node: &mut HostNode, term: u64, request: &Request<'_>) -> Result<i64, Box<dyn Error>> {
-    let index = node.progress().applied_index + 1;
-    Ok(node.apply(index, term, request)?)
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn members(node: &mut HostNode, term: u64, ids: &[u64]) -> Result<(), Box<dyn Error>> {
-    for (i, id) in ids.iter().enumerate() {
-        let name = format!("infra{i}");
-        let peer = format!("http://127.0.0.1:{}", 2380 + 10 * i);
-        let client = format!("http://127.0.0.1:{}", 2379 + 10 * i);
-        let member = NewMember {
-            id: *id,
-            name: name.as_bytes(),
-            peer_urls: &[peer.as_bytes()],
-            client_urls: &[client.as_bytes()],
-            is_learner: false,
-        };
-        commit(node, term, &Request::MemberAdd(member))?;
+/// Proposes `commands` through `client`, 64 in flight at a time.
+async fn propose_all(client: &Client, commands: Vec<Command>) -> Result<(), Box<dyn Error>> {
+    let mut inflight = JoinSet::new();
+    for command in commands {
+        // Proposed now, in order; only the waits overlap.
+        inflight.spawn(client.propose(command));
+        if inflight.len() >= 64
+            && let Some(r) = inflight.join_next().await
+        {
+            r??;
+        }
+    }
+    while let Some(r) = inflight.join_next().await {
+        r??;
     }
     Ok(())
 }
 
-/// The leader: a key space with overwrites, deletes, leases and a compaction, auth with users
-/// and roles, three members, a cluster version and an alarm.
-fn build_leader(args: &Args) -> Result<HostNode, Box<dyn Error>> {
-    let term = 4;
-    let mut leader = HostNode::new(config(LEADER), VecBackend::new());
-    members(&mut leader, term, &[LEADER, FOLLOWER, THIRD])?;
-    commit(&mut leader, term, &Request::ClusterVersion(Version { major: 3, minor: 6, patch: 0 }))?;
-    for id in 1..=16 {
-        commit(&mut leader, term, &Request::LeaseGrant { id, ttl: 60 })?;
-    }
+/// A key space with leases, deletes, auth and an alarm, so that every store has something to
+/// restore.
+fn workload(args: &Args, prefix: &str) -> Vec<Command> {
     let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-    let mut value = vec![0u8; args.value_size as usize];
+    let mut commands = Vec::new();
+    for id in 1..=8 {
+        commands.push(Command::LeaseGrant { id, ttl: 60 });
+    }
     for i in 0..args.keys {
-        for b in value.iter_mut() {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            *b = b'a' + (seed % 26) as u8;
-        }
-        let key = format!("/registry/pods/default/pod-{i:07}");
-        let lease = if i % 4 == 0 { i64::from(i % 16) + 1 } else { 0 };
-        commit(&mut leader, term, &Request::Put { key: key.as_bytes(), value: &value, lease })?;
-        if i % 3 == 0 {
-            commit(&mut leader, term, &Request::Put { key: key.as_bytes(), value: b"updated", lease: 0 })?;
-        }
+        let value: Vec<u8> = (0..args.value_size)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                b'a' + (seed % 26) as u8
+            })
+            .collect();
+        let key = format!("/registry/{prefix}/pod-{i:07}").into_bytes();
+        let lease = if i % 4 == 0 { i64::from(i % 8) + 1 } else { 0 };
+        commands.push(Command::Put { key: key.clone(), value, lease });
         if i % 10 == 0 {
-            commit(&mut leader, term, &Request::DeleteRange { key: key.as_bytes(), range_end: b"" })?;
-        }
-        if i == args.keys / 2 {
-            let revision = leader.stores().kv.current_revision();
-            commit(&mut leader, term, &Request::Compact { revision })?;
+            commands.push(Command::DeleteRange { key, range_end: Vec::new() });
         }
     }
-    commit(&mut leader, term, &Request::LeaseRevoke { id: 16 })?;
-    for (name, hash) in [(&b"root"[..], &b"$2a$10$rootpasswordhash"[..]), (b"app", b"$2a$10$apppasswordhash")] {
-        commit(&mut leader, term, &Request::UserAdd { name, password_hash: hash, no_password: false })?;
-    }
-    commit(&mut leader, term, &Request::UserGrantRole { user: b"root", role: b"root" })?;
-    commit(&mut leader, term, &Request::RoleAdd { name: b"reader" })?;
-    let read = Request::RoleGrantPermission {
-        role: b"reader",
-        kind: PermissionType::Read,
-        key: b"/registry/",
-        range_end: b"/registry0",
-    };
-    commit(&mut leader, term, &read)?;
-    commit(&mut leader, term, &Request::UserGrantRole { user: b"app", role: b"reader" })?;
-    commit(&mut leader, term, &Request::AuthSetEnabled(true))?;
-    commit(&mut leader, term, &Request::AlarmActivate(Alarm { member: THIRD, kind: AlarmType::Nospace }))?;
-    Ok(leader)
+    commands
 }
 
-/// The follower: far behind, with state the snapshot must replace entirely.
-fn build_follower() -> Result<HostNode, Box<dyn Error>> {
-    let term = 2;
-    let mut follower = HostNode::new(config(FOLLOWER), VecBackend::new());
-    members(&mut follower, term, &[LEADER, FOLLOWER, 0x1234])?;
-    commit(&mut follower, term, &Request::LeaseGrant { id: 99, ttl: 30 })?;
-    for i in 0..20 {
-        let key = format!("/stale/key-{i:02}");
-        commit(&mut follower, term, &Request::Put { key: key.as_bytes(), value: b"stale", lease: 99 })?;
-    }
-    commit(&mut follower, term, &Request::AlarmActivate(Alarm { member: FOLLOWER, kind: AlarmType::Corrupt }))?;
-    Ok(follower)
+async fn demo(args: &Args) -> Result<bool, Box<dyn Error>> {
+    let root = tempfile::tempdir()?;
+    let started = Instant::now();
+    let cluster = Cluster::start(root.path(), 3)?;
+    let result = scenario(args, root.path(), &cluster, started).await;
+    // Stop every node before the runtime goes, also when a step failed.
+    cluster.shutdown().await;
+    println!("total {}", ms(started.elapsed()));
+    result
 }
 
-fn describe(role: &str, node: &HostNode) -> Result<(), Box<dyn Error>> {
-    let s = node.stores();
-    let mut live = 0usize;
-    s.kv.range(&node.backend().read()?, b"\0", b"\0", 0, &mut |_| live += 1)?;
+async fn scenario(args: &Args, root: &Path, cluster: &Cluster, started: Instant) -> Result<bool, Box<dyn Error>> {
+    let leader = cluster.leader(WAIT).await?;
     println!(
-        "{role} (member {:016x}): applied index {} term {}, {live} live keys at revision {} (compacted at {}), {} leases, {} users, {} members, {} alarms, auth {}",
-        node.config().id,
-        node.progress().applied_index,
-        node.progress().applied_term,
-        s.kv.current_revision(),
-        s.kv.compact_revision(),
-        s.lessor.leases().len(),
-        s.auth.users().len(),
-        s.membership.members().len(),
-        s.alarms.alarms().len(),
-        if s.auth.is_enabled() { "enabled" } else { "disabled" },
+        "3-node raft-rs cluster on loopback, data directories in {}: leader {leader:016x} elected in {}",
+        root.display(),
+        ms(started.elapsed())
     );
-    Ok(())
-}
+    let client = cluster.node(leader)?.client();
+    propose_all(
+        &client,
+        vec![
+            Command::UserAdd { name: b"root".to_vec(), password_hash: b"$2a$10$rootpasswordhash".to_vec() },
+            Command::RoleAdd { name: b"root".to_vec() },
+            Command::UserGrantRole { user: b"root".to_vec(), role: b"root".to_vec() },
+            Command::AuthSetEnabled(true),
+        ],
+    )
+    .await?;
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).ok_or("the cluster has no follower")?;
 
-/// Compares the two nodes store by store; prints one line per store; returns whether all match.
-fn compare(leader: &HostNode, follower: &HostNode) -> Result<bool, Box<dyn Error>> {
-    let (l, f) = (leader.stores(), follower.stores());
-    let leader_records = dump(&leader.backend().read()?)?;
-    let follower_records = dump(&follower.backend().read()?)?;
-    let checks = [
-        ("backend records", leader_records == follower_records),
-        ("consistent index", l.cindex == f.cindex),
-        ("lease store", l.lessor == f.lessor),
-        ("mvcc store", l.kv == f.kv),
-        ("alarm store", l.alarms == f.alarms),
-        ("auth store", l.auth == f.auth),
-        ("cluster membership", l.membership == f.membership),
-        ("v2 store", l.v2 == f.v2),
-        ("applied index", leader.progress().applied_index == follower.progress().applied_index),
-    ];
-    println!("comparison ({} backend records):", leader_records.len());
-    for (what, equal) in checks {
-        println!("  {what:<20} {}", if equal { "equal" } else { "DIFFERENT" });
+    let t = Instant::now();
+    cluster.node(follower)?.isolate(true);
+    println!("follower {follower:016x} cut off from the network");
+    let commands = workload(args, "pods");
+    let n = commands.len();
+    propose_all(&client, commands).await?;
+    propose_all(&client, vec![Command::Alarm { member: leader, nospace: true, activate: true }]).await?;
+    println!(
+        "leader wrote {n} entries ({} keys, {} bytes per value) in {}",
+        args.keys,
+        args.value_size,
+        ms(t.elapsed())
+    );
+
+    let t = Instant::now();
+    let compacted = cluster.node(leader)?.compact_log().await?;
+    let lagging = cluster.node(follower)?.status().await?.applied_index;
+    println!(
+        "leader snapshotted its backend at index {compacted} and compacted its raft log in {}; the follower is at index {lagging}",
+        ms(t.elapsed())
+    );
+
+    let healed = Instant::now();
+    cluster.node(follower)?.isolate(false);
+    println!("follower healed; the leader sends its snapshot:");
+    let status = cluster.wait_applied(follower, compacted, WAIT).await?;
+    let Some(restore) = status.last_restore else {
+        return Err(format!("the follower caught up without a snapshot: {status:?}").into());
+    };
+    let mut printer = Printer::new();
+    for step in &restore.trace {
+        match *step {
+            Trace::Event(e) => printer.event(&e),
+            Trace::InProgress(on) => printer.in_progress(on),
+            Trace::PhaseDone(phase, took) => printer.phase_done(phase, u64::try_from(took.as_micros()).ok()),
+            _ => {}
+        }
     }
-    Ok(checks.iter().all(|(_, equal)| *equal))
+    let apply: Duration = restore.phases.iter().filter(|(p, _)| *p > Phase::Persist).map(|(_, d)| *d).sum();
+    println!(
+        "follower {follower:016x} restored by snapshot at index {} term {} ({} bytes of image): heal to Applied {}, of which the apply (persisted -> Applied) {}",
+        restore.index,
+        restore.term,
+        restore.image_bytes,
+        ms(restore.applied_at.saturating_duration_since(healed)),
+        ms(apply)
+    );
+
+    // The restored follower goes on applying entries like the others.
+    let after = (0..10).map(|i| Command::Put {
+        key: format!("/registry/after/{i}").into_bytes(),
+        value: b"v".to_vec(),
+        lease: 0,
+    });
+    propose_all(&client, after.collect()).await?;
+    let digests = cluster.settle(leader, WAIT).await?;
+    let mut equal = true;
+    let first = digests.values().next().copied();
+    for (id, d) in &digests {
+        let role = if *id == leader {
+            "leader  "
+        } else if *id == follower {
+            "restored"
+        } else {
+            "follower"
+        };
+        println!("  {role} {id:016x} state digest {}", hex(d));
+        equal &= Some(*d) == first;
+    }
+    println!("{}", if equal { "digests equal" } else { "digests DIFFER" });
+    Ok(equal)
 }
 
 pub fn run(args: &Args) -> Result<ExitCode, Box<dyn Error>> {
-    let started = Instant::now();
-    let leader = build_leader(args)?;
-    describe("leader  ", &leader)?;
-    println!("  built in {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
-
-    let metadata = leader.snapshot_metadata()?;
-    let mut v2 = Vec::new();
-    leader.v2_snapshot_data(&mut v2)?;
-    let mut data = Vec::new();
-    let encoding = Instant::now();
-    let summary = image::encode(&metadata, &leader.backend().read()?, &v2, &mut data)?;
-    let encoded_in = encoding.elapsed();
-    println!(
-        "snapshot image: index {} term {}, {} records, {} bytes, encoded in {:.2} ms, sha256 {}",
-        metadata.index,
-        metadata.term,
-        summary.records,
-        data.len(),
-        encoded_in.as_secs_f64() * 1000.0,
-        summary.sha256.iter().map(|b| format!("{b:02x}")).collect::<String>(),
-    );
-
-    let mut follower = build_follower()?;
-    describe("follower", &follower)?;
-
-    println!("applying the snapshot to the follower:");
-    let mut buf = vec![0u8; MIN_BUFFER];
-    let mut storage = MemSnapshotStore::<VecBackend, Vec<u8>>::new(&mut buf);
-    let mut transport = PeerTable::<Growable>::default();
-    let mut printer = Printer::new();
-    let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut printer };
-    let outcome = apply_snapshot(&mut follower, ports, Snapshot::from_bytes(&metadata, &data))?
-        .ok_or("the leader's snapshot is empty")?;
-    // The old backend would be closed off the apply loop; here it is simply dropped.
-    drop(outcome.old_backend);
-    let total: u64 = printer.phases.iter().map(|(_, us)| us).sum();
-    let apply: u64 = printer.phases.iter().filter(|(p, _)| *p > Phase::Persist).map(|(_, us)| us).sum();
-    println!(
-        "  total {:.3} ms, of which the apply (persisted -> Applied) {:.3} ms",
-        total as f64 / 1000.0,
-        apply as f64 / 1000.0
-    );
-    let peers: Vec<String> = transport.peers().iter().map(|(id, _)| format!("{id:016x}")).collect();
-    println!("  transport peers: {}", peers.join(", "));
-
-    describe("follower", &follower)?;
-    if compare(&leader, &follower)? {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let equal = runtime.block_on(demo(args))?;
+    if equal {
         println!("states equal");
         Ok(ExitCode::SUCCESS)
     } else {

@@ -11,6 +11,7 @@ mod import_etcd;
 mod inspect;
 mod observe;
 mod restore;
+mod serve;
 mod status;
 mod verify;
 
@@ -47,6 +48,8 @@ enum Command {
     /// Write a snapshot image of a stopped node's data directory.
     #[command(after_help = common::EXIT_CODES_HELP)]
     Create(create::Args),
+    /// Run one member of a raft-rs cluster, with a line-based client API (put/get/del/range).
+    Serve(serve::Args),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(&args),
         Command::Verify(args) => verify::run(&args),
         Command::Create(args) => create::run(&args),
+        Command::Serve(args) => serve::run(&args),
     };
     match result {
         Ok(code) => code,

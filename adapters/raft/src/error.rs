@@ -1,0 +1,134 @@
+//! The adapter's error.
+
+use std::fmt;
+
+use snapply_core::ApplyError;
+use snapply_core::backend::BackendError;
+use snapply_core::store::StoreError;
+use snapply_fs::FsError;
+
+/// A raft node, its log or its transport failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RaftError {
+    /// raft-rs refused an operation (a proposal while there is no leader, a bad conf change).
+    Raft(raft::Error),
+    /// The raft log file failed.
+    Log {
+        /// What was being done.
+        op: &'static str,
+        /// redb's error.
+        source: Box<redb::Error>,
+    },
+    /// The raft log holds something it should not (a gap, an entry that does not decode).
+    CorruptLog {
+        /// What is wrong.
+        what: String,
+    },
+    /// The data directory failed.
+    Fs(FsError),
+    /// The node's stores refused an operation.
+    Store(StoreError),
+    /// The node's backend failed.
+    Backend(BackendError),
+    /// Applying a snapshot failed in the phase the error names.
+    Apply(ApplyError),
+    /// Encoding a snapshot image of the live backend failed.
+    Image {
+        /// What failed.
+        what: String,
+    },
+    /// A peer-network operation failed.
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The system's error.
+        source: std::io::Error,
+    },
+    /// A committed entry or a peer's message does not decode.
+    Decode {
+        /// What was being decoded.
+        what: &'static str,
+    },
+    /// The node's loop has stopped; it no longer takes requests.
+    Stopped,
+    /// A proposal was not applied in time (no leader, or this node is cut off).
+    Timeout {
+        /// What was waited for.
+        what: &'static str,
+    },
+    /// A configuration value is not usable.
+    Config {
+        /// What is wrong, and what to do.
+        what: String,
+    },
+}
+
+impl fmt::Display for RaftError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RaftError::Raft(e) => write!(f, "raft: {e}"),
+            RaftError::Log { op, source } => write!(f, "raft log: {op}: {source}"),
+            RaftError::CorruptLog { what } => write!(f, "raft log is corrupted: {what}"),
+            RaftError::Fs(e) => write!(f, "data directory: {e}"),
+            RaftError::Store(e) => write!(f, "store: {e}"),
+            RaftError::Backend(e) => write!(f, "backend: {e}"),
+            RaftError::Apply(e) => write!(f, "applying a snapshot: {e}"),
+            RaftError::Image { what } => write!(f, "building a snapshot image: {what}"),
+            RaftError::Io { op, source } => write!(f, "{op}: {source}"),
+            RaftError::Decode { what } => write!(f, "{what} does not decode"),
+            RaftError::Stopped => f.write_str("the raft node has stopped"),
+            RaftError::Timeout { what } => write!(f, "timed out waiting for {what}"),
+            RaftError::Config { what } => write!(f, "bad configuration: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for RaftError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RaftError::Raft(e) => Some(e),
+            RaftError::Log { source, .. } => Some(source.as_ref()),
+            RaftError::Fs(e) => Some(e),
+            RaftError::Store(e) => Some(e),
+            RaftError::Backend(e) => Some(e),
+            RaftError::Apply(e) => Some(e),
+            RaftError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl From<raft::Error> for RaftError {
+    fn from(e: raft::Error) -> Self {
+        RaftError::Raft(e)
+    }
+}
+
+impl From<FsError> for RaftError {
+    fn from(e: FsError) -> Self {
+        RaftError::Fs(e)
+    }
+}
+
+impl From<StoreError> for RaftError {
+    fn from(e: StoreError) -> Self {
+        RaftError::Store(e)
+    }
+}
+
+impl From<BackendError> for RaftError {
+    fn from(e: BackendError) -> Self {
+        RaftError::Backend(e)
+    }
+}
+
+impl From<ApplyError> for RaftError {
+    fn from(e: ApplyError) -> Self {
+        RaftError::Apply(e)
+    }
+}
+
+pub(crate) fn log_err(op: &'static str) -> impl FnOnce(redb::Error) -> RaftError {
+    move |e| RaftError::Log { op, source: Box::new(e) }
+}

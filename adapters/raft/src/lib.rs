@@ -1,0 +1,23 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+// Peers' messages and committed entries are input: no path they reach may panic.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::unreachable)
+)]
+
+mod cluster;
+mod codec;
+mod error;
+mod log;
+mod node;
+mod transport;
+
+pub use cluster::{Cluster, member_id};
+pub use codec::{Command, MemberInfo};
+pub use error::RaftError;
+pub use log::RaftLog;
+pub use node::{Client, NodeConfig, NodeHandle, Pair, RestoreReport, Status, Trace, start};
+pub use snapply_core::ports::Phase;
+pub use transport::{CHUNK, Network, peer_addr};

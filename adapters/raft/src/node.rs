@@ -1,0 +1,845 @@
+//! A snapply node under raft-rs: the data directory, the raft log, the transport and the ready
+//! loop, on a tokio task.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use raft::prelude::{ConfChange, ConfChangeType, Entry, EntryType, Message, Snapshot};
+use raft::{RawNode, SnapshotStatus};
+use sha2::{Digest as _, Sha256};
+use snapply_core::backend::{Backend, for_each_record};
+use snapply_core::collections::Growable;
+use snapply_core::image;
+use snapply_core::ports::{Event, Observer, Phase, Ports, Transport};
+use snapply_core::store::V2Deprecation;
+use snapply_core::{Config, Node, Request, pipeline};
+use snapply_fs::{DataDir, FsSnapshotStore, RedbBackend};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::codec::{Command, MemberInfo};
+use crate::error::RaftError;
+use crate::log::RaftLog;
+use crate::transport::{Network, Report};
+
+type HostNode = Node<RedbBackend, Growable>;
+
+/// A key and its value.
+pub type Pair = (Vec<u8>, Vec<u8>);
+
+/// How a node is started.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The member id (raft-rs's node id): not 0.
+    pub id: u64,
+    /// The data directory (etcd's `--data-dir`).
+    pub data_dir: PathBuf,
+    /// The members of the cluster (etcd's `--initial-cluster`), this one included. Used only
+    /// when the data directory holds no raft log yet: a new cluster's members start with them
+    /// in their log; a member that joins an existing cluster talks to them until it has
+    /// learnt the membership from the leader.
+    pub initial_cluster: Vec<(u64, MemberInfo)>,
+    /// Whether this member joins an existing cluster (etcd's `--initial-cluster-state
+    /// existing`) rather than starting a new one.
+    pub join_existing: bool,
+    /// The raft tick.
+    pub tick: Duration,
+    /// Ticks without a leader before an election (raft-rs `election_tick`).
+    pub election_tick: usize,
+    /// Ticks between heartbeats (raft-rs `heartbeat_tick`).
+    pub heartbeat_tick: usize,
+}
+
+impl NodeConfig {
+    /// A configuration with a 100 ms heartbeat and a 500 ms election timeout (etcd's defaults
+    /// are 100 ms and 1 s; loopback needs no more, and a disk that stalls the loop for a
+    /// moment must not cost the leader its term).
+    pub fn new(id: u64, data_dir: PathBuf, initial_cluster: Vec<(u64, MemberInfo)>) -> Self {
+        NodeConfig {
+            id,
+            data_dir,
+            initial_cluster,
+            join_existing: false,
+            tick: Duration::from_millis(50),
+            election_tick: 10,
+            heartbeat_tick: 2,
+        }
+    }
+}
+
+/// One applied snapshot: what it was and how long each phase took.
+#[derive(Clone, Debug)]
+pub struct RestoreReport {
+    /// The snapshot's index.
+    pub index: u64,
+    /// The snapshot's term.
+    pub term: u64,
+    /// Bytes of its image.
+    pub image_bytes: usize,
+    /// Each phase and its duration.
+    pub phases: Vec<(Phase, Duration)>,
+    /// What the pipeline reported, in order: etcd's log lines, the gauge, the phases.
+    pub trace: Vec<Trace>,
+    /// When the pipeline reached `Applied`.
+    pub applied_at: Instant,
+}
+
+/// One report of the pipeline to its observer, kept so a caller can replay a restore's log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Trace {
+    /// An event, with etcd's message and fields.
+    Event(Event),
+    /// The in-progress gauge was set.
+    InProgress(bool),
+    /// A phase finished after this long.
+    PhaseDone(Phase, Duration),
+}
+
+/// A node's state as its loop last saw it.
+#[derive(Clone, Debug)]
+pub struct Status {
+    /// The member id.
+    pub id: u64,
+    /// The leader this node knows of (0: none).
+    pub leader: u64,
+    /// The raft term.
+    pub term: u64,
+    /// The node's applied index (the backend's consistent index).
+    pub applied_index: u64,
+    /// The raft log's first and last index.
+    pub log: (u64, u64),
+    /// Peers the transport talks to.
+    pub peers: Vec<u64>,
+    /// Members in the node's membership store.
+    pub members: Vec<u64>,
+    /// Snapshots applied through the pipeline since the node started.
+    pub snapshots_applied: u64,
+    /// The last of them.
+    pub last_restore: Option<RestoreReport>,
+    /// Snapshots this node (as leader) reported delivered to a follower.
+    pub snapshots_sent: u64,
+    /// Whether the node applied a persisted snapshot when it started (one it had received
+    /// before it stopped: etcd's `RecoverSnapshotBackend`).
+    pub restored_at_boot: bool,
+}
+
+enum Control {
+    Propose(Command, oneshot::Sender<Result<i64, RaftError>>),
+    ConfChange(ConfChange, oneshot::Sender<Result<i64, RaftError>>),
+    Status(oneshot::Sender<Status>),
+    Digest(oneshot::Sender<Result<[u8; 32], RaftError>>),
+    Range(Vec<u8>, Vec<u8>, oneshot::Sender<Result<Vec<Pair>, RaftError>>),
+    CompactLog(oneshot::Sender<Result<u64, RaftError>>),
+    Isolate(bool),
+    Stop,
+}
+
+/// A running node: talk to it through this handle (its [`Client`] methods are the handle's
+/// own). Dropping the handle stops the node's tasks.
+#[derive(Debug)]
+pub struct NodeHandle {
+    client: Client,
+    task: Option<tokio::task::JoinHandle<Result<(), RaftError>>>,
+}
+
+/// A cheap, cloneable way to talk to a running node, for many concurrent requests.
+#[derive(Clone, Debug)]
+pub struct Client {
+    id: u64,
+    control: mpsc::UnboundedSender<Control>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Control")
+    }
+}
+
+impl std::ops::Deref for NodeHandle {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+/// How long a handle waits for its node to answer or a proposal to be applied.
+const WAIT: Duration = Duration::from_secs(20);
+
+impl Client {
+    /// The member id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Control,
+        what: &'static str,
+    ) -> Result<T, RaftError> {
+        let (tx, rx) = oneshot::channel();
+        self.control.send(make(tx)).map_err(|_| RaftError::Stopped)?;
+        match tokio::time::timeout(WAIT, rx).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(_)) => Err(RaftError::Stopped),
+            Err(_) => Err(RaftError::Timeout { what }),
+        }
+    }
+
+    /// Proposes `command` and waits until this node applied it; returns the key-value
+    /// revision after it. A follower forwards the proposal to the leader.
+    ///
+    /// # Errors
+    /// [`RaftError::Raft`] (proposal dropped: no leader), [`RaftError::Timeout`],
+    /// [`RaftError::Store`] if the store refused it, [`RaftError::Stopped`].
+    ///
+    /// The proposal is handed to the node when this is called, before the future is first
+    /// polled: proposals made one after the other are proposed in that order, even when their
+    /// futures are awaited concurrently.
+    pub fn propose(&self, command: Command) -> impl Future<Output = Result<i64, RaftError>> + Send + 'static {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.control.send(Control::Propose(command, tx)).is_ok();
+        async move {
+            if !sent {
+                return Err(RaftError::Stopped);
+            }
+            match tokio::time::timeout(WAIT, rx).await {
+                Ok(Ok(v)) => v,
+                Ok(Err(_)) => Err(RaftError::Stopped),
+                Err(_) => Err(RaftError::Timeout { what: "a proposal to be applied" }),
+            }
+        }
+    }
+
+    /// Puts `value` under `key`.
+    ///
+    /// # Errors
+    /// As [`NodeHandle::propose`].
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<i64, RaftError> {
+        self.propose(Command::Put { key: key.to_vec(), value: value.to_vec(), lease: 0 }).await
+    }
+
+    /// Adds member `id` (a conf change whose context is `info`, as etcd's).
+    ///
+    /// # Errors
+    /// As [`NodeHandle::propose`].
+    pub async fn add_member(&self, id: u64, info: &MemberInfo) -> Result<i64, RaftError> {
+        let mut cc = ConfChange { node_id: id, context: info.encode(), ..Default::default() };
+        cc.set_change_type(ConfChangeType::AddNode);
+        self.ask(|tx| Control::ConfChange(cc, tx), "a member to be added").await?
+    }
+
+    /// Removes member `id`.
+    ///
+    /// # Errors
+    /// As [`NodeHandle::propose`].
+    pub async fn remove_member(&self, id: u64) -> Result<i64, RaftError> {
+        let mut cc = ConfChange { node_id: id, ..Default::default() };
+        cc.set_change_type(ConfChangeType::RemoveNode);
+        self.ask(|tx| Control::ConfChange(cc, tx), "a member to be removed").await?
+    }
+
+    /// The node's status.
+    ///
+    /// # Errors
+    /// [`RaftError::Stopped`] or [`RaftError::Timeout`].
+    pub async fn status(&self) -> Result<Status, RaftError> {
+        self.ask(Control::Status, "the node's status").await
+    }
+
+    /// SHA-256 of every backend record (bucket, key, value) in order: equal on two nodes that
+    /// applied the same entries, however they got them.
+    ///
+    /// # Errors
+    /// [`RaftError::Backend`] if the backend cannot be read.
+    pub async fn digest(&self) -> Result<[u8; 32], RaftError> {
+        self.ask(Control::Digest, "the node's digest").await?
+    }
+
+    /// Live keys and values in `[key, range_end)` (etcd's conventions: empty `range_end` is just
+    /// `key`, `[0]` is every key from `key` on).
+    ///
+    /// # Errors
+    /// [`RaftError::Store`] if the range cannot be read.
+    pub async fn range(&self, key: &[u8], range_end: &[u8]) -> Result<Vec<Pair>, RaftError> {
+        self.ask(|tx| Control::Range(key.to_vec(), range_end.to_vec(), tx), "a range").await?
+    }
+
+    /// Takes a snapshot of the live backend at the applied index and drops the raft log up to
+    /// it (etcd's snapshot at `--snapshot-count` and `raftStorage.Compact`); returns the index.
+    ///
+    /// # Errors
+    /// [`RaftError::Image`] or [`RaftError::Log`] if the snapshot or the compaction fails.
+    pub async fn compact_log(&self) -> Result<u64, RaftError> {
+        self.ask(Control::CompactLog, "the log to be compacted").await?
+    }
+
+    /// Cuts the node off the network (`true`) or heals it (`false`).
+    pub fn isolate(&self, on: bool) {
+        let _ = self.control.send(Control::Isolate(on));
+    }
+}
+
+impl NodeHandle {
+    /// A client of the node.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// Stops the node and waits for its loop to end; returns the loop's error, if it failed.
+    ///
+    /// # Errors
+    /// The error the loop stopped on.
+    pub async fn stop(mut self) -> Result<(), RaftError> {
+        let _ = self.client.control.send(Control::Stop);
+        match self.task.take() {
+            Some(t) => t.await.unwrap_or(Err(RaftError::Stopped)),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the node at once, as a crash would: its task is aborted at its next await (a
+    /// ready being handled is finished first: the loop's disk work is synchronous), and its
+    /// files are closed when this returns.
+    pub async fn kill(mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for NodeHandle {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+fn core_config(id: u64) -> Config {
+    Config { id, min_lease_ttl: 5, v2_deprecation: V2Deprecation::WriteOnly }
+}
+
+fn to_core_conf(cs: &raft::prelude::ConfState) -> Result<snapply_core::ConfState, RaftError> {
+    let list = |ids: &[u64]| -> Result<snapply_core::raft::IdList, RaftError> {
+        snapply_core::raft::IdList::from_slice(ids).map_err(|_| RaftError::Config {
+            what: format!("a configuration of {} nodes: snapply holds at most 16", ids.len()),
+        })
+    };
+    Ok(snapply_core::ConfState {
+        voters: list(&cs.voters)?,
+        learners: list(&cs.learners)?,
+        voters_outgoing: list(&cs.voters_outgoing)?,
+        learners_next: list(&cs.learners_next)?,
+        auto_leave: cs.auto_leave,
+    })
+}
+
+fn to_raft_conf(cs: &snapply_core::ConfState) -> raft::prelude::ConfState {
+    raft::prelude::ConfState {
+        voters: cs.voters.to_vec(),
+        learners: cs.learners.to_vec(),
+        voters_outgoing: cs.voters_outgoing.to_vec(),
+        learners_next: cs.learners_next.to_vec(),
+        auto_leave: cs.auto_leave,
+    }
+}
+
+/// Builds a raft snapshot of `node`'s live backend at its applied index: the image the core's
+/// encoder writes (docs/format.md) as the snapshot's data.
+///
+/// The encoder reads one redb read transaction, so the image is a consistent cut even while the
+/// node goes on; it is built on the loop's task because the node owns its backend and the fs
+/// adapter offers no shared, owned read view of it.
+pub(crate) fn build_snapshot(node: &HostNode) -> Result<Snapshot, RaftError> {
+    let metadata = node.snapshot_metadata()?;
+    let mut v2 = Vec::new();
+    node.v2_snapshot_data(&mut v2)?;
+    let mut data = Vec::new();
+    image::encode(&metadata, &node.backend().read()?, &v2, &mut data)
+        .map_err(|e| RaftError::Image { what: format!("{e:?}") })?;
+    let mut s = Snapshot { data, ..Default::default() };
+    let m = s.mut_metadata();
+    m.index = metadata.index;
+    m.term = metadata.term;
+    m.set_conf_state(to_raft_conf(&metadata.conf_state));
+    Ok(s)
+}
+
+/// SHA-256 of every backend record.
+pub(crate) fn digest(node: &HostNode) -> Result<[u8; 32], RaftError> {
+    let mut sha = Sha256::new();
+    for_each_record(&node.backend().read()?, &mut |bucket, key, value| {
+        sha.update([bucket as u8]);
+        sha.update((key.len() as u64).to_be_bytes());
+        sha.update(key);
+        sha.update((value.len() as u64).to_be_bytes());
+        sha.update(value);
+        std::ops::ControlFlow::Continue(())
+    })?;
+    Ok(sha.finalize().into())
+}
+
+/// Records each phase's duration and etcd's log lines.
+struct Recorder {
+    started: Instant,
+    phases: Vec<(Phase, Duration)>,
+    trace: Vec<Trace>,
+}
+
+impl Recorder {
+    fn new() -> Self {
+        Recorder { started: Instant::now(), phases: Vec::new(), trace: Vec::new() }
+    }
+}
+
+impl Observer for Recorder {
+    fn event(&mut self, event: &Event) {
+        log::info!("{}", event.message());
+        self.trace.push(Trace::Event(*event));
+    }
+    fn in_progress(&mut self, applying: bool) {
+        self.trace.push(Trace::InProgress(applying));
+    }
+    fn now_micros(&mut self) -> Option<u64> {
+        u64::try_from(self.started.elapsed().as_micros()).ok()
+    }
+    fn phase_done(&mut self, phase: Phase, micros: Option<u64>) {
+        let took = Duration::from_micros(micros.unwrap_or(0));
+        self.phases.push((phase, took));
+        self.trace.push(Trace::PhaseDone(phase, took));
+    }
+}
+
+struct Loop {
+    id: u64,
+    raw: RawNode<RaftLog>,
+    log: RaftLog,
+    node: HostNode,
+    store: FsSnapshotStore,
+    net: Network,
+    waiters: HashMap<u64, oneshot::Sender<Result<i64, RaftError>>>,
+    seq: u64,
+    snapshots_applied: u64,
+    snapshots_sent: u64,
+    last_restore: Option<RestoreReport>,
+    restored_at_boot: bool,
+}
+
+/// Starts a node on its data directory, listening for peers on `listener`. Must be called
+/// within a tokio runtime; a multi-threaded one lets the loop's disk work block its own worker
+/// only.
+///
+/// A data directory left by an earlier run is reopened: the live backend, a persisted snapshot
+/// not yet applied (applied now, through the pipeline: etcd's `RecoverSnapshotBackend`), the
+/// raft log and hard state.
+///
+/// # Errors
+/// [`RaftError`] if the data directory, the log or the listener cannot be used.
+pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<NodeHandle, RaftError> {
+    if config.id == 0 {
+        return Err(RaftError::Config { what: "a member id must not be 0".into() });
+    }
+    let id = config.id;
+    let dir = DataDir::open(&config.data_dir)?;
+    let boot = dir.boot()?;
+    // The v2 data of the newest snapshot the backend already reflects.
+    let mut v2 = Vec::new();
+    for name in dir.snapshots()? {
+        if name.index <= boot.consistent_index {
+            v2 = dir.read_snap(name)?.v2;
+            break;
+        }
+    }
+    let mut node = HostNode::open(core_config(id), boot.backend, &v2)?;
+    let mut store = FsSnapshotStore::new(dir.clone());
+
+    listener.set_nonblocking(true).map_err(|source| RaftError::Io { op: "configuring the peer listener", source })?;
+    let listener = tokio::net::TcpListener::from_std(listener)
+        .map_err(|source| RaftError::Io { op: "registering the peer listener", source })?;
+    let (inbox_tx, inbox) = mpsc::unbounded_channel();
+    let (report_tx, reports) = mpsc::unbounded_channel();
+    let mut net = Network::start(id, listener, inbox_tx, report_tx);
+
+    let restored_at_boot = boot.pending.is_some();
+    if let Some(pending) = boot.pending {
+        let mut recorder = Recorder::new();
+        let ports = Ports { storage: &mut store, transport: &mut net, observer: &mut recorder };
+        if let Some(outcome) = snapply_core::apply_snapshot(&mut node, ports, pending.snapshot())? {
+            drop(outcome.old_backend);
+        }
+    }
+    if node.unfinished().is_some() {
+        let mut recorder = Recorder::new();
+        let ports = Ports { storage: &mut store, transport: &mut net, observer: &mut recorder };
+        pipeline::resume(&mut node, ports)?;
+    }
+
+    let initial = if config.join_existing { Vec::new() } else { config.initial_cluster.clone() };
+    let log = RaftLog::open(&dir.member_dir().join("raft.redb"), move || bootstrap(&initial))?;
+    let applied = node.progress().applied_index;
+    if applied > log.last_index() {
+        // The pipeline applied a snapshot, and the run stopped before the log was told.
+        let metadata = node.snapshot_metadata()?;
+        let mut m =
+            raft::prelude::SnapshotMetadata { index: metadata.index, term: metadata.term, ..Default::default() };
+        m.set_conf_state(to_raft_conf(&metadata.conf_state));
+        log.apply_snapshot(&m)?;
+    }
+    if applied.saturating_add(1) < log.first_index() {
+        return Err(RaftError::CorruptLog {
+            what: format!("the log starts at {} but the backend holds only up to {applied}", log.first_index()),
+        });
+    }
+    // The transport talks to the members the node's state lists (the pipeline did the same if
+    // a snapshot was applied above).
+    net.remove_all_peers();
+    for m in node.stores().membership.members() {
+        let urls: Vec<&[u8]> = m.peer_urls.iter().map(Vec::as_slice).collect();
+        net.add_peer(m.id, &urls)?;
+    }
+    if node.stores().membership.members().is_empty() {
+        // A member joining an existing cluster knows nobody yet: it answers the members it
+        // was told of until the leader's entries or snapshot give it the membership.
+        for (id, info) in &config.initial_cluster {
+            let urls: Vec<&[u8]> = info.peer_urls.iter().map(|u| u.as_bytes()).collect();
+            net.add_peer(*id, &urls)?;
+        }
+    }
+
+    let raft_config = raft::Config {
+        id,
+        election_tick: config.election_tick,
+        heartbeat_tick: config.heartbeat_tick,
+        applied: applied.min(log.commit()),
+        max_size_per_msg: 1024 * 1024,
+        max_inflight_msgs: 256,
+        pre_vote: true,
+        check_quorum: true,
+        ..Default::default()
+    };
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let raw = RawNode::new(&raft_config, log.clone(), &logger)?;
+    let (control_tx, control) = mpsc::unbounded_channel();
+    let mut state = Loop {
+        id,
+        raw,
+        log,
+        node,
+        store,
+        net,
+        waiters: HashMap::new(),
+        seq: 0,
+        snapshots_applied: 0,
+        snapshots_sent: 0,
+        last_restore: None,
+        restored_at_boot,
+    };
+    let tick = config.tick;
+    let task = tokio::spawn(async move {
+        let result = state.run(tick, inbox, reports, control).await;
+        state.net.shutdown();
+        if let Err(e) = &result {
+            log::error!("member {id:x} stopped: {e}");
+        }
+        result
+    });
+    Ok(NodeHandle { client: Client { id, control: control_tx }, task: Some(task) })
+}
+
+/// The entries every member of a new cluster starts with: one `AddNode` per initial member,
+/// committed at term 1 (etcd's `raft.StartNode` with peers).
+fn bootstrap(initial: &[(u64, MemberInfo)]) -> (raft::prelude::ConfState, Vec<Entry>) {
+    let mut cs = raft::prelude::ConfState::default();
+    let mut entries = Vec::new();
+    for (i, (id, info)) in initial.iter().enumerate() {
+        cs.voters.push(*id);
+        let mut cc = ConfChange { node_id: *id, context: info.encode(), ..Default::default() };
+        cc.set_change_type(ConfChangeType::AddNode);
+        let mut e = Entry { index: i as u64 + 1, term: 1, data: cc.encode_to_vec(), ..Default::default() };
+        e.set_entry_type(EntryType::EntryConfChange);
+        entries.push(e);
+    }
+    (cs, entries)
+}
+
+fn context(origin: u64, seq: u64) -> Vec<u8> {
+    let mut c = origin.to_be_bytes().to_vec();
+    c.extend_from_slice(&seq.to_be_bytes());
+    c
+}
+
+fn parse_context(c: &[u8]) -> Option<(u64, u64)> {
+    let origin = u64::from_be_bytes(c.get(..8)?.try_into().ok()?);
+    let seq = u64::from_be_bytes(c.get(8..16)?.try_into().ok()?);
+    Some((origin, seq))
+}
+
+/// Runs `f`, letting the runtime move other tasks off this worker while it blocks on the disk
+/// (a current-thread runtime cannot, and runs it in place).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        // Also when the task is aborted: no listener or writer outlives its node.
+        self.net.shutdown();
+    }
+}
+
+impl Loop {
+    async fn run(
+        &mut self,
+        tick: Duration,
+        mut inbox: mpsc::UnboundedReceiver<Message>,
+        mut reports: mpsc::UnboundedReceiver<Report>,
+        mut control: mpsc::UnboundedReceiver<Control>,
+    ) -> Result<(), RaftError> {
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => { self.raw.tick(); }
+                Some(msg) = inbox.recv() => {
+                    // raft-rs refuses messages from unknown peers or of a stale term: it has
+                    // already logged why, and the sender retries.
+                    let _ = self.raw.step(msg);
+                    while let Ok(msg) = inbox.try_recv() {
+                        let _ = self.raw.step(msg);
+                    }
+                }
+                Some(report) = reports.recv() => match report {
+                    Report::Unreachable(to) => self.raw.report_unreachable(to),
+                    Report::Snapshot { to, delivered } => {
+                        if delivered {
+                            self.snapshots_sent += 1;
+                        }
+                        let status = if delivered { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+                        self.raw.report_snapshot(to, status);
+                    }
+                },
+                c = control.recv() => match c {
+                    None | Some(Control::Stop) => return Ok(()),
+                    Some(c) => self.control(c),
+                },
+            }
+            blocking(|| self.on_ready())?;
+            if self.log.take_request() {
+                // raft-rs wants a snapshot for a lagging follower: build one of the live
+                // backend; raft-rs asks again on the follower's next heartbeat response.
+                let snapshot = blocking(|| build_snapshot(&self.node))?;
+                self.log.offer(snapshot);
+            }
+        }
+    }
+
+    fn control(&mut self, c: Control) {
+        match c {
+            Control::Propose(command, reply) => {
+                self.seq += 1;
+                match self.raw.propose(context(self.id, self.seq), command.encode()) {
+                    Ok(()) => {
+                        self.waiters.insert(self.seq, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                    }
+                }
+            }
+            Control::ConfChange(cc, reply) => {
+                self.seq += 1;
+                match self.raw.propose_conf_change(context(self.id, self.seq), cc) {
+                    Ok(()) => {
+                        self.waiters.insert(self.seq, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                    }
+                }
+            }
+            Control::Status(reply) => {
+                let _ = reply.send(Status {
+                    id: self.id,
+                    leader: self.raw.raft.leader_id,
+                    term: self.raw.raft.term,
+                    applied_index: self.node.progress().applied_index,
+                    log: (self.log.first_index(), self.log.last_index()),
+                    peers: self.net.peers(),
+                    members: self.node.stores().membership.members().iter().map(|m| m.id).collect(),
+                    snapshots_applied: self.snapshots_applied,
+                    last_restore: self.last_restore.clone(),
+                    snapshots_sent: self.snapshots_sent,
+                    restored_at_boot: self.restored_at_boot,
+                });
+            }
+            Control::Digest(reply) => {
+                let _ = reply.send(digest(&self.node));
+            }
+            Control::Range(key, end, reply) => {
+                let _ = reply.send(self.range(&key, &end));
+            }
+            Control::CompactLog(reply) => {
+                let _ = reply.send(blocking(|| self.compact_log()));
+            }
+            Control::Isolate(on) => self.net.set_isolated(on),
+            Control::Stop => {}
+        }
+    }
+
+    fn range(&self, key: &[u8], end: &[u8]) -> Result<Vec<Pair>, RaftError> {
+        let mut out = Vec::new();
+        let txn = self.node.backend().read()?;
+        self.node.stores().kv.range(&txn, key, end, 0, &mut |kv| out.push((kv.key.to_vec(), kv.value.to_vec())))?;
+        Ok(out)
+    }
+
+    fn compact_log(&mut self) -> Result<u64, RaftError> {
+        let snapshot = build_snapshot(&self.node)?;
+        let index = snapshot.get_metadata().index;
+        self.log.offer(snapshot);
+        self.log.compact(index)?;
+        Ok(index)
+    }
+
+    /// The ready loop, in the order raft-rs documents (`RawNode`'s docs and its
+    /// `five_mem_node` example): send, apply the snapshot, apply committed entries, persist
+    /// entries and hard state, send what waited for persistence, advance, and again for the
+    /// light ready.
+    fn on_ready(&mut self) -> Result<(), RaftError> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.raw.ready();
+        if !ready.messages().is_empty() {
+            self.net.send(ready.take_messages());
+        }
+        if !ready.snapshot().is_empty() {
+            // Before any committed entry: they follow the snapshot (etcd's applySnapshot runs
+            // before applyEntries).
+            let snapshot = ready.snapshot().clone();
+            self.apply_snapshot(&snapshot)?;
+        }
+        let committed = ready.take_committed_entries();
+        self.apply_entries(committed)?;
+        self.log.persist(ready.entries(), ready.hs())?;
+        if !ready.persisted_messages().is_empty() {
+            self.net.send(ready.take_persisted_messages());
+        }
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.log.set_commit(commit)?;
+        }
+        self.net.send(light.take_messages());
+        let committed = light.take_committed_entries();
+        self.apply_entries(committed)?;
+        self.raw.advance_apply();
+        Ok(())
+    }
+
+    /// A leader's snapshot, through snapply's pipeline with the fs adapter's ports; then the
+    /// raft log restarts after it.
+    fn apply_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), RaftError> {
+        let meta = snapshot.get_metadata();
+        let metadata = snapply_core::SnapshotMetadata {
+            index: meta.index,
+            term: meta.term,
+            conf_state: to_core_conf(meta.get_conf_state())?,
+        };
+        let mut recorder = Recorder::new();
+        let ports = Ports { storage: &mut self.store, transport: &mut self.net, observer: &mut recorder };
+        let result = snapply_core::apply_snapshot(
+            &mut self.node,
+            ports,
+            snapply_core::Snapshot::from_bytes(&metadata, &snapshot.data),
+        );
+        match result {
+            Ok(Some(outcome)) => {
+                // etcd closes the old backend off the apply loop.
+                tokio::task::spawn_blocking(move || drop(outcome.old_backend));
+                self.snapshots_applied += 1;
+                self.last_restore = Some(RestoreReport {
+                    index: meta.index,
+                    term: meta.term,
+                    image_bytes: snapshot.data.len(),
+                    phases: recorder.phases,
+                    trace: recorder.trace,
+                    applied_at: Instant::now(),
+                });
+                log::info!("member {:x} applied snapshot at index {} term {}", self.id, meta.index, meta.term);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                if self.node.unfinished().is_some() {
+                    // Past the swap: complete the restore from the durable snapshot.
+                    let mut recorder = Recorder::new();
+                    let ports = Ports { storage: &mut self.store, transport: &mut self.net, observer: &mut recorder };
+                    pipeline::resume(&mut self.node, ports)?;
+                }
+                return Err(e.into());
+            }
+        }
+        self.log.apply_snapshot(meta)
+    }
+
+    fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), RaftError> {
+        for e in entries {
+            let result = match e.get_entry_type() {
+                EntryType::EntryNormal if e.data.is_empty() => continue,
+                EntryType::EntryNormal => match Command::decode(&e.data) {
+                    Some(c) => self.node.apply(e.index, e.term, &c.request()).map_err(RaftError::from),
+                    None => Err(RaftError::Decode { what: "a committed entry" }),
+                },
+                EntryType::EntryConfChange => self.apply_conf_change(&e),
+                EntryType::EntryConfChangeV2 => Err(RaftError::Decode { what: "a joint conf change (unsupported)" }),
+            };
+            if let Err(e) = &result {
+                log::warn!("member {:x}: entry not applied: {e}", self.id);
+            }
+            if let Some((origin, seq)) = parse_context(&e.context)
+                && origin == self.id
+                && let Some(w) = self.waiters.remove(&seq)
+            {
+                let _ = w.send(result);
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_conf_change(&mut self, e: &Entry) -> Result<i64, RaftError> {
+        let cc = ConfChange::decode(&e.data[..]).map_err(|_| RaftError::Decode { what: "a conf change" })?;
+        let cs = self.raw.apply_conf_change(&cc)?;
+        self.log.set_conf_state(cs.clone())?;
+        // The conf state goes into the backend with the member change, at the same index.
+        self.node.set_conf_state(to_core_conf(&cs)?);
+        match cc.get_change_type() {
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                let info = MemberInfo::decode(&cc.context).ok_or(RaftError::Decode { what: "a member" })?;
+                let peers: Vec<&[u8]> = info.peer_urls.iter().map(|u| u.as_bytes()).collect();
+                let clients: Vec<&[u8]> = info.client_urls.iter().map(|u| u.as_bytes()).collect();
+                let member = snapply_core::store::NewMember {
+                    id: cc.node_id,
+                    name: info.name.as_bytes(),
+                    peer_urls: &peers,
+                    client_urls: &clients,
+                    is_learner: cc.get_change_type() == ConfChangeType::AddLearnerNode,
+                };
+                let rev = self.node.apply(e.index, e.term, &Request::MemberAdd(member))?;
+                if self.node.progress().applied_index == e.index {
+                    self.net.add_peer(cc.node_id, &peers)?;
+                }
+                Ok(rev)
+            }
+            ConfChangeType::RemoveNode => {
+                let rev = self.node.apply(e.index, e.term, &Request::MemberRemove { id: cc.node_id })?;
+                self.net.remove_peer(cc.node_id);
+                Ok(rev)
+            }
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! `snapply serve`: one member of a raft-rs cluster, with etcd's flags, and a small line-based
+//! client API (`put`, `get`, `del`, `range`) on its client URL.
+//!
+//! The client protocol is one request per line, one answer per line, so that `nc` is a client:
+//!
+//! ```text
+//! put /a hello        -> OK 2          (the revision after the put)
+//! get /a              -> VALUE hello   (or NOTFOUND)
+//! range /a /b         -> KV /a hello   (one line per key), then END
+//! del /a              -> OK 3
+//! ```
+//! A request that fails gets `ERR <reason>`.
+
+use std::error::Error;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use snapply_raft::{Client, Command, MemberInfo, NodeConfig, peer_addr};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+/// Options of `snapply serve`, named as etcd's.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// This member's name; it must appear in --initial-cluster.
+    #[arg(long)]
+    name: String,
+    /// The data directory (created if missing).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Every member as name=peer-URL, comma-separated: infra1=http://127.0.0.1:2380,...
+    #[arg(long)]
+    initial_cluster: String,
+    /// `new` to start a cluster, `existing` to join one (the member must first be added).
+    #[arg(long, default_value = "new", value_parser = ["new", "existing"])]
+    initial_cluster_state: String,
+    /// Where to listen for clients.
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    listen_client_urls: String,
+}
+
+/// Longest client request line, in bytes.
+const MAX_LINE: u64 = 1024 * 1024;
+
+fn parse_cluster(s: &str) -> Result<Vec<MemberInfo>, String> {
+    let mut members = Vec::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        let Some((name, url)) = part.split_once('=') else {
+            return Err(format!("--initial-cluster: `{part}` is not name=http://IP:PORT"));
+        };
+        if peer_addr(url).is_none() {
+            return Err(format!("--initial-cluster: `{url}` of member `{name}` is not http://IP:PORT"));
+        }
+        members.push(MemberInfo { name: name.into(), peer_urls: vec![url.into()], client_urls: vec![] });
+    }
+    if members.is_empty() {
+        return Err("--initial-cluster is empty: give every member as name=http://IP:PORT".into());
+    }
+    Ok(members)
+}
+
+pub fn run(args: &Args) -> Result<ExitCode, Box<dyn Error>> {
+    let members = parse_cluster(&args.initial_cluster)?;
+    let me = members.iter().find(|m| m.name == args.name).ok_or_else(|| {
+        format!("--name {} is not in --initial-cluster: add {}=http://IP:PORT to it", args.name, args.name)
+    })?;
+    let peer = me.peer_urls.first().and_then(|u| peer_addr(u)).ok_or("this member has no peer URL")?;
+    let client = peer_addr(&args.listen_client_urls)
+        .ok_or_else(|| format!("--listen-client-urls `{}` is not http://IP:PORT", args.listen_client_urls))?;
+    let peer_listener = TcpListener::bind(peer)
+        .map_err(|e| format!("cannot listen for peers on {peer}: {e} (is another member running there?)"))?;
+    let client_listener = TcpListener::bind(client)
+        .map_err(|e| format!("cannot listen for clients on {client}: {e} (is another member running there?)"))?;
+    client_listener.set_nonblocking(true)?;
+    let id = me.derive_id();
+    let cluster: Vec<(u64, MemberInfo)> = members.iter().map(|m| (m.derive_id(), m.clone())).collect();
+    let mut config = NodeConfig::new(id, args.data_dir.clone(), cluster);
+    config.join_existing = args.initial_cluster_state == "existing";
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async move {
+        let node = snapply_raft::start(config, peer_listener)?;
+        let clients = tokio::net::TcpListener::from_std(client_listener)?;
+        println!("member {id:016x} ({}) serving peers on {peer} and clients on {client}", args.name);
+        let api = node.client();
+        let accept = async move {
+            while let Ok((stream, _)) = clients.accept().await {
+                tokio::spawn(serve_client(stream, api.clone()));
+            }
+        };
+        tokio::select! {
+            _ = accept => {}
+            _ = tokio::signal::ctrl_c() => println!("stopping"),
+        }
+        node.stop().await?;
+        Ok::<_, Box<dyn Error>>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve_client(stream: tokio::net::TcpStream, api: Client) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read.take(u64::MAX));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        lines.get_mut().set_limit(MAX_LINE);
+        match lines.read_line(&mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) if !line.ends_with('\n') && lines.get_ref().limit() == 0 => {
+                let _ = write.write_all(b"ERR request line longer than 1 MiB\n").await;
+                return;
+            }
+            Ok(_) => {}
+        }
+        let answer = answer(&api, line.trim_end_matches(['\r', '\n'])).await;
+        if write.write_all(answer.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn answer(api: &Client, line: &str) -> String {
+    let mut words = line.splitn(3, ' ');
+    let verb = words.next().unwrap_or_default();
+    let key = words.next().unwrap_or_default().as_bytes().to_vec();
+    let rest = words.next().unwrap_or_default().as_bytes().to_vec();
+    let wait = Duration::from_secs(10);
+    let result = match verb {
+        "put" if !key.is_empty() => {
+            tokio::time::timeout(wait, api.propose(Command::Put { key, value: rest, lease: 0 }))
+                .await
+                .map(|r| r.map(|rev| format!("OK {rev}\n")))
+        }
+        "del" if !key.is_empty() => {
+            tokio::time::timeout(wait, api.propose(Command::DeleteRange { key, range_end: Vec::new() }))
+                .await
+                .map(|r| r.map(|rev| format!("OK {rev}\n")))
+        }
+        "get" if !key.is_empty() => Ok(api.range(&key, b"").await.map(|kvs| match kvs.first() {
+            Some((_, v)) => format!("VALUE {}\n", String::from_utf8_lossy(v)),
+            None => "NOTFOUND\n".into(),
+        })),
+        "range" if !key.is_empty() => Ok(api.range(&key, &rest).await.map(|kvs| {
+            let mut out = String::new();
+            for (k, v) in kvs {
+                out.push_str(&format!("KV {} {}\n", String::from_utf8_lossy(&k), String::from_utf8_lossy(&v)));
+            }
+            out + "END\n"
+        })),
+        _ => return "ERR unknown request: use put KEY VALUE, get KEY, del KEY or range START END\n".into(),
+    };
+    match result {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => format!("ERR {e}\n"),
+        Err(_) => "ERR timed out: is there a leader?\n".into(),
+    }
+}
