@@ -42,7 +42,7 @@ type Step<'a> = (&'a str, &'a dyn Fn(&Ctx) -> Result<Outcome>);
 pub fn ci(ctx: &Ctx, fuzz_seconds: u64) -> Result<()> {
     let steps: [Step; 8] = [
         ("targets", &ensure_targets),
-        ("etcd", &ensure_etcd),
+        ("packages", &ensure_packages),
         ("fmt", &fmt),
         ("clippy", &clippy),
         ("test", &test),
@@ -125,18 +125,23 @@ fn ensure_targets(ctx: &Ctx) -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
-/// Step 2: a real etcd for the interop tests of `snapply-etcd` (Debian's `etcd-server` and
-/// `etcd-client`, etcd 3.4), installed with apt when `etcd` or `etcdctl` is missing.
-fn ensure_etcd(ctx: &Ctx) -> Result<Outcome> {
+/// Step 2: the Debian packages the build and the tests need, installed with apt when a tool is
+/// missing: a real etcd for the interop tests (`etcd-server` and `etcd-client`, etcd 3.4) and
+/// `protoc` (`protobuf-compiler`), which raft-rs's `prost-codec` build script runs.
+fn ensure_packages(ctx: &Ctx) -> Result<Outcome> {
+    let _ = ctx;
     let present = |tool: &str| probe(std::process::Command::new(tool).arg("--version"));
-    if present("etcd") && present("etcdctl") {
-        println!("etcd and etcdctl are installed");
+    let wanted: [(&str, &str); 3] =
+        [("etcd", "etcd-server"), ("etcdctl", "etcd-client"), ("protoc", "protobuf-compiler")];
+    let missing: Vec<&str> = wanted.iter().filter(|(tool, _)| !present(tool)).map(|(_, package)| *package).collect();
+    if missing.is_empty() {
+        println!("installed: {}", wanted.map(|(tool, _)| tool).join(", "));
         return Ok(Outcome::Done);
     }
-    let _ = ctx;
     apt_install(
-        &["etcd-server", "etcd-client"],
-        "the interop tests need a real etcd: apt-get install etcd-server etcd-client (as root)",
+        &missing,
+        "the build needs protoc and the interop tests a real etcd: \
+         apt-get install etcd-server etcd-client protobuf-compiler (as root)",
     )?;
     Ok(Outcome::Done)
 }
