@@ -125,24 +125,20 @@ fn ensure_targets(ctx: &Ctx) -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
-/// Step 2: the Debian packages the build and the tests need, installed with apt when a tool is
-/// missing: a real etcd for the interop tests (`etcd-server` and `etcd-client`, etcd 3.4) and
-/// `protoc` (`protobuf-compiler`), which raft-rs's `prost-codec` build script runs.
+/// Step 2: a real etcd for the interop and differential tests (Debian's `etcd-server` and
+/// `etcd-client`, etcd 3.4), installed with apt when `etcd` or `etcdctl` is missing. (`protoc`,
+/// which raft-rs's prost codec runs at build time, needs no install: `tools/protoc` falls back to
+/// the one raft-rs's build dependency ships.)
 fn ensure_packages(ctx: &Ctx) -> Result<Outcome> {
     let _ = ctx;
     let present = |tool: &str| probe(std::process::Command::new(tool).arg("--version"));
-    let wanted: [(&str, &str); 3] =
-        [("etcd", "etcd-server"), ("etcdctl", "etcd-client"), ("protoc", "protobuf-compiler")];
+    let wanted: [(&str, &str); 2] = [("etcd", "etcd-server"), ("etcdctl", "etcd-client")];
     let missing: Vec<&str> = wanted.iter().filter(|(tool, _)| !present(tool)).map(|(_, package)| *package).collect();
     if missing.is_empty() {
         println!("installed: {}", wanted.map(|(tool, _)| tool).join(", "));
         return Ok(Outcome::Done);
     }
-    apt_install(
-        &missing,
-        "the build needs protoc and the interop tests a real etcd: \
-         apt-get install etcd-server etcd-client protobuf-compiler (as root)",
-    )?;
+    apt_install(&missing, "the interop tests need a real etcd: apt-get install etcd-server etcd-client (as root)")?;
     Ok(Outcome::Done)
 }
 
