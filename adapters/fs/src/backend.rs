@@ -14,6 +14,7 @@ use std::fs::OpenOptions;
 use std::io;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use redb::backends::FileBackend;
 use redb::{
@@ -59,7 +60,10 @@ fn backend_err(e: impl Into<redb::Error>, context: &'static str) -> BackendError
 /// ([`redb::Durability::Immediate`], redb's default).
 #[derive(Debug)]
 pub struct RedbBackend {
-    db: Database,
+    /// Shared with the [`RedbView`]s handed to readers: the file stays open until the last of
+    /// them is dropped, so a reader that took a view before a restore swapped the backend out
+    /// finishes on the state it started on.
+    db: Arc<Database>,
     path: PathBuf,
 }
 
@@ -78,7 +82,7 @@ impl RedbBackend {
         let db = FileBackend::new(file)
             .and_then(|b| Builder::new().create_with_backend(b))
             .map_err(|e| FsError::db("opening the backend database", path, e))?;
-        Ok(RedbBackend { db, path: path.to_path_buf() })
+        Ok(RedbBackend { db: Arc::new(db), path: path.to_path_buf() })
     }
 
     /// The file the backend was opened from. After the file was renamed or replaced (a
@@ -87,13 +91,40 @@ impl RedbBackend {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// A read-only handle on this backend for readers on other threads: every read
+    /// transaction it begins is a consistent snapshot of a commit of this backend, never of
+    /// another one (see [`crate::ReadSlot`]).
+    pub fn view(&self) -> RedbView {
+        RedbView { db: Arc::clone(&self.db) }
+    }
+}
+
+/// A read-only handle on a [`RedbBackend`], cheap to clone and to send to other threads.
+///
+/// It keeps the backend's file open after the backend itself is dropped (closed after a
+/// restore swapped it out): a reader holding it goes on reading the state it started on.
+#[derive(Clone, Debug)]
+pub struct RedbView {
+    db: Arc<Database>,
+}
+
+impl RedbView {
+    /// Begins a read transaction: a consistent snapshot of the backend's last commit.
+    ///
+    /// # Errors
+    /// The backend's error if redb cannot begin one.
+    pub fn read(&self) -> Result<RedbRead<'_>, BackendError> {
+        let txn = self.db.begin_read().map_err(|e| backend_err(e, "beginning a read transaction"))?;
+        Ok(RedbRead { txn, _backend: PhantomData })
+    }
 }
 
 /// A read transaction of a [`RedbBackend`]: a consistent snapshot of its last commit.
 #[derive(Debug)]
 pub struct RedbRead<'a> {
     txn: ReadTransaction,
-    _backend: PhantomData<&'a RedbBackend>,
+    _backend: PhantomData<&'a Database>,
 }
 
 /// A write transaction of a [`RedbBackend`]; dropped without `commit`, it leaves nothing.
