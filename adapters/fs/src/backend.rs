@@ -10,6 +10,7 @@
 //!
 //! A table that was never written does not exist in the file; reads treat it as empty.
 
+use std::cell::RefCell;
 use std::fs::OpenOptions;
 use std::io;
 use std::marker::PhantomData;
@@ -128,10 +129,30 @@ pub struct RedbRead<'a> {
 }
 
 /// A write transaction of a [`RedbBackend`]; dropped without `commit`, it leaves nothing.
+///
+/// Puts are batched per bucket: opening a redb table and closing it (which writes its new root
+/// into the table tree) costs more than inserting one small record, and a snapshot is written
+/// one put at a time. Consecutive puts into one bucket are kept in a bounded buffer and inserted
+/// through one opened table when the bucket changes, the buffer is full, or anything else
+/// touches the transaction (a read, a delete, a clear, the commit), so the transaction reads
+/// its own writes and the memory used stays bounded whatever the snapshot's size.
 pub struct RedbWrite<'a> {
     txn: WriteTransaction,
+    batch: RefCell<Batch>,
     _backend: PhantomData<&'a mut RedbBackend>,
 }
+
+/// Puts not yet inserted: one bucket's, keys and values back to back in one buffer.
+#[derive(Default)]
+struct Batch {
+    bucket: Option<Bucket>,
+    bytes: Vec<u8>,
+    /// Key length and value length of each put, in order.
+    lens: Vec<(usize, usize)>,
+}
+
+/// How many bytes of keys and values a batch holds before it is inserted.
+const BATCH_BYTES: usize = 4 << 20;
 
 impl core::fmt::Debug for RedbWrite<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -187,9 +208,41 @@ impl ReadTxn for RedbRead<'_> {
 }
 
 impl RedbWrite<'_> {
+    /// Opens `bucket`'s table, after inserting the batched puts.
     fn open(&self, bucket: Bucket) -> Result<redb::Table<'_, &'static [u8], &'static [u8]>, BackendError> {
+        self.flush()?;
+        self.open_unflushed(bucket)
+    }
+
+    fn open_unflushed(&self, bucket: Bucket) -> Result<redb::Table<'_, &'static [u8], &'static [u8]>, BackendError> {
         self.txn.open_table(table(bucket)).map_err(|e| backend_err(e, "opening a bucket to write"))
     }
+
+    /// Inserts the batched puts through one opened table and empties the batch (also when the
+    /// insert fails: the transaction is then to be dropped, not committed).
+    fn flush(&self) -> Result<(), BackendError> {
+        let mut batch = self.batch.borrow_mut();
+        let Some(bucket) = batch.bucket.take() else { return Ok(()) };
+        let result = (|| {
+            let mut table = self.open_unflushed(bucket)?;
+            let mut rest = batch.bytes.as_slice();
+            for &(k, v) in &batch.lens {
+                let (key, tail) = rest.split_at_checked(k).ok_or_else(batch_bug)?;
+                let (value, tail) = tail.split_at_checked(v).ok_or_else(batch_bug)?;
+                table.insert(key, value).map_err(|e| backend_err(e, "writing a key"))?;
+                rest = tail;
+            }
+            Ok(())
+        })();
+        batch.bytes.clear();
+        batch.lens.clear();
+        result
+    }
+}
+
+/// The batch's lengths and bytes disagree: a bug of this module, reported rather than panicked.
+fn batch_bug() -> BackendError {
+    BackendError::new(BackendErrorKind::Misuse, "batched puts out of step with their lengths")
 }
 
 impl ReadTxn for RedbWrite<'_> {
@@ -204,7 +257,18 @@ impl ReadTxn for RedbWrite<'_> {
 
 impl WriteTxn for RedbWrite<'_> {
     fn put(&mut self, bucket: Bucket, key: &[u8], value: &[u8]) -> Result<(), BackendError> {
-        self.open(bucket)?.insert(key, value).map_err(|e| backend_err(e, "writing a key"))?;
+        let full = {
+            let batch = self.batch.get_mut();
+            batch.bucket.is_some_and(|b| b != bucket) || batch.bytes.len() >= BATCH_BYTES
+        };
+        if full {
+            self.flush()?;
+        }
+        let batch = self.batch.get_mut();
+        batch.bucket = Some(bucket);
+        batch.bytes.extend_from_slice(key);
+        batch.bytes.extend_from_slice(value);
+        batch.lens.push((key.len(), value.len()));
         Ok(())
     }
 
@@ -215,11 +279,13 @@ impl WriteTxn for RedbWrite<'_> {
     }
 
     fn clear(&mut self, bucket: Bucket) -> Result<(), BackendError> {
+        self.flush()?;
         self.txn.delete_table(table(bucket)).map_err(|e| backend_err(e, "clearing a bucket"))?;
         Ok(())
     }
 
     fn commit(self) -> Result<(), BackendError> {
+        self.flush()?;
         self.txn.commit().map_err(|e| backend_err(e, "committing a write transaction"))
     }
 }
@@ -241,7 +307,7 @@ impl Backend for RedbBackend {
 
     fn write(&mut self) -> Result<RedbWrite<'_>, BackendError> {
         let txn = self.db.begin_write().map_err(|e| backend_err(e, "beginning a write transaction"))?;
-        Ok(RedbWrite { txn, _backend: PhantomData })
+        Ok(RedbWrite { txn, batch: RefCell::default(), _backend: PhantomData })
     }
 }
 
@@ -312,6 +378,41 @@ mod tests {
         t.commit().unwrap();
         let got = dump(&b.read().unwrap()).unwrap();
         assert_eq!(got, vec![(Bucket::Key, b"d".to_vec(), b"v".to_vec()), (Bucket::Alarm, b"z".to_vec(), vec![])]);
+    }
+
+    #[test]
+    fn batched_puts_across_buckets_and_past_the_batch_bound_are_all_written_in_order() {
+        let (_dir, mut b) = backend();
+        let value = vec![7u8; 1024];
+        let n = BATCH_BYTES / 1024 + 100;
+        let mut t = b.write().unwrap();
+        t.put(Bucket::Meta, b"first", b"m").unwrap();
+        for i in 0..n {
+            t.put(Bucket::Key, format!("{i:08}").as_bytes(), &value).unwrap();
+        }
+        // A put to the same key later in the batch wins, as it would unbatched.
+        t.put(Bucket::Key, b"00000000", b"last").unwrap();
+        t.put(Bucket::Lease, b"l", b"x").unwrap();
+        let mut seen = Vec::new();
+        assert!(t.get(Bucket::Key, b"00000000", &mut |v| seen = v.to_vec()).unwrap());
+        assert_eq!(seen, b"last");
+        t.put(Bucket::Lease, b"m", b"y").unwrap();
+        t.commit().unwrap();
+        let all = dump(&b.read().unwrap()).unwrap();
+        assert_eq!(all.iter().filter(|(b, _, _)| *b == Bucket::Key).count(), n);
+        assert_eq!(all.iter().filter(|(b, _, _)| *b == Bucket::Lease).count(), 2);
+        assert!(all.contains(&(Bucket::Meta, b"first".to_vec(), b"m".to_vec())));
+    }
+
+    #[test]
+    fn a_dropped_transaction_with_batched_puts_leaves_nothing() {
+        let (_dir, mut b) = backend();
+        {
+            let mut t = b.write().unwrap();
+            t.put(Bucket::Key, b"a", b"1").unwrap();
+            t.put(Bucket::Meta, b"b", b"2").unwrap();
+        }
+        assert!(dump(&b.read().unwrap()).unwrap().is_empty());
     }
 
     #[test]
