@@ -69,7 +69,7 @@ fn restore_once(
     rt.block_on(async {
         let start = Instant::now();
         let persisted = if prebuilt {
-            persist_for_apply(dir, metadata.clone(), data.to_vec(), config(2).min_lease_ttl).await
+            persist_for_apply(dir, metadata.clone(), data.to_vec(), config(2)).await
         } else {
             persist_async(dir, metadata.clone(), data.to_vec()).await.map(PersistedSnapshot::new)
         }

@@ -10,16 +10,19 @@
 //! core's swap, in one store, so a reader sees the whole old state or the whole new one.
 
 use std::cell::RefCell;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use snapply_core::backend::BackendError;
 use snapply_core::collections::Growable;
+use snapply_core::image::Source;
 use snapply_core::pipeline::{Prebuilt, Validated};
 use snapply_core::ports::{
-    Durable, Event, Observer, PersistTicket, Phase, PortError, Ports, ReleaseTicket, SnapshotStore, Transport,
+    Durable, Event, ImageStream, Observer, PersistTicket, Phase, PortError, Ports, ReleaseTicket, SnapshotStore,
+    Transport,
 };
-use snapply_core::{ImageData, Node, Progress, Snapshot, SnapshotMetadata};
+use snapply_core::{Config, ImageData, Node, Progress, Snapshot, SnapshotMetadata};
 
 use crate::backend::{RedbBackend, RedbRead, RedbView};
 use crate::datadir::DataDir;
@@ -56,27 +59,68 @@ impl PersistedSnapshot {
     }
 }
 
-/// Persists a snapshot on a blocking task, as [`crate::persist`] does, and keeps the lessor and
-/// key index its recovery check builds, for the node whose minimum lease TTL is
-/// `min_lease_ttl` to install without scanning its keys again ([`Prebuilt`]): everything that
-/// depends only on the snapshot's bytes is done here, off the apply's critical path.
+/// Persists a snapshot on a blocking task, as [`crate::persist`] does, for the node whose
+/// configuration is `node`: the lessor and key index its recovery check builds are kept, built
+/// with the node's minimum lease TTL, for the apply to install without scanning the keys again
+/// ([`Prebuilt`]), and the v2 data is checked against the node's v2 deprecation level. So
+/// everything that depends only on the snapshot's bytes is done here, off the apply's critical
+/// path.
 ///
 /// # Errors
-/// As [`crate::persist`]; [`FsError::Task`] if the blocking task panicked or the runtime is
-/// shutting down.
+/// As [`crate::persist`]; [`FsError::Store`] if the v2 data holds what the deprecation level
+/// refuses; [`FsError::Task`] if the blocking task panicked or the runtime is shutting down.
 pub async fn persist_for_apply(
     dir: DataDir,
     metadata: SnapshotMetadata,
     image: Vec<u8>,
-    min_lease_ttl: i64,
+    node: Config,
 ) -> Result<PersistedSnapshot, FsError> {
     tokio::task::spawn_blocking(move || {
         let mut buf = vec![0; snapply_core::image::MIN_BUFFER];
-        persist_building(&dir, &mut buf, &metadata, ImageData::Bytes(&image), Some(min_lease_ttl))
+        persist_building(&dir, &mut buf, &metadata, ImageData::Bytes(&image), Some(&node))
             .map(|(info, prebuilt)| PersistedSnapshot { info, prebuilt })
     })
     .await
     .map_err(|_| FsError::Task { what: "persisting a snapshot" })?
+}
+
+/// [`persist_for_apply`] with the image streamed from the file at `image` (as a transport
+/// spools it), through the decoder's fixed buffer: the image is never held in memory whole.
+///
+/// # Errors
+/// As [`persist_for_apply`]; [`FsError::Io`] if the file cannot be opened, [`FsError::Stream`]
+/// if reading it fails.
+pub async fn persist_file_for_apply(
+    dir: DataDir,
+    metadata: SnapshotMetadata,
+    image: PathBuf,
+    node: Config,
+) -> Result<PersistedSnapshot, FsError> {
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&image).map_err(|e| FsError::io("opening the snapshot image", &image, e))?;
+        let mut source = ImageStream::new(FileSource(std::io::BufReader::with_capacity(1 << 20, file)));
+        let mut buf = vec![0; snapply_core::image::MIN_BUFFER];
+        persist_building(&dir, &mut buf, &metadata, ImageData::Stream(&mut source), Some(&node))
+            .map(|(info, prebuilt)| PersistedSnapshot { info, prebuilt })
+    })
+    .await
+    .map_err(|_| FsError::Task { what: "persisting a snapshot" })?
+}
+
+/// An image [`Source`] on anything `std::io::Read`.
+struct FileSource<R>(R);
+
+impl<R: std::io::Read> Source for FileSource<R> {
+    type Error = std::io::Error;
+
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, std::io::Error> {
+        loop {
+            match self.0.read(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
+        }
+    }
 }
 
 /// One read view: the live backend as it was when the view was published.

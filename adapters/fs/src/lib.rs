@@ -19,7 +19,9 @@ mod tasks;
 
 pub use backend::{RedbBackend, RedbRead, RedbView, RedbWrite};
 pub use datadir::{Boot, DataDir, PendingSnapshot, SnapName};
-pub use driver::{AsyncNode, DiskNode, PersistedSnapshot, ReadSlot, ReadView, persist_for_apply};
+pub use driver::{
+    AsyncNode, DiskNode, PersistedSnapshot, ReadSlot, ReadView, persist_file_for_apply, persist_for_apply,
+};
 pub use error::FsError;
 #[cfg(feature = "failpoints")]
 pub use failpoint::{CRASH_EXIT_CODE, FAILPOINTS};

@@ -5,6 +5,7 @@
 //! [`SnapshotStore`] impl at the end only converts tickets and proofs, so it follows the port's
 //! changes without touching the disk logic.
 
+use snapply_core::Config;
 use snapply_core::ImageData;
 use snapply_core::backend::{Backend, WriteTxn};
 use snapply_core::collections::Growable;
@@ -12,7 +13,7 @@ use snapply_core::image::{self, DecodeError, MaterializeError};
 use snapply_core::pipeline::Prebuilt;
 use snapply_core::ports::{Durable, PersistTicket, PortError, ReleaseTicket, SnapshotStore};
 use snapply_core::raft::SnapshotMetadata;
-use snapply_core::store::{AlarmStore, AuthStore, ConsistentIndex, Membership};
+use snapply_core::store::{AlarmStore, AuthStore, ConsistentIndex, Membership, V2Store};
 
 use crate::backend::RedbBackend;
 use crate::datadir::{DataDir, SnapName};
@@ -144,17 +145,19 @@ pub fn persist(
     persist_building(dir, buf, metadata, image, None).map(|(info, _)| info)
 }
 
-/// [`persist`], and with `min_lease_ttl` (the applying node's minimum lease TTL) the lessor
-/// and key index built from the snapshot's backend for the apply to install
+/// [`persist`], and with `node` (the applying node's configuration) the lessor and key index
+/// built from the snapshot's backend with the node's minimum lease TTL for the apply to install
 /// ([`Prebuilt`]): the recovery check of step 3 builds them anyway, so they are kept instead of
-/// dropped. `None` for a snapshot that was already persisted (its backend is not read again)
+/// dropped. The snapshot's v2 data is then also checked against the node's v2 deprecation
+/// level with the core's own check ([`V2Store::recover`], etcd's `AssertNoV2StoreContent`), so
+/// a snapshot the apply would refuse is refused before it is reported durable. `None` for a snapshot that was already persisted (its backend is not read again)
 /// or that holds an unfinished scheduled compaction (see [`Prebuilt::build`]).
 pub(crate) fn persist_building(
     dir: &DataDir,
     buf: &mut [u8],
     metadata: &SnapshotMetadata,
     image: ImageData<'_>,
-    min_lease_ttl: Option<i64>,
+    node: Option<&Config>,
 ) -> Result<(SnapInfo, Option<Prebuilt<Growable>>), FsError> {
     let name = SnapName { index: metadata.index, term: metadata.term };
     let db = dir.snap_db_path(name.index);
@@ -185,7 +188,7 @@ pub(crate) fn persist_building(
     let result = (|| {
         remove_if_exists(&tmp)?;
         failpoint!("fs::persist::start", &tmp);
-        let (info, prebuilt) = materialize(&tmp, buf, metadata, image, min_lease_ttl)?;
+        let (info, prebuilt) = materialize(&tmp, buf, metadata, image, node)?;
         std::fs::rename(&tmp, &db).map_err(|e| FsError::io("renaming the snapshot's backend into place", &db, e))?;
         failpoint!("fs::persist::db_renamed", &db);
         sync_dir(dir.snap_dir())?;
@@ -214,7 +217,7 @@ fn materialize(
     buf: &mut [u8],
     metadata: &SnapshotMetadata,
     image: ImageData<'_>,
-    min_lease_ttl: Option<i64>,
+    node: Option<&Config>,
 ) -> Result<(SnapInfo, Option<Prebuilt<Growable>>), FsError> {
     let index = metadata.index;
     let mut backend = RedbBackend::open(tmp)?;
@@ -246,7 +249,10 @@ fn materialize(
     failpoint!("fs::persist::materialized", tmp);
     txn.commit().map_err(|source| FsError::Backend { op: "committing the snapshot's backend", source })?;
     failpoint!("fs::persist::committed", tmp);
-    let prebuilt = check_stores(&backend, index, summary.sha256, min_lease_ttl)?;
+    if let Some(node) = node {
+        V2Store::<Growable>::recover(&v2, node.v2_deprecation).map_err(|source| FsError::Store { index, source })?;
+    }
+    let prebuilt = check_stores(&backend, index, summary.sha256, node.map(|n| n.min_lease_ttl))?;
     failpoint!("fs::persist::checked", tmp);
     let info = SnapInfo { metadata: decoded, image_sha256: summary.sha256, records: summary.records, v2 };
     Ok((info, prebuilt))

@@ -61,7 +61,7 @@ async fn the_persisted_signal_arrives_later() {
         }
         // The run is waiting: nothing after validation is done before the signal.
         assert_eq!(*phases.lock().unwrap(), vec![Phase::Validate]);
-        let persisted = persist_for_apply(dir, metadata.clone(), image, config(FOLLOWER).min_lease_ttl).await.unwrap();
+        let persisted = persist_for_apply(dir, metadata.clone(), image, config(FOLLOWER)).await.unwrap();
         assert!(persisted.is_prebuilt());
         assert_eq!(*phases.lock().unwrap(), vec![Phase::Validate], "still waiting while persisting");
         tx.send(persisted).unwrap();
@@ -235,7 +235,7 @@ async fn readers_see_one_generation_while_restores_run() {
     }
     for g in 1..=GENERATIONS {
         let (metadata, image) = generation(g, KEYS);
-        let persisted = persist_for_apply(dir.clone(), metadata.clone(), image, config(FOLLOWER).min_lease_ttl);
+        let persisted = persist_for_apply(dir.clone(), metadata.clone(), image, config(FOLLOWER));
         driver.apply_snapshot(metadata, persisted).await.unwrap().unwrap();
         let deadline = Instant::now() + PATIENCE;
         while seen.iter().any(|s| s.load(Ordering::SeqCst) < g) {
@@ -263,7 +263,7 @@ async fn prebuilt_stores_equal_rebuilt_ones() {
         let events = Arc::new(Mutex::new(Vec::new()));
         let driver = AsyncNode::new(node, store, PeerTable::<Growable>::default(), Events(Arc::clone(&events)));
         let persisted = if prebuilt {
-            persist_for_apply(dir, metadata.clone(), image.clone(), config(FOLLOWER).min_lease_ttl).await.unwrap()
+            persist_for_apply(dir, metadata.clone(), image.clone(), config(FOLLOWER)).await.unwrap()
         } else {
             PersistedSnapshot::new(persist_async(dir, metadata.clone(), image.clone()).await.unwrap())
         };
@@ -293,4 +293,48 @@ impl Observer for Events {
     fn event(&mut self, event: &Event) {
         self.0.lock().unwrap().push(*event);
     }
+}
+
+/// An image spooled to a file is streamed into the data directory (never read whole), and
+/// applies as the same image from memory does.
+#[tokio::test]
+async fn an_image_streamed_from_a_file_applies() {
+    let (leader, metadata, image) = leader(&[rich_ops(), more_ops()]);
+    let root = tempfile::tempdir().unwrap();
+    let spool = root.path().join("incoming.image");
+    std::fs::write(&spool, &image).unwrap();
+    let (node, store) = follower(&root.path().join("data"));
+    let dir = store.dir().clone();
+    let driver = AsyncNode::new(node, store, PeerTable::<Growable>::default(), NoObserver);
+    let persisted = snapply_fs::persist_file_for_apply(dir, metadata.clone(), spool, config(FOLLOWER));
+    driver.apply_snapshot(metadata.clone(), persisted).await.unwrap().unwrap();
+    driver.with_node(move |node| assert_same(&leader, node, &metadata)).await.unwrap();
+}
+
+/// v2 content beyond membership is refused while persisting, by the core's own check, under
+/// the node's write-only level: nothing is left in the directory. Under "not yet" it persists.
+#[tokio::test]
+async fn v2_content_the_node_refuses_is_refused_while_persisting() {
+    let leader = snapply_tests::sample_leader();
+    let (metadata, _) = snapshot(&leader);
+    let mut v2 = snapply_core::store::V2Store::<Growable>::default();
+    v2.set(b"/1/legacy-key", b"v2 value").unwrap();
+    let mut data = Vec::new();
+    v2.save(&mut data).unwrap();
+    let mut image = Vec::new();
+    let txn = snapply_core::backend::Backend::read(leader.backend()).unwrap();
+    snapply_core::image::encode(&metadata, &txn, &data, &mut image).unwrap();
+
+    let root = tempfile::tempdir().unwrap();
+    let dir = DataDir::open(root.path()).unwrap();
+    let err = persist_for_apply(dir.clone(), metadata.clone(), image.clone(), config(FOLLOWER)).await.unwrap_err();
+    assert!(
+        matches!(err, FsError::Store { source: snapply_core::store::StoreError::V2ContentDisallowed, .. }),
+        "{err}"
+    );
+    assert!(common::snap_files(root.path()).is_empty());
+
+    let not_yet =
+        snapply_core::Config { v2_deprecation: snapply_core::store::V2Deprecation::NotYet, ..config(FOLLOWER) };
+    persist_for_apply(dir, metadata, image, not_yet).await.unwrap();
 }
