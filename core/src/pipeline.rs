@@ -469,10 +469,7 @@ impl<'n, P: Profile, S: SnapshotStore> IndexBound<'n, P, S> {
     /// A `prebuilt` made for another snapshot (index or image digest) or another minimum TTL is
     /// not used: the lessor is then recovered from the backend, as `restore_lease` does, and
     /// `None` is handed back.
-    pub fn restore_lease_prebuilt(
-        mut self,
-        prebuilt: Prebuilt<P>,
-    ) -> Result<LeaseWithIndex<'n, P, S>, ApplyError> {
+    pub fn restore_lease_prebuilt(mut self, prebuilt: Prebuilt<P>) -> Result<LeaseWithIndex<'n, P, S>, ApplyError> {
         let fits = prebuilt.index == self.run.metadata.index
             && prebuilt.sha256 == *self.durable.sha256()
             && prebuilt.min_ttl == self.run.node.config.min_lease_ttl;
