@@ -25,6 +25,13 @@ use snapply_core::backend::{Backend, BackendError, BackendErrorKind, Bucket, Rea
 
 use crate::error::FsError;
 
+/// redb's page cache per database. redb's default (1 GiB) lets a snapshot's whole backend stay
+/// in memory while it is written, so a restore's peak RSS grew with the snapshot (381 MiB for a
+/// 305 MiB image of 1,000,000 keys); with 64 MiB the image is streamed to disk as it is written.
+/// Measured on 300,000 keys: peak RSS 125 MiB with the default, 61 MiB with 32 MiB, for a
+/// persist about 10 % slower.
+const CACHE_BYTES: usize = 64 << 20;
+
 /// The redb table of each bucket, named as etcd names its bbolt buckets.
 const fn table(bucket: Bucket) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
     TableDefinition::new(bucket.name())
@@ -81,7 +88,7 @@ impl RedbBackend {
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let file = options.open(path).map_err(|e| FsError::io("opening the backend file", path, e))?;
         let db = FileBackend::new(file)
-            .and_then(|b| Builder::new().create_with_backend(b))
+            .and_then(|b| Builder::new().set_cache_size(CACHE_BYTES).create_with_backend(b))
             .map_err(|e| FsError::db("opening the backend database", path, e))?;
         Ok(RedbBackend { db: Arc::new(db), path: path.to_path_buf() })
     }
