@@ -338,3 +338,67 @@ async fn v2_content_the_node_refuses_is_refused_while_persisting() {
         snapply_core::Config { v2_deprecation: snapply_core::store::V2Deprecation::NotYet, ..config(FOLLOWER) };
     persist_for_apply(dir, metadata, image, not_yet).await.unwrap();
 }
+
+/// The pipeline run by hand from a persisted snapshot, with `prebuilt` handed to the lessor
+/// phase; returns whether the key index came back pre-built.
+fn apply_with_prebuilt(
+    node: &mut DiskNode,
+    store: &mut FsSnapshotStore,
+    metadata: &SnapshotMetadata,
+    sha256: [u8; 32],
+    prebuilt: snapply_core::pipeline::Prebuilt<Growable>,
+) -> bool {
+    use snapply_core::pipeline::Validated;
+    let mut transport = PeerTable::<Growable>::default();
+    let ports = snapply_core::ports::Ports { storage: store, transport: &mut transport, observer: &mut NoObserver };
+    let snapshot = snapply_core::Snapshot::persisted(metadata, sha256);
+    let validated = Validated::new(node, ports, snapshot).unwrap().unwrap();
+    let bound = validated.persist().unwrap().open_backend().unwrap().bind_index().unwrap();
+    let (leases, index) = bound.restore_lease_prebuilt(prebuilt).unwrap();
+    let used = index.is_some();
+    let mvcc = match index {
+        Some(index) => leases.restore_mvcc_prebuilt(index).unwrap(),
+        None => leases.restore_mvcc().unwrap(),
+    };
+    let (swapped, _old) = mvcc.swap_backend();
+    let applied = swapped
+        .restore_alarms()
+        .restore_auth()
+        .restore_v2()
+        .restore_cluster()
+        .update_peers()
+        .unwrap()
+        .finish()
+        .unwrap();
+    assert_eq!(applied.into_progress(), snapply_core::Progress::at_snapshot(metadata));
+    used
+}
+
+/// Stores built for another snapshot (another image digest), or with another minimum lease TTL,
+/// are not installed: the phases rebuild from the backend instead, and the node still ends equal
+/// to the leader. Stores built for this snapshot are installed.
+#[test]
+fn prebuilt_stores_of_another_snapshot_or_ttl_are_not_used() {
+    use snapply_core::pipeline::Prebuilt;
+    let (leader, metadata, image) = leader(&[rich_ops(), more_ops()]);
+    let ttl = config(FOLLOWER).min_lease_ttl;
+    // What the stores are built for: the image digest flipped or not, the minimum TTL.
+    let cases = [
+        ("this snapshot", false, ttl, true),
+        ("another image", true, ttl, false),
+        ("another TTL", false, ttl + 1, false),
+    ];
+    for (what, flip, min_ttl, expect_used) in cases {
+        let digest = |sha: &[u8; 32]| if flip { sha.map(|b| !b) } else { *sha };
+        let root = tempfile::tempdir().unwrap();
+        let (mut node, mut store) = follower(root.path());
+        let info = store.persist_image(&metadata, snapply_core::ImageData::Bytes(&image)).unwrap();
+        let prebuilt = Prebuilt::<Growable>::build(leader.backend(), digest(&info.image_sha256), min_ttl)
+            .unwrap()
+            .expect("no scheduled compaction pending");
+        assert_eq!(prebuilt.index(), metadata.index);
+        let used = apply_with_prebuilt(&mut node, &mut store, &metadata, info.image_sha256, prebuilt);
+        assert_eq!(used, expect_used, "{what}");
+        assert_same(&leader, &node, &metadata);
+    }
+}
