@@ -9,7 +9,11 @@
 //! Each transition consumes its state and is the only way to the next one; no state is `Clone`
 //! or `Copy`, and none can be built outside this module. So skipping, repeating or reordering a
 //! phase does not compile (see the compile-fail tests). `Persisted` needs a [`Durable`] that only
-//! a [`SnapshotStore`] confirming the [`PersistTicket`] of this very run can produce.
+//! a [`SnapshotStore`] (or the closure of [`Validated::persist_with`], for a driver that awaits
+//! durability) confirming the [`PersistTicket`] of this very run can produce.
+//!
+//! A host can build the lessor and the key index while persisting ([`Prebuilt`]) and hand them
+//! to the lessor and key-index phases, which then install them instead of scanning the backend.
 //!
 //! The alarms, auth, membership and v2 stores are read from the new backend (and the snapshot's
 //! v2 data) when it is opened, in phase 3. Phases 4 to 6 bind the consistent index and rebuild
@@ -303,19 +307,64 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
     /// before the durable record of the snapshot, or a crash loses the only copy (etcd #7876).
     pub fn persist(mut self) -> Result<Persisted<'n, P, S>, ApplyError> {
         let ticket = PersistTicket::new(&self.run.metadata);
-        // `Validated` is reached once per run and consumed here, so the image is always there.
-        let (stored, asked) = match self.run.image.take() {
+        let (stored, asked) = match self.take_image() {
+            Ok((image, asked)) => (self.run.storage.persist(image, ticket), asked),
+            Err(e) => (Err(e), None),
+        };
+        self.accept(stored, asked)
+    }
+
+    /// The persist phase for a driver that waits for durability without blocking: hands the
+    /// image and the run's [`PersistTicket`] to `persist` and awaits the [`Durable`] it hands
+    /// back (etcd's apply loop waiting on `<-apply.notifyc` while the raft side saves the
+    /// snapshot). The snapshot store is not called in this phase; every later phase is the
+    /// same as after [`Validated::persist`], and the proof is checked the same way (the whole
+    /// metadata, and the digest an [`ImageData::Persisted`] image asked for).
+    ///
+    /// `persist` is an async closure generic over the ticket's brand `'r`, as
+    /// [`SnapshotStore::persist`] is: it can hand back a proof made from this ticket and no
+    /// other (a proof of another run, a kept one or a forged one does not compile), and since
+    /// neither the ticket nor the proof is `Send`, both stay on the driver's thread while the
+    /// closure awaits the work done elsewhere (a blocking task, the raft side). The pipeline
+    /// itself stays synchronous: this is the one phase that awaits, and it awaits only the
+    /// caller's future. Dropping the returned future before it completes ends the run before
+    /// the swap, as dropping any state does.
+    pub async fn persist_with<F>(mut self, persist: F) -> Result<Persisted<'n, P, S>, ApplyError>
+    where
+        F: for<'r> AsyncFnOnce(ImageData<'n>, PersistTicket<'r>) -> Result<Durable<'r>, PortError>,
+    {
+        let ticket = PersistTicket::new(&self.run.metadata);
+        let (stored, asked) = match self.take_image() {
+            Ok((image, asked)) => (persist(image, ticket).await, asked),
+            Err(e) => (Err(e), None),
+        };
+        self.accept(stored, asked)
+    }
+
+    /// The image, handed over once, and the digest it asks the store to confirm if it names a
+    /// persisted snapshot.
+    fn take_image(&mut self) -> Result<(ImageData<'n>, Option<[u8; 32]>), PortError> {
+        // `Validated` is reached once per run and consumed by the persist phase, so the image is
+        // always there.
+        match self.run.image.take() {
             Some(image) => {
                 let asked = match &image {
                     ImageData::Persisted { sha256 } => Some(*sha256),
                     _ => None,
                 };
-                (self.run.storage.persist(image, ticket), asked)
+                Ok((image, asked))
             }
-            None => {
-                (Err(PortError::new(PortErrorKind::Misuse, "persisting an image that was already handed over")), None)
-            }
-        };
+            None => Err(PortError::new(PortErrorKind::Misuse, "persisting an image that was already handed over")),
+        }
+    }
+
+    /// Checks the proof a store or a driver handed back: it must name this run's snapshot,
+    /// whole metadata, and the image digest asked for, if one was.
+    fn accept(
+        mut self,
+        stored: Result<Durable<'n>, PortError>,
+        asked: Option<[u8; 32]>,
+    ) -> Result<Persisted<'n, P, S>, ApplyError> {
         let durable = match stored {
             Ok(d) => d,
             Err(e) => return Err(self.run.fail(Phase::Persist, ApplyErrorKind::Port(e))),
@@ -393,6 +442,10 @@ impl<'n, P: Profile, S: SnapshotStore> BackendOpened<'n, P, S> {
     }
 }
 
+/// What [`IndexBound::restore_lease_prebuilt`] hands on: the next state and, if the pre-built
+/// stores were used, the key index for [`LeaseRestored::restore_mvcc_prebuilt`].
+pub type LeaseWithIndex<'n, P, S> = (LeaseRestored<'n, P, S>, Option<PrebuiltIndex<P>>);
+
 impl<'n, P: Profile, S: SnapshotStore> IndexBound<'n, P, S> {
     /// Rebuilds the lessor from the new backend's `lease` bucket, with this node's own minimum
     /// TTL. Leases must exist before the key-value store reattaches its keys to them (etcd PR
@@ -405,15 +458,46 @@ impl<'n, P: Profile, S: SnapshotStore> IndexBound<'n, P, S> {
             Ok(l) => self.run.node.stores.lessor = l,
             Err(e) => return Err(self.run.store_err(Phase::RestoreLease)(e)),
         };
+        Ok(self.lease_restored())
+    }
+
+    /// [`IndexBound::restore_lease`] with a lessor built ahead of the apply ([`Prebuilt`]):
+    /// the lessor is installed as it is, after the same forced commit of the consistent index
+    /// etcd's lessor recovery ends with, and the key index built with it is handed back for
+    /// [`LeaseRestored::restore_mvcc_prebuilt`], the next phase.
+    ///
+    /// A `prebuilt` made for another snapshot (index or image digest) or another minimum TTL is
+    /// not used: the lessor is then recovered from the backend, as `restore_lease` does, and
+    /// `None` is handed back.
+    pub fn restore_lease_prebuilt(mut self, prebuilt: Prebuilt<P>) -> Result<LeaseWithIndex<'n, P, S>, ApplyError> {
+        let fits = prebuilt.index == self.run.metadata.index
+            && prebuilt.sha256 == *self.durable.sha256()
+            && prebuilt.min_ttl == self.run.node.config.min_lease_ttl;
+        if !fits {
+            return self.restore_lease().map(|restored| (restored, None));
+        }
+        self.run.event(Event::RestoringLeaseStore);
+        self.run.node.clear_for_rebuild();
+        // Lessor::recover's commit: it stamps the snapshot's consistent index (etcd #13922).
+        let committed = self.backend.write().map_err(StoreError::from).and_then(|t| self.cindex.commit(t));
+        if let Err(e) = committed {
+            return Err(self.run.store_err(Phase::RestoreLease)(e));
+        }
+        let Prebuilt { index, sha256, min_ttl: _, lessor, attached, kv } = prebuilt;
+        self.run.node.stores.lessor = lessor;
+        Ok((self.lease_restored(), Some(PrebuiltIndex { index, sha256, attached, kv })))
+    }
+
+    fn lease_restored(mut self) -> LeaseRestored<'n, P, S> {
         self.run.event(Event::RestoredLeaseStore);
         self.run.done(Phase::RestoreLease);
-        Ok(LeaseRestored {
+        LeaseRestored {
             run: self.run,
             durable: self.durable,
             backend: self.backend,
             later: self.later,
             cindex: self.cindex,
-        })
+        }
     }
 }
 
@@ -427,15 +511,102 @@ impl<'n, P: Profile, S: SnapshotStore> LeaseRestored<'n, P, S> {
             Ok(kv) => stores.kv = kv,
             Err(e) => return Err(self.run.store_err(Phase::RestoreMvcc)(e)),
         };
+        Ok(self.mvcc_restored())
+    }
+
+    /// [`LeaseRestored::restore_mvcc`] with the key index built ahead of the apply: installs it
+    /// and the lessor with its keys attached, in O(1). An index of another snapshot is not
+    /// used: the key index is then rebuilt from the backend, as `restore_mvcc` does.
+    pub fn restore_mvcc_prebuilt(mut self, index: PrebuiltIndex<P>) -> Result<MvccRestored<'n, P, S>, ApplyError> {
+        if index.index != self.run.metadata.index || index.sha256 != *self.durable.sha256() {
+            return self.restore_mvcc();
+        }
+        self.run.event(Event::RestoringMvccStore);
+        let stores = &mut self.run.node.stores;
+        stores.lessor = index.attached;
+        stores.kv = index.kv;
+        Ok(self.mvcc_restored())
+    }
+
+    fn mvcc_restored(mut self) -> MvccRestored<'n, P, S> {
         self.run.event(Event::RestoredMvccStore { consistent_index: self.cindex.index() });
         self.run.done(Phase::RestoreMvcc);
-        Ok(MvccRestored {
+        MvccRestored {
             run: self.run,
             durable: self.durable,
             backend: self.backend,
             later: self.later,
             cindex: self.cindex,
-        })
+        }
+    }
+}
+
+/// The lessor and the key index of a snapshot, built from its materialised backend ahead of
+/// the apply, while persisting (they only depend on the snapshot's bytes), so that the apply
+/// installs them instead of scanning every key: the host's critical-path hook. Handed to
+/// [`IndexBound::restore_lease_prebuilt`], which installs the lessor and hands back the
+/// [`PrebuiltIndex`] for the next phase, so the typestate order (lessor, then key index) holds.
+///
+/// It holds a second copy of the stores until installed: a device that cannot hold two copies
+/// does not use it, and its path ([`IndexBound::restore_lease`]) is unchanged.
+pub struct Prebuilt<P: Profile> {
+    index: u64,
+    sha256: [u8; 32],
+    min_ttl: i64,
+    /// The leases, no key attached: what the lessor phase installs.
+    lessor: Lessor<P>,
+    /// The same leases with the keys attached by the key index's build.
+    attached: Lessor<P>,
+    kv: KvStore<P>,
+}
+
+impl<P: Profile> core::fmt::Debug for Prebuilt<P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Prebuilt").field("index", &self.index).finish_non_exhaustive()
+    }
+}
+
+impl<P: Profile> Prebuilt<P> {
+    /// Builds the lessor (every TTL at least `min_lease_ttl`, the node's own minimum) and the
+    /// key index, keys attached to their leases, from `backend`: the backend materialised from
+    /// the image whose SHA-256 is `sha256`. Nothing is written.
+    ///
+    /// `Ok(None)` if the backend holds an unfinished scheduled compaction: resuming it writes
+    /// through the bound consistent index, which only the pipeline has, so that snapshot takes
+    /// the ordinary path.
+    ///
+    /// # Errors
+    /// The [`StoreError`] of a record that does not recover.
+    pub fn build<B: Backend>(backend: &B, sha256: [u8; 32], min_lease_ttl: i64) -> Result<Option<Self>, StoreError> {
+        let txn = backend.read()?;
+        let index = ConsistentIndex::load(&txn)?.index();
+        let lessor = Lessor::<P>::load(&txn, min_lease_ttl)?;
+        let mut attached = lessor.clone();
+        let (kv, scheduled) = KvStore::<P>::load(&txn, &mut attached)?;
+        if scheduled.is_some() {
+            return Ok(None);
+        }
+        Ok(Some(Prebuilt { index, sha256, min_ttl: min_lease_ttl, lessor, attached, kv }))
+    }
+
+    /// The consistent index of the backend it was built from.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+}
+
+/// The key index of a [`Prebuilt`], handed back by the lessor phase for the key-index phase.
+/// Only [`IndexBound::restore_lease_prebuilt`] makes one.
+pub struct PrebuiltIndex<P: Profile> {
+    index: u64,
+    sha256: [u8; 32],
+    attached: Lessor<P>,
+    kv: KvStore<P>,
+}
+
+impl<P: Profile> core::fmt::Debug for PrebuiltIndex<P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PrebuiltIndex").field("index", &self.index).finish_non_exhaustive()
     }
 }
 

@@ -21,12 +21,14 @@ pub use crate::observe::{Event, NoObserver, Observer, Phase, SnapshotFields};
 /// and a raw-pointer marker (so a proof is neither `Send` nor `Sync` and cannot leave the thread
 /// of its run). GhostCell's brand, without the closure: the brand is the lifetime parameter of
 /// [`SnapshotStore::persist`], so a store cannot keep a ticket beyond the call or confirm
-/// anything but the ticket of this very call.
+/// anything but the ticket of this very call. An async driver gets the same guarantee from
+/// [`crate::pipeline::Validated::persist_with`], whose closure is generic over the brand.
 type Brand<'r> = PhantomData<(fn(&'r ()) -> &'r (), *const ())>;
 
-/// Handed by the pipeline to [`SnapshotStore::persist`]; the only way to make a [`Durable`].
+/// Handed by the pipeline to [`SnapshotStore::persist`], or to the closure of
+/// [`crate::pipeline::Validated::persist_with`]; the only way to make a [`Durable`].
 ///
-/// It cannot be built outside the core, cannot outlive the `persist` call it was handed to,
+/// It cannot be built outside the core, cannot outlive the call it was handed to,
 /// cannot be sent to another thread, and confirming it proves durability of exactly the snapshot
 /// it names (the whole metadata) and of an image with the digest given to
 /// [`PersistTicket::confirm`].

@@ -6,6 +6,12 @@ use std::path::{Path, PathBuf};
 
 use crate::cmd::{Ctx, Result, output, run};
 
+mod etcd;
+pub use etcd::bench_etcd;
+
+/// The sizes `cargo xtask bench --etcd` measures unless `--keys` says otherwise.
+pub const ETCD_KEYS: [u64; 2] = [100_000, 1_000_000];
+
 const CORE: &str = "snapply-core";
 
 pub fn bench(ctx: &Ctx) -> Result<()> {

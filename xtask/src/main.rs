@@ -27,6 +27,9 @@ TASKS:
     fuzz [--seconds N] [TARGET...]  run the fuzz targets (all by default) for N seconds each
                                     (default 60); needs nightly, installs cargo-fuzz if missing
     bench                           run the criterion benchmarks
+    bench --etcd [--keys N[,N...]]  restore N keys of 256 bytes in snapply and, from a leader's
+                                    snapshot, in a real 3-member etcd on loopback; report both
+                                    (default N: 100000,1000000)
     qemu                            build the firmware and run it in QEMU (mps2-an385), decode its
                                     defmt log, check every phase and digest check; installs the
                                     thumbv7m target, qemu-system-arm, flip-link and defmt-print
@@ -46,6 +49,7 @@ enum Task {
     Ci { fuzz_seconds: u64 },
     Fuzz { seconds: u64, targets: Vec<String> },
     Bench,
+    BenchEtcd { keys: Vec<u64> },
     Qemu,
 }
 
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
         Task::Ci { fuzz_seconds } => ci::ci(&ctx, fuzz_seconds),
         Task::Fuzz { seconds, targets } => fuzz::run_targets(&ctx, seconds, &targets, fuzz::Need::Required).map(drop),
         Task::Bench => bench::bench(&ctx),
+        Task::BenchEtcd { keys } => bench::bench_etcd(&ctx, &keys),
         Task::Qemu => qemu::qemu(&ctx),
     };
     match result {
@@ -83,6 +88,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Task, String> {
     };
     let mut seconds = None;
     let mut targets = Vec::new();
+    let mut etcd_keys: Option<Vec<u64>> = None;
     let seconds_flag = match task.as_str() {
         "ci" => "--fuzz-seconds",
         "fuzz" => "--seconds",
@@ -101,6 +107,18 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Task, String> {
             seconds = Some(parse_seconds(seconds_flag, value)?);
         } else if task == "fuzz" && !arg.starts_with('-') {
             targets.push(arg);
+        } else if task == "bench" && arg == "--etcd" {
+            etcd_keys.get_or_insert_with(|| bench::ETCD_KEYS.to_vec());
+        } else if task == "bench" && (arg == "--keys" || arg.starts_with("--keys=")) {
+            let value = match arg.strip_prefix("--keys=") {
+                Some(v) => v.to_owned(),
+                None => args.next().ok_or("--keys needs a value")?,
+            };
+            let keys: Result<Vec<u64>, _> = value.split(',').map(|n| n.trim().parse::<u64>()).collect();
+            match keys {
+                Ok(keys) if !keys.is_empty() && keys.iter().all(|&n| n > 0) => etcd_keys = Some(keys),
+                _ => return Err(format!("--keys takes whole numbers above 0 separated by commas, not `{value}`")),
+            }
         } else {
             return Err(format!("unexpected argument `{arg}` for `{task}`"));
         }
@@ -109,7 +127,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Task, String> {
         "help" | "-h" | "--help" => Ok(Task::Help),
         "ci" => Ok(Task::Ci { fuzz_seconds: seconds.unwrap_or(CI_FUZZ_SECONDS) }),
         "fuzz" => Ok(Task::Fuzz { seconds: seconds.unwrap_or(FUZZ_SECONDS), targets }),
-        "bench" => Ok(Task::Bench),
+        "bench" => Ok(etcd_keys.map_or(Task::Bench, |keys| Task::BenchEtcd { keys })),
         "qemu" => Ok(Task::Qemu),
         other => Err(format!("unknown task `{other}`")),
     }
@@ -141,6 +159,9 @@ mod tests {
             Ok(Task::Fuzz { seconds: 3, targets: vec!["image".into(), "etcd".into()] })
         );
         assert_eq!(parse_str("bench"), Ok(Task::Bench));
+        assert_eq!(parse_str("bench --etcd"), Ok(Task::BenchEtcd { keys: vec![100_000, 1_000_000] }));
+        assert_eq!(parse_str("bench --etcd --keys 1000,20"), Ok(Task::BenchEtcd { keys: vec![1000, 20] }));
+        assert_eq!(parse_str("bench --keys=5"), Ok(Task::BenchEtcd { keys: vec![5] }));
         assert_eq!(parse_str("qemu"), Ok(Task::Qemu));
         assert_eq!(parse_str("help"), Ok(Task::Help));
         assert_eq!(parse_str("--help"), Ok(Task::Help));

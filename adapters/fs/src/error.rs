@@ -99,6 +99,9 @@ pub enum FsError {
         /// What the task was doing.
         what: &'static str,
     },
+    /// The restore pipeline refused the snapshot or failed; the core's error says which phase
+    /// and what the failure leaves.
+    Apply(snapply_core::ApplyError),
     /// The snapshot's `.snap` is there but its backend file is not (etcd: "failed to find
     /// database snapshot file").
     MissingDb {
@@ -168,6 +171,7 @@ impl FsError {
             FsError::Store { .. } => "recovering the stores of the snapshot's backend",
             FsError::NotFound { .. } => "looking up a persisted snapshot",
             FsError::Task { what } => what,
+            FsError::Apply(_) => "applying the snapshot",
             FsError::MissingDb { .. } => "finding the snapshot's backend file",
         }
     }
@@ -193,6 +197,7 @@ impl core::fmt::Display for FsError {
             FsError::Store { index, source } => write!(f, "snapshot {index}: a store does not recover: {source}"),
             FsError::NotFound { index, term } => write!(f, "no persisted snapshot at index {index}, term {term}"),
             FsError::Task { what } => write!(f, "the blocking task {what} panicked or was cancelled"),
+            FsError::Apply(e) => write!(f, "applying the snapshot failed: {e}"),
             FsError::MissingDb { index, path } => {
                 write!(f, "snapshot {index} has no backend file {}", path.display())
             }
@@ -209,8 +214,15 @@ impl std::error::Error for FsError {
             FsError::Stream(e) => Some(e),
             FsError::Image { what, .. } => Some(what),
             FsError::Store { source, .. } => Some(source),
+            FsError::Apply(e) => Some(e),
             _ => None,
         }
+    }
+}
+
+impl From<snapply_core::ApplyError> for FsError {
+    fn from(e: snapply_core::ApplyError) -> Self {
+        FsError::Apply(e)
     }
 }
 

@@ -9,6 +9,7 @@
 
 mod backend;
 mod datadir;
+mod driver;
 mod durable;
 mod error;
 mod failpoint;
@@ -16,8 +17,11 @@ mod snapfile;
 mod store;
 mod tasks;
 
-pub use backend::{RedbBackend, RedbRead, RedbWrite};
+pub use backend::{RedbBackend, RedbRead, RedbView, RedbWrite};
 pub use datadir::{Boot, DataDir, PendingSnapshot, SnapName};
+pub use driver::{
+    AsyncNode, DiskNode, PersistedSnapshot, ReadSlot, ReadView, persist_file_for_apply, persist_for_apply,
+};
 pub use error::FsError;
 #[cfg(feature = "failpoints")]
 pub use failpoint::{CRASH_EXIT_CODE, FAILPOINTS};

@@ -5,13 +5,15 @@
 //! [`SnapshotStore`] impl at the end only converts tickets and proofs, so it follows the port's
 //! changes without touching the disk logic.
 
+use snapply_core::Config;
 use snapply_core::ImageData;
 use snapply_core::backend::{Backend, WriteTxn};
 use snapply_core::collections::Growable;
 use snapply_core::image::{self, DecodeError, MaterializeError};
+use snapply_core::pipeline::Prebuilt;
 use snapply_core::ports::{Durable, PersistTicket, PortError, ReleaseTicket, SnapshotStore};
 use snapply_core::raft::SnapshotMetadata;
-use snapply_core::store::ConsistentIndex;
+use snapply_core::store::{AlarmStore, AuthStore, ConsistentIndex, Membership, V2Store};
 
 use crate::backend::RedbBackend;
 use crate::datadir::{DataDir, SnapName};
@@ -140,6 +142,23 @@ pub fn persist(
     metadata: &SnapshotMetadata,
     image: ImageData<'_>,
 ) -> Result<SnapInfo, FsError> {
+    persist_building(dir, buf, metadata, image, None).map(|(info, _)| info)
+}
+
+/// [`persist`], and with `node` (the applying node's configuration) the lessor and key index
+/// built from the snapshot's backend with the node's minimum lease TTL for the apply to install
+/// ([`Prebuilt`]): the recovery check of step 3 builds them anyway, so they are kept instead of
+/// dropped. The snapshot's v2 data is then also checked against the node's v2 deprecation
+/// level with the core's own check ([`V2Store::recover`], etcd's `AssertNoV2StoreContent`), so
+/// a snapshot the apply would refuse is refused before it is reported durable. `None` for a snapshot that was already persisted (its backend is not read again)
+/// or that holds an unfinished scheduled compaction (see [`Prebuilt::build`]).
+pub(crate) fn persist_building(
+    dir: &DataDir,
+    buf: &mut [u8],
+    metadata: &SnapshotMetadata,
+    image: ImageData<'_>,
+    node: Option<&Config>,
+) -> Result<(SnapInfo, Option<Prebuilt<Growable>>), FsError> {
     let name = SnapName { index: metadata.index, term: metadata.term };
     let db = dir.snap_db_path(name.index);
     if db.exists()
@@ -160,7 +179,7 @@ pub fn persist(
         if digest != info.image_sha256 {
             return Err(FsError::MetadataMismatch { index: name.index });
         }
-        return Ok(info);
+        return Ok((info, None));
     }
     if let ImageData::Persisted { .. } = image {
         return Err(FsError::NotFound { index: name.index, term: name.term });
@@ -169,14 +188,14 @@ pub fn persist(
     let result = (|| {
         remove_if_exists(&tmp)?;
         failpoint!("fs::persist::start", &tmp);
-        let info = materialize(&tmp, buf, metadata, image)?;
+        let (info, prebuilt) = materialize(&tmp, buf, metadata, image, node)?;
         std::fs::rename(&tmp, &db).map_err(|e| FsError::io("renaming the snapshot's backend into place", &db, e))?;
         failpoint!("fs::persist::db_renamed", &db);
         sync_dir(dir.snap_dir())?;
         failpoint!("fs::persist::db_dir_synced", &db);
         dir.write_snap(&info)?;
         failpoint!("fs::persist::done", &dir.snap_path(name));
-        Ok(info)
+        Ok((info, prebuilt))
     })();
     if result.is_err() {
         // Leave the directory as it was: the snapshot was not reported durable, so nothing of it
@@ -198,7 +217,8 @@ fn materialize(
     buf: &mut [u8],
     metadata: &SnapshotMetadata,
     image: ImageData<'_>,
-) -> Result<SnapInfo, FsError> {
+    node: Option<&Config>,
+) -> Result<(SnapInfo, Option<Prebuilt<Growable>>), FsError> {
     let index = metadata.index;
     let mut backend = RedbBackend::open(tmp)?;
     failpoint!("fs::persist::tmp_created", tmp);
@@ -229,16 +249,38 @@ fn materialize(
     failpoint!("fs::persist::materialized", tmp);
     txn.commit().map_err(|source| FsError::Backend { op: "committing the snapshot's backend", source })?;
     failpoint!("fs::persist::committed", tmp);
-    check_stores(&mut backend, &cindex, index)?;
+    if let Some(node) = node {
+        V2Store::<Growable>::recover(&v2, node.v2_deprecation).map_err(|source| FsError::Store { index, source })?;
+    }
+    let prebuilt = check_stores(&backend, index, summary.sha256, node.map(|n| n.min_lease_ttl))?;
     failpoint!("fs::persist::checked", tmp);
-    Ok(SnapInfo { metadata: decoded, image_sha256: summary.sha256, records: summary.records, v2 })
+    let info = SnapInfo { metadata: decoded, image_sha256: summary.sha256, records: summary.records, v2 };
+    Ok((info, prebuilt))
 }
 
-/// Reads every store the pipeline recovers from a snapshot's backend, and drops them: a
-/// snapshot whose records do not recover is refused while persisting, before it can replace
-/// `member/db`.
-fn check_stores<B: Backend>(backend: &mut B, _cindex: &ConsistentIndex, index: u64) -> Result<(), FsError> {
-    snapply_core::store::check_backend::<Growable, B>(backend).map_err(|source| FsError::Store { index, source })
+/// Reads every store the pipeline recovers from a snapshot's backend: a snapshot whose
+/// records do not recover is refused while persisting, before it can replace `member/db`.
+/// With `min_lease_ttl`, the lessor and key index are kept for the apply ([`Prebuilt`]) rather
+/// than dropped; the other stores are small and are read again when the backend is opened.
+fn check_stores<B: Backend>(
+    backend: &B,
+    index: u64,
+    sha256: [u8; 32],
+    min_lease_ttl: Option<i64>,
+) -> Result<Option<Prebuilt<Growable>>, FsError> {
+    let store = |source| FsError::Store { index, source };
+    let prebuilt = match min_lease_ttl {
+        Some(ttl) => Prebuilt::<Growable>::build(backend, sha256, ttl).map_err(store)?,
+        None => None,
+    };
+    if prebuilt.is_none() {
+        snapply_core::store::check_backend::<Growable, B>(backend).map_err(store)?;
+        return Ok(None);
+    }
+    AlarmStore::<Growable>::recover(backend).map_err(store)?;
+    AuthStore::<Growable>::recover(backend).map_err(store)?;
+    Membership::<Growable>::recover(backend).map_err(store)?;
+    Ok(prebuilt)
 }
 
 fn image_error<E>(e: MaterializeError<E>) -> FsError {
