@@ -76,7 +76,7 @@ pub async fn persist_for_apply(
     node: Config,
 ) -> Result<PersistedSnapshot, FsError> {
     tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0; snapply_core::image::MIN_BUFFER];
+        let mut buf = crate::store::decode_buffer();
         persist_building(&dir, &mut buf, &metadata, ImageData::Bytes(&image), Some(&node))
             .map(|(info, prebuilt)| PersistedSnapshot { info, prebuilt })
     })
@@ -99,7 +99,7 @@ pub async fn persist_file_for_apply(
     tokio::task::spawn_blocking(move || {
         let file = std::fs::File::open(&image).map_err(|e| FsError::io("opening the snapshot image", &image, e))?;
         let mut source = ImageStream::new(FileSource(std::io::BufReader::with_capacity(1 << 20, file)));
-        let mut buf = vec![0; snapply_core::image::MIN_BUFFER];
+        let mut buf = crate::store::decode_buffer();
         persist_building(&dir, &mut buf, &metadata, ImageData::Stream(&mut source), Some(&node))
             .map(|(info, prebuilt)| PersistedSnapshot { info, prebuilt })
     })

@@ -66,6 +66,15 @@ pub enum FsError {
         /// What is wrong.
         what: Corruption,
     },
+    /// The image holds a record longer than this node accepts ([`crate::MAX_VALUE_LEN`]).
+    RecordTooLarge {
+        /// Byte offset in the image of the record's frame.
+        offset: u64,
+        /// Bytes the record's payload takes.
+        needed: usize,
+        /// Bytes the node's decode buffer holds.
+        limit: usize,
+    },
     /// The image stream failed (a dropped connection); nothing was kept.
     Stream(PortError),
     /// The image's own metadata is not the snapshot's.
@@ -144,6 +153,7 @@ impl FsError {
             _ if self.is_full() => PortErrorKind::Full,
             FsError::CorruptSnap { .. }
             | FsError::Image { .. }
+            | FsError::RecordTooLarge { .. }
             | FsError::MetadataMismatch { .. }
             | FsError::IndexMismatch { .. }
             | FsError::Store { .. } => PortErrorKind::Corrupt,
@@ -165,6 +175,7 @@ impl FsError {
             | FsError::Backend { op, .. } => op,
             FsError::CorruptSnap { what, .. } => what,
             FsError::Image { .. } => "checking the snapshot image",
+            FsError::RecordTooLarge { .. } => "checking the snapshot image: a record is longer than this node accepts",
             FsError::Stream(e) => e.context,
             FsError::MetadataMismatch { .. } => "comparing the image's metadata with the snapshot's",
             FsError::IndexMismatch { .. } => "checking the snapshot backend's consistent index",
@@ -186,6 +197,11 @@ impl core::fmt::Display for FsError {
             FsError::Backend { op, source } => write!(f, "{op}: {source}"),
             FsError::CorruptSnap { path, what } => write!(f, "corrupt snapshot file {}: {what}", path.display()),
             FsError::Image { offset, what } => write!(f, "snapshot image refused at byte {offset}: {what}"),
+            FsError::RecordTooLarge { offset, needed, limit } => write!(
+                f,
+                "snapshot image refused at byte {offset}: a record of {needed} bytes is longer than the \
+                 {limit} bytes this node accepts"
+            ),
             FsError::Stream(e) => write!(f, "snapshot image stream failed: {e}"),
             FsError::MetadataMismatch { index } => {
                 write!(f, "the image's metadata is not that of snapshot {index}")

@@ -26,5 +26,5 @@ pub use error::FsError;
 #[cfg(feature = "failpoints")]
 pub use failpoint::{CRASH_EXIT_CODE, FAILPOINTS};
 pub use snapfile::SnapInfo;
-pub use store::{FsSnapshotStore, persist};
+pub use store::{FsSnapshotStore, MAX_VALUE_LEN, persist};
 pub use tasks::{close_async, persist_async};

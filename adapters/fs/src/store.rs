@@ -35,10 +35,22 @@ pub struct FsSnapshotStore {
     v2: Option<(SnapName, Vec<u8>)>,
 }
 
+/// Longest value a snapshot may hold for a host node, in bytes: 10 MiB, the most etcd advises
+/// for `--max-request-bytes` (its default is 1.5 MiB), so every snapshot an etcd cluster can
+/// write restores. A record that does not fit a buffer for this value and the longest key is
+/// refused with [`FsError::RecordTooLarge`].
+pub const MAX_VALUE_LEN: usize = 10 << 20;
+
+/// A decoder buffer for every image whose values are at most [`MAX_VALUE_LEN`] bytes. Zeroed
+/// pages are not touched until a record needs them, so the unused part costs no memory.
+pub(crate) fn decode_buffer() -> Vec<u8> {
+    vec![0; image::buffer_for(image::MAX_KEY_LEN, MAX_VALUE_LEN)]
+}
+
 impl FsSnapshotStore {
     /// A store on `dir`.
     pub fn new(dir: DataDir) -> Self {
-        FsSnapshotStore { dir, buf: vec![0; image::MIN_BUFFER], v2: None }
+        FsSnapshotStore { dir, buf: decode_buffer(), v2: None }
     }
 
     /// The data directory.
@@ -286,11 +298,14 @@ fn check_stores<B: Backend>(
 fn image_error<E>(e: MaterializeError<E>) -> FsError {
     match e {
         MaterializeError::Decode(DecodeError::Corrupt { offset, what }) => FsError::Image { offset, what },
+        MaterializeError::Decode(DecodeError::BufferTooSmall { offset, needed, available, .. }) => {
+            FsError::RecordTooLarge { offset, needed, limit: available }
+        }
         MaterializeError::Backend(source) | MaterializeError::V2(source) => {
             FsError::Backend { op: "writing the snapshot's backend", source }
         }
-        // A buffer of MIN_BUFFER bytes decodes every valid image, and the decoder is used once:
-        // either of these is a bug here, reported as an I/O failure rather than a panic.
+        // The decoder is used once, so a poisoned one is a bug here, reported as an I/O failure
+        // rather than a panic.
         _ => FsError::Backend {
             op: "decoding the snapshot image",
             source: snapply_core::backend::BackendError::new(

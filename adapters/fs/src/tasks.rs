@@ -7,7 +7,6 @@
 //! image is not read again), so the apply loop waits only for the open and the restore proper.
 
 use snapply_core::ImageData;
-use snapply_core::image;
 use snapply_core::raft::SnapshotMetadata;
 
 use crate::backend::RedbBackend;
@@ -24,7 +23,7 @@ use crate::store::persist;
 /// down.
 pub async fn persist_async(dir: DataDir, metadata: SnapshotMetadata, image: Vec<u8>) -> Result<SnapInfo, FsError> {
     tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0; image::MIN_BUFFER];
+        let mut buf = crate::store::decode_buffer();
         persist(&dir, &mut buf, &metadata, ImageData::Bytes(&image))
     })
     .await

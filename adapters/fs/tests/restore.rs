@@ -134,3 +134,30 @@ fn bad_image_is_refused_and_leaves_nothing() {
         assert_eq!((records(node.backend()), node.stores().clone(), node.progress().clone()), before);
     }
 }
+
+/// A value past the core's 64 KiB default buffer but within etcd's request limit (a 300 KB
+/// value, as etcd's interop workload writes) restores; a record longer than the buffer for
+/// [`snapply_fs::MAX_VALUE_LEN`] and the longest key is refused naming the record, and the follower keeps its old state with nothing left behind.
+#[test]
+fn large_values_restore_up_to_the_limit_and_past_it_are_refused() {
+    let big = |len: usize| snapply_tests::Op::Put { key: 7, value: vec![0xa5; len], lease: None };
+
+    let (leader_node, metadata, image) = leader(&[rich_ops(), vec![big(300 * 1024)]]);
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut node, mut store) = follower(tmp.path(), &more_ops());
+    apply(&mut node, &mut store, &metadata, &image).expect("a 300 KB value restores");
+    assert_same(&leader_node, &node, &metadata);
+
+    let (_, metadata, image) =
+        leader(&[rich_ops(), vec![big(snapply_fs::MAX_VALUE_LEN + snapply_core::image::MAX_KEY_LEN + 64)]]);
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut node, mut store) = follower(tmp.path(), &more_ops());
+    let before = records(node.backend());
+    let files = snap_files(tmp.path());
+    let err = apply(&mut node, &mut store, &metadata, &image).expect_err("a value past the limit is refused");
+    assert_eq!(err.phase(), Phase::Persist, "refused while persisting: {err}");
+    let message = err.to_string();
+    assert!(message.contains("longer than this node accepts"), "the error names the oversized record: {message}");
+    assert_eq!(records(node.backend()), before, "the old state is intact");
+    assert_eq!(snap_files(tmp.path()), files, "nothing is left in member/snap");
+}
