@@ -965,7 +965,7 @@ mod tests {
     }
 
     #[test]
-    fn role_permissions_are_checked_sorted_by_key_and_found_by_key() {
+    fn role_permissions_are_checked_sorted_by_key_and_found_by_first_key_as_in_etcd() {
         let mut n = node();
         apply(&mut n, &Request::RoleAdd { name: b"r" }).unwrap();
         let grant = |key: &'static [u8], range_end: &'static [u8], kind| Request::RoleGrantPermission {
@@ -986,8 +986,10 @@ mod tests {
             apply(&mut n, &grant(b"q", b"p", PermissionType::Read)),
             Err(StoreError::InvalidRequest("invalid permission range"))
         );
-        // The first permission with key `c` is (c, ""): granting it again updates it in place.
+        // The lookup sees only the first permission with key `c`, (c, d): granting (c, "") again
+        // adds a second one after it, as etcd does; granting (c, d) again updates it in place.
         apply(&mut n, &grant(b"c", b"", PermissionType::Write)).unwrap();
+        apply(&mut n, &grant(b"c", b"d", PermissionType::ReadWrite)).unwrap();
         let perms = |n: &TestNode| -> std::vec::Vec<(std::vec::Vec<u8>, std::vec::Vec<u8>, PermissionType)> {
             n.stores().auth.roles()[0]
                 .permissions
@@ -998,8 +1000,9 @@ mod tests {
         assert_eq!(
             perms(&n),
             [
+                (b"c".to_vec(), b"d".to_vec(), PermissionType::ReadWrite),
+                (b"c".to_vec(), b"".to_vec(), PermissionType::Read),
                 (b"c".to_vec(), b"".to_vec(), PermissionType::Write),
-                (b"c".to_vec(), b"d".to_vec(), PermissionType::Read),
                 (b"m".to_vec(), b"".to_vec(), PermissionType::Read),
                 (b"x".to_vec(), b"\0".to_vec(), PermissionType::Read),
             ]

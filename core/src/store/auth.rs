@@ -270,8 +270,11 @@ impl<P: Profile> AuthStore<P> {
     /// `RoleGrantPermission`: the range must be valid (`isValidPermissionRange`); the role's
     /// permissions stay sorted by key; the existing permission looked at is the first one whose
     /// key is not below `key` (`sort.Search`), and only when it has the same key and range end
-    /// is its type updated. Otherwise the new permission goes before every permission with a
-    /// key not below its own, where etcd's insertion sort puts it.
+    /// is its type updated. Otherwise the new permission is appended and the list sorted by key
+    /// (`permSlice`, `Less` is `bytes.Compare(..) < 0`): it lands after every permission with a
+    /// key not above its own, where Go's insertion sort leaves it. So a second permission with
+    /// the key of the first but another range end is added, and granting it again adds it again
+    /// (the lookup only sees the first one with the key), as in etcd.
     pub(crate) fn grant_permission<W: WriteTxn + ?Sized>(
         &mut self,
         txn: &mut W,
@@ -299,8 +302,9 @@ impl<P: Profile> AuthStore<P> {
                     key: codec::bytes::<P::Bytes>(key, "permission key")?,
                     range_end: codec::bytes::<P::Bytes>(range_end, "permission range end")?,
                 };
+                let after_equal_keys = r.permissions.as_slice().partition_point(|p| p.key.as_slice() <= key);
                 r.permissions
-                    .try_insert(idx, permission)
+                    .try_insert(after_equal_keys, permission)
                     .map_err(|_| crate::collections::CapacityError { what: "role permissions" })?;
             }
         }
