@@ -6,8 +6,8 @@ use crate::backend::{Backend, WriteTxn};
 use crate::collections::{Profile, Seq};
 use crate::raft::{Progress, SnapshotMetadata};
 use crate::store::{
-    Alarm, AlarmStore, AuthStore, ConsistentIndex, Downgrade, KvStore, Later, LeaseId, Lessor, MemberId, Membership,
-    NewMember, PermissionType, StoreError, V2Deprecation, V2Store, Version, save_conf_state,
+    Alarm, AlarmStore, AlarmType, AuthStore, Change, ConsistentIndex, Downgrade, KvStore, Later, LeaseId, Lessor,
+    MemberId, Membership, NewMember, PermissionType, StoreError, V2Deprecation, V2Store, Version, save_conf_state,
 };
 
 /// A node's configuration.
@@ -16,7 +16,9 @@ use crate::store::{
 pub struct Config {
     /// This node's member id; the transport never adds a peer for it.
     pub id: MemberId,
-    /// The minimum lease TTL in seconds (etcd: `3 * election timeout`, at least 1).
+    /// The minimum lease TTL in seconds: etcd's `minTTL`, 1.5 × the election timeout
+    /// (`3 * ElectionTicks / 2` heartbeat intervals), rounded up to whole seconds; 2 with etcd's
+    /// defaults (election timeout 1000 ms, heartbeat 100 ms). At least 1.
     pub min_lease_ttl: i64,
     /// The `--v2-deprecation` level.
     pub v2_deprecation: V2Deprecation,
@@ -93,7 +95,7 @@ pub enum Request<'a> {
         /// The id.
         id: LeaseId,
     },
-    /// Record a lease's remaining TTL.
+    /// Record a lease's remaining TTL (0 clears it); persisted from cluster version 3.6 on.
     LeaseCheckpoint {
         /// The id.
         id: LeaseId,
@@ -277,7 +279,8 @@ impl<B: Backend, P: Profile> Node<B, P> {
     pub(crate) fn swap(&mut self, backend: B, cindex: ConsistentIndex, later: Later<P>) -> B {
         let old = core::mem::replace(&mut self.backend, backend);
         self.stores.cindex = cindex;
-        let Later { alarms, auth, v2, membership } = later;
+        let Later { alarms, auth, v2, mut membership } = later;
+        membership.inherit_capabilities(self.stores.membership.capabilities());
         self.stores.alarms = alarms;
         self.stores.auth = auth;
         self.stores.v2 = v2;
@@ -357,6 +360,12 @@ impl<B: Backend, P: Profile> Node<B, P> {
     /// index is skipped, as etcd skips entries the backend already reflects. Returns the
     /// key-value store's revision after the entry.
     ///
+    /// A request the stores reject ([`StoreError::is_rejection`]: a missing lease, a compacted
+    /// revision, an active alarm...) changes no store, but the entry is applied all the same:
+    /// the consistent index and the applied index move to it, as etcd's `applyEntryNormal`
+    /// moves them whatever the request's result, and the rejection is returned. Any other error
+    /// (the backend, a full table) leaves the node where it was, entry not applied.
+    ///
     /// Refused with [`StoreError::RestoreUnfinished`] while a restore is unfinished.
     pub fn apply(&mut self, index: u64, term: u64, request: &Request<'_>) -> Result<i64, StoreError> {
         self.refuse_if_unfinished()?;
@@ -391,6 +400,16 @@ impl<B: Backend, P: Profile> Node<B, P> {
             // If even reading back fails, the error of the reload is the one to report: the
             // node must be reopened from its backend.
             self.reload()?;
+            if !e.is_rejection() {
+                return Err(e);
+            }
+            // The request changed nothing; the entry still moves the consistent index.
+            let mut txn = self.backend.write()?;
+            save_conf_state(&mut txn, &self.progress.conf_state)?;
+            cindex.commit(txn)?;
+            self.stores.cindex = cindex;
+            self.progress.applied_index = index;
+            self.progress.applied_term = term;
             return Err(e);
         }
         self.stores.cindex = cindex;
@@ -407,7 +426,9 @@ impl<B: Backend, P: Profile> Node<B, P> {
         self.stores.cindex = ConsistentIndex::load(&txn)?;
         self.stores.alarms = AlarmStore::load(&txn)?;
         self.stores.auth = AuthStore::load(&txn)?;
-        self.stores.membership = Membership::load(&txn)?;
+        let mut membership = Membership::load(&txn)?;
+        membership.inherit_capabilities(self.stores.membership.capabilities());
+        self.stores.membership = membership;
         self.stores.lessor = lessor;
         self.stores.kv = kv;
         Ok(())
@@ -430,6 +451,7 @@ fn apply_request<P: Profile, W: WriteTxn>(
     request: &Request<'_>,
     scratch: &mut P::Record,
 ) -> Result<(), StoreError> {
+    refuse_under_alarm(&s.alarms, request)?;
     match *request {
         Request::Put { key, value, lease } => {
             s.kv.put(txn, &mut s.lessor, key, value, lease, scratch)?;
@@ -441,16 +463,24 @@ fn apply_request<P: Profile, W: WriteTxn>(
         Request::LeaseGrant { id, ttl } => s.lessor.grant(txn, id, ttl, scratch)?,
         Request::LeaseRevoke { id } => {
             s.lessor.revoke(txn, id)?;
-            // Key by key: a device has no room to list them all first.
+            // etcd's `lessor.Revoke` deletes the lease's keys, sorted, in one write transaction:
+            // one revision, sub revisions 0..N-1. Key by key: a device has no room to list them
+            // all first; the lessor keeps them sorted by key.
+            let mut change = Change::begin(&s.kv)?;
             let mut key = P::Bytes::default();
             while s.lessor.first_key_of(id, &mut key)? {
-                s.kv.delete_range(txn, &mut s.lessor, key.as_slice(), &[], scratch)?;
+                s.kv.delete_in(txn, &mut s.lessor, key.as_slice(), &[], &mut change, scratch)?;
                 // Deleting the key detached it; detaching again is a no-op that guarantees the
                 // loop ends even for a key that was not live.
                 s.lessor.detach(id, key.as_slice());
             }
+            s.kv.end(change);
         }
-        Request::LeaseCheckpoint { id, remaining_ttl } => s.lessor.checkpoint(txn, id, remaining_ttl, scratch)?,
+        Request::LeaseCheckpoint { id, remaining_ttl } => {
+            // etcd 3.6's `shouldPersistCheckpoints`: from cluster version 3.6 on.
+            let persist = s.membership.version().is_some_and(|v| (v.major, v.minor) >= (3, 6));
+            s.lessor.checkpoint(txn, id, remaining_ttl, persist, scratch)?
+        }
         Request::AlarmActivate(alarm) => {
             s.alarms.activate(txn, alarm)?;
         }
@@ -488,6 +518,29 @@ fn apply_request<P: Profile, W: WriteTxn>(
         Request::MemberPromote { id } => s.membership.promote(txn, id, scratch)?,
         Request::ClusterVersion(v) => s.membership.set_version(txn, v)?,
         Request::Downgrade(d) => s.membership.set_downgrade(txn, d)?,
+    }
+    Ok(())
+}
+
+/// Refuses what etcd's capped and corrupt appliers refuse while an alarm is active: under
+/// NOSPACE, puts and lease grants (`applierV3Capped`, "database space exceeded"); under CORRUPT,
+/// every key-value and lease request but checkpoints (`applierV3Corrupt`). Deletes and
+/// compactions stay allowed under NOSPACE, so an operator can make room.
+fn refuse_under_alarm<P: Profile>(alarms: &AlarmStore<P>, request: &Request<'_>) -> Result<(), StoreError> {
+    let kv_or_lease = matches!(
+        request,
+        Request::Put { .. }
+            | Request::DeleteRange { .. }
+            | Request::Compact { .. }
+            | Request::LeaseGrant { .. }
+            | Request::LeaseRevoke { .. }
+    );
+    if kv_or_lease && alarms.is_active(AlarmType::Corrupt) {
+        return Err(StoreError::CorruptAlarm);
+    }
+    let adds_data = matches!(request, Request::Put { .. } | Request::LeaseGrant { .. });
+    if adds_data && alarms.is_active(AlarmType::Nospace) {
+        return Err(StoreError::NoSpace);
     }
     Ok(())
 }
@@ -539,6 +592,19 @@ mod tests {
         assert_eq!(apply(&mut n, &Request::DeleteRange { key: b"zz", range_end: b"" }), Ok(5));
     }
 
+    fn key_records(n: &TestNode) -> usize {
+        let mut records = 0;
+        n.backend()
+            .read()
+            .unwrap()
+            .scan(crate::backend::Bucket::Key, &[], &mut |_, _| {
+                records += 1;
+                core::ops::ControlFlow::Continue(())
+            })
+            .unwrap();
+        records
+    }
+
     #[test]
     fn compaction_keeps_the_latest_live_revision_and_drops_history() {
         let mut n = node();
@@ -547,26 +613,38 @@ mod tests {
         }
         apply(&mut n, &Request::Put { key: b"b", value: b"x", lease: 0 }).unwrap();
         apply(&mut n, &Request::DeleteRange { key: b"b", range_end: b"" }).unwrap();
-        apply(&mut n, &Request::Compact { revision: 6 }).unwrap();
-        assert_eq!(n.stores().kv.compact_revision(), 6);
+        apply(&mut n, &Request::Put { key: b"c", value: b"y", lease: 0 }).unwrap();
+        apply(&mut n, &Request::Compact { revision: 7 }).unwrap();
+        assert_eq!(n.stores().kv.compact_revision(), 7);
         assert_eq!(get(&n, b"a", 0).unwrap().map(|v| v.0), Some(b"3".to_vec()));
-        assert_eq!(get(&n, b"a", 3), Err(StoreError::Compacted { requested: 3, compacted: 6 }));
-        // Only a@4 survives: older revisions of a and the deleted b are gone from index and backend.
-        assert_eq!(n.stores().kv.index_len(), 1);
-        let mut key_records = 0;
-        n.backend()
-            .read()
-            .unwrap()
-            .scan(crate::backend::Bucket::Key, &[], &mut |_, _| {
-                key_records += 1;
-                core::ops::ControlFlow::Continue(())
-            })
-            .unwrap();
-        assert_eq!(key_records, 1);
+        assert_eq!(get(&n, b"a", 3), Err(StoreError::Compacted { requested: 3, compacted: 7 }));
+        // Only a@4 and c@7 survive: older revisions of a and b with its older tombstone are gone
+        // from index and backend.
+        assert_eq!(n.stores().kv.index_len(), 2);
+        assert_eq!(key_records(&n), 2);
         assert_eq!(
-            apply(&mut n, &Request::Compact { revision: 6 }),
-            Err(StoreError::Compacted { requested: 6, compacted: 6 })
+            apply(&mut n, &Request::Compact { revision: 7 }),
+            Err(StoreError::Compacted { requested: 7, compacted: 7 })
         );
+    }
+
+    #[test]
+    fn compaction_at_a_tombstones_revision_keeps_the_tombstone() {
+        // etcd 3.6 `keyIndex.doCompact` (TestRestoreTombstone): the tombstone at exactly the
+        // compaction revision stays, in the index and in the `key` bucket, until a later
+        // compaction passes it.
+        let mut n = node();
+        apply(&mut n, &Request::Put { key: b"b", value: b"x", lease: 0 }).unwrap();
+        apply(&mut n, &Request::DeleteRange { key: b"b", range_end: b"" }).unwrap();
+        apply(&mut n, &Request::Compact { revision: 3 }).unwrap();
+        let entries: std::vec::Vec<_> = n.stores().kv.entries().map(|(k, r, t)| (k.to_vec(), r.main, t)).collect();
+        assert_eq!(entries, [(b"b".to_vec(), 3, true)]);
+        assert_eq!(key_records(&n), 1);
+        apply(&mut n, &Request::Put { key: b"c", value: b"y", lease: 0 }).unwrap();
+        apply(&mut n, &Request::Compact { revision: 4 }).unwrap();
+        let entries: std::vec::Vec<_> = n.stores().kv.entries().map(|(k, r, t)| (k.to_vec(), r.main, t)).collect();
+        assert_eq!(entries, [(b"c".to_vec(), 4, false)]);
+        assert_eq!(key_records(&n), 1);
     }
 
     #[test]
@@ -702,16 +780,19 @@ mod tests {
                 .unwrap();
         }
         n.apply(next(), 1, &Request::DeleteRange { key: b"a", range_end: b"b" }).unwrap();
+        // A put after the deletions, so compacting at it drops their tombstones (a tombstone at
+        // exactly the compaction revision would stay).
+        n.apply(next(), 1, &Request::Put { key: b"z", value: b"v", lease: 0 }).unwrap();
         let rev = n.stores().kv.current_revision();
         n.apply(next(), 1, &Request::Compact { revision: rev }).unwrap();
-        assert_eq!(n.stores().kv.index_len(), 0);
+        assert_eq!(n.stores().kv.index_len(), 1);
         // 60 new keys do not fit beside the old bytes: the arena reclaims them.
         for i in 0..60 {
             n.apply(next(), 1, &Request::Put { key: &key(1, i), value: b"v", lease: 0 })
                 .map_err(|e| e.to_string())
                 .unwrap();
         }
-        assert_eq!(n.stores().kv.arena_len(), 60 * 30);
+        assert_eq!(n.stores().kv.arena_len(), 60 * 30 + 1);
         let mut found = std::vec::Vec::new();
         n.stores()
             .kv
@@ -761,11 +842,237 @@ mod tests {
     #[test]
     fn a_checkpointed_lease_keeps_its_remaining_ttl_through_recovery() {
         let mut n = node();
+        apply(&mut n, &Request::ClusterVersion(Version { major: 3, minor: 6, patch: 0 })).unwrap();
         apply(&mut n, &Request::LeaseGrant { id: 3, ttl: 60 }).unwrap();
         apply(&mut n, &Request::LeaseCheckpoint { id: 3, remaining_ttl: 17 }).unwrap();
         let recovered = Lessor::<Growable>::load(&n.backend().read().unwrap(), 5).unwrap();
         assert_eq!(recovered.lease(3).map(|l| (l.ttl, l.remaining_ttl)), Some((60, 17)));
         n.promote(0);
         assert_eq!(n.stores().lessor.lease(3).map(|l| l.expiry), Some(Expiry::At(17_000)));
+        // A checkpoint of 0 (what a renewal sends) clears the remaining TTL; one for a lease
+        // that is gone is a no-op.
+        apply(&mut n, &Request::LeaseCheckpoint { id: 3, remaining_ttl: 0 }).unwrap();
+        apply(&mut n, &Request::LeaseCheckpoint { id: 99, remaining_ttl: 5 }).unwrap();
+        let recovered = Lessor::<Growable>::load(&n.backend().read().unwrap(), 5).unwrap();
+        assert_eq!(recovered.lease(3).map(|l| l.remaining_ttl), Some(0));
+        assert!(recovered.lease(99).is_none());
+    }
+
+    #[test]
+    fn checkpoints_before_cluster_version_3_6_stay_in_memory() {
+        let mut n = node();
+        apply(&mut n, &Request::ClusterVersion(Version { major: 3, minor: 5, patch: 0 })).unwrap();
+        apply(&mut n, &Request::LeaseGrant { id: 3, ttl: 60 }).unwrap();
+        apply(&mut n, &Request::LeaseCheckpoint { id: 3, remaining_ttl: 17 }).unwrap();
+        assert_eq!(n.stores().lessor.lease(3).map(|l| l.remaining_ttl), Some(17));
+        let recovered = Lessor::<Growable>::load(&n.backend().read().unwrap(), 5).unwrap();
+        assert_eq!(recovered.lease(3).map(|l| l.remaining_ttl), Some(0));
+    }
+
+    #[test]
+    fn lease_ttls_are_raised_to_the_minimum_and_capped() {
+        let mut n = node();
+        apply(&mut n, &Request::LeaseGrant { id: 1, ttl: 0 }).unwrap();
+        apply(&mut n, &Request::LeaseGrant { id: 2, ttl: -7 }).unwrap();
+        apply(&mut n, &Request::LeaseGrant { id: 3, ttl: crate::store::MAX_LEASE_TTL }).unwrap();
+        let r = apply(&mut n, &Request::LeaseGrant { id: 4, ttl: crate::store::MAX_LEASE_TTL + 1 });
+        assert_eq!(r, Err(StoreError::InvalidRequest("lease ttl too large")));
+        let ttls: std::vec::Vec<_> = n.stores().lessor.leases().iter().map(|l| (l.id, l.ttl)).collect();
+        assert_eq!(ttls, [(1, 5), (2, 5), (3, crate::store::MAX_LEASE_TTL)]);
+        let recovered = Lessor::<Growable>::load(&n.backend().read().unwrap(), 1).unwrap();
+        assert_eq!(recovered.lease(2).map(|l| l.ttl), Some(5));
+    }
+
+    #[test]
+    fn revoking_a_lease_deletes_its_keys_in_one_revision() {
+        let mut n = node();
+        apply(&mut n, &Request::LeaseGrant { id: 7, ttl: 10 }).unwrap();
+        for k in [&b"c"[..], b"a", b"b"] {
+            apply(&mut n, &Request::Put { key: k, value: b"v", lease: 7 }).unwrap();
+        }
+        assert_eq!(apply(&mut n, &Request::LeaseRevoke { id: 7 }), Ok(5));
+        let tombstones: std::vec::Vec<_> =
+            n.stores().kv.entries().filter(|e| e.2).map(|(k, r, _)| (k.to_vec(), r.main, r.sub)).collect();
+        assert_eq!(tombstones, [(b"a".to_vec(), 5, 0), (b"b".to_vec(), 5, 1), (b"c".to_vec(), 5, 2)]);
+        // A lease without keys makes no revision.
+        apply(&mut n, &Request::LeaseGrant { id: 8, ttl: 10 }).unwrap();
+        assert_eq!(apply(&mut n, &Request::LeaseRevoke { id: 8 }), Ok(5));
+        assert_eq!(
+            KvStore::<Growable>::load(&n.backend().read().unwrap(), &mut Lessor::new(1)).unwrap().0,
+            n.stores().kv
+        );
+    }
+
+    #[test]
+    fn a_rejected_request_still_moves_the_consistent_index() {
+        let mut n = node();
+        let r = n.apply(4, 2, &Request::LeaseRevoke { id: 9 });
+        assert_eq!(r, Err(StoreError::NotFound("lease")));
+        assert_eq!((n.progress().applied_index, n.progress().applied_term), (4, 2));
+        assert_eq!(ConsistentIndex::load(&n.backend().read().unwrap()).unwrap().index(), 4);
+        assert_eq!(n.stores().cindex.index(), 4);
+        assert_eq!(n.stores().kv.current_revision(), 1);
+    }
+
+    #[test]
+    fn alarms_gate_what_the_node_accepts() {
+        let mut n = node();
+        apply(&mut n, &Request::Put { key: b"a", value: b"1", lease: 0 }).unwrap();
+        let nospace = Alarm { member: 1, kind: AlarmType::Nospace };
+        apply(&mut n, &Request::AlarmActivate(nospace)).unwrap();
+        assert_eq!(apply(&mut n, &Request::Put { key: b"b", value: b"1", lease: 0 }), Err(StoreError::NoSpace));
+        assert_eq!(apply(&mut n, &Request::LeaseGrant { id: 1, ttl: 10 }), Err(StoreError::NoSpace));
+        assert_eq!(StoreError::NoSpace.to_string(), "database space exceeded (a NOSPACE alarm is active)");
+        // Deleting and compacting make room, so they pass.
+        assert_eq!(apply(&mut n, &Request::DeleteRange { key: b"a", range_end: b"" }), Ok(3));
+        apply(&mut n, &Request::Compact { revision: 2 }).unwrap();
+        apply(&mut n, &Request::AlarmDeactivate(nospace)).unwrap();
+        apply(&mut n, &Request::Put { key: b"b", value: b"1", lease: 0 }).unwrap();
+        apply(&mut n, &Request::AlarmActivate(Alarm { member: 2, kind: AlarmType::Corrupt })).unwrap();
+        for r in [
+            Request::Put { key: b"c", value: b"1", lease: 0 },
+            Request::DeleteRange { key: b"b", range_end: b"" },
+            Request::Compact { revision: 3 },
+            Request::LeaseGrant { id: 1, ttl: 10 },
+        ] {
+            assert_eq!(apply(&mut n, &r), Err(StoreError::CorruptAlarm), "{r:?}");
+        }
+        // Membership and auth are not gated.
+        apply(&mut n, &Request::RoleAdd { name: b"r" }).unwrap();
+        assert_eq!(get(&n, b"b", 0).unwrap().map(|v| v.0), Some(b"1".to_vec()));
+    }
+
+    #[test]
+    fn auth_revision_starts_at_1_and_enabling_is_idempotent() {
+        let mut n = node();
+        assert_eq!(n.stores().auth.revision(), 1);
+        assert_eq!(AuthStore::<Growable>::recover(n.backend()).unwrap().revision(), 1);
+        apply(&mut n, &Request::AuthSetEnabled(false)).unwrap();
+        assert_eq!(n.stores().auth.revision(), 1);
+        apply(&mut n, &Request::UserAdd { name: b"root", password_hash: b"h", no_password: false }).unwrap();
+        apply(&mut n, &Request::UserGrantRole { user: b"root", role: b"root" }).unwrap();
+        assert_eq!(n.stores().auth.revision(), 3);
+        // Granting a role the user has writes nothing.
+        apply(&mut n, &Request::UserGrantRole { user: b"root", role: b"root" }).unwrap();
+        assert_eq!(n.stores().auth.revision(), 3);
+        apply(&mut n, &Request::AuthSetEnabled(true)).unwrap();
+        apply(&mut n, &Request::AuthSetEnabled(true)).unwrap();
+        assert_eq!(n.stores().auth.revision(), 3);
+        apply(&mut n, &Request::AuthSetEnabled(false)).unwrap();
+        apply(&mut n, &Request::AuthSetEnabled(false)).unwrap();
+        assert_eq!(n.stores().auth.revision(), 4);
+        assert_eq!(AuthStore::<Growable>::recover(n.backend()).unwrap(), n.stores().auth);
+    }
+
+    #[test]
+    fn role_permissions_are_checked_sorted_by_key_and_found_by_first_key_as_in_etcd() {
+        let mut n = node();
+        apply(&mut n, &Request::RoleAdd { name: b"r" }).unwrap();
+        let grant = |key: &'static [u8], range_end: &'static [u8], kind| Request::RoleGrantPermission {
+            role: b"r",
+            kind,
+            key,
+            range_end,
+        };
+        for (k, e) in [(&b"m"[..], &b""[..]), (b"c", b"d"), (b"x", b"\0"), (b"c", b"")] {
+            apply(&mut n, &grant(k, e, PermissionType::Read)).unwrap();
+        }
+        // An empty key or a range end below the key is refused.
+        assert_eq!(
+            apply(&mut n, &grant(b"", b"", PermissionType::Read)),
+            Err(StoreError::InvalidRequest("invalid permission range"))
+        );
+        assert_eq!(
+            apply(&mut n, &grant(b"q", b"p", PermissionType::Read)),
+            Err(StoreError::InvalidRequest("invalid permission range"))
+        );
+        // The lookup sees only the first permission with key `c`, (c, d): granting (c, "") again
+        // adds a second one after it, as etcd does; granting (c, d) again updates it in place.
+        apply(&mut n, &grant(b"c", b"", PermissionType::Write)).unwrap();
+        apply(&mut n, &grant(b"c", b"d", PermissionType::ReadWrite)).unwrap();
+        let perms = |n: &TestNode| -> std::vec::Vec<(std::vec::Vec<u8>, std::vec::Vec<u8>, PermissionType)> {
+            n.stores().auth.roles()[0]
+                .permissions
+                .iter()
+                .map(|p| (p.key.clone(), p.range_end.clone(), p.kind))
+                .collect()
+        };
+        assert_eq!(
+            perms(&n),
+            [
+                (b"c".to_vec(), b"d".to_vec(), PermissionType::ReadWrite),
+                (b"c".to_vec(), b"".to_vec(), PermissionType::Read),
+                (b"c".to_vec(), b"".to_vec(), PermissionType::Write),
+                (b"m".to_vec(), b"".to_vec(), PermissionType::Read),
+                (b"x".to_vec(), b"\0".to_vec(), PermissionType::Read),
+            ]
+        );
+        assert_eq!(AuthStore::<Growable>::recover(n.backend()).unwrap(), n.stores().auth);
+    }
+
+    #[test]
+    fn host_records_hold_more_than_the_old_fixed_caps() {
+        let mut n = node();
+        apply(&mut n, &Request::RoleAdd { name: b"r" }).unwrap();
+        apply(&mut n, &Request::UserAdd { name: b"u", password_hash: b"h", no_password: true }).unwrap();
+        for i in 0..40u8 {
+            let key = [b'k', i];
+            let r = Request::RoleGrantPermission { role: b"r", kind: PermissionType::Read, key: &key, range_end: b"" };
+            apply(&mut n, &r).unwrap();
+            let role = [b'r', b'0' + i / 10, b'0' + i % 10];
+            apply(&mut n, &Request::RoleAdd { name: &role }).unwrap();
+            apply(&mut n, &Request::UserGrantRole { user: b"u", role: &role }).unwrap();
+        }
+        let urls: std::vec::Vec<std::vec::Vec<u8>> =
+            (0..12).map(|i| format!("http://10.0.0.{i}:2380").into_bytes()).collect();
+        let urls: std::vec::Vec<&[u8]> = urls.iter().map(|u| u.as_slice()).collect();
+        apply(
+            &mut n,
+            &Request::MemberAdd(NewMember {
+                id: 5,
+                name: b"e",
+                peer_urls: &urls,
+                client_urls: &urls,
+                is_learner: false,
+            }),
+        )
+        .unwrap();
+        assert_eq!(AuthStore::<Growable>::recover(n.backend()).unwrap(), n.stores().auth);
+        assert_eq!(n.stores().auth.roles()[0].permissions.len(), 40);
+        let m = Membership::<Growable>::recover(n.backend()).unwrap();
+        assert_eq!(m.member(5).map(|m| m.peer_urls.len()), Some(12));
+    }
+
+    #[test]
+    fn member_changes_refuse_peer_urls_in_use_and_extra_learners() {
+        let mut n = node();
+        let (u1, u2, u3): (&[u8], &[u8], &[u8]) = (b"http://a:2380", b"http://b:2380", b"http://c:2380");
+        let add = |id, url: &'static [u8], is_learner| {
+            let urls: &'static [&'static [u8]] = std::vec![url].leak();
+            Request::MemberAdd(NewMember { id, name: b"m", peer_urls: urls, client_urls: &[], is_learner })
+        };
+        apply(&mut n, &add(1, u1, false)).unwrap();
+        apply(&mut n, &add(2, u2, true)).unwrap();
+        assert_eq!(apply(&mut n, &add(3, u1, false)), Err(StoreError::AlreadyExists("peer url")));
+        assert_eq!(
+            apply(&mut n, &add(3, u3, true)),
+            Err(StoreError::InvalidRequest("too many learner members in cluster"))
+        );
+        assert_eq!(
+            apply(&mut n, &Request::MemberUpdate { id: 2, peer_urls: &[u1] }),
+            Err(StoreError::AlreadyExists("peer url"))
+        );
+        // A member may keep its own URL.
+        apply(&mut n, &Request::MemberUpdate { id: 2, peer_urls: &[u2, u3] }).unwrap();
+        assert_eq!(n.stores().membership.members().len(), 2);
+    }
+
+    #[test]
+    fn cancelling_a_downgrade_clears_its_target() {
+        let mut n = node();
+        let target = Version { major: 3, minor: 5, patch: 0 };
+        apply(&mut n, &Request::Downgrade(Downgrade { enabled: true, target })).unwrap();
+        apply(&mut n, &Request::Downgrade(Downgrade { enabled: false, target })).unwrap();
+        assert_eq!(n.stores().membership.downgrade(), Downgrade::default());
     }
 }

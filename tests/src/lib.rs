@@ -459,3 +459,52 @@ where
     let result = snapply_core::apply_snapshot(node, ports, snapply_core::Snapshot::from_bytes(metadata, image));
     (result, transport)
 }
+
+/// Checks that `follower`'s stores, after restoring `leader`'s snapshot, are what etcd's restore
+/// gives: the leader's stores as its backend holds them. Two of etcd's rules make that differ
+/// from the leader's memory (`docs/etcd-differences.md`): a lease checkpoint below cluster
+/// version 3.6 is not persisted, so the remaining TTL is the one in the `lease` bucket; and a
+/// snapshot without a cluster version keeps the follower's `previous` capabilities (etcd's
+/// `UpdateCapability` returns early on a nil version). Returns which store differs.
+pub fn check_restored<B: Backend + Clone, F: Backend, P: Profile>(
+    leader: &Node<B, P>,
+    follower: &Node<F, P>,
+    previous: snapply_core::store::Capabilities,
+) -> Result<(), String> {
+    let mut v2 = Vec::new();
+    leader.v2_snapshot_data(&mut v2).map_err(|e| e.to_string())?;
+    let reopened = Node::<B, P>::open(*leader.config(), leader.backend().clone(), &v2).map_err(|e| e.to_string())?;
+    let (l, f) = (leader.stores(), follower.stores());
+    let differs = |what: &str, a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| {
+        Err(format!("{what} differs:\n  expected {a:?}\n  restored {b:?}"))
+    };
+    if l.cindex != f.cindex {
+        return differs("consistent index", &l.cindex, &f.cindex);
+    }
+    if reopened.stores().lessor != f.lessor {
+        return differs("lessor", &reopened.stores().lessor, &f.lessor);
+    }
+    if l.kv != f.kv {
+        return differs("key-value store", &l.kv, &f.kv);
+    }
+    if l.alarms != f.alarms {
+        return differs("alarms", &l.alarms, &f.alarms);
+    }
+    if l.auth != f.auth {
+        return differs("auth", &l.auth, &f.auth);
+    }
+    let (lm, fm) = (&l.membership, &f.membership);
+    if (lm.members(), lm.removed(), lm.version(), lm.downgrade())
+        != (fm.members(), fm.removed(), fm.version(), fm.downgrade())
+    {
+        return differs("membership", lm, fm);
+    }
+    let capabilities = if lm.version().is_some() { lm.capabilities() } else { previous };
+    if fm.capabilities() != capabilities {
+        return differs("capabilities", &capabilities, &fm.capabilities());
+    }
+    if l.v2 != f.v2 {
+        return differs("v2 store", &l.v2, &f.v2);
+    }
+    Ok(())
+}

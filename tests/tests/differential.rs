@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use snapply_core::collections::Growable;
 use snapply_core::ports::Phase;
 use snapply_core::store::TokenProvider;
-use snapply_tests::{Op, Recorder, apply_in_memory, node, records, run, snapshot, workload};
+use snapply_tests::{Op, Recorder, apply_in_memory, check_restored, node, records, run, snapshot, workload};
 
 const LEADER: u64 = 1;
 const FOLLOWER: u64 = 2;
@@ -27,6 +27,7 @@ proptest! {
         run(&mut follower, &follower_ops, 0, 1);
         prop_assert!(follower.progress().applied_index < metadata.index);
         let before = records(follower.backend());
+        let capabilities = follower.stores().membership.capabilities();
 
         let mut observer = Recorder::default();
         let (result, transport) =
@@ -36,15 +37,9 @@ proptest! {
             .ok_or_else(|| TestCaseError::fail("a non-empty snapshot was treated as empty"))?;
 
         // Store by store, so a failure names the store.
-        let (l, f) = (leader.stores(), follower.stores());
+        let f = follower.stores();
         prop_assert_eq!(records(leader.backend()), records(follower.backend()));
-        prop_assert_eq!(&l.cindex, &f.cindex);
-        prop_assert_eq!(&l.lessor, &f.lessor);
-        prop_assert_eq!(&l.kv, &f.kv);
-        prop_assert_eq!(&l.alarms, &f.alarms);
-        prop_assert_eq!(&l.auth, &f.auth);
-        prop_assert_eq!(&l.membership, &f.membership);
-        prop_assert_eq!(&l.v2, &f.v2);
+        check_restored(&leader, &follower, capabilities).map_err(TestCaseError::fail)?;
         prop_assert_eq!(&outcome.progress, follower.progress());
         prop_assert_eq!(follower.progress().applied_index, metadata.index);
         prop_assert_eq!(follower.progress().snapshot_index, metadata.index);
@@ -100,6 +95,7 @@ fn heap_free_follower_equals_heap_free_leader_after_apply() {
         let (metadata, image) = snapshot(&leader);
         let mut follower = Box::new(Node::<Flash, Small>::new(snapply_tests::config(FOLLOWER), Flash::default()));
         run(&mut follower, follower_ops, 0, 1);
+        let capabilities = follower.stores().membership.capabilities();
 
         let mut observer = Recorder::default();
         let (result, _) =
@@ -108,7 +104,7 @@ fn heap_free_follower_equals_heap_free_leader_after_apply() {
             .map_err(|e| TestCaseError::fail(e.to_string()))?
             .ok_or_else(|| TestCaseError::fail("a non-empty snapshot was treated as empty"))?;
         prop_assert_eq!(records(leader.backend()), records(follower.backend()));
-        prop_assert_eq!(leader.stores(), follower.stores());
+        check_restored(&*leader, &*follower, capabilities).map_err(TestCaseError::fail)?;
         prop_assert_eq!(outcome.progress, Progress::at_snapshot(&metadata));
         prop_assert_eq!(observer.gauge, 0);
         if leader.stores().kv.index_len() > 0 && !leader.stores().membership.members().is_empty() {

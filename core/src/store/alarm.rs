@@ -63,6 +63,12 @@ impl<P: Profile> AlarmStore<P> {
         self.alarms.as_slice()
     }
 
+    /// Whether an alarm of `kind` is active for any member: etcd switches its applier to the
+    /// capped (NOSPACE) or corrupt (CORRUPT) one when such an alarm is raised or restored.
+    pub fn is_active(&self, kind: AlarmType) -> bool {
+        self.alarms.as_slice().iter().any(|a| a.kind == kind)
+    }
+
     /// Raises `alarm`; returns whether it was new.
     pub(crate) fn activate<W: WriteTxn + ?Sized>(&mut self, txn: &mut W, alarm: Alarm) -> Result<bool, StoreError> {
         if codec::find(self.alarms.as_slice(), &alarm, |a| a).is_some() {

@@ -53,7 +53,7 @@ pub struct Permission<P: Profile> {
 pub struct Role<P: Profile> {
     /// The name.
     pub name: P::Bytes,
-    /// The permissions, in the order granted.
+    /// The permissions, sorted by key as etcd keeps them (`permSlice`).
     pub permissions: P::Permissions,
 }
 
@@ -97,24 +97,10 @@ struct PermissionRecord<'a> {
     range_end: &'a [u8],
 }
 
-/// Most permissions a role record holds, and roles a user record holds.
-pub const MAX_RECORD_ITEMS: usize = 32;
-
-#[derive(Serialize, Deserialize)]
-struct RoleRecord<'a> {
-    name: &'a [u8],
-    #[serde(borrow)]
-    permissions: heapless::Vec<PermissionRecord<'a>, MAX_RECORD_ITEMS>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct UserRecord<'a> {
-    name: &'a [u8],
-    password_hash: &'a [u8],
-    #[serde(borrow)]
-    roles: heapless::Vec<&'a [u8], MAX_RECORD_ITEMS>,
-    no_password: bool,
-}
+// A role record is `name`, then the permissions as a postcard sequence of `PermissionRecord`;
+// a user record is `name`, `password_hash`, the role names as a sequence, `no_password`. They
+// are written with `codec::List` and read with `codec::Fields`, so a role holds as many
+// permissions, and a user as many roles, as the profile's tables do (docs/records.md).
 
 /// The auth store.
 #[derive(Clone, Debug, PartialEq)]
@@ -131,7 +117,8 @@ impl<P: Profile> Default for AuthStore<P> {
     fn default() -> Self {
         AuthStore {
             enabled: false,
-            revision: 0,
+            // etcd's `NewAuthStore` commits revision 1 when it finds none.
+            revision: 1,
             users: Default::default(),
             roles: Default::default(),
             cache: Default::default(),
@@ -145,7 +132,8 @@ impl<P: Profile> AuthStore<P> {
     pub fn is_enabled(&self) -> bool {
         self.enabled
     }
-    /// The auth revision: bumped by every change.
+    /// The auth revision: 1 in a fresh store (etcd's `NewAuthStore` commits revision 1), bumped
+    /// by every change that writes users or roles, and by disabling auth.
     pub fn revision(&self) -> u64 {
         self.revision
     }
@@ -191,8 +179,13 @@ impl<P: Profile> AuthStore<P> {
         Ok(())
     }
 
-    /// Enables or disables auth. Enabling needs a user `root` with the role `root`, as in etcd.
+    /// Enables or disables auth, as etcd 3.5's `AuthEnable` and `AuthDisable`: a no-op when auth is
+    /// already in that state; enabling needs a user `root` with the role `root` and does not
+    /// bump the revision; disabling bumps it.
     pub(crate) fn set_enabled<W: WriteTxn + ?Sized>(&mut self, txn: &mut W, enabled: bool) -> Result<(), StoreError> {
+        if enabled == self.enabled {
+            return Ok(());
+        }
         if enabled {
             let root = codec::find(self.users.as_slice(), b"root".as_slice(), |u| u.name.as_slice())
                 .ok_or(StoreError::NotFound("root user"))?;
@@ -201,39 +194,31 @@ impl<P: Profile> AuthStore<P> {
             }
         }
         txn.put(Bucket::Auth, AUTH_ENABLED_KEY, &[enabled as u8])?;
-        self.bump(txn)?;
+        if !enabled {
+            self.bump(txn)?;
+        }
         self.enabled = enabled;
         self.token = if enabled { TokenProvider::Enabled } else { TokenProvider::Disabled };
         Ok(())
     }
 
     fn save_user<W: WriteTxn + ?Sized>(txn: &mut W, user: &User<P>, scratch: &mut P::Record) -> Result<(), StoreError> {
-        let mut roles = heapless::Vec::<&[u8], MAX_RECORD_ITEMS>::new();
-        for r in user.roles.as_slice() {
-            roles.push(r.as_slice()).map_err(|_| StoreError::InvalidRequest("more than 32 roles for a user"))?;
-        }
-        let record = UserRecord {
-            name: user.name.as_slice(),
-            password_hash: user.password_hash.as_slice(),
-            roles,
-            no_password: user.no_password,
-        };
+        let record = (
+            user.name.as_slice(),
+            user.password_hash.as_slice(),
+            codec::List(user.roles.as_slice(), |r: &P::Bytes| r.as_slice()),
+            user.no_password,
+        );
         codec::put(txn, Bucket::AuthUsers, user.name.as_slice(), &record, scratch)
     }
 
     fn save_role<W: WriteTxn + ?Sized>(txn: &mut W, role: &Role<P>, scratch: &mut P::Record) -> Result<(), StoreError> {
-        let mut permissions = heapless::Vec::<PermissionRecord<'_>, MAX_RECORD_ITEMS>::new();
-        for p in role.permissions.as_slice() {
-            let record = PermissionRecord { kind: p.kind, key: p.key.as_slice(), range_end: p.range_end.as_slice() };
-            permissions.push(record).map_err(|_| StoreError::InvalidRequest("more than 32 permissions for a role"))?;
-        }
-        codec::put(
-            txn,
-            Bucket::AuthRoles,
-            role.name.as_slice(),
-            &RoleRecord { name: role.name.as_slice(), permissions },
-            scratch,
-        )
+        let permissions = codec::List(role.permissions.as_slice(), |p: &Permission<P>| PermissionRecord {
+            kind: p.kind,
+            key: p.key.as_slice(),
+            range_end: p.range_end.as_slice(),
+        });
+        codec::put(txn, Bucket::AuthRoles, role.name.as_slice(), &(role.name.as_slice(), permissions), scratch)
     }
 
     /// Adds a user.
@@ -281,7 +266,15 @@ impl<P: Profile> AuthStore<P> {
         self.bump(txn)
     }
 
-    /// Grants `role` a permission and refreshes the permission cache.
+    /// Grants `role` a permission and refreshes the permission cache, as etcd's
+    /// `RoleGrantPermission`: the range must be valid (`isValidPermissionRange`); the role's
+    /// permissions stay sorted by key; the existing permission looked at is the first one whose
+    /// key is not below `key` (`sort.Search`), and only when it has the same key and range end
+    /// is its type updated. Otherwise the new permission is appended and the list sorted by key
+    /// (`permSlice`, `Less` is `bytes.Compare(..) < 0`): it lands after every permission with a
+    /// key not above its own, where Go's insertion sort leaves it. So a second permission with
+    /// the key of the first but another range end is added, and granting it again adds it again
+    /// (the lookup only sees the first one with the key), as in etcd.
     pub(crate) fn grant_permission<W: WriteTxn + ?Sized>(
         &mut self,
         txn: &mut W,
@@ -291,27 +284,37 @@ impl<P: Profile> AuthStore<P> {
         range_end: &[u8],
         scratch: &mut P::Record,
     ) -> Result<(), StoreError> {
+        if !is_valid_permission_range(key, range_end) {
+            return Err(StoreError::InvalidRequest("invalid permission range"));
+        }
         let r = codec::find_mut(&mut self.roles, role, |r| r.name.as_slice(), "role")?;
-        let permission = Permission {
-            kind,
-            key: codec::bytes::<P::Bytes>(key, "permission key")?,
-            range_end: codec::bytes::<P::Bytes>(range_end, "permission range end")?,
-        };
-        let existing = r
+        let idx = r.permissions.as_slice().partition_point(|p| p.key.as_slice() < key);
+        let same = r
             .permissions
-            .as_slice()
-            .iter()
-            .position(|p| p.key == permission.key && p.range_end == permission.range_end);
-        match existing.and_then(|i| r.permissions.as_mut_slice().get_mut(i)) {
+            .as_mut_slice()
+            .get_mut(idx)
+            .filter(|p| p.key.as_slice() == key && p.range_end.as_slice() == range_end);
+        match same {
             Some(p) => p.kind = kind,
-            None => codec::push(&mut r.permissions, permission, "role permissions")?,
+            None => {
+                let permission = Permission {
+                    kind,
+                    key: codec::bytes::<P::Bytes>(key, "permission key")?,
+                    range_end: codec::bytes::<P::Bytes>(range_end, "permission range end")?,
+                };
+                let after_equal_keys = r.permissions.as_slice().partition_point(|p| p.key.as_slice() <= key);
+                r.permissions
+                    .try_insert(after_equal_keys, permission)
+                    .map_err(|_| crate::collections::CapacityError { what: "role permissions" })?;
+            }
         }
         Self::save_role(txn, r, scratch)?;
         self.rebuild_cache()?;
         self.bump(txn)
     }
 
-    /// Grants `role` to `user` and refreshes the permission cache.
+    /// Grants `role` to `user` and refreshes the permission cache (etcd's `UserGrantRole`): a
+    /// role the user has already is ignored, with nothing written and no revision bump.
     pub(crate) fn grant_role<W: WriteTxn + ?Sized>(
         &mut self,
         txn: &mut W,
@@ -323,6 +326,9 @@ impl<P: Profile> AuthStore<P> {
             return Err(StoreError::NotFound("role"));
         }
         let u = codec::find_mut(&mut self.users, user, |u| u.name.as_slice(), "user")?;
+        if codec::find(u.roles.as_slice(), role, |r| r.as_slice()).is_some() {
+            return Ok(());
+        }
         let role_name = codec::bytes::<P::Bytes>(role, "role name")?;
         codec::upsert(&mut u.roles, role_name, |r| r.as_slice(), "user roles")?;
         Self::save_user(txn, u, scratch)?;
@@ -377,13 +383,13 @@ impl<P: Profile> AuthStore<P> {
         scratch: &mut P::Record,
     ) -> Result<(), StoreError> {
         let r = codec::find_mut(&mut self.roles, role, |r| r.name.as_slice(), "role")?;
-        let found = r
-            .permissions
-            .as_slice()
-            .iter()
-            .position(|p| p.key.as_slice() == key && p.range_end.as_slice() == range_end);
-        let Some(i) = found else { return Err(StoreError::NotFound("permission")) };
-        r.permissions.remove_at(i);
+        // Every permission on exactly this range goes, as etcd's `RoleRevokePermission` keeps
+        // only the others (a role can hold two: see `grant_permission`).
+        let before = r.permissions.len();
+        r.permissions.retain_by(|p| p.key.as_slice() != key || p.range_end.as_slice() != range_end);
+        if r.permissions.len() == before {
+            return Err(StoreError::NotFound("permission"));
+        }
         Self::save_role(txn, r, scratch)?;
         self.rebuild_cache()?;
         self.bump(txn)
@@ -440,44 +446,48 @@ impl<P: Profile> AuthStore<P> {
         let mut enabled = None;
         txn.get(Bucket::Auth, AUTH_ENABLED_KEY, &mut |v| enabled = Some(v == [1]))?;
         store.enabled = enabled.unwrap_or(false);
-        store.revision = codec::get_u64(txn, Bucket::Auth, AUTH_REVISION_KEY)?.unwrap_or(0);
+        // etcd's `NewAuthStore` commits revision 1 over a missing or zero revision.
+        store.revision = codec::get_u64(txn, Bucket::Auth, AUTH_REVISION_KEY)?.unwrap_or(0).max(1);
         codec::scan(txn, Bucket::AuthUsers, |_, v| {
-            codec::decode::<UserRecord<'_>>(Bucket::AuthUsers, v).and_then(|r| {
-                let mut roles = P::UserRoles::default();
-                for role in &r.roles {
-                    codec::upsert(
-                        &mut roles,
-                        codec::bytes::<P::Bytes>(role, "role name")?,
-                        |r| r.as_slice(),
-                        "user roles",
-                    )?;
-                }
-                let user = User {
-                    name: codec::bytes::<P::Bytes>(r.name, "user name")?,
-                    password_hash: codec::bytes::<P::Bytes>(r.password_hash, "password hash")?,
-                    roles,
-                    no_password: r.no_password,
-                };
-                codec::upsert(&mut store.users, user, |u| u.name.as_slice(), "users").map_err(Into::into)
-            })
+            let mut fields = codec::Fields::new(Bucket::AuthUsers, v);
+            let name = codec::bytes::<P::Bytes>(fields.next::<&[u8]>()?, "user name")?;
+            let password_hash = codec::bytes::<P::Bytes>(fields.next::<&[u8]>()?, "password hash")?;
+            let mut roles = P::UserRoles::default();
+            for _ in 0..fields.list_len()? {
+                let role = codec::bytes::<P::Bytes>(fields.next::<&[u8]>()?, "role name")?;
+                codec::upsert(&mut roles, role, |r| r.as_slice(), "user roles")?;
+            }
+            let user = User { name, password_hash, roles, no_password: fields.next::<bool>()? };
+            codec::upsert(&mut store.users, user, |u| u.name.as_slice(), "users").map_err(Into::into)
         })?;
         codec::scan(txn, Bucket::AuthRoles, |_, v| {
-            codec::decode::<RoleRecord<'_>>(Bucket::AuthRoles, v).and_then(|r| {
-                let mut permissions = P::Permissions::default();
-                for p in &r.permissions {
-                    let permission = Permission {
-                        kind: p.kind,
-                        key: codec::bytes::<P::Bytes>(p.key, "permission key")?,
-                        range_end: codec::bytes::<P::Bytes>(p.range_end, "permission range end")?,
-                    };
-                    codec::push(&mut permissions, permission, "role permissions")?;
-                }
-                let role = Role { name: codec::bytes::<P::Bytes>(r.name, "role name")?, permissions };
-                codec::upsert(&mut store.roles, role, |r| r.name.as_slice(), "roles").map_err(Into::into)
-            })
+            let mut fields = codec::Fields::new(Bucket::AuthRoles, v);
+            let name = codec::bytes::<P::Bytes>(fields.next::<&[u8]>()?, "role name")?;
+            let mut permissions = P::Permissions::default();
+            for _ in 0..fields.list_len()? {
+                let p = fields.next::<PermissionRecord<'_>>()?;
+                let permission = Permission {
+                    kind: p.kind,
+                    key: codec::bytes::<P::Bytes>(p.key, "permission key")?,
+                    range_end: codec::bytes::<P::Bytes>(p.range_end, "permission range end")?,
+                };
+                codec::push(&mut permissions, permission, "role permissions")?;
+            }
+            codec::upsert(&mut store.roles, Role { name, permissions }, |r| r.name.as_slice(), "roles")
+                .map_err(Into::into)
         })?;
         store.rebuild_cache()?;
         store.token = if store.enabled { TokenProvider::Enabled } else { TokenProvider::Disabled };
         Ok(store)
     }
+}
+
+/// Whether `[key, range_end)` is a range a permission may name (etcd 3.5's
+/// `isValidPermissionRange`): a non-empty key, and a range end that is empty (just the key),
+/// above the key, or starting with a zero byte (`[0]`: every key from `key` on).
+fn is_valid_permission_range(key: &[u8], range_end: &[u8]) -> bool {
+    if key.is_empty() {
+        return false;
+    }
+    range_end.is_empty() || key < range_end || range_end.first() == Some(&0)
 }

@@ -153,3 +153,42 @@ pub(crate) fn find_mut<'s, T: Clone + PartialEq + core::fmt::Debug, S: Seq<T>, K
 pub(crate) fn find<'s, T, K: Ord + ?Sized>(items: &'s [T], k: &K, key: impl Fn(&T) -> &K) -> Option<&'s T> {
     items.binary_search_by(|e| key(e).cmp(k)).ok().and_then(|i| items.get(i))
 }
+
+/// A list serialized as postcard serializes a sequence (its length, then each item), straight
+/// from a slice of the store's own items: a record holds as many items as the profile's table
+/// does, with no intermediate fixed-size list (and no cap of its own).
+pub(crate) struct List<'a, T, U, F: Fn(&'a T) -> U>(pub(crate) &'a [T], pub(crate) F);
+
+impl<'a, T, U: Serialize, F: Fn(&'a T) -> U> Serialize for List<'a, T, U, F> {
+    fn serialize<Z: serde::Serializer>(&self, serializer: Z) -> Result<Z::Ok, Z::Error> {
+        serializer.collect_seq(self.0.iter().map(&self.1))
+    }
+}
+
+/// Reads a record field by field, so a list in it can be read item by item into the profile's
+/// table (see [`List`]): the wire format is what postcard's derive gives for the same struct.
+pub(crate) struct Fields<'a> {
+    rest: &'a [u8],
+    bucket: Bucket,
+}
+
+impl<'a> Fields<'a> {
+    /// Starts reading a record of `bucket`.
+    pub(crate) fn new(bucket: Bucket, bytes: &'a [u8]) -> Self {
+        Fields { rest: bytes, bucket }
+    }
+
+    /// Reads the next field.
+    pub(crate) fn next<T: serde::Deserialize<'a>>(&mut self) -> Result<T, StoreError> {
+        let (value, rest) = postcard::take_from_bytes::<T>(self.rest)
+            .map_err(|_| StoreError::Corrupt { bucket: self.bucket, what: "record does not decode" })?;
+        self.rest = rest;
+        Ok(value)
+    }
+
+    /// Reads the length of a list; its items follow. A hostile length only makes the reads of
+    /// the items fail: nothing is allocated by it.
+    pub(crate) fn list_len(&mut self) -> Result<usize, StoreError> {
+        self.next::<usize>()
+    }
+}

@@ -42,6 +42,12 @@ pub enum StoreError {
     /// The v2 store holds content other than membership, which the configured
     /// `--v2-deprecation` level forbids (etcd's `AssertNoV2StoreContent`).
     V2ContentDisallowed,
+    /// A NOSPACE alarm is active: the request would add data (etcd's `ErrNoSpace`, "database
+    /// space exceeded").
+    NoSpace,
+    /// A CORRUPT alarm is active: the request reads or writes the key space or leases (etcd's
+    /// `ErrCorrupt`, "corrupt cluster").
+    CorruptAlarm,
     /// The node holds an unfinished restore and refuses entries until
     /// [`crate::pipeline::resume`] completes it.
     RestoreUnfinished {
@@ -68,10 +74,32 @@ impl core::fmt::Display for StoreError {
             StoreError::RestoreUnfinished { index } => {
                 write!(f, "the restore of snapshot {index} is unfinished; complete it with `resume` first")
             }
+            StoreError::NoSpace => f.write_str("database space exceeded (a NOSPACE alarm is active)"),
+            StoreError::CorruptAlarm => f.write_str("corrupt cluster (a CORRUPT alarm is active)"),
             StoreError::V2ContentDisallowed => {
                 f.write_str("v2 store holds content other than membership, which the v2 deprecation level forbids")
             }
         }
+    }
+}
+
+impl StoreError {
+    /// Whether the error is the request's own rejection, as etcd's appliers return it in the
+    /// entry's response (a missing lease, an existing user, a compacted revision, an alarm):
+    /// the entry is still applied, so the consistent index moves past it. Failures of the node
+    /// itself (its backend, a full table, corrupted records, an unfinished restore) are not:
+    /// the entry is not applied.
+    pub fn is_rejection(&self) -> bool {
+        matches!(
+            self,
+            StoreError::NotFound(_)
+                | StoreError::AlreadyExists(_)
+                | StoreError::InvalidRequest(_)
+                | StoreError::Compacted { .. }
+                | StoreError::FutureRevision { .. }
+                | StoreError::NoSpace
+                | StoreError::CorruptAlarm
+        )
     }
 }
 

@@ -126,6 +126,21 @@ impl IndexEntry {
     }
 }
 
+/// A write transaction in progress on the key-value store: its main revision and the number of
+/// changes made so far, the next change's sub revision (etcd's `storeTxnWrite`).
+#[derive(Debug)]
+pub(crate) struct Change {
+    main: i64,
+    changes: i64,
+}
+
+impl Change {
+    /// Begins a transaction at the store's next revision.
+    pub(crate) fn begin<P: Profile>(store: &KvStore<P>) -> Result<Self, StoreError> {
+        Ok(Change { main: store.next_revision()?, changes: 0 })
+    }
+}
+
 /// The MVCC key-value store.
 ///
 /// The index is flat, one [`IndexEntry`] per (key, revision), sorted by key then revision; the
@@ -375,8 +390,25 @@ impl<P: Profile> KvStore<P> {
         range_end: &[u8],
         scratch: &mut P::Record,
     ) -> Result<usize, StoreError> {
-        let main = self.next_revision()?;
-        let mut deleted = 0usize;
+        let mut change = Change::begin(self)?;
+        self.delete_in(txn, lessor, key, range_end, &mut change, scratch)?;
+        Ok(self.end(change))
+    }
+
+    /// Deletes every live key in `[key, range_end)` as part of `change`: the tombstones take
+    /// `change`'s main revision and its next sub revisions, as the deletions of one etcd write
+    /// transaction do (`storeTxnWrite.delete`: sub revision = number of changes so far). The
+    /// current revision moves when the change ends ([`KvStore::end`]).
+    pub(crate) fn delete_in<W: WriteTxn + ?Sized>(
+        &mut self,
+        txn: &mut W,
+        lessor: &mut Lessor<P>,
+        key: &[u8],
+        range_end: &[u8],
+        change: &mut Change,
+        scratch: &mut P::Record,
+    ) -> Result<(), StoreError> {
+        let main = change.main;
         let mut i = {
             let arena = self.arena.as_slice();
             self.index.as_slice().partition_point(|e| bytes_of(arena, e.span()) < key)
@@ -399,11 +431,11 @@ impl<P: Profile> KvStore<P> {
                 result = codec::decode::<KeyValue<'_>>(Bucket::Key, v).map(|kv| lease = kv.lease);
             })?;
             result?;
-            let rev = Revision { main, sub: deleted as i64 };
+            let rev = Revision { main, sub: change.changes };
             {
                 let k = bytes_of(self.arena.as_slice(), span);
                 // etcd's tombstone record carries only the key (`mvccpb.KeyValue{Key: key}`).
-                let kv = KeyValue { key: k, create_revision: 0, mod_revision: main, version: 0, value: &[], lease: 0 };
+                let kv = KeyValue { key: k, create_revision: 0, mod_revision: 0, version: 0, value: &[], lease: 0 };
                 codec::put(txn, Bucket::Key, &revision_key(rev, true), &kv, scratch)?;
                 if lease != 0 {
                     lessor.detach(lease, k);
@@ -413,12 +445,22 @@ impl<P: Profile> KvStore<P> {
                 .try_insert(run.end, IndexEntry::new(rev, span, true)?)
                 .map_err(|_| CapacityError { what: "key index" })?;
             i = run.end + 1;
-            deleted += 1;
+            change.changes = change
+                .changes
+                .checked_add(1)
+                .ok_or(StoreError::InvalidRequest("too many changes in one transaction"))?;
         }
-        if deleted > 0 {
-            self.current_rev = main;
+        Ok(())
+    }
+
+    /// Ends `change`: the current revision becomes its main revision if it changed anything
+    /// (etcd's `storeTxnWrite.End`: a transaction without changes makes no revision). Returns
+    /// the number of changes.
+    pub(crate) fn end(&mut self, change: Change) -> usize {
+        if change.changes > 0 {
+            self.current_rev = change.main;
         }
-        Ok(deleted)
+        usize::try_from(change.changes).unwrap_or(usize::MAX)
     }
 
     /// Schedules a compaction at `rev`: records it in `meta` so an interrupted compaction is
@@ -435,7 +477,11 @@ impl<P: Profile> KvStore<P> {
     }
 
     /// Whether compacting at `rev` keeps the entry at `i`: every revision after `rev`, and the
-    /// latest revision `<= rev` of its key unless it is a tombstone.
+    /// latest revision `<= rev` of its key unless it is a tombstone older than `rev`.
+    ///
+    /// A tombstone at exactly `rev` is kept, as etcd 3.6 keeps it (`keyIndex.doCompact` stops at
+    /// the generation whose tombstone is `>= atRev`, etcd PR #17555, also in 3.5.13 and 3.4.31);
+    /// older etcd releases (3.4.23, 3.5.1) drop it. `docs/etcd-differences.md` lists this.
     fn survives(&self, i: usize, rev: i64) -> bool {
         let all = self.index.as_slice();
         let Some(e) = all.get(i) else { return true };
@@ -444,11 +490,12 @@ impl<P: Profile> KvStore<P> {
         }
         let next_same_key = all.get(i + 1).filter(|n| n.span() == e.span() || self.key_of(n) == self.key_of(e));
         let latest = next_same_key.is_none_or(|n| n.main > rev);
-        latest && !e.tombstone
+        latest && (!e.tombstone || e.main == rev)
     }
 
     /// Compacts at `rev`: for each key, drops every revision before its latest revision `<= rev`,
-    /// and that one too if it is a tombstone, from the `key` bucket and from the index.
+    /// and that one too if it is a tombstone older than `rev`, from the `key` bucket and from
+    /// the index.
     pub(crate) fn compact<W: WriteTxn + ?Sized>(&mut self, txn: &mut W, rev: i64) -> Result<(), StoreError> {
         for i in 0..self.index.len() {
             if !self.survives(i, rev)

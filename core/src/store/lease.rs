@@ -56,6 +56,10 @@ pub(crate) fn lease_key(id: LeaseId) -> [u8; 8] {
     id.to_be_bytes()
 }
 
+/// The largest TTL a lease may be granted, in seconds (etcd's `MaxLeaseTTL`, 9,000,000,000:
+/// about 285 years, far from overflowing a clock in nanoseconds).
+pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
+
 /// The lessor.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Lessor<P: Profile> {
@@ -90,7 +94,9 @@ impl<P: Profile> Lessor<P> {
         self.min_ttl
     }
 
-    /// Grants lease `id` with `ttl` seconds (raised to the minimum), writing it into `txn`.
+    /// Grants lease `id` with `ttl` seconds, writing it into `txn`. As etcd's `lessor.Grant`:
+    /// a TTL above [`MAX_LEASE_TTL`] is refused (`ErrLeaseTTLTooLarge`), and any TTL below the
+    /// minimum, zero and negative ones included, is raised to it; the raised TTL is persisted.
     pub(crate) fn grant<W: WriteTxn + ?Sized>(
         &mut self,
         txn: &mut W,
@@ -101,8 +107,8 @@ impl<P: Profile> Lessor<P> {
         if id == 0 {
             return Err(StoreError::InvalidRequest("lease id 0"));
         }
-        if ttl <= 0 {
-            return Err(StoreError::InvalidRequest("lease ttl must be positive"));
+        if ttl > MAX_LEASE_TTL {
+            return Err(StoreError::InvalidRequest("lease ttl too large"));
         }
         if self.lease(id).is_some() {
             return Err(StoreError::AlreadyExists("lease"));
@@ -141,21 +147,28 @@ impl<P: Profile> Lessor<P> {
     }
 
     /// Records the remaining TTL of lease `id`, so a new leader does not extend it back to its
-    /// full TTL (etcd's `LeaseCheckpoint`).
+    /// full TTL (etcd's `lessor.Checkpoint`). As in etcd: a checkpoint for a lease that does not
+    /// exist (revoked meanwhile) is a no-op; a remaining TTL of 0 (what a renewal sends) clears
+    /// the remaining TTL, so promotion uses the full TTL again; the record in the `lease` bucket
+    /// is rewritten only when `persist` (etcd's `shouldPersistCheckpoints`: cluster version
+    /// 3.6 or later, or the feature gate), otherwise only the lessor's memory changes.
     pub(crate) fn checkpoint<W: WriteTxn + ?Sized>(
         &mut self,
         txn: &mut W,
         id: LeaseId,
         remaining_ttl: i64,
+        persist: bool,
         scratch: &mut P::Record,
     ) -> Result<(), StoreError> {
-        if remaining_ttl <= 0 {
-            return Err(StoreError::InvalidRequest("remaining ttl must be positive"));
-        }
-        let lease = codec::find_mut(&mut self.leases, &id, |l| &l.id, "lease")?;
+        let Some(lease) = self.leases.as_mut_slice().iter_mut().find(|l| l.id == id) else {
+            return Ok(());
+        };
         lease.remaining_ttl = remaining_ttl;
-        let record = LeaseRecord { id, ttl: lease.ttl, remaining_ttl };
-        codec::put(txn, Bucket::Lease, &lease_key(id), &record, scratch)
+        if persist {
+            let record = LeaseRecord { id, ttl: lease.ttl, remaining_ttl };
+            codec::put(txn, Bucket::Lease, &lease_key(id), &record, scratch)?;
+        }
+        Ok(())
     }
 
     /// Attaches `key` to lease `id`.

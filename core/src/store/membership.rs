@@ -32,9 +32,9 @@ pub struct NewMember<'a> {
     pub id: MemberId,
     /// The name.
     pub name: &'a [u8],
-    /// URLs peers reach it at (at most [`MAX_MEMBER_URLS`]).
+    /// URLs peers reach it at (as many as the profile's `MemberUrls` holds).
     pub peer_urls: &'a [&'a [u8]],
-    /// URLs clients reach it at (at most [`MAX_MEMBER_URLS`]).
+    /// URLs clients reach it at (as many as the profile's `MemberUrls` holds).
     pub client_urls: &'a [&'a [u8]],
     /// Whether it joins as a learner.
     pub is_learner: bool,
@@ -80,17 +80,9 @@ impl Capabilities {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct MemberRecord<'a> {
-    id: u64,
-    #[serde(borrow)]
-    name: &'a [u8],
-    #[serde(borrow)]
-    peer_urls: heapless::Vec<&'a [u8], MAX_MEMBER_URLS>,
-    #[serde(borrow)]
-    client_urls: heapless::Vec<&'a [u8], MAX_MEMBER_URLS>,
-    is_learner: bool,
-}
+// A member record is `id`, `name`, the peer URLs and the client URLs as postcard sequences,
+// `is_learner`: written with `codec::List` and read with `codec::Fields`, so a member holds as
+// many URLs as the profile's `MemberUrls` does (docs/records.md).
 
 /// `cluster` key of the cluster version (etcd's `clusterVersion`).
 pub const CLUSTER_VERSION_KEY: &[u8] = b"clusterVersion";
@@ -126,8 +118,13 @@ pub struct Membership<P: Profile> {
     capabilities: Capabilities,
 }
 
-/// Most URLs of each kind a member record holds.
+/// Most peer URLs the transport is handed for one member. Member records and the membership
+/// store hold as many URLs as the profile's `MemberUrls` table does; this bounds only the list
+/// the pipeline builds on its stack for the transport.
 pub const MAX_MEMBER_URLS: usize = 8;
+
+/// Most learners a cluster may have (etcd's `maxLearners`).
+pub const MAX_LEARNERS: usize = 1;
 
 impl<P: Profile> Membership<P> {
     /// Every member, by id.
@@ -155,7 +152,19 @@ impl<P: Profile> Membership<P> {
         codec::find(self.members.as_slice(), &id, |m| &m.id)
     }
 
-    /// Adds a member.
+    /// Whether a member other than `except` uses one of `peer_urls` (etcd's
+    /// `ValidateConfigurationChange`, `ErrPeerURLexists`).
+    fn peer_url_in_use(&self, peer_urls: &[&[u8]], except: Option<MemberId>) -> bool {
+        self.members
+            .as_slice()
+            .iter()
+            .filter(|m| Some(m.id) != except)
+            .any(|m| m.peer_urls.as_slice().iter().any(|u| peer_urls.iter().any(|p| *p == u.as_slice())))
+    }
+
+    /// Adds a member, checked as etcd's `ValidateConfigurationChange` checks an added member:
+    /// its id was not removed and is not a member's, no member uses one of its peer URLs, and a
+    /// learner does not take the cluster past [`MAX_LEARNERS`].
     pub(crate) fn add<W: WriteTxn + ?Sized>(
         &mut self,
         txn: &mut W,
@@ -166,56 +175,58 @@ impl<P: Profile> Membership<P> {
         if id == 0 {
             return Err(StoreError::InvalidRequest("member id 0"));
         }
-        if self.member(id).is_some() {
-            return Err(StoreError::AlreadyExists("member"));
-        }
         if codec::find(self.removed.as_slice(), &id, |r| r).is_some() {
             return Err(StoreError::InvalidRequest("member id was removed"));
         }
-        let record = MemberRecord {
+        if self.member(id).is_some() {
+            return Err(StoreError::AlreadyExists("member"));
+        }
+        if self.peer_url_in_use(peer_urls, None) {
+            return Err(StoreError::AlreadyExists("peer url"));
+        }
+        if is_learner && self.members.as_slice().iter().filter(|m| m.is_learner).count() >= MAX_LEARNERS {
+            return Err(StoreError::InvalidRequest("too many learner members in cluster"));
+        }
+        let mut member = Member {
             id,
-            name,
-            peer_urls: heapless::Vec::from_slice(peer_urls)
-                .map_err(|_| StoreError::InvalidRequest("more than 8 peer urls"))?,
-            client_urls: heapless::Vec::from_slice(client_urls)
-                .map_err(|_| StoreError::InvalidRequest("more than 8 client urls"))?,
+            name: codec::bytes::<P::Bytes>(name, "member name")?,
+            peer_urls: P::MemberUrls::default(),
+            client_urls: P::MemberUrls::default(),
             is_learner,
         };
-        let member = Self::member_from(&record)?;
-        codec::put(txn, Bucket::Members, &member_key(id), &record, scratch)?;
+        for u in peer_urls {
+            codec::push(&mut member.peer_urls, codec::bytes::<P::Bytes>(u, "member url")?, "member urls")?;
+        }
+        for u in client_urls {
+            codec::push(&mut member.client_urls, codec::bytes::<P::Bytes>(u, "member url")?, "member urls")?;
+        }
+        Self::save(txn, &member, scratch)?;
         codec::upsert(&mut self.members, member, |m| &m.id, "members")?;
         Ok(())
     }
 
-    fn member_from(r: &MemberRecord<'_>) -> Result<Member<P>, StoreError> {
-        let mut peer_urls = P::MemberUrls::default();
-        for u in &r.peer_urls {
-            codec::push(&mut peer_urls, codec::bytes::<P::Bytes>(u, "member url")?, "member urls")?;
+    fn decode_member(v: &[u8]) -> Result<Member<P>, StoreError> {
+        let mut fields = codec::Fields::new(Bucket::Members, v);
+        let id = fields.next::<u64>()?;
+        let name = codec::bytes::<P::Bytes>(fields.next::<&[u8]>()?, "member name")?;
+        let mut urls = [P::MemberUrls::default(), P::MemberUrls::default()];
+        for list in &mut urls {
+            for _ in 0..fields.list_len()? {
+                codec::push(list, codec::bytes::<P::Bytes>(fields.next::<&[u8]>()?, "member url")?, "member urls")?;
+            }
         }
-        let mut client_urls = P::MemberUrls::default();
-        for u in &r.client_urls {
-            codec::push(&mut client_urls, codec::bytes::<P::Bytes>(u, "member url")?, "member urls")?;
-        }
-        Ok(Member {
-            id: r.id,
-            name: codec::bytes::<P::Bytes>(r.name, "member name")?,
-            peer_urls,
-            client_urls,
-            is_learner: r.is_learner,
-        })
+        let [peer_urls, client_urls] = urls;
+        Ok(Member { id, name, peer_urls, client_urls, is_learner: fields.next::<bool>()? })
     }
 
     fn save<W: WriteTxn + ?Sized>(txn: &mut W, m: &Member<P>, scratch: &mut P::Record) -> Result<(), StoreError> {
-        let mut peer_urls = heapless::Vec::<&[u8], MAX_MEMBER_URLS>::new();
-        for u in m.peer_urls.as_slice() {
-            peer_urls.push(u.as_slice()).map_err(|_| StoreError::InvalidRequest("more than 8 peer urls"))?;
-        }
-        let mut client_urls = heapless::Vec::<&[u8], MAX_MEMBER_URLS>::new();
-        for u in m.client_urls.as_slice() {
-            client_urls.push(u.as_slice()).map_err(|_| StoreError::InvalidRequest("more than 8 client urls"))?;
-        }
-        let record =
-            MemberRecord { id: m.id, name: m.name.as_slice(), peer_urls, client_urls, is_learner: m.is_learner };
+        let record = (
+            m.id,
+            m.name.as_slice(),
+            codec::List(m.peer_urls.as_slice(), |u: &P::Bytes| u.as_slice()),
+            codec::List(m.client_urls.as_slice(), |u: &P::Bytes| u.as_slice()),
+            m.is_learner,
+        );
         codec::put(txn, Bucket::Members, &member_key(m.id), &record, scratch)
     }
 
@@ -223,7 +234,8 @@ impl<P: Profile> Membership<P> {
         codec::find_mut(&mut self.members, &id, |m| &m.id, "member")
     }
 
-    /// Replaces a member's peer URLs (etcd's `MemberUpdate`).
+    /// Replaces a member's peer URLs (etcd's `MemberUpdate`); refused when another member uses
+    /// one of them (`ErrPeerURLexists`).
     pub(crate) fn update_peer_urls<W: WriteTxn + ?Sized>(
         &mut self,
         txn: &mut W,
@@ -231,8 +243,14 @@ impl<P: Profile> Membership<P> {
         peer_urls: &[&[u8]],
         scratch: &mut P::Record,
     ) -> Result<(), StoreError> {
-        if peer_urls.len() > MAX_MEMBER_URLS {
-            return Err(StoreError::InvalidRequest("more than 8 peer urls"));
+        if codec::find(self.removed.as_slice(), &id, |r| r).is_some() {
+            return Err(StoreError::InvalidRequest("member id was removed"));
+        }
+        if self.member(id).is_none() {
+            return Err(StoreError::NotFound("member"));
+        }
+        if self.peer_url_in_use(peer_urls, Some(id)) {
+            return Err(StoreError::AlreadyExists("peer url"));
         }
         let mut urls = P::MemberUrls::default();
         for u in peer_urls {
@@ -269,6 +287,14 @@ impl<P: Profile> Membership<P> {
         Ok(())
     }
 
+    /// Keeps `previous` capabilities when no cluster version was recovered: etcd's
+    /// `UpdateCapability` returns early on a nil version, leaving the previous map in place.
+    pub(crate) fn inherit_capabilities(&mut self, previous: Capabilities) {
+        if self.version.is_none() {
+            self.capabilities = previous;
+        }
+    }
+
     /// Sets the cluster version and updates the capabilities.
     pub(crate) fn set_version<W: WriteTxn + ?Sized>(&mut self, txn: &mut W, v: Version) -> Result<(), StoreError> {
         let mut buf = heapless::Vec::<u8, 16>::new();
@@ -278,8 +304,10 @@ impl<P: Profile> Membership<P> {
         Ok(())
     }
 
-    /// Sets the downgrade info.
+    /// Sets the downgrade info. Cancelling a downgrade clears its target version, as etcd's
+    /// `DowngradeCancel` stores `DowngradeInfo{Enabled: false}`.
     pub(crate) fn set_downgrade<W: WriteTxn + ?Sized>(&mut self, txn: &mut W, d: Downgrade) -> Result<(), StoreError> {
+        let d = if d.enabled { d } else { Downgrade::default() };
         let mut buf = heapless::Vec::<u8, 16>::new();
         codec::put(txn, Bucket::Cluster, DOWNGRADE_KEY, &d, &mut buf)?;
         self.downgrade = d;
@@ -296,8 +324,7 @@ impl<P: Profile> Membership<P> {
     pub(crate) fn load<R: ReadTxn + ?Sized>(txn: &R) -> Result<Self, StoreError> {
         let mut store = Membership::<P>::default();
         codec::scan(txn, Bucket::Members, |_, v| {
-            codec::decode::<MemberRecord<'_>>(Bucket::Members, v)
-                .and_then(|r| Self::member_from(&r))
+            Self::decode_member(v)
                 .and_then(|m| codec::upsert(&mut store.members, m, |m| &m.id, "members").map_err(Into::into))
         })?;
         codec::scan(txn, Bucket::MembersRemoved, |k, _| match parse_member_key(k) {

@@ -19,14 +19,15 @@ pub use auth::{
 pub(crate) use cindex::save_conf_state;
 pub use cindex::{ConsistentIndex, META_CONF_STATE, META_CONSISTENT_INDEX, META_TERM, load_conf_state};
 pub use error::StoreError;
+pub(crate) use kv::Change;
 pub use kv::{
     IndexEntry, KeyValue, KvStore, META_FINISHED_COMPACT, META_SCHEDULED_COMPACT, REV_KEY_LEN, Revision,
     TOMBSTONE_MARK, parse_revision_key, revision_key,
 };
-pub use lease::{Expiry, Lease, LeaseId, LeaseItem, Lessor};
+pub use lease::{Expiry, Lease, LeaseId, LeaseItem, Lessor, MAX_LEASE_TTL};
 pub use membership::{
-    CLUSTER_VERSION_KEY, Capabilities, DOWNGRADE_KEY, Downgrade, MAX_MEMBER_URLS, Member, MemberId, Membership,
-    NewMember, Version, member_key,
+    CLUSTER_VERSION_KEY, Capabilities, DOWNGRADE_KEY, Downgrade, MAX_LEARNERS, MAX_MEMBER_URLS, Member, MemberId,
+    Membership, NewMember, Version, member_key,
 };
 pub use v2::{CLUSTER_PREFIX, V2Deprecation, V2Node, V2Store};
 

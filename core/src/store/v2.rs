@@ -113,11 +113,26 @@ impl<P: Profile> V2Store<P> {
         self.set(removed.as_slice(), b"removed")
     }
 
-    /// Whether the tree holds nothing but membership (etcd's `IsMetaStoreOnly`).
+    /// Whether the tree holds nothing but membership, as etcd's `membership.IsMetaStoreOnly`
+    /// decides it (3.6, and 3.5 from 3.5.22, etcd PR #20357): `/0` is membership; the v2 auth
+    /// skeleton `/2` passes as long as its children (`/2/users`, `/2/roles`, `/2/enabled`) have
+    /// no children; any other top-level node counts as content only **if it has children**, so
+    /// the empty `/1` every etcd creates, or a top-level leaf, passes. The tree is flat here: a
+    /// node has children when some path lies below it. A path not starting with `/` cannot come
+    /// from etcd's tree and counts as content.
     pub fn is_membership_only(&self) -> bool {
         self.nodes.as_slice().iter().all(|n| {
-            let p = n.path.as_slice();
-            p == CLUSTER_PREFIX || (p.starts_with(CLUSTER_PREFIX) && p.get(CLUSTER_PREFIX.len()) == Some(&b'/'))
+            let Some(rest) = n.path.as_slice().strip_prefix(b"/") else { return false };
+            let mut segments = rest.split(|b| *b == b'/');
+            let top = segments.next().unwrap_or(&[]);
+            match (top, segments.next(), segments.next()) {
+                // A top-level node itself: it counts only through its children.
+                (_, None, _) => true,
+                (b"0", _, _) => true,
+                // A child of `/2` counts only through children of its own.
+                (b"2", Some(_), None) => true,
+                _ => false,
+            }
         })
     }
 
@@ -154,5 +169,34 @@ impl<P: Profile> V2Store<P> {
             return Err(StoreError::V2ContentDisallowed);
         }
         Ok(store)
+    }
+}
+
+#[cfg(all(test, feature = "alloc"))]
+mod tests {
+    use super::*;
+    use crate::collections::Growable;
+
+    fn store(paths: &[&str]) -> V2Store<Growable> {
+        let mut s = V2Store::<Growable>::default();
+        for p in paths {
+            s.set(p.as_bytes(), b"").unwrap();
+        }
+        s
+    }
+
+    #[test]
+    fn only_top_level_nodes_with_children_count_as_content() {
+        // etcd's `IsMetaStoreOnly`: membership, an empty `/1`, the `/2` auth skeleton and
+        // top-level leaves pass.
+        let meta =
+            store(&["/0/members/1/raftAttributes", "/0/version", "/1", "/2/users", "/2/roles", "/2/enabled", "/7"]);
+        assert!(meta.is_membership_only());
+        for content in ["/1/foo", "/2/users/alice", "/3/x", "nope"] {
+            assert!(!store(&[content]).is_membership_only(), "{content}");
+        }
+        let mut data = std::vec::Vec::new();
+        meta.save(&mut data).unwrap();
+        assert!(V2Store::<Growable>::recover(&data, V2Deprecation::WriteOnly).is_ok());
     }
 }
