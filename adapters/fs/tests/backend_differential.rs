@@ -40,6 +40,13 @@ proptest! {
         drop(on_disk);
         let reopened = RedbBackend::open(&path).unwrap();
         prop_assert_eq!(records(&reopened), records(reference.backend()));
-        prop_assert_eq!(&recovered(reopened, &stores), &stores);
+        // A lease checkpoint below cluster version 3.6 lives in memory only (etcd's
+        // `shouldPersistCheckpoints`): the recovered remaining TTLs are the backend's.
+        let recovered = recovered(reopened, &stores);
+        let ttls = |s: &Stores<Growable>| s.lessor.leases().iter().map(|l| (l.id, l.ttl)).collect::<Vec<_>>();
+        prop_assert_eq!(ttls(&recovered), ttls(&stores));
+        let mut expected = stores.clone();
+        expected.lessor = recovered.lessor.clone();
+        prop_assert_eq!(&recovered, &expected);
     }
 }
