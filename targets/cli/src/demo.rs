@@ -39,6 +39,13 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Proposes `commands` through `client`, 64 in flight at a time.
 async fn propose_all(client: &Client, commands: Vec<Command>) -> Result<(), Box<dyn Error>> {
+    // A bar on standard error for the one step that takes seconds; indicatif draws nothing when
+    // standard error is not a terminal, so piped output stays plain.
+    let bar = indicatif::ProgressBar::new(commands.len() as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} entries eta {eta}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message("proposing");
     let mut inflight = JoinSet::new();
     for command in commands {
         // Proposed now, in order; only the waits overlap.
@@ -47,11 +54,14 @@ async fn propose_all(client: &Client, commands: Vec<Command>) -> Result<(), Box<
             && let Some(r) = inflight.join_next().await
         {
             r??;
+            bar.inc(1);
         }
     }
     while let Some(r) = inflight.join_next().await {
         r??;
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     Ok(())
 }
 
@@ -161,13 +171,16 @@ async fn scenario(args: &Args, root: &Path, cluster: &Cluster, started: Instant)
         ms(apply)
     );
 
-    // The restored follower goes on applying entries like the others.
-    let after = (0..10).map(|i| Command::Put {
+    // The restored follower goes on applying entries like the others: the NOSPACE alarm it
+    // restored is disarmed first (under it, puts are refused as etcd refuses them), then keys
+    // are written.
+    let mut after = vec![Command::Alarm { member: leader, nospace: true, activate: false }];
+    after.extend((0..10).map(|i| Command::Put {
         key: format!("/registry/after/{i}").into_bytes(),
         value: b"v".to_vec(),
         lease: 0,
-    });
-    propose_all(&client, after.collect()).await?;
+    }));
+    propose_all(&client, after).await?;
     let digests = cluster.settle(leader, WAIT).await?;
     let mut equal = true;
     let first = digests.values().next().copied();
