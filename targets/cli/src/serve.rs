@@ -20,6 +20,8 @@ use std::time::Duration;
 use snapply_raft::{Client, Command, MemberInfo, NodeConfig, peer_addr};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
+use crate::common::{Failure, Log, LogArgs, exit};
+
 /// Options of `snapply serve`, named as etcd's.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -38,6 +40,8 @@ pub struct Args {
     /// Where to listen for clients.
     #[arg(long, default_value = "http://127.0.0.1:2379")]
     listen_client_urls: String,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 /// Longest client request line, in bytes.
@@ -61,28 +65,55 @@ fn parse_cluster(s: &str) -> Result<Vec<MemberInfo>, String> {
 }
 
 pub fn run(args: &Args) -> Result<ExitCode, Box<dyn Error>> {
-    let members = parse_cluster(&args.initial_cluster)?;
+    let log = Log::new(args.log, "snapply/serve");
+    log.finish(serve(&log, args))
+}
+
+fn serve(log: &Log, args: &Args) -> Result<(), Failure> {
+    let usage = |message: String| Failure::new(exit::USAGE, message);
+    let members = parse_cluster(&args.initial_cluster).map_err(usage)?;
     let me = members.iter().find(|m| m.name == args.name).ok_or_else(|| {
-        format!("--name {} is not in --initial-cluster: add {}=http://IP:PORT to it", args.name, args.name)
+        usage(format!("--name {} is not in --initial-cluster: add {}=http://IP:PORT to it", args.name, args.name))
     })?;
-    let peer = me.peer_urls.first().and_then(|u| peer_addr(u)).ok_or("this member has no peer URL")?;
+    let peer = me
+        .peer_urls
+        .first()
+        .and_then(|u| peer_addr(u))
+        .ok_or_else(|| usage(format!("member {} has no peer URL in --initial-cluster", args.name)))?;
     let client = peer_addr(&args.listen_client_urls)
-        .ok_or_else(|| format!("--listen-client-urls `{}` is not http://IP:PORT", args.listen_client_urls))?;
-    let peer_listener = TcpListener::bind(peer)
-        .map_err(|e| format!("cannot listen for peers on {peer}: {e} (is another member running there?)"))?;
-    let client_listener = TcpListener::bind(client)
-        .map_err(|e| format!("cannot listen for clients on {client}: {e} (is another member running there?)"))?;
-    client_listener.set_nonblocking(true)?;
+        .ok_or_else(|| usage(format!("--listen-client-urls `{}` is not http://IP:PORT", args.listen_client_urls)))?;
+    let busy = |what: &str, addr, e: std::io::Error| {
+        Failure::new(exit::IO, format!("cannot listen for {what} on {addr}: {e} (is another member running there?)"))
+    };
+    let peer_listener = TcpListener::bind(peer).map_err(|e| busy("peers", peer, e))?;
+    let client_listener = TcpListener::bind(client).map_err(|e| busy("clients", client, e))?;
+    let failed = |what: &str, e: &dyn std::fmt::Display| Failure::new(exit::IO, format!("{what}: {e}"));
+    client_listener.set_nonblocking(true).map_err(|e| failed("configuring the client listener", &e))?;
     let id = me.derive_id();
     let cluster: Vec<(u64, MemberInfo)> = members.iter().map(|m| (m.derive_id(), m.clone())).collect();
     let mut config = NodeConfig::new(id, args.data_dir.clone(), cluster);
     config.join_existing = args.initial_cluster_state == "existing";
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| failed("starting the runtime", &e))?;
     runtime.block_on(async move {
-        let node = snapply_raft::start(config, peer_listener)?;
-        let clients = tokio::net::TcpListener::from_std(client_listener)?;
-        println!("member {id:016x} ({}) serving peers on {peer} and clients on {client}", args.name);
+        let node = snapply_raft::start(config, peer_listener)
+            .map_err(|e| failed(&format!("starting member {id:016x} on {}", args.data_dir.display()), &e))?;
+        let clients =
+            tokio::net::TcpListener::from_std(client_listener).map_err(|e| failed("listening for clients", &e))?;
+        log.info(
+            "serving",
+            &[
+                ("member-id", format!("{id:016x}").into()),
+                ("name", args.name.clone().into()),
+                ("listen-peer-url", peer.to_string().into()),
+                ("listen-client-url", client.to_string().into()),
+                ("data-dir", args.data_dir.display().to_string().into()),
+            ],
+        );
         let api = node.client();
         let accept = async move {
             while let Ok((stream, _)) = clients.accept().await {
@@ -91,12 +122,12 @@ pub fn run(args: &Args) -> Result<ExitCode, Box<dyn Error>> {
         };
         tokio::select! {
             _ = accept => {}
-            _ = tokio::signal::ctrl_c() => println!("stopping"),
+            _ = tokio::signal::ctrl_c() => log.info("received interrupt signal, stopping", &[]),
         }
-        node.stop().await?;
-        Ok::<_, Box<dyn Error>>(())
-    })?;
-    Ok(ExitCode::SUCCESS)
+        node.stop().await.map_err(|e| failed("stopping the member", &e))?;
+        log.info("stopped", &[("member-id", format!("{id:016x}").into())]);
+        Ok(())
+    })
 }
 
 async fn serve_client(stream: tokio::net::TcpStream, api: Client) {

@@ -97,7 +97,8 @@ fn bad_flags_get_a_one_line_error_and_change_nothing() {
     let busy = TcpListener::bind("127.0.0.1:0").unwrap();
     let busy_port = busy.local_addr().unwrap().port();
     let free = free_port();
-    let cases: [(Vec<String>, &str); 3] = [
+    // Bad flags exit with 2, a port already in use with 5 (the CLI's exit codes).
+    let cases: [(Vec<String>, &str, i32); 3] = [
         (
             vec![
                 "--name".into(),
@@ -106,10 +107,12 @@ fn bad_flags_get_a_one_line_error_and_change_nothing() {
                 format!("infra1=http://127.0.0.1:{free}"),
             ],
             "not in --initial-cluster",
+            2,
         ),
         (
             vec!["--name".into(), "infra1".into(), "--initial-cluster".into(), "infra1=localhost".into()],
             "is not http://IP:PORT",
+            2,
         ),
         (
             vec![
@@ -119,15 +122,30 @@ fn bad_flags_get_a_one_line_error_and_change_nothing() {
                 format!("infra1=http://127.0.0.1:{busy_port}"),
             ],
             "is another member running there?",
+            5,
         ),
     ];
-    for (args, want) in cases {
+    for (args, want, code) in cases {
         let out = snapply().arg("serve").arg("--data-dir").arg(&data).args(&args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
         assert!(stderr.starts_with("error: ") && stderr.contains(want), "{args:?}: {stderr}");
         assert!(!data.exists(), "nothing written for {args:?}");
     }
+    // With --log-format json the refusal is one JSON log line, as etcd's zap logger writes.
+    let out = snapply()
+        .args(["serve", "--log-format", "json", "--name", "infra9", "--initial-cluster"])
+        .arg(format!("infra1=http://127.0.0.1:{free}"))
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let line: serde_json::Value = serde_json::from_str(stderr.trim()).expect("one JSON line");
+    assert_eq!(line["level"], "error", "{stderr}");
+    assert!(line["msg"].as_str().is_some_and(|m| m.contains("not in --initial-cluster")), "{stderr}");
+    assert!(!data.exists());
     drop(busy);
 }
