@@ -247,18 +247,40 @@ impl<B: Backend, P: Profile> Node<B, P> {
     /// [`crate::Snapshot::persisted`] before the node serves (etcd's `RecoverSnapshotBackend`).
     pub fn open(config: Config, backend: B, v2_data: &[u8]) -> Result<Self, StoreError> {
         let mut node = Node::new(config, backend);
-        node.reload()?;
+        node.read_state(v2_data)?;
+        Ok(node)
+    }
+
+    /// [`Node::open`] in place: `node`, made with [`Node::new`] on the `backend` that holds
+    /// the state, reads every store from it (the v2 store from `v2_data`) and takes its
+    /// progress, in its own memory. A device whose node is most of its RAM cannot build a second
+    /// one to return (a node of the reference profile is 34 KiB); it makes the node where it
+    /// keeps it and opens it there.
+    ///
+    /// # Errors
+    /// The [`StoreError`] of a store that does not read back; the node must then not be used.
+    pub fn open_in_place(node: &mut Self, v2_data: &[u8]) -> Result<(), StoreError> {
+        // The node's stores are read afresh, as `open` reads them into a new node: the
+        // membership's capabilities too, and nothing unfinished.
+        node.stores.membership.clear();
+        node.unfinished = None;
+        node.read_state(v2_data)
+    }
+
+    /// Reads every store and the progress from the backend and `v2_data`, in place.
+    fn read_state(&mut self, v2_data: &[u8]) -> Result<(), StoreError> {
+        self.reload()?;
         // Read, not checked against the deprecation level: this is the node's own state.
-        node.stores.v2 = V2Store::recover(v2_data, V2Deprecation::NotYet)?;
-        let conf_state = crate::store::load_conf_state(&node.backend.read()?)?.unwrap_or_default();
-        let cindex = node.stores.cindex;
-        node.progress = Progress {
+        self.stores.v2.recover_into(v2_data, V2Deprecation::NotYet)?;
+        let conf_state = crate::store::load_conf_state(&self.backend.read()?)?.unwrap_or_default();
+        let cindex = self.stores.cindex;
+        self.progress = Progress {
             applied_term: cindex.term(),
             applied_index: cindex.index(),
             snapshot_index: cindex.index(),
             conf_state,
         };
-        Ok(node)
+        Ok(())
     }
 
     /// The restore a run began and did not finish, if any. While there is one, [`Node::apply`]
@@ -298,8 +320,8 @@ impl<B: Backend, P: Profile> Node<B, P> {
         if let Some(u) = &mut self.unfinished {
             u.stores_cleared = true;
         }
-        self.stores.kv = KvStore::default();
-        self.stores.lessor = Lessor::new(self.config.min_lease_ttl);
+        self.stores.kv.clear();
+        self.stores.lessor.clear(self.config.min_lease_ttl);
     }
 
     /// A restore ended before the swap: the old backend is live, so the node is as it was once
@@ -421,16 +443,18 @@ impl<B: Backend, P: Profile> Node<B, P> {
     /// Rebuilds every store kept in the backend from it, without writing.
     pub(crate) fn reload(&mut self) -> Result<(), StoreError> {
         let txn = self.backend.read()?;
-        let mut lessor = Lessor::load(&txn, self.config.min_lease_ttl)?;
-        let (kv, _) = KvStore::load(&txn, &mut lessor)?;
-        self.stores.cindex = ConsistentIndex::load(&txn)?;
-        self.stores.alarms = AlarmStore::load(&txn)?;
-        self.stores.auth = AuthStore::load(&txn)?;
-        let mut membership = Membership::load(&txn)?;
-        membership.inherit_capabilities(self.stores.membership.capabilities());
-        self.stores.membership = membership;
-        self.stores.lessor = lessor;
-        self.stores.kv = kv;
+        let stores = &mut self.stores;
+        // One store at a time, each in its own memory: a device cannot hold a second key store
+        // (24 KiB in the reference profile). A store that fails to read leaves the node to be
+        // reopened, as before.
+        stores.lessor.load_into(&txn, self.config.min_lease_ttl)?;
+        stores.kv.load_into(&txn, &mut stores.lessor)?;
+        stores.cindex = ConsistentIndex::load(&txn)?;
+        stores.alarms.load_into(&txn)?;
+        stores.auth.load_into(&txn)?;
+        let previous = stores.membership.capabilities();
+        stores.membership.load_into(&txn)?;
+        stores.membership.inherit_capabilities(previous);
         Ok(())
     }
 
