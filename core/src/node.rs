@@ -6,8 +6,9 @@ use crate::backend::{Backend, WriteTxn};
 use crate::collections::{Profile, Seq};
 use crate::raft::{Progress, SnapshotMetadata};
 use crate::store::{
-    Alarm, AlarmStore, AlarmType, AuthStore, Change, ConsistentIndex, Downgrade, KvStore, Later, LeaseId, Lessor,
-    MemberId, Membership, NewMember, PermissionType, StoreError, V2Deprecation, V2Store, Version, save_conf_state,
+    Alarm, AlarmStore, AlarmType, AuthStore, Capabilities, Change, ConsistentIndex, Downgrade, KvStore, LeaseId,
+    Lessor, MemberId, Membership, NewMember, PermissionType, StoreError, V2Deprecation, V2Store, Version,
+    save_conf_state,
 };
 
 /// A node's configuration.
@@ -199,6 +200,8 @@ pub struct Unfinished {
     pub(crate) sha256: Option<[u8; 32]>,
     pub(crate) swapped: bool,
     pub(crate) stores_cleared: bool,
+    /// The membership's capabilities when the run began, for reading the old state back.
+    pub(crate) capabilities: Capabilities,
 }
 
 impl Unfinished {
@@ -296,21 +299,36 @@ impl<B: Backend, P: Profile> Node<B, P> {
         }
     }
 
-    /// Installs the new backend and every store staged from it, all at once, and hands back the
-    /// old backend. Only the pipeline's swap phase calls it.
-    pub(crate) fn swap(&mut self, backend: B, cindex: ConsistentIndex, later: Later<P>) -> B {
+    /// Installs the new backend and the v2 store staged from the snapshot, and hands back the
+    /// old backend; every other store was rebuilt in place from the new backend. Only the
+    /// pipeline's swap phase calls it.
+    pub(crate) fn swap(&mut self, backend: B, cindex: ConsistentIndex, v2: V2Store<P>) -> B {
         let old = core::mem::replace(&mut self.backend, backend);
         self.stores.cindex = cindex;
-        let Later { alarms, auth, v2, mut membership } = later;
-        membership.inherit_capabilities(self.stores.membership.capabilities());
-        self.stores.alarms = alarms;
-        self.stores.auth = auth;
         self.stores.v2 = v2;
-        self.stores.membership = membership;
         if let Some(u) = &mut self.unfinished {
             u.swapped = true;
         }
         old
+    }
+
+    /// Reads the alarms, auth and membership of a restore's new `backend` into the node's own
+    /// stores (the run is marked as having cleared stores first, so the old ones are read back
+    /// from the old backend if it ends before the swap). The membership keeps the node's
+    /// capabilities when the backend holds no cluster version, as etcd's `UpdateCapability`
+    /// does.
+    pub(crate) fn read_restored_stores(&mut self, backend: &B) -> Result<(), StoreError> {
+        if let Some(u) = &mut self.unfinished {
+            u.stores_cleared = true;
+        }
+        let txn = backend.read()?;
+        let stores = &mut self.stores;
+        let previous = stores.membership.capabilities();
+        stores.alarms.load_into(&txn)?;
+        stores.auth.load_into(&txn)?;
+        stores.membership.load_into(&txn)?;
+        stores.membership.inherit_capabilities(previous);
+        Ok(())
     }
 
     /// Empties the lessor and the key index so a restore can rebuild them in their own memory
@@ -328,8 +346,10 @@ impl<B: Backend, P: Profile> Node<B, P> {
     /// the stores cleared for the rebuild are read back from it. If even that read fails, the
     /// node stays marked unfinished.
     pub(crate) fn abandon_before_swap(&mut self) -> Result<(), StoreError> {
-        let cleared = self.unfinished.as_ref().is_some_and(|u| u.stores_cleared && !u.swapped);
-        if cleared {
+        let cleared = self.unfinished.as_ref().filter(|u| u.stores_cleared && !u.swapped).map(|u| u.capabilities);
+        if let Some(capabilities) = cleared {
+            // The membership read back keeps the capabilities the node had when the run began.
+            self.stores.membership.set_capabilities(capabilities);
             self.reload()?;
         }
         if self.unfinished.as_ref().is_some_and(|u| !u.swapped) {

@@ -275,8 +275,12 @@ impl<P: Profile> Lessor<P> {
         let leases = &mut self.leases;
         codec::scan(txn, Bucket::Lease, |_, v| {
             codec::decode::<LeaseRecord>(Bucket::Lease, v).and_then(|r| {
-                let lease =
-                    Lease { id: r.id, ttl: r.ttl.max(min_ttl), remaining_ttl: r.remaining_ttl, expiry: Expiry::Forever };
+                let lease = Lease {
+                    id: r.id,
+                    ttl: r.ttl.max(min_ttl),
+                    remaining_ttl: r.remaining_ttl,
+                    expiry: Expiry::Forever,
+                };
                 codec::upsert(leases, lease, |l| &l.id, "lessor leases").map_err(Into::into)
             })
         })

@@ -295,6 +295,12 @@ impl<P: Profile> Membership<P> {
         }
     }
 
+    /// Sets the capabilities as they were (a restore that ended before the swap reads the old
+    /// membership back with the capabilities it had).
+    pub(crate) fn set_capabilities(&mut self, capabilities: Capabilities) {
+        self.capabilities = capabilities;
+    }
+
     /// Sets the cluster version and updates the capabilities.
     pub(crate) fn set_version<W: WriteTxn + ?Sized>(&mut self, txn: &mut W, v: Version) -> Result<(), StoreError> {
         let mut buf = heapless::Vec::<u8, 16>::new();

@@ -27,15 +27,15 @@ pub struct Applied<B> {
 }
 
 /// Runs every phase, in etcd's order, like `apply_snapshot`. `Ok(None)` for an empty snapshot.
+///
+/// Every step takes the previous step's result as it is, the empty snapshot's `Ok(None)`
+/// included, so no frame unpacks a state out of a `Result` into a copy of its own.
 pub fn apply<'n, S: SnapshotStore>(
     node: &'n mut Node<S::Backend, Device>,
     ports: Ports<'n, S>,
     snapshot: Snapshot<'n>,
 ) -> Result<Option<Applied<S::Backend>>, ApplyError> {
-    match validate(node, ports, snapshot)? {
-        Some(validated) => Ok(Some(after_swap(before_swap(validated))?)),
-        None => Ok(None),
-    }
+    after_swap(before_swap(validate(node, ports, snapshot)))
 }
 
 /// The first phase, in a frame of its own.
@@ -48,24 +48,28 @@ fn validate<'n, S: SnapshotStore>(
     Validated::new(node, ports, snapshot)
 }
 
-/// The phases up to the swap. Each transition takes the previous one's `Result` as it is and
+/// A state, or `None` for an empty snapshot, or the error that ended the run.
+type Step<T> = Result<Option<T>, ApplyError>;
+
+/// The phases up to the swap. Each transition takes the previous one's result as it is and
 /// returns its own, so this frame only passes results along, and each result is dead once the
 /// next transition has taken it.
 #[inline(never)]
 fn before_swap<'n, S: SnapshotStore>(
-    validated: Validated<'n, Device, S>,
-) -> Result<(BackendSwapped<'n, Device, S>, S::Backend), ApplyError> {
-    swap(restore_mvcc(restore_lease(bind_index(open_backend(persist(Ok(validated)))))))
+    validated: Step<Validated<'n, Device, S>>,
+) -> Step<(BackendSwapped<'n, Device, S>, S::Backend)> {
+    swap(restore_mvcc(restore_lease(bind_index(open_backend(persist(validated))))))
 }
 
 /// Defines a transition as a function of its own, from the previous transition's result.
 macro_rules! transition {
     ($name:ident, $from:ident => $to:ident) => {
         #[inline(never)]
-        fn $name<'n, S: SnapshotStore>(
-            state: Result<$from<'n, Device, S>, ApplyError>,
-        ) -> Result<$to<'n, Device, S>, ApplyError> {
-            state?.$name()
+        fn $name<'n, S: SnapshotStore>(state: Step<$from<'n, Device, S>>) -> Step<$to<'n, Device, S>> {
+            match state? {
+                Some(state) => state.$name().map(Some),
+                None => Ok(None),
+            }
         }
     };
 }
@@ -79,18 +83,20 @@ transition!(restore_mvcc, LeaseRestored => MvccRestored);
 /// The swap: the new backend and every store become live.
 #[inline(never)]
 fn swap<'n, S: SnapshotStore>(
-    mvcc: Result<MvccRestored<'n, Device, S>, ApplyError>,
-) -> Result<(BackendSwapped<'n, Device, S>, S::Backend), ApplyError> {
-    Ok(mvcc?.swap_backend())
+    mvcc: Step<MvccRestored<'n, Device, S>>,
+) -> Step<(BackendSwapped<'n, Device, S>, S::Backend)> {
+    Ok(mvcc?.map(MvccRestored::swap_backend))
 }
 
 /// The phases after the swap: they announce stores already live, then update the peers and
 /// finish.
 #[inline(never)]
 fn after_swap<S: SnapshotStore>(
-    swapped: Result<(BackendSwapped<'_, Device, S>, S::Backend), ApplyError>,
-) -> Result<Applied<S::Backend>, ApplyError> {
-    let (s, old_backend) = swapped?;
+    swapped: Step<(BackendSwapped<'_, Device, S>, S::Backend)>,
+) -> Step<Applied<S::Backend>> {
+    let Some((s, old_backend)) = swapped? else {
+        return Ok(None);
+    };
     let peers = s.restore_alarms().restore_auth().restore_v2().restore_cluster().update_peers()?;
-    Ok(Applied { progress: peers.finish()?.into_progress(), old_backend })
+    Ok(Some(Applied { progress: peers.finish()?.into_progress(), old_backend }))
 }
