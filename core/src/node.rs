@@ -229,6 +229,11 @@ pub struct Node<B: Backend, P: Profile> {
     /// Set when a restore begins, cleared when it reaches `Applied` (or ends before the swap
     /// with the node's old state intact). While set, the node refuses entries and new restores.
     pub(crate) unfinished: Option<Unfinished>,
+    /// The v2 store a restore read from its snapshot, installed at the swap. Empty otherwise.
+    /// The v2 store is not in the backend, so the node's own cannot be read back if a restore
+    /// ends before the swap: the new one waits here, in the node's memory, rather than being
+    /// carried through every phase on the stack.
+    pub(crate) staged_v2: V2Store<P>,
 }
 
 impl<B: Backend, P: Profile> Node<B, P> {
@@ -240,6 +245,7 @@ impl<B: Backend, P: Profile> Node<B, P> {
             backend,
             progress: Progress::default(),
             unfinished: None,
+            staged_v2: V2Store::default(),
         }
     }
 
@@ -302,10 +308,11 @@ impl<B: Backend, P: Profile> Node<B, P> {
     /// Installs the new backend and the v2 store staged from the snapshot, and hands back the
     /// old backend; every other store was rebuilt in place from the new backend. Only the
     /// pipeline's swap phase calls it.
-    pub(crate) fn swap(&mut self, backend: B, cindex: ConsistentIndex, v2: V2Store<P>) -> B {
+    pub(crate) fn swap(&mut self, backend: B, cindex: ConsistentIndex) -> B {
         let old = core::mem::replace(&mut self.backend, backend);
         self.stores.cindex = cindex;
-        self.stores.v2 = v2;
+        core::mem::swap(&mut self.stores.v2, &mut self.staged_v2);
+        self.staged_v2.clear();
         if let Some(u) = &mut self.unfinished {
             u.swapped = true;
         }
@@ -354,6 +361,7 @@ impl<B: Backend, P: Profile> Node<B, P> {
         }
         if self.unfinished.as_ref().is_some_and(|u| !u.swapped) {
             self.unfinished = None;
+            self.staged_v2.clear();
         }
         Ok(())
     }

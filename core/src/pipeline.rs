@@ -17,7 +17,7 @@
 //!
 //! The alarms, auth, membership and v2 stores are read from the new backend (and the snapshot's
 //! v2 data) when it is opened, in phase 3: alarms, auth and membership into the node's own
-//! stores, the v2 store beside them, carried to the swap. Phases 4 to 6 bind the consistent
+//! stores, the v2 store into the node's staging slot, exchanged with the live one at the swap. Phases 4 to 6 bind the consistent
 //! index and rebuild the lessor and the key index from the new backend, in the node's own
 //! memory (a device cannot hold two copies of them). Phase 7 installs the new backend and every store at once; phases 8
 //! to 11 then announce, in etcd's order, stores that are already live. Nothing a snapshot
@@ -45,7 +45,7 @@ use crate::observe::{Event, Observer, Phase, SnapshotFields};
 use crate::ports::{Durable, PersistTicket, PortError, PortErrorKind, Ports, ReleaseTicket, SnapshotStore, Transport};
 use crate::raft::{Progress, SnapshotMetadata};
 use crate::snapshot::{ImageData, Snapshot};
-use crate::store::{ConsistentIndex, KvStore, Lessor, MAX_MEMBER_URLS, StoreError, V2Store};
+use crate::store::{ConsistentIndex, KvStore, Lessor, MAX_MEMBER_URLS, StoreError};
 
 /// What every state carries: the node (the live-backend slot, held exclusively), the ports, the
 /// snapshot. Dropping it before the end reports the failure and ends the run.
@@ -194,20 +194,20 @@ state!(
 state!(
     /// The snapshot's backend is open, its consistent index equals the snapshot's index, and the
     /// stores installed with it at the swap have been read from it.
-    BackendOpened { durable: Durable<'n>, backend: S::Backend, v2: V2Store<P> }
+    BackendOpened { durable: Durable<'n>, backend: S::Backend }
 );
 state!(
     /// The consistent-index holder points at the new backend (etcd's `consistIndex.SetBackend`).
-    IndexBound { durable: Durable<'n>, backend: S::Backend, v2: V2Store<P>, cindex: ConsistentIndex }
+    IndexBound { durable: Durable<'n>, backend: S::Backend, cindex: ConsistentIndex }
 );
 state!(
     /// The lessor is rebuilt from the new backend (in the node's memory, not yet live: the node
     /// is borrowed by the run).
-    LeaseRestored { durable: Durable<'n>, backend: S::Backend, v2: V2Store<P>, cindex: ConsistentIndex }
+    LeaseRestored { durable: Durable<'n>, backend: S::Backend, cindex: ConsistentIndex }
 );
 state!(
     /// The key index is rebuilt from the new backend, keys reattached to the new leases.
-    MvccRestored { durable: Durable<'n>, backend: S::Backend, v2: V2Store<P>, cindex: ConsistentIndex }
+    MvccRestored { durable: Durable<'n>, backend: S::Backend, cindex: ConsistentIndex }
 );
 state!(
     /// The new backend and every store read from it are live; the old backend was handed back.
@@ -409,12 +409,11 @@ impl<'n, P: Profile, S: SnapshotStore> Persisted<'n, P, S> {
             let kind = ApplyErrorKind::IndexMismatch { backend_index: stored.index(), snapshot_index };
             return Err(self.run.fail(Phase::OpenBackend, kind));
         }
-        let v2 = match self.read_later(&backend) {
-            Ok(v2) => v2,
-            Err(kind) => return Err(self.run.fail(Phase::OpenBackend, kind)),
-        };
+        if let Err(kind) = self.read_later(&backend) {
+            return Err(self.run.fail(Phase::OpenBackend, kind));
+        }
         self.run.done(Phase::OpenBackend);
-        Ok(BackendOpened { run: self.run, durable: self.durable, backend, v2 })
+        Ok(BackendOpened { run: self.run, durable: self.durable, backend })
     }
 
     /// Reads the stores installed with the new backend: alarms, auth and membership from it
@@ -425,15 +424,15 @@ impl<'n, P: Profile, S: SnapshotStore> Persisted<'n, P, S> {
     /// key index are later: a device has no room to carry second copies through the phases.
     /// They are in no port's reach until the swap (the node is borrowed by the run), and if the
     /// run ends before the swap they are read back from the old backend. The v2 store is not in
-    /// the backend, so the new one is carried to the swap and the node's stays as it is.
-    fn read_later(&mut self, backend: &S::Backend) -> Result<V2Store<P>, ApplyErrorKind> {
+    /// the backend: the new one is staged in the node beside the live one, and the swap
+    /// exchanges them.
+    fn read_later(&mut self, backend: &S::Backend) -> Result<(), ApplyErrorKind> {
         let level = self.run.node.config.v2_deprecation;
-        let v2 = match self.run.storage.v2_data(&self.durable) {
-            Ok(data) => V2Store::recover(data, level).map_err(ApplyErrorKind::Store)?,
+        match self.run.storage.v2_data(&self.durable) {
+            Ok(data) => self.run.node.staged_v2.recover_into(data, level).map_err(ApplyErrorKind::Store)?,
             Err(e) => return Err(ApplyErrorKind::Port(e)),
-        };
-        self.run.node.read_restored_stores(backend).map_err(ApplyErrorKind::Store)?;
-        Ok(v2)
+        }
+        self.run.node.read_restored_stores(backend).map_err(ApplyErrorKind::Store)
     }
 }
 
@@ -447,7 +446,7 @@ impl<'n, P: Profile, S: SnapshotStore> BackendOpened<'n, P, S> {
             Err(e) => return Err(self.run.store_err(Phase::BindIndex)(e)),
         };
         self.run.done(Phase::BindIndex);
-        Ok(IndexBound { run: self.run, durable: self.durable, backend: self.backend, v2: self.v2, cindex })
+        Ok(IndexBound { run: self.run, durable: self.durable, backend: self.backend, cindex })
     }
 }
 
@@ -500,7 +499,7 @@ impl<'n, P: Profile, S: SnapshotStore> IndexBound<'n, P, S> {
     fn lease_restored(mut self) -> LeaseRestored<'n, P, S> {
         self.run.event(Event::RestoredLeaseStore);
         self.run.done(Phase::RestoreLease);
-        LeaseRestored { run: self.run, durable: self.durable, backend: self.backend, v2: self.v2, cindex: self.cindex }
+        LeaseRestored { run: self.run, durable: self.durable, backend: self.backend, cindex: self.cindex }
     }
 }
 
@@ -535,7 +534,7 @@ impl<'n, P: Profile, S: SnapshotStore> LeaseRestored<'n, P, S> {
     fn mvcc_restored(mut self) -> MvccRestored<'n, P, S> {
         self.run.event(Event::RestoredMvccStore { consistent_index: self.cindex.index() });
         self.run.done(Phase::RestoreMvcc);
-        MvccRestored { run: self.run, durable: self.durable, backend: self.backend, v2: self.v2, cindex: self.cindex }
+        MvccRestored { run: self.run, durable: self.durable, backend: self.backend, cindex: self.cindex }
     }
 }
 
@@ -613,7 +612,7 @@ impl<'n, P: Profile, S: SnapshotStore> MvccRestored<'n, P, S> {
     /// old backend to be closed off the apply loop (etcd closes it on a goroutine, "closing old
     /// backend file").
     pub fn swap_backend(mut self) -> (BackendSwapped<'n, P, S>, S::Backend) {
-        let old = self.run.node.swap(self.backend, self.cindex, self.v2);
+        let old = self.run.node.swap(self.backend, self.cindex);
         self.run.done(Phase::SwapBackend);
         (BackendSwapped { run: self.run, durable: self.durable }, old)
     }

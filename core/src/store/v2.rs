@@ -157,6 +157,11 @@ impl<P: Profile> V2Store<P> {
         Ok(store)
     }
 
+    /// Empties the tree in its own memory.
+    pub(crate) fn clear(&mut self) {
+        self.nodes.clear_all();
+    }
+
     /// [`V2Store::recover`] in place: the tree is cleared and refilled. On error it holds what
     /// was read so far.
     pub(crate) fn recover_into(&mut self, data: &[u8], level: V2Deprecation) -> Result<(), StoreError> {

@@ -356,13 +356,11 @@ fn restore<'f>(
     );
     let mut source = ImageStream::new(Chunked::new(image, CHUNK));
     let ports = Ports { storage: store, transport: peers, observer: &mut PhaseLog };
-    let Some(applied) = phases::apply(node, ports, Snapshot::streamed(&metadata, &mut source))? else {
+    let Some(applied_index) = phases::apply(node, ports, Snapshot::streamed(&metadata, &mut source))? else {
         return Err(Failure::WrongSnapshot { index: metadata.index });
     };
     info!("peers: {}", peers.peers().len());
-    // The old backend is the flash's previous area: nothing to close.
-    drop(applied.old_backend);
-    info!("committed to flash: snapshot index={}", applied.progress.applied_index);
+    info!("committed to flash: snapshot index={}", applied_index);
     Ok(())
 }
 

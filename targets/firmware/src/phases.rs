@@ -14,19 +14,14 @@ use snapply_core::pipeline::{
     BackendOpened, BackendSwapped, IndexBound, LeaseRestored, MvccRestored, Persisted, Validated,
 };
 use snapply_core::ports::{Ports, SnapshotStore};
-use snapply_core::{ApplyError, Node, Progress, Snapshot};
+use snapply_core::{ApplyError, Node, Snapshot};
 
 use crate::shared::Device;
 
-/// What a restore that reached `Applied` hands back.
-pub struct Applied<B> {
-    /// The node's progress after the snapshot.
-    pub progress: Progress,
-    /// The backend that was live before the swap.
-    pub old_backend: B,
-}
-
-/// Runs every phase, in etcd's order, like `apply_snapshot`. `Ok(None)` for an empty snapshot.
+/// Runs every phase, in etcd's order, like `apply_snapshot`, and returns the node's applied
+/// index after the snapshot; `Ok(None)` for an empty snapshot. The old backend handed back by
+/// the swap is dropped there: it is the flash's previous area, with nothing to close, and
+/// carrying it (and the whole progress) back through every frame would cost stack.
 ///
 /// Every step takes the previous step's result as it is, the empty snapshot's `Ok(None)`
 /// included, so no frame unpacks a state out of a `Result` into a copy of its own.
@@ -34,7 +29,7 @@ pub fn apply<'n, S: SnapshotStore>(
     node: &'n mut Node<S::Backend, Device>,
     ports: Ports<'n, S>,
     snapshot: Snapshot<'n>,
-) -> Result<Option<Applied<S::Backend>>, ApplyError> {
+) -> Result<Option<u64>, ApplyError> {
     after_swap(before_swap(validate(node, ports, snapshot)))
 }
 
@@ -55,9 +50,7 @@ type Step<T> = Result<Option<T>, ApplyError>;
 /// returns its own, so this frame only passes results along, and each result is dead once the
 /// next transition has taken it.
 #[inline(never)]
-fn before_swap<'n, S: SnapshotStore>(
-    validated: Step<Validated<'n, Device, S>>,
-) -> Step<(BackendSwapped<'n, Device, S>, S::Backend)> {
+fn before_swap<'n, S: SnapshotStore>(validated: Step<Validated<'n, Device, S>>) -> Step<BackendSwapped<'n, Device, S>> {
     swap(restore_mvcc(restore_lease(bind_index(open_backend(persist(validated))))))
 }
 
@@ -80,23 +73,19 @@ transition!(bind_index, BackendOpened => IndexBound);
 transition!(restore_lease, IndexBound => LeaseRestored);
 transition!(restore_mvcc, LeaseRestored => MvccRestored);
 
-/// The swap: the new backend and every store become live.
+/// The swap: the new backend and every store become live; the old backend is dropped.
 #[inline(never)]
-fn swap<'n, S: SnapshotStore>(
-    mvcc: Step<MvccRestored<'n, Device, S>>,
-) -> Step<(BackendSwapped<'n, Device, S>, S::Backend)> {
-    Ok(mvcc?.map(MvccRestored::swap_backend))
+fn swap<'n, S: SnapshotStore>(mvcc: Step<MvccRestored<'n, Device, S>>) -> Step<BackendSwapped<'n, Device, S>> {
+    Ok(mvcc?.map(|mvcc| mvcc.swap_backend().0))
 }
 
 /// The phases after the swap: they announce stores already live, then update the peers and
 /// finish.
 #[inline(never)]
-fn after_swap<S: SnapshotStore>(
-    swapped: Step<(BackendSwapped<'_, Device, S>, S::Backend)>,
-) -> Step<Applied<S::Backend>> {
-    let Some((s, old_backend)) = swapped? else {
+fn after_swap<S: SnapshotStore>(swapped: Step<BackendSwapped<'_, Device, S>>) -> Step<u64> {
+    let Some(s) = swapped? else {
         return Ok(None);
     };
     let peers = s.restore_alarms().restore_auth().restore_v2().restore_cluster().update_peers()?;
-    Ok(Some(Applied { progress: peers.finish()?.into_progress(), old_backend }))
+    Ok(Some(peers.finish()?.progress().applied_index))
 }
