@@ -1,14 +1,15 @@
 //! The pipeline driven phase by phase, one non-inlined function per transition.
 //!
 //! `apply_snapshot` runs every transition in one function; inlined, every typestate (those
-//! before the swap carry the staged alarms, auth, membership and v2 stores and the new backend,
-//! 4.6 KiB with the firmware's tables, 8.7 KiB with the reference tables) and every `Result`
-//! around one gets its own stack slot in one frame: 45 KiB. Here each transition is a function
-//! of its own that takes the previous transition's `Result` as it is and returns its own, and the
-//! driver only passes results along (`swap(restore_mvcc(restore_lease(...)))`), so a result is
-//! dead once the next transition has taken it and the frames stay small (BENCHMARKS.md,
+//! before the swap carry the new backend and the proof, 1.5 KiB with the reference profile) and
+//! every `Result` around one gets its own stack slot in one frame. Here each transition is a
+//! function of its own that takes the previous transition's result as it is and returns its own,
+//! and the driver only passes results along (`swap(restore_mvcc(restore_lease(...)))`), so a
+//! result is dead once the next transition has taken it and the frames stay small (BENCHMARKS.md,
 //! "Firmware"). Keeping the states in one enum slot, or in `Option`s in scoped blocks, measured
-//! larger: every move of a state through a `match` or `take` is another copy on the stack.
+//! larger: every move of a state through a `match` or `take` is another copy on the stack. So
+//! did giving the snapshot store's calls frames of their own (a wrapper with non-inlined
+//! methods): 768 B more than letting them inline into the transitions.
 
 use snapply_core::pipeline::{
     BackendOpened, BackendSwapped, IndexBound, LeaseRestored, MvccRestored, Persisted, Validated,
