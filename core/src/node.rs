@@ -273,6 +273,7 @@ impl<B: Backend, P: Profile> Node<B, P> {
         // membership's capabilities too, and nothing unfinished.
         node.stores.membership.clear();
         node.unfinished = None;
+        node.staged_v2.clear();
         node.read_state(v2_data)
     }
 
@@ -625,6 +626,42 @@ mod tests {
             out = Some((kv.value.to_vec(), kv.create_revision, kv.mod_revision, kv.version, kv.lease))
         })?;
         Ok(out)
+    }
+
+    /// `open_in_place` reads the same node as `open`, into a fresh node and into one that held
+    /// other state (its stores, capabilities and progress are all replaced).
+    #[test]
+    fn open_in_place_reads_what_open_reads() {
+        let mut leader = node();
+        let peer: &[u8] = b"http://10.0.0.1:2380";
+        let member = NewMember { id: 1, name: b"one", peer_urls: &[peer], client_urls: &[], is_learner: false };
+        apply(&mut leader, &Request::MemberAdd(member)).unwrap();
+        apply(&mut leader, &Request::LeaseGrant { id: 7, ttl: 60 }).unwrap();
+        apply(&mut leader, &Request::Put { key: b"a", value: b"1", lease: 7 }).unwrap();
+        apply(&mut leader, &Request::Put { key: b"a", value: b"2", lease: 7 }).unwrap();
+        apply(&mut leader, &Request::Put { key: b"b", value: b"3", lease: 0 }).unwrap();
+        apply(&mut leader, &Request::UserAdd { name: b"u", password_hash: b"h", no_password: false }).unwrap();
+        apply(&mut leader, &Request::AlarmActivate(Alarm { member: 1, kind: AlarmType::Nospace })).unwrap();
+        let mut v2 = std::vec::Vec::new();
+        leader.v2_snapshot_data(&mut v2).unwrap();
+        let config = *leader.config();
+        let opened = Node::<VecBackend, Growable>::open(config, leader.backend().clone(), &v2).unwrap();
+
+        let mut fresh = Node::<VecBackend, Growable>::new(config, leader.backend().clone());
+        Node::open_in_place(&mut fresh, &v2).unwrap();
+        assert_eq!(fresh.stores(), opened.stores());
+        assert_eq!(fresh.progress(), opened.progress());
+
+        // A node that held another state, with a cluster version (so other capabilities).
+        let mut used = node();
+        apply(&mut used, &Request::ClusterVersion(Version { major: 3, minor: 6, patch: 0 })).unwrap();
+        apply(&mut used, &Request::Put { key: b"z", value: b"9", lease: 0 }).unwrap();
+        used.backend = leader.backend().clone();
+        Node::open_in_place(&mut used, &v2).unwrap();
+        assert_eq!(used.stores(), opened.stores());
+        assert_eq!(used.progress(), opened.progress());
+        assert_eq!(used.stores().lessor.items().len(), 1);
+        assert_eq!(used.stores().kv.index_len(), 3);
     }
 
     #[test]
