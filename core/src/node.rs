@@ -6,8 +6,9 @@ use crate::backend::{Backend, WriteTxn};
 use crate::collections::{Profile, Seq};
 use crate::raft::{Progress, SnapshotMetadata};
 use crate::store::{
-    Alarm, AlarmStore, AlarmType, AuthStore, Change, ConsistentIndex, Downgrade, KvStore, Later, LeaseId, Lessor,
-    MemberId, Membership, NewMember, PermissionType, StoreError, V2Deprecation, V2Store, Version, save_conf_state,
+    Alarm, AlarmStore, AlarmType, AuthStore, Capabilities, Change, ConsistentIndex, Downgrade, KvStore, LeaseId,
+    Lessor, MemberId, Membership, NewMember, PermissionType, StoreError, V2Deprecation, V2Store, Version,
+    save_conf_state,
 };
 
 /// A node's configuration.
@@ -199,6 +200,8 @@ pub struct Unfinished {
     pub(crate) sha256: Option<[u8; 32]>,
     pub(crate) swapped: bool,
     pub(crate) stores_cleared: bool,
+    /// The membership's capabilities when the run began, for reading the old state back.
+    pub(crate) capabilities: Capabilities,
 }
 
 impl Unfinished {
@@ -226,6 +229,11 @@ pub struct Node<B: Backend, P: Profile> {
     /// Set when a restore begins, cleared when it reaches `Applied` (or ends before the swap
     /// with the node's old state intact). While set, the node refuses entries and new restores.
     pub(crate) unfinished: Option<Unfinished>,
+    /// The v2 store a restore read from its snapshot, installed at the swap. Empty otherwise.
+    /// The v2 store is not in the backend, so the node's own cannot be read back if a restore
+    /// ends before the swap: the new one waits here, in the node's memory, rather than being
+    /// carried through every phase on the stack.
+    pub(crate) staged_v2: V2Store<P>,
 }
 
 impl<B: Backend, P: Profile> Node<B, P> {
@@ -237,6 +245,7 @@ impl<B: Backend, P: Profile> Node<B, P> {
             backend,
             progress: Progress::default(),
             unfinished: None,
+            staged_v2: V2Store::default(),
         }
     }
 
@@ -247,18 +256,41 @@ impl<B: Backend, P: Profile> Node<B, P> {
     /// [`crate::Snapshot::persisted`] before the node serves (etcd's `RecoverSnapshotBackend`).
     pub fn open(config: Config, backend: B, v2_data: &[u8]) -> Result<Self, StoreError> {
         let mut node = Node::new(config, backend);
-        node.reload()?;
+        node.read_state(v2_data)?;
+        Ok(node)
+    }
+
+    /// [`Node::open`] in place: `node`, made with [`Node::new`] on the `backend` that holds
+    /// the state, reads every store from it (the v2 store from `v2_data`) and takes its
+    /// progress, in its own memory. A device whose node is most of its RAM cannot build a second
+    /// one to return (a node of the reference profile is 34 KiB); it makes the node where it
+    /// keeps it and opens it there.
+    ///
+    /// # Errors
+    /// The [`StoreError`] of a store that does not read back; the node must then not be used.
+    pub fn open_in_place(node: &mut Self, v2_data: &[u8]) -> Result<(), StoreError> {
+        // The node's stores are read afresh, as `open` reads them into a new node: the
+        // membership's capabilities too, and nothing unfinished.
+        node.stores.membership.clear();
+        node.unfinished = None;
+        node.staged_v2.clear();
+        node.read_state(v2_data)
+    }
+
+    /// Reads every store and the progress from the backend and `v2_data`, in place.
+    fn read_state(&mut self, v2_data: &[u8]) -> Result<(), StoreError> {
+        self.reload()?;
         // Read, not checked against the deprecation level: this is the node's own state.
-        node.stores.v2 = V2Store::recover(v2_data, V2Deprecation::NotYet)?;
-        let conf_state = crate::store::load_conf_state(&node.backend.read()?)?.unwrap_or_default();
-        let cindex = node.stores.cindex;
-        node.progress = Progress {
+        self.stores.v2.recover_into(v2_data, V2Deprecation::NotYet)?;
+        let conf_state = crate::store::load_conf_state(&self.backend.read()?)?.unwrap_or_default();
+        let cindex = self.stores.cindex;
+        self.progress = Progress {
             applied_term: cindex.term(),
             applied_index: cindex.index(),
             snapshot_index: cindex.index(),
             conf_state,
         };
-        Ok(node)
+        Ok(())
     }
 
     /// The restore a run began and did not finish, if any. While there is one, [`Node::apply`]
@@ -274,21 +306,37 @@ impl<B: Backend, P: Profile> Node<B, P> {
         }
     }
 
-    /// Installs the new backend and every store staged from it, all at once, and hands back the
-    /// old backend. Only the pipeline's swap phase calls it.
-    pub(crate) fn swap(&mut self, backend: B, cindex: ConsistentIndex, later: Later<P>) -> B {
+    /// Installs the new backend and the v2 store staged from the snapshot, and hands back the
+    /// old backend; every other store was rebuilt in place from the new backend. Only the
+    /// pipeline's swap phase calls it.
+    pub(crate) fn swap(&mut self, backend: B, cindex: ConsistentIndex) -> B {
         let old = core::mem::replace(&mut self.backend, backend);
         self.stores.cindex = cindex;
-        let Later { alarms, auth, v2, mut membership } = later;
-        membership.inherit_capabilities(self.stores.membership.capabilities());
-        self.stores.alarms = alarms;
-        self.stores.auth = auth;
-        self.stores.v2 = v2;
-        self.stores.membership = membership;
+        core::mem::swap(&mut self.stores.v2, &mut self.staged_v2);
+        self.staged_v2.clear();
         if let Some(u) = &mut self.unfinished {
             u.swapped = true;
         }
         old
+    }
+
+    /// Reads the alarms, auth and membership of a restore's new `backend` into the node's own
+    /// stores (the run is marked as having cleared stores first, so the old ones are read back
+    /// from the old backend if it ends before the swap). The membership keeps the node's
+    /// capabilities when the backend holds no cluster version, as etcd's `UpdateCapability`
+    /// does.
+    pub(crate) fn read_restored_stores(&mut self, backend: &B) -> Result<(), StoreError> {
+        if let Some(u) = &mut self.unfinished {
+            u.stores_cleared = true;
+        }
+        let txn = backend.read()?;
+        let stores = &mut self.stores;
+        let previous = stores.membership.capabilities();
+        stores.alarms.load_into(&txn)?;
+        stores.auth.load_into(&txn)?;
+        stores.membership.load_into(&txn)?;
+        stores.membership.inherit_capabilities(previous);
+        Ok(())
     }
 
     /// Empties the lessor and the key index so a restore can rebuild them in their own memory
@@ -298,20 +346,23 @@ impl<B: Backend, P: Profile> Node<B, P> {
         if let Some(u) = &mut self.unfinished {
             u.stores_cleared = true;
         }
-        self.stores.kv = KvStore::default();
-        self.stores.lessor = Lessor::new(self.config.min_lease_ttl);
+        self.stores.kv.clear();
+        self.stores.lessor.clear(self.config.min_lease_ttl);
     }
 
     /// A restore ended before the swap: the old backend is live, so the node is as it was once
     /// the stores cleared for the rebuild are read back from it. If even that read fails, the
     /// node stays marked unfinished.
     pub(crate) fn abandon_before_swap(&mut self) -> Result<(), StoreError> {
-        let cleared = self.unfinished.as_ref().is_some_and(|u| u.stores_cleared && !u.swapped);
-        if cleared {
+        let cleared = self.unfinished.as_ref().filter(|u| u.stores_cleared && !u.swapped).map(|u| u.capabilities);
+        if let Some(capabilities) = cleared {
+            // The membership read back keeps the capabilities the node had when the run began.
+            self.stores.membership.set_capabilities(capabilities);
             self.reload()?;
         }
         if self.unfinished.as_ref().is_some_and(|u| !u.swapped) {
             self.unfinished = None;
+            self.staged_v2.clear();
         }
         Ok(())
     }
@@ -421,16 +472,18 @@ impl<B: Backend, P: Profile> Node<B, P> {
     /// Rebuilds every store kept in the backend from it, without writing.
     pub(crate) fn reload(&mut self) -> Result<(), StoreError> {
         let txn = self.backend.read()?;
-        let mut lessor = Lessor::load(&txn, self.config.min_lease_ttl)?;
-        let (kv, _) = KvStore::load(&txn, &mut lessor)?;
-        self.stores.cindex = ConsistentIndex::load(&txn)?;
-        self.stores.alarms = AlarmStore::load(&txn)?;
-        self.stores.auth = AuthStore::load(&txn)?;
-        let mut membership = Membership::load(&txn)?;
-        membership.inherit_capabilities(self.stores.membership.capabilities());
-        self.stores.membership = membership;
-        self.stores.lessor = lessor;
-        self.stores.kv = kv;
+        let stores = &mut self.stores;
+        // One store at a time, each in its own memory: a device cannot hold a second key store
+        // (24 KiB in the reference profile). A store that fails to read leaves the node to be
+        // reopened, as before.
+        stores.lessor.load_into(&txn, self.config.min_lease_ttl)?;
+        stores.kv.load_into(&txn, &mut stores.lessor)?;
+        stores.cindex = ConsistentIndex::load(&txn)?;
+        stores.alarms.load_into(&txn)?;
+        stores.auth.load_into(&txn)?;
+        let previous = stores.membership.capabilities();
+        stores.membership.load_into(&txn)?;
+        stores.membership.inherit_capabilities(previous);
         Ok(())
     }
 
@@ -573,6 +626,42 @@ mod tests {
             out = Some((kv.value.to_vec(), kv.create_revision, kv.mod_revision, kv.version, kv.lease))
         })?;
         Ok(out)
+    }
+
+    /// `open_in_place` reads the same node as `open`, into a fresh node and into one that held
+    /// other state (its stores, capabilities and progress are all replaced).
+    #[test]
+    fn open_in_place_reads_what_open_reads() {
+        let mut leader = node();
+        let peer: &[u8] = b"http://10.0.0.1:2380";
+        let member = NewMember { id: 1, name: b"one", peer_urls: &[peer], client_urls: &[], is_learner: false };
+        apply(&mut leader, &Request::MemberAdd(member)).unwrap();
+        apply(&mut leader, &Request::LeaseGrant { id: 7, ttl: 60 }).unwrap();
+        apply(&mut leader, &Request::Put { key: b"a", value: b"1", lease: 7 }).unwrap();
+        apply(&mut leader, &Request::Put { key: b"a", value: b"2", lease: 7 }).unwrap();
+        apply(&mut leader, &Request::Put { key: b"b", value: b"3", lease: 0 }).unwrap();
+        apply(&mut leader, &Request::UserAdd { name: b"u", password_hash: b"h", no_password: false }).unwrap();
+        apply(&mut leader, &Request::AlarmActivate(Alarm { member: 1, kind: AlarmType::Nospace })).unwrap();
+        let mut v2 = std::vec::Vec::new();
+        leader.v2_snapshot_data(&mut v2).unwrap();
+        let config = *leader.config();
+        let opened = Node::<VecBackend, Growable>::open(config, leader.backend().clone(), &v2).unwrap();
+
+        let mut fresh = Node::<VecBackend, Growable>::new(config, leader.backend().clone());
+        Node::open_in_place(&mut fresh, &v2).unwrap();
+        assert_eq!(fresh.stores(), opened.stores());
+        assert_eq!(fresh.progress(), opened.progress());
+
+        // A node that held another state, with a cluster version (so other capabilities).
+        let mut used = node();
+        apply(&mut used, &Request::ClusterVersion(Version { major: 3, minor: 6, patch: 0 })).unwrap();
+        apply(&mut used, &Request::Put { key: b"z", value: b"9", lease: 0 }).unwrap();
+        used.backend = leader.backend().clone();
+        Node::open_in_place(&mut used, &v2).unwrap();
+        assert_eq!(used.stores(), opened.stores());
+        assert_eq!(used.progress(), opened.progress());
+        assert_eq!(used.stores().lessor.items().len(), 1);
+        assert_eq!(used.stores().kv.index_len(), 3);
     }
 
     #[test]

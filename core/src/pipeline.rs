@@ -16,9 +16,10 @@
 //! to the lessor and key-index phases, which then install them instead of scanning the backend.
 //!
 //! The alarms, auth, membership and v2 stores are read from the new backend (and the snapshot's
-//! v2 data) when it is opened, in phase 3. Phases 4 to 6 bind the consistent index and rebuild
-//! the lessor and the key index from the new backend, in the node's own memory (a device cannot
-//! hold two copies of them). Phase 7 installs the new backend and every store at once; phases 8
+//! v2 data) when it is opened, in phase 3: alarms, auth and membership into the node's own
+//! stores, the v2 store into the node's staging slot, exchanged with the live one at the swap. Phases 4 to 6 bind the consistent
+//! index and rebuild the lessor and the key index from the new backend, in the node's own
+//! memory (a device cannot hold two copies of them). Phase 7 installs the new backend and every store at once; phases 8
 //! to 11 then announce, in etcd's order, stores that are already live. Nothing a snapshot
 //! contains can fail after the swap: only the transport and the snapshot store can.
 //!
@@ -26,8 +27,8 @@
 //!
 //! The node is borrowed exclusively from [`Validated::new`] to the end of the run and is marked
 //! *unfinished* before any port is called. The mark is cleared when the run reaches `Applied`,
-//! or when it ends before the swap, the old backend still live (the lessor and key index, if the
-//! run had begun to rebuild them, are then read back from it). A run that ends after the swap
+//! or when it ends before the swap, the old backend still live (the stores the run had begun to
+//! rebuild, from phase 3 on, are then read back from it). A run that ends after the swap
 //! other than at `Applied` (an error, a dropped state, a panic unwinding out of a port) and a
 //! run whose state is forgotten (`mem::forget`) leave the mark: the node then refuses
 //! [`Node::apply`] and new restores until [`resume`] completes the restore from the durable
@@ -44,9 +45,7 @@ use crate::observe::{Event, Observer, Phase, SnapshotFields};
 use crate::ports::{Durable, PersistTicket, PortError, PortErrorKind, Ports, ReleaseTicket, SnapshotStore, Transport};
 use crate::raft::{Progress, SnapshotMetadata};
 use crate::snapshot::{ImageData, Snapshot};
-use crate::store::{
-    AlarmStore, AuthStore, ConsistentIndex, KvStore, Later, Lessor, MAX_MEMBER_URLS, Membership, StoreError, V2Store,
-};
+use crate::store::{ConsistentIndex, KvStore, Lessor, MAX_MEMBER_URLS, StoreError};
 
 /// What every state carries: the node (the live-backend slot, held exclusively), the ports, the
 /// snapshot. Dropping it before the end reports the failure and ends the run.
@@ -55,7 +54,11 @@ struct Run<'n, P: Profile, S: SnapshotStore> {
     storage: &'n mut S,
     transport: &'n mut dyn Transport,
     observer: &'n mut dyn Observer,
-    metadata: SnapshotMetadata,
+    /// The snapshot's index and term. Its whole metadata is in the `Validated` state, then in
+    /// the [`Durable`] proof: a third copy in every state would cost a device 568 bytes of stack
+    /// per state alive.
+    index: u64,
+    term: u64,
     /// The image, until `persist` hands it to the snapshot store.
     image: Option<ImageData<'n>>,
     mark: Option<u64>,
@@ -72,8 +75,8 @@ impl<P: Profile, S: SnapshotStore> Run<'_, P, S> {
         SnapshotFields {
             current_snapshot_index: self.node.progress.snapshot_index,
             current_applied_index: self.node.progress.applied_index,
-            incoming_leader_snapshot_index: self.metadata.index,
-            incoming_leader_snapshot_term: self.metadata.term,
+            incoming_leader_snapshot_index: self.index,
+            incoming_leader_snapshot_term: self.term,
         }
     }
 
@@ -171,8 +174,8 @@ macro_rules! state {
         impl<P: Profile, S: SnapshotStore> core::fmt::Debug for $name<'_, P, S> {
             fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
                 f.debug_struct(stringify!($name))
-                    .field("index", &self.run.metadata.index)
-                    .field("term", &self.run.metadata.term)
+                    .field("index", &self.run.index)
+                    .field("term", &self.run.term)
                     .finish_non_exhaustive()
             }
         }
@@ -182,7 +185,7 @@ macro_rules! state {
 state!(
     /// The snapshot is newer than the node's applied index and its backend's consistent index;
     /// the gauge is up and the node is marked unfinished.
-    Validated {}
+    Validated { metadata: SnapshotMetadata }
 );
 state!(
     /// The snapshot is durable on the node's own storage (etcd waits on `apply.notifyc`).
@@ -191,20 +194,20 @@ state!(
 state!(
     /// The snapshot's backend is open, its consistent index equals the snapshot's index, and the
     /// stores installed with it at the swap have been read from it.
-    BackendOpened { durable: Durable<'n>, backend: S::Backend, later: Later<P> }
+    BackendOpened { durable: Durable<'n>, backend: S::Backend }
 );
 state!(
     /// The consistent-index holder points at the new backend (etcd's `consistIndex.SetBackend`).
-    IndexBound { durable: Durable<'n>, backend: S::Backend, later: Later<P>, cindex: ConsistentIndex }
+    IndexBound { durable: Durable<'n>, backend: S::Backend, cindex: ConsistentIndex }
 );
 state!(
     /// The lessor is rebuilt from the new backend (in the node's memory, not yet live: the node
     /// is borrowed by the run).
-    LeaseRestored { durable: Durable<'n>, backend: S::Backend, later: Later<P>, cindex: ConsistentIndex }
+    LeaseRestored { durable: Durable<'n>, backend: S::Backend, cindex: ConsistentIndex }
 );
 state!(
     /// The key index is rebuilt from the new backend, keys reattached to the new leases.
-    MvccRestored { durable: Durable<'n>, backend: S::Backend, later: Later<P>, cindex: ConsistentIndex }
+    MvccRestored { durable: Durable<'n>, backend: S::Backend, cindex: ConsistentIndex }
 );
 state!(
     /// The new backend and every store read from it are live; the old backend was handed back.
@@ -269,8 +272,13 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
         resuming: bool,
     ) -> Result<Self, ApplyError> {
         if !resuming {
-            node.unfinished =
-                Some(Unfinished { metadata: metadata.clone(), sha256: None, swapped: false, stores_cleared: false });
+            node.unfinished = Some(Unfinished {
+                metadata: metadata.clone(),
+                sha256: None,
+                swapped: false,
+                stores_cleared: false,
+                capabilities: node.stores.membership.capabilities(),
+            });
         }
         let Ports { storage, transport, observer } = ports;
         let mut run = Run {
@@ -278,7 +286,8 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
             storage,
             transport,
             observer,
-            metadata,
+            index: metadata.index,
+            term: metadata.term,
             image: Some(data),
             mark: None,
             reached: None,
@@ -294,19 +303,19 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
         // roll the node back. Completing the unfinished restore itself is the one exception.
         let applied = run.node.progress.applied_index;
         let floor = if resuming { applied } else { applied.max(run.node.stores.cindex.index()) };
-        if run.metadata.index <= floor {
+        if run.index <= floor {
             run.event(Event::OutdatedSnapshot(fields));
-            let kind = ApplyErrorKind::Outdated { incoming_index: run.metadata.index, applied_index: floor };
+            let kind = ApplyErrorKind::Outdated { incoming_index: run.index, applied_index: floor };
             return Err(run.fail(Phase::Validate, kind));
         }
         run.done(Phase::Validate);
-        Ok(Validated { run })
+        Ok(Validated { run, metadata })
     }
 
     /// Makes the snapshot durable through the snapshot store. The backend swap must never come
     /// before the durable record of the snapshot, or a crash loses the only copy (etcd #7876).
     pub fn persist(mut self) -> Result<Persisted<'n, P, S>, ApplyError> {
-        let ticket = PersistTicket::new(&self.run.metadata);
+        let ticket = PersistTicket::new(&self.metadata);
         let (stored, asked) = match self.take_image() {
             Ok((image, asked)) => (self.run.storage.persist(image, ticket), asked),
             Err(e) => (Err(e), None),
@@ -333,7 +342,7 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
     where
         F: for<'r> AsyncFnOnce(ImageData<'n>, PersistTicket<'r>) -> Result<Durable<'r>, PortError>,
     {
-        let ticket = PersistTicket::new(&self.run.metadata);
+        let ticket = PersistTicket::new(&self.metadata);
         let (stored, asked) = match self.take_image() {
             Ok((image, asked)) => (persist(image, ticket).await, asked),
             Err(e) => (Err(e), None),
@@ -370,11 +379,9 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
             Err(e) => return Err(self.run.fail(Phase::Persist, ApplyErrorKind::Port(e))),
         };
         let other_image = asked.is_some_and(|d| d != *durable.sha256());
-        if *durable.metadata() != self.run.metadata || other_image {
-            let kind = ApplyErrorKind::PersistedOther {
-                expected_index: self.run.metadata.index,
-                confirmed_index: durable.index(),
-            };
+        if *durable.metadata() != self.metadata || other_image {
+            let kind =
+                ApplyErrorKind::PersistedOther { expected_index: self.run.index, confirmed_index: durable.index() };
             return Err(self.run.fail(Phase::Persist, kind));
         }
         if let Some(u) = &mut self.run.node.unfinished {
@@ -397,34 +404,35 @@ impl<'n, P: Profile, S: SnapshotStore> Persisted<'n, P, S> {
             Ok(c) => c,
             Err(e) => return Err(self.run.fail(Phase::OpenBackend, ApplyErrorKind::Store(e))),
         };
-        let snapshot_index = self.run.metadata.index;
+        let snapshot_index = self.run.index;
         if stored.index() != snapshot_index {
             let kind = ApplyErrorKind::IndexMismatch { backend_index: stored.index(), snapshot_index };
             return Err(self.run.fail(Phase::OpenBackend, kind));
         }
-        let later = match self.read_later(&backend) {
-            Ok(later) => later,
-            Err(kind) => return Err(self.run.fail(Phase::OpenBackend, kind)),
-        };
+        if let Err(kind) = self.read_later(&backend) {
+            return Err(self.run.fail(Phase::OpenBackend, kind));
+        }
         self.run.done(Phase::OpenBackend);
-        Ok(BackendOpened { run: self.run, durable: self.durable, backend, later })
+        Ok(BackendOpened { run: self.run, durable: self.durable, backend })
     }
 
     /// Reads the stores installed with the new backend: alarms, auth and membership from it
     /// (etcd's `restoreAlarms`, `authStore.Recover`, `cluster.Recover`), the v2 store from the
     /// snapshot's v2 data, checked against the deprecation level (`AssertNoV2StoreContent`).
-    fn read_later(&mut self, backend: &S::Backend) -> Result<Later<P>, ApplyErrorKind> {
+    ///
+    /// Alarms, auth and membership are read into the node's own stores, as the lessor and the
+    /// key index are later: a device has no room to carry second copies through the phases.
+    /// They are in no port's reach until the swap (the node is borrowed by the run), and if the
+    /// run ends before the swap they are read back from the old backend. The v2 store is not in
+    /// the backend: the new one is staged in the node beside the live one, and the swap
+    /// exchanges them.
+    fn read_later(&mut self, backend: &S::Backend) -> Result<(), ApplyErrorKind> {
         let level = self.run.node.config.v2_deprecation;
-        let v2 = match self.run.storage.v2_data(&self.durable) {
-            Ok(data) => V2Store::recover(data, level).map_err(ApplyErrorKind::Store)?,
+        match self.run.storage.v2_data(&self.durable) {
+            Ok(data) => self.run.node.staged_v2.recover_into(data, level).map_err(ApplyErrorKind::Store)?,
             Err(e) => return Err(ApplyErrorKind::Port(e)),
-        };
-        Ok(Later {
-            alarms: AlarmStore::recover(backend).map_err(ApplyErrorKind::Store)?,
-            auth: AuthStore::recover(backend).map_err(ApplyErrorKind::Store)?,
-            membership: Membership::recover(backend).map_err(ApplyErrorKind::Store)?,
-            v2,
-        })
+        }
+        self.run.node.read_restored_stores(backend).map_err(ApplyErrorKind::Store)
     }
 }
 
@@ -438,7 +446,7 @@ impl<'n, P: Profile, S: SnapshotStore> BackendOpened<'n, P, S> {
             Err(e) => return Err(self.run.store_err(Phase::BindIndex)(e)),
         };
         self.run.done(Phase::BindIndex);
-        Ok(IndexBound { run: self.run, durable: self.durable, backend: self.backend, later: self.later, cindex })
+        Ok(IndexBound { run: self.run, durable: self.durable, backend: self.backend, cindex })
     }
 }
 
@@ -454,10 +462,10 @@ impl<'n, P: Profile, S: SnapshotStore> IndexBound<'n, P, S> {
         self.run.event(Event::RestoringLeaseStore);
         let min_ttl = self.run.node.config.min_lease_ttl;
         self.run.node.clear_for_rebuild();
-        match Lessor::recover(&mut self.backend, min_ttl, &self.cindex) {
-            Ok(l) => self.run.node.stores.lessor = l,
-            Err(e) => return Err(self.run.store_err(Phase::RestoreLease)(e)),
-        };
+        // In the node's own lessor, cleared above: a device has no room for a second one.
+        if let Err(e) = self.run.node.stores.lessor.recover_into(&mut self.backend, min_ttl, &self.cindex) {
+            return Err(self.run.store_err(Phase::RestoreLease)(e));
+        }
         Ok(self.lease_restored())
     }
 
@@ -470,7 +478,7 @@ impl<'n, P: Profile, S: SnapshotStore> IndexBound<'n, P, S> {
     /// not used: the lessor is then recovered from the backend, as `restore_lease` does, and
     /// `None` is handed back.
     pub fn restore_lease_prebuilt(mut self, prebuilt: Prebuilt<P>) -> Result<LeaseWithIndex<'n, P, S>, ApplyError> {
-        let fits = prebuilt.index == self.run.metadata.index
+        let fits = prebuilt.index == self.run.index
             && prebuilt.sha256 == *self.durable.sha256()
             && prebuilt.min_ttl == self.run.node.config.min_lease_ttl;
         if !fits {
@@ -491,13 +499,7 @@ impl<'n, P: Profile, S: SnapshotStore> IndexBound<'n, P, S> {
     fn lease_restored(mut self) -> LeaseRestored<'n, P, S> {
         self.run.event(Event::RestoredLeaseStore);
         self.run.done(Phase::RestoreLease);
-        LeaseRestored {
-            run: self.run,
-            durable: self.durable,
-            backend: self.backend,
-            later: self.later,
-            cindex: self.cindex,
-        }
+        LeaseRestored { run: self.run, durable: self.durable, backend: self.backend, cindex: self.cindex }
     }
 }
 
@@ -507,10 +509,11 @@ impl<'n, P: Profile, S: SnapshotStore> LeaseRestored<'n, P, S> {
     pub fn restore_mvcc(mut self) -> Result<MvccRestored<'n, P, S>, ApplyError> {
         self.run.event(Event::RestoringMvccStore);
         let stores = &mut self.run.node.stores;
-        match KvStore::restore(&mut self.backend, &mut stores.lessor, &self.cindex) {
-            Ok(kv) => stores.kv = kv,
-            Err(e) => return Err(self.run.store_err(Phase::RestoreMvcc)(e)),
-        };
+        // In the node's own key store, cleared with the lessor: no second key store (24 KiB in
+        // the reference profile) ever exists.
+        if let Err(e) = stores.kv.restore_into(&mut self.backend, &mut stores.lessor, &self.cindex) {
+            return Err(self.run.store_err(Phase::RestoreMvcc)(e));
+        }
         Ok(self.mvcc_restored())
     }
 
@@ -518,7 +521,7 @@ impl<'n, P: Profile, S: SnapshotStore> LeaseRestored<'n, P, S> {
     /// and the lessor with its keys attached, in O(1). An index of another snapshot is not
     /// used: the key index is then rebuilt from the backend, as `restore_mvcc` does.
     pub fn restore_mvcc_prebuilt(mut self, index: PrebuiltIndex<P>) -> Result<MvccRestored<'n, P, S>, ApplyError> {
-        if index.index != self.run.metadata.index || index.sha256 != *self.durable.sha256() {
+        if index.index != self.run.index || index.sha256 != *self.durable.sha256() {
             return self.restore_mvcc();
         }
         self.run.event(Event::RestoringMvccStore);
@@ -531,13 +534,7 @@ impl<'n, P: Profile, S: SnapshotStore> LeaseRestored<'n, P, S> {
     fn mvcc_restored(mut self) -> MvccRestored<'n, P, S> {
         self.run.event(Event::RestoredMvccStore { consistent_index: self.cindex.index() });
         self.run.done(Phase::RestoreMvcc);
-        MvccRestored {
-            run: self.run,
-            durable: self.durable,
-            backend: self.backend,
-            later: self.later,
-            cindex: self.cindex,
-        }
+        MvccRestored { run: self.run, durable: self.durable, backend: self.backend, cindex: self.cindex }
     }
 }
 
@@ -615,7 +612,7 @@ impl<'n, P: Profile, S: SnapshotStore> MvccRestored<'n, P, S> {
     /// old backend to be closed off the apply loop (etcd closes it on a goroutine, "closing old
     /// backend file").
     pub fn swap_backend(mut self) -> (BackendSwapped<'n, P, S>, S::Backend) {
-        let old = self.run.node.swap(self.backend, self.cindex, self.later);
+        let old = self.run.node.swap(self.backend, self.cindex);
         self.run.done(Phase::SwapBackend);
         (BackendSwapped { run: self.run, durable: self.durable }, old)
     }
@@ -704,9 +701,9 @@ impl<'n, P: Profile, S: SnapshotStore> PeersUpdated<'n, P, S> {
         if let Err(e) = self.run.storage.release_before(ReleaseTicket::new(&self.durable)) {
             return Err(self.run.fail(Phase::Finish, ApplyErrorKind::Port(e)));
         }
-        let Self { mut run, durable: _ } = self;
-        let metadata = run.metadata.clone();
-        run.node.complete_restore(&metadata);
+        let Self { mut run, durable } = self;
+        // The proof's metadata is the run's: `accept` checked it whole.
+        run.node.complete_restore(durable.metadata());
         run.done(Phase::Finish);
         run.end();
         Ok(Applied { run })

@@ -6,5 +6,6 @@ use snapply_core::store::{ConsistentIndex, Lessor};
 
 fn main() {
     let mut backend = VecBackend::new();
-    let _ = Lessor::<Growable>::recover(&mut backend, 5, &ConsistentIndex::default());
+    let mut lessor = Lessor::<Growable>::new(5);
+    let _ = lessor.recover_into(&mut backend, 5, &ConsistentIndex::default());
 }

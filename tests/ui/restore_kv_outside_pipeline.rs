@@ -7,5 +7,6 @@ use snapply_core::store::{ConsistentIndex, KvStore, Lessor};
 fn main() {
     let mut backend = VecBackend::new();
     let mut lessor = Lessor::<Growable>::new(5);
-    let _ = KvStore::<Growable>::restore(&mut backend, &mut lessor, &ConsistentIndex::default());
+    let mut kv = KvStore::<Growable>::default();
+    let _ = kv.restore_into(&mut backend, &mut lessor, &ConsistentIndex::default());
 }

@@ -48,14 +48,23 @@ impl<'b, S: Source> Decoder<'b, S> {
     /// # Errors
     /// [`DecodeError::Corrupt`] if the image does not start with a valid preamble and header,
     /// [`DecodeError::Source`] if reading fails, [`DecodeError::BufferTooSmall`].
-    pub fn new(mut source: S, buf: &'b mut [u8]) -> Result<Self, DecodeError<S::Error>> {
-        let mut state = State::new();
+    pub fn new(source: S, buf: &'b mut [u8]) -> Result<Self, DecodeError<S::Error>> {
+        let mut decoder = Decoder { source, buf, state: State::new() };
+        decoder.start()?;
+        Ok(decoder)
+    }
+
+    /// Reads and checks the preamble and the header frame, in place: [`materialize`] keeps
+    /// its decoder where it made it rather than have [`Decoder::new`] return one (a copy of
+    /// the decoder's 2 KiB on a device's stack).
+    fn start(&mut self) -> Result<(), DecodeError<S::Error>> {
+        let Decoder { source, buf, state } = self;
         let mut preamble = [0u8; PREAMBLE_LEN];
-        read_exact(&mut source, &mut preamble, &mut state.offset)?;
+        read_exact(source, &mut preamble, &mut state.offset)?;
         state.preamble(&preamble)?;
-        let (_, payload) = read_frame(&mut source, buf, &mut state)?;
+        let (_, payload) = read_frame(source, buf, state)?;
         state.header(payload)?;
-        Ok(Decoder { source, buf, state })
+        Ok(())
     }
 
     /// The snapshot metadata of the image's header.
@@ -132,7 +141,8 @@ pub fn materialize<S: Source, W: WriteTxn + ?Sized>(
     txn: &mut W,
     v2: &mut dyn FnMut(&[u8]) -> Result<(), BackendError>,
 ) -> Result<(SnapshotMetadata, Summary), MaterializeError<S::Error>> {
-    let mut decoder = Decoder::new(source, buf)?;
+    let mut decoder = Decoder { source, buf, state: State::new() };
+    decoder.start()?;
     for bucket in Bucket::ALL {
         txn.clear(bucket).map_err(MaterializeError::Backend)?;
     }

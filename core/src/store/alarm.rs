@@ -96,10 +96,17 @@ impl<P: Profile> AlarmStore<P> {
     /// Reads the store from a read transaction.
     pub(crate) fn load<R: ReadTxn + ?Sized>(txn: &R) -> Result<Self, StoreError> {
         let mut store = AlarmStore::<P>::default();
-        codec::scan(txn, Bucket::Alarm, |k, _| match Alarm::from_key(k) {
-            Some(alarm) => codec::upsert(&mut store.alarms, alarm, |a| a, "alarms").map_err(Into::into),
-            None => Err(StoreError::Corrupt { bucket: Bucket::Alarm, what: "malformed alarm key" }),
-        })?;
+        store.load_into(txn)?;
         Ok(store)
+    }
+
+    /// Reads the store from a read transaction in place (cleared first).
+    pub(crate) fn load_into<R: ReadTxn + ?Sized>(&mut self, txn: &R) -> Result<(), StoreError> {
+        self.alarms.clear_all();
+        let alarms = &mut self.alarms;
+        codec::scan(txn, Bucket::Alarm, |k, _| match Alarm::from_key(k) {
+            Some(alarm) => codec::upsert(alarms, alarm, |a| a, "alarms").map_err(Into::into),
+            None => Err(StoreError::Corrupt { bucket: Bucket::Alarm, what: "malformed alarm key" }),
+        })
     }
 }

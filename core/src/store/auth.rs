@@ -443,6 +443,20 @@ impl<P: Profile> AuthStore<P> {
     /// Reads the store from a read transaction.
     pub(crate) fn load<R: ReadTxn + ?Sized>(txn: &R) -> Result<Self, StoreError> {
         let mut store = AuthStore::<P>::default();
+        store.load_into(txn)?;
+        Ok(store)
+    }
+
+    /// Reads the store from a read transaction in place: cleared to a fresh store first, then
+    /// filled, so no second store exists.
+    pub(crate) fn load_into<R: ReadTxn + ?Sized>(&mut self, txn: &R) -> Result<(), StoreError> {
+        self.enabled = false;
+        self.revision = 1;
+        self.users.clear_all();
+        self.roles.clear_all();
+        self.cache.clear_all();
+        self.token = TokenProvider::Disabled;
+        let store = self;
         let mut enabled = None;
         txn.get(Bucket::Auth, AUTH_ENABLED_KEY, &mut |v| enabled = Some(v == [1]))?;
         store.enabled = enabled.unwrap_or(false);
@@ -478,7 +492,7 @@ impl<P: Profile> AuthStore<P> {
         })?;
         store.rebuild_cache()?;
         store.token = if store.enabled { TokenProvider::Enabled } else { TokenProvider::Disabled };
-        Ok(store)
+        Ok(())
     }
 }
 

@@ -520,34 +520,61 @@ impl<P: Profile> KvStore<P> {
         Ok(())
     }
 
-    /// Rebuilds the store from the `key` and `meta` buckets of `backend` (etcd's
+    /// Empties the store in its own memory, as a fresh store: no entry, no key byte, revision
+    /// 1, no compaction. A device has no room for a second store to replace it with.
+    pub(crate) fn clear(&mut self) {
+        self.index.clear_all();
+        self.arena.clear_all();
+        self.current_rev = 1;
+        self.compact_rev = -1;
+    }
+
+    /// Rebuilds the store in place from the `key` and `meta` buckets of `backend` (etcd's
     /// `kvstore.restore`): the index with generations and tombstones, the current and compacted
     /// revisions, keys reattached to `lessor`'s leases, and an unfinished scheduled compaction
     /// resumed and committed on `backend` through `cindex`.
-    pub(crate) fn restore<B: Backend>(
+    ///
+    /// In place: the index and the arena are cleared and refilled, so no second store exists
+    /// (a store of the reference profile is 24 KiB). If it fails, the store holds what was read
+    /// so far; callers read it back or drop it.
+    pub(crate) fn restore_into<B: Backend>(
+        &mut self,
         backend: &mut B,
         lessor: &mut Lessor<P>,
         cindex: &ConsistentIndex,
-    ) -> Result<Self, StoreError> {
-        let (mut store, scheduled) = Self::load(&backend.read()?, lessor)?;
+    ) -> Result<(), StoreError> {
+        let scheduled = self.load_into(&backend.read()?, lessor)?;
         if let Some(scheduled) = scheduled {
             crate::fmt::info!("resume scheduled compaction: scheduled-compact-revision {}", scheduled);
             let mut txn = backend.write()?;
-            store.compact(&mut txn, scheduled)?;
+            self.compact(&mut txn, scheduled)?;
             cindex.commit(txn)?;
             // etcd: the current revision is never below the compacted one.
-            store.current_rev = store.current_rev.max(store.compact_rev);
+            self.current_rev = self.current_rev.max(self.compact_rev);
         }
-        Ok(store)
+        Ok(())
     }
 
-    /// Reads the store as [`KvStore::restore`] does, without committing; returns the scheduled
-    /// compaction revision if a compaction is unfinished.
+    /// Reads a store as [`KvStore::load_into`] does, into a new one: for a host that builds a
+    /// store beside the live one ([`crate::pipeline::Prebuilt`]).
     pub(crate) fn load<R: ReadTxn + ?Sized>(
         txn: &R,
         lessor: &mut Lessor<P>,
     ) -> Result<(Self, Option<i64>), StoreError> {
         let mut store = KvStore::<P>::default();
+        let scheduled = store.load_into(txn, lessor)?;
+        Ok((store, scheduled))
+    }
+
+    /// Reads the store in place as [`KvStore::restore_into`] does, without committing; returns
+    /// the scheduled compaction revision if a compaction is unfinished.
+    pub(crate) fn load_into<R: ReadTxn + ?Sized>(
+        &mut self,
+        txn: &R,
+        lessor: &mut Lessor<P>,
+    ) -> Result<Option<i64>, StoreError> {
+        self.clear();
+        let store = self;
         let finished = codec::get_u64(txn, Bucket::Meta, META_FINISHED_COMPACT)?.map(|v| v as i64);
         let scheduled = codec::get_u64(txn, Bucket::Meta, META_SCHEDULED_COMPACT)?.map(|v| v as i64);
         codec::scan(txn, Bucket::Key, |k, v| store.restore_one(k, v))?;
@@ -594,8 +621,7 @@ impl<P: Profile> KvStore<P> {
         if store.current_rev < store.compact_rev {
             store.current_rev = store.compact_rev;
         }
-        let unfinished = scheduled.filter(|s| *s > store.compact_rev);
-        Ok((store, unfinished))
+        Ok(scheduled.filter(|s| *s > store.compact_rev))
     }
 
     /// Makes the revisions of a key share one copy of its bytes (the index is sorted) and

@@ -239,32 +239,50 @@ impl<P: Profile> Lessor<P> {
     /// `initAndRecover`): every TTL at least the minimum, every lease "forever" until promotion,
     /// no attached key yet (the key-value store reattaches them). Like etcd, it ends with a
     /// forced commit, which stamps `cindex` into the backend.
-    pub(crate) fn recover<B: Backend>(
+    ///
+    /// In place: the leases and attached keys are cleared and refilled.
+    pub(crate) fn recover_into<B: Backend>(
+        &mut self,
         backend: &mut B,
         min_ttl: i64,
         cindex: &ConsistentIndex,
-    ) -> Result<Self, StoreError> {
-        let lessor = Self::load(&backend.read()?, min_ttl)?;
+    ) -> Result<(), StoreError> {
+        self.load_into(&backend.read()?, min_ttl)?;
         cindex.commit(backend.write()?)?;
+        Ok(())
+    }
+
+    /// Empties the lessor in its own memory: no lease, no attached key, `min_ttl` as its
+    /// minimum TTL (at least 1), as [`Lessor::new`] makes it.
+    pub(crate) fn clear(&mut self, min_ttl: i64) {
+        self.leases.clear_all();
+        self.items.clear_all();
+        self.min_ttl = min_ttl.max(1);
+    }
+
+    /// Reads the leases of the `lease` bucket, as [`Lessor::recover_into`] does, without
+    /// committing, into a new lessor.
+    pub(crate) fn load<R: ReadTxn + ?Sized>(txn: &R, min_ttl: i64) -> Result<Self, StoreError> {
+        let mut lessor = Lessor::new(min_ttl);
+        lessor.load_into(txn, min_ttl)?;
         Ok(lessor)
     }
 
-    /// Reads the leases of the `lease` bucket, as [`Lessor::recover`] does, without committing.
-    pub(crate) fn load<R: ReadTxn + ?Sized>(txn: &R, min_ttl: i64) -> Result<Self, StoreError> {
-        let mut lessor = Lessor::new(min_ttl);
-        {
-            codec::scan(txn, Bucket::Lease, |_, v| {
-                codec::decode::<LeaseRecord>(Bucket::Lease, v).and_then(|r| {
-                    let lease = Lease {
-                        id: r.id,
-                        ttl: r.ttl.max(lessor.min_ttl),
-                        remaining_ttl: r.remaining_ttl,
-                        expiry: Expiry::Forever,
-                    };
-                    codec::upsert(&mut lessor.leases, lease, |l| &l.id, "lessor leases").map_err(Into::into)
-                })
-            })?;
-        }
-        Ok(lessor)
+    /// Reads the leases of the `lease` bucket in place (cleared first), without committing.
+    pub(crate) fn load_into<R: ReadTxn + ?Sized>(&mut self, txn: &R, min_ttl: i64) -> Result<(), StoreError> {
+        self.clear(min_ttl);
+        let min_ttl = self.min_ttl;
+        let leases = &mut self.leases;
+        codec::scan(txn, Bucket::Lease, |_, v| {
+            codec::decode::<LeaseRecord>(Bucket::Lease, v).and_then(|r| {
+                let lease = Lease {
+                    id: r.id,
+                    ttl: r.ttl.max(min_ttl),
+                    remaining_ttl: r.remaining_ttl,
+                    expiry: Expiry::Forever,
+                };
+                codec::upsert(leases, lease, |l| &l.id, "lessor leases").map_err(Into::into)
+            })
+        })
     }
 }

@@ -295,6 +295,12 @@ impl<P: Profile> Membership<P> {
         }
     }
 
+    /// Sets the capabilities as they were (a restore that ended before the swap reads the old
+    /// membership back with the capabilities it had).
+    pub(crate) fn set_capabilities(&mut self, capabilities: Capabilities) {
+        self.capabilities = capabilities;
+    }
+
     /// Sets the cluster version and updates the capabilities.
     pub(crate) fn set_version<W: WriteTxn + ?Sized>(&mut self, txn: &mut W, v: Version) -> Result<(), StoreError> {
         let mut buf = heapless::Vec::<u8, 16>::new();
@@ -323,6 +329,25 @@ impl<P: Profile> Membership<P> {
     /// Reads the store from a read transaction.
     pub(crate) fn load<R: ReadTxn + ?Sized>(txn: &R) -> Result<Self, StoreError> {
         let mut store = Membership::<P>::default();
+        store.load_into(txn)?;
+        Ok(store)
+    }
+
+    /// Empties the store in its own memory, as a fresh one: no member, no version, the
+    /// capabilities of no version.
+    pub(crate) fn clear(&mut self) {
+        self.members.clear_all();
+        self.removed.clear_all();
+        self.version = None;
+        self.downgrade = Downgrade::default();
+        self.capabilities = Capabilities::default();
+    }
+
+    /// Reads the store from a read transaction in place (cleared first), capabilities updated
+    /// from the version read.
+    pub(crate) fn load_into<R: ReadTxn + ?Sized>(&mut self, txn: &R) -> Result<(), StoreError> {
+        self.clear();
+        let store = self;
         codec::scan(txn, Bucket::Members, |_, v| {
             Self::decode_member(v)
                 .and_then(|m| codec::upsert(&mut store.members, m, |m| &m.id, "members").map_err(Into::into))
@@ -334,6 +359,6 @@ impl<P: Profile> Membership<P> {
         store.version = codec::get(txn, Bucket::Cluster, CLUSTER_VERSION_KEY)?;
         store.downgrade = codec::get(txn, Bucket::Cluster, DOWNGRADE_KEY)?.unwrap_or_default();
         store.capabilities = Capabilities::of(store.version);
-        Ok(store)
+        Ok(())
     }
 }

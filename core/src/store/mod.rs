@@ -31,16 +31,6 @@ pub use membership::{
 };
 pub use v2::{CLUSTER_PREFIX, V2Deprecation, V2Node, V2Store};
 
-/// The stores etcd restores after the backend swap (alarms, auth, v2, membership), read and
-/// checked when the new backend is opened and installed with it at the swap.
-#[derive(Debug)]
-pub(crate) struct Later<P: crate::collections::Profile> {
-    pub(crate) alarms: AlarmStore<P>,
-    pub(crate) auth: AuthStore<P>,
-    pub(crate) v2: V2Store<P>,
-    pub(crate) membership: Membership<P>,
-}
-
 /// Reads every store a restore recovers from `backend` (leases, keys with their lease
 /// attachments, alarms, auth, membership) and drops them, without writing: a snapshot store
 /// calls it while persisting, off the apply loop's critical path, so a snapshot whose records

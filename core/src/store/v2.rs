@@ -153,6 +153,20 @@ impl<P: Profile> V2Store<P> {
     /// the caller's store is unchanged.
     pub fn recover(data: &[u8], level: V2Deprecation) -> Result<Self, StoreError> {
         let mut store = V2Store::<P>::default();
+        store.recover_into(data, level)?;
+        Ok(store)
+    }
+
+    /// Empties the tree in its own memory.
+    pub(crate) fn clear(&mut self) {
+        self.nodes.clear_all();
+    }
+
+    /// [`V2Store::recover`] in place: the tree is cleared and refilled. On error it holds what
+    /// was read so far.
+    pub(crate) fn recover_into(&mut self, data: &[u8], level: V2Deprecation) -> Result<(), StoreError> {
+        self.nodes.clear_all();
+        let store = self;
         let mut rest = data;
         while !rest.is_empty() {
             let (record, tail) = postcard::take_from_bytes::<NodeRecord<'_>>(rest)
@@ -168,7 +182,7 @@ impl<P: Profile> V2Store<P> {
         if level >= V2Deprecation::WriteOnly && !store.is_membership_only() {
             return Err(StoreError::V2ContentDisallowed);
         }
-        Ok(store)
+        Ok(())
     }
 }
 

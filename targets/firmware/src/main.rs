@@ -218,17 +218,16 @@ fn run() -> Result<(), Failure> {
     let mut buf = [0u8; BASE_BUFFER];
     let mut store = DeviceStore::new(&chip, RANGE, &mut buf)?;
     let mut peers = PeerTable::<Device>::default();
-    // `snapply_flash::Mounted::open_node`, taken apart: the node stays in the `Result` it is
-    // returned in (moving it out would copy it on the stack), and a restore a reset interrupted
-    // is completed by `phases::apply` (one frame per phase) rather than `apply_snapshot`.
-    let mut opened = {
-        let v2 = store.committed_v2(&backend)?;
-        open_node(backend, v2)
-    };
-    let node = match &mut opened {
-        Ok(node) => node,
-        Err(e) => return Err(Failure::Store(*e)),
-    };
+    // `snapply_flash::Mounted::open_node`, taken apart: the node is made here, in the one slot
+    // it lives in, and opened in place (`Node::open` would build it and return it, a second
+    // copy of 34 KiB on the stack), and a restore a reset interrupted is completed by
+    // `phases::apply` (one frame per phase) rather than `apply_snapshot`.
+    let mut node = DeviceNode::new(DEVICE, backend);
+    let node = &mut node;
+    {
+        let v2 = store.committed_v2(node.backend())?;
+        open_node(node, v2)?;
+    }
     if let Some(p) = pending {
         info!("completing the restore of the persisted snapshot at index {}", p.metadata.index);
         let ports = Ports { storage: &mut store, transport: &mut peers, observer: &mut PhaseLog };
@@ -306,10 +305,10 @@ fn log_sizes() {
     );
 }
 
-/// `Node::open` in a frame of its own: the node it builds is returned in the caller's slot.
+/// `Node::open_in_place` in a frame of its own: every store is read into the node's own memory.
 #[inline(never)]
-fn open_node<'f>(backend: DeviceBackend<'f>, v2: &[u8]) -> Result<DeviceNode<'f>, StoreError> {
-    DeviceNode::open(DEVICE, backend, v2)
+fn open_node(node: &mut DeviceNode<'_>, v2: &[u8]) -> Result<(), StoreError> {
+    DeviceNode::open_in_place(node, v2)
 }
 
 /// The device's own state before any snapshot: keys, a lease with keys, a member and a user
@@ -357,13 +356,11 @@ fn restore<'f>(
     );
     let mut source = ImageStream::new(Chunked::new(image, CHUNK));
     let ports = Ports { storage: store, transport: peers, observer: &mut PhaseLog };
-    let Some(applied) = phases::apply(node, ports, Snapshot::streamed(&metadata, &mut source))? else {
+    let Some(applied_index) = phases::apply(node, ports, Snapshot::streamed(&metadata, &mut source))? else {
         return Err(Failure::WrongSnapshot { index: metadata.index });
     };
     info!("peers: {}", peers.peers().len());
-    // The old backend is the flash's previous area: nothing to close.
-    drop(applied.old_backend);
-    info!("committed to flash: snapshot index={}", applied.progress.applied_index);
+    info!("committed to flash: snapshot index={}", applied_index);
     Ok(())
 }
 

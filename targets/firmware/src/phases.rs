@@ -1,41 +1,37 @@
 //! The pipeline driven phase by phase, one non-inlined function per transition.
 //!
 //! `apply_snapshot` runs every transition in one function; inlined, every typestate (those
-//! before the swap carry the staged alarms, auth, membership and v2 stores and the new backend,
-//! 4.6 KiB with the firmware's tables, 8.7 KiB with the reference tables) and every `Result`
-//! around one gets its own stack slot in one frame: 45 KiB. Here each transition is a function
-//! of its own that takes the previous transition's `Result` as it is and returns its own, and the
-//! driver only passes results along (`swap(restore_mvcc(restore_lease(...)))`), so a result is
-//! dead once the next transition has taken it and the frames stay small (BENCHMARKS.md,
+//! before the swap carry the new backend and the proof, 1.5 KiB with the reference profile) and
+//! every `Result` around one gets its own stack slot in one frame. Here each transition is a
+//! function of its own that takes the previous transition's result as it is and returns its own,
+//! and the driver only passes results along (`swap(restore_mvcc(restore_lease(...)))`), so a
+//! result is dead once the next transition has taken it and the frames stay small (BENCHMARKS.md,
 //! "Firmware"). Keeping the states in one enum slot, or in `Option`s in scoped blocks, measured
-//! larger: every move of a state through a `match` or `take` is another copy on the stack.
+//! larger: every move of a state through a `match` or `take` is another copy on the stack. So
+//! did giving the snapshot store's calls frames of their own (a wrapper with non-inlined
+//! methods): 768 B more than letting them inline into the transitions.
 
 use snapply_core::pipeline::{
     BackendOpened, BackendSwapped, IndexBound, LeaseRestored, MvccRestored, Persisted, Validated,
 };
 use snapply_core::ports::{Ports, SnapshotStore};
-use snapply_core::{ApplyError, Node, Progress, Snapshot};
+use snapply_core::{ApplyError, Node, Snapshot};
 
 use crate::shared::Device;
 
-/// What a restore that reached `Applied` hands back.
-pub struct Applied<B> {
-    /// The node's progress after the snapshot.
-    pub progress: Progress,
-    /// The backend that was live before the swap.
-    pub old_backend: B,
-}
-
-/// Runs every phase, in etcd's order, like `apply_snapshot`. `Ok(None)` for an empty snapshot.
+/// Runs every phase, in etcd's order, like `apply_snapshot`, and returns the node's applied
+/// index after the snapshot; `Ok(None)` for an empty snapshot. The old backend handed back by
+/// the swap is dropped there: it is the flash's previous area, with nothing to close, and
+/// carrying it (and the whole progress) back through every frame would cost stack.
+///
+/// Every step takes the previous step's result as it is, the empty snapshot's `Ok(None)`
+/// included, so no frame unpacks a state out of a `Result` into a copy of its own.
 pub fn apply<'n, S: SnapshotStore>(
     node: &'n mut Node<S::Backend, Device>,
     ports: Ports<'n, S>,
     snapshot: Snapshot<'n>,
-) -> Result<Option<Applied<S::Backend>>, ApplyError> {
-    match validate(node, ports, snapshot)? {
-        Some(validated) => Ok(Some(after_swap(before_swap(validated))?)),
-        None => Ok(None),
-    }
+) -> Result<Option<u64>, ApplyError> {
+    after_swap(before_swap(validate(node, ports, snapshot)))
 }
 
 /// The first phase, in a frame of its own.
@@ -48,24 +44,26 @@ fn validate<'n, S: SnapshotStore>(
     Validated::new(node, ports, snapshot)
 }
 
-/// The phases up to the swap. Each transition takes the previous one's `Result` as it is and
+/// A state, or `None` for an empty snapshot, or the error that ended the run.
+type Step<T> = Result<Option<T>, ApplyError>;
+
+/// The phases up to the swap. Each transition takes the previous one's result as it is and
 /// returns its own, so this frame only passes results along, and each result is dead once the
 /// next transition has taken it.
 #[inline(never)]
-fn before_swap<'n, S: SnapshotStore>(
-    validated: Validated<'n, Device, S>,
-) -> Result<(BackendSwapped<'n, Device, S>, S::Backend), ApplyError> {
-    swap(restore_mvcc(restore_lease(bind_index(open_backend(persist(Ok(validated)))))))
+fn before_swap<'n, S: SnapshotStore>(validated: Step<Validated<'n, Device, S>>) -> Step<BackendSwapped<'n, Device, S>> {
+    swap(restore_mvcc(restore_lease(bind_index(open_backend(persist(validated))))))
 }
 
 /// Defines a transition as a function of its own, from the previous transition's result.
 macro_rules! transition {
     ($name:ident, $from:ident => $to:ident) => {
         #[inline(never)]
-        fn $name<'n, S: SnapshotStore>(
-            state: Result<$from<'n, Device, S>, ApplyError>,
-        ) -> Result<$to<'n, Device, S>, ApplyError> {
-            state?.$name()
+        fn $name<'n, S: SnapshotStore>(state: Step<$from<'n, Device, S>>) -> Step<$to<'n, Device, S>> {
+            match state? {
+                Some(state) => state.$name().map(Some),
+                None => Ok(None),
+            }
         }
     };
 }
@@ -76,21 +74,19 @@ transition!(bind_index, BackendOpened => IndexBound);
 transition!(restore_lease, IndexBound => LeaseRestored);
 transition!(restore_mvcc, LeaseRestored => MvccRestored);
 
-/// The swap: the new backend and every store become live.
+/// The swap: the new backend and every store become live; the old backend is dropped.
 #[inline(never)]
-fn swap<'n, S: SnapshotStore>(
-    mvcc: Result<MvccRestored<'n, Device, S>, ApplyError>,
-) -> Result<(BackendSwapped<'n, Device, S>, S::Backend), ApplyError> {
-    Ok(mvcc?.swap_backend())
+fn swap<'n, S: SnapshotStore>(mvcc: Step<MvccRestored<'n, Device, S>>) -> Step<BackendSwapped<'n, Device, S>> {
+    Ok(mvcc?.map(|mvcc| mvcc.swap_backend().0))
 }
 
 /// The phases after the swap: they announce stores already live, then update the peers and
 /// finish.
 #[inline(never)]
-fn after_swap<S: SnapshotStore>(
-    swapped: Result<(BackendSwapped<'_, Device, S>, S::Backend), ApplyError>,
-) -> Result<Applied<S::Backend>, ApplyError> {
-    let (s, old_backend) = swapped?;
+fn after_swap<S: SnapshotStore>(swapped: Step<BackendSwapped<'_, Device, S>>) -> Step<u64> {
+    let Some(s) = swapped? else {
+        return Ok(None);
+    };
     let peers = s.restore_alarms().restore_auth().restore_v2().restore_cluster().update_peers()?;
-    Ok(Applied { progress: peers.finish()?.into_progress(), old_backend })
+    Ok(Some(peers.finish()?.progress().applied_index))
 }

@@ -10,23 +10,9 @@ use snapply_core::collections::Profile;
 use snapply_core::store::{StoreError, V2Deprecation};
 use snapply_core::{Config, Node, Request};
 
-snapply_core::fixed_profile! {
-    /// The firmware's capacity profile: the reference device's tables
-    /// (`snapply_core::collections::Reference`), with the key index and key arena cut to what a
-    /// restore can hold in 64 KiB of RAM with this core, which builds the key store by value and
-    /// returns it through several `Result`s, each a full copy on the stack (BENCHMARKS.md,
-    /// "Firmware"). Swap in `Reference` here once the core rebuilds the key store in place.
-    pub Device {
-        bytes: 48, record_bytes: 256, keys: KEYS, key_bytes: KEY_BYTES, leases: 8, lease_items: 16, alarms: 2,
-        users: 2, roles_per_user: 1, roles: 2, permissions_per_role: 1, permission_cache: 2,
-        members: 3, urls_per_member: 1, removed: 2, v2_nodes: 8,
-    }
-}
-
-/// Key index entries (revisions) of [`Device`].
-pub const KEYS: usize = 96;
-/// Bytes of the key arena of [`Device`].
-pub const KEY_BYTES: usize = 2304;
+/// The firmware's capacity profile: the reference device's (`snapply_core::collections::Reference`:
+/// 512 key revisions, 12 KiB of key arena, 8 leases, 3 members, 2 users, 2 roles).
+pub use snapply_core::collections::Reference as Device;
 
 /// The device's node configuration (its member id, lease floor, v2 deprecation level).
 pub const DEVICE: Config = Config { id: 2, min_lease_ttl: 5, v2_deprecation: V2Deprecation::WriteOnly };
