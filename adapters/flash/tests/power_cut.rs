@@ -319,11 +319,7 @@ fn sweep_writes<const W: usize, const E: usize>(units: usize, compact: bool) {
     let base = RefCell::new(MockFlash::<W, E>::new(units));
     drop(follower(&base, range.clone(), &follower_ops()));
     let url: &[u8] = b"http://10.0.0.7:2380";
-    // The leader's NOSPACE alarm came with the snapshot; under it puts are refused as etcd
-    // refuses them, so the first write disarms it.
-    let nospace = snapply_core::store::Alarm { member: 1, kind: snapply_core::store::AlarmType::Nospace };
     let requests = [
-        Request::AlarmDeactivate(nospace),
         Request::Put { key: b"after/one", value: b"first write after the restore", lease: 0 },
         Request::LeaseGrant { id: 77, ttl: 120 },
         Request::MemberAdd(snapply_core::store::NewMember {

@@ -142,14 +142,14 @@ fn bad_image_is_refused_and_leaves_nothing() {
 fn large_values_restore_up_to_the_limit_and_past_it_are_refused() {
     let big = |len: usize| snapply_tests::Op::Put { key: 7, value: vec![0xa5; len], lease: None };
 
-    let (leader_node, metadata, image) = leader(&[rich_ops(), vec![big(300 * 1024)]]);
+    let (leader_node, metadata, image) = leader(&[vec![big(300 * 1024)], rich_ops()]);
     let tmp = tempfile::tempdir().unwrap();
     let (mut node, mut store) = follower(tmp.path(), &more_ops());
     apply(&mut node, &mut store, &metadata, &image).expect("a 300 KB value restores");
     assert_same(&leader_node, &node, &metadata);
 
     let (_, metadata, image) =
-        leader(&[rich_ops(), vec![big(snapply_fs::MAX_VALUE_LEN + snapply_core::image::MAX_KEY_LEN + 64)]]);
+        leader(&[vec![big(snapply_fs::MAX_VALUE_LEN + snapply_core::image::MAX_KEY_LEN + 64)], rich_ops()]);
     let tmp = tempfile::tempdir().unwrap();
     let (mut node, mut store) = follower(tmp.path(), &more_ops());
     let before = records(node.backend());
