@@ -34,6 +34,10 @@ TASKS:
                                     defmt log, check every phase and digest check; installs the
                                     thumbv7m target, qemu-system-arm, flip-link and defmt-print
                                     when missing
+    nightly                         the long runs CI has no time for: every power-cut point of the
+                                    flash sweeps checked in full (SNAPPLY_FLASH_SWEEP=full) and
+                                    5,000 request streams against each real etcd
+                                    (SNAPPLY_DIFF_STREAMS=5000); hours, not minutes
     help                            print this message
 
 ENVIRONMENT:
@@ -51,6 +55,7 @@ enum Task {
     Bench,
     BenchEtcd { keys: Vec<u64> },
     Qemu,
+    Nightly,
 }
 
 fn main() -> ExitCode {
@@ -72,6 +77,7 @@ fn main() -> ExitCode {
         Task::Bench => bench::bench(&ctx),
         Task::BenchEtcd { keys } => bench::bench_etcd(&ctx, &keys),
         Task::Qemu => qemu::qemu(&ctx),
+        Task::Nightly => nightly(&ctx),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -129,8 +135,27 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Task, String> {
         "fuzz" => Ok(Task::Fuzz { seconds: seconds.unwrap_or(FUZZ_SECONDS), targets }),
         "bench" => Ok(etcd_keys.map_or(Task::Bench, |keys| Task::BenchEtcd { keys })),
         "qemu" => Ok(Task::Qemu),
+        "nightly" => Ok(Task::Nightly),
         other => Err(format!("unknown task `{other}`")),
     }
+}
+
+/// The long runs: the flash power-cut sweeps with every cut point checked in full, and the
+/// differential test against real etcd with 5,000 streams per version. The same tests CI runs,
+/// with the sizes their environment variables raise.
+fn nightly(ctx: &Ctx) -> Result<()> {
+    cmd::run(
+        ctx.cargo()
+            .args(["test", "--release", "-p", "snapply-flash", "--test", "power_cut"])
+            .args(ctx.locked())
+            .env("SNAPPLY_FLASH_SWEEP", "full"),
+    )?;
+    cmd::run(
+        ctx.cargo()
+            .args(["test", "--release", "-p", "snapply-tests", "--test", "etcd_differential"])
+            .args(ctx.locked())
+            .env("SNAPPLY_DIFF_STREAMS", "5000"),
+    )
 }
 
 fn parse_seconds(flag: &str, value: &str) -> Result<u64, String> {
@@ -163,6 +188,7 @@ mod tests {
         assert_eq!(parse_str("bench --etcd --keys 1000,20"), Ok(Task::BenchEtcd { keys: vec![1000, 20] }));
         assert_eq!(parse_str("bench --keys=5"), Ok(Task::BenchEtcd { keys: vec![5] }));
         assert_eq!(parse_str("qemu"), Ok(Task::Qemu));
+        assert_eq!(parse_str("nightly"), Ok(Task::Nightly));
         assert_eq!(parse_str("help"), Ok(Task::Help));
         assert_eq!(parse_str("--help"), Ok(Task::Help));
         assert_eq!(parse_str("ci -h"), Ok(Task::Help));
