@@ -432,7 +432,16 @@ impl<'n, P: Profile, S: SnapshotStore> Persisted<'n, P, S> {
             Ok(data) => self.run.node.staged_v2.recover_into(data, level).map_err(ApplyErrorKind::Store)?,
             Err(e) => return Err(ApplyErrorKind::Port(e)),
         }
-        self.run.node.read_restored_stores(backend).map_err(ApplyErrorKind::Store)
+        self.run.node.read_restored_stores(backend).map_err(ApplyErrorKind::Store)?;
+        // The transport port takes a member's peer URLs as one fixed array (the core has no
+        // heap): a member with more is refused here, before the swap, rather than cut short when
+        // the peers are updated after it.
+        if self.run.node.stores.membership.members().iter().any(|m| m.peer_urls.as_slice().len() > MAX_MEMBER_URLS) {
+            return Err(ApplyErrorKind::Store(StoreError::Capacity(crate::collections::CapacityError {
+                what: "peer URLs of one member handed to the transport (at most 8)",
+            })));
+        }
+        Ok(())
     }
 }
 
@@ -676,7 +685,8 @@ impl<'n, P: Profile, S: SnapshotStore> ClusterRestored<'n, P, S> {
             }
             let mut urls = heapless::Vec::<&[u8], MAX_MEMBER_URLS>::new();
             for u in member.peer_urls.as_slice().iter().take(MAX_MEMBER_URLS) {
-                // `take` bounds the count to the capacity: the push cannot fail.
+                // `take` bounds the count to the capacity, and a member with more URLs was
+                // refused when the backend was opened: the push cannot fail.
                 let _ = urls.push(u.as_slice());
             }
             if let Err(e) = self.run.transport.add_peer(member.id, &urls) {

@@ -507,3 +507,41 @@ fn a_streamed_image_applies_like_bytes_and_a_broken_stream_changes_nothing() {
         assert_eq!(storage.pinned().count(), 0, "nothing of a broken stream is pinned");
     }
 }
+
+/// A member with more peer URLs than the transport port takes (8) is refused when the new
+/// backend is opened, before the swap: the follower keeps its old state and its old peers,
+/// rather than being handed a member cut short after the swap.
+#[test]
+fn a_member_with_more_peer_urls_than_the_transport_takes_is_refused_before_the_swap() {
+    let urls: Vec<Vec<u8>> = (0..9).map(|i| format!("http://10.0.0.{i}:2380").into_bytes()).collect();
+    let url_refs: Vec<&[u8]> = urls.iter().map(Vec::as_slice).collect();
+    let mut leader = node(1);
+    leader
+        .apply(
+            100,
+            2,
+            &Request::MemberAdd(snapply_core::store::NewMember {
+                id: 7,
+                name: b"many-urls",
+                peer_urls: &url_refs,
+                client_urls: &[],
+                is_learner: false,
+            }),
+        )
+        .expect("a host leader holds a member with nine peer URLs");
+    let (metadata, image) = snapshot(&leader);
+    let mut follower = follower(VecBackend::new());
+    let before = state(&follower);
+    let mut observer = Recorder::default();
+    let (result, peers) = snapply_tests::apply_in_memory::<VecBackend, Growable, Vec<u8>>(
+        &mut follower,
+        &metadata,
+        &image,
+        &mut observer,
+    );
+    let err = result.expect_err("nine peer URLs are more than the transport takes");
+    assert_eq!(err.phase(), Phase::OpenBackend, "{err}");
+    assert!(err.to_string().contains("peer URLs of one member"), "{err}");
+    assert_eq!(state(&follower), before, "the follower keeps its old state");
+    assert_eq!(peers, PeerTable::<Growable>::default(), "no peer was touched");
+}
