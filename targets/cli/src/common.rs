@@ -53,6 +53,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// The arguments of the commands that read one image (`status`, `inspect`).
+#[derive(Debug, Args)]
+pub struct ImageArgs {
+    /// The snapply image.
+    pub image: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
 /// The logging options every file command takes.
 #[derive(Clone, Copy, Debug, Args)]
 pub struct LogArgs {

@@ -1,28 +1,17 @@
 //! `snapply inspect`: `status`, and per bucket the record count and sizes, the key bucket's
 //! revisions and tombstones, and the `meta` bucket's values.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Args as ClapArgs;
 use serde_json::{Map, Value, json};
 use snapply_core::backend::Bucket;
 use snapply_core::store::{META_CONSISTENT_INDEX, META_FINISHED_COMPACT, META_SCHEDULED_COMPACT, META_TERM};
 
-use crate::common::{Failure, Log, LogArgs, Visit, scan_image};
+use crate::common::{Failure, ImageArgs, Log, Visit, scan_image};
 use crate::status::summary_json;
 
 /// Arguments of `snapply inspect`.
-#[derive(Debug, ClapArgs)]
-pub struct Args {
-    /// The snapply image.
-    pub image: PathBuf,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub log: LogArgs,
-}
+pub type Args = ImageArgs;
 
 pub fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let log = Log::new(args.log, "snapply/inspect");

@@ -1,26 +1,15 @@
 //! `snapply status`: what an image holds (metadata, record count, v2 size, digest), after
 //! checking it whole.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Args as ClapArgs;
 use serde_json::{Value, json};
 use snapply_core::raft::ConfState;
 
-use crate::common::{Failure, Log, LogArgs, Scanned, Visit, hex, scan_image};
+use crate::common::{Failure, ImageArgs, Log, Scanned, Visit, hex, scan_image};
 
 /// Arguments of `snapply status`.
-#[derive(Debug, ClapArgs)]
-pub struct Args {
-    /// The snapply image.
-    pub image: PathBuf,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub log: LogArgs,
-}
+pub type Args = ImageArgs;
 
 pub fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let log = Log::new(args.log, "snapply/status");
