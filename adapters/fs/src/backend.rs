@@ -16,10 +16,12 @@ use std::io;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use redb::backends::FileBackend;
 use redb::{
-    Builder, Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableError, WriteTransaction,
+    Builder, Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableError,
+    WriteTransaction,
 };
 use snapply_core::backend::{Backend, BackendError, BackendErrorKind, Bucket, ReadTxn, Visit, WriteTxn};
 
@@ -65,7 +67,8 @@ fn backend_err(e: impl Into<redb::Error>, context: &'static str) -> BackendError
 ///
 /// Read transactions are consistent snapshots (redb's MVCC); a write transaction is atomic and
 /// discarded when dropped; `commit` returns once redb has synced the file
-/// ([`redb::Durability::Immediate`], redb's default).
+/// ([`redb::Durability::Immediate`], redb's default), unless batched commits are on (see
+/// [`RedbBackend::set_batched_commits`]).
 #[derive(Debug)]
 pub struct RedbBackend {
     /// Shared with the [`RedbView`]s handed to readers: the file stays open until the last of
@@ -73,6 +76,10 @@ pub struct RedbBackend {
     /// finishes on the state it started on.
     db: Arc<Database>,
     path: PathBuf,
+    /// Whether commits skip the sync until the next [`RedbBackend::sync`].
+    batched: AtomicBool,
+    /// Whether a commit since the last sync is not yet on disk.
+    unsynced: AtomicBool,
 }
 
 impl RedbBackend {
@@ -90,7 +97,47 @@ impl RedbBackend {
         let db = FileBackend::new(file)
             .and_then(|b| Builder::new().set_cache_size(CACHE_BYTES).create_with_backend(b))
             .map_err(|e| FsError::db("opening the backend database", path, e))?;
-        Ok(RedbBackend { db: Arc::new(db), path: path.to_path_buf() })
+        Ok(RedbBackend {
+            db: Arc::new(db),
+            path: path.to_path_buf(),
+            batched: AtomicBool::new(false),
+            unsynced: AtomicBool::new(false),
+        })
+    }
+
+    /// Turns batched commits on or off (off when opened).
+    ///
+    /// With batched commits a write transaction's `commit` publishes its writes to every later
+    /// read of this process at once, but leaves them out of the file's durable state
+    /// ([`redb::Durability::None`]) until [`RedbBackend::sync`] (or a commit with batching off)
+    /// writes them all with one sync. This is etcd's batch transaction: its backend commits
+    /// every 100 ms or 10,000 writes, not per entry, because the raft log already holds every
+    /// applied entry durably and replays what the backend lost past its consistent index. Turn
+    /// it on only where such a log exists; a crash loses the commits since the last sync. A
+    /// clean close (dropping the last handle) still makes them durable.
+    pub fn set_batched_commits(&self, on: bool) {
+        self.batched.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether a batched commit is not yet durable.
+    pub fn has_unsynced(&self) -> bool {
+        self.unsynced.load(Ordering::Relaxed)
+    }
+
+    /// Makes every commit so far durable (an empty commit with [`redb::Durability::Immediate`],
+    /// which syncs the batched ones before it). Does nothing if none is pending.
+    ///
+    /// # Errors
+    /// [`FsError::Db`] if redb cannot commit (the disk is full, the file is gone); the batched
+    /// commits then stay visible in this process but not durable.
+    pub fn sync(&self) -> Result<(), FsError> {
+        if !self.has_unsynced() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(|e| FsError::db("beginning a sync of the backend", &self.path, e))?;
+        txn.commit().map_err(|e| FsError::db("syncing the backend", &self.path, e))?;
+        self.unsynced.store(false, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The file the backend was opened from. After the file was renamed or replaced (a
@@ -146,7 +193,10 @@ pub struct RedbRead<'a> {
 pub struct RedbWrite<'a> {
     txn: WriteTransaction,
     batch: RefCell<Batch>,
-    _backend: PhantomData<&'a mut RedbBackend>,
+    /// The backend's flag of commits not yet durable, and whether this transaction's commit
+    /// is one of them: a durable commit makes the batched ones before it durable too.
+    unsynced: &'a AtomicBool,
+    batched: bool,
 }
 
 /// Puts not yet inserted: one bucket's, keys and values back to back in one buffer.
@@ -293,7 +343,9 @@ impl WriteTxn for RedbWrite<'_> {
 
     fn commit(self) -> Result<(), BackendError> {
         self.flush()?;
-        self.txn.commit().map_err(|e| backend_err(e, "committing a write transaction"))
+        self.txn.commit().map_err(|e| backend_err(e, "committing a write transaction"))?;
+        self.unsynced.store(self.batched, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -313,8 +365,13 @@ impl Backend for RedbBackend {
     }
 
     fn write(&mut self) -> Result<RedbWrite<'_>, BackendError> {
-        let txn = self.db.begin_write().map_err(|e| backend_err(e, "beginning a write transaction"))?;
-        Ok(RedbWrite { txn, batch: RefCell::default(), _backend: PhantomData })
+        let mut txn = self.db.begin_write().map_err(|e| backend_err(e, "beginning a write transaction"))?;
+        let batched = self.batched.load(Ordering::Relaxed);
+        if batched {
+            txn.set_durability(Durability::None)
+                .map_err(|_| BackendError::new(BackendErrorKind::Misuse, "batching a commit on a shared database"))?;
+        }
+        Ok(RedbWrite { txn, batch: RefCell::default(), unsynced: &self.unsynced, batched })
     }
 }
 
@@ -439,6 +496,68 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         }
+    }
+
+    fn put_one(b: &mut RedbBackend, key: &[u8]) {
+        let mut t = b.write().unwrap();
+        t.put(Bucket::Key, key, b"v").unwrap();
+        t.commit().unwrap();
+    }
+
+    /// What a crash would leave: the file as redb has written it, opened by another handle
+    /// while this one is still open and never closes (its close would make batched commits
+    /// durable).
+    fn crash_copy(b: RedbBackend, dir: &Path) -> Vec<Vec<u8>> {
+        let copy = dir.join("copy");
+        std::fs::copy(b.path(), &copy).unwrap();
+        std::mem::forget(b);
+        let reopened = RedbBackend::open(&copy).unwrap();
+        dump(&reopened.read().unwrap()).unwrap().into_iter().map(|(_, k, _)| k).collect()
+    }
+
+    #[test]
+    fn batched_commits_are_read_at_once_and_durable_only_after_a_sync() {
+        let (dir, mut b) = backend();
+        put_one(&mut b, b"durable");
+        assert!(!b.has_unsynced());
+        b.set_batched_commits(true);
+        put_one(&mut b, b"synced");
+        assert!(b.has_unsynced());
+        b.sync().unwrap();
+        assert!(!b.has_unsynced());
+        put_one(&mut b, b"batched");
+        assert!(b.has_unsynced());
+        // Readers of this process see the batched commit at once.
+        let keys: Vec<Vec<u8>> = dump(&b.read().unwrap()).unwrap().into_iter().map(|(_, k, _)| k).collect();
+        assert_eq!(keys, [b"batched".to_vec(), b"durable".to_vec(), b"synced".to_vec()]);
+        // A crash now keeps what was synced and loses the batched commit.
+        assert_eq!(crash_copy(b, dir.path()), [b"durable".to_vec(), b"synced".to_vec()]);
+    }
+
+    #[test]
+    fn a_durable_commit_after_batched_ones_makes_them_durable_too() {
+        let (dir, mut b) = backend();
+        b.set_batched_commits(true);
+        put_one(&mut b, b"a");
+        put_one(&mut b, b"b");
+        b.set_batched_commits(false);
+        assert!(b.has_unsynced(), "turning batching off syncs nothing by itself");
+        put_one(&mut b, b"c");
+        assert!(!b.has_unsynced());
+        assert_eq!(crash_copy(b, dir.path()), [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+    }
+
+    #[test]
+    fn closing_a_backend_makes_its_batched_commits_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let mut b = RedbBackend::open(&path).unwrap();
+            b.set_batched_commits(true);
+            put_one(&mut b, b"a");
+        }
+        let b = RedbBackend::open(&path).unwrap();
+        assert_eq!(dump(&b.read().unwrap()).unwrap(), vec![(Bucket::Key, b"a".to_vec(), b"v".to_vec())]);
     }
 
     #[test]

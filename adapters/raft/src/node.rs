@@ -413,6 +413,12 @@ impl Observer for Recorder {
     }
 }
 
+/// How long a batched backend commit may stay out of the file's durable state, and how many
+/// entries may wait for that: etcd's backend batch interval and limit (`--backend-batch-interval`
+/// 100 ms, `--backend-batch-limit` 10,000).
+const BATCH_INTERVAL: Duration = Duration::from_millis(100);
+const BATCH_LIMIT: u64 = 10_000;
+
 struct Loop {
     id: u64,
     raw: RawNode<RaftLog>,
@@ -426,6 +432,9 @@ struct Loop {
     snapshots_sent: u64,
     last_restore: Option<RestoreReport>,
     restored_at_boot: bool,
+    /// Entries applied since the backend was last synced, and when that was.
+    unsynced_entries: u64,
+    last_sync: Instant,
 }
 
 /// Starts a node on its data directory, listening for peers on `listener`. Must be called
@@ -536,7 +545,11 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
         snapshots_sent: 0,
         last_restore: None,
         restored_at_boot,
+        unsynced_entries: 0,
+        last_sync: Instant::now(),
     };
+    // From here on the raft log holds every applied entry: the backend commits in batches.
+    state.node.backend().set_batched_commits(true);
     let tick = config.tick;
     let task = tokio::spawn(async move {
         let result = state.run(tick, inbox, reports, control).await;
@@ -625,11 +638,26 @@ impl Loop {
                     }
                 },
                 c = control.recv() => match c {
-                    None | Some(Control::Stop) => return Ok(()),
-                    Some(c) => self.control(c),
+                    None | Some(Control::Stop) => return blocking(|| self.sync_backend()),
+                    Some(c) => {
+                        self.control(c);
+                        // Proposals queued meanwhile go into the same ready, so one log write
+                        // (one sync) carries them all, as etcd's raft loop batches proposals.
+                        while let Ok(c) = control.try_recv() {
+                            if matches!(c, Control::Stop) {
+                                return blocking(|| self.sync_backend());
+                            }
+                            self.control(c);
+                        }
+                    }
                 },
             }
             blocking(|| self.on_ready())?;
+            if self.unsynced_entries >= BATCH_LIMIT
+                || (self.unsynced_entries > 0 && self.last_sync.elapsed() >= BATCH_INTERVAL)
+            {
+                blocking(|| self.sync_backend())?;
+            }
             if self.log.take_request() {
                 // raft-rs wants a snapshot for a lagging follower: build one of the live
                 // backend; raft-rs asks again on the follower's next heartbeat response.
@@ -699,7 +727,18 @@ impl Loop {
         Ok(out)
     }
 
+    /// Makes the backend's batched commits durable (etcd's backend batch commit).
+    fn sync_backend(&mut self) -> Result<(), RaftError> {
+        self.node.backend().sync()?;
+        self.unsynced_entries = 0;
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
     fn compact_log(&mut self) -> Result<u64, RaftError> {
+        // The log may drop only entries the backend holds durably: after a crash the backend
+        // comes back at its last sync, and the log must still reach from there.
+        self.sync_backend()?;
         let snapshot = build_snapshot(&self.node)?;
         let index = snapshot.get_metadata().index;
         self.log.offer(snapshot);
@@ -760,8 +799,11 @@ impl Loop {
         );
         match result {
             Ok(Some(outcome)) => {
-                // etcd closes the old backend off the apply loop.
+                // etcd closes the old backend off the apply loop (closing it also makes its
+                // last batched commits durable; the snapshot supersedes them anyway).
                 tokio::task::spawn_blocking(move || drop(outcome.old_backend));
+                self.node.backend().set_batched_commits(true);
+                self.unsynced_entries = 0;
                 self.snapshots_applied += 1;
                 self.last_restore = Some(RestoreReport {
                     index: meta.index,
@@ -780,6 +822,7 @@ impl Loop {
                     let mut recorder = Recorder::new();
                     let ports = Ports { storage: &mut self.store, transport: &mut self.net, observer: &mut recorder };
                     pipeline::resume(&mut self.node, ports)?;
+                    self.node.backend().set_batched_commits(true);
                 }
                 return Err(e.into());
             }
@@ -798,6 +841,7 @@ impl Loop {
                 EntryType::EntryConfChange => self.apply_conf_change(&e),
                 EntryType::EntryConfChangeV2 => Err(RaftError::Decode { what: "a joint conf change (unsupported)" }),
             };
+            self.unsynced_entries += 1;
             if let Err(e) = &result {
                 log::warn!("member {:x}: entry not applied: {e}", self.id);
             }
