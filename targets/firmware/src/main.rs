@@ -287,7 +287,7 @@ fn log_sizes() {
     };
     type S<'a> = DeviceStore<'a, 'a>;
     info!(
-        "sizes: states validated={} persisted={} opened={} bound={} leases={} mvcc={} swapped={}, node={} kv={} auth={} membership={} v2={} backend={} metadata={}",
+        "sizes: states validated={} persisted={} opened={} bound={} leases={} mvcc={} swapped={}, node={} kv={} auth={} membership={} v2={} backend={} metadata={} peers={} store={} mounted={}",
         size_of::<Validated<'_, Device, S<'_>>>(),
         size_of::<Persisted<'_, Device, S<'_>>>(),
         size_of::<BackendOpened<'_, Device, S<'_>>>(),
@@ -302,6 +302,9 @@ fn log_sizes() {
         size_of::<snapply_core::store::V2Store<Device>>(),
         size_of::<DeviceBackend<'_>>(),
         size_of::<snapply_core::SnapshotMetadata>(),
+        size_of::<PeerTable<Device>>(),
+        size_of::<S<'_>>(),
+        size_of::<snapply_flash::Mounted<'_, storage::Chip, RECORDS, RECORD_BYTES>>(),
     );
 }
 

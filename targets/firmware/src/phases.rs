@@ -52,7 +52,17 @@ type Step<T> = Result<Option<T>, ApplyError>;
 /// next transition has taken it.
 #[inline(never)]
 fn before_swap<'n, S: SnapshotStore>(validated: Step<Validated<'n, Device, S>>) -> Step<BackendSwapped<'n, Device, S>> {
-    swap(restore_mvcc(restore_lease(bind_index(open_backend(persist(validated))))))
+    after_persist(persist(validated))
+}
+
+/// The phases from opening the backend to the swap, in a frame of their own: their results (1.5
+/// KiB each, two alive at a time) are not on the stack while the persist phase, the deepest,
+/// runs below `before_swap`.
+#[inline(never)]
+fn after_persist<'n, S: SnapshotStore>(
+    persisted: Step<Persisted<'n, Device, S>>,
+) -> Step<BackendSwapped<'n, Device, S>> {
+    swap(restore_mvcc(restore_lease(bind_index(open_backend(persisted)))))
 }
 
 /// Defines a transition as a function of its own, from the previous transition's result.
