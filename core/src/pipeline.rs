@@ -379,7 +379,9 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
             Err(e) => return Err(self.run.fail(Phase::Persist, ApplyErrorKind::Port(e))),
         };
         let other_image = asked.is_some_and(|d| d != *durable.sha256());
-        if *durable.metadata() != self.metadata || other_image {
+        // The proof was made from this run's ticket (its brand sees to that), so its index and
+        // term are the run's unless the store is broken.
+        if durable.index() != self.metadata.index || durable.term() != self.metadata.term || other_image {
             let kind =
                 ApplyErrorKind::PersistedOther { expected_index: self.run.index, confirmed_index: durable.index() };
             return Err(self.run.fail(Phase::Persist, kind));
@@ -426,6 +428,7 @@ impl<'n, P: Profile, S: SnapshotStore> Persisted<'n, P, S> {
     /// run ends before the swap they are read back from the old backend. The v2 store is not in
     /// the backend: the new one is staged in the node beside the live one, and the swap
     /// exchanges them.
+    #[inline(never)]
     fn read_later(&mut self, backend: &S::Backend) -> Result<(), ApplyErrorKind> {
         let level = self.run.node.config.v2_deprecation;
         match self.run.storage.v2_data(&self.durable) {
@@ -712,8 +715,9 @@ impl<'n, P: Profile, S: SnapshotStore> PeersUpdated<'n, P, S> {
             return Err(self.run.fail(Phase::Finish, ApplyErrorKind::Port(e)));
         }
         let Self { mut run, durable } = self;
-        // The proof's metadata is the run's: `accept` checked it whole.
-        run.node.complete_restore(durable.metadata());
+        // The run's metadata is in the node's unfinished mark, set before the first port call;
+        // `accept` checked that the proof names it.
+        run.node.complete_restore(durable.index(), durable.term());
         run.done(Phase::Finish);
         run.end();
         Ok(Applied { run })

@@ -20,6 +20,7 @@ mod shared;
 mod stack;
 mod storage;
 
+use core::cell::RefCell;
 use core::mem::size_of;
 
 use cortex_m_rt::{ExceptionFrame, entry, exception};
@@ -212,7 +213,7 @@ fn run() -> Result<(), Failure> {
     if boot.boot > 3 {
         return Err(Failure::TooManyBoots { boot: boot.boot });
     }
-    let mounted = snapply_flash::mount::<_, RECORDS, RECORD_BYTES>(&chip, RANGE)?;
+    let mounted = mount(&chip)?;
     info!("flash mounted: formatted={} other-area={}", mounted.formatted, mounted.other);
     let snapply_flash::Mounted { backend, pending, formatted, .. } = mounted;
     let mut buf = [0u8; BASE_BUFFER];
@@ -308,6 +309,15 @@ fn log_sizes() {
     );
 }
 
+/// Mounts the flash in a frame of its own: inlined here, its area states, the backend it opens
+/// and the pending snapshot it reads would stay in `main`'s frame, under the whole restore.
+#[inline(never)]
+fn mount(
+    chip: &RefCell<storage::Chip>,
+) -> Result<snapply_flash::Mounted<'_, storage::Chip, RECORDS, RECORD_BYTES>, Failure> {
+    Ok(snapply_flash::mount::<_, RECORDS, RECORD_BYTES>(chip, RANGE)?)
+}
+
 /// `Node::open_in_place` in a frame of its own: every store is read into the node's own memory.
 #[inline(never)]
 fn open_node(node: &mut DeviceNode<'_>, v2: &[u8]) -> Result<(), StoreError> {
@@ -349,7 +359,10 @@ fn restore<'f>(
     image: &[u8],
     expected: &Expected,
 ) -> Result<(), Failure> {
-    let metadata = read_metadata(image)?;
+    // Read into the one slot it is kept in (the pipeline borrows it): returned by value, it was
+    // a second copy in this frame.
+    let mut metadata = snapply_core::SnapshotMetadata::default();
+    read_metadata(image, &mut metadata)?;
     if metadata.index != expected.index || metadata.term != expected.term {
         return Err(Failure::WrongSnapshot { index: metadata.index });
     }
@@ -367,13 +380,14 @@ fn restore<'f>(
     Ok(())
 }
 
-/// The snapshot metadata in `image`'s header, decoded in a frame of its own. The header frame
-/// holds only the metadata (a few dozen bytes for a three-member conf state); the decode buffer
-/// proper is the store's.
+/// Reads the snapshot metadata in `image`'s header into `out`, in a frame of its own. The
+/// header frame holds only the metadata (a few dozen bytes for a three-member conf state); the
+/// decode buffer proper is the store's.
 #[inline(never)]
-fn read_metadata(image: &[u8]) -> Result<snapply_core::SnapshotMetadata, Failure> {
+fn read_metadata(image: &[u8], out: &mut snapply_core::SnapshotMetadata) -> Result<(), Failure> {
     let mut header = [0u8; HEADER_BUFFER];
-    Ok(image::Decoder::new(image, &mut header).map_err(|_| Failure::Header)?.metadata().clone())
+    out.clone_from(image::Decoder::new(image, &mut header).map_err(|_| Failure::Header)?.metadata());
+    Ok(())
 }
 
 /// Compares the node's state with the host's digests.
