@@ -55,14 +55,22 @@ fn before_swap<'n, S: SnapshotStore>(validated: Step<Validated<'n, Device, S>>) 
     after_persist(persist(validated))
 }
 
-/// The phases from opening the backend to the swap, in a frame of their own: their results (1.5
-/// KiB each, two alive at a time) are not on the stack while the persist phase, the deepest,
-/// runs below `before_swap`.
+/// The phases from opening the backend to the swap, in frames of their own. Each frame holds
+/// the results alive in it: here only the opened backend's state, while the open phase (the
+/// deepest of them) runs; the states after it (about 1 KiB each, two alive at a time, the new
+/// backend in each) in `after_open`, once that phase's frame is gone. In one frame, every
+/// phase below it would run on top of all of them.
 #[inline(never)]
 fn after_persist<'n, S: SnapshotStore>(
     persisted: Step<Persisted<'n, Device, S>>,
 ) -> Step<BackendSwapped<'n, Device, S>> {
-    swap(restore_mvcc(restore_lease(bind_index(open_backend(persisted)))))
+    after_open(open_backend(persisted))
+}
+
+/// The phases from binding the consistent index to the swap (see `after_persist`).
+#[inline(never)]
+fn after_open<'n, S: SnapshotStore>(opened: Step<BackendOpened<'n, Device, S>>) -> Step<BackendSwapped<'n, Device, S>> {
+    swap(restore_mvcc(restore_lease(bind_index(opened))))
 }
 
 /// Defines a transition as a function of its own, from the previous transition's result.
