@@ -1,4 +1,4 @@
-//! snapply on a Cortex-M3 (QEMU's mps2-an385), in 64 KiB of RAM, its state on NOR flash.
+//! snapply on a Cortex-M3 (QEMU's mps2-an385), in 48 KiB of RAM, its state on NOR flash.
 //!
 //! Boot 1 (blank flash) builds an old state (its own keys, a lease, a member, a user), then
 //! receives the first snapshot image the build script made on the host, streams it through the

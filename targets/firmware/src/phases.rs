@@ -1,7 +1,7 @@
 //! The pipeline driven phase by phase, one non-inlined function per transition.
 //!
 //! `apply_snapshot` runs every transition in one function; inlined, every typestate (those
-//! before the swap carry the new backend and the proof, 1.5 KiB with the reference profile) and
+//! before the swap carry the new backend and the proof, about 1 KiB with the reference profile) and
 //! every `Result` around one gets its own stack slot in one frame. Here each transition is a
 //! function of its own that takes the previous transition's result as it is and returns its own,
 //! and the driver only passes results along (`swap(restore_mvcc(restore_lease(...)))`), so a
