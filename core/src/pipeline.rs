@@ -407,20 +407,34 @@ impl<'n, P: Profile, S: SnapshotStore> Persisted<'n, P, S> {
             Ok(b) => b,
             Err(e) => return Err(self.run.fail(Phase::OpenBackend, ApplyErrorKind::Port(e))),
         };
-        let stored = match backend.read().map_err(StoreError::from).and_then(|t| ConsistentIndex::load(&t)) {
-            Ok(c) => c,
-            Err(e) => return Err(self.run.fail(Phase::OpenBackend, ApplyErrorKind::Store(e))),
-        };
+        // The backend goes into the next state at once and is checked there: every move of it
+        // is another copy on the stack (828 bytes on the reference device's flash), and a state
+        // dropped on an error drops it as before.
+        let Persisted { run, durable } = self;
+        let mut opened = BackendOpened { run, durable, backend };
+        if let Err(kind) = opened.check_and_read() {
+            return Err(opened.run.fail(Phase::OpenBackend, kind));
+        }
+        opened.run.done(Phase::OpenBackend);
+        Ok(opened)
+    }
+}
+
+impl<P: Profile, S: SnapshotStore> BackendOpened<'_, P, S> {
+    /// The open phase's checks and reads, on the state that holds the new backend: its
+    /// consistent index must be the snapshot's, then the stores installed with it are read.
+    fn check_and_read(&mut self) -> Result<(), ApplyErrorKind> {
+        let stored = self
+            .backend
+            .read()
+            .map_err(StoreError::from)
+            .and_then(|t| ConsistentIndex::load(&t))
+            .map_err(ApplyErrorKind::Store)?;
         let snapshot_index = self.run.index;
         if stored.index() != snapshot_index {
-            let kind = ApplyErrorKind::IndexMismatch { backend_index: stored.index(), snapshot_index };
-            return Err(self.run.fail(Phase::OpenBackend, kind));
+            return Err(ApplyErrorKind::IndexMismatch { backend_index: stored.index(), snapshot_index });
         }
-        if let Err(kind) = self.read_later(&backend) {
-            return Err(self.run.fail(Phase::OpenBackend, kind));
-        }
-        self.run.done(Phase::OpenBackend);
-        Ok(BackendOpened { run: self.run, durable: self.durable, backend })
+        self.read_later()
     }
 
     /// Reads the stores installed with the new backend: alarms, auth and membership from it
@@ -434,13 +448,13 @@ impl<'n, P: Profile, S: SnapshotStore> Persisted<'n, P, S> {
     /// the backend: the new one is staged in the node beside the live one, and the swap
     /// exchanges them.
     #[inline(never)]
-    fn read_later(&mut self, backend: &S::Backend) -> Result<(), ApplyErrorKind> {
+    fn read_later(&mut self) -> Result<(), ApplyErrorKind> {
         let level = self.run.node.config.v2_deprecation;
         match self.run.storage.v2_data(&self.durable) {
             Ok(data) => self.run.node.staged_v2.recover_into(data, level).map_err(ApplyErrorKind::Store)?,
             Err(e) => return Err(ApplyErrorKind::Port(e)),
         }
-        self.run.node.read_restored_stores(backend).map_err(ApplyErrorKind::Store)?;
+        self.run.node.read_restored_stores(&self.backend).map_err(ApplyErrorKind::Store)?;
         // The transport port takes a member's peer URLs as one fixed array (the core has no
         // heap): a member with more is refused here, before the swap, rather than cut short when
         // the peers are updated after it.

@@ -544,14 +544,18 @@ impl<'f, 'b, F: NorFlash, const N: usize, const R: usize> FlashSnapshotStore<'f,
         sha256: &[u8; SHA256_LEN],
     ) -> Result<FlashBackend<'f, F, N, R>, F> {
         let held = self.held(index, term, sha256)?;
-        let backend = FlashBackend::<F, N, R>::open(self.flash, self.geo, held.area, held.epoch)?;
-        if backend.snap().is_none() {
+        // Checked where `open` put it and returned as it is: the backend is 4 bytes per record,
+        // and every move of it through a `?` is another copy on a device's stack.
+        let opened = FlashBackend::<F, N, R>::open(self.flash, self.geo, held.area, held.epoch);
+        if let Ok(backend) = &opened
+            && backend.snap().is_none()
+        {
             return Err(FlashError::Corrupt {
                 offset: self.geo.base(held.area),
                 what: "the snapshot area lost its snapshot",
             });
         }
-        Ok(backend)
+        opened
     }
 
     /// The v2 data of the persisted snapshot, read from its area into the decode buffer.
@@ -627,7 +631,7 @@ impl<'f, F: NorFlash, const N: usize, const R: usize> SnapshotStore for FlashSna
     }
 
     fn open_backend(&mut self, snapshot: &Durable<'_>) -> core::result::Result<Self::Backend, PortError> {
-        Ok(self.open_snapshot(snapshot.index(), snapshot.term(), snapshot.sha256())?)
+        self.open_snapshot(snapshot.index(), snapshot.term(), snapshot.sha256()).map_err(PortError::from)
     }
 
     fn v2_data(&mut self, snapshot: &Durable<'_>) -> core::result::Result<&[u8], PortError> {
