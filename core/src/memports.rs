@@ -49,7 +49,9 @@ impl<'b, B: Backend + Default + Clone, V: Seq<u8>, const K: usize> MemSnapshotSt
     fn find(&self, d: &Durable<'_>) -> Result<&Pinned<B, V>, PortError> {
         self.pinned
             .iter()
-            .find(|p| p.metadata == *d.metadata() && p.sha256 == *d.sha256())
+            // The digest covers the image's header, so with the index and term it names the
+            // whole metadata.
+            .find(|p| p.metadata.index == d.index() && p.metadata.term == d.term() && p.sha256 == *d.sha256())
             .ok_or(PortError::new(PortErrorKind::NotFound, "looking up a persisted snapshot"))
     }
 

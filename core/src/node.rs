@@ -368,8 +368,18 @@ impl<B: Backend, P: Profile> Node<B, P> {
     }
 
     /// The restore reached `Applied`.
-    pub(crate) fn complete_restore(&mut self, metadata: &SnapshotMetadata) {
-        self.progress = Progress::at_snapshot(metadata);
+    pub(crate) fn complete_restore(&mut self, index: u64, term: u64) {
+        match &self.unfinished {
+            Some(u) => self.progress = Progress::at_snapshot(&u.metadata),
+            // A run marks the node before calling any port and clears the mark only here or
+            // when it ends before the swap: the mark is there. Were it not, the snapshot's
+            // position is still known; the configuration stays the one applied last.
+            None => {
+                self.progress.applied_term = term;
+                self.progress.applied_index = index;
+                self.progress.snapshot_index = index;
+            }
+        }
         self.unfinished = None;
     }
 

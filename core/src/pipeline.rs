@@ -54,9 +54,10 @@ struct Run<'n, P: Profile, S: SnapshotStore> {
     storage: &'n mut S,
     transport: &'n mut dyn Transport,
     observer: &'n mut dyn Observer,
-    /// The snapshot's index and term. Its whole metadata is in the `Validated` state, then in
-    /// the [`Durable`] proof: a third copy in every state would cost a device 568 bytes of stack
-    /// per state alive.
+    /// The snapshot's index and term. Its whole metadata is in the node's unfinished mark (set
+    /// before `Validated` is made, cleared when the run ends) and, during the persist phase, in
+    /// the [`PersistTicket`]: a copy in a state would cost a device 568 bytes of stack in every
+    /// frame the state passes through.
     index: u64,
     term: u64,
     /// The image, until `persist` hands it to the snapshot store.
@@ -184,8 +185,8 @@ macro_rules! state {
 
 state!(
     /// The snapshot is newer than the node's applied index and its backend's consistent index;
-    /// the gauge is up and the node is marked unfinished.
-    Validated { metadata: SnapshotMetadata }
+    /// the gauge is up and the node is marked unfinished (the mark holds the metadata).
+    Validated {}
 );
 state!(
     /// The snapshot is durable on the node's own storage (etcd waits on `apply.notifyc`).
@@ -259,7 +260,7 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
             return Err(ApplyError::new(Phase::Validate, kind));
         }
         let Snapshot { metadata, data } = snapshot;
-        Self::start(node, ports, metadata.clone(), data, false).map(Some)
+        Self::start(node, ports, metadata, data, false).map(Some)
     }
 
     /// Marks the node, then calls the ports: the guard that ends the run exists before any
@@ -267,7 +268,7 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
     fn start(
         node: &'n mut Node<S::Backend, P>,
         ports: Ports<'n, S>,
-        metadata: SnapshotMetadata,
+        metadata: &SnapshotMetadata,
         data: ImageData<'n>,
         resuming: bool,
     ) -> Result<Self, ApplyError> {
@@ -309,15 +310,14 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
             return Err(run.fail(Phase::Validate, kind));
         }
         run.done(Phase::Validate);
-        Ok(Validated { run, metadata })
+        Ok(Validated { run })
     }
 
     /// Makes the snapshot durable through the snapshot store. The backend swap must never come
     /// before the durable record of the snapshot, or a crash loses the only copy (etcd #7876).
     pub fn persist(mut self) -> Result<Persisted<'n, P, S>, ApplyError> {
-        let ticket = PersistTicket::new(&self.metadata);
         let (stored, asked) = match self.take_image() {
-            Ok((image, asked)) => (self.run.storage.persist(image, ticket), asked),
+            Ok((image, ticket, asked)) => (self.run.storage.persist(image, ticket), asked),
             Err(e) => (Err(e), None),
         };
         self.accept(stored, asked)
@@ -342,28 +342,33 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
     where
         F: for<'r> AsyncFnOnce(ImageData<'n>, PersistTicket<'r>) -> Result<Durable<'r>, PortError>,
     {
-        let ticket = PersistTicket::new(&self.metadata);
         let (stored, asked) = match self.take_image() {
-            Ok((image, asked)) => (persist(image, ticket).await, asked),
+            Ok((image, ticket, asked)) => (persist(image, ticket).await, asked),
             Err(e) => (Err(e), None),
         };
         self.accept(stored, asked)
     }
 
-    /// The image, handed over once, and the digest it asks the store to confirm if it names a
-    /// persisted snapshot.
-    fn take_image(&mut self) -> Result<(ImageData<'n>, Option<[u8; 32]>), PortError> {
+    /// The image, handed over once, the ticket for it (the metadata cloned from the node's
+    /// unfinished mark), and the digest it asks the store to confirm if it names a persisted
+    /// snapshot.
+    fn take_image<'r>(&mut self) -> Result<(ImageData<'n>, PersistTicket<'r>, Option<[u8; 32]>), PortError> {
         // `Validated` is reached once per run and consumed by the persist phase, so the image is
-        // always there.
+        // always there, and the mark set before it stays until the run ends.
+        let misuse = |what| PortError::new(PortErrorKind::Misuse, what);
+        let Some(unfinished) = &self.run.node.unfinished else {
+            return Err(misuse("persisting without the node's unfinished mark"));
+        };
+        let ticket = PersistTicket::new(&unfinished.metadata);
         match self.run.image.take() {
             Some(image) => {
                 let asked = match &image {
                     ImageData::Persisted { sha256 } => Some(*sha256),
                     _ => None,
                 };
-                Ok((image, asked))
+                Ok((image, ticket, asked))
             }
-            None => Err(PortError::new(PortErrorKind::Misuse, "persisting an image that was already handed over")),
+            None => Err(misuse("persisting an image that was already handed over")),
         }
     }
 
@@ -379,7 +384,9 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
             Err(e) => return Err(self.run.fail(Phase::Persist, ApplyErrorKind::Port(e))),
         };
         let other_image = asked.is_some_and(|d| d != *durable.sha256());
-        if *durable.metadata() != self.metadata || other_image {
+        // The proof was made from this run's ticket (its brand sees to that), so its index and
+        // term are the run's unless the store is broken.
+        if durable.index() != self.run.index || durable.term() != self.run.term || other_image {
             let kind =
                 ApplyErrorKind::PersistedOther { expected_index: self.run.index, confirmed_index: durable.index() };
             return Err(self.run.fail(Phase::Persist, kind));
@@ -400,20 +407,34 @@ impl<'n, P: Profile, S: SnapshotStore> Persisted<'n, P, S> {
             Ok(b) => b,
             Err(e) => return Err(self.run.fail(Phase::OpenBackend, ApplyErrorKind::Port(e))),
         };
-        let stored = match backend.read().map_err(StoreError::from).and_then(|t| ConsistentIndex::load(&t)) {
-            Ok(c) => c,
-            Err(e) => return Err(self.run.fail(Phase::OpenBackend, ApplyErrorKind::Store(e))),
-        };
+        // The backend goes into the next state at once and is checked there: every move of it
+        // is another copy on the stack (828 bytes on the reference device's flash), and a state
+        // dropped on an error drops it as before.
+        let Persisted { run, durable } = self;
+        let mut opened = BackendOpened { run, durable, backend };
+        if let Err(kind) = opened.check_and_read() {
+            return Err(opened.run.fail(Phase::OpenBackend, kind));
+        }
+        opened.run.done(Phase::OpenBackend);
+        Ok(opened)
+    }
+}
+
+impl<P: Profile, S: SnapshotStore> BackendOpened<'_, P, S> {
+    /// The open phase's checks and reads, on the state that holds the new backend: its
+    /// consistent index must be the snapshot's, then the stores installed with it are read.
+    fn check_and_read(&mut self) -> Result<(), ApplyErrorKind> {
+        let stored = self
+            .backend
+            .read()
+            .map_err(StoreError::from)
+            .and_then(|t| ConsistentIndex::load(&t))
+            .map_err(ApplyErrorKind::Store)?;
         let snapshot_index = self.run.index;
         if stored.index() != snapshot_index {
-            let kind = ApplyErrorKind::IndexMismatch { backend_index: stored.index(), snapshot_index };
-            return Err(self.run.fail(Phase::OpenBackend, kind));
+            return Err(ApplyErrorKind::IndexMismatch { backend_index: stored.index(), snapshot_index });
         }
-        if let Err(kind) = self.read_later(&backend) {
-            return Err(self.run.fail(Phase::OpenBackend, kind));
-        }
-        self.run.done(Phase::OpenBackend);
-        Ok(BackendOpened { run: self.run, durable: self.durable, backend })
+        self.read_later()
     }
 
     /// Reads the stores installed with the new backend: alarms, auth and membership from it
@@ -426,13 +447,14 @@ impl<'n, P: Profile, S: SnapshotStore> Persisted<'n, P, S> {
     /// run ends before the swap they are read back from the old backend. The v2 store is not in
     /// the backend: the new one is staged in the node beside the live one, and the swap
     /// exchanges them.
-    fn read_later(&mut self, backend: &S::Backend) -> Result<(), ApplyErrorKind> {
+    #[inline(never)]
+    fn read_later(&mut self) -> Result<(), ApplyErrorKind> {
         let level = self.run.node.config.v2_deprecation;
         match self.run.storage.v2_data(&self.durable) {
             Ok(data) => self.run.node.staged_v2.recover_into(data, level).map_err(ApplyErrorKind::Store)?,
             Err(e) => return Err(ApplyErrorKind::Port(e)),
         }
-        self.run.node.read_restored_stores(backend).map_err(ApplyErrorKind::Store)?;
+        self.run.node.read_restored_stores(&self.backend).map_err(ApplyErrorKind::Store)?;
         // The transport port takes a member's peer URLs as one fixed array (the core has no
         // heap): a member with more is refused here, before the swap, rather than cut short when
         // the peers are updated after it.
@@ -712,8 +734,9 @@ impl<'n, P: Profile, S: SnapshotStore> PeersUpdated<'n, P, S> {
             return Err(self.run.fail(Phase::Finish, ApplyErrorKind::Port(e)));
         }
         let Self { mut run, durable } = self;
-        // The proof's metadata is the run's: `accept` checked it whole.
-        run.node.complete_restore(durable.metadata());
+        // The run's metadata is in the node's unfinished mark, set before the first port call;
+        // `accept` checked that the proof names it.
+        run.node.complete_restore(durable.index(), durable.term());
         run.done(Phase::Finish);
         run.end();
         Ok(Applied { run })
@@ -791,6 +814,6 @@ pub fn resume<'n, P: Profile, S: SnapshotStore>(
             return Ok(None);
         }
     };
-    let validated = Validated::start(node, ports, unfinished.metadata, ImageData::Persisted { sha256 }, true)?;
+    let validated = Validated::start(node, ports, &unfinished.metadata, ImageData::Persisted { sha256 }, true)?;
     run_from(validated).map(Some)
 }

@@ -68,38 +68,39 @@ impl<'r> PersistTicket<'r> {
     /// image's trailer carries, checked while decoding) is `sha256`, are durable. Call it only
     /// after the medium has acknowledged the write (`fsync`, flash program verified).
     pub fn confirm(self, sha256: [u8; 32]) -> Durable<'r> {
-        Durable { metadata: self.metadata, sha256, _brand: PhantomData }
+        Durable { index: self.metadata.index, term: self.metadata.term, sha256, _brand: PhantomData }
     }
 }
 
-/// Evidence that a snapshot is durable on the node's own storage: its whole metadata and its
-/// image's SHA-256. Only [`PersistTicket::confirm`] makes one, within the run it belongs to.
+/// Evidence that a snapshot is durable on the node's own storage: its index, term and image
+/// SHA-256 (the digest covers the image's header, so it names the whole metadata too). Only
+/// [`PersistTicket::confirm`] makes one, within the run it belongs to.
+///
+/// It holds no copy of the metadata: every state after the persist phase carries it, and on a
+/// device each copy was 568 bytes more of stack in every frame a state passes through. The
+/// run's metadata is in the node's unfinished mark ([`crate::Node::unfinished`]).
 pub struct Durable<'r> {
-    metadata: SnapshotMetadata,
+    index: u64,
+    term: u64,
     sha256: [u8; 32],
     _brand: Brand<'r>,
 }
 
 impl core::fmt::Debug for Durable<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Durable").field("index", &self.metadata.index).field("term", &self.metadata.term).finish()
+        f.debug_struct("Durable").field("index", &self.index).field("term", &self.term).finish()
     }
 }
 
 impl Durable<'_> {
-    /// The metadata of the durable snapshot.
-    pub fn metadata(&self) -> &SnapshotMetadata {
-        &self.metadata
-    }
-
     /// Index of the durable snapshot.
     pub fn index(&self) -> u64 {
-        self.metadata.index
+        self.index
     }
 
     /// Term of the durable snapshot.
     pub fn term(&self) -> u64 {
-        self.metadata.term
+        self.term
     }
 
     /// SHA-256 of the durable snapshot's image.

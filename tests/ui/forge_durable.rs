@@ -2,5 +2,5 @@
 use snapply_core::ports::Durable;
 
 fn main() {
-    let _ = Durable { metadata: Default::default(), sha256: [0; 32], _brand: std::marker::PhantomData };
+    let _ = Durable { index: 1, term: 1, sha256: [0; 32], _brand: std::marker::PhantomData };
 }

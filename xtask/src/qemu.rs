@@ -16,6 +16,10 @@ pub const TARGET: &str = "thumbv7m-none-eabi";
 const TIME_BOUND: Duration = Duration::from_secs(120);
 /// What the firmware's ELF is called under `target/<TARGET>/release`.
 const BIN: &str = "snapply-firmware";
+/// RAM for the whole restore (peak stack, `.data`, `.bss`) with the core's reference profile:
+/// the target of the flash and firmware issue, and the RAM length in the firmware's `memory.x`
+/// (where `flip-link` turns an overflow into a fault; this checks the painted mark as well).
+const RAM_BUDGET: u64 = 48 * 1024;
 
 /// The pipeline's phases as the firmware logs them (`phase done: <state>`), in order.
 const PHASES: [&str; 13] = [
@@ -56,7 +60,7 @@ pub fn qemu(ctx: &Ctx) -> Result<()> {
     // The build script makes the snapshot images and the expected digests on the host.
     run(ctx.cargo().args(["build", "--release"]).args(ctx.locked()).current_dir(&firmware))?;
     let elf = firmware.join("target").join(TARGET).join("release").join(BIN);
-    print_sizes(&elf)?;
+    let statics = print_sizes(&elf)?;
     let lines = run_firmware(ctx, &elf)?;
     let summary =
         check_log(&lines).map_err(|e| Error::new(format!("the firmware's log is not what it should be: {e}")))?;
@@ -64,6 +68,14 @@ pub fn qemu(ctx: &Ctx) -> Result<()> {
         "\nqemu: {} restores with every phase in order; digest checks: {} after a restore, {} after entries on top, {} after a reset",
         summary.restores, summary.checks_before, summary.checks_written, summary.checks_after
     );
+    let whole = summary.peak_stack + statics;
+    println!(
+        "qemu: whole restore {whole} B of RAM (peak stack {} B + .data and .bss {statics} B), budget {RAM_BUDGET} B",
+        summary.peak_stack
+    );
+    if whole > RAM_BUDGET {
+        return Err(Error::new(format!("the whole restore takes {whole} B of RAM, over the {RAM_BUDGET} B budget")));
+    }
     Ok(())
 }
 
@@ -188,6 +200,8 @@ pub struct Summary {
     pub checks_written: usize,
     /// Digest checks passed after a reset and re-open.
     pub checks_after: usize,
+    /// The highest painted stack mark of any boot (`peak stack: N of M bytes`).
+    pub peak_stack: u64,
 }
 
 /// The lines the firmware must print, in this order (other lines may come between them): two
@@ -220,7 +234,15 @@ pub fn check_log(lines: &[String]) -> std::result::Result<Summary, String> {
         }
     }
     let count = |needle: &str| lines.iter().filter(|l| l.contains(needle)).count();
+    let peaks = lines.iter().filter_map(|l| {
+        let rest = l.split_once("peak stack: ")?.1;
+        rest.split_once(" of ")?.0.parse::<u64>().ok()
+    });
+    let Some(peak_stack) = peaks.max() else {
+        return Err("no `peak stack: N of M bytes` line".to_owned());
+    };
     Ok(Summary {
+        peak_stack,
         restores: count("applied snapshot:"),
         checks_before: count("digest check passed (before reboot)"),
         checks_written: count("digest check passed (after writes)"),
@@ -228,8 +250,9 @@ pub fn check_log(lines: &[String]) -> std::result::Result<Summary, String> {
     })
 }
 
-/// Prints the sizes of the ELF's allocated sections, read from its section headers.
-fn print_sizes(elf: &Path) -> Result<()> {
+/// Prints the sizes of the ELF's allocated sections, read from its section headers, and
+/// returns the RAM its statics take (`.data`, `.bss`, `.uninit`).
+fn print_sizes(elf: &Path) -> Result<u64> {
     let bytes = std::fs::read(elf).map_err(|e| Error::new(format!("reading {}: {e}", elf.display())))?;
     let sections = elf32_sections(&bytes).map_err(|e| Error::new(format!("reading {}: {e}", elf.display())))?;
     let size = |name: &str| sections.iter().filter(|(n, _)| n == name).map(|(_, s)| *s).sum::<u64>();
@@ -242,7 +265,7 @@ fn print_sizes(elf: &Path) -> Result<()> {
         size(".uninit"),
         PathBuf::from(elf).display()
     );
-    Ok(())
+    Ok(size(".data") + size(".bss") + size(".uninit"))
 }
 
 /// The names and sizes of the sections of a little-endian 32-bit ELF file. Hand-written: the
@@ -294,7 +317,9 @@ mod tests {
             lines.push("INFO  applied entries up to index 68 after the restore; rebooting".into());
             lines.push("INFO  boot 2".into());
             lines.push("INFO  digest check passed (after reboot): index=65".into());
+            lines.push("INFO  peak stack: 46832 of 49128 bytes".into());
         }
+        lines.push("INFO  peak stack: 44520 of 49128 bytes".into());
         lines.push("INFO  all snapshots restored and checked after reboot".into());
         lines
     }
@@ -303,8 +328,14 @@ mod tests {
     fn a_complete_log_passes_and_is_counted() {
         assert_eq!(
             check_log(&good_log()),
-            Ok(Summary { restores: 2, checks_before: 2, checks_written: 2, checks_after: 2 })
+            Ok(Summary { restores: 2, checks_before: 2, checks_written: 2, checks_after: 2, peak_stack: 46_832 })
         );
+    }
+
+    #[test]
+    fn a_log_without_a_stack_mark_fails() {
+        let lines: Vec<String> = good_log().into_iter().filter(|l| !l.contains("peak stack")).collect();
+        assert!(check_log(&lines).unwrap_err().contains("peak stack"));
     }
 
     #[test]

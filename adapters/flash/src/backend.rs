@@ -83,20 +83,14 @@ pub struct FlashWrite<'b, 'f, F: NorFlash, const N: usize, const R: usize> {
 impl<'f, F: NorFlash, const N: usize, const R: usize> FlashBackend<'f, F, N, R> {
     /// Opens the backend of `area` by scanning its log.
     pub(crate) fn open(flash: &'f RefCell<F>, geo: Geometry, area: u8, epoch: u32) -> Result<Self, F> {
-        let mut index = Vec::new();
+        // Scanned into the backend it returns, not into an index of its own moved in after:
+        // that was a second copy of the index on the stack.
+        let mut backend = Self::fresh(flash, geo, area, epoch);
         let mut key = [0u8; R];
-        let scanned = log::scan(flash, &geo, geo.base(area), Some(index.as_mut_view()), &mut key, false)?;
-        Ok(FlashBackend {
-            flash,
-            geo,
-            area,
-            epoch,
-            tail: scanned.tail,
-            index,
-            snap: scanned.snap,
-            poisoned: false,
-            compact_next: false,
-        })
+        let scanned = log::scan(flash, &geo, geo.base(area), Some(backend.index.as_mut_view()), &mut key, false)?;
+        backend.tail = scanned.tail;
+        backend.snap = scanned.snap;
+        Ok(backend)
     }
 
     /// An empty backend on a freshly formatted `area`.

@@ -105,6 +105,24 @@ pub(crate) fn read_snap<F: NorFlash>(
     geo: &Geometry,
     frame: u32,
 ) -> Result<(SnapshotMetadata, [u8; SHA256_LEN]), F> {
+    let mut metadata = SnapshotMetadata::default();
+    let sha256 = read_snap_into(flash, geo, frame, &mut metadata)?;
+    Ok((metadata, sha256))
+}
+
+/// Reads the metadata of the snapshot frame at `frame` into `metadata` (in place, with the
+/// core's reader: postcard's serde path held it in several frames at once) and returns the
+/// image digest.
+///
+/// Not inlined: its buffer is dead once it returns, and would otherwise add to its callers'
+/// frames.
+#[inline(never)]
+pub(crate) fn read_snap_into<F: NorFlash>(
+    flash: &RefCell<F>,
+    geo: &Geometry,
+    frame: u32,
+    metadata: &mut SnapshotMetadata,
+) -> Result<[u8; SHA256_LEN], F> {
     let h = log::valid_header_at(flash, frame)?;
     let len = h.vlen as usize;
     let mut buf = [0u8; MAX_METADATA_LEN + SHA256_LEN];
@@ -115,9 +133,8 @@ pub(crate) fn read_snap<F: NorFlash>(
     let bytes = buf.get_mut(..len).ok_or_else(corrupt)?;
     chip::read(flash, frame + geo.header, bytes)?;
     let (meta, sha) = bytes.split_at(len - SHA256_LEN);
-    let metadata: SnapshotMetadata = postcard::from_bytes(meta).map_err(|_| corrupt())?;
-    let sha256 = <[u8; SHA256_LEN]>::try_from(sha).map_err(|_| corrupt())?;
-    Ok((metadata, sha256))
+    image::read_metadata(meta, metadata).map_err(|_| corrupt())?;
+    <[u8; SHA256_LEN]>::try_from(sha).map_err(|_| corrupt())
 }
 
 /// Reads the v2 data of the snapshot whose frames `snap` locates into `buf`.
@@ -149,7 +166,8 @@ pub(crate) fn read_v2<'a, F: NorFlash>(
 
 /// The index of the snapshot frame at `frame`.
 pub(crate) fn snapshot_index<F: NorFlash>(flash: &RefCell<F>, geo: &Geometry, frame: u32) -> Result<u64, F> {
-    read_snap(flash, geo, frame).map(|(m, _)| m.index)
+    let mut metadata = SnapshotMetadata::default();
+    read_snap_into(flash, geo, frame, &mut metadata).map(|_| metadata.index)
 }
 
 /// The complete snapshot the not-committed area holds, if it holds one written right after the
@@ -160,6 +178,18 @@ fn complete_snapshot<F: NorFlash>(
     other: &AreaState,
     committed_epoch: u32,
 ) -> Result<Option<(SnapshotMetadata, [u8; SHA256_LEN])>, F> {
+    let mut metadata = SnapshotMetadata::default();
+    Ok(complete_snapshot_into(flash, geo, other, committed_epoch, &mut metadata)?.map(|sha256| (metadata, sha256)))
+}
+
+/// [`complete_snapshot`] into the caller's `metadata` slot; returns the image digest.
+fn complete_snapshot_into<F: NorFlash>(
+    flash: &RefCell<F>,
+    geo: &Geometry,
+    other: &AreaState,
+    committed_epoch: u32,
+    metadata: &mut SnapshotMetadata,
+) -> Result<Option<[u8; SHA256_LEN]>, F> {
     let Some(h) = other.header else { return Ok(None) };
     // A snapshot whose every commit slot was spent by cut writes cannot be committed: it is
     // not offered, and the next persist writes the area again.
@@ -173,7 +203,7 @@ fn complete_snapshot<F: NorFlash>(
     let mut key = [0u8; 0];
     let scanned = log::scan(flash, geo, geo.base(other.id), None, &mut key, true)?;
     match scanned.snap {
-        Some(s) if s.frame != 0 => read_snap(flash, geo, s.frame).map(Some),
+        Some(s) if s.frame != 0 => read_snap_into(flash, geo, s.frame, metadata).map(Some),
         _ => Ok(None),
     }
 }
@@ -289,6 +319,16 @@ impl<F: NorFlash, const N: usize, const R: usize> WriteTxn for Staging<'_, '_, '
     }
 }
 
+/// The SHA-256 of the image in `source`, decoded whole. One frame per kind of source: in one
+/// frame, both decoders would be on the stack at once.
+#[inline(never)]
+fn image_digest<S: image::Source>(
+    source: S,
+    buf: &mut [u8],
+) -> core::result::Result<[u8; SHA256_LEN], image::DecodeError<S::Error>> {
+    image::verify(source, buf).map(|(_, summary)| summary.sha256)
+}
+
 fn decode_error<S, E>(e: image::DecodeError<S>, source: impl FnOnce(S) -> FlashError<E>) -> FlashError<E> {
     match e {
         image::DecodeError::Source(s) => source(s),
@@ -328,14 +368,17 @@ impl<'f, 'b, F: NorFlash, const N: usize, const R: usize> FlashSnapshotStore<'f,
     /// The SHA-256 of an image handed in again for a snapshot already persisted: the image is
     /// decoded whole (its trailer's digest is only proved by decoding), so a retry that carries
     /// another image under the same metadata is told apart. Nothing is written.
+    ///
+    /// Not inlined: its decoder is dead before anything is written (see [`Self::already_held`]).
+    #[inline(never)]
     fn digest_of(&mut self, image: ImageData<'_>) -> Result<[u8; SHA256_LEN], F> {
         match image {
-            ImageData::Bytes(bytes) => image::verify(bytes, self.buf)
-                .map(|(_, s)| s.sha256)
-                .map_err(|e| decode_error(e, |never| match never {})),
-            ImageData::Stream(source) => image::verify(source, self.buf)
-                .map(|(_, s)| s.sha256)
-                .map_err(|e| decode_error(e, FlashError::ImageSource)),
+            ImageData::Bytes(bytes) => {
+                image_digest(bytes, self.buf).map_err(|e| decode_error(e, |never| match never {}))
+            }
+            ImageData::Stream(source) => {
+                image_digest(source, self.buf).map_err(|e| decode_error(e, FlashError::ImageSource))
+            }
             ImageData::Persisted { sha256 } => Ok(sha256),
         }
     }
@@ -366,21 +409,7 @@ impl<'f, 'b, F: NorFlash, const N: usize, const R: usize> FlashSnapshotStore<'f,
         image: ImageData<'_>,
     ) -> Result<PersistedSnapshot, F> {
         let (committed_area, epoch, other) = self.areas()?;
-        let mut held = None;
-        if let Some((meta, sha256)) = complete_snapshot(self.flash, &self.geo, &other, epoch)?
-            && meta == *metadata
-        {
-            held = Some(Held {
-                area: other.id,
-                epoch: epoch.saturating_add(1),
-                index: meta.index,
-                term: meta.term,
-                sha256,
-            });
-        } else if let Some(sha256) = self.committed_snapshot(committed_area.id, epoch, metadata)? {
-            held = Some(Held { area: committed_area.id, epoch, index: metadata.index, term: metadata.term, sha256 });
-        }
-        if let Some(h) = held {
+        if let Some(h) = self.already_held(committed_area.id, epoch, &other, metadata)? {
             let digest = self.digest_of(image)?;
             if digest != h.sha256 {
                 return Err(FlashError::MetadataMismatch);
@@ -393,8 +422,59 @@ impl<'f, 'b, F: NorFlash, const N: usize, const R: usize> FlashSnapshotStore<'f,
         }
         self.held = None;
         let epoch = epoch.checked_add(1).ok_or(FlashError::Full("area epochs exhausted"))?;
-        log::format_area(self.flash, &self.geo, other.id, AreaKind::Snapshot, epoch)?;
-        let mut backend = FlashBackend::<F, N, R>::fresh(self.flash, self.geo, other.id, epoch);
+        let sha256 = self.write_snapshot(other.id, epoch, metadata, image)?;
+        self.held = Some(Held { area: other.id, epoch, index: metadata.index, term: metadata.term, sha256 });
+        Ok(PersistedSnapshot { index: metadata.index, term: metadata.term, sha256, reused: false })
+    }
+
+    /// Where `metadata`'s snapshot is already held complete, with its digest: the area that is
+    /// not committed (persisted ahead, or a retry), or the committed area holding exactly it.
+    ///
+    /// Not inlined, like [`Self::write_snapshot`]: the backend this opens and the metadata it
+    /// reads are dead before the image is written, and in a frame of their own they do not add
+    /// to the deepest frame of a restore on a device (BENCHMARKS.md, "Firmware").
+    #[inline(never)]
+    fn already_held(
+        &mut self,
+        committed_area: u8,
+        epoch: u32,
+        other: &AreaState,
+        metadata: &SnapshotMetadata,
+    ) -> Result<Option<Held>, F> {
+        let mut meta = SnapshotMetadata::default();
+        if let Some(sha256) = complete_snapshot_into(self.flash, &self.geo, other, epoch, &mut meta)?
+            && meta == *metadata
+        {
+            return Ok(Some(Held {
+                area: other.id,
+                epoch: epoch.saturating_add(1),
+                index: meta.index,
+                term: meta.term,
+                sha256,
+            }));
+        }
+        Ok(self.committed_snapshot(committed_area, epoch, metadata)?.map(|sha256| Held {
+            area: committed_area,
+            epoch,
+            index: metadata.index,
+            term: metadata.term,
+            sha256,
+        }))
+    }
+
+    /// Erases `area`, streams the image into it as one transaction with the v2 data and the
+    /// snapshot frame (`metadata` and the image's digest), and commits it; returns the image's
+    /// SHA-256. Not inlined (see [`Self::already_held`]).
+    #[inline(never)]
+    fn write_snapshot(
+        &mut self,
+        area: u8,
+        epoch: u32,
+        metadata: &SnapshotMetadata,
+        image: ImageData<'_>,
+    ) -> Result<[u8; SHA256_LEN], F> {
+        log::format_area(self.flash, &self.geo, area, AreaKind::Snapshot, epoch)?;
+        let mut backend = FlashBackend::<F, N, R>::fresh(self.flash, self.geo, area, epoch);
         let txn = RefCell::new(backend.write().map_err(FlashError::Backend)?);
         let mut staging = Staging(&txn);
         let mut v2 = |chunk: &[u8]| -> core::result::Result<(), BackendError> {
@@ -417,10 +497,7 @@ impl<'f, 'b, F: NorFlash, const N: usize, const R: usize> FlashSnapshotStore<'f,
         // (etcd #17146, #20426) at every boot: it is refused before it is committed, so it is
         // never pending.
         let cindex = ConsistentIndex::load(&txn)
-            .map_err(|_| FlashError::Corrupt {
-                offset: self.geo.base(other.id),
-                what: "the snapshot's consistent index",
-            })?
+            .map_err(|_| FlashError::Corrupt { offset: self.geo.base(area), what: "the snapshot's consistent index" })?
             .index();
         if cindex != metadata.index {
             return Err(FlashError::IndexMismatch { backend_index: cindex, snapshot_index: metadata.index });
@@ -434,14 +511,13 @@ impl<'f, 'b, F: NorFlash, const N: usize, const R: usize> FlashSnapshotStore<'f,
         }
         txn.raw_frame(K_SNAP, value)?;
         txn.commit_inner()?;
-        let h = Held { area: other.id, epoch, index: metadata.index, term: metadata.term, sha256: summary.sha256 };
-        self.held = Some(h);
-        Ok(PersistedSnapshot { index: metadata.index, term: metadata.term, sha256: summary.sha256, reused: false })
+        Ok(summary.sha256)
     }
 
     /// The image digest of `metadata`'s snapshot if the committed area holds exactly it: its
     /// snapshot frame names this metadata and its consistent index is the snapshot's (nothing
     /// was applied on top of it).
+    #[inline(never)]
     fn committed_snapshot(
         &mut self,
         area: u8,
@@ -449,12 +525,10 @@ impl<'f, 'b, F: NorFlash, const N: usize, const R: usize> FlashSnapshotStore<'f,
         metadata: &SnapshotMetadata,
     ) -> Result<Option<[u8; SHA256_LEN]>, F> {
         let backend = FlashBackend::<F, N, R>::open(self.flash, self.geo, area, epoch)?;
-        match backend.snapshot()? {
-            Some((meta, sha256)) if meta == *metadata && backend.consistent_index()? == metadata.index => {
-                Ok(Some(sha256))
-            }
-            _ => Ok(None),
-        }
+        let Some(snap) = backend.snap().filter(|s| s.frame != 0) else { return Ok(None) };
+        let mut meta = SnapshotMetadata::default();
+        let sha256 = read_snap_into(self.flash, &self.geo, snap.frame, &mut meta)?;
+        Ok((meta == *metadata && backend.consistent_index()? == metadata.index).then_some(sha256))
     }
 
     fn held(&self, index: u64, term: u64, sha256: &[u8; SHA256_LEN]) -> Result<Held, F> {
@@ -470,14 +544,18 @@ impl<'f, 'b, F: NorFlash, const N: usize, const R: usize> FlashSnapshotStore<'f,
         sha256: &[u8; SHA256_LEN],
     ) -> Result<FlashBackend<'f, F, N, R>, F> {
         let held = self.held(index, term, sha256)?;
-        let backend = FlashBackend::<F, N, R>::open(self.flash, self.geo, held.area, held.epoch)?;
-        if backend.snap().is_none() {
+        // Checked where `open` put it and returned as it is: the backend is 4 bytes per record,
+        // and every move of it through a `?` is another copy on a device's stack.
+        let opened = FlashBackend::<F, N, R>::open(self.flash, self.geo, held.area, held.epoch);
+        if let Ok(backend) = &opened
+            && backend.snap().is_none()
+        {
             return Err(FlashError::Corrupt {
                 offset: self.geo.base(held.area),
                 what: "the snapshot area lost its snapshot",
             });
         }
-        Ok(backend)
+        opened
     }
 
     /// The v2 data of the persisted snapshot, read from its area into the decode buffer.
@@ -553,7 +631,7 @@ impl<'f, F: NorFlash, const N: usize, const R: usize> SnapshotStore for FlashSna
     }
 
     fn open_backend(&mut self, snapshot: &Durable<'_>) -> core::result::Result<Self::Backend, PortError> {
-        Ok(self.open_snapshot(snapshot.index(), snapshot.term(), snapshot.sha256())?)
+        self.open_snapshot(snapshot.index(), snapshot.term(), snapshot.sha256()).map_err(PortError::from)
     }
 
     fn v2_data(&mut self, snapshot: &Durable<'_>) -> core::result::Result<&[u8], PortError> {

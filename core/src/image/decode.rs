@@ -10,7 +10,7 @@ use super::error::{Corruption, DecodeError, MaterializeError};
 use super::order::{Order, Verdict};
 use super::wire::{
     FRAME_CRC, FRAME_HEAD, HEAD_FIELDS, Kind, PREAMBLE_LEN, RecordLimit, RecordWire, TrailerWire, check_record_lens,
-    is_canonical,
+    is_canonical, read_metadata_into,
 };
 use super::{FORMAT_VERSION, Item, MAGIC, Source, Summary, V2_CHUNK_LEN};
 use crate::backend::{BackendError, Bucket, WriteTxn};
@@ -114,7 +114,9 @@ impl<'b, S: Source> Decoder<'b, S> {
 /// # Errors
 /// As [`Decoder::new`] and [`Decoder::next`].
 pub fn verify<S: Source>(source: S, buf: &mut [u8]) -> Result<(SnapshotMetadata, Summary), DecodeError<S::Error>> {
-    let mut decoder = Decoder::new(source, buf)?;
+    // Made where it is kept and started in place, as in `materialize`.
+    let mut decoder = Decoder { source, buf, state: State::new() };
+    decoder.start()?;
     loop {
         let Decoder { source, buf, state } = &mut decoder;
         if let Step::Done(summary) = advance(source, buf, state)? {
@@ -368,12 +370,10 @@ impl State {
 
     fn header(&mut self, payload: &[u8]) -> Result<(), Fail> {
         let kind = Kind::Header as u8;
-        let malformed = self.corrupt(Corruption::Malformed { kind });
-        let (metadata, rest) = postcard::take_from_bytes::<SnapshotMetadata>(payload).map_err(|_| malformed)?;
-        if !is_canonical(&metadata, payload, rest) {
+        // Read in place: serde's path would hold the metadata in several frames at once.
+        if !read_metadata_into(payload, &mut self.metadata) {
             return Err(self.corrupt(Corruption::Malformed { kind }));
         }
-        self.metadata = metadata;
         self.phase = Phase::Records;
         Ok(())
     }

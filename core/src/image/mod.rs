@@ -76,8 +76,25 @@ pub use decode::{Decoder, materialize, verify};
 pub use encode::encode;
 pub use error::{Corruption, DecodeError, EncodeError, MaterializeError};
 
+/// Reads `bytes`, exactly the canonical postcard encoding of a [`SnapshotMetadata`] (an
+/// image's header payload, `docs/format.md`), into `out`, in place: a device keeps one copy of
+/// the metadata where it wants it instead of receiving a 568-byte value through several frames.
+/// The decoder checks header frames with it, and a store can read back metadata it persisted.
+///
+/// # Errors
+/// [`Corruption::Malformed`] (kind `0x01`, the header) if `bytes` is not exactly one canonical
+/// encoding; `out` then holds a partial value.
+pub fn read_metadata(bytes: &[u8], out: &mut SnapshotMetadata) -> Result<(), Corruption> {
+    if wire::read_metadata_into(bytes, out) {
+        Ok(())
+    } else {
+        Err(Corruption::Malformed { kind: wire::Kind::Header as u8 })
+    }
+}
+
 use crate::backend::Bucket;
 use crate::collections::CapacityError;
+use crate::raft::SnapshotMetadata;
 
 /// The first eight bytes of every image.
 pub const MAGIC: [u8; 8] = *b"SNAPPLY\0";

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{MAX_KEY_LEN, MAX_METADATA_LEN, MAX_VALUE_LEN, V2_CHUNK_LEN};
+use crate::raft::SnapshotMetadata;
 
 /// Length of the preamble: magic (8), version (2), flags (2).
 pub(crate) const PREAMBLE_LEN: usize = 12;
@@ -247,6 +248,68 @@ pub(crate) struct TrailerWire {
     pub(crate) sha256: [u8; 32],
 }
 
+/// Reads a header payload, the canonical postcard encoding of a [`SnapshotMetadata`] and
+/// nothing after it, into `out`; returns whether `bytes` is exactly that. On `false`, `out`
+/// holds a partial value: do not use it.
+///
+/// Hand-written over postcard's wire format (docs/format.md, "Header") because postcard's
+/// serde path builds the value in frames of its own and returns it by value: on a device, the
+/// 568-byte metadata then lived in four nested frames at once (about 3.8 KiB of stack, the
+/// deepest part of a restore), where this writes it in place. It accepts exactly what
+/// `postcard::take_from_bytes` followed by [`is_canonical`] accepts: varints must be minimal
+/// and fit a `u64` (postcard's own limit on the tenth byte), a list holds at most
+/// [`MAX_CONF_IDS`](crate::raft::MAX_CONF_IDS) ids, the flag is `0` or `1`, and no byte is
+/// left over (the tests below check both ways against postcard).
+pub(crate) fn read_metadata_into(bytes: &[u8], out: &mut SnapshotMetadata) -> bool {
+    let mut r = Reader(bytes);
+    let ok = (|| {
+        out.index = r.varint()?;
+        out.term = r.varint()?;
+        let c = &mut out.conf_state;
+        for list in [&mut c.voters, &mut c.learners, &mut c.voters_outgoing, &mut c.learners_next] {
+            list.clear();
+            let n = r.varint()?;
+            for _ in 0..n {
+                list.push(r.varint()?).ok()?;
+            }
+        }
+        c.auto_leave = match r.byte()? {
+            0 => false,
+            1 => true,
+            _ => return None,
+        };
+        Some(())
+    })();
+    ok.is_some() && r.0.is_empty()
+}
+
+/// The unread part of a payload.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        let (&b, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(b)
+    }
+
+    /// A minimal (canonical) LEB128 varint of at most ten bytes that fits a `u64`.
+    fn varint(&mut self) -> Option<u64> {
+        let mut out = 0u64;
+        for i in 0..10u32 {
+            let b = self.byte()?;
+            out |= u64::from(b & 0x7F) << (7 * i);
+            if b & 0x80 == 0 {
+                // A zero last byte after the first is an over-long encoding; the tenth byte
+                // holds the 64th bit only.
+                let minimal = i == 0 || b != 0;
+                return (minimal && (i < 9 || b <= 1)).then_some(out);
+            }
+        }
+        None
+    }
+}
+
 /// Whether `payload` is exactly the canonical postcard encoding of `value`, given that
 /// `value` was decoded from `payload` leaving `rest` unread.
 ///
@@ -342,7 +405,73 @@ mod tests {
         assert_eq!(Kind::from_u8(0xFF), None);
     }
 
+    /// What the serde path accepted before the hand-written reader: postcard, then canonical.
+    fn postcard_metadata(bytes: &[u8]) -> Option<SnapshotMetadata> {
+        let (m, rest) = postcard::take_from_bytes::<SnapshotMetadata>(bytes).ok()?;
+        is_canonical(&m, bytes, rest).then_some(m)
+    }
+
+    fn ids() -> impl Strategy<Value = IdList> {
+        proptest::collection::vec(prop_oneof![0..300u64, any::<u64>()], 0..=MAX_CONF_IDS)
+            .prop_map(|v| v.into_iter().collect())
+    }
+
+    fn metadata() -> impl Strategy<Value = SnapshotMetadata> {
+        (any::<u64>(), any::<u64>(), ids(), ids(), ids(), ids(), any::<bool>()).prop_map(
+            |(index, term, voters, learners, voters_outgoing, learners_next, auto_leave)| SnapshotMetadata {
+                index,
+                term,
+                conf_state: ConfState { voters, learners, voters_outgoing, learners_next, auto_leave },
+            },
+        )
+    }
+
+    #[test]
+    fn metadata_reader_refuses_what_postcard_refuses() {
+        let mut out = SnapshotMetadata::default();
+        // Over-long zero, an eleventh varint byte, a 65th bit, 17 voters, a flag of 2, a byte
+        // too many, a truncated payload.
+        let mut seventeen = vec![1, 1, 17];
+        seventeen.extend([1; 17]);
+        seventeen.extend([0, 0, 0, 0]);
+        let cases: [&[u8]; 7] = [
+            &[0x80, 0x00, 1, 0, 0, 0, 0, 0],
+            &[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x81, 0x00, 1, 0, 0, 0, 0, 0],
+            &[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x02, 1, 0, 0, 0, 0, 0],
+            &seventeen,
+            &[1, 1, 0, 0, 0, 0, 2],
+            &[1, 1, 0, 0, 0, 0, 1, 0],
+            &[1, 1, 1],
+        ];
+        for case in cases {
+            assert!(!read_metadata_into(case, &mut out), "{case:02x?}");
+            assert_eq!(postcard_metadata(case), None, "{case:02x?}");
+        }
+        let max = [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01, 0, 0, 0, 0, 0, 1];
+        assert!(read_metadata_into(&max, &mut out));
+        assert_eq!((out.index, out.term, out.conf_state.auto_leave), (u64::MAX, 0, true));
+    }
+
     proptest! {
+        #[test]
+        fn metadata_reader_reads_what_postcard_writes(m in metadata()) {
+            let mut buf = [0u8; MAX_METADATA_LEN];
+            let bytes = postcard::to_slice(&m, &mut buf).unwrap();
+            // A slot that held another metadata is overwritten whole.
+            let mut out = SnapshotMetadata { index: 7, conf_state: ConfState { voters: [9].into_iter().collect(), ..Default::default() }, ..Default::default() };
+            prop_assert!(read_metadata_into(bytes, &mut out));
+            prop_assert_eq!(out, m);
+        }
+
+        #[test]
+        fn metadata_reader_agrees_with_postcard_on_any_bytes(
+            bytes in proptest::collection::vec(prop_oneof![0..3u8, 0x7F..0x82u8, any::<u8>()], 0..40),
+        ) {
+            let mut out = SnapshotMetadata::default();
+            let ours = read_metadata_into(&bytes, &mut out).then_some(out);
+            prop_assert_eq!(ours, postcard_metadata(&bytes));
+        }
+
         #[test]
         fn varint_matches_postcard(n in any::<u64>()) {
             let mut buf = [0u8; 16];

@@ -1,4 +1,4 @@
-//! snapply on a Cortex-M3 (QEMU's mps2-an385), in 64 KiB of RAM, its state on NOR flash.
+//! snapply on a Cortex-M3 (QEMU's mps2-an385), in 48 KiB of RAM, its state on NOR flash.
 //!
 //! Boot 1 (blank flash) builds an old state (its own keys, a lease, a member, a user), then
 //! receives the first snapshot image the build script made on the host, streams it through the
@@ -20,6 +20,7 @@ mod shared;
 mod stack;
 mod storage;
 
+use core::cell::RefCell;
 use core::mem::size_of;
 
 use cortex_m_rt::{ExceptionFrame, entry, exception};
@@ -30,7 +31,7 @@ use snapply_core::image::{self, BASE_BUFFER, Chunked};
 use snapply_core::memports::PeerTable;
 use snapply_core::ports::{ImageStream, Observer, Phase, Ports};
 use snapply_core::store::{NewMember, StoreError};
-use snapply_core::{ApplyError, Node, Request, Snapshot};
+use snapply_core::{ApplyError, Node, Request, Snapshot, SnapshotMetadata};
 
 use shared::{DEVICE, Device, digests};
 
@@ -212,9 +213,9 @@ fn run() -> Result<(), Failure> {
     if boot.boot > 3 {
         return Err(Failure::TooManyBoots { boot: boot.boot });
     }
-    let mounted = snapply_flash::mount::<_, RECORDS, RECORD_BYTES>(&chip, RANGE)?;
-    info!("flash mounted: formatted={} other-area={}", mounted.formatted, mounted.other);
-    let snapply_flash::Mounted { backend, pending, formatted, .. } = mounted;
+    // The one slot for a snapshot's metadata: the pending one's, then the received one's.
+    let mut metadata = SnapshotMetadata::default();
+    let Mounted { backend, pending, formatted } = mount(&chip, &mut metadata)?;
     let mut buf = [0u8; BASE_BUFFER];
     let mut store = DeviceStore::new(&chip, RANGE, &mut buf)?;
     let mut peers = PeerTable::<Device>::default();
@@ -228,10 +229,10 @@ fn run() -> Result<(), Failure> {
         let v2 = store.committed_v2(node.backend())?;
         open_node(node, v2)?;
     }
-    if let Some(p) = pending {
-        info!("completing the restore of the persisted snapshot at index {}", p.metadata.index);
+    if let Some(sha256) = pending {
+        info!("completing the restore of the persisted snapshot at index {}", metadata.index);
         let ports = Ports { storage: &mut store, transport: &mut peers, observer: &mut PhaseLog };
-        phases::apply(node, ports, Snapshot::persisted(&p.metadata, p.sha256))?;
+        phases::apply(node, ports, Snapshot::persisted(&metadata, sha256))?;
     }
     let next = if formatted {
         old_state(node)?;
@@ -261,7 +262,7 @@ fn run() -> Result<(), Failure> {
     if let Ok(mut chip) = chip.try_borrow_mut() {
         chip.reset_stats();
     }
-    restore(node, &mut store, &mut peers, image, expected)?;
+    restore(node, &mut store, &mut peers, image, expected, &mut metadata)?;
     let stats = chip.try_borrow().map(|chip| chip.stats()).unwrap_or_default();
     check(node, expected.restored(), "before reboot")?;
     info!(
@@ -287,7 +288,7 @@ fn log_sizes() {
     };
     type S<'a> = DeviceStore<'a, 'a>;
     info!(
-        "sizes: states validated={} persisted={} opened={} bound={} leases={} mvcc={} swapped={}, node={} kv={} auth={} membership={} v2={} backend={} metadata={}",
+        "sizes: states validated={} persisted={} opened={} bound={} leases={} mvcc={} swapped={}, node={} kv={} auth={} membership={} v2={} backend={} metadata={} peers={} store={} mounted={}",
         size_of::<Validated<'_, Device, S<'_>>>(),
         size_of::<Persisted<'_, Device, S<'_>>>(),
         size_of::<BackendOpened<'_, Device, S<'_>>>(),
@@ -301,8 +302,35 @@ fn log_sizes() {
         size_of::<snapply_core::store::Membership<Device>>(),
         size_of::<snapply_core::store::V2Store<Device>>(),
         size_of::<DeviceBackend<'_>>(),
-        size_of::<snapply_core::SnapshotMetadata>(),
+        size_of::<SnapshotMetadata>(),
+        size_of::<PeerTable<Device>>(),
+        size_of::<S<'_>>(),
+        size_of::<snapply_flash::Mounted<'_, storage::Chip, RECORDS, RECORD_BYTES>>(),
     );
+}
+
+/// What [`mount`] hands on: `snapply_flash::Mounted` without the pending snapshot's metadata,
+/// which goes to the caller's slot.
+struct Mounted<'f> {
+    backend: DeviceBackend<'f>,
+    /// The image digest of a persisted snapshot to apply before serving.
+    pending: Option<[u8; 32]>,
+    formatted: bool,
+}
+
+/// Mounts the flash in a frame of its own (inlined, its area states, the backend it opens and
+/// the pending snapshot it reads would stay in `main`'s frame, under the whole restore), and
+/// moves a pending snapshot's metadata into `metadata`, the one slot `main` keeps for it.
+#[inline(never)]
+fn mount<'f>(chip: &'f RefCell<storage::Chip>, metadata: &mut SnapshotMetadata) -> Result<Mounted<'f>, Failure> {
+    let mounted = snapply_flash::mount::<_, RECORDS, RECORD_BYTES>(chip, RANGE)?;
+    info!("flash mounted: formatted={} other-area={}", mounted.formatted, mounted.other);
+    let snapply_flash::Mounted { backend, pending, formatted, .. } = mounted;
+    let pending = pending.map(|p| {
+        *metadata = p.metadata;
+        p.sha256
+    });
+    Ok(Mounted { backend, pending, formatted })
 }
 
 /// `Node::open_in_place` in a frame of its own: every store is read into the node's own memory.
@@ -345,8 +373,11 @@ fn restore<'f>(
     peers: &mut PeerTable<Device>,
     image: &[u8],
     expected: &Expected,
+    metadata: &mut SnapshotMetadata,
 ) -> Result<(), Failure> {
-    let metadata = read_metadata(image)?;
+    // Read into `main`'s slot (the pipeline borrows it): returned by value, it was another
+    // copy in this frame.
+    read_metadata(image, metadata)?;
     if metadata.index != expected.index || metadata.term != expected.term {
         return Err(Failure::WrongSnapshot { index: metadata.index });
     }
@@ -356,7 +387,7 @@ fn restore<'f>(
     );
     let mut source = ImageStream::new(Chunked::new(image, CHUNK));
     let ports = Ports { storage: store, transport: peers, observer: &mut PhaseLog };
-    let Some(applied_index) = phases::apply(node, ports, Snapshot::streamed(&metadata, &mut source))? else {
+    let Some(applied_index) = phases::apply(node, ports, Snapshot::streamed(metadata, &mut source))? else {
         return Err(Failure::WrongSnapshot { index: metadata.index });
     };
     info!("peers: {}", peers.peers().len());
@@ -364,13 +395,14 @@ fn restore<'f>(
     Ok(())
 }
 
-/// The snapshot metadata in `image`'s header, decoded in a frame of its own. The header frame
-/// holds only the metadata (a few dozen bytes for a three-member conf state); the decode buffer
-/// proper is the store's.
+/// Reads the snapshot metadata in `image`'s header into `out`, in a frame of its own. The
+/// header frame holds only the metadata (a few dozen bytes for a three-member conf state); the
+/// decode buffer proper is the store's.
 #[inline(never)]
-fn read_metadata(image: &[u8]) -> Result<snapply_core::SnapshotMetadata, Failure> {
+fn read_metadata(image: &[u8], out: &mut SnapshotMetadata) -> Result<(), Failure> {
     let mut header = [0u8; HEADER_BUFFER];
-    Ok(image::Decoder::new(image, &mut header).map_err(|_| Failure::Header)?.metadata().clone())
+    out.clone_from(image::Decoder::new(image, &mut header).map_err(|_| Failure::Header)?.metadata());
+    Ok(())
 }
 
 /// Compares the node's state with the host's digests.

@@ -1,7 +1,7 @@
 //! The pipeline driven phase by phase, one non-inlined function per transition.
 //!
 //! `apply_snapshot` runs every transition in one function; inlined, every typestate (those
-//! before the swap carry the new backend and the proof, 1.5 KiB with the reference profile) and
+//! before the swap carry the new backend and the proof, about 1 KiB with the reference profile) and
 //! every `Result` around one gets its own stack slot in one frame. Here each transition is a
 //! function of its own that takes the previous transition's result as it is and returns its own,
 //! and the driver only passes results along (`swap(restore_mvcc(restore_lease(...)))`), so a
@@ -52,7 +52,25 @@ type Step<T> = Result<Option<T>, ApplyError>;
 /// next transition has taken it.
 #[inline(never)]
 fn before_swap<'n, S: SnapshotStore>(validated: Step<Validated<'n, Device, S>>) -> Step<BackendSwapped<'n, Device, S>> {
-    swap(restore_mvcc(restore_lease(bind_index(open_backend(persist(validated))))))
+    after_persist(persist(validated))
+}
+
+/// The phases from opening the backend to the swap, in frames of their own. Each frame holds
+/// the results alive in it: here only the opened backend's state, while the open phase (the
+/// deepest of them) runs; the states after it (about 1 KiB each, two alive at a time, the new
+/// backend in each) in `after_open`, once that phase's frame is gone. In one frame, every
+/// phase below it would run on top of all of them.
+#[inline(never)]
+fn after_persist<'n, S: SnapshotStore>(
+    persisted: Step<Persisted<'n, Device, S>>,
+) -> Step<BackendSwapped<'n, Device, S>> {
+    after_open(open_backend(persisted))
+}
+
+/// The phases from binding the consistent index to the swap (see `after_persist`).
+#[inline(never)]
+fn after_open<'n, S: SnapshotStore>(opened: Step<BackendOpened<'n, Device, S>>) -> Step<BackendSwapped<'n, Device, S>> {
+    swap(restore_mvcc(restore_lease(bind_index(opened))))
 }
 
 /// Defines a transition as a function of its own, from the previous transition's result.

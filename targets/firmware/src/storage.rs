@@ -2,7 +2,7 @@
 //!
 //! The medium is a NOR flash emulated by `snapply-flash`'s `RamFlash` (erase to 0xFF, program
 //! only erased words, aligned 4-byte words, 4 KiB erase units) over the board's PSRAM at
-//! [`REGION_BASE`], outside the program's 64 KiB of RAM. The region is in no ELF segment, so a
+//! [`REGION_BASE`], outside the program's 48 KiB of RAM. The region is in no ELF segment, so a
 //! system reset (QEMU reloads only the ELF's segments) leaves the flash as it was, like a chip.
 //! The first 4 KiB page of the region holds the board's own words (a marker that the flash was
 //! erased once, as a factory erases a chip, and a boot counter); the flash follows it.
