@@ -1,0 +1,373 @@
+//! Loading a snapshot's backend on two threads: the decoder and the redb writer.
+//!
+//! Persisting used to run one step after the other on one thread: decode and check the image
+//! while inserting every record into redb, commit, then read every record back out of redb to
+//! build the key index and the lessor. On a host with two cores the decoder (frame CRCs, the
+//! image's SHA-256, parsing) and the writer (redb's B-tree, its page cache, the file writes)
+//! each keep one core busy, so they now run side by side:
+//!
+//! - the caller's thread decodes the image, hands the records to the writer in bounded
+//!   [`Batch`]es, and keeps the few bytes of each record the key index and the lessor are built
+//!   from ([`Records`]): a `key` record without its value, every other (small) bucket whole;
+//! - a writer thread appends the batches to the redb file through one cursor per bucket run
+//!   (the image's records are sorted, so every insert is an append at the end of the table) and
+//!   commits once the decoder says the image is whole and checked;
+//! - while the writer commits, the decoder's thread builds the stores from [`Records`], without
+//!   reading the redb file back.
+//!
+//! Memory stays bounded by the image's key count, not its size: at most [`QUEUE`] batches of
+//! [`BATCH_BYTES`] are in flight, the values are never kept, and redb's page cache is capped.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::mpsc::{Receiver, Sender, SyncSender};
+
+use snapply_core::backend::{Backend, BackendError, BackendErrorKind, Bucket, ReadTxn, Visit, WriteTxn};
+use snapply_core::store::KeyValue;
+
+use crate::backend::RedbBackend;
+use crate::error::FsError;
+use crate::failpoint::failpoint;
+
+/// How many bytes of keys and values a batch holds before it is handed to the writer.
+pub(crate) const BATCH_BYTES: usize = 1 << 20;
+
+/// How many full batches may wait for the writer: the decoder blocks beyond that, so a slow
+/// disk bounds the memory in flight instead of letting it grow with the image.
+pub(crate) const QUEUE: usize = 4;
+
+/// Records on their way to the writer, keys and values back to back in one buffer.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    bytes: Vec<u8>,
+    /// Bucket, key length and value length of each record, in order.
+    lens: Vec<(Bucket, u32, u32)>,
+}
+
+impl Batch {
+    fn push(&mut self, bucket: Bucket, key: &[u8], value: &[u8]) -> Result<(), FsError> {
+        let (k, v) = (u32::try_from(key.len()), u32::try_from(value.len()));
+        let (Ok(k), Ok(v)) = (k, v) else {
+            return Err(misuse("a record longer than 4 GiB"));
+        };
+        self.bytes.extend_from_slice(key);
+        self.bytes.extend_from_slice(value);
+        self.lens.push((bucket, k, v));
+        Ok(())
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.lens.clear();
+    }
+}
+
+/// What the decoder sends the writer.
+#[derive(Debug)]
+pub(crate) enum Msg {
+    /// Records to append.
+    Batch(Batch),
+    /// The image is whole and checked: commit. A writer whose channel closes without this
+    /// drops its transaction, which leaves nothing.
+    Commit,
+}
+
+/// The writer thread: appends every batch received on `rx` to a write transaction of
+/// `backend` and commits it on [`Msg::Commit`]. Emptied batches go back on `recycle`, so the
+/// decoder reuses their buffers instead of allocating new ones.
+///
+/// `Ok(true)` once committed (redb has synced the file), `Ok(false)` if the channel closed
+/// first (the decoder failed: nothing is committed).
+///
+/// # Errors
+/// [`FsError::Backend`] if redb fails (a full disk among them), or a failpoint's error.
+pub(crate) fn write(
+    backend: RedbBackend,
+    rx: Receiver<Msg>,
+    recycle: Sender<Batch>,
+    path: &Path,
+) -> Result<bool, FsError> {
+    let op = |op| move |source| FsError::Backend { op, source };
+    let mut txn = backend.bulk_write().map_err(op("beginning the snapshot backend's transaction"))?;
+    let mut first = true;
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            Msg::Batch(mut batch) => {
+                append(&mut txn, &batch).map_err(op("writing the snapshot's backend"))?;
+                if first {
+                    first = false;
+                    failpoint!("fs::persist::writing", path);
+                }
+                batch.clear();
+                // The decoder may be gone already (it failed); the buffer is then just freed.
+                let _ = recycle.send(batch);
+            }
+            Msg::Commit => {
+                txn.commit().map_err(op("committing the snapshot's backend"))?;
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Appends a batch's records, one cursor per run of records of one bucket.
+fn append(txn: &mut crate::backend::BulkWrite, batch: &Batch) -> Result<(), BackendError> {
+    let mut rest = batch.bytes.as_slice();
+    let mut lens = batch.lens.as_slice();
+    while let Some(&(bucket, _, _)) = lens.first() {
+        let run = lens.iter().take_while(|(b, _, _)| *b == bucket).count();
+        let (this, next) = lens.split_at_checked(run).ok_or_else(batch_bug)?;
+        let mut records = Run { bytes: rest, lens: this.iter(), broken: false };
+        txn.append(bucket, &mut records)?;
+        if records.broken || records.lens.next().is_some() {
+            return Err(batch_bug());
+        }
+        rest = records.bytes;
+        lens = next;
+    }
+    Ok(())
+}
+
+/// The records of one bucket run of a batch, split off its buffer as they are asked for.
+struct Run<'a> {
+    bytes: &'a [u8],
+    lens: std::slice::Iter<'a, (Bucket, u32, u32)>,
+    broken: bool,
+}
+
+impl<'a> Iterator for Run<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let &(_, k, v) = self.lens.next()?;
+        let split = self
+            .bytes
+            .split_at_checked(k as usize)
+            .and_then(|(key, tail)| tail.split_at_checked(v as usize).map(|(value, tail)| (key, value, tail)));
+        match split {
+            Some((key, value, tail)) => {
+                self.bytes = tail;
+                Some((key, value))
+            }
+            None => {
+                self.broken = true;
+                None
+            }
+        }
+    }
+}
+
+/// The batch's lengths and bytes disagree: a bug of this module, reported rather than panicked.
+fn batch_bug() -> BackendError {
+    BackendError::new(BackendErrorKind::Misuse, "batched records out of step with their lengths")
+}
+
+fn misuse(what: &'static str) -> FsError {
+    FsError::Backend { op: "loading the snapshot's backend", source: BackendError::new(BackendErrorKind::Misuse, what) }
+}
+
+/// The decoder's side of the channel: fills batches, hands them over, keeps [`Records`].
+pub(crate) struct Feed<'a> {
+    tx: &'a SyncSender<Msg>,
+    recycle: &'a Receiver<Batch>,
+    batch: Batch,
+    records: &'a mut Records,
+}
+
+impl<'a> Feed<'a> {
+    pub(crate) fn new(tx: &'a SyncSender<Msg>, recycle: &'a Receiver<Batch>, records: &'a mut Records) -> Self {
+        Feed { tx, recycle, batch: Batch::default(), records }
+    }
+
+    /// Takes one decoded record.
+    ///
+    /// # Errors
+    /// [`FsError::Task`] if the writer is gone (it failed: its own error is the one to
+    /// report).
+    pub(crate) fn record(&mut self, bucket: Bucket, key: &[u8], value: &[u8]) -> Result<(), FsError> {
+        self.records.push(bucket, key, value)?;
+        self.batch.push(bucket, key, value)?;
+        if self.batch.bytes.len() >= BATCH_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Hands the records batched so far to the writer.
+    ///
+    /// # Errors
+    /// As [`Feed::record`].
+    pub(crate) fn flush(&mut self) -> Result<(), FsError> {
+        if self.batch.lens.is_empty() {
+            return Ok(());
+        }
+        let next = self.recycle.try_recv().unwrap_or_default();
+        let full = std::mem::replace(&mut self.batch, next);
+        self.tx.send(Msg::Batch(full)).map_err(|_| writer_gone())
+    }
+}
+
+/// The writer thread stopped taking records: it failed, and its error is reported instead.
+pub(crate) fn writer_gone() -> FsError {
+    FsError::Task { what: "writing the snapshot's backend" }
+}
+
+/// The records of a snapshot as the key index, the lessor and the other stores are built from
+/// them, in memory: every bucket's records whole, except the `key` bucket's values, whose
+/// `value` field is dropped (the stores never read it; it is most of an image's bytes).
+///
+/// A read-only [`Backend`] over them: records arrive in the image's order (bucket, then key,
+/// strictly increasing, which the decoder checks), so a bucket is a contiguous, sorted run and
+/// a lookup is a binary search.
+#[derive(Debug, Default)]
+pub(crate) struct Records {
+    bytes: Vec<u8>,
+    entries: Vec<Entry>,
+    /// Each bucket's run of `entries`, in the order the buckets came.
+    buckets: Vec<(Bucket, usize, usize)>,
+    /// Scratch for re-encoding a `key` record without its value.
+    scratch: Vec<u8>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    at: usize,
+    key: u32,
+    value: u32,
+}
+
+impl Records {
+    fn push(&mut self, bucket: Bucket, key: &[u8], value: &[u8]) -> Result<(), FsError> {
+        let n = self.entries.len();
+        match self.buckets.last_mut() {
+            Some((b, _, end)) if *b == bucket => *end = n.saturating_add(1),
+            _ => self.buckets.push((bucket, n, n.saturating_add(1))),
+        }
+        // A `key` record that does not decode is kept as it is: the store's own decode then
+        // reports it, as it would have from the backend.
+        let stripped = match bucket {
+            Bucket::Key => match postcard::from_bytes::<KeyValue<'_>>(value) {
+                Ok(kv) => {
+                    let scratch = std::mem::take(&mut self.scratch);
+                    let encoded = postcard::to_extend(&KeyValue { value: &[], ..kv }, scratch)
+                        .map_err(|_| misuse("re-encoding a key record"))?;
+                    self.scratch = encoded;
+                    true
+                }
+                Err(_) => false,
+            },
+            _ => false,
+        };
+        let value: &[u8] = if stripped { &self.scratch } else { value };
+        let (Ok(k), Ok(v)) = (u32::try_from(key.len()), u32::try_from(value.len())) else {
+            return Err(misuse("a record longer than 4 GiB"));
+        };
+        let at = self.bytes.len();
+        self.bytes.extend_from_slice(key);
+        self.bytes.extend_from_slice(value);
+        self.entries.push(Entry { at, key: k, value: v });
+        self.scratch.clear();
+        Ok(())
+    }
+
+    fn entries_of(&self, bucket: Bucket) -> &[Entry] {
+        self.buckets
+            .iter()
+            .find(|(b, _, _)| *b == bucket)
+            .and_then(|&(_, start, end)| self.entries.get(start..end))
+            .unwrap_or(&[])
+    }
+
+    fn key(&self, e: &Entry) -> &[u8] {
+        let end = e.at.saturating_add(e.key as usize);
+        self.bytes.get(e.at..end).unwrap_or(&[])
+    }
+
+    fn value(&self, e: &Entry) -> &[u8] {
+        let start = e.at.saturating_add(e.key as usize);
+        let end = start.saturating_add(e.value as usize);
+        self.bytes.get(start..end).unwrap_or(&[])
+    }
+}
+
+/// A read transaction on [`Records`].
+#[derive(Debug)]
+pub(crate) struct RecordsRead<'a>(&'a Records);
+
+impl ReadTxn for RecordsRead<'_> {
+    fn get(&self, bucket: Bucket, key: &[u8], f: &mut dyn FnMut(&[u8])) -> Result<bool, BackendError> {
+        let records = self.0;
+        let entries = records.entries_of(bucket);
+        match entries.binary_search_by(|e| records.key(e).cmp(key)) {
+            Ok(i) => {
+                if let Some(e) = entries.get(i) {
+                    f(records.value(e));
+                }
+                Ok(true)
+            }
+            Err(_) => Ok(false),
+        }
+    }
+
+    fn scan(&self, bucket: Bucket, from: &[u8], f: &mut Visit<'_>) -> Result<(), BackendError> {
+        let records = self.0;
+        let entries = records.entries_of(bucket);
+        let start = entries.partition_point(|e| records.key(e) < from);
+        for e in entries.get(start..).unwrap_or(&[]) {
+            if let ControlFlow::Break(()) = f(records.key(e), records.value(e)) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// [`Records`] are read only: the stores built from them only read.
+#[derive(Debug)]
+pub(crate) struct NoWrite;
+
+fn read_only() -> BackendError {
+    BackendError::new(BackendErrorKind::Misuse, "the decoded records are read only")
+}
+
+impl ReadTxn for NoWrite {
+    fn get(&self, _: Bucket, _: &[u8], _: &mut dyn FnMut(&[u8])) -> Result<bool, BackendError> {
+        Err(read_only())
+    }
+
+    fn scan(&self, _: Bucket, _: &[u8], _: &mut Visit<'_>) -> Result<(), BackendError> {
+        Err(read_only())
+    }
+}
+
+impl WriteTxn for NoWrite {
+    fn put(&mut self, _: Bucket, _: &[u8], _: &[u8]) -> Result<(), BackendError> {
+        Err(read_only())
+    }
+
+    fn delete(&mut self, _: Bucket, _: &[u8]) -> Result<bool, BackendError> {
+        Err(read_only())
+    }
+
+    fn clear(&mut self, _: Bucket) -> Result<(), BackendError> {
+        Err(read_only())
+    }
+
+    fn commit(self) -> Result<(), BackendError> {
+        Err(read_only())
+    }
+}
+
+impl Backend for Records {
+    type Read<'a> = RecordsRead<'a>;
+    type Write<'a> = NoWrite;
+
+    fn read(&self) -> Result<RecordsRead<'_>, BackendError> {
+        Ok(RecordsRead(self))
+    }
+
+    fn write(&mut self) -> Result<NoWrite, BackendError> {
+        Err(read_only())
+    }
+}
