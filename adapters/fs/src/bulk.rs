@@ -94,6 +94,7 @@ pub(crate) fn write(
         match msg {
             Msg::Batch(mut batch) => {
                 append(&mut txn, &batch).map_err(op("writing the snapshot's backend"))?;
+                txn.checkpoint().map_err(op("writing the snapshot's backend"))?;
                 if first {
                     first = false;
                     failpoint!("fs::persist::writing", path);
@@ -369,5 +370,100 @@ impl Backend for Records {
 
     fn write(&mut self) -> Result<NoWrite, BackendError> {
         Err(read_only())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use snapply_core::backend::dump;
+    use snapply_core::store::revision_key;
+
+    fn kv(key: &[u8], value: &[u8], lease: i64) -> Vec<u8> {
+        let kv = KeyValue { key, create_revision: 2, mod_revision: 3, version: 1, value, lease };
+        postcard::to_allocvec(&kv).unwrap()
+    }
+
+    #[test]
+    fn records_keep_key_records_without_their_value_and_other_buckets_whole() {
+        let mut records = Records::default();
+        let rev = |main| revision_key(snapply_core::store::Revision { main, sub: 0 }, false);
+        records.push(Bucket::Key, &rev(2), &kv(b"a", &[7; 300], 0)).unwrap();
+        records.push(Bucket::Key, &rev(3), &kv(b"b", b"v", 9)).unwrap();
+        // Not a `KeyValue`: kept as it is, for the store's decode to report.
+        records.push(Bucket::Key, &rev(4), &[0xff; 3]).unwrap();
+        records.push(Bucket::Meta, b"m", b"meta value").unwrap();
+        records.push(Bucket::Lease, b"l1", b"x").unwrap();
+        records.push(Bucket::Lease, b"l2", b"y").unwrap();
+        let txn = records.read().unwrap();
+
+        let mut got = Vec::new();
+        assert!(txn.get(Bucket::Key, &rev(3), &mut |v| got = v.to_vec()).unwrap());
+        assert_eq!(got, kv(b"b", b"", 9));
+        assert!(txn.get(Bucket::Key, &rev(2), &mut |v| got = v.to_vec()).unwrap());
+        assert_eq!(got, kv(b"a", b"", 0));
+        assert!(txn.get(Bucket::Key, &rev(4), &mut |v| got = v.to_vec()).unwrap());
+        assert_eq!(got, [0xff; 3]);
+        assert!(!txn.get(Bucket::Key, &rev(5), &mut |_| {}).unwrap());
+        assert!(!txn.get(Bucket::Alarm, b"m", &mut |_| {}).unwrap());
+
+        let mut leases = Vec::new();
+        txn.scan(Bucket::Lease, b"l2", &mut |k, v| {
+            leases.push((k.to_vec(), v.to_vec()));
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert_eq!(leases, vec![(b"l2".to_vec(), b"y".to_vec())]);
+        let all = dump(&txn).unwrap();
+        assert_eq!(all.len(), 6);
+        assert!(all.contains(&(Bucket::Meta, b"m".to_vec(), b"meta value".to_vec())));
+        assert!(records.write().is_err());
+    }
+
+    fn writer_on(dir: &Path) -> (std::path::PathBuf, RedbBackend) {
+        let path = dir.join("db");
+        (path.clone(), RedbBackend::open(&path).unwrap())
+    }
+
+    #[test]
+    fn the_writer_commits_only_when_told_and_recycles_its_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, backend) = writer_on(dir.path());
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let (recycle_tx, recycle_rx) = std::sync::mpsc::channel();
+        let mut records = Records::default();
+        let mut feed = Feed::new(&tx, &recycle_rx, &mut records);
+        let value = vec![1u8; 4096];
+        // More than one batch, so batches come back for reuse.
+        let n = BATCH_BYTES / 4096 + 10;
+        let keys: Vec<[u8; 4]> = (0..n as u32).map(u32::to_be_bytes).collect();
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| write(backend, rx, recycle_tx, &path));
+            for k in &keys {
+                feed.record(Bucket::Lease, k, &value).unwrap();
+            }
+            feed.record(Bucket::Alarm, b"a", b"").unwrap();
+            feed.flush().unwrap();
+            tx.send(Msg::Commit).unwrap();
+            assert!(writer.join().unwrap().unwrap());
+        });
+        assert!(recycle_rx.try_recv().is_ok());
+        let b = RedbBackend::open(&dir.path().join("db")).unwrap();
+        let all = dump(&b.read().unwrap()).unwrap();
+        assert_eq!(all.len(), n + 1);
+        assert_eq!(dump(&records.read().unwrap()).unwrap(), all);
+    }
+
+    #[test]
+    fn a_writer_whose_channel_closes_before_commit_commits_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, backend) = writer_on(dir.path());
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let (recycle_tx, _recycle_rx) = std::sync::mpsc::channel();
+        let mut batch = Batch::default();
+        batch.push(Bucket::Lease, b"k", b"v").unwrap();
+        tx.send(Msg::Batch(batch)).unwrap();
+        drop(tx);
+        assert!(!write(backend, rx, recycle_tx, &path).unwrap());
     }
 }
