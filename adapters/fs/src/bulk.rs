@@ -18,6 +18,7 @@
 //! Memory stays bounded by the image's key count, not its size: at most [`QUEUE`] batches of
 //! [`BATCH_BYTES`] are in flight, the values are never kept, and redb's page cache is capped.
 
+use std::cell::Cell;
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
@@ -294,25 +295,39 @@ impl Records {
 
 /// A read transaction on [`Records`].
 #[derive(Debug)]
-pub(crate) struct RecordsRead<'a>(&'a Records);
+pub(crate) struct RecordsRead<'a> {
+    records: &'a Records,
+    /// Where the entry after the last one found is: the key index reads the `key` records of
+    /// its keys' latest revisions one by one, in key order, and when keys were written in key
+    /// order (a bulk load, a counter's keys) that is revision order too, so the next lookup is
+    /// usually there. Checked first; a miss costs one comparison before the binary search.
+    next: Cell<Option<(Bucket, usize)>>,
+}
 
 impl ReadTxn for RecordsRead<'_> {
     fn get(&self, bucket: Bucket, key: &[u8], f: &mut dyn FnMut(&[u8])) -> Result<bool, BackendError> {
-        let records = self.0;
+        let records = self.records;
         let entries = records.entries_of(bucket);
-        match entries.binary_search_by(|e| records.key(e).cmp(key)) {
-            Ok(i) => {
-                if let Some(e) = entries.get(i) {
-                    f(records.value(e));
-                }
+        let hinted = match self.next.get() {
+            Some((b, i)) if b == bucket => entries.get(i).filter(|e| records.key(e) == key).map(|_| i),
+            _ => None,
+        };
+        let found = match hinted {
+            Some(i) => Some(i),
+            None => entries.binary_search_by(|e| records.key(e).cmp(key)).ok(),
+        };
+        match found.and_then(|i| entries.get(i).map(|e| (i, e))) {
+            Some((i, e)) => {
+                self.next.set(Some((bucket, i.saturating_add(1))));
+                f(records.value(e));
                 Ok(true)
             }
-            Err(_) => Ok(false),
+            None => Ok(false),
         }
     }
 
     fn scan(&self, bucket: Bucket, from: &[u8], f: &mut Visit<'_>) -> Result<(), BackendError> {
-        let records = self.0;
+        let records = self.records;
         let entries = records.entries_of(bucket);
         let start = entries.partition_point(|e| records.key(e) < from);
         for e in entries.get(start..).unwrap_or(&[]) {
@@ -365,7 +380,7 @@ impl Backend for Records {
     type Write<'a> = NoWrite;
 
     fn read(&self) -> Result<RecordsRead<'_>, BackendError> {
-        Ok(RecordsRead(self))
+        Ok(RecordsRead { records: self, next: Cell::new(None) })
     }
 
     fn write(&mut self) -> Result<NoWrite, BackendError> {
@@ -418,6 +433,30 @@ mod tests {
         assert_eq!(all.len(), 6);
         assert!(all.contains(&(Bucket::Meta, b"m".to_vec(), b"meta value".to_vec())));
         assert!(records.write().is_err());
+    }
+
+    #[test]
+    fn lookups_in_any_order_find_every_record_and_only_those() {
+        let mut records = Records::default();
+        let keys: Vec<[u8; 2]> = (0..50u16).map(|i| (i * 2).to_be_bytes()).collect();
+        for k in &keys {
+            records.push(Bucket::Lease, k, k).unwrap();
+        }
+        records.push(Bucket::Alarm, &keys[1], b"other bucket").unwrap();
+        let txn = records.read().unwrap();
+        // In order (the hinted path), backwards, skipping, and keys that are absent.
+        let order: Vec<usize> = (0..50).chain((0..50).rev()).chain((0..50).step_by(7)).collect();
+        for i in order {
+            let mut got = Vec::new();
+            assert!(txn.get(Bucket::Lease, &keys[i], &mut |v| got = v.to_vec()).unwrap());
+            assert_eq!(got, keys[i]);
+            let absent = (i as u16 * 2 + 1).to_be_bytes();
+            assert!(!txn.get(Bucket::Lease, &absent, &mut |_| {}).unwrap());
+        }
+        let mut got = Vec::new();
+        assert!(txn.get(Bucket::Alarm, &keys[1], &mut |v| got = v.to_vec()).unwrap());
+        assert_eq!(got, b"other bucket");
+        assert!(!txn.get(Bucket::Alarm, &keys[2], &mut |_| {}).unwrap());
     }
 
     fn writer_on(dir: &Path) -> (std::path::PathBuf, RedbBackend) {
