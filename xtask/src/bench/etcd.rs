@@ -59,7 +59,7 @@ struct SnapplyTimes {
 }
 
 /// How many times snapply's restore runs per size.
-const SNAPPLY_RUNS: usize = 3;
+const SNAPPLY_RUNS: usize = 5;
 
 /// The median of `values` (the upper one of an even count); 0 for none.
 fn median(values: &mut [u64]) -> u64 {
