@@ -10,13 +10,16 @@
 //!   [`Batch`]es, and keeps the few bytes of each record the key index and the lessor are built
 //!   from ([`Records`]): a `key` record without its value, every other (small) bucket whole;
 //! - a writer thread appends the batches to the redb file through one cursor per bucket run
-//!   (the image's records are sorted, so every insert is an append at the end of the table) and
-//!   commits once the decoder says the image is whole and checked;
+//!   (the image's records are sorted, so every insert is an append at the end of the table), in
+//!   non-durable transactions of 16 MiB ([`crate::backend::BulkWrite`]), and commits the last
+//!   one durably once the decoder says the image is whole and checked;
 //! - while the writer commits, the decoder's thread builds the stores from [`Records`], without
 //!   reading the redb file back.
 //!
-//! Memory stays bounded by the image's key count, not its size: at most [`QUEUE`] batches of
-//! [`BATCH_BYTES`] are in flight, the values are never kept, and redb's page cache is capped.
+//! Memory stays bounded by the image's key count, not its size: at most [`QUEUE`] + 2 batches
+//! exist at once ([`QUEUE`] waiting, one being written, one being filled), each of about
+//! [`BATCH_BYTES`] (or one record, if that is larger); the values are not kept; redb's page
+//! cache is capped.
 
 use std::cell::Cell;
 use std::ops::ControlFlow;
