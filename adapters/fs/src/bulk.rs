@@ -11,15 +11,16 @@
 //!   from ([`Records`]): a `key` record without its value, every other (small) bucket whole;
 //! - a writer thread appends the batches to the redb file through one cursor per bucket run
 //!   (the image's records are sorted, so every insert is an append at the end of the table), in
-//!   non-durable transactions of 16 MiB ([`crate::backend::BulkWrite`]), and commits the last
-//!   one durably once the decoder says the image is whole and checked;
+//!   non-durable transactions of 8 MiB ([`crate::backend::BulkWrite`]), and commits the last
+//!   one durably once the decoder says the image is whole and checked; a third thread syncs the
+//!   file after each chunk, so that the last commit has little left to write;
 //! - while the writer commits, the decoder's thread builds the stores from [`Records`], without
 //!   reading the redb file back.
 //!
 //! Memory stays bounded by the image's key count, not its size: at most [`QUEUE`] + 2 batches
 //! exist at once ([`QUEUE`] waiting, one being written, one being filled), each of about
 //! [`BATCH_BYTES`] (or one record, if that is larger); the values are not kept; redb's page
-//! cache is capped.
+//! cache is capped (32 MiB while loading).
 
 use std::cell::Cell;
 use std::ops::ControlFlow;
@@ -93,27 +94,54 @@ pub(crate) fn write(
 ) -> Result<bool, FsError> {
     let op = |op| move |source| FsError::Backend { op, source };
     let mut txn = backend.bulk_write().map_err(op("beginning the snapshot backend's transaction"))?;
-    let mut first = true;
-    while let Ok(msg) = rx.recv() {
-        match msg {
-            Msg::Batch(mut batch) => {
-                append(&mut txn, &batch).map_err(op("writing the snapshot's backend"))?;
-                txn.checkpoint().map_err(op("writing the snapshot's backend"))?;
-                if first {
-                    first = false;
-                    failpoint!("fs::persist::writing", path);
+    std::thread::scope(|scope| {
+        let (kick, kicked) = std::sync::mpsc::sync_channel::<()>(1);
+        // Early syncs only save time: if the syncer cannot start, the last commit syncs
+        // everything itself, as it always does.
+        let _ =
+            std::thread::Builder::new().name("snapply-fs-sync".into()).spawn_scoped(scope, || sync_early(path, kicked));
+        let mut first = true;
+        while let Ok(msg) = rx.recv() {
+            match msg {
+                Msg::Batch(mut batch) => {
+                    append(&mut txn, &batch).map_err(op("writing the snapshot's backend"))?;
+                    if txn.checkpoint().map_err(op("writing the snapshot's backend"))? {
+                        // A sync already asked for covers this chunk's pages too.
+                        let _ = kick.try_send(());
+                    }
+                    if first {
+                        first = false;
+                        failpoint!("fs::persist::writing", path);
+                    }
+                    batch.clear();
+                    // The decoder may be gone already (it failed); the buffer is then just freed.
+                    let _ = recycle.send(batch);
                 }
-                batch.clear();
-                // The decoder may be gone already (it failed); the buffer is then just freed.
-                let _ = recycle.send(batch);
-            }
-            Msg::Commit => {
-                txn.commit().map_err(op("committing the snapshot's backend"))?;
-                return Ok(true);
+                Msg::Commit => {
+                    drop(kick);
+                    txn.commit().map_err(op("committing the snapshot's backend"))?;
+                    return Ok(true);
+                }
             }
         }
+        Ok(false)
+    })
+}
+
+/// Writes the file's dirty pages to disk while the writer goes on appending, each time the
+/// writer has committed a chunk, until it stops asking.
+///
+/// The kernel would otherwise keep them in its page cache (its background writeback starts only
+/// past a share of the machine's memory), and the last commit's `fdatasync` would write the
+/// whole file at once while both threads wait for it. Syncing early only makes pages durable
+/// sooner; what the last commit makes durable, and when it reports it, is unchanged (redb syncs
+/// the file when it commits durably). A failed early sync is ignored for the same reason: the
+/// last commit's own sync reports the disk's errors.
+fn sync_early(path: &Path, kicked: Receiver<()>) {
+    let Ok(file) = std::fs::File::open(path) else { return };
+    for () in kicked {
+        let _ = file.sync_data();
     }
-    Ok(false)
 }
 
 /// Appends a batch's records, one cursor per run of records of one bucket.

@@ -237,7 +237,7 @@ fn materialize(
     node: Option<&Config>,
 ) -> Result<(SnapInfo, Option<Prebuilt<Growable>>), FsError> {
     let index = metadata.index;
-    let backend = RedbBackend::open(tmp)?;
+    let backend = RedbBackend::open_for_load(tmp)?;
     failpoint!("fs::persist::tmp_created", tmp);
     let mut v2 = Vec::new();
     let mut records = Records::default();
