@@ -54,6 +54,8 @@ pub(crate) fn redb_kind(e: &redb::Error) -> BackendErrorKind {
         // A value larger than redb accepts (about 3 GiB) is a caller's bug: images bound values
         // far below it.
         redb::Error::ValueTooLarge(_) => BackendErrorKind::Misuse,
+        // A record appended out of order: the image's order is checked before, so a bug here.
+        redb::Error::UnorderedKey => BackendErrorKind::Misuse,
         _ => BackendErrorKind::Io,
     }
 }
@@ -89,13 +91,26 @@ impl RedbBackend {
     /// [`FsError::Io`] if the file cannot be opened, [`FsError::Db`] if it is not a redb
     /// database or redb cannot open it.
     pub fn open(path: &Path) -> Result<Self, FsError> {
+        Self::open_cached(path, CACHE_BYTES)
+    }
+
+    /// [`RedbBackend::open`] for loading a snapshot's records with [`RedbBackend::bulk_write`],
+    /// with a page cache of [`LOAD_CACHE_BYTES`].
+    ///
+    /// # Errors
+    /// As [`RedbBackend::open`].
+    pub(crate) fn open_for_load(path: &Path) -> Result<Self, FsError> {
+        Self::open_cached(path, LOAD_CACHE_BYTES)
+    }
+
+    fn open_cached(path: &Path, cache: usize) -> Result<Self, FsError> {
         let mut options = OpenOptions::new();
         options.read(true).write(true).create(true).truncate(false);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let file = options.open(path).map_err(|e| FsError::io("opening the backend file", path, e))?;
         let db = FileBackend::new(file)
-            .and_then(|b| Builder::new().set_cache_size(CACHE_BYTES).create_with_backend(b))
+            .and_then(|b| Builder::new().set_cache_size(cache).create_with_backend(b))
             .map_err(|e| FsError::db("opening the backend database", path, e))?;
         Ok(RedbBackend {
             db: Arc::new(db),
@@ -145,6 +160,16 @@ impl RedbBackend {
     /// opened, not the one now at the path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A write transaction for loading a snapshot's records, which arrive sorted: see
+    /// [`BulkWrite`].
+    pub(crate) fn bulk_write(&self) -> Result<BulkWrite, BackendError> {
+        self.bulk_write_in(CHUNK_BYTES)
+    }
+
+    fn bulk_write_in(&self, chunk: usize) -> Result<BulkWrite, BackendError> {
+        Ok(BulkWrite { txn: Some(begin_chunk(&self.db)?), db: Arc::clone(&self.db), dirty: 0, chunk })
     }
 
     /// A read-only handle on this backend for readers on other threads: every read
@@ -346,6 +371,125 @@ impl WriteTxn for RedbWrite<'_> {
         self.txn.commit().map_err(|e| backend_err(e, "committing a write transaction"))?;
         self.unsynced.store(self.batched, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// Writes to a fresh backend that only append, for loading a snapshot's records.
+///
+/// The records of each bucket come in increasing key order (an image's order), so they are
+/// inserted through a cursor at the end of the table (`upper_bound_mut` and `insert_before`),
+/// which redb buffers and packs into full pages, instead of `insert`'s descent from the root for
+/// every record. Measured for 1,000,000 records of 307 bytes into one transaction: 1.1 s instead
+/// of 3.0 s.
+///
+/// The load is cut into transactions of about [`CHUNK_BYTES`] committed with
+/// [`Durability::None`], and only the last one is committed durably: a redb commit computes the
+/// checksum of every page the transaction dirtied, and with one transaction for the whole
+/// snapshot most of those pages had already left the 64 MiB page cache, so the commit read them
+/// back from the file (about 1 s of a 1,000,000-key load). In chunks, each commit finds its pages
+/// still cached; the last, durable commit syncs the file (redb's one sync covers the pages of the
+/// non-durable commits before it) and writes the header. A crash before it leaves no durable
+/// commit of these records: the file is a temp file the data directory removes at boot. Dropped
+/// without [`BulkWrite::commit`], the chunks committed so far may still become durable when the
+/// database is closed (redb makes a pending non-durable commit durable at close), so the caller
+/// removes the file, as persisting does on every error: it is never renamed into place.
+pub(crate) struct BulkWrite {
+    db: Arc<Database>,
+    /// `None` only between a chunk's commit and the next chunk's begin, which failed.
+    txn: Option<WriteTransaction>,
+    /// Bytes of records appended in the current chunk.
+    dirty: usize,
+    /// Bytes of records per chunk: [`CHUNK_BYTES`], smaller in tests.
+    chunk: usize,
+}
+
+/// Bytes of records per non-durable transaction of a [`BulkWrite`]: well under the page
+/// cache, so a chunk's pages are still cached when it commits. Measured for 1,000,000 records
+/// of 307 bytes with the 64 MiB cache: 16 MiB chunks load in 1.6 s in all, 32 MiB chunks in
+/// 2.2 s (their commits evict pages again), one transaction in 2.4 s. A load uses 8 MiB chunks
+/// in a 32 MiB cache ([`LOAD_CACHE_BYTES`]).
+pub(crate) const CHUNK_BYTES: usize = 8 << 20;
+
+/// redb's page cache of a snapshot's backend while it is loaded ([`RedbBackend::open_for_load`]):
+/// smaller than a live backend's, so the pages of committed chunks are written to the file
+/// early, where the writer's early syncs find them, rather than all at the last commit.
+/// Alternated runs, 100,000 keys of 256 bytes (first byte to `Applied`): 144-152 ms against
+/// 167-195 ms with 64 MiB and 16 MiB chunks; 1,000,000 keys 1.03-1.28 s against 1.14-1.22 s,
+/// peak RSS 126-130 MiB against 154-158 MiB.
+pub(crate) const LOAD_CACHE_BYTES: usize = 32 << 20;
+
+impl core::fmt::Debug for BulkWrite {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("BulkWrite").field("dirty", &self.dirty).finish_non_exhaustive()
+    }
+}
+
+fn begin_chunk(db: &Database) -> Result<WriteTransaction, BackendError> {
+    let mut txn = db.begin_write().map_err(|e| backend_err(e, "beginning a write transaction"))?;
+    txn.set_durability(Durability::None).map_err(|e| backend_err(e, "beginning a non-durable transaction"))?;
+    Ok(txn)
+}
+
+impl BulkWrite {
+    fn txn(&self) -> Result<&WriteTransaction, BackendError> {
+        self.txn.as_ref().ok_or_else(|| BackendError::new(BackendErrorKind::Misuse, "bulk write used after a failure"))
+    }
+
+    /// Appends `records` to `bucket`'s table; every key must sort after the table's last one.
+    ///
+    /// # Errors
+    /// The backend's error if redb fails; [`BackendErrorKind::Misuse`] for a key out of order.
+    pub(crate) fn append<'r>(
+        &mut self,
+        bucket: Bucket,
+        records: &mut dyn Iterator<Item = (&'r [u8], &'r [u8])>,
+    ) -> Result<(), BackendError> {
+        let mut bytes = 0usize;
+        {
+            let txn = self.txn()?;
+            let mut table = txn.open_table(table(bucket)).map_err(|e| backend_err(e, "opening a bucket to write"))?;
+            let mut cursor = table
+                .upper_bound_mut(std::ops::Bound::<&[u8]>::Unbounded)
+                .map_err(|e| backend_err(e, "opening a bucket to append"))?;
+            for (key, value) in records {
+                cursor.insert_before(key, value).map_err(|e| backend_err(e, "appending a record"))?;
+                bytes = bytes.saturating_add(key.len()).saturating_add(value.len());
+            }
+            cursor.close().map_err(|e| backend_err(e, "appending a record"))?;
+        }
+        self.dirty = self.dirty.saturating_add(bytes);
+        Ok(())
+    }
+
+    /// Commits the current chunk, without syncing, once it holds [`CHUNK_BYTES`], and begins
+    /// the next.
+    ///
+    /// # Errors
+    /// The backend's error if the commit or the next begin fails.
+    pub(crate) fn checkpoint(&mut self) -> Result<bool, BackendError> {
+        if self.dirty < self.chunk {
+            return Ok(false);
+        }
+        if let Some(txn) = self.txn.take() {
+            txn.commit().map_err(|e| backend_err(e, "committing a chunk of the load"))?;
+        }
+        self.txn = Some(begin_chunk(&self.db)?);
+        self.dirty = 0;
+        Ok(true)
+    }
+
+    /// Commits durably: returns once redb has synced the file ([`Durability::Immediate`]), with
+    /// every record appended since [`RedbBackend::bulk_write`].
+    ///
+    /// # Errors
+    /// The backend's error if the commit fails.
+    pub(crate) fn commit(mut self) -> Result<(), BackendError> {
+        let mut txn = self
+            .txn
+            .take()
+            .ok_or_else(|| BackendError::new(BackendErrorKind::Misuse, "bulk write used after a failure"))?;
+        txn.set_durability(Durability::Immediate).map_err(|e| backend_err(e, "making the last commit durable"))?;
+        txn.commit().map_err(|e| backend_err(e, "committing a write transaction"))
     }
 }
 
@@ -567,6 +711,39 @@ mod tests {
         std::fs::write(&path, vec![0x5a; 8192]).unwrap();
         let e = RedbBackend::open(&path).unwrap_err();
         assert!(matches!(e, FsError::Db { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn a_bulk_write_in_many_chunks_holds_every_record_once_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let mut want = Vec::new();
+        {
+            let b = RedbBackend::open(&path).unwrap();
+            // 1 KiB chunks: every few records end a non-durable transaction.
+            let mut w = b.bulk_write_in(1024).unwrap();
+            for (bucket, n) in [(Bucket::Key, 300u32), (Bucket::Meta, 3), (Bucket::Lease, 40)] {
+                let records: Vec<(Vec<u8>, Vec<u8>)> =
+                    (0..n).map(|i| (i.to_be_bytes().to_vec(), vec![i as u8; 100])).collect();
+                for part in records.chunks(7) {
+                    w.append(bucket, &mut part.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))).unwrap();
+                    w.checkpoint().unwrap();
+                }
+                want.extend(records.into_iter().map(|(k, v)| (bucket, k, v)));
+            }
+            w.commit().unwrap();
+        }
+        let b = RedbBackend::open(&path).unwrap();
+        assert_eq!(dump(&b.read().unwrap()).unwrap(), want);
+    }
+
+    #[test]
+    fn a_bulk_write_refuses_a_key_out_of_order() {
+        let (_dir, b) = backend();
+        let mut w = b.bulk_write().unwrap();
+        w.append(Bucket::Key, &mut [(&b"b"[..], &b"1"[..])].into_iter()).unwrap();
+        let e = w.append(Bucket::Key, &mut [(&b"a"[..], &b"2"[..])].into_iter()).unwrap_err();
+        assert_eq!(e.kind, BackendErrorKind::Misuse);
     }
 
     #[test]

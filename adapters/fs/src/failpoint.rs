@@ -24,6 +24,7 @@ pub const CRASH_EXIT_CODE: i32 = 86;
 pub const FAILPOINTS: &[&str] = &[
     "fs::persist::start",
     "fs::persist::tmp_created",
+    "fs::persist::writing",
     "fs::persist::materialized",
     "fs::persist::committed",
     "fs::persist::checked",
@@ -60,7 +61,8 @@ mod tests {
     /// The list the crash sweep walks is every failpoint of the source, each once.
     #[test]
     fn every_failpoint_is_listed_once() {
-        let sources = [include_str!("store.rs"), include_str!("datadir.rs"), include_str!("durable.rs")];
+        let sources =
+            [include_str!("store.rs"), include_str!("bulk.rs"), include_str!("datadir.rs"), include_str!("durable.rs")];
         let mut found: Vec<&str> = sources
             .iter()
             .flat_map(|s| s.split("failpoint!(\"").skip(1))

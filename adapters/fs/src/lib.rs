@@ -8,6 +8,7 @@
 )]
 
 mod backend;
+mod bulk;
 mod datadir;
 mod driver;
 mod durable;

@@ -7,7 +7,7 @@
 
 use snapply_core::Config;
 use snapply_core::ImageData;
-use snapply_core::backend::{Backend, WriteTxn};
+use snapply_core::backend::Backend;
 use snapply_core::collections::Growable;
 use snapply_core::image::{self, DecodeError, MaterializeError};
 use snapply_core::pipeline::Prebuilt;
@@ -16,6 +16,7 @@ use snapply_core::raft::SnapshotMetadata;
 use snapply_core::store::{AlarmStore, AuthStore, ConsistentIndex, Membership, V2Store};
 
 use crate::backend::RedbBackend;
+use crate::bulk::{self, Feed, Records};
 use crate::datadir::{DataDir, SnapName};
 use crate::durable::{remove_if_exists, sync_dir};
 use crate::error::FsError;
@@ -223,7 +224,11 @@ pub(crate) fn persist_building(
     result
 }
 
-/// Steps 1 to 3 of [`persist`], into the redb file `tmp`.
+/// Steps 1 to 3 of [`persist`], into the redb file `tmp`, on two threads (see [`crate::bulk`]):
+/// this one decodes and checks the image and then builds the stores from the records it kept,
+/// a writer thread appends the records to the redb file and commits once the image is whole
+/// and checked. Both end before this returns, and nothing is reported durable before the
+/// commit returned.
 fn materialize(
     tmp: &std::path::Path,
     buf: &mut [u8],
@@ -232,42 +237,100 @@ fn materialize(
     node: Option<&Config>,
 ) -> Result<(SnapInfo, Option<Prebuilt<Growable>>), FsError> {
     let index = metadata.index;
-    let mut backend = RedbBackend::open(tmp)?;
+    let backend = RedbBackend::open_for_load(tmp)?;
     failpoint!("fs::persist::tmp_created", tmp);
     let mut v2 = Vec::new();
-    let mut keep_v2 = |chunk: &[u8]| {
-        v2.extend_from_slice(chunk);
-        Ok(())
+    let mut records = Records::default();
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(bulk::QUEUE);
+        let (recycle_tx, recycle_rx) = std::sync::mpsc::channel();
+        let writer = std::thread::Builder::new()
+            .name("snapply-fs-writer".into())
+            .spawn_scoped(scope, move || bulk::write(backend, rx, recycle_tx, tmp))
+            .map_err(|e| FsError::io("starting the snapshot backend's writer", tmp, e))?;
+        let decoded = (|| {
+            let mut feed = Feed::new(&tx, &recycle_rx, &mut records);
+            let (decoded, summary) = decode(image, buf, &mut feed, &mut v2, index, metadata.term)?;
+            feed.flush()?;
+            if decoded != *metadata {
+                return Err(FsError::MetadataMismatch { index });
+            }
+            let cindex = records
+                .read()
+                .map_err(snapply_core::store::StoreError::from)
+                .and_then(|t| ConsistentIndex::load(&t))
+                .map_err(|source| FsError::Store { index, source })?;
+            if cindex.index() != index {
+                return Err(FsError::IndexMismatch { backend_index: cindex.index(), snapshot_index: index });
+            }
+            failpoint!("fs::persist::materialized", tmp);
+            tx.send(bulk::Msg::Commit).map_err(|_| bulk::writer_gone())?;
+            Ok((decoded, summary))
+        })();
+        // Without `Commit`, the writer drops its transaction when the channel closes.
+        drop(tx);
+        // The stores are built while the writer commits (mostly waiting for the disk).
+        let checked = decoded.and_then(|(decoded, summary)| {
+            if let Some(node) = node {
+                V2Store::<Growable>::recover(&v2, node.v2_deprecation)
+                    .map_err(|source| FsError::Store { index, source })?;
+            }
+            let prebuilt = check_stores(&records, index, summary.sha256, node.map(|n| n.min_lease_ttl))?;
+            Ok((decoded, summary, prebuilt))
+        });
+        let written = writer.join().map_err(|_| bulk::writer_gone())?;
+        // The writer's failure (a full disk) is the cause when both failed: the decoder then
+        // only saw the writer gone.
+        let committed = written?;
+        let (decoded, summary, prebuilt) = checked?;
+        if !committed {
+            return Err(bulk::writer_gone());
+        }
+        failpoint!("fs::persist::committed", tmp);
+        failpoint!("fs::persist::checked", tmp);
+        let info = SnapInfo { metadata: decoded, image_sha256: summary.sha256, records: summary.records, v2 };
+        Ok((info, prebuilt))
+    })
+}
+
+/// Decodes `image` into `feed` and `v2`: every frame's CRC and the trailer's SHA-256 are
+/// checked as it goes (see [`image::Decoder`]); nothing fed is valid until this returns `Ok`.
+fn decode(
+    image: ImageData<'_>,
+    buf: &mut [u8],
+    feed: &mut Feed<'_>,
+    v2: &mut Vec<u8>,
+    index: u64,
+    term: u64,
+) -> Result<(SnapshotMetadata, image::Summary), FsError> {
+    match image {
+        ImageData::Bytes(bytes) => decode_from(bytes, buf, feed, v2, |e| match e {}),
+        ImageData::Stream(source) => decode_from(source, buf, feed, v2, FsError::Stream),
+        ImageData::Persisted { .. } => Err(FsError::NotFound { index, term }),
+    }
+}
+
+fn decode_from<S: image::Source>(
+    source: S,
+    buf: &mut [u8],
+    feed: &mut Feed<'_>,
+    v2: &mut Vec<u8>,
+    source_error: impl Fn(S::Error) -> FsError,
+) -> Result<(SnapshotMetadata, image::Summary), FsError> {
+    let error = |e: DecodeError<S::Error>| match e {
+        DecodeError::Source(e) => source_error(e),
+        e => image_error(MaterializeError::<S::Error>::Decode(e)),
     };
-    let mut txn = backend
-        .write()
-        .map_err(|source| FsError::Backend { op: "beginning the snapshot backend's transaction", source })?;
-    let decoded = match image {
-        ImageData::Bytes(bytes) => image::materialize(bytes, buf, &mut txn, &mut keep_v2).map_err(image_error),
-        ImageData::Stream(source) => image::materialize(source, buf, &mut txn, &mut keep_v2).map_err(|e| match e {
-            MaterializeError::Decode(DecodeError::Source(e)) => FsError::Stream(e),
-            e => image_error(e),
-        }),
-        ImageData::Persisted { .. } => return Err(FsError::NotFound { index, term: metadata.term }),
-    };
-    let (decoded, summary) = decoded?;
-    if decoded != *metadata {
-        return Err(FsError::MetadataMismatch { index });
+    let mut decoder = image::Decoder::new(source, buf).map_err(error)?;
+    while let Some(item) = decoder.next().map_err(error)? {
+        match item {
+            image::Item::Record { bucket, key, value } => feed.record(bucket, key, value)?,
+            image::Item::V2(chunk) => v2.extend_from_slice(chunk),
+        }
     }
-    let cindex = ConsistentIndex::load(&txn).map_err(|source| FsError::Store { index, source })?;
-    if cindex.index() != index {
-        return Err(FsError::IndexMismatch { backend_index: cindex.index(), snapshot_index: index });
-    }
-    failpoint!("fs::persist::materialized", tmp);
-    txn.commit().map_err(|source| FsError::Backend { op: "committing the snapshot's backend", source })?;
-    failpoint!("fs::persist::committed", tmp);
-    if let Some(node) = node {
-        V2Store::<Growable>::recover(&v2, node.v2_deprecation).map_err(|source| FsError::Store { index, source })?;
-    }
-    let prebuilt = check_stores(&backend, index, summary.sha256, node.map(|n| n.min_lease_ttl))?;
-    failpoint!("fs::persist::checked", tmp);
-    let info = SnapInfo { metadata: decoded, image_sha256: summary.sha256, records: summary.records, v2 };
-    Ok((info, prebuilt))
+    let summary =
+        *decoder.summary().ok_or_else(|| image_error(MaterializeError::<S::Error>::Decode(DecodeError::Poisoned)))?;
+    Ok((decoder.metadata().clone(), summary))
 }
 
 /// Reads every store the pipeline recovers from a snapshot's backend: a snapshot whose

@@ -28,7 +28,7 @@ fn disk_full_at_every_persist_step_leaves_the_old_state() {
         .copied()
         .filter(|n| n.starts_with("fs::persist") || n.starts_with("fs::durable"))
         .collect();
-    assert_eq!(persist_steps.len(), 12);
+    assert_eq!(persist_steps.len(), 13);
     let scenario = fail::FailScenario::setup();
     for step in persist_steps {
         let root = tempfile::tempdir().unwrap();

@@ -161,3 +161,16 @@ fn large_values_restore_up_to_the_limit_and_past_it_are_refused() {
     assert_eq!(records(node.backend()), before, "the old state is intact");
     assert_eq!(snap_files(tmp.path()), files, "nothing is left in member/snap");
 }
+
+/// A snapshot larger than the writer's non-durable chunks (16 MiB) is written in several redb
+/// transactions and committed durably once: the follower ends with every record, as the leader.
+#[test]
+fn a_snapshot_larger_than_a_write_chunk_restores_whole() {
+    let big = |key: u8| snapply_tests::Op::Put { key, value: vec![key; 7 << 20], lease: None };
+    let (leader_node, metadata, image) = leader(&[vec![big(7), big(8), big(9)], rich_ops()]);
+    assert!(image.len() > 20 << 20, "the image spans more than one chunk: {} bytes", image.len());
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut node, mut store) = follower(tmp.path(), &more_ops());
+    apply(&mut node, &mut store, &metadata, &image).expect("a snapshot of several chunks restores");
+    assert_same(&leader_node, &node, &metadata);
+}

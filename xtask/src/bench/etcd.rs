@@ -47,11 +47,24 @@ struct EtcdTimes {
     load_s: f64,
 }
 
+/// snapply's restore is run [`SNAPPLY_RUNS`] times on the same image (a fresh data directory
+/// each): the host is shared, and one run can land on a busy moment. The times are the
+/// medians, with the fastest and slowest run; the peak RSS is the highest.
 struct SnapplyTimes {
     first_byte_us: u64,
+    first_byte_range_us: (u64, u64),
     apply_us: u64,
     peak_rss_kib: u64,
     image_bytes: u64,
+}
+
+/// How many times snapply's restore runs per size.
+const SNAPPLY_RUNS: usize = 5;
+
+/// The median of `values` (the upper one of an even count); 0 for none.
+fn median(values: &mut [u64]) -> u64 {
+    values.sort_unstable();
+    values.get(values.len() / 2).copied().unwrap_or(0)
 }
 
 pub fn bench_etcd(ctx: &Ctx, sizes: &[u64]) -> Result<()> {
@@ -86,24 +99,31 @@ fn snapply_side(ctx: &Ctx, example: &Path, work: &Path, keys: u64) -> Result<Sna
     let image = work.join(format!("image-{keys}"));
     let image_arg = image.to_string_lossy().into_owned();
     run(ctx.command(example).args(["image", &keys.to_string(), &VALUE_LEN.to_string(), &image_arg]))?;
-    let line = output(ctx.command(example).args(["restore", &image_arg]))?;
-    let _ = fs::remove_file(&image);
-    let field = |name: &str| -> Result<u64> {
+    let field = |line: &str, name: &str| -> Result<u64> {
         line.split_whitespace()
             .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
             .ok_or_else(|| Error::new(format!("no {name} in snapply's output: {line}")))
     };
-    let times = SnapplyTimes {
-        first_byte_us: field("first_byte_us")?,
-        apply_us: field("apply_us")?,
-        peak_rss_kib: field("peak_rss_kib")?,
-        image_bytes: field("image_bytes")?,
-    };
-    print!("{line}");
-    Ok(times)
+    let (mut first_byte, mut apply, mut rss, mut image_bytes) = (Vec::new(), Vec::new(), 0, 0);
+    for _ in 0..SNAPPLY_RUNS {
+        let line = output(ctx.command(example).args(["restore", &image_arg]))?;
+        print!("{line}");
+        first_byte.push(field(&line, "first_byte_us")?);
+        apply.push(field(&line, "apply_us")?);
+        rss = rss.max(field(&line, "peak_rss_kib")?);
+        image_bytes = field(&line, "image_bytes")?;
+    }
+    let _ = fs::remove_file(&image);
+    let range = (first_byte.iter().copied().min().unwrap_or(0), first_byte.iter().copied().max().unwrap_or(0));
+    Ok(SnapplyTimes {
+        first_byte_us: median(&mut first_byte),
+        first_byte_range_us: range,
+        apply_us: median(&mut apply),
+        peak_rss_kib: rss,
+        image_bytes,
+    })
 }
 
-/// A free loopback port: bound, then released for the member to bind.
 fn free_port() -> Result<u16> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -402,7 +422,7 @@ fn report(rows: &[Row], sizes: &[u64]) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "| keys × 256 B | etcd receive→applied | snapply first byte→Applied | ratio | etcd apply | snapply apply | ratio | etcd peak RSS | snapply peak RSS | image | etcd load |"
+        "| keys × 256 B | etcd receive→applied | snapply first byte→Applied (median; fastest–slowest of {SNAPPLY_RUNS}) | ratio | etcd apply | snapply apply | ratio | etcd peak RSS | snapply peak RSS | image | etcd load |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
@@ -410,10 +430,12 @@ fn report(rows: &[Row], sizes: &[u64]) -> String {
         let ratio = |a: f64, b: u64| if b == 0 { f64::NAN } else { a / b as f64 };
         let _ = writeln!(
             out,
-            "| {} | {} ms | {:.1} ms | {:.3} | {} ms | {:.1} ms | {:.3} | {:.0} MiB | {:.0} MiB | {:.1} MiB | {:.0} s |",
+            "| {} | {} ms | {:.1} ms ({:.0}–{:.0}) | {:.3} | {} ms | {:.1} ms | {:.3} | {:.0} MiB | {:.0} MiB | {:.1} MiB | {:.0} s |",
             r.keys,
             r.etcd.receive_to_applied_ms,
             ms(r.snapply.first_byte_us),
+            ms(r.snapply.first_byte_range_us.0),
+            ms(r.snapply.first_byte_range_us.1),
             ratio(ms(r.snapply.first_byte_us), r.etcd.receive_to_applied_ms),
             r.etcd.apply_ms,
             ms(r.snapply.apply_us),
@@ -438,6 +460,13 @@ mod tests {
         assert_eq!(base64(b"fo"), "Zm8=");
         assert_eq!(base64(b"foo"), "Zm9v");
         assert_eq!(base64(b"/bench/"), "L2JlbmNoLw==");
+    }
+
+    #[test]
+    fn median_takes_the_middle_run() {
+        assert_eq!(median(&mut [300, 100, 200]), 200);
+        assert_eq!(median(&mut [5]), 5);
+        assert_eq!(median(&mut []), 0);
     }
 
     #[test]
