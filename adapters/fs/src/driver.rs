@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use snapply_core::backend::BackendError;
 use snapply_core::collections::Growable;
 use snapply_core::image::Source;
-use snapply_core::pipeline::{Prebuilt, Validated};
+use snapply_core::pipeline::{Persisted, Prebuilt, Validated};
 use snapply_core::ports::{
     Durable, Event, ImageStream, Observer, PersistTicket, Phase, PortError, Ports, ReleaseTicket, SnapshotStore,
     Transport,
@@ -309,6 +309,15 @@ where
         *kept = done.prebuilt;
         Ok(ticket.confirm(done.info.image_sha256))
     }))?;
+    from_persisted(persisted, prebuilt).map(Some)
+}
+
+/// The phases after the persist one, installing the stores built while persisting if there
+/// are some: what [`AsyncNode::apply_snapshot`] and [`apply_received`] share.
+fn from_persisted<S: SnapshotStore<Backend = RedbBackend>>(
+    persisted: Persisted<'_, Growable, S>,
+    prebuilt: Option<Prebuilt<Growable>>,
+) -> Result<(Progress, RedbBackend), FsError> {
     let bound = persisted.open_backend()?.bind_index()?;
     let mvcc = match prebuilt {
         Some(prebuilt) => match bound.restore_lease_prebuilt(prebuilt)? {
@@ -319,7 +328,59 @@ where
     };
     let (swapped, old) = mvcc.swap_backend();
     let applied = swapped.restore_alarms().restore_auth().restore_v2().restore_cluster().update_peers()?.finish()?;
-    Ok(Some((applied.into_progress(), old)))
+    Ok((applied.into_progress(), old))
+}
+
+/// Applies a snapshot received whole in memory on the calling thread, for a loop that owns its
+/// node and may block (raft-rs hands a follower its leader's snapshot inside a message): the
+/// persist phase persists the image while building the lessor and key index the apply then
+/// installs, as [`persist_for_apply`] does, and the other phases follow at once. Returns the
+/// progress and the old backend, for the caller to close off its loop (etcd closes it on a
+/// goroutine of its own).
+///
+/// `Ok(None)` for an empty snapshot (index 0).
+///
+/// # Errors
+/// [`FsError::Apply`] if the pipeline refused or failed (the old state before the swap, an
+/// unfinished mark after it, which [`snapply_core::pipeline::resume`] completes).
+pub fn apply_received(
+    node: &mut DiskNode,
+    store: &mut FsSnapshotStore,
+    transport: &mut dyn Transport,
+    observer: &mut dyn Observer,
+    metadata: &SnapshotMetadata,
+    image: &[u8],
+) -> Result<Option<(Progress, RedbBackend)>, FsError> {
+    let config = *node.config();
+    let dir = store.dir().clone();
+    let ports = Ports { storage: store, transport, observer };
+    let Some(validated) = Validated::new(node, ports, Snapshot::from_bytes(metadata, image))? else {
+        return Ok(None);
+    };
+    let mut prebuilt = None;
+    let kept = &mut prebuilt;
+    let persisting = validated.persist_with(async move |image, ticket| {
+        let mut buf = crate::store::decode_buffer();
+        let (info, built) =
+            persist_building(&dir, &mut buf, ticket.metadata(), image, Some(&config)).map_err(|e| e.to_port())?;
+        if info.metadata != *ticket.metadata() {
+            return Err(FsError::MetadataMismatch { index: ticket.index() }.to_port());
+        }
+        *kept = built;
+        Ok(ticket.confirm(info.image_sha256))
+    });
+    let persisted = completed(persisting).ok_or(FsError::Task { what: "persisting a received snapshot" })??;
+    from_persisted(persisted, prebuilt).map(Some)
+}
+
+/// The output of a future that never waits (all its work is synchronous), polled once; `None`
+/// if it did wait after all.
+fn completed<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    match future.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
+    }
 }
 
 /// The snapshot store of a run, noting the view of the backend it opens.

@@ -51,6 +51,32 @@ proptest! {
     }
 }
 
+/// A snapshot received whole in memory (as raft-rs hands one over) applies on the caller's
+/// thread with the stores built while persisting: the follower equals the leader, the old
+/// backend handed back still reads the follower's prior state, and the same snapshot again is
+/// refused as not newer, leaving the state as it is.
+#[test]
+fn a_received_snapshot_applies_with_the_stores_built_while_persisting() {
+    let (leader, metadata, image) = leader(&[rich_ops(), more_ops()]);
+    let root = tempfile::tempdir().unwrap();
+    let (mut node, mut store) = follower(root.path(), &rich_ops());
+    let before = records(node.backend());
+    let mut transport = snapply_core::memports::PeerTable::<snapply_core::collections::Growable>::default();
+    let mut observer = snapply_core::ports::NoObserver;
+    let (progress, old) =
+        snapply_fs::apply_received(&mut node, &mut store, &mut transport, &mut observer, &metadata, &image)
+            .unwrap()
+            .expect("not an empty snapshot");
+    assert_eq!(progress.applied_index, metadata.index);
+    assert_same(&leader, &node, &metadata);
+    assert_eq!(records(&old), before);
+    drop(old);
+
+    let again = snapply_fs::apply_received(&mut node, &mut store, &mut transport, &mut observer, &metadata, &image);
+    assert!(again.is_err(), "a snapshot not newer than the applied index is refused");
+    assert_same(&leader, &node, &metadata);
+}
+
 /// Two snapshots persisted back to back, before either is applied: applying the first deletes
 /// nothing the second needs (etcd #18055, #20133), and the second then applies too.
 #[test]

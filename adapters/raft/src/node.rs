@@ -791,17 +791,21 @@ impl Loop {
             conf_state: to_core_conf(meta.get_conf_state())?,
         };
         let mut recorder = Recorder::new();
-        let ports = Ports { storage: &mut self.store, transport: &mut self.net, observer: &mut recorder };
-        let result = snapply_core::apply_snapshot(
+        // Persisting builds the lessor and key index the apply installs, so the apply does no
+        // O(keys) work (the fs adapter's pre-built stores).
+        let result = snapply_fs::apply_received(
             &mut self.node,
-            ports,
-            snapply_core::Snapshot::from_bytes(&metadata, &snapshot.data),
+            &mut self.store,
+            &mut self.net,
+            &mut recorder,
+            &metadata,
+            &snapshot.data,
         );
         match result {
-            Ok(Some(outcome)) => {
+            Ok(Some((_, old_backend))) => {
                 // etcd closes the old backend off the apply loop (closing it also makes its
                 // last batched commits durable; the snapshot supersedes them anyway).
-                tokio::task::spawn_blocking(move || drop(outcome.old_backend));
+                tokio::task::spawn_blocking(move || drop(old_backend));
                 self.node.backend().set_batched_commits(true);
                 self.unsynced_entries = 0;
                 self.snapshots_applied += 1;
