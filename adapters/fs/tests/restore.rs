@@ -52,9 +52,10 @@ proptest! {
 }
 
 /// A snapshot received whole in memory (as raft-rs hands one over) applies on the caller's
-/// thread with the stores built while persisting: the follower equals the leader, the old
-/// backend handed back still reads the follower's prior state, and the same snapshot again is
-/// refused as not newer, leaving the state as it is.
+/// thread with the stores built while persisting: a damaged copy is refused and changes
+/// nothing; the intact one makes the follower equal the leader, the old backend handed back
+/// still reads the follower's prior state, and the same snapshot again is refused as not newer,
+/// leaving the state as it is.
 #[test]
 fn a_received_snapshot_applies_with_the_stores_built_while_persisting() {
     let (leader, metadata, image) = leader(&[rich_ops(), more_ops()]);
@@ -63,6 +64,18 @@ fn a_received_snapshot_applies_with_the_stores_built_while_persisting() {
     let before = records(node.backend());
     let mut transport = snapply_core::memports::PeerTable::<snapply_core::collections::Growable>::default();
     let mut observer = snapply_core::ports::NoObserver;
+    // A damaged image is refused in the persist phase and leaves the follower as it was.
+    let state = (node.stores().clone(), node.progress().clone());
+    for at in [12, image.len() / 2, image.len() - 3] {
+        let mut bad = image.clone();
+        bad[at] ^= 0x10;
+        let err = snapply_fs::apply_received(&mut node, &mut store, &mut transport, &mut observer, &metadata, &bad)
+            .unwrap_err();
+        assert!(matches!(&err, snapply_fs::FsError::Apply(e) if e.phase() == Phase::Persist), "byte {at}: {err}");
+        assert!(snap_files(root.path()).is_empty(), "byte {at}: {:?}", snap_files(root.path()));
+        assert_eq!(records(node.backend()), before);
+        assert_eq!((node.stores().clone(), node.progress().clone()), state);
+    }
     let (progress, old) =
         snapply_fs::apply_received(&mut node, &mut store, &mut transport, &mut observer, &metadata, &image)
             .unwrap()
