@@ -900,24 +900,11 @@ mod prop {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::image::wire::tests::metadata;
     use crate::mem::VecBackend;
 
     fn bucket() -> impl Strategy<Value = Bucket> {
         (0u8..10).prop_map(|id| Bucket::from_id(id).unwrap())
-    }
-
-    fn id_list() -> impl Strategy<Value = IdList> {
-        proptest::collection::vec(any::<u64>(), 0..=16).prop_map(|v| IdList::from_slice(&v).unwrap())
-    }
-
-    fn metadata() -> impl Strategy<Value = SnapshotMetadata> {
-        (any::<u64>(), any::<u64>(), id_list(), id_list(), id_list(), id_list(), any::<bool>()).prop_map(
-            |(index, term, voters, learners, voters_outgoing, learners_next, auto_leave)| SnapshotMetadata {
-                index,
-                term,
-                conf_state: ConfState { voters, learners, voters_outgoing, learners_next, auto_leave },
-            },
-        )
     }
 
     fn records() -> impl Strategy<Value = std::collections::BTreeMap<(Bucket, Vec<u8>), Vec<u8>>> {

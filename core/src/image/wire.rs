@@ -324,7 +324,7 @@ pub(crate) fn is_canonical<T: Serialize + ?Sized>(value: &T, payload: &[u8], res
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
     use proptest::prelude::*;
@@ -416,7 +416,9 @@ mod tests {
             .prop_map(|v| v.into_iter().collect())
     }
 
-    fn metadata() -> impl Strategy<Value = SnapshotMetadata> {
+    /// Metadata of every shape: small and large ids, empty and full lists (also used by the
+    /// image's property tests).
+    pub(in crate::image) fn metadata() -> impl Strategy<Value = SnapshotMetadata> {
         (any::<u64>(), any::<u64>(), ids(), ids(), ids(), ids(), any::<bool>()).prop_map(
             |(index, term, voters, learners, voters_outgoing, learners_next, auto_leave)| SnapshotMetadata {
                 index,
