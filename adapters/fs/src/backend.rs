@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use redb::backends::FileBackend;
 use redb::{
-    Builder, Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableError,
-    WriteTransaction,
+    Builder, Database, Durability, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+    TableError, WriteTransaction,
 };
 use snapply_core::backend::{Backend, BackendError, BackendErrorKind, Bucket, ReadTxn, Visit, WriteTxn};
 
@@ -177,6 +177,58 @@ impl RedbBackend {
     /// another one (see [`crate::ReadSlot`]).
     pub fn view(&self) -> RedbView {
         RedbView { db: Arc::clone(&self.db) }
+    }
+}
+
+/// A backend opened read-only ([`redb::ReadOnlyDatabase`]): for reading a stopped node's data
+/// directory (`snapply create`) without writing a byte to it, also on a read-only medium.
+///
+/// redb opens it only if it was closed cleanly (a file that needs recovery is refused rather
+/// than repaired) and no [`RedbBackend`] holds it open. [`Backend::write`] is refused.
+pub struct RedbReadOnly {
+    db: ReadOnlyDatabase,
+    path: PathBuf,
+}
+
+impl core::fmt::Debug for RedbReadOnly {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("RedbReadOnly").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl RedbReadOnly {
+    /// Opens the redb file at `path` for reading only; it must exist.
+    ///
+    /// # Errors
+    /// [`FsError::Io`] if the file cannot be opened (missing, permissions), [`FsError::Db`] if
+    /// it is not a redb database, needs recovery, or another process holds it open
+    /// ([`redb::DatabaseError::DatabaseAlreadyOpen`]).
+    pub fn open(path: &Path) -> Result<Self, FsError> {
+        let file = std::fs::File::open(path).map_err(|e| FsError::io("opening the backend file", path, e))?;
+        let db = FileBackend::new(file)
+            .and_then(|b| Builder::new().set_cache_size(CACHE_BYTES).open_read_only_with_backend(b))
+            .map_err(|e| FsError::db("opening the backend database read-only", path, e))?;
+        Ok(RedbReadOnly { db, path: path.to_path_buf() })
+    }
+}
+
+impl Backend for RedbReadOnly {
+    type Read<'a>
+        = RedbRead<'a>
+    where
+        Self: 'a;
+    type Write<'a>
+        = RedbWrite<'a>
+    where
+        Self: 'a;
+
+    fn read(&self) -> Result<RedbRead<'_>, BackendError> {
+        let txn = self.db.begin_read().map_err(|e| backend_err(e, "beginning a read transaction"))?;
+        Ok(RedbRead { txn, _backend: PhantomData })
+    }
+
+    fn write(&mut self) -> Result<RedbWrite<'_>, BackendError> {
+        Err(BackendError::new(BackendErrorKind::Misuse, "writing to a backend opened read-only"))
     }
 }
 

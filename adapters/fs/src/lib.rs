@@ -18,7 +18,7 @@ mod snapfile;
 mod store;
 mod tasks;
 
-pub use backend::{RedbBackend, RedbRead, RedbView, RedbWrite};
+pub use backend::{RedbBackend, RedbRead, RedbReadOnly, RedbView, RedbWrite};
 pub use datadir::{Boot, DataDir, PendingSnapshot, SnapName};
 pub use driver::{
     AsyncNode, DiskNode, PersistedSnapshot, ReadSlot, ReadView, apply_received, persist_file_for_apply,
