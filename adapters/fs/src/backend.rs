@@ -108,7 +108,13 @@ impl RedbBackend {
         options.read(true).write(true).create(true).truncate(false);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        #[cfg(feature = "failpoints")]
+        let created = !path.exists();
         let file = options.open(path).map_err(|e| FsError::io("opening the backend file", path, e))?;
+        #[cfg(feature = "failpoints")]
+        if created {
+            crate::durable::journal::push(|| crate::durable::journal::Step::Created(path.to_path_buf()));
+        }
         let db = FileBackend::new(file)
             .and_then(|b| Builder::new().set_cache_size(cache).create_with_backend(b))
             .map_err(|e| FsError::db("opening the backend database", path, e))?;
@@ -151,6 +157,7 @@ impl RedbBackend {
         }
         let txn = self.db.begin_write().map_err(|e| FsError::db("beginning a sync of the backend", &self.path, e))?;
         txn.commit().map_err(|e| FsError::db("syncing the backend", &self.path, e))?;
+        crate::durable::synced(&self.path);
         self.unsynced.store(false, Ordering::Relaxed);
         Ok(())
     }
@@ -169,7 +176,13 @@ impl RedbBackend {
     }
 
     fn bulk_write_in(&self, chunk: usize) -> Result<BulkWrite, BackendError> {
-        Ok(BulkWrite { txn: Some(begin_chunk(&self.db)?), db: Arc::clone(&self.db), dirty: 0, chunk })
+        Ok(BulkWrite {
+            txn: Some(begin_chunk(&self.db)?),
+            db: Arc::clone(&self.db),
+            path: self.path.clone(),
+            dirty: 0,
+            chunk,
+        })
     }
 
     /// A read-only handle on this backend for readers on other threads: every read
@@ -274,6 +287,8 @@ pub struct RedbWrite<'a> {
     /// is one of them: a durable commit makes the batched ones before it durable too.
     unsynced: &'a AtomicBool,
     batched: bool,
+    /// The backend's file, which a durable commit syncs.
+    path: &'a Path,
 }
 
 /// Puts not yet inserted: one bucket's, keys and values back to back in one buffer.
@@ -421,6 +436,9 @@ impl WriteTxn for RedbWrite<'_> {
     fn commit(self) -> Result<(), BackendError> {
         self.flush()?;
         self.txn.commit().map_err(|e| backend_err(e, "committing a write transaction"))?;
+        if !self.batched {
+            crate::durable::synced(self.path);
+        }
         self.unsynced.store(self.batched, Ordering::Relaxed);
         Ok(())
     }
@@ -447,6 +465,8 @@ impl WriteTxn for RedbWrite<'_> {
 /// removes the file, as persisting does on every error: it is never renamed into place.
 pub(crate) struct BulkWrite {
     db: Arc<Database>,
+    /// The file being loaded, which the last commit syncs.
+    path: PathBuf,
     /// `None` only between a chunk's commit and the next chunk's begin, which failed.
     txn: Option<WriteTransaction>,
     /// Bytes of records appended in the current chunk.
@@ -541,7 +561,9 @@ impl BulkWrite {
             .take()
             .ok_or_else(|| BackendError::new(BackendErrorKind::Misuse, "bulk write used after a failure"))?;
         txn.set_durability(Durability::Immediate).map_err(|e| backend_err(e, "making the last commit durable"))?;
-        txn.commit().map_err(|e| backend_err(e, "committing a write transaction"))
+        txn.commit().map_err(|e| backend_err(e, "committing a write transaction"))?;
+        crate::durable::synced(&self.path);
+        Ok(())
     }
 }
 
@@ -567,7 +589,7 @@ impl Backend for RedbBackend {
             txn.set_durability(Durability::None)
                 .map_err(|_| BackendError::new(BackendErrorKind::Misuse, "batching a commit on a shared database"))?;
         }
-        Ok(RedbWrite { txn, batch: RefCell::default(), unsynced: &self.unsynced, batched })
+        Ok(RedbWrite { txn, batch: RefCell::default(), unsynced: &self.unsynced, batched, path: &self.path })
     }
 }
 

@@ -24,6 +24,8 @@ pub use driver::{
     AsyncNode, DiskNode, PersistedSnapshot, ReadSlot, ReadView, apply_received, persist_file_for_apply,
     persist_for_apply,
 };
+#[cfg(feature = "failpoints")]
+pub use durable::journal;
 pub use error::FsError;
 #[cfg(feature = "failpoints")]
 pub use failpoint::{CRASH_EXIT_CODE, FAILPOINTS};
