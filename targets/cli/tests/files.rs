@@ -682,3 +682,18 @@ fn status_says_what_its_digest_covers_and_demo_documents_its_exit_codes() {
     let help = ok(&snapply(&[&"demo", &"--help"]));
     assert!(help.contains("Exit codes:") && help.contains("1  the states differ"), "{help}");
 }
+
+#[test]
+fn an_image_with_valid_frames_and_a_wrong_digest_is_refused_by_every_command() {
+    let dir = scratch("wrong-digest");
+    let image = image_of_fixture(&dir);
+    // Every frame's CRC is right: only the SHA-256 check can refuse it.
+    let forged = dir.join("forged.snapply");
+    std::fs::write(&forged, snapply_tests::forge::with_wrong_digest(&std::fs::read(&image).unwrap())).unwrap();
+    let before = listing(&dir);
+    refused(&snapply(&[&"restore", &forged, &"--data-dir", &dir.join("node")]), BAD_INPUT, "SHA-256 mismatch");
+    for cmd in ["verify", "status", "inspect"] {
+        refused(&snapply(&[&cmd, &forged]), BAD_INPUT, "SHA-256 mismatch");
+    }
+    assert_eq!(listing(&dir), before, "nothing created");
+}
