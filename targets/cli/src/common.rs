@@ -538,3 +538,26 @@ impl Observer for LogObserver {
         self.log.info("phase done", &[("phase", phase.state().into()), ("took-ms", ms.into())]);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Of two restores that both found the target empty, the second to rename its directory
+    /// into place finds it filled: that is the data directory in use (4), not an I/O error.
+    #[test]
+    fn a_directory_renamed_onto_one_filled_meanwhile_is_a_data_directory_in_use() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("node");
+        let loser = Temp::beside(&target, "restore");
+        std::fs::create_dir(&loser.path).unwrap();
+        std::fs::write(loser.path.join("mine"), b"loser").unwrap();
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("theirs"), b"winner").unwrap();
+        let failure = loser.persist(&target).unwrap_err();
+        assert_eq!(failure.code, exit::DATA_DIR, "{failure}");
+        assert_eq!(std::fs::read(target.join("theirs")).unwrap(), b"winner");
+        let left: Vec<_> = std::fs::read_dir(root.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, ["node"], "the loser's directory is removed");
+    }
+}
