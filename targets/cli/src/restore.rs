@@ -147,10 +147,19 @@ impl Staging {
         // does, and remove it: then it is made again.
         for _ in 0..8 {
             let temp = Temp::beside(target, STAGING);
-            crate::common::create_private_dir(&temp.path).map_err(|e| Failure::io("creating", &temp.path, &e))?;
+            match crate::common::create_private_dir(&temp.path) {
+                Ok(()) => {}
+                // Ours from a previous attempt, being removed by that run: again.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(Failure::io("creating", &temp.path, &e)),
+            }
             let lock = File::open(&temp.path).map_err(|e| Failure::io("opening", &temp.path, &e))?;
-            if lock.try_lock().is_ok() && same_inode(&lock, &temp.path) {
-                return Ok(Staging { temp, _lock: lock });
+            match lock.try_lock() {
+                Ok(()) if same_inode(&lock, &temp.path) => return Ok(Staging { temp, _lock: lock }),
+                Ok(()) | Err(std::fs::TryLockError::WouldBlock) => {}
+                // A file system without locks: the directory is built unlocked, and no run
+                // takes it for stale (none can lock it either).
+                Err(std::fs::TryLockError::Error(_)) => return Ok(Staging { temp, _lock: lock }),
             }
         }
         Err(Failure::new(exit::DATA_DIR, format!("{} is being cleaned up by another process: retry", parent.display())))
@@ -187,8 +196,12 @@ fn remove_stale(log: &Log, parent: &Path, target_name: &str) -> Result<(), Failu
         let Ok(dir) = File::open(&path) else { continue };
         match dir.try_lock() {
             Ok(()) => {
-                std::fs::remove_dir_all(&path)
-                    .map_err(|e| Failure::io("removing a stale restore directory", &path, &e))?;
+                match std::fs::remove_dir_all(&path) {
+                    Ok(()) => {}
+                    // Another run removed it first.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Failure::io("removing a stale restore directory", &path, &e)),
+                }
                 log.warn(
                     "removed the directory of a restore that did not finish",
                     &[("path", path.display().to_string().into()), ("pid", pid.into())],
