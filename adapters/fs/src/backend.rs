@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use redb::backends::FileBackend;
 use redb::{
-    Builder, Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableError,
-    WriteTransaction,
+    Builder, Database, Durability, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+    TableError, WriteTransaction,
 };
 use snapply_core::backend::{Backend, BackendError, BackendErrorKind, Bucket, ReadTxn, Visit, WriteTxn};
 
@@ -108,7 +108,13 @@ impl RedbBackend {
         options.read(true).write(true).create(true).truncate(false);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        #[cfg(feature = "failpoints")]
+        let created = !path.exists();
         let file = options.open(path).map_err(|e| FsError::io("opening the backend file", path, e))?;
+        #[cfg(feature = "failpoints")]
+        if created {
+            crate::durable::journal::push(|| crate::durable::journal::Step::Created(path.to_path_buf()));
+        }
         let db = FileBackend::new(file)
             .and_then(|b| Builder::new().set_cache_size(cache).create_with_backend(b))
             .map_err(|e| FsError::db("opening the backend database", path, e))?;
@@ -151,6 +157,7 @@ impl RedbBackend {
         }
         let txn = self.db.begin_write().map_err(|e| FsError::db("beginning a sync of the backend", &self.path, e))?;
         txn.commit().map_err(|e| FsError::db("syncing the backend", &self.path, e))?;
+        crate::durable::synced(&self.path);
         self.unsynced.store(false, Ordering::Relaxed);
         Ok(())
     }
@@ -169,7 +176,13 @@ impl RedbBackend {
     }
 
     fn bulk_write_in(&self, chunk: usize) -> Result<BulkWrite, BackendError> {
-        Ok(BulkWrite { txn: Some(begin_chunk(&self.db)?), db: Arc::clone(&self.db), dirty: 0, chunk })
+        Ok(BulkWrite {
+            txn: Some(begin_chunk(&self.db)?),
+            db: Arc::clone(&self.db),
+            path: self.path.clone(),
+            dirty: 0,
+            chunk,
+        })
     }
 
     /// A read-only handle on this backend for readers on other threads: every read
@@ -177,6 +190,58 @@ impl RedbBackend {
     /// another one (see [`crate::ReadSlot`]).
     pub fn view(&self) -> RedbView {
         RedbView { db: Arc::clone(&self.db) }
+    }
+}
+
+/// A backend opened read-only ([`redb::ReadOnlyDatabase`]): for reading a stopped node's data
+/// directory (`snapply create`) without writing a byte to it, also on a read-only medium.
+///
+/// redb opens it only if it was closed cleanly (a file that needs recovery is refused rather
+/// than repaired) and no [`RedbBackend`] holds it open. [`Backend::write`] is refused.
+pub struct RedbReadOnly {
+    db: ReadOnlyDatabase,
+    path: PathBuf,
+}
+
+impl core::fmt::Debug for RedbReadOnly {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("RedbReadOnly").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl RedbReadOnly {
+    /// Opens the redb file at `path` for reading only; it must exist.
+    ///
+    /// # Errors
+    /// [`FsError::Io`] if the file cannot be opened (missing, permissions), [`FsError::Db`] if
+    /// it is not a redb database, needs recovery, or another process holds it open
+    /// ([`redb::DatabaseError::DatabaseAlreadyOpen`]).
+    pub fn open(path: &Path) -> Result<Self, FsError> {
+        let file = std::fs::File::open(path).map_err(|e| FsError::io("opening the backend file", path, e))?;
+        let db = FileBackend::new(file)
+            .and_then(|b| Builder::new().set_cache_size(CACHE_BYTES).open_read_only_with_backend(b))
+            .map_err(|e| FsError::db("opening the backend database read-only", path, e))?;
+        Ok(RedbReadOnly { db, path: path.to_path_buf() })
+    }
+}
+
+impl Backend for RedbReadOnly {
+    type Read<'a>
+        = RedbRead<'a>
+    where
+        Self: 'a;
+    type Write<'a>
+        = RedbWrite<'a>
+    where
+        Self: 'a;
+
+    fn read(&self) -> Result<RedbRead<'_>, BackendError> {
+        let txn = self.db.begin_read().map_err(|e| backend_err(e, "beginning a read transaction"))?;
+        Ok(RedbRead { txn, _backend: PhantomData })
+    }
+
+    fn write(&mut self) -> Result<RedbWrite<'_>, BackendError> {
+        Err(BackendError::new(BackendErrorKind::Misuse, "writing to a backend opened read-only"))
     }
 }
 
@@ -222,6 +287,8 @@ pub struct RedbWrite<'a> {
     /// is one of them: a durable commit makes the batched ones before it durable too.
     unsynced: &'a AtomicBool,
     batched: bool,
+    /// The backend's file, which a durable commit syncs.
+    path: &'a Path,
 }
 
 /// Puts not yet inserted: one bucket's, keys and values back to back in one buffer.
@@ -369,6 +436,9 @@ impl WriteTxn for RedbWrite<'_> {
     fn commit(self) -> Result<(), BackendError> {
         self.flush()?;
         self.txn.commit().map_err(|e| backend_err(e, "committing a write transaction"))?;
+        if !self.batched {
+            crate::durable::synced(self.path);
+        }
         self.unsynced.store(self.batched, Ordering::Relaxed);
         Ok(())
     }
@@ -395,6 +465,8 @@ impl WriteTxn for RedbWrite<'_> {
 /// removes the file, as persisting does on every error: it is never renamed into place.
 pub(crate) struct BulkWrite {
     db: Arc<Database>,
+    /// The file being loaded, which the last commit syncs.
+    path: PathBuf,
     /// `None` only between a chunk's commit and the next chunk's begin, which failed.
     txn: Option<WriteTransaction>,
     /// Bytes of records appended in the current chunk.
@@ -489,7 +561,9 @@ impl BulkWrite {
             .take()
             .ok_or_else(|| BackendError::new(BackendErrorKind::Misuse, "bulk write used after a failure"))?;
         txn.set_durability(Durability::Immediate).map_err(|e| backend_err(e, "making the last commit durable"))?;
-        txn.commit().map_err(|e| backend_err(e, "committing a write transaction"))
+        txn.commit().map_err(|e| backend_err(e, "committing a write transaction"))?;
+        crate::durable::synced(&self.path);
+        Ok(())
     }
 }
 
@@ -515,7 +589,7 @@ impl Backend for RedbBackend {
             txn.set_durability(Durability::None)
                 .map_err(|_| BackendError::new(BackendErrorKind::Misuse, "batching a commit on a shared database"))?;
         }
-        Ok(RedbWrite { txn, batch: RefCell::default(), unsynced: &self.unsynced, batched })
+        Ok(RedbWrite { txn, batch: RefCell::default(), unsynced: &self.unsynced, batched, path: &self.path })
     }
 }
 

@@ -8,7 +8,7 @@ use snapply_core::raft::SnapshotMetadata;
 use snapply_core::store::ConsistentIndex;
 
 use crate::backend::RedbBackend;
-use crate::durable::{private_dir, remove_if_exists, sync_dir, write_durable};
+use crate::durable::{private_dir, remove_if_exists, rename, sync_dir, write_durable};
 use crate::error::FsError;
 use crate::failpoint::failpoint;
 use crate::snapfile::{self, SnapInfo};
@@ -136,7 +136,7 @@ impl DataDir {
         let path = self.snap_path(name);
         let mut broken = path.clone().into_os_string();
         broken.push(".broken");
-        std::fs::rename(&path, &broken).map_err(|e| FsError::io("setting a broken snapshot aside", &path, e))?;
+        rename(&path, Path::new(&broken)).map_err(|e| FsError::io("setting a broken snapshot aside", &path, e))?;
         sync_dir(&self.snap)
     }
 

@@ -46,6 +46,7 @@ pub const FAILPOINTS: &[&str] = &[
 #[cfg(feature = "failpoints")]
 pub(crate) fn hit(name: &'static str, path: &std::path::Path) -> Result<(), crate::FsError> {
     use std::io;
+    crate::durable::journal::push(|| crate::durable::journal::Step::Reached(name));
     let Some(action) = fail::eval(name, |arg| arg) else { return Ok(()) };
     match action.as_deref() {
         Some("exit") => std::process::exit(CRASH_EXIT_CODE),

@@ -18,12 +18,14 @@ mod snapfile;
 mod store;
 mod tasks;
 
-pub use backend::{RedbBackend, RedbRead, RedbView, RedbWrite};
+pub use backend::{RedbBackend, RedbRead, RedbReadOnly, RedbView, RedbWrite};
 pub use datadir::{Boot, DataDir, PendingSnapshot, SnapName};
 pub use driver::{
     AsyncNode, DiskNode, PersistedSnapshot, ReadSlot, ReadView, apply_received, persist_file_for_apply,
     persist_for_apply,
 };
+#[cfg(feature = "failpoints")]
+pub use durable::journal;
 pub use error::FsError;
 #[cfg(feature = "failpoints")]
 pub use failpoint::{CRASH_EXIT_CODE, FAILPOINTS};

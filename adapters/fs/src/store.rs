@@ -18,7 +18,7 @@ use snapply_core::store::{AlarmStore, AuthStore, ConsistentIndex, Membership, V2
 use crate::backend::RedbBackend;
 use crate::bulk::{self, Feed, Records};
 use crate::datadir::{DataDir, SnapName};
-use crate::durable::{remove_if_exists, sync_dir};
+use crate::durable::{self, remove_if_exists, sync_dir};
 use crate::error::FsError;
 use crate::failpoint::failpoint;
 use crate::snapfile::{self, SnapInfo};
@@ -90,7 +90,7 @@ impl FsSnapshotStore {
         }
         let to = self.dir.db_path();
         failpoint!("fs::open::start", &from);
-        std::fs::rename(&from, &to)
+        durable::rename(&from, &to)
             .map_err(|e| FsError::io("renaming the snapshot's backend over the live one", &to, e))?;
         failpoint!("fs::open::renamed", &to);
         // The rename changed two directories: the new `db` entry first, then the removed one.
@@ -202,7 +202,7 @@ pub(crate) fn persist_building(
         remove_if_exists(&tmp)?;
         failpoint!("fs::persist::start", &tmp);
         let (info, prebuilt) = materialize(&tmp, buf, metadata, image, node)?;
-        std::fs::rename(&tmp, &db).map_err(|e| FsError::io("renaming the snapshot's backend into place", &db, e))?;
+        durable::rename(&tmp, &db).map_err(|e| FsError::io("renaming the snapshot's backend into place", &db, e))?;
         failpoint!("fs::persist::db_renamed", &db);
         sync_dir(dir.snap_dir())?;
         failpoint!("fs::persist::db_dir_synced", &db);

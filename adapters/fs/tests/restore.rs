@@ -174,6 +174,80 @@ fn bad_image_is_refused_and_leaves_nothing() {
     }
 }
 
+/// An image whose every frame is valid but whose trailer's SHA-256 is wrong (the frame CRCs
+/// cannot see it, only the digest check can): refused while persisting, streamed or in memory,
+/// and nothing changes; the intact image then applies.
+#[test]
+fn an_image_with_valid_frames_and_a_wrong_digest_is_refused_and_changes_nothing() {
+    let (leader, metadata, image) = leader(&[rich_ops()]);
+    let forged = snapply_tests::forge::with_wrong_digest(&image);
+    let root = tempfile::tempdir().unwrap();
+    let (mut node, mut store) = follower(root.path(), &more_ops());
+    let before = (records(node.backend()), node.stores().clone(), node.progress().clone());
+    for streamed in [false, true] {
+        let err = common::apply_with(&mut node, &mut store, &metadata, &forged, streamed).unwrap_err();
+        assert_eq!(err.phase(), Phase::Persist);
+        assert!(
+            matches!(err.kind(), snapply_core::ApplyErrorKind::Port(p) if p.kind == PortErrorKind::Corrupt),
+            "{err}"
+        );
+        assert!(snap_files(root.path()).is_empty(), "{:?}", snap_files(root.path()));
+        assert_eq!((records(node.backend()), node.stores().clone(), node.progress().clone()), before);
+    }
+    // Straight through the store: the digest is what is named.
+    let err = store.persist_image(&metadata, snapply_core::ImageData::Bytes(&forged)).unwrap_err();
+    assert!(
+        matches!(err, snapply_fs::FsError::Image { what: snapply_core::image::Corruption::DigestMismatch, .. }),
+        "{err}"
+    );
+    assert!(snap_files(root.path()).is_empty());
+    apply(&mut node, &mut store, &metadata, &image).unwrap();
+    assert_same(&leader, &node, &metadata);
+}
+
+/// A snapshot already persisted, sent again under the same metadata with another image: an
+/// honest one (its own digest) and a forged one (valid frames, claiming the persisted image's
+/// digest) are both refused, and the persisted snapshot is left as it was; the same image
+/// again is accepted as the retry it is.
+#[test]
+fn a_retry_of_a_persisted_snapshot_with_another_image_is_refused() {
+    use snapply_core::backend::{Backend, Bucket, WriteTxn};
+    let (leader, metadata, image) = leader(&[rich_ops()]);
+    // Another image under the same metadata: the leader's backend with one more key.
+    let mut other_backend = leader.backend().clone();
+    let mut txn = other_backend.write().unwrap();
+    txn.put(Bucket::Key, b"not-in-the-snapshot", b"x").unwrap();
+    txn.commit().unwrap();
+    let mut v2 = Vec::new();
+    leader.v2_snapshot_data(&mut v2).unwrap();
+    let mut other = Vec::new();
+    snapply_core::image::encode(&metadata, &other_backend.read().unwrap(), &v2, &mut other).unwrap();
+    assert_ne!(snapply_tests::forge::trailer_digest(&other), snapply_tests::forge::trailer_digest(&image));
+    let forged = snapply_tests::forge::with_trailer_digest(&other, snapply_tests::forge::trailer_digest(&image));
+
+    let root = tempfile::tempdir().unwrap();
+    let dir = DataDir::open(root.path()).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let info = snapply_fs::persist(&dir, &mut buf, &metadata, snapply_core::ImageData::Bytes(&image)).unwrap();
+    let name = SnapName { index: metadata.index, term: metadata.term };
+    let persisted =
+        || (std::fs::read(dir.snap_path(name)).unwrap(), std::fs::read(dir.snap_db_path(name.index)).unwrap());
+    let before = persisted();
+    // Its own digest differs from the persisted one: not this snapshot.
+    let err = snapply_fs::persist(&dir, &mut buf, &metadata, snapply_core::ImageData::Bytes(&other)).unwrap_err();
+    assert!(matches!(err, snapply_fs::FsError::MetadataMismatch { .. }), "{err}");
+    assert!(persisted() == before, "the persisted snapshot is unchanged");
+    // It claims the persisted digest, which its bytes do not have: the digest check refuses it.
+    let err = snapply_fs::persist(&dir, &mut buf, &metadata, snapply_core::ImageData::Bytes(&forged)).unwrap_err();
+    assert!(
+        matches!(err, snapply_fs::FsError::Image { what: snapply_core::image::Corruption::DigestMismatch, .. }),
+        "{err}"
+    );
+    assert!(persisted() == before, "the persisted snapshot is unchanged");
+    let again = snapply_fs::persist(&dir, &mut buf, &metadata, snapply_core::ImageData::Bytes(&image)).unwrap();
+    assert_eq!(again, info);
+}
+
 /// A value past the core's 64 KiB default buffer but within etcd's request limit (a 300 KB
 /// value, as etcd's interop workload writes) restores; a record longer than the buffer for
 /// [`snapply_fs::MAX_VALUE_LEN`] and the longest key is refused naming the record, and the follower keeps its old state with nothing left behind.

@@ -67,7 +67,11 @@ pub enum RaftError {
 impl fmt::Display for RaftError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RaftError::Raft(e) => write!(f, "raft: {e}"),
+            // raft-rs's own messages mostly start with "raft: " already (etcd's raft wording).
+            RaftError::Raft(e) => {
+                let message = e.to_string();
+                if message.starts_with("raft: ") { f.write_str(&message) } else { write!(f, "raft: {message}") }
+            }
             RaftError::Log { op, source } => write!(f, "raft log: {op}: {source}"),
             RaftError::CorruptLog { what } => write!(f, "raft log is corrupted: {what}"),
             RaftError::Fs(e) => write!(f, "data directory: {e}"),
@@ -131,4 +135,18 @@ impl From<ApplyError> for RaftError {
 
 pub(crate) fn log_err(op: &'static str) -> impl FnOnce(redb::Error) -> RaftError {
     move |e| RaftError::Log { op, source: Box::new(e) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raft_errors_say_raft_once() {
+        assert_eq!(RaftError::Raft(raft::Error::ProposalDropped).to_string(), "raft: proposal dropped");
+        assert_eq!(
+            RaftError::Raft(raft::Error::Store(raft::StorageError::Compacted)).to_string(),
+            "raft: log compacted"
+        );
+    }
 }

@@ -98,7 +98,16 @@ impl RaftLog {
     /// [`RaftError::Log`] if the file cannot be opened or read, [`RaftError::CorruptLog`] if
     /// what it holds does not decode or has a gap.
     pub fn open(path: &Path, bootstrap: impl FnOnce() -> (ConfState, Vec<Entry>)) -> Result<Self, RaftError> {
-        let db = Database::create(path).map_err(|e| log_err("opening the raft log")(e.into()))?;
+        // 0600 whatever the umask, as etcd creates its WAL (`fileutil.PrivateFileMode`).
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let db = options
+            .open(path)
+            .map_err(redb::DatabaseError::from)
+            .and_then(|file| redb::Builder::new().create_with_backend(redb::backends::FileBackend::new(file)?))
+            .map_err(|e| log_err("opening the raft log")(e.into()))?;
         let (hard_state, conf_state, offset, entries) = {
             let txn = db.begin_read().map_err(|e| log_err("reading the raft log")(e.into()))?;
             match txn.open_table(STATE) {
@@ -409,6 +418,17 @@ mod tests {
 
     fn boot() -> (ConfState, Vec<Entry>) {
         (ConfState { voters: vec![1, 2, 3], ..Default::default() }, vec![entry(1, 1), entry(2, 1)])
+    }
+
+    /// The log is private to its owner (0600), as etcd's WAL files, whatever the umask.
+    #[cfg(unix)]
+    #[test]
+    fn the_log_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        drop(RaftLog::open(&path, boot).unwrap());
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value};
 use snapply_core::backend::Bucket;
 use snapply_core::image::{self, BASE_BUFFER, DecodeError, Decoder, Item, Summary};
-use snapply_core::ports::{Event, Observer, Phase};
+use snapply_core::ports::{Event, Observer, Phase, PortErrorKind};
 use snapply_core::raft::SnapshotMetadata;
 use snapply_etcd::bbolt::ReadAt;
 
@@ -147,13 +147,29 @@ impl Failure {
         Failure { code, message: message.into() }
     }
 
-    /// A failed file operation: a missing input is bad input, the rest is I/O.
+    /// A failed file operation: a missing input, or a directory where a file is expected, is
+    /// bad input; the rest (permissions, a full disk) is I/O.
     pub fn io(what: &str, path: &Path, e: &io::Error) -> Self {
-        if e.kind() == io::ErrorKind::NotFound {
-            Failure::new(exit::BAD_INPUT, format!("{} does not exist: check the path ({what})", path.display()))
-        } else {
-            Failure::new(exit::IO, format!("{what} {} failed: {e}", path.display()))
+        match e.kind() {
+            io::ErrorKind::NotFound => {
+                Failure::new(exit::BAD_INPUT, format!("{} does not exist: check the path ({what})", path.display()))
+            }
+            io::ErrorKind::IsADirectory => {
+                Failure::new(exit::BAD_INPUT, format!("{} is a directory: give a file ({what})", path.display()))
+            }
+            _ => Failure::new(exit::IO, format!("{what} {} failed: {e}", path.display())),
         }
+    }
+
+    /// The failure of a port (a backend, the snapshot store) by its kind: a medium that failed
+    /// or is full is I/O, corrupt data is bad input, the rest is a bug.
+    pub fn port(kind: PortErrorKind, message: String) -> Self {
+        let code = match kind {
+            PortErrorKind::Io | PortErrorKind::Full => exit::IO,
+            PortErrorKind::Corrupt => exit::BAD_INPUT,
+            _ => exit::FAILED,
+        };
+        Failure::new(code, message)
     }
 }
 
@@ -311,6 +327,13 @@ pub fn scan_image<V: Visit>(path: &Path, show_progress: bool) -> Result<Scanned<
 pub fn image_failure(path: &Path, e: &DecodeError<io::Error>) -> Failure {
     match e {
         DecodeError::Source(e) => Failure::io("reading", path, e),
+        DecodeError::Corrupt { .. } if matches!(file_kind(path), Ok(FileKind::EtcdDb)) => Failure::new(
+            exit::BAD_INPUT,
+            format!(
+                "{} is an etcd snapshot, not a snapply image: convert it with `snapply import-etcd`, or give it to `snapply restore` as it is",
+                path.display()
+            ),
+        ),
         DecodeError::Corrupt { .. } => Failure::new(
             exit::BAD_INPUT,
             format!("{} is not a valid snapply image ({e}); use an intact copy", path.display()),
@@ -326,6 +349,96 @@ pub fn image_failure(path: &Path, e: &DecodeError<io::Error>) -> Failure {
     }
 }
 
+/// `path` with symbolic links and `..` resolved; a path that does not exist yet is resolved
+/// through its nearest existing ancestor. `None` if even that cannot be resolved.
+fn resolved(path: &Path) -> Option<PathBuf> {
+    match path.canonicalize() {
+        Ok(p) => Some(p),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let name = path.file_name()?;
+            let parent = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            Some(resolved(parent)?.join(name))
+        }
+        Err(_) => None,
+    }
+}
+
+/// Whether `a` and `b` are one file (the same inode: a hard link or a symbolic link too).
+fn same_file(a: &Path, b: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(a), Ok(b)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+            return (a.dev(), a.ino()) == (b.dev(), b.ino());
+        }
+    }
+    resolved(a).is_some_and(|a| resolved(b).is_some_and(|b| a == b))
+}
+
+/// Refuses an `output` that is the input file: replacing it would destroy what is read.
+pub fn check_not_input(output: &Path, input: &Path) -> Result<(), Failure> {
+    if same_file(output, input) {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "the output {} is the input {}: writing it would destroy the input; give another -o",
+                output.display(),
+                input.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses an `output` inside the directory `dir` being read (or `dir` itself): writing it
+/// would change or destroy what is read.
+pub fn check_outside(output: &Path, dir: &Path) -> Result<(), Failure> {
+    if let (Some(out), Some(dir_path)) = (resolved(output), resolved(dir))
+        && out.starts_with(&dir_path)
+    {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "the output {} is inside the data directory {} being read: write it elsewhere",
+                output.display(),
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Creates `path` as a file only its owner can read and write (0600, whatever the umask), as
+/// etcd creates its data files (`fileutil.PrivateFileMode`).
+pub fn create_private_file(path: &Path) -> Result<File, Failure> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        options.mode(0o600);
+        let file = options.open(path).map_err(|e| Failure::io("creating", path, &e))?;
+        // The mode given to open(2) applies only to a file it creates: an existing one (a stale
+        // temporary with our process id) keeps its own, so it is set here too.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(|e| Failure::io("creating", path, &e))?;
+        Ok(file)
+    }
+    #[cfg(not(unix))]
+    options.open(path).map_err(|e| Failure::io("creating", path, &e))
+}
+
+/// Creates the directory `path` (not its parents) with mode 0700, whatever the umask, as etcd
+/// creates its data directories (`fileutil.PrivateDirMode`).
+pub fn create_private_dir(path: &Path) -> io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(path)
+}
+
 /// A sibling path of `path` for a temporary file or directory, removed on drop unless kept.
 pub struct Temp {
     pub path: PathBuf,
@@ -339,9 +452,17 @@ impl Temp {
         Temp { path: tmp, keep: false }
     }
 
-    /// Moves the temporary into place, durably: rename, then sync the directory.
+    /// Moves the temporary into place, durably: rename, then sync the directory. A directory
+    /// renamed onto one another process filled meanwhile (the loser of two concurrent
+    /// restores) is refused as a data directory in use.
     pub fn persist(mut self, to: &Path) -> Result<(), Failure> {
-        std::fs::rename(&self.path, to).map_err(|e| Failure::io("renaming into", to, &e))?;
+        std::fs::rename(&self.path, to).map_err(|e| match e.kind() {
+            io::ErrorKind::DirectoryNotEmpty | io::ErrorKind::AlreadyExists => Failure::new(
+                exit::DATA_DIR,
+                format!("{} was filled by another process meanwhile: nothing was written to it", to.display()),
+            ),
+            _ => Failure::io("renaming into", to, &e),
+        })?;
         self.keep = true;
         sync_parent(to)
     }
@@ -415,5 +536,28 @@ impl Observer for LogObserver {
     fn phase_done(&mut self, phase: Phase, micros: Option<u64>) {
         let ms = micros.unwrap_or(0) as f64 / 1000.0;
         self.log.info("phase done", &[("phase", phase.state().into()), ("took-ms", ms.into())]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Of two restores that both found the target empty, the second to rename its directory
+    /// into place finds it filled: that is the data directory in use (4), not an I/O error.
+    #[test]
+    fn a_directory_renamed_onto_one_filled_meanwhile_is_a_data_directory_in_use() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("node");
+        let loser = Temp::beside(&target, "restore");
+        std::fs::create_dir(&loser.path).unwrap();
+        std::fs::write(loser.path.join("mine"), b"loser").unwrap();
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("theirs"), b"winner").unwrap();
+        let failure = loser.persist(&target).unwrap_err();
+        assert_eq!(failure.code, exit::DATA_DIR, "{failure}");
+        assert_eq!(std::fs::read(target.join("theirs")).unwrap(), b"winner");
+        let left: Vec<_> = std::fs::read_dir(root.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, ["node"], "the loser's directory is removed");
     }
 }

@@ -1,7 +1,6 @@
 //! `snapply create`: a snapshot image of a stopped node's data directory, at the index and
 //! term its backend reflects.
 
-use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,9 +12,9 @@ use snapply_core::collections::Growable;
 use snapply_core::image::{self, EncodeError, Sink};
 use snapply_core::raft::SnapshotMetadata;
 use snapply_core::store::{ConsistentIndex, Membership, V2Store, load_conf_state, member_key};
-use snapply_fs::{FsError, RedbBackend};
+use snapply_fs::{FsError, RedbReadOnly};
 
-use crate::common::{Failure, Log, LogArgs, Temp, exit, hex};
+use crate::common::{Failure, Log, LogArgs, Temp, check_outside, create_private_file, exit, hex};
 
 /// Arguments of `snapply create`.
 #[derive(Debug, ClapArgs)]
@@ -45,27 +44,42 @@ impl<W: Write> Sink for IoSink<W> {
     }
 }
 
-fn open_backend(args: &Args) -> Result<RedbBackend, Failure> {
+/// Opens the data directory's backend read-only: `create` never writes to what it reads, and
+/// works on a read-only copy.
+fn open_backend(args: &Args) -> Result<RedbReadOnly, Failure> {
     let db = args.data_dir.join("member").join("db");
-    // Checked first: opening creates an empty backend where there is none.
-    if !db.is_file() {
-        return Err(Failure::new(
+    let not_a_node = || {
+        Failure::new(
             exit::BAD_INPUT,
             format!(
                 "{} is not a snapply data directory (no member/db): give the --data-dir of a node",
                 args.data_dir.display()
             ),
-        ));
+        )
+    };
+    match std::fs::metadata(&db) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return Err(not_a_node()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(not_a_node()),
+        Err(e) => return Err(Failure::io("reading", &db, &e)),
     }
-    RedbBackend::open(&db).map_err(|e| match &e {
+    RedbReadOnly::open(&db).map_err(|e| match &e {
         FsError::Db { source, .. } if matches!(**source, redb::Error::DatabaseAlreadyOpen) => Failure::new(
             exit::DATA_DIR,
             format!("data directory {} is in use by another process: stop the node first", args.data_dir.display()),
+        ),
+        FsError::Db { source, .. } if matches!(**source, redb::Error::RepairAborted) => Failure::new(
+            exit::BAD_INPUT,
+            format!(
+                "{}'s backend was not closed cleanly and needs recovery, which a read-only open does not do: start the node once, stop it, then create",
+                args.data_dir.display()
+            ),
         ),
         FsError::Db { .. } => Failure::new(
             exit::BAD_INPUT,
             format!("{}'s backend is not readable ({e}): restore the node from a snapshot", args.data_dir.display()),
         ),
+        FsError::Io { source, .. } => Failure::io("opening", &db, source),
         _ => Failure::new(exit::IO, e.to_string()),
     })
 }
@@ -96,6 +110,7 @@ fn pending_snapshot(args: &Args, applied: u64) -> Result<Option<u64>, Failure> {
 
 fn create(log: &Log, args: &Args) -> Result<(), Failure> {
     let started = Instant::now();
+    check_outside(&args.output, &args.data_dir)?;
     let backend = open_backend(args)?;
     let corrupt = |e: &dyn std::fmt::Display| {
         Failure::new(exit::BAD_INPUT, format!("{}'s backend does not read: {e}", args.data_dir.display()))
@@ -143,7 +158,7 @@ fn create(log: &Log, args: &Args) -> Result<(), Failure> {
     tree.save(&mut v2).map_err(|e| corrupt(&e))?;
 
     let tmp = Temp::beside(&args.output, "create");
-    let file = File::create(&tmp.path).map_err(|e| Failure::io("creating", &tmp.path, &e))?;
+    let file = create_private_file(&tmp.path)?;
     let mut sink = IoSink(BufWriter::with_capacity(1 << 20, file));
     let summary = image::encode(&metadata, &txn, &v2, &mut sink).map_err(|e| match e {
         EncodeError::Sink(e) => Failure::io("writing", &tmp.path, &e),

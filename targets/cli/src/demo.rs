@@ -26,6 +26,13 @@ pub struct Args {
     value_size: u32,
 }
 
+/// The exit codes of `snapply demo`, printed at the end of its `--help`. The demo reads no
+/// input and keeps no data directory, so the file commands' codes 3 to 5 do not occur.
+pub const EXIT_CODES_HELP: &str = "Exit codes:
+  0  the restored follower's state equals the leader's and the other follower's
+  1  the states differ, or a step failed (the message says which)
+  2  bad arguments";
+
 /// How long the demo waits for any one step before it gives up.
 const WAIT: Duration = Duration::from_secs(120);
 

@@ -13,7 +13,9 @@ use snapply_core::raft::{ConfState, IdList};
 use snapply_etcd::bbolt::BoltError;
 use snapply_etcd::{Digest, EtcdSnapshot, ImportError, ImportOptions, Imported, Options};
 
-use crate::common::{CountingFile, Failure, Log, LogArgs, Temp, exit, hex, progress};
+use crate::common::{
+    CountingFile, Failure, Log, LogArgs, Temp, check_not_input, create_private_file, exit, hex, progress,
+};
 
 /// Arguments of `snapply import-etcd`.
 #[derive(Debug, ClapArgs)]
@@ -24,14 +26,20 @@ pub struct Args {
     #[arg(short, long)]
     pub output: PathBuf,
     #[command(flatten)]
-    pub meta: MetaArgs,
+    pub etcd: EtcdArgs,
     #[command(flatten)]
     pub log: LogArgs,
 }
 
-/// The snapshot metadata an etcd 3.4 backend does not store.
+/// How an etcd snapshot is read: its hash check, and the snapshot metadata an etcd 3.4 backend
+/// does not store.
 #[derive(Debug, Clone, clap::Args)]
-pub struct MetaArgs {
+pub struct EtcdArgs {
+    /// Read a snapshot without a SHA-256 trailer (a member's `member/snap/db`), and do not check
+    /// the trailer of one that has it, as `etcdutl snapshot restore --skip-hash-check`. Damage
+    /// then goes unnoticed unless the B+tree or a record shows it: use only a copy you trust.
+    #[arg(long)]
+    pub skip_hash_check: bool,
     /// The term of the snapshot, for an etcd 3.4 backend that does not store one (default: 1,
     /// as `etcdutl snapshot restore` starts a new cluster).
     #[arg(long)]
@@ -51,11 +59,14 @@ fn parse_id(s: &str) -> Result<u64, String> {
 
 pub fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let log = Log::new(args.log, "snapply/import-etcd");
-    log.finish(options(&args.meta).and_then(|o| import_to_file(&log, &args.snapshot, &args.output, &o)).map(drop))
+    let result = check_not_input(&args.output, &args.snapshot)
+        .and_then(|()| import_to_file(&log, &args.snapshot, &args.output, &args.etcd))
+        .map(drop);
+    log.finish(result)
 }
 
 /// The import options the arguments give.
-pub fn options(args: &MetaArgs) -> Result<ImportOptions, Failure> {
+fn options(args: &EtcdArgs) -> Result<ImportOptions, Failure> {
     let usage = |what: &str| Failure::new(exit::USAGE, format!("{what}: give at most 16 ids"));
     let conf_state = match &args.voters {
         None => None,
@@ -92,14 +103,27 @@ pub fn etcd_failure(path: &Path, e: &ImportError) -> Failure {
 
 /// Converts the etcd snapshot at `input` into the image at `output` (through a temporary
 /// file beside it, renamed into place once complete and synced), logging what it did.
-pub fn import_to_file(log: &Log, input: &Path, output: &Path, options: &ImportOptions) -> Result<Imported, Failure> {
+pub fn import_to_file(log: &Log, input: &Path, output: &Path, args: &EtcdArgs) -> Result<Imported, Failure> {
     let started = Instant::now();
+    let options = &options(args)?;
     let file = File::open(input).map_err(|e| Failure::io("opening", input, &e))?;
     let len = file.metadata().map_err(|e| Failure::io("reading", input, &e))?.len();
     log.info("opening etcd snapshot", &[("path", input.display().to_string().into()), ("size-bytes", len.into())]);
     let source = CountingFile { file, read: Cell::new(0) };
-    let snap = EtcdSnapshot::from_source(&source, Options::default())
-        .map_err(|e| etcd_failure(input, &ImportError::Etcd(e)))?;
+    let read = Options { verify_digest: !args.skip_hash_check, ..Options::default() };
+    let snap = EtcdSnapshot::from_source(&source, read).map_err(|e| etcd_failure(input, &ImportError::Etcd(e)))?;
+    // etcdutl's check (`snapshot missing hash but --skip-hash-check=false`): without a trailer
+    // nothing shows whether the bytes are intact (a file cut at a page boundary reads as a
+    // smaller database).
+    if !args.skip_hash_check && snap.digest() == Digest::Absent {
+        return Err(Failure::new(
+            exit::BAD_INPUT,
+            format!(
+                "{}: snapshot missing hash but --skip-hash-check=false: it has no SHA-256 trailer (a member's db, or a file cut short); give an `etcdctl snapshot save` file, or --skip-hash-check for a copy you trust",
+                input.display()
+            ),
+        ));
+    }
     let digest = match snap.digest() {
         Digest::Verified(d) => format!("verified {}", hex(&d)),
         Digest::Unchecked(d) => format!("unchecked {}", hex(&d)),
@@ -109,7 +133,7 @@ pub fn import_to_file(log: &Log, input: &Path, output: &Path, options: &ImportOp
     log.info("opened etcd snapshot", &[("sha256-trailer", digest.into()), ("db-size-bytes", snap.db().len().into())]);
 
     let tmp = Temp::beside(output, "import");
-    let out = File::create(&tmp.path).map_err(|e| Failure::io("creating", &tmp.path, &e))?;
+    let out = create_private_file(&tmp.path)?;
     let bar = progress(snap.db().len(), "importing");
     let mut writer = BufWriter::with_capacity(1 << 20, out);
     let imported = snapply_etcd::import(&snap, options, &mut writer, &mut |_| {

@@ -27,6 +27,7 @@ struct Cli {
 enum Command {
     /// Build a leader's state, snapshot it, apply it to a follower through every phase, and
     /// compare the two nodes store by store.
+    #[command(after_help = demo::EXIT_CODES_HELP)]
     Demo(demo::Args),
     /// Convert an etcd snapshot (`etcdctl snapshot save` output or `member/snap/db`) into a
     /// snapply image.

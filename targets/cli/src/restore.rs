@@ -4,6 +4,7 @@
 //! The directory is built beside the target under a temporary name and renamed into place
 //! only once the snapshot is persisted and applied, so a failed restore leaves nothing behind.
 
+use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -39,7 +40,7 @@ pub struct Args {
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i64).range(1..))]
     pub min_lease_ttl: i64,
     #[command(flatten)]
-    pub meta: import_etcd::MetaArgs,
+    pub etcd: import_etcd::EtcdArgs,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -92,7 +93,7 @@ pub fn check_empty(dir: &Path) -> Result<(), Failure> {
 
 fn fs_failure(e: &FsError) -> Failure {
     match e {
-        FsError::Full { .. } => Failure::new(exit::IO, format!("{e}: free some space and retry")),
+        _ if e.is_full() => Failure::new(exit::IO, format!("{e}: the disk is full; free some space and retry")),
         FsError::Io { .. } | FsError::Stream(_) => Failure::new(exit::IO, e.to_string()),
         FsError::Image { .. }
         | FsError::MetadataMismatch { .. }
@@ -100,8 +101,132 @@ fn fs_failure(e: &FsError) -> Failure {
         | FsError::Store { .. } => {
             Failure::new(exit::BAD_INPUT, format!("the snapshot cannot be restored: {e}; use an intact snapshot"))
         }
-        e => Failure::new(exit::FAILED, e.to_string()),
+        // A backend or redb failure: by its kind (a full disk is I/O).
+        e => Failure::port(e.to_port().kind, e.to_string()),
     }
+}
+
+/// The failure of the pipeline: by the kind of the port or store error that stopped it (a
+/// full disk is I/O, not bad input).
+fn apply_failure(e: &snapply_core::ApplyError) -> Failure {
+    use snapply_core::ApplyErrorKind;
+    use snapply_core::store::StoreError;
+    let message = |what: &str| format!("the snapshot cannot be applied: {e}{what}");
+    match e.kind() {
+        ApplyErrorKind::Port(p) | ApplyErrorKind::Store(StoreError::Backend(p)) => Failure::port(
+            p.kind,
+            message(if p.kind == PortErrorKind::Full { "; the disk is full; free some space and retry" } else { "" }),
+        ),
+        _ => Failure::new(exit::BAD_INPUT, message("; use an intact snapshot")),
+    }
+}
+
+/// The directory a restore builds beside its target (`.<name>.restore.<pid>`), locked (flock)
+/// while this process builds it: a later run into the same parent directory removes those
+/// whose lock it can take (their process is gone: killed, or the machine restarted), and
+/// refuses to start while another run into the same target holds its lock.
+struct Staging {
+    temp: Temp,
+    /// Holds the lock until the process ends, also once the directory is renamed into place.
+    _lock: File,
+}
+
+/// What a restore calls its staging directory: `what` in `.<name>.<what>.<pid>`.
+const STAGING: &str = "restore";
+
+impl Staging {
+    fn create(log: &Log, target: &Path) -> Result<Self, Failure> {
+        let parent = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        std::fs::create_dir_all(parent).map_err(|e| Failure::io("creating", parent, &e))?;
+        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        remove_stale(log, parent, &name)?;
+        // A run cleaning up at this moment may take the new directory's lock before this one
+        // does, and remove it: then it is made again.
+        for _ in 0..8 {
+            let temp = Temp::beside(target, STAGING);
+            match crate::common::create_private_dir(&temp.path) {
+                Ok(()) => {}
+                // Ours from a previous attempt, being removed by that run: again.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(Failure::io("creating", &temp.path, &e)),
+            }
+            let lock = File::open(&temp.path).map_err(|e| Failure::io("opening", &temp.path, &e))?;
+            match lock.try_lock() {
+                Ok(()) if same_inode(&lock, &temp.path) => return Ok(Staging { temp, _lock: lock }),
+                Ok(()) | Err(std::fs::TryLockError::WouldBlock) => {}
+                // A file system without locks: the directory is built unlocked, and no run
+                // takes it for stale (none can lock it either).
+                Err(std::fs::TryLockError::Error(_)) => return Ok(Staging { temp, _lock: lock }),
+            }
+        }
+        Err(Failure::new(exit::DATA_DIR, format!("{} is being cleaned up by another process: retry", parent.display())))
+    }
+}
+
+fn same_inode(file: &File, path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (file.metadata(), std::fs::metadata(path)) {
+            (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (file, path);
+        true
+    }
+}
+
+/// Removes the staging directories in `parent` whose process is gone, and refuses to start if
+/// a live one builds `target_name`: two restores into one directory, one of them must lose.
+fn remove_stale(log: &Log, parent: &Path, target_name: &str) -> Result<(), Failure> {
+    let entries = std::fs::read_dir(parent).map_err(|e| Failure::io("listing", parent, &e))?;
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some((target, pid)) = file_name.to_str().and_then(parse_staging) else { continue };
+        let path = entry.path();
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let Ok(dir) = File::open(&path) else { continue };
+        match dir.try_lock() {
+            Ok(()) => {
+                match std::fs::remove_dir_all(&path) {
+                    Ok(()) => {}
+                    // Another run removed it first.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Failure::io("removing a stale restore directory", &path, &e)),
+                }
+                log.warn(
+                    "removed the directory of a restore that did not finish",
+                    &[("path", path.display().to_string().into()), ("pid", pid.into())],
+                );
+            }
+            Err(std::fs::TryLockError::WouldBlock) if target == target_name => {
+                return Err(Failure::new(
+                    exit::DATA_DIR,
+                    format!(
+                        "another restore into {} is running (process {pid}): wait for it, or choose another --data-dir",
+                        parent.join(target_name).display()
+                    ),
+                ));
+            }
+            Err(_) => {}
+        }
+    }
+    crate::common::sync_parent(&parent.join(target_name))
+}
+
+/// `(target name, process id)` of a staging directory's name `.<target>.restore.<pid>`.
+fn parse_staging(name: &str) -> Option<(&str, u32)> {
+    let (rest, pid) = name.strip_prefix('.')?.rsplit_once('.')?;
+    let target = rest.strip_suffix(STAGING)?.strip_suffix('.')?;
+    Some((target, pid.parse().ok()?))
 }
 
 /// An image file as the snapshot store's stream.
@@ -119,15 +244,13 @@ fn restore(log: &Log, args: &Args) -> Result<(), Failure> {
     let started = Instant::now();
     let kind = file_kind(&args.input)?;
     check_empty(&args.data_dir)?;
-    let staging = Temp::beside(&args.data_dir, "restore");
-    std::fs::create_dir_all(&staging.path).map_err(|e| Failure::io("creating", &staging.path, &e))?;
+    let staging = Staging::create(log, &args.data_dir)?;
 
     let image_path = match kind {
         FileKind::Image => args.input.clone(),
         FileKind::EtcdDb => {
-            let path = staging.path.join("import.snapply");
-            let options = import_etcd::options(&args.meta)?;
-            import_etcd::import_to_file(log, &args.input, &path, &options)?;
+            let path = staging.temp.path.join("import.snapply");
+            import_etcd::import_to_file(log, &args.input, &path, &args.etcd)?;
             path
         }
         FileKind::Unknown => {
@@ -166,7 +289,7 @@ fn restore(log: &Log, args: &Args) -> Result<(), Failure> {
         ],
     );
 
-    let dir = DataDir::open(&staging.path).map_err(|e| fs_failure(&e))?;
+    let dir = DataDir::open(&staging.temp.path).map_err(|e| fs_failure(&e))?;
     let mut buf = vec![0u8; scanned.buffer];
     let (file, _) = ImageFile::open(&image_path, Some(crate::common::progress(scanned.len, "persisting")))?;
     let mut source = PortSource(file);
@@ -192,9 +315,7 @@ fn restore(log: &Log, args: &Args) -> Result<(), Failure> {
     let mut peers = PeerTable::<Growable>::default();
     let mut observer = LogObserver { log: *log, start: Instant::now() };
     let ports = Ports { storage: &mut store, transport: &mut peers, observer: &mut observer };
-    let outcome = apply_snapshot(&mut node, ports, pending.snapshot()).map_err(|e| {
-        Failure::new(exit::BAD_INPUT, format!("the snapshot cannot be applied: {e}; use an intact snapshot"))
-    })?;
+    let outcome = apply_snapshot(&mut node, ports, pending.snapshot()).map_err(|e| apply_failure(&e))?;
     let progress = outcome.map(|o| o.progress).unwrap_or_default();
     let stores = node.stores();
     let fields = [
@@ -215,7 +336,7 @@ fn restore(log: &Log, args: &Args) -> Result<(), Failure> {
 
     // rename(2) replaces an empty directory in one step, so an empty target is never removed
     // before the restored one is in place.
-    staging.persist(&args.data_dir)?;
+    staging.temp.persist(&args.data_dir)?;
     log.info("restored snapshot", &fields);
     Ok(())
 }

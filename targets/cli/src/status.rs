@@ -16,15 +16,24 @@ pub fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     log.finish(status(args))
 }
 
+/// Member ids in hexadecimal, as etcd prints them and as `--voters` and `--member-id` take them.
+fn ids(ids: &[u64]) -> Value {
+    ids.iter().map(|id| Value::String(format!("{id:x}"))).collect()
+}
+
 fn conf_json(c: &ConfState) -> Value {
     json!({
-        "voters": c.voters.as_slice(),
-        "learners": c.learners.as_slice(),
-        "voters_outgoing": c.voters_outgoing.as_slice(),
-        "learners_next": c.learners_next.as_slice(),
+        "voters": ids(c.voters.as_slice()),
+        "learners": ids(c.learners.as_slice()),
+        "voters_outgoing": ids(c.voters_outgoing.as_slice()),
+        "learners_next": ids(c.learners_next.as_slice()),
         "auto_leave": c.auto_leave,
     })
 }
+
+/// What the image's digest covers: not the file's `sha256sum`, which includes the trailer
+/// frame that holds the digest (docs/format.md).
+const SHA256_COVERS: &str = "the image's bytes before its trailer frame (not the file's sha256sum)";
 
 /// The fields `status` prints, and `inspect` prints first.
 pub fn summary_json<V: Visit>(s: &Scanned<V>) -> Value {
@@ -36,6 +45,7 @@ pub fn summary_json<V: Visit>(s: &Scanned<V>) -> Value {
         "v2_bytes": s.summary.v2_len,
         "size_bytes": s.len,
         "sha256": hex(&s.summary.sha256),
+        "sha256_covers": SHA256_COVERS,
         "integrity": "ok",
     })
 }
