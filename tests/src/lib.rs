@@ -1,6 +1,8 @@
 //! Shared helpers of snapply's cross-crate tests: generated workloads, a leader that snapshots
 //! itself, followers with a different prior state, and store-by-store comparison.
 
+pub mod linearizability;
+
 use proptest::prelude::*;
 use snapply_core::backend::{Backend, Bucket, OwnedRecord, dump};
 use snapply_core::collections::{Growable, Profile};
