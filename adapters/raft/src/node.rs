@@ -124,6 +124,8 @@ pub struct Status {
     /// Whether the node applied a persisted snapshot when it started (one it had received
     /// before it stopped: etcd's `RecoverSnapshotBackend`).
     pub restored_at_boot: bool,
+    /// ReadIndex rounds this node started for linearizable reads (concurrent reads share one).
+    pub read_rounds: u64,
 }
 
 enum Control {
@@ -782,6 +784,7 @@ impl Loop {
                     last_restore: self.last_restore.clone(),
                     snapshots_sent: self.snapshots_sent,
                     restored_at_boot: self.restored_at_boot,
+                    read_rounds: self.reads.rounds(),
                 });
             }
             Control::Digest(reply) => {

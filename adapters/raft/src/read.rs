@@ -43,6 +43,7 @@ struct Round {
 /// The reads of one member, owned by its ready loop.
 #[derive(Default)]
 pub(crate) struct Reads {
+    /// The context of the last round started: also how many rounds were started.
     last_ctx: u64,
     /// Reads asked since the round in flight was sent.
     queued: Vec<Waiter>,
@@ -55,6 +56,11 @@ impl Reads {
     /// A read asked: it fails unless released within `timeout`.
     pub(crate) fn push(&mut self, reply: oneshot::Sender<Result<(), RaftError>>, timeout: Duration) {
         self.queued.push(Waiter { reply, deadline: Instant::now() + timeout });
+    }
+
+    /// How many rounds were started.
+    pub(crate) fn rounds(&self) -> u64 {
+        self.last_ctx
     }
 
     /// Starts a round for the queued reads when none is in flight, or sends the round in flight
