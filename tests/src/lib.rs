@@ -2,6 +2,7 @@
 //! itself, followers with a different prior state, and store-by-store comparison.
 
 pub mod forge;
+pub mod linearizability;
 
 use proptest::prelude::*;
 use snapply_core::backend::{Backend, Bucket, OwnedRecord, dump};

@@ -88,6 +88,18 @@ impl fmt::Display for RaftError {
     }
 }
 
+impl RaftError {
+    /// Whether the member's own files failed (its raft log, data directory or backend: a full
+    /// disk, an I/O error), as opposed to a refused request, a peer or a timeout. etcd exits on
+    /// such a failure; a member stops on it.
+    pub fn is_storage_failure(&self) -> bool {
+        matches!(
+            self,
+            RaftError::Log { .. } | RaftError::Fs(_) | RaftError::Backend(_) | RaftError::Store(StoreError::Backend(_))
+        )
+    }
+}
+
 impl std::error::Error for RaftError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {

@@ -12,12 +12,13 @@ mod codec;
 mod error;
 mod log;
 mod node;
+mod read;
 mod transport;
 
 pub use cluster::{Cluster, member_id};
 pub use codec::{Command, MemberInfo};
 pub use error::RaftError;
 pub use log::RaftLog;
-pub use node::{Client, NodeConfig, NodeHandle, Pair, RestoreReport, Status, Trace, start};
+pub use node::{Client, Consistency, NodeConfig, NodeHandle, Pair, RestoreReport, Status, Trace, start};
 pub use snapply_core::ports::Phase;
 pub use transport::{CHUNK, Network, peer_addr};

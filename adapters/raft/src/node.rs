@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::codec::{Command, MemberInfo};
 use crate::error::RaftError;
 use crate::log::RaftLog;
+use crate::read::Reads;
 use crate::transport::{Network, Report};
 
 type HostNode = Node<RedbBackend, Growable>;
@@ -123,6 +124,8 @@ pub struct Status {
     /// Whether the node applied a persisted snapshot when it started (one it had received
     /// before it stopped: etcd's `RecoverSnapshotBackend`).
     pub restored_at_boot: bool,
+    /// ReadIndex rounds this node started for linearizable reads (concurrent reads share one).
+    pub read_rounds: u64,
 }
 
 enum Control {
@@ -131,6 +134,7 @@ enum Control {
     Status(oneshot::Sender<Status>),
     Digest(oneshot::Sender<Result<[u8; 32], RaftError>>),
     Range(Vec<u8>, Vec<u8>, oneshot::Sender<Result<Vec<Pair>, RaftError>>),
+    ReadIndex(oneshot::Sender<Result<(), RaftError>>),
     CompactLog(oneshot::Sender<Result<u64, RaftError>>),
     Isolate(bool),
     Stop,
@@ -162,6 +166,17 @@ impl std::ops::Deref for NodeHandle {
     fn deref(&self) -> &Client {
         &self.client
     }
+}
+
+/// How a read is served (etcd's `--consistency`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Consistency {
+    /// The member first obtains a read index from the leader and applies up to it: the read
+    /// sees every write acknowledged before it was asked (etcd's default, `l`).
+    #[default]
+    Linearizable,
+    /// From the member's local state, without asking the leader: may be stale (etcd's `s`).
+    Serializable,
 }
 
 /// How long a handle waits for its node to answer or a proposal to be applied.
@@ -258,13 +273,44 @@ impl Client {
     }
 
     /// Live keys and values in `[key, range_end)` (etcd's conventions: empty `range_end` is just
-    /// `key`, `[0]` is every key from `key` on).
+    /// `key`, `[0]` is every key from `key` on), from this member's local state: a serializable
+    /// read (etcd's `--consistency=s`), which may miss writes the leader has acknowledged. See
+    /// [`Client::read`] for a linearizable one.
     ///
     /// # Errors
     /// [`RaftError::Store`] if the range cannot be read.
     pub async fn range(&self, key: &[u8], range_end: &[u8]) -> Result<Vec<Pair>, RaftError> {
         self.ask(|tx| Control::Range(key.to_vec(), range_end.to_vec(), tx), "a range").await?
     }
+
+    // --- Reads: linearizable (ReadIndex) or serializable. ---
+
+    /// Waits until this member has applied everything the cluster had committed when this was
+    /// called, as the leader confirms it (raft-rs's ReadIndex, batched with concurrent reads
+    /// into one round): a read of the local state after it returns is linearizable. Works on a
+    /// follower as on the leader.
+    ///
+    /// # Errors
+    /// [`RaftError::Timeout`] if no read index was obtained and applied within the request
+    /// timeout (etcd's: 5 s plus two election timeouts), saying when the member knows no leader;
+    /// [`RaftError::Stopped`].
+    pub async fn read_index(&self) -> Result<(), RaftError> {
+        self.ask(Control::ReadIndex, "a read index").await?
+    }
+
+    /// [`Client::range`] with the consistency asked: [`Consistency::Linearizable`] (etcd's
+    /// default) waits for [`Client::read_index`] first.
+    ///
+    /// # Errors
+    /// As [`Client::read_index`] and [`Client::range`].
+    pub async fn read(&self, key: &[u8], range_end: &[u8], consistency: Consistency) -> Result<Vec<Pair>, RaftError> {
+        if consistency == Consistency::Linearizable {
+            self.read_index().await?;
+        }
+        self.range(key, range_end).await
+    }
+
+    // --- End of reads. ---
 
     /// Takes a snapshot of the live backend at the applied index and drops the raft log up to
     /// it (etcd's snapshot at `--snapshot-count` and `raftStorage.Compact`); returns the index.
@@ -296,6 +342,21 @@ impl NodeHandle {
         match self.task.take() {
             Some(t) => t.await.unwrap_or(Err(RaftError::Stopped)),
             None => Ok(()),
+        }
+    }
+
+    /// Waits until the node's loop ends on its own and returns why: a fatal error, such as a
+    /// write to a full disk (etcd exits on a failed raft log or backend write). Never resolves
+    /// while the node runs; cancel-safe, for a `select!` beside the server's other work.
+    pub async fn failed(&mut self) -> RaftError {
+        let Some(task) = self.task.as_mut() else {
+            return std::future::pending().await;
+        };
+        let result = task.await;
+        self.task = None;
+        match result {
+            Ok(Err(e)) => e,
+            Ok(Ok(())) | Err(_) => RaftError::Stopped,
         }
     }
 
@@ -432,6 +493,10 @@ struct Loop {
     snapshots_sent: u64,
     last_restore: Option<RestoreReport>,
     restored_at_boot: bool,
+    /// Linearizable reads waiting for a read index or for it to be applied.
+    reads: Reads,
+    /// How long a read may wait (etcd's request timeout).
+    read_timeout: Duration,
     /// Entries applied since the backend was last synced, and when that was.
     unsynced_entries: u64,
     last_sync: Instant,
@@ -545,6 +610,8 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
         snapshots_sent: 0,
         last_restore: None,
         restored_at_boot,
+        reads: Reads::default(),
+        read_timeout: request_timeout(&config),
         unsynced_entries: 0,
         last_sync: Instant::now(),
     };
@@ -560,6 +627,12 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
         result
     });
     Ok(NodeHandle { client: Client { id, control: control_tx }, task: Some(task) })
+}
+
+/// etcd's request timeout (`ServerConfig.ReqTimeout`): 5 s plus two election timeouts.
+fn request_timeout(config: &NodeConfig) -> Duration {
+    let election = config.tick.saturating_mul(u32::try_from(config.election_tick).unwrap_or(u32::MAX));
+    Duration::from_secs(5).saturating_add(election.saturating_mul(2))
 }
 
 /// The entries every member of a new cluster starts with: one `AddNode` per initial member,
@@ -618,7 +691,10 @@ impl Loop {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = ticker.tick() => { self.raw.tick(); }
+                _ = ticker.tick() => {
+                    self.raw.tick();
+                    self.reads.expire(self.raw.raft.leader_id);
+                }
                 Some(msg) = inbox.recv() => {
                     // raft-rs refuses messages from unknown peers or of a stale term: it has
                     // already logged why, and the sender retries.
@@ -652,7 +728,11 @@ impl Loop {
                     }
                 },
             }
+            self.reads.send(&mut self.raw);
             blocking(|| self.on_ready())?;
+            // raft-rs's applied index counts every entry handed out, the empty ones a new leader
+            // appends included (a read index can be one of them).
+            self.reads.release(self.raw.raft.raft_log.applied);
             if self.unsynced_entries >= BATCH_LIMIT
                 || (self.unsynced_entries > 0 && self.last_sync.elapsed() >= BATCH_INTERVAL)
             {
@@ -704,6 +784,7 @@ impl Loop {
                     last_restore: self.last_restore.clone(),
                     snapshots_sent: self.snapshots_sent,
                     restored_at_boot: self.restored_at_boot,
+                    read_rounds: self.reads.rounds(),
                 });
             }
             Control::Digest(reply) => {
@@ -712,6 +793,7 @@ impl Loop {
             Control::Range(key, end, reply) => {
                 let _ = reply.send(self.range(&key, &end));
             }
+            Control::ReadIndex(reply) => self.reads.push(reply, self.read_timeout),
             Control::CompactLog(reply) => {
                 let _ = reply.send(blocking(|| self.compact_log()));
             }
@@ -755,6 +837,7 @@ impl Loop {
             return Ok(());
         }
         let mut ready = self.raw.ready();
+        self.reads.confirm(ready.take_read_states());
         if !ready.messages().is_empty() {
             self.net.send(ready.take_messages());
         }
@@ -846,6 +929,12 @@ impl Loop {
                 EntryType::EntryConfChangeV2 => Err(RaftError::Decode { what: "a joint conf change (unsupported)" }),
             };
             self.unsynced_entries += 1;
+            let result = match result {
+                // etcd panics when its backend cannot be written (a full disk): the member
+                // stops here, and a restart replays the entry from the raft log.
+                Err(e) if e.is_storage_failure() => return Err(e),
+                r => r,
+            };
             if let Err(e) = &result {
                 log::warn!("member {:x}: entry not applied: {e}", self.id);
             }

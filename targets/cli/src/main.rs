@@ -50,6 +50,7 @@ enum Command {
     #[command(after_help = common::EXIT_CODES_HELP)]
     Create(create::Args),
     /// Run one member of a raft-rs cluster, with a line-based client API (put/get/del/range).
+    #[command(after_help = common::EXIT_CODES_HELP)]
     Serve(serve::Args),
 }
 

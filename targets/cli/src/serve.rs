@@ -8,8 +8,22 @@
 //! get /a              -> VALUE hello   (or NOTFOUND)
 //! range /a /b         -> KV /a hello   (one line per key), then END
 //! del /a              -> OK 3
+//! sget /a             -> as get, serializable
+//! srange /a /b        -> as range, serializable
 //! ```
 //! A request that fails gets `ERR <reason>`.
+//!
+//! Reads are linearizable, as etcd's default range: `get` and `range`, on any member, first
+//! obtain a read index from the leader (raft's ReadIndex; concurrent reads share one round) and
+//! wait until this member has applied up to it, so they see every write acknowledged before
+//! they were asked. Without a leader they fail after etcd's request timeout (5 s plus two
+//! election timeouts) with `ERR timed out waiting for a read index: this member knows no
+//! leader ...`. `sget` and `srange` are serializable (etcdctl's `--consistency=s`): they answer
+//! at once from this member's local state, without a leader, and may be stale.
+//!
+//! SIGINT and SIGTERM stop the member cleanly (`received signal; shutting down`, as etcd logs).
+//! A member whose raft log or backend cannot be written (a full disk) logs why and exits 5, as
+//! etcd exits on a fatal storage error; a data directory another member holds gives exit 4.
 
 use std::error::Error;
 use std::net::TcpListener;
@@ -17,7 +31,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use snapply_raft::{Client, Command, MemberInfo, NodeConfig, peer_addr};
+use snapply_raft::{Client, Command, Consistency, MemberInfo, NodeConfig, RaftError, peer_addr};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::common::{Failure, Log, LogArgs, exit};
@@ -100,8 +114,7 @@ fn serve(log: &Log, args: &Args) -> Result<(), Failure> {
         .build()
         .map_err(|e| failed("starting the runtime", &e))?;
     runtime.block_on(async move {
-        let node = snapply_raft::start(config, peer_listener)
-            .map_err(|e| failed(&format!("starting member {id:016x} on {}", args.data_dir.display()), &e))?;
+        let mut node = snapply_raft::start(config, peer_listener).map_err(|e| start_failure(id, &args.data_dir, &e))?;
         let clients =
             tokio::net::TcpListener::from_std(client_listener).map_err(|e| failed("listening for clients", &e))?;
         log.info(
@@ -122,7 +135,11 @@ fn serve(log: &Log, args: &Args) -> Result<(), Failure> {
         };
         tokio::select! {
             _ = accept => {}
-            _ = tokio::signal::ctrl_c() => log.info("received interrupt signal, stopping", &[]),
+            signal = shutdown_signal() => {
+                let signal = signal.map_err(|e| failed("listening for signals", &e))?;
+                log.info("received signal; shutting down", &[("signal", signal.into())]);
+            }
+            e = node.failed() => return Err(node_failure(id, &e)),
         }
         node.stop().await.map_err(|e| failed("stopping the member", &e))?;
         log.info("stopped", &[("member-id", format!("{id:016x}").into())]);
@@ -169,22 +186,77 @@ async fn answer(api: &Client, line: &str) -> String {
                 .await
                 .map(|r| r.map(|rev| format!("OK {rev}\n")))
         }
-        "get" if !key.is_empty() => Ok(api.range(&key, b"").await.map(|kvs| match kvs.first() {
-            Some((_, v)) => format!("VALUE {}\n", String::from_utf8_lossy(v)),
-            None => "NOTFOUND\n".into(),
-        })),
-        "range" if !key.is_empty() => Ok(api.range(&key, &rest).await.map(|kvs| {
+        "get" | "sget" if !key.is_empty() => {
+            Ok(api.read(&key, b"", consistency(verb)).await.map(|kvs| match kvs.first() {
+                Some((_, v)) => format!("VALUE {}\n", String::from_utf8_lossy(v)),
+                None => "NOTFOUND\n".into(),
+            }))
+        }
+        "range" | "srange" if !key.is_empty() => Ok(api.read(&key, &rest, consistency(verb)).await.map(|kvs| {
             let mut out = String::new();
             for (k, v) in kvs {
                 out.push_str(&format!("KV {} {}\n", String::from_utf8_lossy(&k), String::from_utf8_lossy(&v)));
             }
             out + "END\n"
         })),
-        _ => return "ERR unknown request: use put KEY VALUE, get KEY, del KEY or range START END\n".into(),
+        _ => {
+            return "ERR unknown request: use put KEY VALUE, get KEY, del KEY, range START END, or sget KEY and \
+                    srange START END for serializable reads\n"
+                .into();
+        }
     };
     match result {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => format!("ERR {e}\n"),
         Err(_) => "ERR timed out: is there a leader?\n".into(),
     }
+}
+
+// --- Reads, signals and the member's end. ---
+
+/// `sget` and `srange` read this member's local state; `get` and `range` are linearizable.
+fn consistency(verb: &str) -> Consistency {
+    if verb.starts_with('s') { Consistency::Serializable } else { Consistency::Linearizable }
+}
+
+/// Waits for SIGINT or SIGTERM (etcd's `osutil.HandleInterrupts`) and names it as Go does.
+async fn shutdown_signal() -> std::io::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(tokio::select! {
+        _ = interrupt.recv() => "interrupt",
+        _ = terminate.recv() => "terminated",
+    })
+}
+
+/// Whether `e` says that another process holds one of the member's files open.
+fn in_use(e: &RaftError) -> bool {
+    let redb = match e {
+        RaftError::Fs(snapply_fs::FsError::Db { source, .. }) => source.as_ref(),
+        RaftError::Log { source, .. } => source.as_ref(),
+        _ => return false,
+    };
+    matches!(redb, redb::Error::DatabaseAlreadyOpen)
+}
+
+/// The member could not start: its data directory in use is exit 4, the rest is I/O.
+fn start_failure(id: u64, data_dir: &std::path::Path, e: &RaftError) -> Failure {
+    if in_use(e) {
+        return Failure::new(
+            exit::DATA_DIR,
+            format!(
+                "data directory {} is in use by another process: stop the member using it first",
+                data_dir.display()
+            ),
+        );
+    }
+    Failure::new(exit::IO, format!("starting member {id:016x} on {}: {e}", data_dir.display()))
+}
+
+/// The member's loop stopped on its own: a storage failure (a full disk) is I/O, anything else
+/// unexpected.
+fn node_failure(id: u64, e: &RaftError) -> Failure {
+    let code = if e.is_storage_failure() { exit::IO } else { exit::FAILED };
+    Failure::new(code, format!("member {id:016x} stopped: {e}"))
 }
