@@ -34,9 +34,9 @@ pub struct DataDir {
 
 impl DataDir {
     /// Opens the data directory at `root`, creating `member/` and `member/snap/` (0700) if they
-    /// are missing, and removes what an interrupted persist or write left: `*.tmp` files, and
-    /// `<index>.snap.db` files that no `.snap` names (a crash between writing a snapshot's
-    /// backend and its `.snap`: that snapshot was never reported durable).
+    /// are missing. It removes nothing: what an interrupted persist left is swept by
+    /// [`DataDir::boot`], once the live backend's lock is held, so that opening a directory
+    /// another process is running on cannot delete the files that process is writing.
     ///
     /// # Errors
     /// [`FsError::Io`] if a directory cannot be created, listed or synced.
@@ -46,9 +46,7 @@ impl DataDir {
         private_dir(&snap)?;
         sync_dir(&member)?;
         sync_dir(root)?;
-        let dir = DataDir { member, snap };
-        dir.sweep()?;
-        Ok(dir)
+        Ok(DataDir { member, snap })
     }
 
     /// `member/`.
@@ -189,11 +187,18 @@ impl DataDir {
     /// A `.snap` that fails its checksum, or whose backend file is missing, is set aside as
     /// `.broken` and the next newest is used.
     ///
+    /// Once the live backend is open (redb holds an exclusive lock on it, so no other process
+    /// runs on this directory), it removes what an interrupted persist or write left: `*.tmp`
+    /// files, and `<index>.snap.db` files that no `.snap` names (a crash between writing a
+    /// snapshot's backend and its `.snap`: that snapshot was never reported durable). If the
+    /// backend is in use by another process, nothing is removed.
+    ///
     /// # Errors
     /// [`FsError`] if the live backend cannot be opened or read, or the directory listed.
     pub fn boot(&self) -> Result<Boot, FsError> {
         let db = self.db_path();
         let backend = RedbBackend::open(&db)?;
+        self.sweep()?;
         let cindex = {
             let txn = backend.read().map_err(|source| FsError::Backend { op: "reading the live backend", source })?;
             ConsistentIndex::load(&txn).map_err(|source| FsError::Store { index: 0, source })?
@@ -299,7 +304,7 @@ mod tests {
     }
 
     #[test]
-    fn open_sweeps_temp_files_and_orphan_backends() {
+    fn boot_sweeps_temp_files_and_orphan_backends() {
         let root = tempfile::tempdir().unwrap();
         let dir = DataDir::open(root.path()).unwrap();
         dir.write_snap(&info(7, 1)).unwrap();
@@ -307,9 +312,28 @@ mod tests {
         std::fs::write(dir.snap_db_path(8), b"orphan").unwrap();
         std::fs::write(dir.snap_dir().join("0000000000000009.snap.db.tmp"), b"torn").unwrap();
         let dir = DataDir::open(root.path()).unwrap();
+        let _boot = dir.boot().unwrap();
         assert!(dir.snap_db_path(7).exists());
         assert!(!dir.snap_db_path(8).exists());
         assert!(!dir.snap_dir().join("0000000000000009.snap.db.tmp").exists());
+    }
+
+    #[test]
+    fn a_directory_in_use_is_not_swept_by_a_second_opener() {
+        let root = tempfile::tempdir().unwrap();
+        let running = DataDir::open(root.path()).unwrap();
+        let _live = running.boot().unwrap();
+        // What the running node is writing right now: a snapshot's backend before its `.snap`.
+        let in_flight = running.snap_dir().join("0000000000000009.snap.db.tmp");
+        std::fs::write(&in_flight, b"being persisted").unwrap();
+        std::fs::write(running.snap_db_path(9), b"renamed, .snap not yet written").unwrap();
+
+        let second = DataDir::open(root.path()).unwrap();
+        assert!(second.boot().is_err(), "the live backend is locked by the running node");
+        assert!(
+            in_flight.exists() && running.snap_db_path(9).exists(),
+            "a second opener removed the running node's files"
+        );
     }
 
     #[test]
