@@ -234,6 +234,11 @@ pub struct Node<B: Backend, P: Profile> {
     /// ends before the swap: the new one waits here, in the node's memory, rather than being
     /// carried through every phase on the stack.
     pub(crate) staged_v2: V2Store<P>,
+    /// Set while [`Node::apply`] changes the stores in place, cleared once they equal the
+    /// backend again (committed, or read back from it). Still set, a request was cut short
+    /// (a panic unwound out of a backend or a store): the stores may hold effects the backend
+    /// never committed, so the node refuses work until it is reopened.
+    pub(crate) interrupted: bool,
 }
 
 impl<B: Backend, P: Profile> Node<B, P> {
@@ -246,6 +251,7 @@ impl<B: Backend, P: Profile> Node<B, P> {
             progress: Progress::default(),
             unfinished: None,
             staged_v2: V2Store::default(),
+            interrupted: false,
         }
     }
 
@@ -266,15 +272,32 @@ impl<B: Backend, P: Profile> Node<B, P> {
     /// one to return (a node of the reference profile is 34 KiB); it makes the node where it
     /// keeps it and opens it there.
     ///
+    /// A node that holds an unfinished restore ([`Node::unfinished`]) keeps its mark unless
+    /// every store the mark guards is read back consistent with the backend: a restore that
+    /// ended before the swap is abandoned once the old backend's state is read (as a run ending
+    /// there does), while one that ended after it stays marked whatever is read (its backend is
+    /// the new snapshot's, the v2 data and progress are only the snapshot's once [`resume`]
+    /// completes it).
+    ///
     /// # Errors
     /// The [`StoreError`] of a store that does not read back; the node must then not be used.
+    /// An unfinished restore stays marked, so the node refuses entries and restores until it is
+    /// opened again or resumed.
+    ///
+    /// [`resume`]: crate::pipeline::resume
     pub fn open_in_place(node: &mut Self, v2_data: &[u8]) -> Result<(), StoreError> {
         // The node's stores are read afresh, as `open` reads them into a new node: the
-        // membership's capabilities too, and nothing unfinished.
+        // membership's capabilities too. The unfinished mark is cleared only after the read,
+        // and only for a restore that never reached the swap.
         node.stores.membership.clear();
-        node.unfinished = None;
         node.staged_v2.clear();
-        node.read_state(v2_data)
+        node.read_state(v2_data)?;
+        // Every store now equals the backend: a request cut short is forgotten.
+        node.interrupted = false;
+        if node.unfinished.as_ref().is_some_and(|u| !u.swapped) {
+            node.unfinished = None;
+        }
+        Ok(())
     }
 
     /// Reads every store and the progress from the backend and `v2_data`, in place.
@@ -299,9 +322,18 @@ impl<B: Backend, P: Profile> Node<B, P> {
         self.unfinished.as_ref()
     }
 
-    fn refuse_if_unfinished(&self) -> Result<(), StoreError> {
+    /// Whether a request was cut short (a panic unwound out of [`Node::apply`]) and the stores
+    /// may differ from the backend: the node then refuses entries, snapshots of itself and
+    /// restores with [`StoreError::ApplyInterrupted`] until it is reopened
+    /// ([`Node::open_in_place`]).
+    pub fn interrupted(&self) -> bool {
+        self.interrupted
+    }
+
+    pub(crate) fn refuse_if_unfinished(&self) -> Result<(), StoreError> {
         match &self.unfinished {
             Some(u) => Err(StoreError::RestoreUnfinished { index: u.metadata.index }),
+            None if self.interrupted => Err(StoreError::ApplyInterrupted),
             None => Ok(()),
         }
     }
@@ -441,6 +473,9 @@ impl<B: Backend, P: Profile> Node<B, P> {
         let touches_v2 =
             matches!(request, Request::MemberAdd(_) | Request::MemberRemove { .. } | Request::MemberUpdate { .. });
         let v2_before = touches_v2.then(|| self.stores.v2.clone());
+        // Cleared below once the stores equal the backend again; a panic unwinding out of the
+        // backend or a store leaves it set (see `interrupted`).
+        self.interrupted = true;
         let mut cindex = self.stores.cindex;
         cindex.advance(index, term);
         let result = self.backend.write().map_err(StoreError::from).and_then(|mut txn| {
@@ -461,6 +496,7 @@ impl<B: Backend, P: Profile> Node<B, P> {
             // If even reading back fails, the error of the reload is the one to report: the
             // node must be reopened from its backend.
             self.reload()?;
+            self.interrupted = false;
             if !e.is_rejection() {
                 return Err(e);
             }
@@ -473,6 +509,7 @@ impl<B: Backend, P: Profile> Node<B, P> {
             self.progress.applied_term = term;
             return Err(e);
         }
+        self.interrupted = false;
         self.stores.cindex = cindex;
         self.progress.applied_index = index;
         self.progress.applied_term = term;

@@ -193,7 +193,7 @@ state!(
     Persisted { durable: Durable<'n> }
 );
 state!(
-    /// The snapshot's backend is open, its consistent index equals the snapshot's index, and the
+    /// The snapshot's backend is open, its consistent index, term and conf state are the snapshot's, and the
     /// stores installed with it at the swap have been read from it.
     BackendOpened { durable: Durable<'n>, backend: S::Backend }
 );
@@ -246,7 +246,8 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
     /// is logged. A snapshot whose index is not above both the node's applied index and its
     /// live backend's consistent index is refused with [`ApplyErrorKind::Outdated`] and changes
     /// nothing (etcd panics there). A node holding an unfinished restore refuses with
-    /// [`ApplyErrorKind::RestoreUnfinished`], calling no port.
+    /// [`ApplyErrorKind::RestoreUnfinished`], and one whose last request was cut short
+    /// ([`Node::interrupted`]) with [`StoreError::ApplyInterrupted`], calling no port.
     pub fn new(
         node: &'n mut Node<S::Backend, P>,
         ports: Ports<'n, S>,
@@ -258,6 +259,11 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
         if let Some(u) = &node.unfinished {
             let kind = ApplyErrorKind::RestoreUnfinished { index: u.metadata.index, swapped: u.swapped };
             return Err(ApplyError::new(Phase::Validate, kind));
+        }
+        if node.interrupted {
+            // A request was cut short: the stores may not be the backend's, and a restore ending
+            // before the swap would leave them so. The node is reopened first.
+            return Err(ApplyError::new(Phase::Validate, ApplyErrorKind::Store(StoreError::ApplyInterrupted)));
         }
         let Snapshot { metadata, data } = snapshot;
         Self::start(node, ports, metadata, data, false).map(Some)
@@ -302,9 +308,13 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
         // etcd compares with the applied index only; the live backend's consistent index can be
         // ahead of it (a restore swapped in and not finished), and a snapshot below it would
         // roll the node back. Completing the unfinished restore itself is the one exception.
+        // A node reopened in place while unfinished took its progress from the new backend,
+        // which is the snapshot's: completing the restore at that very index is not outdated.
         let applied = run.node.progress.applied_index;
+        let outdated =
+            if resuming { run.index < applied } else { run.index <= applied.max(run.node.stores.cindex.index()) };
         let floor = if resuming { applied } else { applied.max(run.node.stores.cindex.index()) };
-        if run.index <= floor {
+        if outdated {
             run.event(Event::OutdatedSnapshot(fields));
             let kind = ApplyErrorKind::Outdated { incoming_index: run.index, applied_index: floor };
             return Err(run.fail(Phase::Validate, kind));
@@ -434,7 +444,31 @@ impl<P: Profile, S: SnapshotStore> BackendOpened<'_, P, S> {
         if stored.index() != snapshot_index {
             return Err(ApplyErrorKind::IndexMismatch { backend_index: stored.index(), snapshot_index });
         }
+        self.check_metadata(stored.term())?;
         self.read_later()
+    }
+
+    /// The whole metadata, not only the index: the backend's term and conf state must be the
+    /// snapshot's (the run's metadata is in the node's unfinished mark). The proof names the
+    /// image by index, term and digest, but only the store vouches that the digest is this
+    /// metadata's image; a store that confirmed the ticket with another image's digest would
+    /// otherwise give the node this metadata's conf state over another backend's.
+    #[inline(never)]
+    fn check_metadata(&self, backend_term: u64) -> Result<(), ApplyErrorKind> {
+        let index = self.run.index;
+        let Some(unfinished) = &self.run.node.unfinished else {
+            return Err(ApplyErrorKind::MetadataMismatch { index });
+        };
+        let conf_matches = self
+            .backend
+            .read()
+            .map_err(StoreError::from)
+            .and_then(|t| crate::store::conf_state_is(&t, &unfinished.metadata.conf_state))
+            .map_err(ApplyErrorKind::Store)?;
+        if backend_term != self.run.term || !conf_matches {
+            return Err(ApplyErrorKind::MetadataMismatch { index });
+        }
+        Ok(())
     }
 
     /// Reads the stores installed with the new backend: alarms, auth and membership from it

@@ -9,7 +9,11 @@ use snapply_core::memports::{MemSnapshotStore, PeerTable};
 use snapply_core::ports::{Event, Phase, PortErrorKind, Ports};
 use snapply_core::store::{META_CONSISTENT_INDEX, StoreError, V2Deprecation, V2Store};
 use snapply_core::{ApplyError, ApplyErrorKind, Config, Node, Request, Snapshot, SnapshotMetadata, apply_snapshot};
-use snapply_tests::{Faulty, Op, Recorder, arm_faults, arm_one_fault, node, records, run, snapshot, state};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use snapply_tests::{
+    Faulty, Op, Recorder, arm_faults, arm_one_fault, arm_one_panic, node, records, run, snapshot, state,
+};
 
 use snapply_tests::{sample_follower as follower, sample_leader as leader};
 
@@ -424,6 +428,64 @@ fn a_transient_fault_in_any_request_leaves_the_node_as_it_was() {
             assert_eq!(state(&f), before, "request {i} with a fault at operation {n} changed the node");
             // The node still applies the request once the medium recovers.
             assert_eq!(run(&mut f, std::slice::from_ref(op), index, 1), 1, "request {i} after a fault");
+        }
+    }
+}
+
+/// A backend that panics anywhere inside a request (the panic caught by the caller) leaves a
+/// node that refuses entries, snapshots of itself and restores until it is reopened from its
+/// backend: its stores may hold effects the backend never committed (a revision, a role), and a
+/// retried request must not be answered from them. Reopened, the node is its backend's and the
+/// request applies.
+#[test]
+fn a_backend_panic_inside_a_request_leaves_a_node_that_refuses_work_until_reopened() {
+    let requests = [
+        Op::RoleAdd { role: 1 },
+        Op::Put { key: 1, value: b"v".to_vec(), lease: Some(0) },
+        Op::Revoke { lease: 0 },
+        Op::MemberAdd { id: 3, learner: true },
+    ];
+    let (md, image) = snapshot(&leader());
+    for (i, op) in requests.iter().enumerate() {
+        for (panics, n) in (0usize..).enumerate() {
+            arm_faults(None);
+            let mut f = Node::<Faulty<VecBackend>, Growable>::new(snapply_tests::config(1), Faulty::default());
+            let setup = [
+                Op::Grant { lease: 0, ttl: 30 },
+                Op::Put { key: 0, value: b"a".to_vec(), lease: Some(0) },
+                Op::MemberAdd { id: 0, learner: false },
+            ];
+            run(&mut f, &setup, 0, 1);
+            let mut v2 = Vec::new();
+            f.v2_snapshot_data(&mut v2).expect("v2 data");
+            let (records_before, stores_before, _) = state(&f);
+            let index = f.progress().applied_index;
+            arm_one_panic(n);
+            let unwound = catch_unwind(AssertUnwindSafe(|| run(&mut f, std::slice::from_ref(op), index, 1)));
+            arm_faults(None);
+            match unwound {
+                Ok(applied) => {
+                    // The panic came too late to matter: the sweep over this request is complete.
+                    assert_eq!(applied, 1, "request {i}");
+                    assert!(panics > 0, "request {i} never met a panic");
+                    assert!(!f.interrupted());
+                    break;
+                }
+                Err(_) => assert!(f.interrupted(), "request {i}, panic at operation {n}"),
+            }
+            assert_eq!(
+                f.apply(index + 1, 1, &Request::RoleAdd { name: b"r1" }),
+                Err(StoreError::ApplyInterrupted),
+                "request {i}, panic at operation {n}"
+            );
+            assert_eq!(f.snapshot_metadata(), Err(StoreError::ApplyInterrupted));
+            let err = apply(&mut f, &md, &image, &mut Recorder::default()).expect_err("a restore is refused");
+            assert_eq!(*err.kind(), ApplyErrorKind::Store(StoreError::ApplyInterrupted));
+            assert_eq!(records(f.backend()), records_before, "the backend committed nothing");
+            Node::open_in_place(&mut f, &v2).expect("reopen");
+            assert!(!f.interrupted());
+            assert_eq!(f.stores(), &stores_before, "request {i}, panic at operation {n}, reopened");
+            assert_eq!(run(&mut f, std::slice::from_ref(op), index, 1), 1, "request {i} after reopening");
         }
     }
 }

@@ -407,3 +407,124 @@ fn recovery_applies_the_followers_own_minimum_lease_ttl() {
         .expect("apply");
     assert_eq!(f.stores().lessor.leases()[0].ttl, 30);
 }
+
+/// Reopening in place a node left unfinished after the swap neither serves nor completes
+/// anything: a read that fails keeps the mark (the node is not left unmarked at its old index
+/// with the new stores), and a read that succeeds with the old v2 data keeps it too (the v2
+/// store and the progress are the snapshot's only once `resume` completes the restore).
+#[test]
+fn reopening_in_place_keeps_the_mark_of_a_restore_left_after_the_swap() {
+    let leader = sample_leader();
+    let (md, image) = snapshot(&leader);
+    let mut f = sample_follower(VecBackend::new());
+    let mut old_v2 = Vec::new();
+    f.v2_snapshot_data(&mut old_v2).expect("v2 data");
+    let mut buf = vec![0u8; MIN_BUFFER];
+    let mut storage = Store::new(&mut buf);
+    drive(&mut f, &mut storage, &mut Recorder::default(), &md, &image, 6, End::Drop);
+    assert!(f.unfinished().is_some_and(|u| u.swapped()));
+
+    // v2 data that does not decode: the read fails and the mark stays.
+    Node::open_in_place(&mut f, b"\xff\xff\xff not v2 data").expect_err("undecodable v2 data");
+    assert!(f.unfinished().is_some_and(|u| u.swapped()), "a failed read must not clear the mark");
+    assert!(put_refused(&mut f));
+    let next = f.progress().applied_index + 1;
+    assert!(matches!(f.apply(next, 1, &Request::RoleAdd { name: b"late" }), Err(StoreError::RestoreUnfinished { .. })));
+
+    // The old v2 data reads back, and the mark still stays: the node does not serve the new
+    // backend with the old v2 store.
+    Node::open_in_place(&mut f, &old_v2).expect("the state reads back");
+    assert!(f.unfinished().is_some_and(|u| u.swapped()), "the old v2 store must not be served");
+    assert!(put_refused(&mut f));
+    resume_to_leader(&mut f, &mut storage, &leader, &md);
+}
+
+/// Reopening in place a node whose restore ended before the swap, with its state unread
+/// (forgotten), reads the old state back and clears the mark, as `resume` would.
+#[test]
+fn reopening_in_place_abandons_a_restore_that_ended_before_the_swap() {
+    let leader = sample_leader();
+    let (md, image) = snapshot(&leader);
+    let mut f = sample_follower(VecBackend::new());
+    let before = state(&f);
+    let mut old_v2 = Vec::new();
+    f.v2_snapshot_data(&mut old_v2).expect("v2 data");
+    let mut buf = vec![0u8; MIN_BUFFER];
+    let mut storage = Store::new(&mut buf);
+    drive(&mut f, &mut storage, &mut Recorder::default(), &md, &image, 5, End::Forget);
+    Node::open_in_place(&mut f, b"\xff\xff\xff not v2 data").expect_err("undecodable v2 data");
+    assert!(f.unfinished().is_some(), "a failed read must not clear the mark");
+    Node::open_in_place(&mut f, &old_v2).expect("the old state reads back");
+    assert!(f.unfinished().is_none());
+    let (records_before, stores_before, progress_before) = before;
+    assert_eq!(records(f.backend()), records_before);
+    assert_eq!((&f.stores().kv, &f.stores().lessor), (&stores_before.kv, &stores_before.lessor));
+    assert_eq!(f.progress().applied_index, progress_before.applied_index);
+}
+
+/// A store that confirms every ticket with one digest, whatever it was asked to persist, and
+/// opens what the store it wraps holds under it.
+struct ConfirmsWith<'s, 'b> {
+    inner: &'s mut Store<'b>,
+    digest: [u8; 32],
+}
+
+impl snapply_core::ports::SnapshotStore for ConfirmsWith<'_, '_> {
+    type Backend = VecBackend;
+    fn persist<'r>(
+        &mut self,
+        _image: snapply_core::ImageData<'_>,
+        ticket: snapply_core::ports::PersistTicket<'r>,
+    ) -> Result<snapply_core::ports::Durable<'r>, PortError> {
+        Ok(ticket.confirm(self.digest))
+    }
+    fn open_backend(&mut self, snapshot: &snapply_core::ports::Durable<'_>) -> Result<VecBackend, PortError> {
+        self.inner.open_backend(snapshot)
+    }
+    fn v2_data(&mut self, snapshot: &snapply_core::ports::Durable<'_>) -> Result<&[u8], PortError> {
+        self.inner.v2_data(snapshot)
+    }
+    fn release_before(&mut self, applied: snapply_core::ports::ReleaseTicket<'_>) -> Result<(), PortError> {
+        self.inner.release_before(applied)
+    }
+}
+
+/// A store that confirms a snapshot's ticket with the digest of another image pinned at the
+/// same index and term (another conf state) does not get that image's backend installed under
+/// this metadata: the core compares the whole metadata with the backend it opens, and refuses
+/// before the swap.
+#[test]
+fn a_proof_naming_another_pinned_image_at_the_same_index_and_term_is_refused() {
+    let leader = sample_leader();
+    let (pinned_md, pinned_image) = snapshot(&leader);
+    let mut buf = vec![0u8; MIN_BUFFER];
+    let (_, summary) = snapply_core::image::verify(&pinned_image[..], &mut buf).expect("a valid image");
+    let mut store_buf = vec![0u8; MIN_BUFFER];
+    let mut inner = Store::new(&mut store_buf);
+    // The store pins the leader's image (a run dropped after persisting it).
+    let mut f = sample_follower(VecBackend::new());
+    drive(&mut f, &mut inner, &mut Recorder::default(), &pinned_md, &pinned_image, 1, End::Drop);
+    assert_eq!(inner.pinned().collect::<Vec<_>>(), [pinned_md.index]);
+
+    // Another snapshot at the same index and term, under another conf state.
+    let mut md = pinned_md.clone();
+    md.conf_state.voters = snapply_core::raft::IdList::from_slice(&[42, 43]).expect("room");
+    let before = state(&f);
+    let mut storage = ConfirmsWith { inner: &mut inner, digest: summary.sha256 };
+    let mut transport = PeerTable::<Growable>::default();
+    let mut obs = Recorder::default();
+    let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs };
+    let err = snapply_core::apply_snapshot(&mut f, ports, Snapshot::from_bytes(&md, &pinned_image))
+        .expect_err("another image's backend must not be installed under this metadata");
+    assert_eq!(err.phase(), Phase::OpenBackend);
+    assert_eq!(*err.kind(), ApplyErrorKind::MetadataMismatch { index: md.index });
+    assert_eq!(state(&f), before);
+    assert!(f.unfinished().is_none());
+    assert_eq!(obs.gauge, 0);
+    // The pinned snapshot itself still applies.
+    let mut obs = Recorder::default();
+    let ports = Ports { storage: &mut inner, transport: &mut transport, observer: &mut obs };
+    snapply_core::apply_snapshot(&mut f, ports, Snapshot::from_bytes(&pinned_md, &pinned_image)).expect("apply");
+    assert_eq!(f.stores(), leader.stores());
+    assert_eq!(f.progress().conf_state, pinned_md.conf_state);
+}

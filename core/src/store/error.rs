@@ -54,6 +54,10 @@ pub enum StoreError {
         /// Index of the unfinished snapshot.
         index: u64,
     },
+    /// A request was cut short inside [`crate::Node::apply`] (a panic unwound out of the
+    /// backend or a store): the stores may hold effects the backend never committed, so the
+    /// node refuses work until it is reopened from its backend ([`crate::Node::open_in_place`]).
+    ApplyInterrupted,
 }
 
 impl core::fmt::Display for StoreError {
@@ -74,6 +78,9 @@ impl core::fmt::Display for StoreError {
             StoreError::RestoreUnfinished { index } => {
                 write!(f, "the restore of snapshot {index} is unfinished; complete it with `resume` first")
             }
+            StoreError::ApplyInterrupted => f.write_str(
+                "a request was interrupted before the node's stores matched its backend; reopen the node from its backend",
+            ),
             StoreError::NoSpace => f.write_str("database space exceeded (a NOSPACE alarm is active)"),
             StoreError::CorruptAlarm => f.write_str("corrupt cluster (a CORRUPT alarm is active)"),
             StoreError::V2ContentDisallowed => {

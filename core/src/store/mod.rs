@@ -16,8 +16,8 @@ pub use auth::{
     AUTH_ENABLED_KEY, AUTH_REVISION_KEY, AuthStore, CachedPermission, Permission, PermissionType, ROOT_ROLE, Role,
     TokenProvider, User,
 };
-pub(crate) use cindex::save_conf_state;
 pub use cindex::{ConsistentIndex, META_CONF_STATE, META_CONSISTENT_INDEX, META_TERM, load_conf_state};
+pub(crate) use cindex::{conf_state_is, save_conf_state};
 pub use error::StoreError;
 pub(crate) use kv::Change;
 pub use kv::{
