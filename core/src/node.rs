@@ -202,6 +202,8 @@ pub struct Unfinished {
     pub(crate) stores_cleared: bool,
     /// The membership's capabilities when the run began, for reading the old state back.
     pub(crate) capabilities: Capabilities,
+    /// The run now driving the restore: only its tickets' proofs and pre-built stores are taken.
+    pub(crate) run: crate::ports::RunId,
 }
 
 impl Unfinished {

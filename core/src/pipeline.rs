@@ -42,7 +42,9 @@ use crate::error::{ApplyError, ApplyErrorKind};
 use crate::fmt::info;
 use crate::node::{Node, Unfinished};
 use crate::observe::{Event, Observer, Phase, SnapshotFields};
-use crate::ports::{Durable, PersistTicket, PortError, PortErrorKind, Ports, ReleaseTicket, SnapshotStore, Transport};
+use crate::ports::{
+    Durable, PersistTicket, PortError, PortErrorKind, Ports, ReleaseTicket, RunId, SnapshotStore, Transport,
+};
 use crate::raft::{Progress, SnapshotMetadata};
 use crate::snapshot::{ImageData, Snapshot};
 use crate::store::{ConsistentIndex, KvStore, Lessor, MAX_MEMBER_URLS, StoreError};
@@ -67,8 +69,11 @@ struct Run<'n, P: Profile, S: SnapshotStore> {
     reached: Option<Phase>,
     /// A failure was already reported.
     failed: bool,
-    /// The run ended: its closing events are out and the gauge is down.
+    /// The run ended: its closing events are out (or an observer panicked on one).
     ended: bool,
+    /// The in-progress gauge is up: lowered once, at the end, even if the observer panics on
+    /// the closing event (the guard's `Drop` lowers it while unwinding).
+    gauge_up: bool,
 }
 
 impl<P: Profile, S: SnapshotStore> Run<'_, P, S> {
@@ -153,13 +158,25 @@ impl<P: Profile, S: SnapshotStore> Run<'_, P, S> {
         }
         let fields = self.fields();
         self.event(Event::AppliedSnapshot(fields));
-        self.observer.in_progress(false);
+        self.lower_gauge();
+    }
+
+    /// Lowers the in-progress gauge if it is up. The flag goes first, so an observer that
+    /// panics here is not called again.
+    fn lower_gauge(&mut self) {
+        if self.gauge_up {
+            self.gauge_up = false;
+            self.observer.in_progress(false);
+        }
     }
 }
 
 impl<P: Profile, S: SnapshotStore> Drop for Run<'_, P, S> {
     fn drop(&mut self) {
         self.end();
+        // An observer that panicked on a closing event unwound out of `end` before the gauge
+        // went down (etcd's deferred `Dec` runs however the function returns).
+        self.lower_gauge();
     }
 }
 
@@ -278,14 +295,20 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
         data: ImageData<'n>,
         resuming: bool,
     ) -> Result<Self, ApplyError> {
-        if !resuming {
-            node.unfinished = Some(Unfinished {
-                metadata: metadata.clone(),
-                sha256: None,
-                swapped: false,
-                stores_cleared: false,
-                capabilities: node.stores.membership.capabilities(),
-            });
+        let run_id = RunId::next();
+        match &mut node.unfinished {
+            // Completing an unfinished restore: the mark stays, the run is a new one.
+            Some(u) if resuming => u.run = run_id,
+            _ => {
+                node.unfinished = Some(Unfinished {
+                    metadata: metadata.clone(),
+                    sha256: None,
+                    swapped: false,
+                    stores_cleared: false,
+                    capabilities: node.stores.membership.capabilities(),
+                    run: run_id,
+                });
+            }
         }
         let Ports { storage, transport, observer } = ports;
         let mut run = Run {
@@ -300,6 +323,7 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
             reached: None,
             failed: false,
             ended: false,
+            gauge_up: true,
         };
         run.observer.in_progress(true);
         run.mark = run.observer.now_micros();
@@ -369,7 +393,7 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
         let Some(unfinished) = &self.run.node.unfinished else {
             return Err(misuse("persisting without the node's unfinished mark"));
         };
-        let ticket = PersistTicket::new(&unfinished.metadata);
+        let ticket = PersistTicket::new(&unfinished.metadata, unfinished.run);
         match self.run.image.take() {
             Some(image) => {
                 let asked = match &image {
@@ -394,9 +418,10 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
             Err(e) => return Err(self.run.fail(Phase::Persist, ApplyErrorKind::Port(e))),
         };
         let other_image = asked.is_some_and(|d| d != *durable.sha256());
-        // The proof was made from this run's ticket (its brand sees to that), so its index and
-        // term are the run's unless the store is broken.
-        if durable.index() != self.run.index || durable.term() != self.run.term || other_image {
+        // The brand keeps a proof of another run out at compile time, but rustc's implied-bounds
+        // hole (#25860) lets safe code rebrand one: the run identity it carries is checked too.
+        let other_run = self.run.node.unfinished.as_ref().is_none_or(|u| u.run != durable.run());
+        if durable.index() != self.run.index || durable.term() != self.run.term || other_image || other_run {
             let kind =
                 ApplyErrorKind::PersistedOther { expected_index: self.run.index, confirmed_index: durable.index() };
             return Err(self.run.fail(Phase::Persist, kind));
@@ -556,9 +581,10 @@ impl<'n, P: Profile, S: SnapshotStore> IndexBound<'n, P, S> {
         if let Err(e) = committed {
             return Err(self.run.store_err(Phase::RestoreLease)(e));
         }
-        let Prebuilt { index, sha256, min_ttl: _, lessor, attached, kv } = prebuilt;
+        let Prebuilt { index, sha256, min_ttl, lessor, attached, kv } = prebuilt;
         self.run.node.stores.lessor = lessor;
-        Ok((self.lease_restored(), Some(PrebuiltIndex { index, sha256, attached, kv })))
+        let run = self.run.node.unfinished.as_ref().map(|u| u.run);
+        Ok((self.lease_restored(), Some(PrebuiltIndex { index, sha256, min_ttl, run, attached, kv })))
     }
 
     fn lease_restored(mut self) -> LeaseRestored<'n, P, S> {
@@ -583,10 +609,18 @@ impl<'n, P: Profile, S: SnapshotStore> LeaseRestored<'n, P, S> {
     }
 
     /// [`LeaseRestored::restore_mvcc`] with the key index built ahead of the apply: installs it
-    /// and the lessor with its keys attached, in O(1). An index of another snapshot is not
-    /// used: the key index is then rebuilt from the backend, as `restore_mvcc` does.
+    /// and the lessor with its keys attached, in O(1). An index handed back by another run (of
+    /// this node or another, whatever its snapshot and minimum lease TTL), or of another
+    /// snapshot, is not used: the key index is then rebuilt from the backend, as `restore_mvcc`
+    /// does.
     pub fn restore_mvcc_prebuilt(mut self, index: PrebuiltIndex<P>) -> Result<MvccRestored<'n, P, S>, ApplyError> {
-        if index.index != self.run.index || index.sha256 != *self.durable.sha256() {
+        let run = self.run.node.unfinished.as_ref().map(|u| u.run);
+        let fits = index.run.is_some()
+            && index.run == run
+            && index.index == self.run.index
+            && index.sha256 == *self.durable.sha256()
+            && index.min_ttl == self.run.node.config.min_lease_ttl;
+        if !fits {
             return self.restore_mvcc();
         }
         self.run.event(Event::RestoringMvccStore);
@@ -662,6 +696,9 @@ impl<P: Profile> Prebuilt<P> {
 pub struct PrebuiltIndex<P: Profile> {
     index: u64,
     sha256: [u8; 32],
+    min_ttl: i64,
+    /// The run whose lessor phase handed it back.
+    run: Option<RunId>,
     attached: Lessor<P>,
     kv: KvStore<P>,
 }

@@ -11,7 +11,7 @@ use snapply_core::image::MIN_BUFFER;
 use snapply_core::mem::VecBackend;
 use snapply_core::memports::{MemSnapshotStore, PeerTable};
 use snapply_core::pipeline::Validated;
-use snapply_core::ports::{Event, Observer, Phase, PortError, PortErrorKind, Ports, Transport};
+use snapply_core::ports::{Durable, Event, Observer, Phase, PortError, PortErrorKind, Ports, Transport};
 use snapply_core::store::{MemberId, StoreError};
 use snapply_core::{ApplyErrorKind, Node, Request, Snapshot, SnapshotMetadata, resume};
 use snapply_tests::{Op, Recorder, records, run, sample_follower, sample_leader, snapshot, state};
@@ -527,4 +527,175 @@ fn a_proof_naming_another_pinned_image_at_the_same_index_and_term_is_refused() {
     snapply_core::apply_snapshot(&mut f, ports, Snapshot::from_bytes(&pinned_md, &pinned_image)).expect("apply");
     assert_eq!(f.stores(), leader.stores());
     assert_eq!(f.progress().conf_state, pinned_md.conf_state);
+}
+
+/// An observer that panics on the last event of a successful run (`applied snapshot`) does not
+/// leave the in-progress gauge up: the run is complete, and nothing would ever lower it again
+/// (`resume` has nothing to do).
+#[test]
+fn an_observer_panicking_on_the_last_event_still_sees_the_gauge_lowered() {
+    let leader = sample_leader();
+    let (md, image) = snapshot(&leader);
+    let mut f = sample_follower(VecBackend::new());
+    let mut buf = vec![0u8; MIN_BUFFER];
+    let mut storage = Store::new(&mut buf);
+    let mut obs = Panicky { inner: Recorder::default(), at: Some("applied snapshot"), clock: false };
+    let mut transport = PeerTable::<Growable>::default();
+    let unwound = catch_unwind(AssertUnwindSafe(|| {
+        let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs };
+        snapply_core::apply_snapshot(&mut f, ports, Snapshot::from_bytes(&md, &image)).map(|o| o.is_some())
+    }));
+    assert!(unwound.is_err(), "the observer panicked");
+    assert_eq!(obs.inner.gauge, 0, "the gauge must not stay at 1");
+    assert_eq!(obs.inner.gauge_peak, 1);
+    assert!(!obs.inner.events.iter().any(|e| matches!(e, Event::Failed { .. })));
+    // The restore itself was complete.
+    assert!(f.unfinished().is_none());
+    assert_eq!(f.stores(), leader.stores());
+    let mut transport = PeerTable::<Growable>::default();
+    let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs.inner };
+    assert!(matches!(resume(&mut f, ports), Ok(None)));
+}
+
+/// rustc's implied-bounds hole (rust-lang/rust#25860), in safe code: `same` may assume `'a` and
+/// `'b` equal (each outlives the other by its argument types), and coercing it to a function
+/// pointer whose argument types are inferred never checks that they are well-formed. It
+/// rebrands a proof to any lifetime.
+fn rebrand<'a, 'b>(proof: Durable<'a>) -> Durable<'b> {
+    fn same<'a, 'b>(_: &'a &'b (), _: &'b &'a (), proof: Durable<'a>) -> Durable<'b> {
+        proof
+    }
+    const UNIT: &&() = &&();
+    let same: for<'z> fn(_, _, Durable<'z>) -> Durable<'b> = same;
+    same(UNIT, UNIT, proof)
+}
+
+/// A store that keeps the proof of the first run it persists for (refusing that run), and
+/// hands it, rebranded, to the next run.
+struct KeepsProof<'s, 'b> {
+    inner: &'s mut Store<'b>,
+    kept: Option<Durable<'static>>,
+}
+
+impl snapply_core::ports::SnapshotStore for KeepsProof<'_, '_> {
+    type Backend = VecBackend;
+    fn persist<'r>(
+        &mut self,
+        image: snapply_core::ImageData<'_>,
+        ticket: snapply_core::ports::PersistTicket<'r>,
+    ) -> Result<Durable<'r>, PortError> {
+        match self.kept.take() {
+            Some(proof) => Ok(rebrand(proof)),
+            None => {
+                let proof = self.inner.persist(image, ticket)?;
+                self.kept = Some(rebrand(proof));
+                Err(PortError::new(PortErrorKind::Io, "keeping the proof for later"))
+            }
+        }
+    }
+    fn open_backend(&mut self, snapshot: &Durable<'_>) -> Result<VecBackend, PortError> {
+        self.inner.open_backend(snapshot)
+    }
+    fn v2_data(&mut self, snapshot: &Durable<'_>) -> Result<&[u8], PortError> {
+        self.inner.v2_data(snapshot)
+    }
+    fn release_before(&mut self, applied: snapply_core::ports::ReleaseTicket<'_>) -> Result<(), PortError> {
+        self.inner.release_before(applied)
+    }
+}
+
+/// A proof rebranded from another run (rust-lang/rust#25860) for the very same snapshot (index,
+/// term, image) is refused: the brand is a compile-time check only, and the run identity the
+/// proof carries is checked at run time.
+#[test]
+fn a_proof_rebranded_from_another_run_at_the_same_index_is_refused() {
+    let leader = sample_leader();
+    let (md, image) = snapshot(&leader);
+    let mut buf = vec![0u8; MIN_BUFFER];
+    let mut inner = Store::new(&mut buf);
+    let mut storage = KeepsProof { inner: &mut inner, kept: None };
+    let mut nodes = [sample_follower(VecBackend::new()), sample_follower(VecBackend::new())];
+    let before = state(&nodes[1]);
+    for (i, node) in nodes.iter_mut().enumerate() {
+        let mut transport = PeerTable::<Growable>::default();
+        let mut obs = Recorder::default();
+        let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs };
+        let err = snapply_core::apply_snapshot(node, ports, Snapshot::from_bytes(&md, &image))
+            .expect_err("no run may proceed on another run's proof");
+        assert_eq!(err.phase(), Phase::Persist, "run {i}");
+        if i == 1 {
+            assert!(matches!(err.kind(), ApplyErrorKind::PersistedOther { .. }), "{err}");
+        }
+        assert!(node.unfinished().is_none());
+        assert_eq!(obs.gauge, 0);
+    }
+    assert_eq!(state(&nodes[1]), before);
+    assert!(storage.kept.is_none(), "the kept proof was handed to the second run");
+    // The snapshot applies through the store that holds it.
+    let [_, f] = &mut nodes;
+    let mut transport = PeerTable::<Growable>::default();
+    let mut obs = Recorder::default();
+    let ports = Ports { storage: &mut inner, transport: &mut transport, observer: &mut obs };
+    snapply_core::apply_snapshot(f, ports, Snapshot::from_bytes(&md, &image)).expect("apply");
+    assert_eq!(f.stores(), leader.stores());
+}
+
+/// The key index a lessor phase hands back is bound to its run: kept and handed to another
+/// run's key-index phase (the same snapshot, a node with another minimum lease TTL), it is not
+/// installed; that run rebuilds the key index and its leases carry its own node's minimum.
+#[test]
+fn a_prebuilt_key_index_of_another_run_is_not_installed() {
+    let mut leader = Node::<VecBackend, Growable>::new(
+        snapply_core::Config { min_lease_ttl: 1, ..snapply_tests::config(1) },
+        VecBackend::new(),
+    );
+    run(
+        &mut leader,
+        &[Op::Grant { lease: 0, ttl: 2 }, Op::Put { key: 1, value: b"v".to_vec(), lease: Some(0) }],
+        10,
+        1,
+    );
+    let (md, image) = snapshot(&leader);
+    let mut buf = vec![0u8; MIN_BUFFER];
+    let (_, summary) = snapply_core::image::verify(&image[..], &mut buf).expect("a valid image");
+    let config = |ttl| snapply_core::Config { min_lease_ttl: ttl, ..snapply_tests::config(2) };
+
+    // Run A, on a node whose minimum is 1: its lessor phase hands back the key index, kept.
+    let mut a = Node::<VecBackend, Growable>::new(config(1), VecBackend::new());
+    let mut store_buf = vec![0u8; MIN_BUFFER];
+    let mut storage = Store::new(&mut store_buf);
+    let kept = {
+        let mut transport = PeerTable::<Growable>::default();
+        let mut obs = Recorder::default();
+        let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs };
+        let v = Validated::new(&mut a, ports, Snapshot::from_bytes(&md, &image)).expect("valid").expect("not empty");
+        let bound = v.persist().expect("persist").open_backend().expect("open").bind_index().expect("bind");
+        let prebuilt = snapply_core::pipeline::Prebuilt::<Growable>::build(leader.backend(), summary.sha256, 1)
+            .expect("build")
+            .expect("no scheduled compaction");
+        let (_leases, index) = bound.restore_lease_prebuilt(prebuilt).expect("lease");
+        index.expect("the pre-built stores fit run A")
+    };
+
+    // Run B, on a node whose minimum is 30, same snapshot, same store: A's key index is refused.
+    let mut b = Node::<VecBackend, Growable>::new(config(30), VecBackend::new());
+    let mut transport = PeerTable::<Growable>::default();
+    let mut obs = Recorder::default();
+    let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs };
+    let v = Validated::new(&mut b, ports, Snapshot::from_bytes(&md, &image)).expect("valid").expect("not empty");
+    let leases = v.persist().expect("persist").open_backend().expect("open").bind_index().expect("bind");
+    let mvcc = leases.restore_lease().expect("lease").restore_mvcc_prebuilt(kept).expect("mvcc");
+    let (swapped, _old) = mvcc.swap_backend();
+    let applied = swapped
+        .restore_alarms()
+        .restore_auth()
+        .restore_v2()
+        .restore_cluster()
+        .update_peers()
+        .expect("peers")
+        .finish()
+        .expect("finish");
+    drop(applied);
+    let lease = b.stores().lessor.leases().first().map(|l| l.ttl);
+    assert_eq!(lease, Some(30), "the lease carries run B's node's minimum TTL");
 }
