@@ -32,7 +32,7 @@
 //! other than at `Applied` (an error, a dropped state, a panic unwinding out of a port) and a
 //! run whose state is forgotten (`mem::forget`) leave the mark: the node then refuses
 //! [`Node::apply`] and new restores until [`resume`] completes the restore from the durable
-//! snapshot. Such a run reports [`Event::Failed`] naming the phase it did not reach; the gauge
+//! snapshot, or the same snapshot is sent again and completes it from its image. Such a run reports [`Event::Failed`] naming the phase it did not reach; the gauge
 //! goes to 0 and `applied snapshot` is logged on every exit but a forgotten state (etcd's
 //! `defer`).
 
@@ -263,7 +263,9 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
     /// is logged. A snapshot whose index is not above both the node's applied index and its
     /// live backend's consistent index is refused with [`ApplyErrorKind::Outdated`] and changes
     /// nothing (etcd panics there). A node holding an unfinished restore refuses with
-    /// [`ApplyErrorKind::RestoreUnfinished`], and one whose last request was cut short
+    /// [`ApplyErrorKind::RestoreUnfinished`] any snapshot but that one (the same metadata,
+    /// which completes the restore from the image given, as [`resume`] does from the persisted
+    /// one), and one whose last request was cut short
     /// ([`Node::interrupted`]) with [`StoreError::ApplyInterrupted`], calling no port.
     pub fn new(
         node: &'n mut Node<S::Backend, P>,
@@ -273,9 +275,23 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
         if snapshot.is_empty() {
             return Ok(None);
         }
+        let mut resuming = false;
         if let Some(u) = &node.unfinished {
-            let kind = ApplyErrorKind::RestoreUnfinished { index: u.metadata.index, swapped: u.swapped };
-            return Err(ApplyError::new(Phase::Validate, kind));
+            // The very snapshot being restored, sent again (the leader retries it), completes
+            // the restore from its image: so a node whose persisted copy was lost (deleted by a
+            // broken store, a damaged medium) is never stuck unfinished. Any other is refused.
+            let unfinished = (u.metadata.index, u.swapped);
+            if u.metadata != *snapshot.metadata {
+                let kind = ApplyErrorKind::RestoreUnfinished { index: unfinished.0, swapped: unfinished.1 };
+                return Err(ApplyError::new(Phase::Validate, kind));
+            }
+            if unfinished.1 {
+                resuming = true;
+            } else if node.abandon_before_swap().is_err() || node.unfinished.is_some() {
+                // Before the swap the old state is read back first, as `resume` does.
+                let kind = ApplyErrorKind::RestoreUnfinished { index: unfinished.0, swapped: false };
+                return Err(ApplyError::new(Phase::Validate, kind));
+            }
         }
         if node.interrupted {
             // A request was cut short: the stores may not be the backend's, and a restore ending
@@ -283,7 +299,7 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
             return Err(ApplyError::new(Phase::Validate, ApplyErrorKind::Store(StoreError::ApplyInterrupted)));
         }
         let Snapshot { metadata, data } = snapshot;
-        Self::start(node, ports, metadata, data, false).map(Some)
+        Self::start(node, ports, metadata, data, resuming).map(Some)
     }
 
     /// Marks the node, then calls the ports: the guard that ends the run exists before any

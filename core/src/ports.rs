@@ -218,7 +218,10 @@ pub trait SnapshotStore {
     fn v2_data(&mut self, snapshot: &Durable<'_>) -> Result<&[u8], PortError>;
 
     /// The snapshot `applied` names is applied: it and newer ones stay, older ones may be
-    /// deleted. Only the pipeline's last phase can make the ticket.
+    /// deleted. Only the pipeline's last phase can make the ticket, but a store that hands it on
+    /// can give it to another store: a store releases only if it holds the snapshot the ticket
+    /// names (index, term, image digest and, where it confirmed the run's ticket itself, the
+    /// run: [`ReleaseTicket::run`]) and refuses the ticket otherwise, deleting nothing.
     fn release_before(&mut self, applied: ReleaseTicket<'_>) -> Result<(), PortError>;
 }
 

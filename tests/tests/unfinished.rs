@@ -699,3 +699,90 @@ fn a_prebuilt_key_index_of_another_run_is_not_installed() {
     let lease = b.stores().lessor.leases().first().map(|l| l.ttl);
     assert_eq!(lease, Some(30), "the lease carries run B's node's minimum TTL");
 }
+
+/// A store that hands every release ticket to another store (a throwaway run's store, holding
+/// a reference to a victim's).
+struct ReleasesInto<'s, 'v, 'b> {
+    own: &'s mut Store<'b>,
+    victim: &'v mut Store<'b>,
+}
+
+impl snapply_core::ports::SnapshotStore for ReleasesInto<'_, '_, '_> {
+    type Backend = VecBackend;
+    fn persist<'r>(
+        &mut self,
+        image: snapply_core::ImageData<'_>,
+        ticket: snapply_core::ports::PersistTicket<'r>,
+    ) -> Result<Durable<'r>, PortError> {
+        self.own.persist(image, ticket)
+    }
+    fn open_backend(&mut self, snapshot: &Durable<'_>) -> Result<VecBackend, PortError> {
+        self.own.open_backend(snapshot)
+    }
+    fn v2_data(&mut self, snapshot: &Durable<'_>) -> Result<&[u8], PortError> {
+        self.own.v2_data(snapshot)
+    }
+    fn release_before(&mut self, applied: snapply_core::ports::ReleaseTicket<'_>) -> Result<(), PortError> {
+        self.victim.release_before(applied)
+    }
+}
+
+/// A release ticket unpins only in the store whose run it ends: handed by a throwaway run's
+/// store to a victim's, whose node waits to complete a restore, it is refused and the victim's
+/// pending snapshot stays, so `resume` completes the restore. And a node whose pending
+/// snapshot is gone after all accepts that same snapshot again, which completes it.
+#[test]
+fn a_release_ticket_of_another_stores_run_does_not_unpin_a_pending_snapshot() {
+    let leader = sample_leader();
+    let (md, image) = snapshot(&leader);
+    let (newer_md, newer_image) = {
+        let mut l = sample_leader();
+        run(&mut l, &[Op::Put { key: 7, value: b"later".to_vec(), lease: None }], md.index, md.term);
+        snapshot(&l)
+    };
+    assert!(newer_md.index > md.index);
+    let mut victim_buf = vec![0u8; MIN_BUFFER];
+    let mut victim_store = Store::new(&mut victim_buf);
+    let mut victim = sample_follower(VecBackend::new());
+    drive(&mut victim, &mut victim_store, &mut Recorder::default(), &md, &image, 6, End::Drop);
+    assert!(victim.unfinished().is_some_and(|u| u.swapped()));
+
+    // A throwaway run of a newer snapshot, whose store releases into the victim's.
+    let mut own_buf = vec![0u8; MIN_BUFFER];
+    let mut own = Store::new(&mut own_buf);
+    let mut throwaway = sample_follower(VecBackend::new());
+    let mut storage = ReleasesInto { own: &mut own, victim: &mut victim_store };
+    let mut transport = PeerTable::<Growable>::default();
+    let mut obs = Recorder::default();
+    let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs };
+    let err = snapply_core::apply_snapshot(&mut throwaway, ports, Snapshot::from_bytes(&newer_md, &newer_image))
+        .expect_err("the victim's store refuses another store's release ticket");
+    assert_eq!(err.phase(), Phase::Finish);
+    assert_eq!(victim_store.pinned().collect::<Vec<_>>(), [md.index], "the pending snapshot stays pinned");
+    resume_to_leader(&mut victim, &mut victim_store, &leader, &md);
+
+    // Had the pending snapshot been lost, the same snapshot sent again completes the restore;
+    // another one is still refused.
+    let mut f = sample_follower(VecBackend::new());
+    let mut buf = vec![0u8; MIN_BUFFER];
+    let mut first = Store::new(&mut buf);
+    drive(&mut f, &mut first, &mut Recorder::default(), &md, &image, 6, End::Drop);
+    let err = snapply_tests::apply_in_memory::<VecBackend, Growable, Vec<u8>>(
+        &mut f,
+        &newer_md,
+        &newer_image,
+        &mut Recorder::default(),
+    )
+    .0
+    .expect_err("another snapshot is refused while unfinished");
+    assert!(matches!(err.kind(), ApplyErrorKind::RestoreUnfinished { .. }));
+    // A fresh store, which holds nothing: the image is persisted again.
+    let mut obs = Recorder::default();
+    let (result, _) = snapply_tests::apply_in_memory::<VecBackend, Growable, Vec<u8>>(&mut f, &md, &image, &mut obs);
+    result.expect("the same snapshot completes the restore").expect("not empty");
+    assert!(f.unfinished().is_none());
+    assert_eq!(f.stores(), leader.stores());
+    assert_eq!(records(f.backend()), records(leader.backend()));
+    assert_eq!(f.progress().applied_index, md.index);
+    assert_eq!(obs.gauge, 0);
+}
