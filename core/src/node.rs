@@ -467,6 +467,7 @@ impl<B: Backend, P: Profile> Node<B, P> {
         if index <= self.progress.applied_index {
             return Ok(self.stores.kv.current_revision());
         }
+        refuse_unrestorable(request)?;
         // The stores change in place, as the request is written into the transaction. If
         // anything fails, the transaction is dropped, so the backend is as it was, and the stores
         // are read back from it: they always equal what recovering from the backend gives (the
@@ -544,6 +545,17 @@ impl<B: Backend, P: Profile> Node<B, P> {
     /// Writes the v2 store's snapshot data into `out`.
     pub fn v2_snapshot_data<S: crate::collections::Seq<u8>>(&self, out: &mut S) -> Result<(), StoreError> {
         self.stores.v2.save(out)
+    }
+}
+
+/// Refuses, before anything changes, a request whose result a snapshot could not carry to a
+/// node of any profile: a member with more peer URLs than the transport takes. Its error is not
+/// a rejection, so the entry is not applied (see [`Node::apply`]).
+fn refuse_unrestorable(request: &Request<'_>) -> Result<(), StoreError> {
+    match request {
+        Request::MemberAdd(member) => crate::store::check_peer_urls(member.peer_urls.len()),
+        Request::MemberUpdate { peer_urls, .. } => crate::store::check_peer_urls(peer_urls.len()),
+        _ => Ok(()),
     }
 }
 
@@ -1169,7 +1181,7 @@ mod tests {
             &Request::MemberAdd(NewMember {
                 id: 5,
                 name: b"e",
-                peer_urls: &urls,
+                peer_urls: &urls[..crate::store::MAX_MEMBER_URLS],
                 client_urls: &urls,
                 is_learner: false,
             }),
@@ -1178,7 +1190,33 @@ mod tests {
         assert_eq!(AuthStore::<Growable>::recover(n.backend()).unwrap(), n.stores().auth);
         assert_eq!(n.stores().auth.roles()[0].permissions.len(), 40);
         let m = Membership::<Growable>::recover(n.backend()).unwrap();
-        assert_eq!(m.member(5).map(|m| m.peer_urls.len()), Some(12));
+        assert_eq!(m.member(5).map(|m| (m.peer_urls.len(), m.client_urls.len())), Some((8, 12)));
+    }
+
+    /// A member with more peer URLs than a follower's transport takes would make a snapshot
+    /// every follower refuses: the request is refused, typed, and nothing changes (not even the
+    /// applied index: the entry is not applied).
+    #[test]
+    fn a_member_no_follower_could_restore_is_refused_and_changes_nothing() {
+        let mut n = node();
+        let urls: std::vec::Vec<std::vec::Vec<u8>> =
+            (0..9).map(|i| format!("http://10.0.0.{i}:2380").into_bytes()).collect();
+        let urls: std::vec::Vec<&[u8]> = urls.iter().map(|u| u.as_slice()).collect();
+        let add = |peer_urls| {
+            Request::MemberAdd(NewMember { id: 5, name: b"e", peer_urls, client_urls: &[], is_learner: false })
+        };
+        let before = (n.stores().clone(), n.progress().clone(), crate::backend::dump(&n.backend().read().unwrap()));
+        let next = n.progress().applied_index + 1;
+        let err = n.apply(next, 1, &add(&urls)).unwrap_err();
+        assert!(matches!(err, StoreError::Capacity(c) if c.what.contains("at most 8")), "{err}");
+        assert!(!err.is_rejection());
+        let after = (n.stores().clone(), n.progress().clone(), crate::backend::dump(&n.backend().read().unwrap()));
+        assert_eq!(after, before);
+        // Eight are taken, and a move to nine is refused as well.
+        n.apply(next, 1, &add(&urls[..8])).unwrap();
+        let r = n.apply(next + 1, 1, &Request::MemberUpdate { id: 5, peer_urls: &urls });
+        assert!(matches!(r, Err(StoreError::Capacity(_))), "{r:?}");
+        assert_eq!(n.stores().membership.member(5).map(|m| m.peer_urls.len()), Some(8));
     }
 
     #[test]

@@ -533,10 +533,8 @@ impl<P: Profile, S: SnapshotStore> BackendOpened<'_, P, S> {
         // The transport port takes a member's peer URLs as one fixed array (the core has no
         // heap): a member with more is refused here, before the swap, rather than cut short when
         // the peers are updated after it.
-        if self.run.node.stores.membership.members().iter().any(|m| m.peer_urls.as_slice().len() > MAX_MEMBER_URLS) {
-            return Err(ApplyErrorKind::Store(StoreError::Capacity(crate::collections::CapacityError {
-                what: "peer URLs of one member handed to the transport (at most 8)",
-            })));
+        for m in self.run.node.stores.membership.members() {
+            crate::store::check_peer_urls(m.peer_urls.as_slice().len()).map_err(ApplyErrorKind::Store)?;
         }
         Ok(())
     }

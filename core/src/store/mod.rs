@@ -27,7 +27,7 @@ pub use kv::{
 pub use lease::{Expiry, Lease, LeaseId, LeaseItem, Lessor, MAX_LEASE_TTL};
 pub use membership::{
     CLUSTER_VERSION_KEY, Capabilities, DOWNGRADE_KEY, Downgrade, MAX_LEARNERS, MAX_MEMBER_URLS, Member, MemberId,
-    Membership, NewMember, Version, member_key,
+    Membership, NewMember, Version, check_peer_urls, member_key,
 };
 pub use v2::{CLUSTER_PREFIX, V2Deprecation, V2Node, V2Store};
 
