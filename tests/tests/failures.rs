@@ -607,3 +607,53 @@ fn a_member_with_more_peer_urls_than_the_transport_takes_is_refused_before_the_s
     assert_eq!(state(&follower), before, "the follower keeps its old state");
     assert_eq!(peers, PeerTable::<Growable>::default(), "no peer was touched");
 }
+
+/// Every key etcd holds is carried on a host: keys of 65,536, 70,000 and 1,000,000 bytes (etcd
+/// 3.4 accepts them under its default request limit) are put, snapshotted and restored. A
+/// device's profile holds keys up to its key arena's size: a longer one in a snapshot is
+/// refused, typed and naming the limit (not as a corrupt record), before the swap.
+#[test]
+fn keys_longer_than_65535_bytes_restore_on_hosts_and_are_refused_by_name_on_devices() {
+    let mut leader = node(1);
+    let keys: Vec<Vec<u8>> = [65_536usize, 70_000, 1_000_000].iter().map(|n| vec![b'k'; *n]).collect();
+    for (i, key) in keys.iter().enumerate() {
+        let index = 100 + i as u64;
+        let value = format!("v{i}").into_bytes();
+        leader.apply(index, 1, &Request::Put { key, value: &value, lease: 0 }).expect("a long key is put");
+    }
+    assert_eq!(snapply_core::store::check_backend::<Growable, _>(leader.backend()), Ok(()));
+    let (md, image) = snapshot(&leader);
+    let mut buf = vec![0u8; image::buffer_for(image::MAX_KEY_LEN, 1_100_000)];
+    let mut storage = MemSnapshotStore::<VecBackend, Vec<u8>>::new(&mut buf);
+    let mut f = follower(VecBackend::new());
+    let mut transport = PeerTable::<Growable>::default();
+    let mut obs = Recorder::default();
+    let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs };
+    apply_snapshot(&mut f, ports, Snapshot::from_bytes(&md, &image)).expect("restores on a host").expect("not empty");
+    assert_eq!(f.stores().kv, leader.stores().kv);
+    assert_eq!(records(f.backend()), records(leader.backend()));
+
+    // A device whose key arena is 2 KiB: a snapshot with a 4 KiB key is refused by name.
+    type Device = Fixed<16, 64>;
+    let limit = snapply_core::store::max_key_len::<Device>();
+    assert_eq!(limit, 2048);
+    let mut small = node(1);
+    let long = vec![b'x'; 4096];
+    small.apply(10, 1, &Request::Put { key: &long, value: b"v", lease: 0 }).expect("a host holds it");
+    let (md, image) = snapshot(&small);
+    let mut d = Node::<VecBackend, Device>::new(snapply_tests::config(2), VecBackend::new());
+    d.apply(1, 1, &Request::Put { key: b"mine", value: b"v", lease: 0 }).expect("put");
+    let before = state(&d);
+    let err =
+        snapply_tests::apply_in_memory::<VecBackend, Device, Vec<u8>>(&mut d, &md, &image, &mut Recorder::default())
+            .0
+            .expect_err("a key longer than the device's key arena");
+    assert_eq!(err.phase(), Phase::RestoreMvcc);
+    assert_eq!(*err.kind(), ApplyErrorKind::Store(StoreError::KeyTooLong { len: 4096, limit: 2048 }));
+    assert!(err.to_string().contains("2048 bytes"), "{err}");
+    assert_eq!(state(&d), before);
+    // A put of such a key is refused on the device too, and changes nothing.
+    let r = d.apply(2, 1, &Request::Put { key: &long, value: b"v", lease: 0 });
+    assert!(matches!(r, Err(StoreError::KeyTooLong { .. } | StoreError::Capacity(_))), "{r:?}");
+    assert_eq!((records(d.backend()), d.stores().clone()), (before.0, before.1));
+}

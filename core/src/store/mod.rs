@@ -22,7 +22,7 @@ pub use error::StoreError;
 pub(crate) use kv::Change;
 pub use kv::{
     IndexEntry, KeyValue, KvStore, META_FINISHED_COMPACT, META_SCHEDULED_COMPACT, REV_KEY_LEN, Revision,
-    TOMBSTONE_MARK, parse_revision_key, revision_key,
+    TOMBSTONE_MARK, max_key_len, parse_revision_key, revision_key,
 };
 pub use lease::{Expiry, Lease, LeaseId, LeaseItem, Lessor, MAX_LEASE_TTL};
 pub use membership::{
@@ -45,6 +45,10 @@ pub fn check_backend<P: crate::collections::Profile, B: crate::backend::Backend>
     KvStore::<P>::load(&txn, &mut lessor)?;
     AlarmStore::<P>::load(&txn)?;
     AuthStore::<P>::load(&txn)?;
-    Membership::<P>::load(&txn)?;
+    let membership = Membership::<P>::load(&txn)?;
+    // What the open phase refuses too: every check a restore makes is one `verify` makes.
+    for m in membership.members() {
+        check_peer_urls(crate::collections::Seq::len(&m.peer_urls))?;
+    }
     Ok(())
 }
