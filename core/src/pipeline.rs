@@ -32,9 +32,10 @@
 //! other than at `Applied` (an error, a dropped state, a panic unwinding out of a port) and a
 //! run whose state is forgotten (`mem::forget`) leave the mark: the node then refuses
 //! [`Node::apply`] and new restores until [`resume`] completes the restore from the durable
-//! snapshot, or the same snapshot is sent again and completes it from its image. Such a run reports [`Event::Failed`] naming the phase it did not reach; the gauge
-//! goes to 0 and `applied snapshot` is logged on every exit but a forgotten state (etcd's
-//! `defer`).
+//! snapshot, or the same snapshot is sent again and completes it from its image. Such a run
+//! reports [`Event::Failed`] naming the phase it did not reach; the gauge goes to 0 (even if
+//! the observer panics on a closing event) and `applied snapshot` is logged on every exit but a
+//! forgotten state (etcd's `defer`).
 
 use crate::backend::Backend;
 use crate::collections::{Profile, Seq};
@@ -210,8 +211,8 @@ state!(
     Persisted { durable: Durable<'n> }
 );
 state!(
-    /// The snapshot's backend is open, its consistent index, term and conf state are the snapshot's, and the
-    /// stores installed with it at the swap have been read from it.
+    /// The snapshot's backend is open, its consistent index, term and conf state are the
+    /// snapshot's, and the stores installed with it at the swap have been read from it.
     BackendOpened { durable: Durable<'n>, backend: S::Backend }
 );
 state!(
