@@ -30,6 +30,10 @@ pub struct CapacityFull;
 ///
 /// Implemented for `heapless::Vec<T, N>` and (feature `alloc`) `alloc::vec::Vec<T>`.
 pub trait Seq<T>: Default + Clone + PartialEq + Debug + sealed::Sealed {
+    /// The most elements it can hold: `N` for `heapless::Vec<T, N>`, `usize::MAX` for a growable
+    /// one (bounded by memory only).
+    const CAPACITY: usize;
+
     /// The elements, in order.
     fn as_slice(&self) -> &[T];
     /// The elements, mutably.
@@ -70,6 +74,8 @@ mod sealed {
 }
 
 impl<T: Clone + PartialEq + Debug, const N: usize> Seq<T> for heapless::Vec<T, N> {
+    const CAPACITY: usize = N;
+
     fn as_slice(&self) -> &[T] {
         self
     }
@@ -101,6 +107,8 @@ impl<T: Clone + PartialEq + Debug, const N: usize> Seq<T> for heapless::Vec<T, N
 
 #[cfg(feature = "alloc")]
 impl<T: Clone + PartialEq + Debug> Seq<T> for alloc::vec::Vec<T> {
+    const CAPACITY: usize = usize::MAX;
+
     fn as_slice(&self) -> &[T] {
         self
     }

@@ -91,6 +91,13 @@ pub enum ApplyErrorKind {
         /// The snapshot's index.
         snapshot_index: u64,
     },
+    /// The snapshot's backend holds its index but another term or conf state than the
+    /// snapshot's metadata: the snapshot store opened another snapshot's backend (a store that
+    /// confirmed a ticket with another image's digest).
+    MetadataMismatch {
+        /// The snapshot's index.
+        index: u64,
+    },
     /// The snapshot store or the transport failed.
     Port(PortError),
     /// A store could not be restored.
@@ -147,6 +154,10 @@ impl core::fmt::Display for ApplyError {
             ApplyErrorKind::IndexMismatch { backend_index, snapshot_index } => write!(
                 f,
                 "snapshot backend consistent index {backend_index} does not match snapshot index {snapshot_index}"
+            ),
+            ApplyErrorKind::MetadataMismatch { index } => write!(
+                f,
+                "snapshot backend at index {index} holds another term or conf state than the snapshot's metadata"
             ),
             ApplyErrorKind::RestoreUnfinished { index, swapped } => write!(
                 f,

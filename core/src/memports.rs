@@ -7,7 +7,7 @@
 use crate::backend::{Backend, BackendError, BackendErrorKind, WriteTxn};
 use crate::collections::{Profile, Seq};
 use crate::image;
-use crate::ports::{Durable, PersistTicket, PortError, PortErrorKind, ReleaseTicket, SnapshotStore, Transport};
+use crate::ports::{Durable, PersistTicket, PortError, PortErrorKind, ReleaseTicket, RunId, SnapshotStore, Transport};
 use crate::raft::SnapshotMetadata;
 use crate::snapshot::ImageData;
 use crate::store::MemberId;
@@ -17,6 +17,8 @@ use crate::store::MemberId;
 struct Pinned<B, V> {
     metadata: SnapshotMetadata,
     sha256: [u8; 32],
+    /// The last run whose ticket was confirmed for it: only that run's release ticket releases.
+    run: RunId,
     backend: B,
     v2: V,
 }
@@ -100,8 +102,11 @@ impl<B: Backend + Default + Clone, V: Seq<u8>, const K: usize> SnapshotStore for
             // Already persisted (a retry, or completing an unfinished restore): the pinned copy is
             // the snapshot, if it is this very snapshot: the same metadata and image.
             let digest = self.digest_of(image)?;
-            return match self.pinned.get(i) {
-                Some(p) if p.metadata == *metadata && p.sha256 == digest => Ok(ticket.confirm(digest)),
+            return match self.pinned.get_mut(i) {
+                Some(p) if p.metadata == *metadata && p.sha256 == digest => {
+                    p.run = ticket.run();
+                    Ok(ticket.confirm(digest))
+                }
                 _ => Err(PortError::new(
                     PortErrorKind::Corrupt,
                     "persisting a snapshot whose index and term are held with another metadata or image",
@@ -157,7 +162,7 @@ impl<B: Backend + Default + Clone, V: Seq<u8>, const K: usize> SnapshotStore for
             }
         }
         self.pinned
-            .push(Pinned { metadata: ticket.metadata().clone(), sha256, backend, v2 })
+            .push(Pinned { metadata: ticket.metadata().clone(), sha256, run: ticket.run(), backend, v2 })
             .map_err(|_| PortError::new(PortErrorKind::Full, "pinning a snapshot"))?;
         Ok(ticket.confirm(sha256))
     }
@@ -170,7 +175,22 @@ impl<B: Backend + Default + Clone, V: Seq<u8>, const K: usize> SnapshotStore for
         Ok(self.find(snapshot)?.v2.as_slice())
     }
 
+    /// Releases only for a snapshot this store holds and confirmed for the very run that
+    /// applied it: a release ticket of a run whose persist this store never confirmed (another
+    /// store's run, its ticket handed on) unpins nothing here and is refused.
     fn release_before(&mut self, applied: ReleaseTicket<'_>) -> Result<(), PortError> {
+        let ours = self.pinned.iter().any(|p| {
+            p.metadata.index == applied.index()
+                && p.metadata.term == applied.term()
+                && p.sha256 == *applied.sha256()
+                && p.run == applied.run()
+        });
+        if !ours {
+            return Err(PortError::new(
+                PortErrorKind::Misuse,
+                "releasing snapshots for a run whose snapshot this store did not persist",
+            ));
+        }
         self.applied = self.applied.max(applied.index());
         let floor = self.applied;
         self.pinned.retain(|p| p.metadata.index >= floor);

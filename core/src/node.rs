@@ -202,6 +202,8 @@ pub struct Unfinished {
     pub(crate) stores_cleared: bool,
     /// The membership's capabilities when the run began, for reading the old state back.
     pub(crate) capabilities: Capabilities,
+    /// The run now driving the restore: only its tickets' proofs and pre-built stores are taken.
+    pub(crate) run: crate::ports::RunId,
 }
 
 impl Unfinished {
@@ -234,6 +236,11 @@ pub struct Node<B: Backend, P: Profile> {
     /// ends before the swap: the new one waits here, in the node's memory, rather than being
     /// carried through every phase on the stack.
     pub(crate) staged_v2: V2Store<P>,
+    /// Set while [`Node::apply`] changes the stores in place, cleared once they equal the
+    /// backend again (committed, or read back from it). Still set, a request was cut short
+    /// (a panic unwound out of a backend or a store): the stores may hold effects the backend
+    /// never committed, so the node refuses work until it is reopened.
+    pub(crate) interrupted: bool,
 }
 
 impl<B: Backend, P: Profile> Node<B, P> {
@@ -246,6 +253,7 @@ impl<B: Backend, P: Profile> Node<B, P> {
             progress: Progress::default(),
             unfinished: None,
             staged_v2: V2Store::default(),
+            interrupted: false,
         }
     }
 
@@ -266,15 +274,32 @@ impl<B: Backend, P: Profile> Node<B, P> {
     /// one to return (a node of the reference profile is 34 KiB); it makes the node where it
     /// keeps it and opens it there.
     ///
+    /// A node that holds an unfinished restore ([`Node::unfinished`]) keeps its mark unless
+    /// every store the mark guards is read back consistent with the backend: a restore that
+    /// ended before the swap is abandoned once the old backend's state is read (as a run ending
+    /// there does), while one that ended after it stays marked whatever is read (its backend is
+    /// the new snapshot's, the v2 data and progress are only the snapshot's once [`resume`]
+    /// completes it).
+    ///
     /// # Errors
     /// The [`StoreError`] of a store that does not read back; the node must then not be used.
+    /// An unfinished restore stays marked, so the node refuses entries and restores until it is
+    /// opened again or resumed.
+    ///
+    /// [`resume`]: crate::pipeline::resume
     pub fn open_in_place(node: &mut Self, v2_data: &[u8]) -> Result<(), StoreError> {
         // The node's stores are read afresh, as `open` reads them into a new node: the
-        // membership's capabilities too, and nothing unfinished.
+        // membership's capabilities too. The unfinished mark is cleared only after the read,
+        // and only for a restore that never reached the swap.
         node.stores.membership.clear();
-        node.unfinished = None;
         node.staged_v2.clear();
-        node.read_state(v2_data)
+        node.read_state(v2_data)?;
+        // Every store now equals the backend: a request cut short is forgotten.
+        node.interrupted = false;
+        if node.unfinished.as_ref().is_some_and(|u| !u.swapped) {
+            node.unfinished = None;
+        }
+        Ok(())
     }
 
     /// Reads every store and the progress from the backend and `v2_data`, in place.
@@ -299,9 +324,18 @@ impl<B: Backend, P: Profile> Node<B, P> {
         self.unfinished.as_ref()
     }
 
-    fn refuse_if_unfinished(&self) -> Result<(), StoreError> {
+    /// Whether a request was cut short (a panic unwound out of [`Node::apply`]) and the stores
+    /// may differ from the backend: the node then refuses entries, snapshots of itself and
+    /// restores with [`StoreError::ApplyInterrupted`] until it is reopened
+    /// ([`Node::open_in_place`]).
+    pub fn interrupted(&self) -> bool {
+        self.interrupted
+    }
+
+    pub(crate) fn refuse_if_unfinished(&self) -> Result<(), StoreError> {
         match &self.unfinished {
             Some(u) => Err(StoreError::RestoreUnfinished { index: u.metadata.index }),
+            None if self.interrupted => Err(StoreError::ApplyInterrupted),
             None => Ok(()),
         }
     }
@@ -433,6 +467,7 @@ impl<B: Backend, P: Profile> Node<B, P> {
         if index <= self.progress.applied_index {
             return Ok(self.stores.kv.current_revision());
         }
+        refuse_unrestorable(request)?;
         // The stores change in place, as the request is written into the transaction. If
         // anything fails, the transaction is dropped, so the backend is as it was, and the stores
         // are read back from it: they always equal what recovering from the backend gives (the
@@ -441,6 +476,9 @@ impl<B: Backend, P: Profile> Node<B, P> {
         let touches_v2 =
             matches!(request, Request::MemberAdd(_) | Request::MemberRemove { .. } | Request::MemberUpdate { .. });
         let v2_before = touches_v2.then(|| self.stores.v2.clone());
+        // Cleared below once the stores equal the backend again; a panic unwinding out of the
+        // backend or a store leaves it set (see `interrupted`).
+        self.interrupted = true;
         let mut cindex = self.stores.cindex;
         cindex.advance(index, term);
         let result = self.backend.write().map_err(StoreError::from).and_then(|mut txn| {
@@ -461,6 +499,7 @@ impl<B: Backend, P: Profile> Node<B, P> {
             // If even reading back fails, the error of the reload is the one to report: the
             // node must be reopened from its backend.
             self.reload()?;
+            self.interrupted = false;
             if !e.is_rejection() {
                 return Err(e);
             }
@@ -473,6 +512,7 @@ impl<B: Backend, P: Profile> Node<B, P> {
             self.progress.applied_term = term;
             return Err(e);
         }
+        self.interrupted = false;
         self.stores.cindex = cindex;
         self.progress.applied_index = index;
         self.progress.applied_term = term;
@@ -505,6 +545,17 @@ impl<B: Backend, P: Profile> Node<B, P> {
     /// Writes the v2 store's snapshot data into `out`.
     pub fn v2_snapshot_data<S: crate::collections::Seq<u8>>(&self, out: &mut S) -> Result<(), StoreError> {
         self.stores.v2.save(out)
+    }
+}
+
+/// Refuses, before anything changes, a request whose result a snapshot could not carry to a
+/// node of any profile: a member with more peer URLs than the transport takes. Its error is not
+/// a rejection, so the entry is not applied (see [`Node::apply`]).
+fn refuse_unrestorable(request: &Request<'_>) -> Result<(), StoreError> {
+    match request {
+        Request::MemberAdd(member) => crate::store::check_peer_urls(member.peer_urls.len()),
+        Request::MemberUpdate { peer_urls, .. } => crate::store::check_peer_urls(peer_urls.len()),
+        _ => Ok(()),
     }
 }
 
@@ -1130,7 +1181,7 @@ mod tests {
             &Request::MemberAdd(NewMember {
                 id: 5,
                 name: b"e",
-                peer_urls: &urls,
+                peer_urls: &urls[..crate::store::MAX_MEMBER_URLS],
                 client_urls: &urls,
                 is_learner: false,
             }),
@@ -1139,7 +1190,33 @@ mod tests {
         assert_eq!(AuthStore::<Growable>::recover(n.backend()).unwrap(), n.stores().auth);
         assert_eq!(n.stores().auth.roles()[0].permissions.len(), 40);
         let m = Membership::<Growable>::recover(n.backend()).unwrap();
-        assert_eq!(m.member(5).map(|m| m.peer_urls.len()), Some(12));
+        assert_eq!(m.member(5).map(|m| (m.peer_urls.len(), m.client_urls.len())), Some((8, 12)));
+    }
+
+    /// A member with more peer URLs than a follower's transport takes would make a snapshot
+    /// every follower refuses: the request is refused, typed, and nothing changes (not even the
+    /// applied index: the entry is not applied).
+    #[test]
+    fn a_member_no_follower_could_restore_is_refused_and_changes_nothing() {
+        let mut n = node();
+        let urls: std::vec::Vec<std::vec::Vec<u8>> =
+            (0..9).map(|i| format!("http://10.0.0.{i}:2380").into_bytes()).collect();
+        let urls: std::vec::Vec<&[u8]> = urls.iter().map(|u| u.as_slice()).collect();
+        let add = |peer_urls| {
+            Request::MemberAdd(NewMember { id: 5, name: b"e", peer_urls, client_urls: &[], is_learner: false })
+        };
+        let before = (n.stores().clone(), n.progress().clone(), crate::backend::dump(&n.backend().read().unwrap()));
+        let next = n.progress().applied_index + 1;
+        let err = n.apply(next, 1, &add(&urls)).unwrap_err();
+        assert!(matches!(err, StoreError::Capacity(c) if c.what.contains("at most 8")), "{err}");
+        assert!(!err.is_rejection());
+        let after = (n.stores().clone(), n.progress().clone(), crate::backend::dump(&n.backend().read().unwrap()));
+        assert_eq!(after, before);
+        // Eight are taken, and a move to nine is refused as well.
+        n.apply(next, 1, &add(&urls[..8])).unwrap();
+        let r = n.apply(next + 1, 1, &Request::MemberUpdate { id: 5, peer_urls: &urls });
+        assert!(matches!(r, Err(StoreError::Capacity(_))), "{r:?}");
+        assert_eq!(n.stores().membership.member(5).map(|m| m.peer_urls.len()), Some(8));
     }
 
     #[test]

@@ -32,9 +32,10 @@
 //! other than at `Applied` (an error, a dropped state, a panic unwinding out of a port) and a
 //! run whose state is forgotten (`mem::forget`) leave the mark: the node then refuses
 //! [`Node::apply`] and new restores until [`resume`] completes the restore from the durable
-//! snapshot. Such a run reports [`Event::Failed`] naming the phase it did not reach; the gauge
-//! goes to 0 and `applied snapshot` is logged on every exit but a forgotten state (etcd's
-//! `defer`).
+//! snapshot, or the same snapshot is sent again and completes it from its image. Such a run
+//! reports [`Event::Failed`] naming the phase it did not reach; the gauge goes to 0 (even if
+//! the observer panics on a closing event) and `applied snapshot` is logged on every exit but a
+//! forgotten state (etcd's `defer`).
 
 use crate::backend::Backend;
 use crate::collections::{Profile, Seq};
@@ -42,7 +43,9 @@ use crate::error::{ApplyError, ApplyErrorKind};
 use crate::fmt::info;
 use crate::node::{Node, Unfinished};
 use crate::observe::{Event, Observer, Phase, SnapshotFields};
-use crate::ports::{Durable, PersistTicket, PortError, PortErrorKind, Ports, ReleaseTicket, SnapshotStore, Transport};
+use crate::ports::{
+    Durable, PersistTicket, PortError, PortErrorKind, Ports, ReleaseTicket, RunId, SnapshotStore, Transport,
+};
 use crate::raft::{Progress, SnapshotMetadata};
 use crate::snapshot::{ImageData, Snapshot};
 use crate::store::{ConsistentIndex, KvStore, Lessor, MAX_MEMBER_URLS, StoreError};
@@ -67,8 +70,11 @@ struct Run<'n, P: Profile, S: SnapshotStore> {
     reached: Option<Phase>,
     /// A failure was already reported.
     failed: bool,
-    /// The run ended: its closing events are out and the gauge is down.
+    /// The run ended: its closing events are out (or an observer panicked on one).
     ended: bool,
+    /// The in-progress gauge is up: lowered once, at the end, even if the observer panics on
+    /// the closing event (the guard's `Drop` lowers it while unwinding).
+    gauge_up: bool,
 }
 
 impl<P: Profile, S: SnapshotStore> Run<'_, P, S> {
@@ -153,13 +159,25 @@ impl<P: Profile, S: SnapshotStore> Run<'_, P, S> {
         }
         let fields = self.fields();
         self.event(Event::AppliedSnapshot(fields));
-        self.observer.in_progress(false);
+        self.lower_gauge();
+    }
+
+    /// Lowers the in-progress gauge if it is up. The flag goes first, so an observer that
+    /// panics here is not called again.
+    fn lower_gauge(&mut self) {
+        if self.gauge_up {
+            self.gauge_up = false;
+            self.observer.in_progress(false);
+        }
     }
 }
 
 impl<P: Profile, S: SnapshotStore> Drop for Run<'_, P, S> {
     fn drop(&mut self) {
         self.end();
+        // An observer that panicked on a closing event unwound out of `end` before the gauge
+        // went down (etcd's deferred `Dec` runs however the function returns).
+        self.lower_gauge();
     }
 }
 
@@ -193,8 +211,8 @@ state!(
     Persisted { durable: Durable<'n> }
 );
 state!(
-    /// The snapshot's backend is open, its consistent index equals the snapshot's index, and the
-    /// stores installed with it at the swap have been read from it.
+    /// The snapshot's backend is open, its consistent index, term and conf state are the
+    /// snapshot's, and the stores installed with it at the swap have been read from it.
     BackendOpened { durable: Durable<'n>, backend: S::Backend }
 );
 state!(
@@ -246,7 +264,10 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
     /// is logged. A snapshot whose index is not above both the node's applied index and its
     /// live backend's consistent index is refused with [`ApplyErrorKind::Outdated`] and changes
     /// nothing (etcd panics there). A node holding an unfinished restore refuses with
-    /// [`ApplyErrorKind::RestoreUnfinished`], calling no port.
+    /// [`ApplyErrorKind::RestoreUnfinished`] any snapshot but that one (the same metadata,
+    /// which completes the restore from the image given, as [`resume`] does from the persisted
+    /// one), and one whose last request was cut short
+    /// ([`Node::interrupted`]) with [`StoreError::ApplyInterrupted`], calling no port.
     pub fn new(
         node: &'n mut Node<S::Backend, P>,
         ports: Ports<'n, S>,
@@ -255,12 +276,31 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
         if snapshot.is_empty() {
             return Ok(None);
         }
+        let mut resuming = false;
         if let Some(u) = &node.unfinished {
-            let kind = ApplyErrorKind::RestoreUnfinished { index: u.metadata.index, swapped: u.swapped };
-            return Err(ApplyError::new(Phase::Validate, kind));
+            // The very snapshot being restored, sent again (the leader retries it), completes
+            // the restore from its image: so a node whose persisted copy was lost (deleted by a
+            // broken store, a damaged medium) is never stuck unfinished. Any other is refused.
+            let unfinished = (u.metadata.index, u.swapped);
+            if u.metadata != *snapshot.metadata {
+                let kind = ApplyErrorKind::RestoreUnfinished { index: unfinished.0, swapped: unfinished.1 };
+                return Err(ApplyError::new(Phase::Validate, kind));
+            }
+            if unfinished.1 {
+                resuming = true;
+            } else if node.abandon_before_swap().is_err() || node.unfinished.is_some() {
+                // Before the swap the old state is read back first, as `resume` does.
+                let kind = ApplyErrorKind::RestoreUnfinished { index: unfinished.0, swapped: false };
+                return Err(ApplyError::new(Phase::Validate, kind));
+            }
+        }
+        if node.interrupted {
+            // A request was cut short: the stores may not be the backend's, and a restore ending
+            // before the swap would leave them so. The node is reopened first.
+            return Err(ApplyError::new(Phase::Validate, ApplyErrorKind::Store(StoreError::ApplyInterrupted)));
         }
         let Snapshot { metadata, data } = snapshot;
-        Self::start(node, ports, metadata, data, false).map(Some)
+        Self::start(node, ports, metadata, data, resuming).map(Some)
     }
 
     /// Marks the node, then calls the ports: the guard that ends the run exists before any
@@ -272,14 +312,20 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
         data: ImageData<'n>,
         resuming: bool,
     ) -> Result<Self, ApplyError> {
-        if !resuming {
-            node.unfinished = Some(Unfinished {
-                metadata: metadata.clone(),
-                sha256: None,
-                swapped: false,
-                stores_cleared: false,
-                capabilities: node.stores.membership.capabilities(),
-            });
+        let run_id = RunId::next();
+        match &mut node.unfinished {
+            // Completing an unfinished restore: the mark stays, the run is a new one.
+            Some(u) if resuming => u.run = run_id,
+            _ => {
+                node.unfinished = Some(Unfinished {
+                    metadata: metadata.clone(),
+                    sha256: None,
+                    swapped: false,
+                    stores_cleared: false,
+                    capabilities: node.stores.membership.capabilities(),
+                    run: run_id,
+                });
+            }
         }
         let Ports { storage, transport, observer } = ports;
         let mut run = Run {
@@ -294,6 +340,7 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
             reached: None,
             failed: false,
             ended: false,
+            gauge_up: true,
         };
         run.observer.in_progress(true);
         run.mark = run.observer.now_micros();
@@ -302,9 +349,13 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
         // etcd compares with the applied index only; the live backend's consistent index can be
         // ahead of it (a restore swapped in and not finished), and a snapshot below it would
         // roll the node back. Completing the unfinished restore itself is the one exception.
+        // A node reopened in place while unfinished took its progress from the new backend,
+        // which is the snapshot's: completing the restore at that very index is not outdated.
         let applied = run.node.progress.applied_index;
+        let outdated =
+            if resuming { run.index < applied } else { run.index <= applied.max(run.node.stores.cindex.index()) };
         let floor = if resuming { applied } else { applied.max(run.node.stores.cindex.index()) };
-        if run.index <= floor {
+        if outdated {
             run.event(Event::OutdatedSnapshot(fields));
             let kind = ApplyErrorKind::Outdated { incoming_index: run.index, applied_index: floor };
             return Err(run.fail(Phase::Validate, kind));
@@ -359,7 +410,7 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
         let Some(unfinished) = &self.run.node.unfinished else {
             return Err(misuse("persisting without the node's unfinished mark"));
         };
-        let ticket = PersistTicket::new(&unfinished.metadata);
+        let ticket = PersistTicket::new(&unfinished.metadata, unfinished.run);
         match self.run.image.take() {
             Some(image) => {
                 let asked = match &image {
@@ -384,9 +435,10 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
             Err(e) => return Err(self.run.fail(Phase::Persist, ApplyErrorKind::Port(e))),
         };
         let other_image = asked.is_some_and(|d| d != *durable.sha256());
-        // The proof was made from this run's ticket (its brand sees to that), so its index and
-        // term are the run's unless the store is broken.
-        if durable.index() != self.run.index || durable.term() != self.run.term || other_image {
+        // The brand keeps a proof of another run out at compile time, but rustc's implied-bounds
+        // hole (#25860) lets safe code rebrand one: the run identity it carries is checked too.
+        let other_run = self.run.node.unfinished.as_ref().is_none_or(|u| u.run != durable.run());
+        if durable.index() != self.run.index || durable.term() != self.run.term || other_image || other_run {
             let kind =
                 ApplyErrorKind::PersistedOther { expected_index: self.run.index, confirmed_index: durable.index() };
             return Err(self.run.fail(Phase::Persist, kind));
@@ -434,7 +486,31 @@ impl<P: Profile, S: SnapshotStore> BackendOpened<'_, P, S> {
         if stored.index() != snapshot_index {
             return Err(ApplyErrorKind::IndexMismatch { backend_index: stored.index(), snapshot_index });
         }
+        self.check_metadata(stored.term())?;
         self.read_later()
+    }
+
+    /// The whole metadata, not only the index: the backend's term and conf state must be the
+    /// snapshot's (the run's metadata is in the node's unfinished mark). The proof names the
+    /// image by index, term and digest, but only the store vouches that the digest is this
+    /// metadata's image; a store that confirmed the ticket with another image's digest would
+    /// otherwise give the node this metadata's conf state over another backend's.
+    #[inline(never)]
+    fn check_metadata(&self, backend_term: u64) -> Result<(), ApplyErrorKind> {
+        let index = self.run.index;
+        let Some(unfinished) = &self.run.node.unfinished else {
+            return Err(ApplyErrorKind::MetadataMismatch { index });
+        };
+        let conf_matches = self
+            .backend
+            .read()
+            .map_err(StoreError::from)
+            .and_then(|t| crate::store::conf_state_is(&t, &unfinished.metadata.conf_state))
+            .map_err(ApplyErrorKind::Store)?;
+        if backend_term != self.run.term || !conf_matches {
+            return Err(ApplyErrorKind::MetadataMismatch { index });
+        }
+        Ok(())
     }
 
     /// Reads the stores installed with the new backend: alarms, auth and membership from it
@@ -458,10 +534,8 @@ impl<P: Profile, S: SnapshotStore> BackendOpened<'_, P, S> {
         // The transport port takes a member's peer URLs as one fixed array (the core has no
         // heap): a member with more is refused here, before the swap, rather than cut short when
         // the peers are updated after it.
-        if self.run.node.stores.membership.members().iter().any(|m| m.peer_urls.as_slice().len() > MAX_MEMBER_URLS) {
-            return Err(ApplyErrorKind::Store(StoreError::Capacity(crate::collections::CapacityError {
-                what: "peer URLs of one member handed to the transport (at most 8)",
-            })));
+        for m in self.run.node.stores.membership.members() {
+            crate::store::check_peer_urls(m.peer_urls.as_slice().len()).map_err(ApplyErrorKind::Store)?;
         }
         Ok(())
     }
@@ -522,9 +596,10 @@ impl<'n, P: Profile, S: SnapshotStore> IndexBound<'n, P, S> {
         if let Err(e) = committed {
             return Err(self.run.store_err(Phase::RestoreLease)(e));
         }
-        let Prebuilt { index, sha256, min_ttl: _, lessor, attached, kv } = prebuilt;
+        let Prebuilt { index, sha256, min_ttl, lessor, attached, kv } = prebuilt;
         self.run.node.stores.lessor = lessor;
-        Ok((self.lease_restored(), Some(PrebuiltIndex { index, sha256, attached, kv })))
+        let run = self.run.node.unfinished.as_ref().map(|u| u.run);
+        Ok((self.lease_restored(), Some(PrebuiltIndex { index, sha256, min_ttl, run, attached, kv })))
     }
 
     fn lease_restored(mut self) -> LeaseRestored<'n, P, S> {
@@ -549,10 +624,18 @@ impl<'n, P: Profile, S: SnapshotStore> LeaseRestored<'n, P, S> {
     }
 
     /// [`LeaseRestored::restore_mvcc`] with the key index built ahead of the apply: installs it
-    /// and the lessor with its keys attached, in O(1). An index of another snapshot is not
-    /// used: the key index is then rebuilt from the backend, as `restore_mvcc` does.
+    /// and the lessor with its keys attached, in O(1). An index handed back by another run (of
+    /// this node or another, whatever its snapshot and minimum lease TTL), or of another
+    /// snapshot, is not used: the key index is then rebuilt from the backend, as `restore_mvcc`
+    /// does.
     pub fn restore_mvcc_prebuilt(mut self, index: PrebuiltIndex<P>) -> Result<MvccRestored<'n, P, S>, ApplyError> {
-        if index.index != self.run.index || index.sha256 != *self.durable.sha256() {
+        let run = self.run.node.unfinished.as_ref().map(|u| u.run);
+        let fits = index.run.is_some()
+            && index.run == run
+            && index.index == self.run.index
+            && index.sha256 == *self.durable.sha256()
+            && index.min_ttl == self.run.node.config.min_lease_ttl;
+        if !fits {
             return self.restore_mvcc();
         }
         self.run.event(Event::RestoringMvccStore);
@@ -628,6 +711,9 @@ impl<P: Profile> Prebuilt<P> {
 pub struct PrebuiltIndex<P: Profile> {
     index: u64,
     sha256: [u8; 32],
+    min_ttl: i64,
+    /// The run whose lessor phase handed it back.
+    run: Option<RunId>,
     attached: Lessor<P>,
     kv: KvStore<P>,
 }

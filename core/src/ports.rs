@@ -25,6 +25,24 @@ pub use crate::observe::{Event, NoObserver, Observer, Phase, SnapshotFields};
 /// [`crate::pipeline::Validated::persist_with`], whose closure is generic over the brand.
 type Brand<'r> = PhantomData<(fn(&'r ()) -> &'r (), *const ())>;
 
+/// The identity of one run of the pipeline, carried by its tickets and proofs beside their
+/// lifetime brand, and checked at run time: rustc's implied-bounds hole (rust-lang/rust#25860)
+/// lets safe code rebrand a value to another lifetime, so the brand alone does not keep a
+/// proof of one run out of another run at the same index and term. Every run (a resumed one
+/// too) takes the next value of a process-wide counter; only the core makes one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct RunId(u32);
+
+impl RunId {
+    /// The next run's identity. The counter wraps after 2^32 runs; a proof kept that long by a
+    /// broken store is the one case this does not catch.
+    pub(crate) fn next() -> Self {
+        static NEXT: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(1);
+        RunId(NEXT.fetch_add(1, core::sync::atomic::Ordering::Relaxed))
+    }
+}
+
 /// Handed by the pipeline to [`SnapshotStore::persist`], or to the closure of
 /// [`crate::pipeline::Validated::persist_with`]; the only way to make a [`Durable`].
 ///
@@ -35,6 +53,7 @@ type Brand<'r> = PhantomData<(fn(&'r ()) -> &'r (), *const ())>;
 #[must_use = "a snapshot store proves durability by confirming the ticket"]
 pub struct PersistTicket<'r> {
     metadata: SnapshotMetadata,
+    run: RunId,
     _brand: Brand<'r>,
 }
 
@@ -45,8 +64,14 @@ impl core::fmt::Debug for PersistTicket<'_> {
 }
 
 impl<'r> PersistTicket<'r> {
-    pub(crate) fn new(metadata: &SnapshotMetadata) -> Self {
-        PersistTicket { metadata: metadata.clone(), _brand: PhantomData }
+    pub(crate) fn new(metadata: &SnapshotMetadata, run: RunId) -> Self {
+        PersistTicket { metadata: metadata.clone(), run, _brand: PhantomData }
+    }
+
+    /// The run the ticket belongs to: the proof it is confirmed into carries it, and the
+    /// pipeline refuses a proof of any other run.
+    pub fn run(&self) -> RunId {
+        self.run
     }
 
     /// The metadata of the snapshot to persist.
@@ -68,7 +93,7 @@ impl<'r> PersistTicket<'r> {
     /// image's trailer carries, checked while decoding) is `sha256`, are durable. Call it only
     /// after the medium has acknowledged the write (`fsync`, flash program verified).
     pub fn confirm(self, sha256: [u8; 32]) -> Durable<'r> {
-        Durable { index: self.metadata.index, term: self.metadata.term, sha256, _brand: PhantomData }
+        Durable { index: self.metadata.index, term: self.metadata.term, sha256, run: self.run, _brand: PhantomData }
     }
 }
 
@@ -83,6 +108,7 @@ pub struct Durable<'r> {
     index: u64,
     term: u64,
     sha256: [u8; 32],
+    run: RunId,
     _brand: Brand<'r>,
 }
 
@@ -107,6 +133,11 @@ impl Durable<'_> {
     pub fn sha256(&self) -> &[u8; 32] {
         &self.sha256
     }
+
+    /// The run whose ticket was confirmed.
+    pub fn run(&self) -> RunId {
+        self.run
+    }
 }
 
 /// Handed by the pipeline's last phase, and only by it, to [`SnapshotStore::release_before`]:
@@ -116,6 +147,7 @@ pub struct ReleaseTicket<'r> {
     index: u64,
     term: u64,
     sha256: [u8; 32],
+    run: RunId,
     _brand: Brand<'r>,
 }
 
@@ -127,7 +159,13 @@ impl core::fmt::Debug for ReleaseTicket<'_> {
 
 impl<'r> ReleaseTicket<'r> {
     pub(crate) fn new(durable: &Durable<'r>) -> Self {
-        ReleaseTicket { index: durable.index(), term: durable.term(), sha256: durable.sha256, _brand: PhantomData }
+        ReleaseTicket {
+            index: durable.index(),
+            term: durable.term(),
+            sha256: durable.sha256,
+            run: durable.run,
+            _brand: PhantomData,
+        }
     }
 
     /// Index of the applied snapshot.
@@ -143,6 +181,11 @@ impl<'r> ReleaseTicket<'r> {
     /// SHA-256 of the applied snapshot's image.
     pub fn sha256(&self) -> &[u8; 32] {
         &self.sha256
+    }
+
+    /// The run that applied it (the run whose [`PersistTicket`] the store confirmed).
+    pub fn run(&self) -> RunId {
+        self.run
     }
 }
 
@@ -175,7 +218,10 @@ pub trait SnapshotStore {
     fn v2_data(&mut self, snapshot: &Durable<'_>) -> Result<&[u8], PortError>;
 
     /// The snapshot `applied` names is applied: it and newer ones stay, older ones may be
-    /// deleted. Only the pipeline's last phase can make the ticket.
+    /// deleted. Only the pipeline's last phase can make the ticket, but a store that hands it on
+    /// can give it to another store: a store releases only if it holds the snapshot the ticket
+    /// names (index, term, image digest and, where it confirmed the run's ticket itself, the
+    /// run: [`ReleaseTicket::run`]) and refuses the ticket otherwise, deleting nothing.
     fn release_before(&mut self, applied: ReleaseTicket<'_>) -> Result<(), PortError>;
 }
 

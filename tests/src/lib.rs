@@ -323,11 +323,14 @@ impl Observer for Recorder {
 thread_local! {
     /// Operations left before the fault, and whether the fault persists after it.
     static BUDGET: std::cell::Cell<Option<(usize, bool)>> = const { std::cell::Cell::new(None) };
+    /// Whether the armed fault is a panic rather than an error.
+    static PANIC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Arms the fault injector of every [`Faulty`] backend of this thread: after `n` more
 /// operations, every operation fails (a dead medium). `None` disarms it.
 pub fn arm_faults(n: Option<usize>) {
+    PANIC.with(|p| p.set(false));
     BUDGET.with(|b| b.set(n.map(|n| (n, true))));
 }
 
@@ -338,6 +341,14 @@ pub fn fault_pending() -> Option<usize> {
 
 /// Arms the fault injector to fail only the operation after `n` more (a transient error).
 pub fn arm_one_fault(n: usize) {
+    PANIC.with(|p| p.set(false));
+    BUDGET.with(|b| b.set(Some((n, false))));
+}
+
+/// Arms the fault injector to panic in the operation after `n` more (a backend whose driver
+/// panics, the panic caught by the caller).
+pub fn arm_one_panic(n: usize) {
+    PANIC.with(|p| p.set(true));
     BUDGET.with(|b| b.set(Some((n, false))));
 }
 
@@ -362,6 +373,9 @@ fn spend() -> Result<(), snapply_core::backend::BackendError> {
         Some((0, sticky)) => {
             if !sticky {
                 budget.set(None);
+            }
+            if PANIC.with(|p| p.replace(false)) {
+                panic!("injected backend panic");
             }
             Err(snapply_core::backend::BackendError::new(snapply_core::backend::BackendErrorKind::Io, "injected fault"))
         }

@@ -1,7 +1,7 @@
 //! Failure injection: whatever fails before `BackendSwapped` leaves the follower exactly as it
 //! was; what fails after it is reported as fatal; the gauge is back to zero on every path.
 
-use snapply_core::backend::{Backend, Bucket, WriteTxn};
+use snapply_core::backend::{Backend, Bucket, ReadTxn, WriteTxn};
 use snapply_core::collections::{Fixed, Growable};
 use snapply_core::image::{self, MIN_BUFFER};
 use snapply_core::mem::{MemBackend, VecBackend};
@@ -9,7 +9,11 @@ use snapply_core::memports::{MemSnapshotStore, PeerTable};
 use snapply_core::ports::{Event, Phase, PortErrorKind, Ports};
 use snapply_core::store::{META_CONSISTENT_INDEX, StoreError, V2Deprecation, V2Store};
 use snapply_core::{ApplyError, ApplyErrorKind, Config, Node, Request, Snapshot, SnapshotMetadata, apply_snapshot};
-use snapply_tests::{Faulty, Op, Recorder, arm_faults, arm_one_fault, node, records, run, snapshot, state};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use snapply_tests::{
+    Faulty, Op, Recorder, arm_faults, arm_one_fault, arm_one_panic, node, records, run, snapshot, state,
+};
 
 use snapply_tests::{sample_follower as follower, sample_leader as leader};
 
@@ -428,6 +432,64 @@ fn a_transient_fault_in_any_request_leaves_the_node_as_it_was() {
     }
 }
 
+/// A backend that panics anywhere inside a request (the panic caught by the caller) leaves a
+/// node that refuses entries, snapshots of itself and restores until it is reopened from its
+/// backend: its stores may hold effects the backend never committed (a revision, a role), and a
+/// retried request must not be answered from them. Reopened, the node is its backend's and the
+/// request applies.
+#[test]
+fn a_backend_panic_inside_a_request_leaves_a_node_that_refuses_work_until_reopened() {
+    let requests = [
+        Op::RoleAdd { role: 1 },
+        Op::Put { key: 1, value: b"v".to_vec(), lease: Some(0) },
+        Op::Revoke { lease: 0 },
+        Op::MemberAdd { id: 3, learner: true },
+    ];
+    let (md, image) = snapshot(&leader());
+    for (i, op) in requests.iter().enumerate() {
+        for (panics, n) in (0usize..).enumerate() {
+            arm_faults(None);
+            let mut f = Node::<Faulty<VecBackend>, Growable>::new(snapply_tests::config(1), Faulty::default());
+            let setup = [
+                Op::Grant { lease: 0, ttl: 30 },
+                Op::Put { key: 0, value: b"a".to_vec(), lease: Some(0) },
+                Op::MemberAdd { id: 0, learner: false },
+            ];
+            run(&mut f, &setup, 0, 1);
+            let mut v2 = Vec::new();
+            f.v2_snapshot_data(&mut v2).expect("v2 data");
+            let (records_before, stores_before, _) = state(&f);
+            let index = f.progress().applied_index;
+            arm_one_panic(n);
+            let unwound = catch_unwind(AssertUnwindSafe(|| run(&mut f, std::slice::from_ref(op), index, 1)));
+            arm_faults(None);
+            match unwound {
+                Ok(applied) => {
+                    // The panic came too late to matter: the sweep over this request is complete.
+                    assert_eq!(applied, 1, "request {i}");
+                    assert!(panics > 0, "request {i} never met a panic");
+                    assert!(!f.interrupted());
+                    break;
+                }
+                Err(_) => assert!(f.interrupted(), "request {i}, panic at operation {n}"),
+            }
+            assert_eq!(
+                f.apply(index + 1, 1, &Request::RoleAdd { name: b"r1" }),
+                Err(StoreError::ApplyInterrupted),
+                "request {i}, panic at operation {n}"
+            );
+            assert_eq!(f.snapshot_metadata(), Err(StoreError::ApplyInterrupted));
+            let err = apply(&mut f, &md, &image, &mut Recorder::default()).expect_err("a restore is refused");
+            assert_eq!(*err.kind(), ApplyErrorKind::Store(StoreError::ApplyInterrupted));
+            assert_eq!(records(f.backend()), records_before, "the backend committed nothing");
+            Node::open_in_place(&mut f, &v2).expect("reopen");
+            assert!(!f.interrupted());
+            assert_eq!(f.stores(), &stores_before, "request {i}, panic at operation {n}, reopened");
+            assert_eq!(run(&mut f, std::slice::from_ref(op), index, 1), 1, "request {i} after reopening");
+        }
+    }
+}
+
 /// A leader that crashed between scheduling and finishing a compaction ships a backend with
 /// `scheduledCompactRev > finishedCompactRev`; the restore finishes the compaction on the new
 /// backend, committing with the snapshot's consistent index, not the follower's old one.
@@ -523,13 +585,39 @@ fn a_member_with_more_peer_urls_than_the_transport_takes_is_refused_before_the_s
             &Request::MemberAdd(snapply_core::store::NewMember {
                 id: 7,
                 name: b"many-urls",
-                peer_urls: &url_refs,
+                peer_urls: &url_refs[..8],
                 client_urls: &[],
                 is_learner: false,
             }),
         )
-        .expect("a host leader holds a member with nine peer URLs");
-    let (metadata, image) = snapshot(&leader);
+        .expect("eight peer URLs are taken");
+    // A node refuses a ninth (`Node::apply`), so the record with nine is written by hand: the
+    // member record's layout (docs/records.md), in postcard.
+    #[derive(serde::Serialize)]
+    struct MemberRecord<'a> {
+        id: u64,
+        name: &'a [u8],
+        peer_urls: Vec<&'a [u8]>,
+        client_urls: Vec<&'a [u8]>,
+        is_learner: bool,
+    }
+    let eight = MemberRecord {
+        id: 7,
+        name: b"many-urls",
+        peer_urls: url_refs[..8].to_vec(),
+        client_urls: Vec::new(),
+        is_learner: false,
+    };
+    let key = snapply_core::store::member_key(7);
+    let mut stored = None;
+    leader.backend().read().expect("read").get(Bucket::Members, &key, &mut |v| stored = Some(v.to_vec())).expect("get");
+    assert_eq!(stored, Some(postcard::to_allocvec(&eight).expect("encode")), "the record layout is the store's");
+    let nine = MemberRecord { peer_urls: url_refs.clone(), ..eight };
+    let backend = tampered(&leader, Bucket::Members, &key, &postcard::to_allocvec(&nine).expect("encode"));
+    let metadata = leader.snapshot_metadata().expect("metadata");
+    let mut v2 = Vec::new();
+    leader.v2_snapshot_data(&mut v2).expect("v2");
+    let image = image_of(&metadata, &backend, &v2);
     let mut follower = follower(VecBackend::new());
     let before = state(&follower);
     let mut observer = Recorder::default();
@@ -544,4 +632,54 @@ fn a_member_with_more_peer_urls_than_the_transport_takes_is_refused_before_the_s
     assert!(err.to_string().contains("peer URLs of one member"), "{err}");
     assert_eq!(state(&follower), before, "the follower keeps its old state");
     assert_eq!(peers, PeerTable::<Growable>::default(), "no peer was touched");
+}
+
+/// Every key etcd holds is carried on a host: keys of 65,536, 70,000 and 1,000,000 bytes (etcd
+/// 3.4 accepts them under its default request limit) are put, snapshotted and restored. A
+/// device's profile holds keys up to its key arena's size: a longer one in a snapshot is
+/// refused, typed and naming the limit (not as a corrupt record), before the swap.
+#[test]
+fn keys_longer_than_65535_bytes_restore_on_hosts_and_are_refused_by_name_on_devices() {
+    let mut leader = node(1);
+    let keys: Vec<Vec<u8>> = [65_536usize, 70_000, 1_000_000].iter().map(|n| vec![b'k'; *n]).collect();
+    for (i, key) in keys.iter().enumerate() {
+        let index = 100 + i as u64;
+        let value = format!("v{i}").into_bytes();
+        leader.apply(index, 1, &Request::Put { key, value: &value, lease: 0 }).expect("a long key is put");
+    }
+    assert_eq!(snapply_core::store::check_backend::<Growable, _>(leader.backend()), Ok(()));
+    let (md, image) = snapshot(&leader);
+    let mut buf = vec![0u8; image::buffer_for(image::MAX_KEY_LEN, 1_100_000)];
+    let mut storage = MemSnapshotStore::<VecBackend, Vec<u8>>::new(&mut buf);
+    let mut f = follower(VecBackend::new());
+    let mut transport = PeerTable::<Growable>::default();
+    let mut obs = Recorder::default();
+    let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs };
+    apply_snapshot(&mut f, ports, Snapshot::from_bytes(&md, &image)).expect("restores on a host").expect("not empty");
+    assert_eq!(f.stores().kv, leader.stores().kv);
+    assert_eq!(records(f.backend()), records(leader.backend()));
+
+    // A device whose key arena is 2 KiB: a snapshot with a 4 KiB key is refused by name.
+    type Device = Fixed<16, 64>;
+    let limit = snapply_core::store::max_key_len::<Device>();
+    assert_eq!(limit, 2048);
+    let mut small = node(1);
+    let long = vec![b'x'; 4096];
+    small.apply(10, 1, &Request::Put { key: &long, value: b"v", lease: 0 }).expect("a host holds it");
+    let (md, image) = snapshot(&small);
+    let mut d = Node::<VecBackend, Device>::new(snapply_tests::config(2), VecBackend::new());
+    d.apply(1, 1, &Request::Put { key: b"mine", value: b"v", lease: 0 }).expect("put");
+    let before = state(&d);
+    let err =
+        snapply_tests::apply_in_memory::<VecBackend, Device, Vec<u8>>(&mut d, &md, &image, &mut Recorder::default())
+            .0
+            .expect_err("a key longer than the device's key arena");
+    assert_eq!(err.phase(), Phase::RestoreMvcc);
+    assert_eq!(*err.kind(), ApplyErrorKind::Store(StoreError::KeyTooLong { len: 4096, limit: 2048 }));
+    assert!(err.to_string().contains("2048 bytes"), "{err}");
+    assert_eq!(state(&d), before);
+    // A put of such a key is refused on the device too, and changes nothing.
+    let r = d.apply(2, 1, &Request::Put { key: &long, value: b"v", lease: 0 });
+    assert!(matches!(r, Err(StoreError::KeyTooLong { .. } | StoreError::Capacity(_))), "{r:?}");
+    assert_eq!((records(d.backend()), d.stores().clone()), (before.0, before.1));
 }

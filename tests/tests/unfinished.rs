@@ -11,7 +11,7 @@ use snapply_core::image::MIN_BUFFER;
 use snapply_core::mem::VecBackend;
 use snapply_core::memports::{MemSnapshotStore, PeerTable};
 use snapply_core::pipeline::Validated;
-use snapply_core::ports::{Event, Observer, Phase, PortError, PortErrorKind, Ports, Transport};
+use snapply_core::ports::{Durable, Event, Observer, Phase, PortError, PortErrorKind, Ports, Transport};
 use snapply_core::store::{MemberId, StoreError};
 use snapply_core::{ApplyErrorKind, Node, Request, Snapshot, SnapshotMetadata, resume};
 use snapply_tests::{Op, Recorder, records, run, sample_follower, sample_leader, snapshot, state};
@@ -406,4 +406,383 @@ fn recovery_applies_the_followers_own_minimum_lease_ttl() {
         .0
         .expect("apply");
     assert_eq!(f.stores().lessor.leases()[0].ttl, 30);
+}
+
+/// Reopening in place a node left unfinished after the swap neither serves nor completes
+/// anything: a read that fails keeps the mark (the node is not left unmarked at its old index
+/// with the new stores), and a read that succeeds with the old v2 data keeps it too (the v2
+/// store and the progress are the snapshot's only once `resume` completes the restore).
+#[test]
+fn reopening_in_place_keeps_the_mark_of_a_restore_left_after_the_swap() {
+    let leader = sample_leader();
+    let (md, image) = snapshot(&leader);
+    let mut f = sample_follower(VecBackend::new());
+    let mut old_v2 = Vec::new();
+    f.v2_snapshot_data(&mut old_v2).expect("v2 data");
+    let mut buf = vec![0u8; MIN_BUFFER];
+    let mut storage = Store::new(&mut buf);
+    drive(&mut f, &mut storage, &mut Recorder::default(), &md, &image, 6, End::Drop);
+    assert!(f.unfinished().is_some_and(|u| u.swapped()));
+
+    // v2 data that does not decode: the read fails and the mark stays.
+    Node::open_in_place(&mut f, b"\xff\xff\xff not v2 data").expect_err("undecodable v2 data");
+    assert!(f.unfinished().is_some_and(|u| u.swapped()), "a failed read must not clear the mark");
+    assert!(put_refused(&mut f));
+    let next = f.progress().applied_index + 1;
+    assert!(matches!(f.apply(next, 1, &Request::RoleAdd { name: b"late" }), Err(StoreError::RestoreUnfinished { .. })));
+
+    // The old v2 data reads back, and the mark still stays: the node does not serve the new
+    // backend with the old v2 store.
+    Node::open_in_place(&mut f, &old_v2).expect("the state reads back");
+    assert!(f.unfinished().is_some_and(|u| u.swapped()), "the old v2 store must not be served");
+    assert!(put_refused(&mut f));
+    resume_to_leader(&mut f, &mut storage, &leader, &md);
+}
+
+/// Reopening in place a node whose restore ended before the swap, with its state unread
+/// (forgotten), reads the old state back and clears the mark, as `resume` would.
+#[test]
+fn reopening_in_place_abandons_a_restore_that_ended_before_the_swap() {
+    let leader = sample_leader();
+    let (md, image) = snapshot(&leader);
+    let mut f = sample_follower(VecBackend::new());
+    let before = state(&f);
+    let mut old_v2 = Vec::new();
+    f.v2_snapshot_data(&mut old_v2).expect("v2 data");
+    let mut buf = vec![0u8; MIN_BUFFER];
+    let mut storage = Store::new(&mut buf);
+    drive(&mut f, &mut storage, &mut Recorder::default(), &md, &image, 5, End::Forget);
+    Node::open_in_place(&mut f, b"\xff\xff\xff not v2 data").expect_err("undecodable v2 data");
+    assert!(f.unfinished().is_some(), "a failed read must not clear the mark");
+    Node::open_in_place(&mut f, &old_v2).expect("the old state reads back");
+    assert!(f.unfinished().is_none());
+    let (records_before, stores_before, progress_before) = before;
+    assert_eq!(records(f.backend()), records_before);
+    assert_eq!((&f.stores().kv, &f.stores().lessor), (&stores_before.kv, &stores_before.lessor));
+    assert_eq!(f.progress().applied_index, progress_before.applied_index);
+}
+
+/// A store that confirms every ticket with one digest, whatever it was asked to persist, and
+/// opens what the store it wraps holds under it.
+struct ConfirmsWith<'s, 'b> {
+    inner: &'s mut Store<'b>,
+    digest: [u8; 32],
+}
+
+impl snapply_core::ports::SnapshotStore for ConfirmsWith<'_, '_> {
+    type Backend = VecBackend;
+    fn persist<'r>(
+        &mut self,
+        _image: snapply_core::ImageData<'_>,
+        ticket: snapply_core::ports::PersistTicket<'r>,
+    ) -> Result<snapply_core::ports::Durable<'r>, PortError> {
+        Ok(ticket.confirm(self.digest))
+    }
+    fn open_backend(&mut self, snapshot: &snapply_core::ports::Durable<'_>) -> Result<VecBackend, PortError> {
+        self.inner.open_backend(snapshot)
+    }
+    fn v2_data(&mut self, snapshot: &snapply_core::ports::Durable<'_>) -> Result<&[u8], PortError> {
+        self.inner.v2_data(snapshot)
+    }
+    fn release_before(&mut self, applied: snapply_core::ports::ReleaseTicket<'_>) -> Result<(), PortError> {
+        self.inner.release_before(applied)
+    }
+}
+
+/// A store that confirms a snapshot's ticket with the digest of another image pinned at the
+/// same index and term (another conf state) does not get that image's backend installed under
+/// this metadata: the core compares the whole metadata with the backend it opens, and refuses
+/// before the swap.
+#[test]
+fn a_proof_naming_another_pinned_image_at_the_same_index_and_term_is_refused() {
+    let leader = sample_leader();
+    let (pinned_md, pinned_image) = snapshot(&leader);
+    let mut buf = vec![0u8; MIN_BUFFER];
+    let (_, summary) = snapply_core::image::verify(&pinned_image[..], &mut buf).expect("a valid image");
+    let mut store_buf = vec![0u8; MIN_BUFFER];
+    let mut inner = Store::new(&mut store_buf);
+    // The store pins the leader's image (a run dropped after persisting it).
+    let mut f = sample_follower(VecBackend::new());
+    drive(&mut f, &mut inner, &mut Recorder::default(), &pinned_md, &pinned_image, 1, End::Drop);
+    assert_eq!(inner.pinned().collect::<Vec<_>>(), [pinned_md.index]);
+
+    // Another snapshot at the same index and term, under another conf state.
+    let mut md = pinned_md.clone();
+    md.conf_state.voters = snapply_core::raft::IdList::from_slice(&[42, 43]).expect("room");
+    let before = state(&f);
+    let mut storage = ConfirmsWith { inner: &mut inner, digest: summary.sha256 };
+    let mut transport = PeerTable::<Growable>::default();
+    let mut obs = Recorder::default();
+    let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs };
+    let err = snapply_core::apply_snapshot(&mut f, ports, Snapshot::from_bytes(&md, &pinned_image))
+        .expect_err("another image's backend must not be installed under this metadata");
+    assert_eq!(err.phase(), Phase::OpenBackend);
+    assert_eq!(*err.kind(), ApplyErrorKind::MetadataMismatch { index: md.index });
+    assert_eq!(state(&f), before);
+    assert!(f.unfinished().is_none());
+    assert_eq!(obs.gauge, 0);
+    // The pinned snapshot itself still applies.
+    let mut obs = Recorder::default();
+    let ports = Ports { storage: &mut inner, transport: &mut transport, observer: &mut obs };
+    snapply_core::apply_snapshot(&mut f, ports, Snapshot::from_bytes(&pinned_md, &pinned_image)).expect("apply");
+    assert_eq!(f.stores(), leader.stores());
+    assert_eq!(f.progress().conf_state, pinned_md.conf_state);
+}
+
+/// An observer that panics on the last event of a successful run (`applied snapshot`) does not
+/// leave the in-progress gauge up: the run is complete, and nothing would ever lower it again
+/// (`resume` has nothing to do).
+#[test]
+fn an_observer_panicking_on_the_last_event_still_sees_the_gauge_lowered() {
+    let leader = sample_leader();
+    let (md, image) = snapshot(&leader);
+    let mut f = sample_follower(VecBackend::new());
+    let mut buf = vec![0u8; MIN_BUFFER];
+    let mut storage = Store::new(&mut buf);
+    let mut obs = Panicky { inner: Recorder::default(), at: Some("applied snapshot"), clock: false };
+    let mut transport = PeerTable::<Growable>::default();
+    let unwound = catch_unwind(AssertUnwindSafe(|| {
+        let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs };
+        snapply_core::apply_snapshot(&mut f, ports, Snapshot::from_bytes(&md, &image)).map(|o| o.is_some())
+    }));
+    assert!(unwound.is_err(), "the observer panicked");
+    assert_eq!(obs.inner.gauge, 0, "the gauge must not stay at 1");
+    assert_eq!(obs.inner.gauge_peak, 1);
+    assert!(!obs.inner.events.iter().any(|e| matches!(e, Event::Failed { .. })));
+    // The restore itself was complete.
+    assert!(f.unfinished().is_none());
+    assert_eq!(f.stores(), leader.stores());
+    let mut transport = PeerTable::<Growable>::default();
+    let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs.inner };
+    assert!(matches!(resume(&mut f, ports), Ok(None)));
+}
+
+/// rustc's implied-bounds hole (rust-lang/rust#25860), in safe code: `same` may assume `'a` and
+/// `'b` equal (each outlives the other by its argument types), and coercing it to a function
+/// pointer whose argument types are inferred never checks that they are well-formed. It
+/// rebrands a proof to any lifetime.
+fn rebrand<'a, 'b>(proof: Durable<'a>) -> Durable<'b> {
+    fn same<'a, 'b>(_: &'a &'b (), _: &'b &'a (), proof: Durable<'a>) -> Durable<'b> {
+        proof
+    }
+    const UNIT: &&() = &&();
+    let same: for<'z> fn(_, _, Durable<'z>) -> Durable<'b> = same;
+    same(UNIT, UNIT, proof)
+}
+
+/// A store that keeps the proof of the first run it persists for (refusing that run), and
+/// hands it, rebranded, to the next run.
+struct KeepsProof<'s, 'b> {
+    inner: &'s mut Store<'b>,
+    kept: Option<Durable<'static>>,
+}
+
+impl snapply_core::ports::SnapshotStore for KeepsProof<'_, '_> {
+    type Backend = VecBackend;
+    fn persist<'r>(
+        &mut self,
+        image: snapply_core::ImageData<'_>,
+        ticket: snapply_core::ports::PersistTicket<'r>,
+    ) -> Result<Durable<'r>, PortError> {
+        match self.kept.take() {
+            Some(proof) => Ok(rebrand(proof)),
+            None => {
+                let proof = self.inner.persist(image, ticket)?;
+                self.kept = Some(rebrand(proof));
+                Err(PortError::new(PortErrorKind::Io, "keeping the proof for later"))
+            }
+        }
+    }
+    fn open_backend(&mut self, snapshot: &Durable<'_>) -> Result<VecBackend, PortError> {
+        self.inner.open_backend(snapshot)
+    }
+    fn v2_data(&mut self, snapshot: &Durable<'_>) -> Result<&[u8], PortError> {
+        self.inner.v2_data(snapshot)
+    }
+    fn release_before(&mut self, applied: snapply_core::ports::ReleaseTicket<'_>) -> Result<(), PortError> {
+        self.inner.release_before(applied)
+    }
+}
+
+/// A proof rebranded from another run (rust-lang/rust#25860) for the very same snapshot (index,
+/// term, image) is refused: the brand is a compile-time check only, and the run identity the
+/// proof carries is checked at run time.
+#[test]
+fn a_proof_rebranded_from_another_run_at_the_same_index_is_refused() {
+    let leader = sample_leader();
+    let (md, image) = snapshot(&leader);
+    let mut buf = vec![0u8; MIN_BUFFER];
+    let mut inner = Store::new(&mut buf);
+    let mut storage = KeepsProof { inner: &mut inner, kept: None };
+    let mut nodes = [sample_follower(VecBackend::new()), sample_follower(VecBackend::new())];
+    let before = state(&nodes[1]);
+    for (i, node) in nodes.iter_mut().enumerate() {
+        let mut transport = PeerTable::<Growable>::default();
+        let mut obs = Recorder::default();
+        let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs };
+        let err = snapply_core::apply_snapshot(node, ports, Snapshot::from_bytes(&md, &image))
+            .expect_err("no run may proceed on another run's proof");
+        assert_eq!(err.phase(), Phase::Persist, "run {i}");
+        if i == 1 {
+            assert!(matches!(err.kind(), ApplyErrorKind::PersistedOther { .. }), "{err}");
+        }
+        assert!(node.unfinished().is_none());
+        assert_eq!(obs.gauge, 0);
+    }
+    assert_eq!(state(&nodes[1]), before);
+    assert!(storage.kept.is_none(), "the kept proof was handed to the second run");
+    // The snapshot applies through the store that holds it.
+    let [_, f] = &mut nodes;
+    let mut transport = PeerTable::<Growable>::default();
+    let mut obs = Recorder::default();
+    let ports = Ports { storage: &mut inner, transport: &mut transport, observer: &mut obs };
+    snapply_core::apply_snapshot(f, ports, Snapshot::from_bytes(&md, &image)).expect("apply");
+    assert_eq!(f.stores(), leader.stores());
+}
+
+/// The key index a lessor phase hands back is bound to its run: kept and handed to another
+/// run's key-index phase (the same snapshot, a node with another minimum lease TTL), it is not
+/// installed; that run rebuilds the key index and its leases carry its own node's minimum.
+#[test]
+fn a_prebuilt_key_index_of_another_run_is_not_installed() {
+    let mut leader = Node::<VecBackend, Growable>::new(
+        snapply_core::Config { min_lease_ttl: 1, ..snapply_tests::config(1) },
+        VecBackend::new(),
+    );
+    run(
+        &mut leader,
+        &[Op::Grant { lease: 0, ttl: 2 }, Op::Put { key: 1, value: b"v".to_vec(), lease: Some(0) }],
+        10,
+        1,
+    );
+    let (md, image) = snapshot(&leader);
+    let mut buf = vec![0u8; MIN_BUFFER];
+    let (_, summary) = snapply_core::image::verify(&image[..], &mut buf).expect("a valid image");
+    let config = |ttl| snapply_core::Config { min_lease_ttl: ttl, ..snapply_tests::config(2) };
+
+    // Run A, on a node whose minimum is 1: its lessor phase hands back the key index, kept.
+    let mut a = Node::<VecBackend, Growable>::new(config(1), VecBackend::new());
+    let mut store_buf = vec![0u8; MIN_BUFFER];
+    let mut storage = Store::new(&mut store_buf);
+    let kept = {
+        let mut transport = PeerTable::<Growable>::default();
+        let mut obs = Recorder::default();
+        let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs };
+        let v = Validated::new(&mut a, ports, Snapshot::from_bytes(&md, &image)).expect("valid").expect("not empty");
+        let bound = v.persist().expect("persist").open_backend().expect("open").bind_index().expect("bind");
+        let prebuilt = snapply_core::pipeline::Prebuilt::<Growable>::build(leader.backend(), summary.sha256, 1)
+            .expect("build")
+            .expect("no scheduled compaction");
+        let (_leases, index) = bound.restore_lease_prebuilt(prebuilt).expect("lease");
+        index.expect("the pre-built stores fit run A")
+    };
+
+    // Run B, on a node whose minimum is 30, same snapshot, same store: A's key index is refused.
+    let mut b = Node::<VecBackend, Growable>::new(config(30), VecBackend::new());
+    let mut transport = PeerTable::<Growable>::default();
+    let mut obs = Recorder::default();
+    let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs };
+    let v = Validated::new(&mut b, ports, Snapshot::from_bytes(&md, &image)).expect("valid").expect("not empty");
+    let leases = v.persist().expect("persist").open_backend().expect("open").bind_index().expect("bind");
+    let mvcc = leases.restore_lease().expect("lease").restore_mvcc_prebuilt(kept).expect("mvcc");
+    let (swapped, _old) = mvcc.swap_backend();
+    let applied = swapped
+        .restore_alarms()
+        .restore_auth()
+        .restore_v2()
+        .restore_cluster()
+        .update_peers()
+        .expect("peers")
+        .finish()
+        .expect("finish");
+    drop(applied);
+    let lease = b.stores().lessor.leases().first().map(|l| l.ttl);
+    assert_eq!(lease, Some(30), "the lease carries run B's node's minimum TTL");
+}
+
+/// A store that hands every release ticket to another store (a throwaway run's store, holding
+/// a reference to a victim's).
+struct ReleasesInto<'s, 'v, 'b> {
+    own: &'s mut Store<'b>,
+    victim: &'v mut Store<'b>,
+}
+
+impl snapply_core::ports::SnapshotStore for ReleasesInto<'_, '_, '_> {
+    type Backend = VecBackend;
+    fn persist<'r>(
+        &mut self,
+        image: snapply_core::ImageData<'_>,
+        ticket: snapply_core::ports::PersistTicket<'r>,
+    ) -> Result<Durable<'r>, PortError> {
+        self.own.persist(image, ticket)
+    }
+    fn open_backend(&mut self, snapshot: &Durable<'_>) -> Result<VecBackend, PortError> {
+        self.own.open_backend(snapshot)
+    }
+    fn v2_data(&mut self, snapshot: &Durable<'_>) -> Result<&[u8], PortError> {
+        self.own.v2_data(snapshot)
+    }
+    fn release_before(&mut self, applied: snapply_core::ports::ReleaseTicket<'_>) -> Result<(), PortError> {
+        self.victim.release_before(applied)
+    }
+}
+
+/// A release ticket unpins only in the store whose run it ends: handed by a throwaway run's
+/// store to a victim's, whose node waits to complete a restore, it is refused and the victim's
+/// pending snapshot stays, so `resume` completes the restore. And a node whose pending
+/// snapshot is gone after all accepts that same snapshot again, which completes it.
+#[test]
+fn a_release_ticket_of_another_stores_run_does_not_unpin_a_pending_snapshot() {
+    let leader = sample_leader();
+    let (md, image) = snapshot(&leader);
+    let (newer_md, newer_image) = {
+        let mut l = sample_leader();
+        run(&mut l, &[Op::Put { key: 7, value: b"later".to_vec(), lease: None }], md.index, md.term);
+        snapshot(&l)
+    };
+    assert!(newer_md.index > md.index);
+    let mut victim_buf = vec![0u8; MIN_BUFFER];
+    let mut victim_store = Store::new(&mut victim_buf);
+    let mut victim = sample_follower(VecBackend::new());
+    drive(&mut victim, &mut victim_store, &mut Recorder::default(), &md, &image, 6, End::Drop);
+    assert!(victim.unfinished().is_some_and(|u| u.swapped()));
+
+    // A throwaway run of a newer snapshot, whose store releases into the victim's.
+    let mut own_buf = vec![0u8; MIN_BUFFER];
+    let mut own = Store::new(&mut own_buf);
+    let mut throwaway = sample_follower(VecBackend::new());
+    let mut storage = ReleasesInto { own: &mut own, victim: &mut victim_store };
+    let mut transport = PeerTable::<Growable>::default();
+    let mut obs = Recorder::default();
+    let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs };
+    let err = snapply_core::apply_snapshot(&mut throwaway, ports, Snapshot::from_bytes(&newer_md, &newer_image))
+        .expect_err("the victim's store refuses another store's release ticket");
+    assert_eq!(err.phase(), Phase::Finish);
+    assert_eq!(victim_store.pinned().collect::<Vec<_>>(), [md.index], "the pending snapshot stays pinned");
+    resume_to_leader(&mut victim, &mut victim_store, &leader, &md);
+
+    // Had the pending snapshot been lost, the same snapshot sent again completes the restore;
+    // another one is still refused.
+    let mut f = sample_follower(VecBackend::new());
+    let mut buf = vec![0u8; MIN_BUFFER];
+    let mut first = Store::new(&mut buf);
+    drive(&mut f, &mut first, &mut Recorder::default(), &md, &image, 6, End::Drop);
+    let err = snapply_tests::apply_in_memory::<VecBackend, Growable, Vec<u8>>(
+        &mut f,
+        &newer_md,
+        &newer_image,
+        &mut Recorder::default(),
+    )
+    .0
+    .expect_err("another snapshot is refused while unfinished");
+    assert!(matches!(err.kind(), ApplyErrorKind::RestoreUnfinished { .. }));
+    // A fresh store, which holds nothing: the image is persisted again.
+    let mut obs = Recorder::default();
+    let (result, _) = snapply_tests::apply_in_memory::<VecBackend, Growable, Vec<u8>>(&mut f, &md, &image, &mut obs);
+    result.expect("the same snapshot completes the restore").expect("not empty");
+    assert!(f.unfinished().is_none());
+    assert_eq!(f.stores(), leader.stores());
+    assert_eq!(records(f.backend()), records(leader.backend()));
+    assert_eq!(f.progress().applied_index, md.index);
+    assert_eq!(obs.gauge, 0);
 }

@@ -417,7 +417,14 @@ impl SnapshotStore for FsSnapshotStore {
         Ok(self.v2_of(name_of(snapshot))?)
     }
 
+    /// Releases only for a snapshot this data directory holds (its `.snap` names the applied
+    /// index, term and image digest): a release ticket of another store's run, handed on,
+    /// deletes nothing here.
     fn release_before(&mut self, applied: ReleaseTicket<'_>) -> Result<(), PortError> {
-        Ok(self.release(applied.index())?)
+        let name = SnapName { index: applied.index(), term: applied.term() };
+        match self.dir.read_snap(name) {
+            Ok(info) if info.image_sha256 == *applied.sha256() => Ok(self.release(applied.index())?),
+            _ => Err(FsError::NotFound { index: name.index, term: name.term }.to_port()),
+        }
     }
 }

@@ -287,3 +287,70 @@ fn a_snapshot_larger_than_a_write_chunk_restores_whole() {
     apply(&mut node, &mut store, &metadata, &image).expect("a snapshot of several chunks restores");
     assert_same(&leader_node, &node, &metadata);
 }
+
+/// A store whose releases go to another data directory's store.
+struct ReleasesInto<'v> {
+    own: FsSnapshotStore,
+    victim: &'v mut FsSnapshotStore,
+}
+
+impl snapply_core::ports::SnapshotStore for ReleasesInto<'_> {
+    type Backend = snapply_fs::RedbBackend;
+    fn persist<'r>(
+        &mut self,
+        image: snapply_core::ImageData<'_>,
+        ticket: snapply_core::ports::PersistTicket<'r>,
+    ) -> Result<snapply_core::ports::Durable<'r>, snapply_core::ports::PortError> {
+        self.own.persist(image, ticket)
+    }
+    fn open_backend(
+        &mut self,
+        snapshot: &snapply_core::ports::Durable<'_>,
+    ) -> Result<Self::Backend, snapply_core::ports::PortError> {
+        self.own.open_backend(snapshot)
+    }
+    fn v2_data(
+        &mut self,
+        snapshot: &snapply_core::ports::Durable<'_>,
+    ) -> Result<&[u8], snapply_core::ports::PortError> {
+        self.own.v2_data(snapshot)
+    }
+    fn release_before(
+        &mut self,
+        applied: snapply_core::ports::ReleaseTicket<'_>,
+    ) -> Result<(), snapply_core::ports::PortError> {
+        self.victim.release_before(applied)
+    }
+}
+
+/// A release ticket deletes snapshots only in the data directory that holds the snapshot it
+/// names: handed by another directory's run to a store whose snapshot waits to be applied, it
+/// is refused and the waiting snapshot stays, and applies.
+#[test]
+fn a_release_ticket_of_another_directory_does_not_delete_a_waiting_snapshot() {
+    let (first_leader, first_meta, first_image) = leader(&[rich_ops()]);
+    let (_, second_meta, second_image) = leader(&[rich_ops(), more_ops()]);
+    let victim_root = tempfile::tempdir().unwrap();
+    let (mut victim_node, mut victim) = follower(victim_root.path(), &[]);
+    victim.persist_image(&first_meta, snapply_core::ImageData::Bytes(&first_image)).unwrap();
+    let waiting = snap_files(victim_root.path());
+    assert_eq!(waiting.len(), 2, "a .snap and its .snap.db");
+
+    let other_root = tempfile::tempdir().unwrap();
+    let (mut other_node, own) = follower(other_root.path(), &[]);
+    let mut storage = ReleasesInto { own, victim: &mut victim };
+    let mut transport = snapply_core::memports::PeerTable::<snapply_core::collections::Growable>::default();
+    let mut observer = snapply_core::ports::NoObserver;
+    let ports =
+        snapply_core::ports::Ports { storage: &mut storage, transport: &mut transport, observer: &mut observer };
+    let err = snapply_core::apply_snapshot(
+        &mut other_node,
+        ports,
+        snapply_core::Snapshot::from_bytes(&second_meta, &second_image),
+    )
+    .unwrap_err();
+    assert_eq!(err.phase(), Phase::Finish);
+    assert_eq!(snap_files(victim_root.path()), waiting, "the waiting snapshot stays");
+    apply(&mut victim_node, &mut victim, &first_meta, &[]).unwrap();
+    assert_same(&first_leader, &victim_node, &first_meta);
+}

@@ -75,6 +75,20 @@ pub(crate) fn save_conf_state<W: WriteTxn + ?Sized>(txn: &mut W, conf: &ConfStat
     codec::put(txn, Bucket::Meta, META_CONF_STATE, conf, &mut buf)
 }
 
+/// Whether the conf state stored in the `meta` bucket is `conf` (none stored counts as the
+/// empty conf state), compared without decoding a second one.
+pub(crate) fn conf_state_is<R: ReadTxn + ?Sized>(txn: &R, conf: &ConfState) -> Result<bool, StoreError> {
+    let mut equal = None;
+    txn.get(Bucket::Meta, META_CONF_STATE, &mut |v| equal = Some(codec::encodes_as(conf, v)))?;
+    Ok(equal.unwrap_or_else(|| {
+        conf.voters.is_empty()
+            && conf.learners.is_empty()
+            && conf.voters_outgoing.is_empty()
+            && conf.learners_next.is_empty()
+            && !conf.auto_leave
+    }))
+}
+
 /// Reads the conf state stored in the `meta` bucket, if any.
 pub fn load_conf_state<R: ReadTxn + ?Sized>(txn: &R) -> Result<Option<ConfState>, StoreError> {
     codec::get(txn, Bucket::Meta, META_CONF_STATE)

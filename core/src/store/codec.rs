@@ -34,6 +34,29 @@ pub(crate) fn append<T: Serialize + ?Sized, S: Seq<u8>>(value: &T, out: &mut S) 
         .map_err(|_| StoreError::Capacity(CapacityError { what: "record encoding buffer" }))
 }
 
+/// Whether `bytes` is the encoding of `value`, compared byte by byte as it is encoded: no
+/// buffer, so a device compares a large record (a conf state) without a second copy of it.
+/// postcard's encoding is canonical (minimal varints), so equal encodings mean equal values.
+pub(crate) fn encodes_as<T: Serialize + ?Sized>(value: &T, bytes: &[u8]) -> bool {
+    struct Compare<'a>(&'a [u8]);
+    impl postcard::ser_flavors::Flavor for Compare<'_> {
+        type Output = bool;
+        fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+            match self.0.split_first() {
+                Some((&expected, rest)) if expected == data => {
+                    self.0 = rest;
+                    Ok(())
+                }
+                _ => Err(postcard::Error::SerializeBufferFull),
+            }
+        }
+        fn finalize(self) -> postcard::Result<bool> {
+            Ok(self.0.is_empty())
+        }
+    }
+    postcard::serialize_with_flavor(value, Compare(bytes)).unwrap_or(false)
+}
+
 /// Encodes `value` and puts it under `key` in `bucket`.
 pub(crate) fn put<T: Serialize + ?Sized, S: Seq<u8>, W: WriteTxn + ?Sized>(
     txn: &mut W,

@@ -54,6 +54,19 @@ pub enum StoreError {
         /// Index of the unfinished snapshot.
         index: u64,
     },
+    /// A request was cut short inside [`crate::Node::apply`] (a panic unwound out of the
+    /// backend or a store): the stores may hold effects the backend never committed, so the
+    /// node refuses work until it is reopened from its backend ([`crate::Node::open_in_place`]).
+    ApplyInterrupted,
+    /// A key longer than this node's profile holds ([`crate::store::max_key_len`]): a valid
+    /// key (etcd accepts keys up to its request size) that a device's key index has no room for.
+    /// Nothing was changed.
+    KeyTooLong {
+        /// The key's length in bytes.
+        len: u64,
+        /// The longest key the profile holds, in bytes.
+        limit: u64,
+    },
 }
 
 impl core::fmt::Display for StoreError {
@@ -73,6 +86,12 @@ impl core::fmt::Display for StoreError {
             }
             StoreError::RestoreUnfinished { index } => {
                 write!(f, "the restore of snapshot {index} is unfinished; complete it with `resume` first")
+            }
+            StoreError::ApplyInterrupted => f.write_str(
+                "a request was interrupted before the node's stores matched its backend; reopen the node from its backend",
+            ),
+            StoreError::KeyTooLong { len, limit } => {
+                write!(f, "key of {len} bytes is longer than this node's profile holds ({limit} bytes)")
             }
             StoreError::NoSpace => f.write_str("database space exceeded (a NOSPACE alarm is active)"),
             StoreError::CorruptAlarm => f.write_str("corrupt cluster (a CORRUPT alarm is active)"),

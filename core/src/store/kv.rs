@@ -80,7 +80,7 @@ pub struct KeyValue<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Span {
     offset: u32,
-    len: u16,
+    len: u32,
 }
 
 /// One entry of the key index: a revision of a key. 24 bytes on every target (the size test
@@ -92,7 +92,9 @@ pub struct IndexEntry {
     /// of four billion changes cannot be applied anyway).
     sub: u32,
     offset: u32,
-    len: u16,
+    /// The key's length: a `u32`, so every key etcd accepts is carried (its limit is the request
+    /// size, 1.5 MiB by default), in the 24 bytes a `u16` took (it fitted the padding).
+    len: u32,
     tombstone: bool,
 }
 
@@ -174,7 +176,7 @@ impl<P: Profile> PartialEq for KvStore<P> {
 
 fn bytes_of(arena: &[u8], span: Span) -> &[u8] {
     let start = span.offset as usize;
-    arena.get(start..start + usize::from(span.len)).unwrap_or(&[])
+    arena.get(start..start.saturating_add(span.len as usize)).unwrap_or(&[])
 }
 
 impl<P: Profile> KvStore<P> {
@@ -239,8 +241,8 @@ impl<P: Profile> KvStore<P> {
         if let Some(e) = self.entries_of(key).first() {
             return Ok(e.span());
         }
-        let len = u16::try_from(key.len()).map_err(|_| StoreError::InvalidRequest("key longer than 65535 bytes"))?;
-        if self.arena.len() + key.len() > u32::MAX as usize {
+        let len = key_len::<P>(key)?;
+        if self.arena.len().saturating_add(key.len()) > u32::MAX as usize {
             return Err(CapacityError { what: "key index arena" }.into());
         }
         if self.arena.try_extend(key).is_err() {
@@ -263,8 +265,8 @@ impl<P: Profile> KvStore<P> {
                 Some((from, to)) if from == e.offset => e.offset = to,
                 _ => {
                     let start = e.offset as usize;
-                    let len = usize::from(e.len);
-                    if start + len <= arena.len() {
+                    let len = e.len as usize;
+                    if start.saturating_add(len) <= arena.len() {
                         arena.copy_within(start..start + len, cursor);
                     }
                     last = Some((e.offset, cursor as u32));
@@ -656,8 +658,7 @@ impl<P: Profile> KvStore<P> {
         let span = match last {
             Some(e) if self.key_of(&e) == kv.key => e.span(),
             _ => {
-                let len = u16::try_from(kv.key.len())
-                    .map_err(|_| StoreError::Corrupt { bucket: Bucket::Key, what: "key longer than 65535 bytes" })?;
+                let len = key_len::<P>(kv.key)?;
                 if self.arena.try_extend(kv.key).is_err() {
                     self.reclaim();
                     self.arena.try_extend(kv.key).map_err(|_| CapacityError { what: "key index arena" })?;
@@ -670,6 +671,24 @@ impl<P: Profile> KvStore<P> {
             self.current_rev = rev.main;
         }
         Ok(())
+    }
+}
+
+/// The longest key the key index of profile `P` holds: its key arena's size on a device (a
+/// longer key cannot be stored however empty the arena is), `u32::MAX` bytes on a host (the
+/// key index's length field; etcd's own limit, the request size, is far below).
+pub const fn max_key_len<P: Profile>() -> usize {
+    let arena = <P::KeyArena as Seq<u8>>::CAPACITY;
+    if arena < u32::MAX as usize { arena } else { u32::MAX as usize }
+}
+
+/// `key`'s length for the key index, or [`StoreError::KeyTooLong`] naming the profile's limit
+/// (a valid key this node cannot hold, not a corrupt record).
+fn key_len<P: Profile>(key: &[u8]) -> Result<u32, StoreError> {
+    let limit = max_key_len::<P>();
+    match u32::try_from(key.len()) {
+        Ok(len) if key.len() <= limit => Ok(len),
+        _ => Err(StoreError::KeyTooLong { len: key.len() as u64, limit: limit as u64 }),
     }
 }
 

@@ -123,6 +123,19 @@ pub struct Membership<P: Profile> {
 /// the pipeline builds on its stack for the transport.
 pub const MAX_MEMBER_URLS: usize = 8;
 
+/// Refuses a member with more peer URLs than [`MAX_MEMBER_URLS`]: a snapshot holding one is
+/// refused by every follower when its backend is opened (the transport takes at most that many),
+/// so a node refuses the request that would make one too, and the leader never holds what no
+/// follower can restore. The one check both places use.
+pub fn check_peer_urls(count: usize) -> Result<(), StoreError> {
+    if count > MAX_MEMBER_URLS {
+        return Err(StoreError::Capacity(crate::collections::CapacityError {
+            what: "peer URLs of one member handed to the transport (at most 8)",
+        }));
+    }
+    Ok(())
+}
+
 /// Most learners a cluster may have (etcd's `maxLearners`).
 pub const MAX_LEARNERS: usize = 1;
 

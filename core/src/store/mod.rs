@@ -16,18 +16,18 @@ pub use auth::{
     AUTH_ENABLED_KEY, AUTH_REVISION_KEY, AuthStore, CachedPermission, Permission, PermissionType, ROOT_ROLE, Role,
     TokenProvider, User,
 };
-pub(crate) use cindex::save_conf_state;
 pub use cindex::{ConsistentIndex, META_CONF_STATE, META_CONSISTENT_INDEX, META_TERM, load_conf_state};
+pub(crate) use cindex::{conf_state_is, save_conf_state};
 pub use error::StoreError;
 pub(crate) use kv::Change;
 pub use kv::{
     IndexEntry, KeyValue, KvStore, META_FINISHED_COMPACT, META_SCHEDULED_COMPACT, REV_KEY_LEN, Revision,
-    TOMBSTONE_MARK, parse_revision_key, revision_key,
+    TOMBSTONE_MARK, max_key_len, parse_revision_key, revision_key,
 };
 pub use lease::{Expiry, Lease, LeaseId, LeaseItem, Lessor, MAX_LEASE_TTL};
 pub use membership::{
     CLUSTER_VERSION_KEY, Capabilities, DOWNGRADE_KEY, Downgrade, MAX_LEARNERS, MAX_MEMBER_URLS, Member, MemberId,
-    Membership, NewMember, Version, member_key,
+    Membership, NewMember, Version, check_peer_urls, member_key,
 };
 pub use v2::{CLUSTER_PREFIX, V2Deprecation, V2Node, V2Store};
 
@@ -45,6 +45,10 @@ pub fn check_backend<P: crate::collections::Profile, B: crate::backend::Backend>
     KvStore::<P>::load(&txn, &mut lessor)?;
     AlarmStore::<P>::load(&txn)?;
     AuthStore::<P>::load(&txn)?;
-    Membership::<P>::load(&txn)?;
+    let membership = Membership::<P>::load(&txn)?;
+    // What the open phase refuses too: every check a restore makes is one `verify` makes.
+    for m in membership.members() {
+        check_peer_urls(crate::collections::Seq::len(&m.peer_urls))?;
+    }
     Ok(())
 }
