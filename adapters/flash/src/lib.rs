@@ -45,4 +45,4 @@ pub use boot::BootError;
 pub use error::FlashError;
 #[cfg(any(test, feature = "ram"))]
 pub use ram::{RamFlash, RamFlashError, RamStats};
-pub use store::{FlashSnapshotStore, Mounted, OtherArea, PendingSnapshot, PersistedSnapshot, mount};
+pub use store::{FlashSnapshotStore, Mounted, OtherArea, PendingSnapshot, mount};
