@@ -41,7 +41,7 @@ mod ram;
 mod store;
 
 pub use backend::{FlashBackend, FlashRead, FlashWrite};
-pub use boot::BootError;
+pub use boot::{BootError, Booted, RefusedSnapshot};
 pub use error::FlashError;
 #[cfg(any(test, feature = "ram"))]
 pub use ram::{RamFlash, RamFlashError, RamStats};

@@ -585,12 +585,12 @@ impl<'f, 'b, F: NorFlash, const N: usize, const R: usize> FlashSnapshotStore<'f,
     }
 
     /// Drops a snapshot persisted in the area that is not committed and not yet applied, by
-    /// erasing that area (one erase per unit), and returns whether there was one. For a device
-    /// whose pending snapshot cannot be applied (a [`crate::BootError::Apply`] before the swap:
-    /// say a snapshot larger than the node's tables): the next boot serves the committed state,
-    /// and the leader sends a snapshot again. Never needed otherwise: the next persist replaces
-    /// a pending snapshot, and booting applies it.
-    pub fn discard_pending(&mut self) -> Result<bool, F> {
+    /// erasing that area (one erase per unit), and returns whether there was one. Boot calls it
+    /// for a pending snapshot that cannot be applied ([`crate::RefusedSnapshot`]: say a snapshot
+    /// larger than the node's tables), once the node is back on the committed state; the
+    /// leader sends a snapshot again. Crate-private like the port's calls: between a swap and
+    /// its commit record the node runs on that very area.
+    pub(crate) fn discard_pending(&mut self) -> Result<bool, F> {
         let (_, epoch, other) = self.areas()?;
         if complete_snapshot(self.flash, &self.geo, &other, epoch)?.is_none() {
             return Ok(false);

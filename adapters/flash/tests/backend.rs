@@ -8,11 +8,10 @@ use std::ops::ControlFlow;
 
 use common::{RECORD, RECORDS, on_big_stack};
 use snapply_core::backend::{Backend, BackendErrorKind, Bucket, ReadTxn, WriteTxn};
-use snapply_core::image::BASE_BUFFER;
 use snapply_core::ports::Phase;
 use snapply_core::{ApplyError, ApplyErrorKind, Request};
 use snapply_flash::mock::MockFlash;
-use snapply_flash::{FlashError, FlashSnapshotStore, OtherArea, mount};
+use snapply_flash::{FlashError, OtherArea, mount};
 
 type Chip = MockFlash<4, 4096>;
 const RANGE: std::ops::Range<u32> = 0..4 * 4096;
@@ -204,8 +203,10 @@ fn a_snapshot_whose_backend_misses_its_index_is_refused_before_it_is_committed()
     });
 }
 
+/// A pending snapshot the node's tables cannot hold fails the same way at every boot: boot
+/// refuses it (reported, its area erased) and serves the committed state.
 #[test]
-fn a_pending_snapshot_too_large_for_the_node_fails_boot_until_it_is_discarded() {
+fn a_pending_snapshot_too_large_for_the_node_is_refused_at_boot_and_the_committed_state_served() {
     on_big_stack(|| {
         // A leader with more keys than the follower's tables (64) hold.
         let mut leader = snapply_tests::node(1);
@@ -224,19 +225,22 @@ fn a_pending_snapshot_too_large_for_the_node_fails_boot_until_it_is_discarded() 
         let err = common::apply(&chip, range.clone(), &mut node, &metadata, &image).unwrap_err();
         assert!(!err.is_fatal() && err.phase() > Phase::Persist, "{err}");
         drop(node);
-        assert!(mount::<Chip, RECORDS, RECORD>(&chip, range.clone()).unwrap().pending.is_some());
-        let mut buf = vec![0u8; BASE_BUFFER];
-        let mut store = FlashSnapshotStore::<Chip, RECORDS, RECORD>::new(&chip, range.clone(), &mut buf).unwrap();
-        let Err(err) = common::boot(&chip, range.clone()) else {
-            panic!("booted onto a snapshot the node cannot hold")
-        };
-        assert!(matches!(err, snapply_flash::BootError::Apply(e) if !e.is_fatal()), "{err}");
-        // The committed state is intact; dropping the snapshot lets the node boot onto it.
-        assert!(store.discard_pending().unwrap());
-        assert!(!store.discard_pending().unwrap());
-        let node = common::boot(&chip, range.clone()).unwrap();
+        let pending = mount::<Chip, RECORDS, RECORD>(&chip, range.clone()).unwrap().pending.unwrap();
+        assert_eq!(pending.metadata, metadata);
+
+        let booted = common::boot(&chip, range.clone()).unwrap_or_else(|e| panic!("boot failed: {e}"));
+        let refused = booted.refused.expect("the refused snapshot is reported");
+        assert_eq!(refused.snapshot, pending);
+        assert!(!refused.error.is_fatal(), "{}", refused.error);
+        assert!(matches!(refused.error.kind(), ApplyErrorKind::Store(_)), "{}", refused.error);
+        let node = booted.node;
+        assert!(node.unfinished().is_none());
         assert_eq!(common::records(node.backend()), before);
         drop(node);
-        assert_eq!(mount::<Chip, RECORDS, RECORD>(&chip, range).unwrap().other, OtherArea::Unused);
+        // Its area was erased: the next boot finds nothing pending and reports nothing.
+        assert_eq!(mount::<Chip, RECORDS, RECORD>(&chip, range.clone()).unwrap().other, OtherArea::Unused);
+        let again = common::boot(&chip, range).unwrap();
+        assert_eq!(again.refused, None);
+        assert_eq!(common::records(again.node.backend()), before);
     });
 }

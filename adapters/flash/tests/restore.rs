@@ -120,7 +120,9 @@ fn a_pending_snapshot_is_applied_at_boot_before_the_node_is_handed_out() {
         assert_eq!(mounted.other, OtherArea::Pending);
         assert_eq!(mounted.pending.as_ref().map(|p| &p.metadata), Some(&metadata));
         drop(mounted);
-        let node = boot(&chip, RANGE).unwrap();
+        let booted = boot(&chip, RANGE).unwrap();
+        assert_eq!(booted.refused, None);
+        let node = booted.node;
         assert!(node.unfinished().is_none());
         assert_eq!(node.progress().applied_index, metadata.index);
         assert_eq!(records(node.backend()), records(leader.backend()));
@@ -182,5 +184,31 @@ fn a_restore_whose_flip_failed_is_resumed_from_flash() {
         let mounted = mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap();
         assert!(mounted.pending.is_none());
         assert_eq!(mounted.backend.len(), records(leader.backend()).len() + 1);
+    });
+}
+
+/// A flash operation that fails while boot completes a pending snapshot may pass at the next
+/// boot: the boot fails and the snapshot stays pending (it is not refused), and the next boot
+/// applies it.
+#[test]
+fn a_flash_failure_while_completing_a_pending_snapshot_fails_boot_and_keeps_the_snapshot() {
+    on_big_stack(|| {
+        let leader = leader(20);
+        let (metadata, image) = snapply_tests::snapshot(&leader);
+        let chip = RefCell::new(Chip::new(8));
+        let mut node = follower(&chip, RANGE, &follower_ops());
+        persist_only(&chip, RANGE, &mut node, &metadata, Image::Bytes(&image)).unwrap();
+        drop(node);
+        // Power fails at the first byte the boot's restore programs.
+        chip.borrow_mut().cut_after(0);
+        let Err(err) = boot(&chip, RANGE) else { panic!("booted through a failing flash") };
+        assert!(matches!(err, snapply_flash::BootError::Apply(e) if !e.is_fatal()), "{err}");
+        chip.borrow_mut().reboot();
+        let mounted = mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap();
+        assert_eq!(mounted.pending.map(|p| p.metadata).as_ref(), Some(&metadata));
+        let booted = boot(&chip, RANGE).unwrap();
+        assert_eq!(booted.refused, None);
+        assert_eq!(booted.node.progress().applied_index, metadata.index);
+        assert_eq!(records(booted.node.backend()), records(leader.backend()));
     });
 }

@@ -14,7 +14,7 @@ use snapply_core::memports::PeerTable;
 use snapply_core::pipeline::Validated;
 use snapply_core::ports::{NoObserver, Ports};
 use snapply_core::{ApplyError, Node, Snapshot, SnapshotMetadata, Stores, apply_snapshot};
-use snapply_flash::{BootError, FlashBackend, FlashSnapshotStore, mount};
+use snapply_flash::{BootError, Booted, FlashBackend, FlashSnapshotStore, mount};
 use snapply_tests::Op;
 
 /// The stores' capacities in these tests.
@@ -87,14 +87,18 @@ pub fn follower_ops() -> Vec<Op> {
 pub fn follower<'f, F: NorFlash>(chip: &'f RefCell<F>, range: Range<u32>, ops: &[Op]) -> FlashNode<'f, F> {
     let mounted = mount::<F, RECORDS, RECORD>(chip, range.clone()).unwrap();
     assert!(mounted.pending.is_none());
-    let mut node = boot(chip, range).unwrap();
+    let mut node = boot(chip, range).unwrap().node;
     let first = node.progress().applied_index;
     snapply_tests::run(&mut node, ops, first, 1);
     node
 }
 
-/// Boots a node from the flash: mount, open, and complete a pending restore first.
-pub fn boot<'f, F: NorFlash>(chip: &'f RefCell<F>, range: Range<u32>) -> Result<FlashNode<'f, F>, BootError<F::Error>> {
+/// Boots a node from the flash: mount, open, and complete a pending restore first (or refuse
+/// it).
+pub fn boot<'f, F: NorFlash>(
+    chip: &'f RefCell<F>,
+    range: Range<u32>,
+) -> Result<Booted<'f, F, RECORDS, RECORD, Small>, BootError<F::Error>> {
     let mounted = mount::<F, RECORDS, RECORD>(chip, range.clone()).map_err(BootError::Flash)?;
     let mut buf = vec![0u8; BASE_BUFFER];
     let mut storage = FlashSnapshotStore::<F, RECORDS, RECORD>::new(chip, range, &mut buf).map_err(BootError::Flash)?;
