@@ -364,6 +364,10 @@ impl<'f, F: NorFlash, const N: usize, const R: usize> FlashBackend<'f, F, N, R> 
     /// at `begun` to the tail) are copied after them, byte for byte (so its CRC still holds),
     /// and applied to the index again. A cut anywhere leaves the committed state in one area or
     /// the other and the transaction uncommitted, as any cut before its commit frame does.
+    ///
+    /// Not inlined: its key buffer would otherwise sit in the frame of every write, under the
+    /// deepest frame of a restore on a device (BENCHMARKS.md, "Firmware").
+    #[inline(never)]
     fn compact_in_flight(&mut self, begun: Option<u32>) -> Result<bool, F> {
         if self.compaction_refused()?.is_some() {
             return Ok(false);

@@ -24,8 +24,9 @@ pub enum BootError<E> {
     /// capacity of the profile too small for them).
     Store(StoreError),
     /// Completing the restore of the pending snapshot failed in a way that may pass: after the
-    /// swap ([`ApplyError::is_fatal`]: the node cannot serve a mix), or reading the flash
-    /// failed. The snapshot stays persisted and the next boot tries again. (A snapshot that can
+    /// swap ([`ApplyError::is_fatal`]: the node cannot serve a mix), a flash operation failed
+    /// (an I/O error), or the node's old state could not be read back. The snapshot stays
+    /// persisted and the next boot tries again. (A snapshot that can
     /// never be applied does not end here: it is refused, see [`Booted::refused`].)
     Apply(ApplyError),
 }
@@ -73,7 +74,8 @@ impl<'f, F: NorFlash, const N: usize, const R: usize> Mounted<'f, F, N, R> {
     ///
     /// A pending snapshot that can never be applied does not keep the device from booting: when
     /// its restore fails before the swap, with the node's old state read back intact, for any
-    /// reason but a flash read (its records exceed the profile, it does not read back intact),
+    /// reason but a failed flash operation (its records exceed the profile, its area does not
+    /// read back intact),
     /// it is logged, its area erased, and the node is returned on the committed state with the
     /// snapshot in [`Booted::refused`] (etcd logs a failed snapshot and keeps serving; the
     /// leader sends a snapshot again). Kept, it would fail every boot and keep the committed
