@@ -9,7 +9,9 @@ use snapply_core::backend::{Backend, BackendError, BackendErrorKind, Bucket, Rea
 
 use crate::chip::{self, Geometry, Payload, Result};
 use crate::error::FlashError;
-use crate::log::{self, AreaKind, AreaState, CRC, Header, K_BEGIN, K_CLEAR, K_COMMIT, K_DELETE, K_PUT, SnapInfo};
+use crate::log::{
+    self, AreaKind, AreaState, CRC, Header, K_BEGIN, K_CLEAR, K_COMMIT, K_DELETE, K_PUT, Scanned, SnapInfo,
+};
 
 /// The consistent index key of the `meta` bucket (etcd's `consistent_index`).
 const CONSISTENT_INDEX: &[u8] = b"consistent_index";
@@ -26,6 +28,9 @@ const CONSISTENT_INDEX: &[u8] = b"consistent_index";
 /// rebuilds the index from flash, where the uncommitted frames are ignored. When the area is
 /// nearly full, beginning a write transaction first compacts the live records into the other
 /// area and makes that one the committed area, unless the other area holds a pending snapshot.
+/// A transaction that runs out of room compacts the committed records the same way and goes on
+/// in the other area, its frames so far copied after them; it fails with `Full` only if the
+/// live records and it do not fit one area.
 pub struct FlashBackend<'f, F: NorFlash, const N: usize, const R: usize> {
     flash: &'f RefCell<F>,
     geo: Geometry,
@@ -78,6 +83,11 @@ pub struct FlashWrite<'b, 'f, F: NorFlash, const N: usize, const R: usize> {
     done: bool,
     /// The transaction wrote snapshot frames (metadata, v2 data).
     snapshot_frames: bool,
+    /// Where its `K_BEGIN` frame is, once written.
+    begun: Option<u32>,
+    /// Moving it into a compacted area failed: its earlier writes are gone from the index, so
+    /// it takes no more writes and does not commit.
+    lost: bool,
 }
 
 impl<'f, F: NorFlash, const N: usize, const R: usize> FlashBackend<'f, F, N, R> {
@@ -265,15 +275,14 @@ impl<'f, F: NorFlash, const N: usize, const R: usize> FlashBackend<'f, F, N, R> 
         Ok(index > self.consistent_index()?)
     }
 
-    /// Copies the live records and the snapshot frames into the other area, then writes its
-    /// commit record: from that write on, the other area is the committed one.
-    fn compact(&mut self) -> Result<(), F> {
+    /// Why this area cannot be compacted now, if it cannot: only the committed area compacts
+    /// (a snapshot area not yet flipped, where the pipeline's own commits land, or a stale
+    /// handle on a superseded area must never erase the area that holds the committed state),
+    /// and never over a pending snapshot.
+    fn compaction_refused(&self) -> Result<Option<&'static str>, F> {
         if self.poisoned {
             return Err(FlashError::Poisoned);
         }
-        // Only the committed area compacts: a snapshot area not yet flipped (the pipeline's own
-        // commits land there) or a stale handle on a superseded area must never erase the area
-        // that holds the committed state.
         let other = 1 - (self.area & 1);
         let mine = log::area_state(self.flash, &self.geo, self.area)?;
         let theirs = log::area_state(self.flash, &self.geo, other)?;
@@ -281,11 +290,21 @@ impl<'f, F: NorFlash, const N: usize, const R: usize> FlashBackend<'f, F, N, R> 
             && mine.header.map(|h| h.epoch) == Some(self.epoch)
             && !(theirs.activated && theirs.header.is_some_and(|h| h.epoch > self.epoch));
         if !committed {
-            return Err(FlashError::Full("the flash area is full and is not the committed one"));
+            return Ok(Some("the flash area is full and is not the committed one"));
         }
         if self.other_is_pending()? {
-            return Err(FlashError::Full("the flash area is full and the other one holds a pending snapshot"));
+            return Ok(Some("the flash area is full and the other one holds a pending snapshot"));
         }
+        Ok(None)
+    }
+
+    /// Copies the live records and the snapshot frames into the other area, then writes its
+    /// commit record: from that write on, the other area is the committed one.
+    fn compact(&mut self) -> Result<(), F> {
+        if let Some(why) = self.compaction_refused()? {
+            return Err(FlashError::Full(why));
+        }
+        let other = 1 - (self.area & 1);
         let epoch = self.epoch.checked_add(1).ok_or(FlashError::Full("area epochs exhausted"))?;
         crate::fmt::info!("compacting flash area {} into area {}", self.area, other);
         // The target is written through a bare tail rather than a second backend, and the index
@@ -337,6 +356,53 @@ impl<'f, F: NorFlash, const N: usize, const R: usize> FlashBackend<'f, F, N, R> 
                 Err(e)
             }
         }
+    }
+
+    /// Compacts while a transaction is in flight, if the area can be compacted (else returns
+    /// false, having changed nothing): the committed records go into the other area as
+    /// [`Self::compact`] copies them, then the transaction's frames so far (from its `K_BEGIN`
+    /// at `begun` to the tail) are copied after them, byte for byte (so its CRC still holds),
+    /// and applied to the index again. A cut anywhere leaves the committed state in one area or
+    /// the other and the transaction uncommitted, as any cut before its commit frame does.
+    ///
+    /// Not inlined: its key buffer would otherwise sit in the frame of every write, under the
+    /// deepest frame of a restore on a device (BENCHMARKS.md, "Firmware").
+    #[inline(never)]
+    fn compact_in_flight(&mut self, begun: Option<u32>) -> Result<bool, F> {
+        if self.compaction_refused()?.is_some() {
+            return Ok(false);
+        }
+        let Some(begun) = begun else {
+            self.compact()?;
+            return Ok(true);
+        };
+        let old_tail = self.tail;
+        // The compaction copies what is committed: the index goes back to that first.
+        self.reload()?;
+        self.compact()?;
+        let end = self.geo.base(self.area) + self.geo.area_len;
+        let start = self.tail;
+        let copied = (|| {
+            let mut unused = CRC.digest();
+            let mut pos = begun;
+            while pos < old_tail {
+                let h = log::valid_header_at(self.flash, pos)?;
+                copy_frame(self.flash, &self.geo, end, &mut self.tail, pos, &mut unused)?;
+                pos = log::next_frame(&self.geo, pos, &h)?;
+            }
+            let mut key = [0u8; R];
+            let mut scanned = Scanned { tail: self.tail, snap: None, txns: 0, torn: false };
+            let index = self.index.as_mut_view();
+            log::replay(self.flash, &self.geo, start, self.tail, Some(index), &mut key, &mut scanned)
+        })();
+        if let Err(e) = copied {
+            // The index must say what the flash commits.
+            if matches!(e, FlashError::Flash { .. }) || self.reload().is_err() {
+                self.poisoned = true;
+            }
+            return Err(e);
+        }
+        Ok(true)
     }
 
     fn begin(&mut self) -> Result<(), F> {
@@ -412,17 +478,43 @@ impl<'f, F: NorFlash, const N: usize, const R: usize> FlashWrite<'_, 'f, F, N, R
         }
         let klen = u16::try_from(key.len()).map_err(|_| FlashError::Full("a key longer than 65535 bytes"))?;
         let vlen = u32::try_from(value.len()).map_err(|_| FlashError::Full("a value longer than 4 GiB"))?;
+        if self.lost {
+            return Err(FlashError::Misuse("writing to a transaction that could not be moved to the compacted area"));
+        }
         if self.digest.is_none() {
-            let mut d = CRC.digest();
-            self.backend.append(
-                &Header { kind: K_BEGIN, bucket: 0, klen: 0, vlen: 0 },
-                &Payload::Slices(&[]),
-                Some(&mut d),
-            )?;
-            self.digest = Some(d);
+            self.digest = Some(CRC.digest());
+            let begin = Header { kind: K_BEGIN, bucket: 0, klen: 0, vlen: 0 };
+            match self.append(&begin, &Payload::Slices(&[]), true) {
+                Ok(pos) => self.begun = Some(pos),
+                Err(e) => {
+                    self.digest = None;
+                    return Err(e);
+                }
+            }
         }
         let h = Header { kind, bucket: bucket.id(), klen, vlen };
-        self.backend.append(&h, &Payload::Slices(&[key, value]), self.digest.as_mut())
+        self.append(&h, &Payload::Slices(&[key, value]), true)
+    }
+
+    /// Appends one frame of the transaction (into its digest if `digested`); if the area is full,
+    /// compacts it and goes on in the other area ([`FlashBackend::compact_in_flight`]), unless
+    /// the transaction writes a snapshot (into an area that is not committed).
+    fn append(&mut self, h: &Header, payload: &Payload<'_>, digested: bool) -> Result<u32, F> {
+        let digest = if digested { self.digest.as_mut() } else { None };
+        match self.backend.append(h, payload, digest) {
+            Err(FlashError::Full(why)) if !self.snapshot_frames => {
+                // Until the frames are copied, the index holds only the committed records.
+                self.lost = self.begun.is_some();
+                if !self.backend.compact_in_flight(self.begun)? {
+                    self.lost = false;
+                    return Err(FlashError::Full(why));
+                }
+                self.lost = false;
+                let digest = if digested { self.digest.as_mut() } else { None };
+                self.backend.append(h, payload, digest)
+            }
+            other => other,
+        }
     }
 
     /// Appends a frame that is not a bucket record (snapshot metadata, v2 data).
@@ -474,11 +566,14 @@ impl<'f, F: NorFlash, const N: usize, const R: usize> FlashWrite<'_, 'f, F, N, R
     }
 
     pub(crate) fn commit_inner(mut self) -> Result<(), F> {
+        if self.lost {
+            return Err(FlashError::Misuse("committing a transaction that could not be moved to the compacted area"));
+        }
         self.done = true;
         let Some(d) = self.digest.take() else { return Ok(()) };
         let crc = d.finalize();
         let committed =
-            self.backend.append(&Header { kind: K_COMMIT, bucket: 0, klen: 0, vlen: crc }, &Payload::Slices(&[]), None);
+            self.append(&Header { kind: K_COMMIT, bucket: 0, klen: 0, vlen: crc }, &Payload::Slices(&[]), false);
         if let Err(e) = committed {
             // Whether the commit frame reached the flash or not, the index must say what the
             // flash says.
@@ -561,6 +656,6 @@ impl<'f, F: NorFlash, const N: usize, const R: usize> Backend for FlashBackend<'
 
     fn write(&mut self) -> core::result::Result<Self::Write<'_>, BackendError> {
         self.begin()?;
-        Ok(FlashWrite { backend: self, digest: None, done: false, snapshot_frames: false })
+        Ok(FlashWrite { backend: self, digest: None, done: false, snapshot_frames: false, begun: None, lost: false })
     }
 }

@@ -41,8 +41,8 @@ mod ram;
 mod store;
 
 pub use backend::{FlashBackend, FlashRead, FlashWrite};
-pub use boot::BootError;
+pub use boot::{BootError, Booted, RefusedSnapshot};
 pub use error::FlashError;
 #[cfg(any(test, feature = "ram"))]
 pub use ram::{RamFlash, RamFlashError, RamStats};
-pub use store::{FlashSnapshotStore, Mounted, OtherArea, PendingSnapshot, PersistedSnapshot, mount};
+pub use store::{FlashSnapshotStore, Mounted, OtherArea, PendingSnapshot, mount};

@@ -329,7 +329,7 @@ pub(crate) fn scan<F: NorFlash>(
 }
 
 /// Applies the committed transaction whose frames run from `start` (its `K_BEGIN`) to `commit`.
-fn replay<F: NorFlash>(
+pub(crate) fn replay<F: NorFlash>(
     flash: &RefCell<F>,
     geo: &Geometry,
     start: u32,

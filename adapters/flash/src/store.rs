@@ -250,16 +250,15 @@ pub fn mount<'f, F: NorFlash, const N: usize, const R: usize>(
 
 /// A snapshot persisted in the inactive area.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct PersistedSnapshot {
+struct PersistedSnapshot {
     /// The snapshot's index.
-    pub index: u64,
+    index: u64,
     /// The snapshot's term.
-    pub term: u64,
+    term: u64,
     /// SHA-256 of the image (its trailer's digest).
-    pub sha256: [u8; SHA256_LEN],
+    sha256: [u8; SHA256_LEN],
     /// The area already held this snapshot, complete: nothing was read or written.
-    pub reused: bool,
+    reused: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -278,6 +277,11 @@ struct Held {
 /// called at the very end of a successful apply, writes its commit record, the one small write
 /// that makes it the committed area. The old area is reclaimed lazily: the next persist or
 /// compaction erases it, so a restore erases each erase unit once.
+///
+/// Only the pipeline persists, opens and commits: these are reachable through the
+/// [`SnapshotStore`] port alone, whose tickets only the pipeline makes. A persist or a commit
+/// beside it would flip the committed area under a node still writing to the old one (an entry
+/// acknowledged after the flip is gone after a reboot), or erase the area the node runs on.
 ///
 /// `buf` is the image decoder's buffer (at least `snapply_core::image::BASE_BUFFER` bytes, and
 /// as large as the largest record the node takes: `snapply_core::image::buffer_for`); it also
@@ -403,11 +407,7 @@ impl<'f, 'b, F: NorFlash, const N: usize, const R: usize> FlashSnapshotStore<'f,
     /// carries other metadata; [`FlashError::BadImage`] for an invalid image;
     /// [`FlashError::Full`] when the area, the record index or the buffer is too small; a
     /// flash error otherwise.
-    pub fn persist_snapshot(
-        &mut self,
-        metadata: &SnapshotMetadata,
-        image: ImageData<'_>,
-    ) -> Result<PersistedSnapshot, F> {
+    fn persist_snapshot(&mut self, metadata: &SnapshotMetadata, image: ImageData<'_>) -> Result<PersistedSnapshot, F> {
         let (committed_area, epoch, other) = self.areas()?;
         if let Some(h) = self.already_held(committed_area.id, epoch, &other, metadata)? {
             let digest = self.digest_of(image)?;
@@ -537,7 +537,7 @@ impl<'f, 'b, F: NorFlash, const N: usize, const R: usize> FlashSnapshotStore<'f,
 
     /// Opens the backend of the persisted snapshot, scanning its area again (every
     /// transaction's CRC is checked again).
-    pub fn open_snapshot(
+    fn open_snapshot(
         &mut self,
         index: u64,
         term: u64,
@@ -559,7 +559,7 @@ impl<'f, 'b, F: NorFlash, const N: usize, const R: usize> FlashSnapshotStore<'f,
     }
 
     /// The v2 data of the persisted snapshot, read from its area into the decode buffer.
-    pub fn snapshot_v2(&mut self, index: u64, term: u64, sha256: &[u8; SHA256_LEN]) -> Result<&[u8], F> {
+    fn snapshot_v2(&mut self, index: u64, term: u64, sha256: &[u8; SHA256_LEN]) -> Result<&[u8], F> {
         let held = self.held(index, term, sha256)?;
         let base = self.geo.base(held.area);
         let lost = FlashError::Corrupt { offset: base, what: "the snapshot area lost its snapshot" };
@@ -573,7 +573,7 @@ impl<'f, 'b, F: NorFlash, const N: usize, const R: usize> FlashSnapshotStore<'f,
 
     /// Makes the persisted snapshot's area the committed one: one commit-record write. Until it
     /// lands, a reboot finds the old area committed and this snapshot pending.
-    pub fn commit_snapshot(&mut self, index: u64, term: u64, sha256: &[u8; SHA256_LEN]) -> Result<(), F> {
+    fn commit_snapshot(&mut self, index: u64, term: u64, sha256: &[u8; SHA256_LEN]) -> Result<(), F> {
         let held = self.held(index, term, sha256)?;
         let state = log::area_state(self.flash, &self.geo, held.area)?;
         if !state.activated {
@@ -585,12 +585,12 @@ impl<'f, 'b, F: NorFlash, const N: usize, const R: usize> FlashSnapshotStore<'f,
     }
 
     /// Drops a snapshot persisted in the area that is not committed and not yet applied, by
-    /// erasing that area (one erase per unit), and returns whether there was one. For a device
-    /// whose pending snapshot cannot be applied (a [`crate::BootError::Apply`] before the swap:
-    /// say a snapshot larger than the node's tables): the next boot serves the committed state,
-    /// and the leader sends a snapshot again. Never needed otherwise: the next persist replaces
-    /// a pending snapshot, and booting applies it.
-    pub fn discard_pending(&mut self) -> Result<bool, F> {
+    /// erasing that area (one erase per unit), and returns whether there was one. Boot calls it
+    /// for a pending snapshot that cannot be applied ([`crate::RefusedSnapshot`]: say a snapshot
+    /// larger than the node's tables), once the node is back on the committed state; the
+    /// leader sends a snapshot again. Crate-private like the port's calls: between a swap and
+    /// its commit record the node runs on that very area.
+    pub(crate) fn discard_pending(&mut self) -> Result<bool, F> {
         let (_, epoch, other) = self.areas()?;
         if complete_snapshot(self.flash, &self.geo, &other, epoch)?.is_none() {
             return Ok(false);
@@ -645,3 +645,71 @@ impl<'f, F: NorFlash, const N: usize, const R: usize> SnapshotStore for FlashSna
 
 #[allow(dead_code)]
 fn _assert_backend<B: Backend>() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mock::MockFlash;
+    use snapply_core::backend::{OwnedRecord, dump};
+    use snapply_core::collections::Growable;
+    use snapply_core::image::BASE_BUFFER;
+    use snapply_core::{Node, Request};
+
+    type Chip = MockFlash<4, 4096>;
+    const RANGE: Range<u32> = 0..8 * 4096;
+    const RECORDS: usize = 64;
+    const RECORD: usize = 256;
+
+    fn records<B: Backend>(b: &B) -> std::vec::Vec<OwnedRecord> {
+        dump(&b.read().unwrap()).unwrap()
+    }
+
+    /// A snapshot whose flip landed is still confirmed from the committed area, by its digest,
+    /// while nothing was applied on top of it (a run that wrote the commit record and failed to
+    /// report it resumes from there); another digest is refused, and after a write it is not
+    /// offered any more. Persisted again before the flip, it is confirmed from the other area
+    /// without writing anything.
+    #[test]
+    fn a_persisted_snapshot_is_confirmed_by_its_digest_until_the_node_writes_on() {
+        let mut leader = snapply_tests::node(1);
+        for k in 0..10u64 {
+            let key = std::format!("key-{k}");
+            leader.apply(10 + k, 2, &Request::Put { key: key.as_bytes(), value: b"v", lease: 0 }).unwrap();
+        }
+        let (metadata, image) = snapply_tests::snapshot(&leader);
+        let chip = RefCell::new(Chip::new(8));
+        drop(mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap());
+        let mut buf = std::vec![0u8; BASE_BUFFER];
+        let mut store = FlashSnapshotStore::<Chip, RECORDS, RECORD>::new(&chip, RANGE, &mut buf).unwrap();
+        let persisted = store.persist_snapshot(&metadata, ImageData::Bytes(&image)).unwrap();
+        assert!(!persisted.reused);
+        let sha256 = persisted.sha256;
+
+        chip.borrow_mut().reset_stats();
+        assert!(store.persist_snapshot(&metadata, ImageData::Persisted { sha256 }).unwrap().reused);
+        assert!(store.persist_snapshot(&metadata, ImageData::Bytes(&image)).unwrap().reused);
+        let stats = chip.borrow().stats();
+        assert_eq!((stats.programmed, stats.erases), (0, 0));
+        let other = store.persist_snapshot(&metadata, ImageData::Persisted { sha256: [7; 32] });
+        assert_eq!(other.unwrap_err(), FlashError::MetadataMismatch);
+
+        store.commit_snapshot(metadata.index, metadata.term, &sha256).unwrap();
+        let by_image = store.persist_snapshot(&metadata, ImageData::Bytes(&image)).unwrap();
+        assert!(by_image.reused);
+        assert_eq!(by_image.sha256, sha256);
+        let again = store.persist_snapshot(&metadata, ImageData::Persisted { sha256 }).unwrap();
+        assert!(again.reused);
+        let opened = store.open_snapshot(metadata.index, metadata.term, &sha256).unwrap();
+        assert_eq!(records(&opened), records(leader.backend()));
+        drop(opened);
+        let other = store.persist_snapshot(&metadata, ImageData::Persisted { sha256: [0; 32] });
+        assert_eq!(other.unwrap_err(), FlashError::MetadataMismatch);
+
+        let mounted = mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap();
+        let v2 = store.committed_v2(&mounted.backend).unwrap().to_vec();
+        let mut node = Node::<_, Growable>::open(snapply_tests::config(2), mounted.backend, &v2).unwrap();
+        node.apply(metadata.index + 1, 3, &Request::Put { key: b"k", value: b"v", lease: 0 }).unwrap();
+        let gone = store.persist_snapshot(&metadata, ImageData::Persisted { sha256 });
+        assert_eq!(gone.unwrap_err(), FlashError::NotFound);
+    }
+}

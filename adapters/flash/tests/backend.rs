@@ -7,11 +7,11 @@ use std::cell::RefCell;
 use std::ops::ControlFlow;
 
 use common::{RECORD, RECORDS, on_big_stack};
-use snapply_core::ImageData;
 use snapply_core::backend::{Backend, BackendErrorKind, Bucket, ReadTxn, WriteTxn};
-use snapply_core::image::BASE_BUFFER;
+use snapply_core::ports::Phase;
+use snapply_core::{ApplyError, ApplyErrorKind, Request};
 use snapply_flash::mock::MockFlash;
-use snapply_flash::{FlashError, FlashSnapshotStore, OtherArea, mount};
+use snapply_flash::{FlashError, OtherArea, mount};
 
 type Chip = MockFlash<4, 4096>;
 const RANGE: std::ops::Range<u32> = 0..4 * 4096;
@@ -26,6 +26,11 @@ fn all<B: Backend>(b: &B, bucket: Bucket) -> Vec<(Vec<u8>, Vec<u8>)> {
         })
         .unwrap();
     out
+}
+
+/// Whether `err` is the snapshot store's failure while `context`, in the persist phase.
+fn persist_failed(err: &ApplyError, context: &str) -> bool {
+    err.phase() == Phase::Persist && matches!(err.kind(), ApplyErrorKind::Port(e) if e.context == context)
 }
 
 fn kv(pairs: &[(&[u8], &[u8])]) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -112,19 +117,22 @@ fn a_pending_snapshot_blocks_compaction_with_a_full_error() {
         let leader = common::leader(10);
         let (metadata, image) = snapply_tests::snapshot(&leader);
         let chip = RefCell::new(Chip::new(4));
+        let mut node = common::follower(&chip, RANGE, &[]);
+        common::persist_only(&chip, RANGE, &mut node, &metadata, common::Image::Bytes(&image)).unwrap();
+        let sha256 = mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap().pending.map(|p| p.sha256).unwrap();
+        // A second persist of the same snapshot reuses the area, writing nothing: named by its
+        // digest, or with the same image (decoded again to check its digest). Another image is
+        // refused.
+        chip.borrow_mut().reset_stats();
+        common::persist_only(&chip, RANGE, &mut node, &metadata, common::Image::Persisted(sha256)).unwrap();
+        common::persist_only(&chip, RANGE, &mut node, &metadata, common::Image::Bytes(&image)).unwrap();
+        let stats = chip.borrow().stats();
+        assert_eq!((stats.programmed, stats.erases), (0, 0), "a reused snapshot was written again");
+        let err =
+            common::persist_only(&chip, RANGE, &mut node, &metadata, common::Image::Persisted([7; 32])).unwrap_err();
+        assert!(persist_failed(&err, "comparing the image's metadata with the snapshot's"), "{err}");
+        drop(node);
         let mut b = mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap().backend;
-        let mut buf = vec![0u8; BASE_BUFFER];
-        let mut store = FlashSnapshotStore::<Chip, RECORDS, RECORD>::new(&chip, RANGE, &mut buf).unwrap();
-        let persisted = store.persist_snapshot(&metadata, ImageData::Bytes(&image)).unwrap();
-        assert!(!persisted.reused);
-        // A second persist of the same snapshot reuses the area: named by its digest, or with the
-        // same image (decoded again to check its digest). Another image is refused.
-        let by_digest = store.persist_snapshot(&metadata, ImageData::Persisted { sha256: persisted.sha256 }).unwrap();
-        assert!(by_digest.reused);
-        assert!(store.persist_snapshot(&metadata, ImageData::Bytes(&image)).unwrap().reused);
-        let err = store.persist_snapshot(&metadata, ImageData::Persisted { sha256: [7; 32] }).unwrap_err();
-        assert_eq!(err, FlashError::MetadataMismatch);
-        let _ = store;
         let mut full = None;
         for i in 0..400u32 {
             let result = b.write().and_then(|mut t| {
@@ -151,18 +159,17 @@ fn a_bad_image_leaves_a_discarded_area_and_the_state_untouched() {
         let at = image.len() / 2;
         image[at] ^= 0x40;
         let chip = RefCell::new(Chip::new(4));
-        let mut b = mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap().backend;
-        let mut t = b.write().unwrap();
-        t.put(Bucket::Key, b"mine", b"1").unwrap();
-        t.commit().unwrap();
-        let mut buf = vec![0u8; BASE_BUFFER];
-        let mut store = FlashSnapshotStore::<Chip, RECORDS, RECORD>::new(&chip, RANGE, &mut buf).unwrap();
-        let err = store.persist_snapshot(&metadata, ImageData::Bytes(&image)).unwrap_err();
-        assert!(matches!(err, FlashError::BadImage(_)), "{err:?}");
+        let mut node = common::follower(&chip, RANGE, &[]);
+        let next = node.progress().applied_index + 1;
+        node.apply(next, 1, &Request::Put { key: b"mine", value: b"1", lease: 0 }).unwrap();
+        let before = common::records(node.backend());
+        let err = common::apply(&chip, RANGE, &mut node, &metadata, &image).unwrap_err();
+        assert!(persist_failed(&err, "checking the snapshot image"), "{err}");
+        drop(node);
         let mounted = mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap();
         assert_eq!(mounted.other, OtherArea::Discarded);
         assert!(mounted.pending.is_none());
-        assert_eq!(all(&mounted.backend, Bucket::Key), kv(&[(b"mine", b"1")]));
+        assert_eq!(common::records(&mounted.backend), before);
     });
 }
 
@@ -186,19 +193,20 @@ fn a_snapshot_whose_backend_misses_its_index_is_refused_before_it_is_committed()
         let mut image = Vec::new();
         snapply_core::image::encode(&metadata, &leader.backend().read().unwrap(), &[], &mut image).unwrap();
         let chip = RefCell::new(Chip::new(4));
-        drop(mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap());
-        let mut buf = vec![0u8; BASE_BUFFER];
-        let mut store = FlashSnapshotStore::<Chip, RECORDS, RECORD>::new(&chip, RANGE, &mut buf).unwrap();
-        let err = store.persist_snapshot(&metadata, ImageData::Bytes(&image)).unwrap_err();
-        assert!(matches!(err, FlashError::IndexMismatch { snapshot_index, .. } if snapshot_index == metadata.index));
+        let mut node = common::follower(&chip, RANGE, &[]);
+        let err = common::apply(&chip, RANGE, &mut node, &metadata, &image).unwrap_err();
+        assert!(persist_failed(&err, "comparing the snapshot's consistent index with its index"), "{err}");
+        drop(node);
         let mounted = mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap();
         assert!(mounted.pending.is_none());
         assert_eq!(mounted.other, OtherArea::Discarded);
     });
 }
 
+/// A pending snapshot the node's tables cannot hold fails the same way at every boot: boot
+/// refuses it (reported, its area erased) and serves the committed state.
 #[test]
-fn a_pending_snapshot_too_large_for_the_node_fails_boot_until_it_is_discarded() {
+fn a_pending_snapshot_too_large_for_the_node_is_refused_at_boot_and_the_committed_state_served() {
     on_big_stack(|| {
         // A leader with more keys than the follower's tables (64) hold.
         let mut leader = snapply_tests::node(1);
@@ -211,22 +219,88 @@ fn a_pending_snapshot_too_large_for_the_node_fails_boot_until_it_is_discarded() 
         let (metadata, image) = snapply_tests::snapshot(&leader);
         let chip = RefCell::new(Chip::new(8));
         let range = 0..8 * 4096;
-        let node = common::follower(&chip, range.clone(), &common::follower_ops());
+        let mut node = common::follower(&chip, range.clone(), &common::follower_ops());
         let before = common::records(node.backend());
+        // The run persists the snapshot and fails before the swap: it stays pending on flash.
+        let err = common::apply(&chip, range.clone(), &mut node, &metadata, &image).unwrap_err();
+        assert!(!err.is_fatal() && err.phase() > Phase::Persist, "{err}");
         drop(node);
-        let mut buf = vec![0u8; BASE_BUFFER];
-        let mut store = FlashSnapshotStore::<Chip, RECORDS, RECORD>::new(&chip, range.clone(), &mut buf).unwrap();
-        store.persist_snapshot(&metadata, ImageData::Bytes(&image)).unwrap();
-        let Err(err) = common::boot(&chip, range.clone()) else {
-            panic!("booted onto a snapshot the node cannot hold")
-        };
-        assert!(matches!(err, snapply_flash::BootError::Apply(e) if !e.is_fatal()), "{err}");
-        // The committed state is intact; dropping the snapshot lets the node boot onto it.
-        assert!(store.discard_pending().unwrap());
-        assert!(!store.discard_pending().unwrap());
-        let node = common::boot(&chip, range.clone()).unwrap();
+        let pending = mount::<Chip, RECORDS, RECORD>(&chip, range.clone()).unwrap().pending.unwrap();
+        assert_eq!(pending.metadata, metadata);
+
+        let booted = common::boot(&chip, range.clone()).unwrap_or_else(|e| panic!("boot failed: {e}"));
+        let refused = booted.refused.expect("the refused snapshot is reported");
+        assert_eq!(refused.snapshot, pending);
+        assert!(!refused.error.is_fatal(), "{}", refused.error);
+        assert!(matches!(refused.error.kind(), ApplyErrorKind::Store(_)), "{}", refused.error);
+        let node = booted.node;
+        assert!(node.unfinished().is_none());
         assert_eq!(common::records(node.backend()), before);
         drop(node);
-        assert_eq!(mount::<Chip, RECORDS, RECORD>(&chip, range).unwrap().other, OtherArea::Unused);
+        // Its area was erased: the next boot finds nothing pending and reports nothing.
+        assert_eq!(mount::<Chip, RECORDS, RECORD>(&chip, range.clone()).unwrap().other, OtherArea::Unused);
+        let again = common::boot(&chip, range).unwrap();
+        assert_eq!(again.refused, None);
+        assert_eq!(common::records(again.node.backend()), before);
     });
+}
+
+/// A transaction that outgrows the room left in the area (begun with more than the 1/8 that
+/// makes `write` compact first) compacts the committed records into the other area and goes on
+/// there, its frames so far copied after them: it used to fail with `Full` though the live
+/// records and it fit an area. A power cut at any byte of it leaves the state before it or the
+/// one after it.
+#[test]
+fn a_transaction_that_outgrows_the_area_compacts_it_and_goes_on_and_a_cut_leaves_old_or_new() {
+    type Small = MockFlash<4, 1024>;
+    let range = 0..4 * 1024;
+    let chip = RefCell::new(Small::new(4));
+    let mut b = mount::<Small, RECORDS, RECORD>(&chip, range.clone()).unwrap().backend;
+    let mut i = 0u32;
+    loop {
+        let (used, len) = b.usage();
+        if len - used < 400 {
+            assert!(len - used >= len / 8, "the next transaction would compact before it begins");
+            break;
+        }
+        let mut t = b.write().unwrap();
+        t.put(Bucket::Key, format!("k{}", i % 4).as_bytes(), &[i as u8; 40]).unwrap();
+        t.commit().unwrap();
+        i += 1;
+    }
+    let area = b.area();
+    let before = common::records(&b);
+    let base = chip.borrow().clone();
+    chip.borrow_mut().record();
+    let mut t = b.write().unwrap();
+    for k in 0..12u8 {
+        t.put(Bucket::Lease, &[k], &[k; 40]).unwrap();
+    }
+    assert!(t.delete(Bucket::Key, b"k0").unwrap());
+    t.commit().unwrap();
+    assert_ne!(b.area(), area, "the transaction compacted the area");
+    let after = common::records(&b);
+    assert_eq!(after.len(), before.len() + 11);
+    drop(b);
+    let journal = chip.borrow_mut().take_journal();
+    assert_eq!(common::records(&mount::<Small, RECORDS, RECORD>(&chip, range.clone()).unwrap().backend), after);
+
+    let mut done = base;
+    let mut olds = 0;
+    for op in &journal {
+        for k in 0..op.cost() {
+            let mut cut = done.clone();
+            cut.cut_after(k);
+            assert!(cut.replay(op).is_err());
+            cut.reboot();
+            let cut = RefCell::new(cut);
+            let mounted = mount::<Small, RECORDS, RECORD>(&cut, range.clone()).unwrap();
+            assert!(!mounted.formatted && mounted.pending.is_none());
+            let got = common::records(&mounted.backend);
+            assert!(got == before || got == after, "a cut at byte {k} of {op:?} left neither state");
+            olds += usize::from(got == before);
+        }
+        done.replay(op).unwrap();
+    }
+    assert!(olds > 0);
 }

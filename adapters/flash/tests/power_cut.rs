@@ -74,7 +74,9 @@ fn recover<F: NorFlash>(
     if let Some(p) = &pending {
         assert_eq!(p.metadata, *metadata, "cut at {n}: another snapshot pending");
     }
-    let mut node = boot(chip, range.clone()).unwrap_or_else(|e| panic!("cut at {n}: boot: {e}"));
+    let booted = boot(chip, range.clone()).unwrap_or_else(|e| panic!("cut at {n}: boot: {e}"));
+    assert_eq!(booted.refused, None, "cut at {n}: boot refused the pending snapshot");
+    let mut node = booted.node;
     assert!(node.unfinished().is_none(), "cut at {n}: a booted node holds an unfinished restore");
     if node.progress().applied_index < metadata.index {
         assert!(pending.is_none(), "cut at {n}: boot left the pending snapshot unapplied");
@@ -401,7 +403,7 @@ fn sweep_writes<const W: usize, const E: usize>(units: usize, compact: bool) {
         assert!(ok, "cut at {n}: the state after {returned} requests is neither complete nor untouched");
         // The node goes on writing after the reboot (compacting again if it must); what it
         // writes survives another one.
-        let mut node = boot(&chip, range.clone()).unwrap_or_else(|e| panic!("cut at {n}: boot: {e}"));
+        let mut node = boot(&chip, range.clone()).unwrap_or_else(|e| panic!("cut at {n}: boot: {e}")).node;
         let next = node.progress().applied_index + 1;
         node.apply(next, 3, &Request::Put { key: b"after/reboot", value: b"x", lease: 0 })
             .unwrap_or_else(|e| panic!("cut at {n}: a write after the reboot: {e}"));

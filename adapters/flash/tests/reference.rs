@@ -16,9 +16,9 @@ use snapply_core::image::BASE_BUFFER;
 use snapply_core::memports::PeerTable;
 use snapply_core::ports::{NoObserver, Ports};
 use snapply_core::store::NewMember;
-use snapply_core::{Node, Request, Snapshot, SnapshotMetadata, apply_snapshot};
+use snapply_core::{ApplyError, ApplyErrorKind, Node, Request, Snapshot, SnapshotMetadata, apply_snapshot};
 use snapply_flash::mock::MockFlash;
-use snapply_flash::{FlashBackend, FlashSnapshotStore, Mounted, RamFlash, mount};
+use snapply_flash::{Booted, FlashBackend, FlashSnapshotStore, Mounted, OtherArea, RamFlash, mount};
 use snapply_tests::HostNode;
 
 /// Live records of the reference device's backend: 500 keys, 8 leases, 3 members, 2 users,
@@ -75,15 +75,32 @@ fn restore<'f, F: NorFlash>(
     metadata: &SnapshotMetadata,
     image: &[u8],
 ) {
+    try_restore(chip, range, node, metadata, image).unwrap();
+}
+
+fn try_restore<'f, F: NorFlash>(
+    chip: &'f RefCell<F>,
+    range: Range<u32>,
+    node: &mut RefNode<'f, F>,
+    metadata: &SnapshotMetadata,
+    image: &[u8],
+) -> Result<(), ApplyError> {
     let mut buf = [0u8; BASE_BUFFER];
     let mut store = FlashSnapshotStore::<F, RECORDS, RECORD>::new(chip, range, &mut buf).unwrap();
     let mut peers = PeerTable::<Reference>::default();
     let ports = Ports { storage: &mut store, transport: &mut peers, observer: &mut NoObserver };
-    apply_snapshot(node, ports, Snapshot::from_bytes(metadata, image)).unwrap();
+    apply_snapshot(node, ports, Snapshot::from_bytes(metadata, image)).map(drop)
 }
 
 /// Mounts and boots a node the way the firmware does.
 fn boot<'f, F: NorFlash>(chip: &'f RefCell<F>, range: Range<u32>) -> RefNode<'f, F> {
+    let booted = open(chip, range);
+    assert_eq!(booted.refused, None);
+    booted.node
+}
+
+/// Mounts and opens the node, reporting a pending snapshot boot refused.
+fn open<'f, F: NorFlash>(chip: &'f RefCell<F>, range: Range<u32>) -> Booted<'f, F, RECORDS, RECORD, Reference> {
     let mounted: Mounted<'f, F, RECORDS, RECORD> = mount(chip, range.clone()).unwrap();
     let mut buf = [0u8; BASE_BUFFER];
     let mut store = FlashSnapshotStore::<F, RECORDS, RECORD>::new(chip, range, &mut buf).unwrap();
@@ -132,6 +149,50 @@ fn the_reference_device_restores_on_a_ram_flash_and_finds_the_state_after_a_rebo
             stats.programmed,
             stats.erases
         );
+    });
+}
+
+/// A leader on a host (no table limits) takes a member with 9 peer URLs; the reference
+/// profile holds 8 per member, so the device's restore of that leader's snapshot persists it
+/// and fails before the swap, at every try. The snapshot pending on flash then does not keep the
+/// device from booting: boot refuses it (reported, its area erased) and serves the committed
+/// state, as etcd logs a failed snapshot and keeps serving.
+#[test]
+fn a_pending_snapshot_with_more_peer_urls_than_the_profile_holds_is_refused_at_boot() {
+    on_big_stack(|| {
+        let mut leader = leader();
+        let urls: Vec<String> = (0..9).map(|i| format!("http://10.0.1.{i}:2380")).collect();
+        let peer_urls: Vec<&[u8]> = urls.iter().map(|u| u.as_bytes()).collect();
+        let index = leader.progress().applied_index + 1;
+        let member = NewMember { id: 9, name: b"wide", peer_urls: &peer_urls, client_urls: &[], is_learner: true };
+        leader.apply(index, 2, &Request::MemberAdd(member)).unwrap();
+        let (metadata, image) = snapply_tests::snapshot(&leader);
+
+        let range = 0..32 * 4096;
+        let chip = RefCell::new(MockFlash::<4, 4096>::new(32));
+        let mut node = boot(&chip, range.clone());
+        node.apply(1, 1, &Request::Put { key: b"mine", value: b"old", lease: 0 }).unwrap();
+        let before = snapply_tests::records(node.backend());
+        let err = try_restore(&chip, range.clone(), &mut node, &metadata, &image).unwrap_err();
+        assert!(!err.is_fatal(), "{err}");
+        drop(node);
+        let pending = mount::<_, RECORDS, RECORD>(&chip, range.clone()).unwrap().pending.unwrap();
+        assert_eq!(pending.metadata, metadata);
+
+        let booted = open(&chip, range.clone());
+        let refused = booted.refused.expect("the refused snapshot is reported");
+        assert_eq!(refused.snapshot, pending);
+        assert!(matches!(refused.error.kind(), ApplyErrorKind::Store(_)), "{}", refused.error);
+        assert!(refused.error.to_string().contains("member urls"), "{}", refused.error);
+        let node = booted.node;
+        assert!(node.unfinished().is_none());
+        assert_eq!(node.progress().applied_index, 1);
+        assert_eq!(snapply_tests::records(node.backend()), before);
+        drop(node);
+        let mounted = mount::<_, RECORDS, RECORD>(&chip, range.clone()).unwrap();
+        assert_eq!((&mounted.pending, mounted.other), (&None, OtherArea::Unused));
+        drop(mounted);
+        assert_eq!(snapply_tests::records(boot(&chip, range).backend()), before);
     });
 }
 

@@ -11,9 +11,10 @@ use snapply_core::collections::Fixed;
 use snapply_core::image::BASE_BUFFER;
 use snapply_core::mem::MemBackend;
 use snapply_core::memports::PeerTable;
+use snapply_core::pipeline::Validated;
 use snapply_core::ports::{NoObserver, Ports};
 use snapply_core::{ApplyError, Node, Snapshot, SnapshotMetadata, Stores, apply_snapshot};
-use snapply_flash::{BootError, FlashBackend, FlashSnapshotStore, mount};
+use snapply_flash::{BootError, Booted, FlashBackend, FlashSnapshotStore, mount};
 use snapply_tests::Op;
 
 /// The stores' capacities in these tests.
@@ -86,14 +87,18 @@ pub fn follower_ops() -> Vec<Op> {
 pub fn follower<'f, F: NorFlash>(chip: &'f RefCell<F>, range: Range<u32>, ops: &[Op]) -> FlashNode<'f, F> {
     let mounted = mount::<F, RECORDS, RECORD>(chip, range.clone()).unwrap();
     assert!(mounted.pending.is_none());
-    let mut node = boot(chip, range).unwrap();
+    let mut node = boot(chip, range).unwrap().node;
     let first = node.progress().applied_index;
     snapply_tests::run(&mut node, ops, first, 1);
     node
 }
 
-/// Boots a node from the flash: mount, open, and complete a pending restore first.
-pub fn boot<'f, F: NorFlash>(chip: &'f RefCell<F>, range: Range<u32>) -> Result<FlashNode<'f, F>, BootError<F::Error>> {
+/// Boots a node from the flash: mount, open, and complete a pending restore first (or refuse
+/// it).
+pub fn boot<'f, F: NorFlash>(
+    chip: &'f RefCell<F>,
+    range: Range<u32>,
+) -> Result<Booted<'f, F, RECORDS, RECORD, Small>, BootError<F::Error>> {
     let mounted = mount::<F, RECORDS, RECORD>(chip, range.clone()).map_err(BootError::Flash)?;
     let mut buf = vec![0u8; BASE_BUFFER];
     let mut storage = FlashSnapshotStore::<F, RECORDS, RECORD>::new(chip, range, &mut buf).map_err(BootError::Flash)?;
@@ -115,6 +120,38 @@ pub fn apply<'f, F: NorFlash>(
     let mut observer = NoObserver;
     let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut observer };
     apply_snapshot(node, ports, Snapshot::from_bytes(metadata, image)).map(|_| ())
+}
+
+/// A snapshot's image as [`persist_only`] hands it to the pipeline.
+pub enum Image<'a> {
+    /// The image's bytes.
+    Bytes(&'a [u8]),
+    /// A snapshot already persisted, named by its image's digest.
+    Persisted([u8; 32]),
+}
+
+/// Runs the pipeline on `node` up to `Persisted` and ends it there (the state dropped): the
+/// snapshot is persisted in the area that is not committed and pending, as a power cut after
+/// the persist phase leaves it. The node stays on its old state.
+pub fn persist_only<'f, F: NorFlash>(
+    chip: &'f RefCell<F>,
+    range: Range<u32>,
+    node: &mut FlashNode<'f, F>,
+    metadata: &SnapshotMetadata,
+    image: Image<'_>,
+) -> Result<(), ApplyError> {
+    let mut buf = vec![0u8; BASE_BUFFER];
+    let mut storage = FlashSnapshotStore::<F, RECORDS, RECORD>::new(chip, range, &mut buf).unwrap();
+    let mut transport = PeerTable::<Small>::default();
+    let mut observer = NoObserver;
+    let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut observer };
+    let snapshot = match image {
+        Image::Bytes(bytes) => Snapshot::from_bytes(metadata, bytes),
+        Image::Persisted(sha256) => Snapshot::persisted(metadata, sha256),
+    };
+    let validated = Validated::new(node, ports, snapshot)?.expect("a snapshot that is not empty");
+    drop(validated.persist()?);
+    Ok(())
 }
 
 /// Every record of a backend.
