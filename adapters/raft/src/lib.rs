@@ -12,6 +12,8 @@ mod codec;
 mod error;
 mod log;
 mod node;
+mod policy;
+mod snapshot;
 mod transport;
 
 pub use cluster::{Cluster, member_id};
@@ -19,5 +21,6 @@ pub use codec::{Command, MemberInfo};
 pub use error::RaftError;
 pub use log::RaftLog;
 pub use node::{Client, NodeConfig, NodeHandle, Pair, RestoreReport, Status, Trace, start};
+pub use policy::SnapshotPolicy;
 pub use snapply_core::ports::Phase;
-pub use transport::{CHUNK, Network, peer_addr};
+pub use transport::{CHUNK, MAX_SNAPSHOT_BYTES, Network, peer_addr};
