@@ -303,8 +303,9 @@ fn two_lagging_followers_are_both_caught_up_by_snapshot() {
     }
 }
 
-/// The follower is SIGKILLed at seeded moments after it starts receiving the leader's snapshot
-/// (while the image arrives, is persisted, is applied), and the leader once while it sends;
+/// The follower is SIGKILLed at 12 seeded moments after it starts receiving the leader's
+/// snapshot (while the image arrives, is persisted, is applied), and the leader once while it
+/// sends;
 /// after restarts every acknowledged write is on every member.
 #[test]
 fn killing_the_receiver_or_the_sender_during_a_transfer_loses_no_acknowledged_write() {
@@ -320,18 +321,25 @@ fn killing_the_receiver_or_the_sender_during_a_transfer_loses_no_acknowledged_wr
         seed
     };
     let mut key = 10;
-    for round in 0..10 {
+    for round in 0..12 {
         cluster.members[2].kill();
         // Enough bytes that the transfer and its persist take a while.
-        acked.extend(cluster.write(0, key..key + 3 * COUNT, 1024));
+        acked.extend(cluster.write(0, key..key + 3 * COUNT, 4096));
         key += 3 * COUNT;
         let from = cluster.members[2].log_text().len();
         cluster.start_member(2);
         cluster.members[2].wait_log(from, "receiving database snapshot");
-        let delay = next() % 300;
+        // Up to 20, 40, 80 or 160 ms: while the image arrives, while it is persisted, while
+        // it is applied, after.
+        let delay = next() % (20 << (round % 4));
         std::thread::sleep(Duration::from_millis(delay));
         cluster.members[2].kill();
-        eprintln!("round {round}: receiver killed {delay} ms into a transfer");
+        let log = cluster.members[2].log_text();
+        let reached = ["applied snapshot at index", "received and saved database snapshot", "receiving database"]
+            .into_iter()
+            .find(|p| log.get(from..).is_some_and(|t| t.contains(p)))
+            .unwrap_or_default();
+        eprintln!("round {round}: receiver killed {delay} ms into a transfer, after `{reached}`");
     }
     // The sender killed while it sends: the follower is caught up by the new leader.
     acked.extend(cluster.write(0, key..key + 3 * COUNT, 1024));
