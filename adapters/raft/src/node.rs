@@ -118,7 +118,8 @@ pub struct Status {
     pub applied_index: u64,
     /// The raft log's first and last index.
     pub log: (u64, u64),
-    /// The index of the last snapshot this member took of its backend (0: none yet).
+    /// The index of the last snapshot this member took of its backend (or is building, or
+    /// applied); at start, its applied index.
     pub snapshot_index: u64,
     /// Peers the transport talks to.
     pub peers: Vec<u64>,
@@ -462,8 +463,12 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
     let initial = if config.join_existing { Vec::new() } else { config.initial_cluster.clone() };
     let log = RaftLog::open(&dir.member_dir().join("raft.redb"), move || bootstrap(&initial))?;
     let applied = node.progress().applied_index;
-    if applied > log.last_index() {
-        // The pipeline applied a snapshot, and the run stopped before the log was told.
+    let holds_applied =
+        applied <= log.commit() || raft::Storage::term(&log, applied).is_ok_and(|t| t == node.progress().applied_term);
+    if applied > log.last_index() || !holds_applied {
+        // The pipeline applied a snapshot (a received one persisted before the stop, applied
+        // above), and the log was not told: it restarts after the snapshot, as raft-rs restores
+        // one whose index and term its log does not hold.
         log.apply_snapshot(&to_raft_metadata(&node.snapshot_metadata()?))?;
     }
     if applied.saturating_add(1) < log.first_index() {
