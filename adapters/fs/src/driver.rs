@@ -98,13 +98,66 @@ pub async fn persist_file_for_apply(
 ) -> Result<PersistedSnapshot, FsError> {
     tokio::task::spawn_blocking(move || {
         let file = std::fs::File::open(&image).map_err(|e| FsError::io("opening the snapshot image", &image, e))?;
-        let mut source = ImageStream::new(FileSource(std::io::BufReader::with_capacity(1 << 20, file)));
-        let mut buf = crate::store::decode_buffer();
-        persist_building(&dir, &mut buf, &metadata, ImageData::Stream(&mut source), Some(&node))
-            .map(|(info, prebuilt)| PersistedSnapshot { info, prebuilt })
+        persist_stream_for_apply(&dir, &metadata, FileSource(std::io::BufReader::with_capacity(1 << 20, file)), &node)
     })
     .await
     .map_err(|_| FsError::Task { what: "persisting a snapshot" })?
+}
+
+/// [`persist_for_apply`] on the calling thread, with the image read from `source` as it
+/// arrives (a transport hands it over chunk by chunk), through the decoder's fixed buffer: the
+/// image is never held in memory whole, and the snapshot is durable, checked and its stores
+/// built when this returns. A source that fails or ends early leaves nothing persisted.
+///
+/// # Errors
+/// As [`crate::persist`]; [`FsError::Stream`] if `source` failed.
+pub fn persist_stream_for_apply<S: Source>(
+    dir: &DataDir,
+    metadata: &SnapshotMetadata,
+    source: S,
+    node: &Config,
+) -> Result<PersistedSnapshot, FsError> {
+    let mut source = ImageStream::new(source);
+    let mut buf = crate::store::decode_buffer();
+    persist_building(dir, &mut buf, metadata, ImageData::Stream(&mut source), Some(node))
+        .map(|(info, prebuilt)| PersistedSnapshot { info, prebuilt })
+}
+
+/// Applies a snapshot already made durable by [`persist_stream_for_apply`] (or its siblings),
+/// on the calling thread, for a loop that owns its node: the persist phase confirms the run's
+/// ticket from `persisted` (which must be this snapshot), installs the lessor and key index it
+/// carries pre-built, and the other phases follow at once. Returns the progress and the old
+/// backend, as [`apply_received`] does.
+///
+/// `Ok(None)` for an empty snapshot (index 0).
+///
+/// # Errors
+/// [`FsError::MetadataMismatch`] if `persisted` is another snapshot; otherwise as
+/// [`apply_received`].
+pub fn apply_persisted(
+    node: &mut DiskNode,
+    store: &mut FsSnapshotStore,
+    transport: &mut dyn Transport,
+    observer: &mut dyn Observer,
+    metadata: &SnapshotMetadata,
+    persisted: PersistedSnapshot,
+) -> Result<Option<(Progress, RedbBackend)>, FsError> {
+    let ports = Ports { storage: store, transport, observer };
+    let sha256 = persisted.info.image_sha256;
+    let Some(validated) = Validated::new(node, ports, Snapshot::persisted(metadata, sha256))? else {
+        return Ok(None);
+    };
+    let mut prebuilt = None;
+    let kept = &mut prebuilt;
+    let persisting = validated.persist_with(async move |_image, ticket| {
+        if persisted.info.metadata != *ticket.metadata() {
+            return Err(FsError::MetadataMismatch { index: ticket.index() }.to_port());
+        }
+        *kept = persisted.prebuilt;
+        Ok(ticket.confirm(persisted.info.image_sha256))
+    });
+    let persisted = completed(persisting).ok_or(FsError::Task { what: "applying a persisted snapshot" })??;
+    from_persisted(persisted, prebuilt).map(Some)
 }
 
 /// An image [`Source`] on anything `std::io::Read`.

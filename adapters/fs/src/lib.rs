@@ -21,8 +21,8 @@ mod tasks;
 pub use backend::{RedbBackend, RedbRead, RedbReadOnly, RedbView, RedbWrite};
 pub use datadir::{Boot, DataDir, PendingSnapshot, SnapName};
 pub use driver::{
-    AsyncNode, DiskNode, PersistedSnapshot, ReadSlot, ReadView, apply_received, persist_file_for_apply,
-    persist_for_apply,
+    AsyncNode, DiskNode, PersistedSnapshot, ReadSlot, ReadView, apply_persisted, apply_received,
+    persist_file_for_apply, persist_for_apply, persist_stream_for_apply,
 };
 #[cfg(feature = "failpoints")]
 pub use durable::journal;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::codec::MemberInfo;
 use crate::error::RaftError;
 use crate::node::{NodeConfig, NodeHandle, Status, start};
+use crate::policy::SnapshotPolicy;
 
 /// A member of a [`Cluster`]: its handle (none while stopped), directory and URL.
 #[derive(Debug)]
@@ -24,6 +25,7 @@ pub struct Cluster {
     root: PathBuf,
     members: BTreeMap<u64, Member>,
     initial: Vec<(u64, MemberInfo)>,
+    policy: SnapshotPolicy,
 }
 
 /// A free port on loopback: bound, then handed to the node that listens on it.
@@ -44,6 +46,14 @@ impl Cluster {
     /// # Errors
     /// [`RaftError`] if a port cannot be bound or a node cannot start.
     pub fn start(root: &Path, n: usize) -> Result<Self, RaftError> {
+        Self::start_with(root, n, SnapshotPolicy::default())
+    }
+
+    /// [`Cluster::start`] with every member (and every member started later) on `policy`.
+    ///
+    /// # Errors
+    /// As [`Cluster::start`].
+    pub fn start_with(root: &Path, n: usize, policy: SnapshotPolicy) -> Result<Self, RaftError> {
         let mut listeners = Vec::new();
         let mut initial = Vec::new();
         for i in 1..=n {
@@ -52,10 +62,11 @@ impl Cluster {
             let info = MemberInfo { name: format!("infra{i}"), peer_urls: vec![url], client_urls: vec![] };
             initial.push((member_id(i), info));
         }
-        let mut cluster = Cluster { root: root.to_path_buf(), members: BTreeMap::new(), initial: initial.clone() };
+        let mut cluster =
+            Cluster { root: root.to_path_buf(), members: BTreeMap::new(), initial: initial.clone(), policy };
         for (l, (id, info)) in listeners.into_iter().zip(initial) {
             let dir = root.join(&info.name);
-            let handle = start(NodeConfig::new(id, dir.clone(), cluster.initial.clone()), l)?;
+            let handle = start(cluster.config(id, dir.clone(), cluster.initial.clone()), l)?;
             cluster.members.insert(id, Member { handle: Some(handle), info, dir });
         }
         Ok(cluster)
@@ -187,7 +198,8 @@ impl Cluster {
                 Err(source) => return Err(RaftError::Io { op: "binding the old peer port again", source }),
             }
         };
-        m.handle = Some(start(NodeConfig::new(id, m.dir.clone(), initial), listener)?);
+        let config = NodeConfig { snapshot: self.policy, ..NodeConfig::new(id, m.dir.clone(), initial) };
+        m.handle = Some(start(config, listener)?);
         Ok(())
     }
 
@@ -204,7 +216,7 @@ impl Cluster {
         let mut members: Vec<(u64, MemberInfo)> =
             self.members.iter().filter(|(_, m)| m.handle.is_some()).map(|(&id, m)| (id, m.info.clone())).collect();
         members.push((id, info.clone()));
-        let mut config = NodeConfig::new(id, dir.clone(), members);
+        let mut config = self.config(id, dir.clone(), members);
         config.join_existing = true;
         let handle = start(config, l)?;
         self.members.insert(id, Member { handle: Some(handle), info: info.clone(), dir });
@@ -218,6 +230,10 @@ impl Cluster {
         {
             let _ = h.stop().await;
         }
+    }
+
+    fn config(&self, id: u64, dir: PathBuf, members: Vec<(u64, MemberInfo)>) -> NodeConfig {
+        NodeConfig { snapshot: self.policy, ..NodeConfig::new(id, dir, members) }
     }
 
     /// Stops every node.

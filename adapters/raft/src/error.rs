@@ -57,6 +57,14 @@ pub enum RaftError {
         /// What was waited for.
         what: &'static str,
     },
+    /// A leader offered a snapshot image larger than this member takes
+    /// ([`crate::NodeConfig::max_snapshot_bytes`]); it was refused before any of it was written.
+    SnapshotTooLarge {
+        /// The image's size, as the leader declared it.
+        size: u64,
+        /// The most this member takes.
+        limit: u64,
+    },
     /// A configuration value is not usable.
     Config {
         /// What is wrong, and what to do.
@@ -83,6 +91,10 @@ impl fmt::Display for RaftError {
             RaftError::Decode { what } => write!(f, "{what} does not decode"),
             RaftError::Stopped => f.write_str("the raft node has stopped"),
             RaftError::Timeout { what } => write!(f, "timed out waiting for {what}"),
+            RaftError::SnapshotTooLarge { size, limit } => write!(
+                f,
+                "a snapshot image of {size} bytes is larger than the {limit} bytes this member takes (--max-snapshot-bytes)"
+            ),
             RaftError::Config { what } => write!(f, "bad configuration: {what}"),
         }
     }

@@ -12,7 +12,9 @@ mod codec;
 mod error;
 mod log;
 mod node;
+mod policy;
 mod read;
+mod snapshot;
 mod transport;
 
 pub use cluster::{Cluster, member_id};
@@ -20,5 +22,6 @@ pub use codec::{Command, MemberInfo};
 pub use error::RaftError;
 pub use log::RaftLog;
 pub use node::{Client, Consistency, NodeConfig, NodeHandle, Pair, RestoreReport, Status, Trace, start};
+pub use policy::SnapshotPolicy;
 pub use snapply_core::ports::Phase;
-pub use transport::{CHUNK, Network, peer_addr};
+pub use transport::{CHUNK, MAX_SNAPSHOT_BYTES, Network, peer_addr};

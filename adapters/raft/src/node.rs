@@ -11,18 +11,19 @@ use raft::{RawNode, SnapshotStatus};
 use sha2::{Digest as _, Sha256};
 use snapply_core::backend::{Backend, for_each_record};
 use snapply_core::collections::Growable;
-use snapply_core::image;
 use snapply_core::ports::{Event, Observer, Phase, Ports, Transport};
 use snapply_core::store::V2Deprecation;
 use snapply_core::{Config, Node, Request, pipeline};
-use snapply_fs::{DataDir, FsSnapshotStore, RedbBackend};
+use snapply_fs::{DataDir, FsSnapshotStore, PersistedSnapshot, RedbBackend, SnapName};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::codec::{Command, MemberInfo};
 use crate::error::RaftError;
 use crate::log::RaftLog;
+use crate::policy::SnapshotPolicy;
 use crate::read::Reads;
-use crate::transport::{Network, Report};
+use crate::snapshot::{Build, ImageFile, Inbound, purge_images, to_core_conf, to_core_metadata, to_raft_metadata};
+use crate::transport::{MAX_SNAPSHOT_BYTES, Network, Report};
 
 type HostNode = Node<RedbBackend, Growable>;
 
@@ -50,6 +51,11 @@ pub struct NodeConfig {
     pub election_tick: usize,
     /// Ticks between heartbeats (raft-rs `heartbeat_tick`).
     pub heartbeat_tick: usize,
+    /// When the member snapshots its backend and compacts its raft log.
+    pub snapshot: SnapshotPolicy,
+    /// The largest snapshot image this member takes from a leader; a larger one is refused
+    /// ([`RaftError::SnapshotTooLarge`]) before any of it is written.
+    pub max_snapshot_bytes: u64,
 }
 
 impl NodeConfig {
@@ -65,6 +71,8 @@ impl NodeConfig {
             tick: Duration::from_millis(50),
             election_tick: 10,
             heartbeat_tick: 2,
+            snapshot: SnapshotPolicy::default(),
+            max_snapshot_bytes: MAX_SNAPSHOT_BYTES,
         }
     }
 }
@@ -111,6 +119,9 @@ pub struct Status {
     pub applied_index: u64,
     /// The raft log's first and last index.
     pub log: (u64, u64),
+    /// The index of the last snapshot this member took of its backend (or is building, or
+    /// applied); at start, its applied index.
+    pub snapshot_index: u64,
     /// Peers the transport talks to.
     pub peers: Vec<u64>,
     /// Members in the node's membership store.
@@ -383,52 +394,6 @@ fn core_config(id: u64) -> Config {
     Config { id, min_lease_ttl: 5, v2_deprecation: V2Deprecation::WriteOnly }
 }
 
-fn to_core_conf(cs: &raft::prelude::ConfState) -> Result<snapply_core::ConfState, RaftError> {
-    let list = |ids: &[u64]| -> Result<snapply_core::raft::IdList, RaftError> {
-        snapply_core::raft::IdList::from_slice(ids).map_err(|_| RaftError::Config {
-            what: format!("a configuration of {} nodes: snapply holds at most 16", ids.len()),
-        })
-    };
-    Ok(snapply_core::ConfState {
-        voters: list(&cs.voters)?,
-        learners: list(&cs.learners)?,
-        voters_outgoing: list(&cs.voters_outgoing)?,
-        learners_next: list(&cs.learners_next)?,
-        auto_leave: cs.auto_leave,
-    })
-}
-
-fn to_raft_conf(cs: &snapply_core::ConfState) -> raft::prelude::ConfState {
-    raft::prelude::ConfState {
-        voters: cs.voters.to_vec(),
-        learners: cs.learners.to_vec(),
-        voters_outgoing: cs.voters_outgoing.to_vec(),
-        learners_next: cs.learners_next.to_vec(),
-        auto_leave: cs.auto_leave,
-    }
-}
-
-/// Builds a raft snapshot of `node`'s live backend at its applied index: the image the core's
-/// encoder writes (docs/format.md) as the snapshot's data.
-///
-/// The encoder reads one redb read transaction, so the image is a consistent cut even while the
-/// node goes on; it is built on the loop's task because the node owns its backend and the fs
-/// adapter offers no shared, owned read view of it.
-pub(crate) fn build_snapshot(node: &HostNode) -> Result<Snapshot, RaftError> {
-    let metadata = node.snapshot_metadata()?;
-    let mut v2 = Vec::new();
-    node.v2_snapshot_data(&mut v2)?;
-    let mut data = Vec::new();
-    image::encode(&metadata, &node.backend().read()?, &v2, &mut data)
-        .map_err(|e| RaftError::Image { what: format!("{e:?}") })?;
-    let mut s = Snapshot { data, ..Default::default() };
-    let m = s.mut_metadata();
-    m.index = metadata.index;
-    m.term = metadata.term;
-    m.set_conf_state(to_raft_conf(&metadata.conf_state));
-    Ok(s)
-}
-
 /// SHA-256 of every backend record.
 pub(crate) fn digest(node: &HostNode) -> Result<[u8; 32], RaftError> {
     let mut sha = Sha256::new();
@@ -500,6 +465,14 @@ struct Loop {
     /// Entries applied since the backend was last synced, and when that was.
     unsynced_entries: u64,
     last_sync: Instant,
+    /// The snapshot policy, the index of the last snapshot taken (or applied), whether one is
+    /// being built, and where a build reports.
+    policy: SnapshotPolicy,
+    snapshot_index: u64,
+    building: bool,
+    built: mpsc::UnboundedSender<Result<ImageFile, RaftError>>,
+    /// Snapshots received from the leader and persisted, waiting for raft-rs.
+    inbound: Inbound,
 }
 
 /// Starts a node on its data directory, listening for peers on `listener`. Must be called
@@ -535,7 +508,8 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
         .map_err(|source| RaftError::Io { op: "registering the peer listener", source })?;
     let (inbox_tx, inbox) = mpsc::unbounded_channel();
     let (report_tx, reports) = mpsc::unbounded_channel();
-    let mut net = Network::start(id, listener, inbox_tx, report_tx);
+    let inbound = Inbound::new(dir.clone(), core_config(id), config.max_snapshot_bytes);
+    let mut net = Network::start(id, listener, inbox_tx, report_tx, inbound.clone());
 
     let restored_at_boot = boot.pending.is_some();
     if let Some(pending) = boot.pending {
@@ -554,13 +528,13 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
     let initial = if config.join_existing { Vec::new() } else { config.initial_cluster.clone() };
     let log = RaftLog::open(&dir.member_dir().join("raft.redb"), move || bootstrap(&initial))?;
     let applied = node.progress().applied_index;
-    if applied > log.last_index() {
-        // The pipeline applied a snapshot, and the run stopped before the log was told.
-        let metadata = node.snapshot_metadata()?;
-        let mut m =
-            raft::prelude::SnapshotMetadata { index: metadata.index, term: metadata.term, ..Default::default() };
-        m.set_conf_state(to_raft_conf(&metadata.conf_state));
-        log.apply_snapshot(&m)?;
+    let holds_applied =
+        applied <= log.commit() || raft::Storage::term(&log, applied).is_ok_and(|t| t == node.progress().applied_term);
+    if applied > log.last_index() || !holds_applied {
+        // The pipeline applied a snapshot (a received one persisted before the stop, applied
+        // above), and the log was not told: it restarts after the snapshot, as raft-rs restores
+        // one whose index and term its log does not hold.
+        log.apply_snapshot(&to_raft_metadata(&node.snapshot_metadata()?))?;
     }
     if applied.saturating_add(1) < log.first_index() {
         return Err(RaftError::CorruptLog {
@@ -597,6 +571,7 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     let raw = RawNode::new(&raft_config, log.clone(), &logger)?;
     let (control_tx, control) = mpsc::unbounded_channel();
+    let (built, built_rx) = mpsc::unbounded_channel();
     let mut state = Loop {
         id,
         raw,
@@ -614,12 +589,17 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
         read_timeout: request_timeout(&config),
         unsynced_entries: 0,
         last_sync: Instant::now(),
+        policy: config.snapshot,
+        snapshot_index: applied,
+        building: false,
+        built,
+        inbound,
     };
     // From here on the raft log holds every applied entry: the backend commits in batches.
     state.node.backend().set_batched_commits(true);
     let tick = config.tick;
     let task = tokio::spawn(async move {
-        let result = state.run(tick, inbox, reports, control).await;
+        let result = state.run(tick, inbox, reports, control, built_rx).await;
         state.net.shutdown();
         if let Err(e) = &result {
             log::error!("member {id:x} stopped: {e}");
@@ -686,6 +666,7 @@ impl Loop {
         mut inbox: mpsc::UnboundedReceiver<Message>,
         mut reports: mpsc::UnboundedReceiver<Report>,
         mut control: mpsc::UnboundedReceiver<Control>,
+        mut built: mpsc::UnboundedReceiver<Result<ImageFile, RaftError>>,
     ) -> Result<(), RaftError> {
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -703,6 +684,7 @@ impl Loop {
                         let _ = self.raw.step(msg);
                     }
                 }
+                Some(image) = built.recv() => blocking(|| self.snapshot_built(image))?,
                 Some(report) = reports.recv() => match report {
                     Report::Unreachable(to) => self.raw.report_unreachable(to),
                     Report::Snapshot { to, delivered } => {
@@ -738,12 +720,7 @@ impl Loop {
             {
                 blocking(|| self.sync_backend())?;
             }
-            if self.log.take_request() {
-                // raft-rs wants a snapshot for a lagging follower: build one of the live
-                // backend; raft-rs asks again on the follower's next heartbeat response.
-                let snapshot = blocking(|| build_snapshot(&self.node))?;
-                self.log.offer(snapshot);
-            }
+            blocking(|| self.maybe_snapshot())?;
         }
     }
 
@@ -778,6 +755,7 @@ impl Loop {
                     term: self.raw.raft.term,
                     applied_index: self.node.progress().applied_index,
                     log: (self.log.first_index(), self.log.last_index()),
+                    snapshot_index: self.snapshot_index,
                     peers: self.net.peers(),
                     members: self.node.stores().membership.members().iter().map(|m| m.id).collect(),
                     snapshots_applied: self.snapshots_applied,
@@ -817,17 +795,6 @@ impl Loop {
         Ok(())
     }
 
-    fn compact_log(&mut self) -> Result<u64, RaftError> {
-        // The log may drop only entries the backend holds durably: after a crash the backend
-        // comes back at its last sync, and the log must still reach from there.
-        self.sync_backend()?;
-        let snapshot = build_snapshot(&self.node)?;
-        let index = snapshot.get_metadata().index;
-        self.log.offer(snapshot);
-        self.log.compact(index)?;
-        Ok(index)
-    }
-
     /// The ready loop, in the order raft-rs documents (`RawNode`'s docs and its
     /// `five_mem_node` example): send, apply the snapshot, apply committed entries, persist
     /// entries and hard state, send what waited for persistence, advance, and again for the
@@ -864,25 +831,30 @@ impl Loop {
         Ok(())
     }
 
-    /// A leader's snapshot, through snapply's pipeline with the fs adapter's ports; then the
-    /// raft log restarts after it.
+    /// A leader's snapshot, already persisted by the transport while it arrived, through
+    /// snapply's pipeline with the fs adapter's ports; then the raft log restarts after it.
     fn apply_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), RaftError> {
         let meta = snapshot.get_metadata();
-        let metadata = snapply_core::SnapshotMetadata {
-            index: meta.index,
-            term: meta.term,
-            conf_state: to_core_conf(meta.get_conf_state())?,
+        let metadata = to_core_metadata(meta)?;
+        let (persisted, image_bytes) = match self.inbound.take(meta.index, meta.term) {
+            Some(received) => (received.persisted, received.bytes),
+            // Persisted, but its stores were dropped (a newer one arrived meanwhile): the
+            // pipeline confirms it from the data directory and rebuilds the stores.
+            None => {
+                let info = self.store.dir().read_snap(SnapName { index: meta.index, term: meta.term })?;
+                (PersistedSnapshot::new(info), 0)
+            }
         };
         let mut recorder = Recorder::new();
-        // Persisting builds the lessor and key index the apply installs, so the apply does no
+        // Persisting built the lessor and key index the apply installs, so the apply does no
         // O(keys) work (the fs adapter's pre-built stores).
-        let result = snapply_fs::apply_received(
+        let result = snapply_fs::apply_persisted(
             &mut self.node,
             &mut self.store,
             &mut self.net,
             &mut recorder,
             &metadata,
-            &snapshot.data,
+            persisted,
         );
         match result {
             Ok(Some((_, old_backend))) => {
@@ -892,10 +864,11 @@ impl Loop {
                 self.node.backend().set_batched_commits(true);
                 self.unsynced_entries = 0;
                 self.snapshots_applied += 1;
+                self.snapshot_index = self.snapshot_index.max(meta.index);
                 self.last_restore = Some(RestoreReport {
                     index: meta.index,
                     term: meta.term,
-                    image_bytes: snapshot.data.len(),
+                    image_bytes: usize::try_from(image_bytes).unwrap_or(usize::MAX),
                     phases: recorder.phases,
                     trace: recorder.trace,
                     applied_at: Instant::now(),
@@ -978,5 +951,98 @@ impl Loop {
                 Ok(rev)
             }
         }
+    }
+}
+
+// The snapshot policy: when the member snapshots its backend, how the image is built and the
+// raft log compacted (etcd's `triggerSnapshot`, `snapshot` and `purgeFile`).
+impl Loop {
+    /// Starts a snapshot of the live backend if the policy says one is due or raft-rs asked for
+    /// one for a lagging follower, and none is being built.
+    fn maybe_snapshot(&mut self) -> Result<(), RaftError> {
+        if self.building {
+            return Ok(());
+        }
+        let applied = self.node.progress().applied_index;
+        let due = self.policy.due(applied, self.snapshot_index);
+        // raft-rs asks again on the follower's next heartbeat response, and is told the
+        // snapshot is temporarily unavailable until the build is done.
+        let requested = self.log.take_request();
+        if !due && !requested {
+            return Ok(());
+        }
+        if due {
+            log::info!(
+                "member {:x} triggering snapshot: applied index {applied}, snapshot index {}, snapshot count {}",
+                self.id,
+                self.snapshot_index,
+                self.policy.count
+            );
+        }
+        let build = self.start_build()?;
+        // A build that fails is not retried before the next `count` entries (or request).
+        self.snapshot_index = self.snapshot_index.max(build.metadata.index);
+        build.spawn(self.built.clone())?;
+        self.building = true;
+        Ok(())
+    }
+
+    /// What a snapshot at the applied index is built from. The backend is synced first: the
+    /// log is compacted up to the snapshot's index at most, and may drop only entries the
+    /// backend holds durably (after a crash it comes back at its last sync, and the log must
+    /// still reach from there).
+    fn start_build(&mut self) -> Result<Build, RaftError> {
+        self.sync_backend()?;
+        let metadata = self.node.snapshot_metadata()?;
+        let mut v2 = Vec::new();
+        self.node.v2_snapshot_data(&mut v2)?;
+        let view = self.node.backend().view();
+        Ok(Build { metadata, v2, view, snap_dir: self.store.dir().snap_dir().to_path_buf() })
+    }
+
+    /// A build ended: offer the snapshot to raft-rs, compact the log behind it keeping the
+    /// policy's catch-up entries, purge old images.
+    fn snapshot_built(&mut self, image: Result<ImageFile, RaftError>) -> Result<(), RaftError> {
+        self.building = false;
+        match image {
+            Ok(image) => {
+                let keep = self.policy.compact_to(image.metadata.index);
+                self.install_snapshot(&image, keep)
+            }
+            Err(e) => {
+                log::warn!("member {:x} failed to save snapshot: {e}", self.id);
+                Ok(())
+            }
+        }
+    }
+
+    fn install_snapshot(&mut self, image: &ImageFile, compact_to: Option<u64>) -> Result<(), RaftError> {
+        let index = image.metadata.index;
+        log::info!("member {:x} saved snapshot at index {index} ({} bytes)", self.id, image.len);
+        self.log.offer(image.raft_snapshot());
+        if let Some(to) = compact_to
+            && to >= self.log.first_index()
+        {
+            self.log.compact(to)?;
+            log::info!(
+                "member {:x} compacted Raft logs at index {to}: log holds entries {} to {}",
+                self.id,
+                self.log.first_index(),
+                self.log.last_index()
+            );
+        }
+        for path in purge_images(self.store.dir().snap_dir(), self.policy.keep())? {
+            log::info!("member {:x} purged snapshot image {}", self.id, path.display());
+        }
+        Ok(())
+    }
+
+    /// Takes a snapshot at once, on the loop, and compacts the whole log up to it.
+    fn compact_log(&mut self) -> Result<u64, RaftError> {
+        let image = self.start_build()?.run()?;
+        let index = image.metadata.index;
+        self.snapshot_index = self.snapshot_index.max(index);
+        self.install_snapshot(&image, Some(index))?;
+        Ok(index)
     }
 }

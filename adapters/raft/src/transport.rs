@@ -1,11 +1,17 @@
 //! The peer transport: raft messages over TCP on loopback (etcd's `rafthttp`, without HTTP).
 //!
 //! Every frame is a big-endian `u32` payload length, a kind byte and the payload. A raft message
-//! is one frame (prost-encoded). A snapshot message is streamed: a header frame (the message
-//! without its image), the image in chunks of [`CHUNK`] bytes, an end frame with the image's
-//! length; the receiver answers one byte, 1 once the node has the snapshot, and the sender
-//! reports the outcome to raft-rs (`report_snapshot`), as etcd's snapshot sender does after its
-//! POST returns.
+//! is one frame (prost-encoded). A snapshot message carries only the snapshot's metadata; its
+//! image goes out of band, as etcd's snapshot sender streams the backend over a connection of
+//! its own: a new connection per snapshot, a header frame (the image's length, then the
+//! message), the image read from the leader's image file in chunks of [`CHUNK`] bytes, an end
+//! frame with the length again. The receiver persists the image while it arrives (the fs
+//! adapter's streaming persist, fed through a bounded channel, so the connection is read only as
+//! fast as the disk takes it and neither side holds the image whole), steps the message into
+//! raft-rs only once the snapshot is durable, and answers one byte: 1 once it has, 0 if the
+//! transfer or the persist failed (nothing of it is left), 2 if the image is larger than the
+//! member takes. The sender reports the outcome to raft-rs (`report_snapshot`), as etcd's does
+//! after its POST returns; raft-rs sends the snapshot again after a failure.
 //!
 //! Each peer has one writer task and one connection; the peer table is what the pipeline's
 //! `PeersUpdated` phase rewrites ([`Transport::remove_all_peers`], [`Transport::add_peer`]), so
@@ -26,16 +32,26 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
+use crate::error::RaftError;
+use crate::snapshot::{ChunkSource, Inbound, Piece, Received, image_path, to_core_metadata};
+
 /// Bytes of image per chunk frame.
 pub const CHUNK: usize = 64 * 1024;
 /// Largest frame a peer may send but a chunk: a raft message of entries (raft-rs is configured
 /// for at most 1 MiB of entries per message) with room to spare.
 const MAX_FRAME: usize = 16 * 1024 * 1024;
-/// Largest snapshot image a peer may send.
-const MAX_IMAGE: u64 = 8 * 1024 * 1024 * 1024;
-/// How long a sender waits for a connection, and for the receiver's answer to a snapshot.
+/// Largest snapshot image a member takes unless configured otherwise.
+pub const MAX_SNAPSHOT_BYTES: u64 = 8 * 1024 * 1024 * 1024;
+/// How long a sender waits for a connection, and for the receiver's answer to a snapshot once
+/// the whole image is sent (the receiver commits and checks it meanwhile).
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-const SNAPSHOT_ACK_TIMEOUT: Duration = Duration::from_secs(60);
+const SNAPSHOT_ACK_TIMEOUT: Duration = Duration::from_secs(300);
+/// Image pieces queued between a snapshot connection and the thread persisting it.
+const PIECES: usize = 16;
+/// The receiver's answers to a snapshot.
+const ANSWER_FAILED: u8 = 0;
+const ANSWER_APPLIED: u8 = 1;
+const ANSWER_TOO_LARGE: u8 = 2;
 
 const KIND_MESSAGE: u8 = 0;
 const KIND_SNAPSHOT_HEAD: u8 = 1;
@@ -63,6 +79,8 @@ struct Inner {
     isolated: AtomicBool,
     reports: mpsc::UnboundedSender<Report>,
     tasks: Mutex<Vec<AbortHandle>>,
+    /// Where snapshots arriving from the leader are persisted.
+    inbound: Inbound,
 }
 
 /// A node's side of the peer network: its listener, its peers and their writer tasks.
@@ -94,6 +112,7 @@ impl Network {
         listener: TcpListener,
         inbox: mpsc::UnboundedSender<Message>,
         reports: mpsc::UnboundedSender<Report>,
+        inbound: Inbound,
     ) -> Self {
         let inner = Arc::new(Inner {
             id,
@@ -101,6 +120,7 @@ impl Network {
             isolated: AtomicBool::new(false),
             reports,
             tasks: Mutex::default(),
+            inbound,
         });
         let net = Network { inner };
         let accepting = net.clone();
@@ -182,30 +202,122 @@ impl Network {
                     }
                 }
                 KIND_SNAPSHOT_HEAD => {
-                    let mut msg =
-                        Message::decode(&buf[..]).map_err(|_| invalid("a snapshot header does not decode"))?;
-                    let mut image = Vec::new();
-                    loop {
-                        match read_frame(&mut stream, &mut buf).await? {
-                            Some(KIND_CHUNK) => {
-                                if (image.len() as u64).saturating_add(buf.len() as u64) > MAX_IMAGE {
-                                    return Err(invalid("a snapshot image is larger than 8 GiB"));
-                                }
-                                image.extend_from_slice(&buf);
-                            }
-                            Some(KIND_SNAPSHOT_END) => break,
-                            _ => return Err(invalid("a snapshot stream ended early")),
-                        }
-                    }
-                    let declared = buf.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
-                    if declared != Some(image.len() as u64) {
-                        return Err(invalid("a snapshot image is not as long as its end frame says"));
-                    }
-                    msg.mut_snapshot().data = image;
-                    let delivered = !self.isolated() && inbox.send(msg).is_ok();
-                    stream.write_all(&[u8::from(delivered)]).await?;
+                    // A snapshot connection carries one snapshot and ends.
+                    let answer = self.receive_snapshot(&mut stream, &mut buf, &inbox).await;
+                    stream.write_all(&[answer]).await?;
+                    return Ok(());
                 }
                 _ => return Err(invalid("unknown frame kind")),
+            }
+        }
+    }
+}
+
+impl Network {
+    /// Receives one snapshot on its connection (the header frame is in `buf`) and persists it
+    /// as it arrives; once durable, hands the message to the node. Returns the answer for the
+    /// sender.
+    async fn receive_snapshot(
+        &self,
+        stream: &mut TcpStream,
+        buf: &mut Vec<u8>,
+        inbox: &mpsc::UnboundedSender<Message>,
+    ) -> u8 {
+        let id = self.inner.id;
+        let inbound = &self.inner.inbound;
+        let (Some(len), Some(message)) = (buf.get(..8), buf.get(8..)) else {
+            log::warn!("member {id:x}: a snapshot header is truncated");
+            return ANSWER_FAILED;
+        };
+        let declared = u64::from_be_bytes(len.try_into().unwrap_or_default());
+        let Ok(msg) = Message::decode(message) else {
+            log::warn!("member {id:x}: a snapshot header does not decode");
+            return ANSWER_FAILED;
+        };
+        if declared > inbound.max_bytes {
+            let refused = RaftError::SnapshotTooLarge { size: declared, limit: inbound.max_bytes };
+            log::warn!("member {id:x}: refused a snapshot from {:x}: {refused}", msg.from);
+            return ANSWER_TOO_LARGE;
+        }
+        if self.isolated() {
+            return ANSWER_FAILED;
+        }
+        let metadata = match to_core_metadata(msg.get_snapshot().get_metadata()) {
+            Ok(m) => m,
+            Err(e) => {
+                log::warn!("member {id:x}: a snapshot's metadata is not usable: {e}");
+                return ANSWER_FAILED;
+            }
+        };
+        let (index, term) = (metadata.index, metadata.term);
+        log::info!(
+            "member {id:x} receiving database snapshot from {:x} at index {index} term {term} ({declared} bytes)",
+            msg.from
+        );
+        let (tx, rx) = mpsc::channel(PIECES);
+        let persisting = {
+            let (dir, config) = (inbound.dir.clone(), inbound.config);
+            tokio::task::spawn_blocking(move || {
+                snapply_fs::persist_stream_for_apply(&dir, &metadata, ChunkSource::new(rx), &config)
+            })
+        };
+        let received = self.stream_pieces(stream, buf, declared, tx).await;
+        // The persist ends on its own: at the end piece, or with an error when the channel
+        // closed early (then it removed what it wrote).
+        let persisted = persisting.await;
+        match (received, persisted) {
+            (Ok(bytes), Ok(Ok(persisted))) => {
+                log::info!(
+                    "member {id:x} received and saved database snapshot at index {index} term {term} ({bytes} bytes)"
+                );
+                inbound.put(index, term, Received { persisted, bytes });
+                if !self.isolated() && inbox.send(msg).is_ok() { ANSWER_APPLIED } else { ANSWER_FAILED }
+            }
+            (Err(e), _) => {
+                log::warn!("member {id:x}: the snapshot transfer at index {index} broke off: {e}");
+                ANSWER_FAILED
+            }
+            (_, Ok(Err(e))) => {
+                log::warn!("member {id:x}: persisting the snapshot at index {index} failed: {e}");
+                ANSWER_FAILED
+            }
+            (_, Err(_)) => {
+                log::warn!("member {id:x}: persisting the snapshot at index {index} stopped");
+                ANSWER_FAILED
+            }
+        }
+    }
+
+    /// Reads the chunk frames of a snapshot into `tx` up to its end frame; returns the bytes
+    /// received. On any error `tx` is dropped without the end piece.
+    async fn stream_pieces(
+        &self,
+        stream: &mut TcpStream,
+        buf: &mut Vec<u8>,
+        declared: u64,
+        tx: mpsc::Sender<Piece>,
+    ) -> std::io::Result<u64> {
+        let mut received = 0u64;
+        loop {
+            match read_frame(stream, buf).await? {
+                Some(KIND_CHUNK) => {
+                    received = received.saturating_add(buf.len() as u64);
+                    if received > declared {
+                        return Err(invalid("a snapshot image is longer than its header says"));
+                    }
+                    if tx.send(Piece::Data(std::mem::take(buf))).await.is_err() {
+                        return Err(invalid("the snapshot was refused while it arrived"));
+                    }
+                }
+                Some(KIND_SNAPSHOT_END) => {
+                    let end = buf.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+                    if end != Some(received) || received != declared {
+                        return Err(invalid("a snapshot image is not as long as its header says"));
+                    }
+                    tx.send(Piece::End).await.map_err(|_| invalid("the snapshot was refused at its end"))?;
+                    return Ok(received);
+                }
+                _ => return Err(invalid("a snapshot stream ended early")),
             }
         }
     }
@@ -243,21 +355,74 @@ async fn write_frame(stream: &mut TcpStream, kind: u8, payload: &[u8]) -> std::i
     stream.write_all(payload).await
 }
 
-/// Streams a snapshot message: header, chunks, end; waits for the receiver's answer.
-async fn write_snapshot(stream: &mut TcpStream, mut msg: Message) -> std::io::Result<bool> {
-    let image = std::mem::take(&mut msg.mut_snapshot().data);
-    write_frame(stream, KIND_SNAPSHOT_HEAD, &msg.encode_to_vec()).await?;
-    for chunk in image.chunks(CHUNK) {
-        write_frame(stream, KIND_CHUNK, chunk).await?;
+/// Sends a snapshot message on a connection of its own: header, the image from its file in
+/// chunks (each written only once the connection takes it), end; waits for the receiver's
+/// answer.
+async fn send_snapshot(addr: SocketAddr, msg: &Message, image: &std::path::Path) -> std::io::Result<u8> {
+    let mut file = tokio::fs::File::open(image).await?;
+    let len = file.metadata().await?.len();
+    let mut stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(s) => s?,
+        Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connecting for a snapshot")),
+    };
+    stream.set_nodelay(true)?;
+    let mut head = len.to_be_bytes().to_vec();
+    head.extend_from_slice(&msg.encode_to_vec());
+    write_frame(&mut stream, KIND_SNAPSHOT_HEAD, &head).await?;
+    let mut chunk = vec![0u8; CHUNK];
+    let mut sent = 0u64;
+    loop {
+        let n = file.read(&mut chunk).await?;
+        let Some(piece) = chunk.get(..n).filter(|p| !p.is_empty()) else {
+            break;
+        };
+        write_frame(&mut stream, KIND_CHUNK, piece).await?;
+        sent = sent.saturating_add(n as u64);
     }
-    write_frame(stream, KIND_SNAPSHOT_END, &(image.len() as u64).to_be_bytes()).await?;
+    if sent != len {
+        return Err(invalid("the snapshot image changed while it was sent"));
+    }
+    write_frame(&mut stream, KIND_SNAPSHOT_END, &sent.to_be_bytes()).await?;
     stream.flush().await?;
-    let mut ack = [0u8; 1];
-    match tokio::time::timeout(SNAPSHOT_ACK_TIMEOUT, stream.read_exact(&mut ack)).await {
-        Ok(Ok(_)) => Ok(ack[0] == 1),
+    let mut answer = [0u8; 1];
+    match tokio::time::timeout(SNAPSHOT_ACK_TIMEOUT, stream.read_exact(&mut answer)).await {
+        Ok(Ok(_)) => Ok(answer[0]),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer to a snapshot")),
     }
+}
+
+/// One snapshot transfer to peer `to`, reported to the node's loop when it ends.
+async fn transfer(
+    to: u64,
+    addr: SocketAddr,
+    msg: Message,
+    snap_dir: std::path::PathBuf,
+    reports: mpsc::UnboundedSender<Report>,
+) {
+    let meta = msg.get_snapshot().get_metadata();
+    let (index, term) = (meta.index, meta.term);
+    let image = image_path(&snap_dir, term, index);
+    log::info!("sending database snapshot to {to:x} at index {index} term {term}");
+    let delivered = match send_snapshot(addr, &msg, &image).await {
+        Ok(ANSWER_APPLIED) => {
+            log::info!("sent database snapshot to {to:x} at index {index} term {term}");
+            true
+        }
+        Ok(ANSWER_TOO_LARGE) => {
+            log::warn!("member {to:x} refused the snapshot at index {index}: larger than it takes");
+            false
+        }
+        Ok(_) => {
+            log::warn!("member {to:x} failed to persist the snapshot at index {index}");
+            false
+        }
+        Err(e) => {
+            log::warn!("failed to send database snapshot to {to:x} at index {index}: {e}");
+            false
+        }
+    };
+    let _ = reports.send(Report::Snapshot { to, delivered });
 }
 
 async fn writer(
@@ -265,9 +430,20 @@ async fn writer(
     addr: SocketAddr,
     mut rx: mpsc::UnboundedReceiver<Message>,
     reports: mpsc::UnboundedSender<Report>,
+    snap_dir: std::path::PathBuf,
 ) {
     let mut conn: Option<TcpStream> = None;
+    // The transfer in progress: raft-rs sends a follower one snapshot at a time; it ends with
+    // the writer (the peer removed, the node stopped).
+    let mut sending = AbortOnDrop(None);
     while let Some(msg) = rx.recv().await {
+        if msg.get_msg_type() == MessageType::MsgSnapshot {
+            let task = tokio::spawn(transfer(to, addr, msg, snap_dir.clone(), reports.clone()));
+            if let Some(old) = sending.0.replace(task) {
+                old.abort();
+            }
+            continue;
+        }
         if conn.is_none() {
             conn = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
                 Ok(Ok(s)) => {
@@ -277,33 +453,25 @@ async fn writer(
                 _ => None,
             };
         }
-        let is_snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
         let Some(stream) = conn.as_mut() else {
             let _ = reports.send(Report::Unreachable(to));
-            if is_snapshot {
-                let _ = reports.send(Report::Snapshot { to, delivered: false });
-            }
             continue;
         };
-        let result = if is_snapshot {
-            write_snapshot(stream, msg).await
-        } else {
-            write_frame(stream, KIND_MESSAGE, &msg.encode_to_vec()).await.map(|()| true)
-        };
-        match result {
-            Ok(delivered) => {
-                if is_snapshot {
-                    let _ = reports.send(Report::Snapshot { to, delivered });
-                }
-            }
-            Err(e) => {
-                log::debug!("sending to peer {to:x} failed: {e}");
-                conn = None;
-                let _ = reports.send(Report::Unreachable(to));
-                if is_snapshot {
-                    let _ = reports.send(Report::Snapshot { to, delivered: false });
-                }
-            }
+        if let Err(e) = write_frame(stream, KIND_MESSAGE, &msg.encode_to_vec()).await {
+            log::debug!("sending to peer {to:x} failed: {e}");
+            conn = None;
+            let _ = reports.send(Report::Unreachable(to));
+        }
+    }
+}
+
+/// Aborts the snapshot transfer a writer started when the writer ends.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            t.abort();
         }
     }
 }
@@ -324,7 +492,8 @@ impl Transport for Network {
             return Err(PortError::new(PortErrorKind::Misuse, "a member has no peer URL of the form http://IP:PORT"));
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(writer(id, addr, rx, self.inner.reports.clone())).abort_handle();
+        let snap_dir = self.inner.inbound.dir.snap_dir().to_path_buf();
+        let task = tokio::spawn(writer(id, addr, rx, self.inner.reports.clone(), snap_dir)).abort_handle();
         if let Some(old) = lock(&self.inner.peers).insert(id, Peer { urls, tx, task }) {
             old.task.abort();
         }
@@ -350,18 +519,42 @@ mod tests {
         assert_eq!(peer_addr("http://localhost"), None);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn messages_and_a_chunked_snapshot_cross_and_are_reported() {
+    fn inbound(root: &std::path::Path, max_bytes: u64) -> Inbound {
+        let dir = snapply_fs::DataDir::open(root).unwrap();
+        let config = snapply_core::Config {
+            id: 2,
+            min_lease_ttl: 5,
+            v2_deprecation: snapply_core::store::V2Deprecation::WriteOnly,
+        };
+        Inbound::new(dir, config, max_bytes)
+    }
+
+    /// Files of a receiver's `member/snap`.
+    fn snap_files(root: &std::path::Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(root.join("member/snap"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A receiver taking at most `max_bytes`, a sender whose image at index 42 term 7 is
+    /// `image`; the sender sends a heartbeat and the snapshot message.
+    async fn send_to_receiver(max_bytes: u64, image: &[u8]) -> (Option<Message>, Report, Vec<String>) {
+        let (rdir, sdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (in_tx, mut in_rx) = mpsc::unbounded_channel();
         let (rep_tx, _rep_rx) = mpsc::unbounded_channel();
-        let receiver = Network::start(2, listener, in_tx, rep_tx);
+        let receiver = Network::start(2, listener, in_tx, rep_tx, inbound(rdir.path(), max_bytes));
 
         let quiet = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (q_tx, _q_rx) = mpsc::unbounded_channel();
         let (s_tx, mut s_rx) = mpsc::unbounded_channel();
-        let mut sender = Network::start(1, quiet, q_tx, s_tx);
+        let sender_inbound = inbound(sdir.path(), max_bytes);
+        std::fs::write(image_path(sender_inbound.dir.snap_dir(), 7, 42), image).unwrap();
+        let mut sender = Network::start(1, quiet, q_tx, s_tx, sender_inbound);
         sender.add_peer(2, &[url.as_bytes()]).unwrap();
         assert_eq!(sender.peers(), vec![2]);
 
@@ -369,22 +562,36 @@ mod tests {
         m.set_msg_type(MessageType::MsgHeartbeat);
         let mut s = Message { to: 2, from: 1, term: 7, ..Default::default() };
         s.set_msg_type(MessageType::MsgSnapshot);
-        let image: Vec<u8> = (0..CHUNK * 3 + 17).map(|i| i as u8).collect();
-        s.mut_snapshot().data = image.clone();
         s.mut_snapshot().mut_metadata().index = 42;
+        s.mut_snapshot().mut_metadata().term = 7;
         sender.send(vec![m, s]);
 
         let got = tokio::time::timeout(Duration::from_secs(10), in_rx.recv()).await.unwrap().unwrap();
         assert_eq!((got.get_msg_type(), got.term), (MessageType::MsgHeartbeat, 7));
-        let got = tokio::time::timeout(Duration::from_secs(10), in_rx.recv()).await.unwrap().unwrap();
-        assert_eq!(got.get_snapshot().get_metadata().index, 42);
-        assert_eq!(got.get_snapshot().data[..], image[..]);
         let report = tokio::time::timeout(Duration::from_secs(10), s_rx.recv()).await.unwrap().unwrap();
-        assert!(matches!(report, Report::Snapshot { to: 2, delivered: true }), "{report:?}");
-
+        let snapshot = in_rx.try_recv().ok();
         sender.remove_all_peers();
         assert!(sender.peers().is_empty());
         sender.shutdown();
         receiver.shutdown();
+        (snapshot, report, snap_files(rdir.path()))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_larger_than_the_receiver_takes_is_refused_and_nothing_is_written() {
+        let image: Vec<u8> = (0..CHUNK * 3 + 17).map(|i| i as u8).collect();
+        let (snapshot, report, files) = send_to_receiver(CHUNK as u64, &image).await;
+        assert!(snapshot.is_none(), "the node never sees a refused snapshot");
+        assert!(matches!(report, Report::Snapshot { to: 2, delivered: false }), "{report:?}");
+        assert!(files.is_empty(), "{files:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_that_does_not_persist_is_reported_failed_and_leaves_nothing() {
+        let image: Vec<u8> = (0..CHUNK * 3 + 17).map(|i| i as u8).collect();
+        let (snapshot, report, files) = send_to_receiver(MAX_SNAPSHOT_BYTES, &image).await;
+        assert!(snapshot.is_none(), "the node never sees a snapshot that is not durable");
+        assert!(matches!(report, Report::Snapshot { to: 2, delivered: false }), "{report:?}");
+        assert!(files.is_empty(), "{files:?}");
     }
 }

@@ -1,8 +1,9 @@
 //! `snapply demo`: a three-node raft-rs cluster on loopback, in this process, each node with its
-//! own data directory in a temporary directory. One follower is cut off while the leader writes
-//! and compacts its raft log; once healed, it can only catch up by the leader's snapshot, which
-//! it applies through every phase of snapply's pipeline. The nodes' state digests are then
-//! compared.
+//! own data directory in a temporary directory. One follower is cut off while the leader writes;
+//! the leader snapshots its backend and compacts its raft log on its own, by its snapshot policy
+//! (`--snapshot-count`, half the keys written here); once healed, the follower can only catch up
+//! by the leader's snapshot, which it receives out of band, persists while it arrives and applies
+//! through every phase of snapply's pipeline. The nodes' state digests are then compared.
 
 use std::error::Error;
 use std::path::Path;
@@ -10,7 +11,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use snapply_core::ports::{Observer, Phase};
-use snapply_raft::{Client, Cluster, Command, Trace};
+use snapply_raft::{Client, Cluster, Command, SnapshotPolicy, Trace};
 use tokio::task::JoinSet;
 
 use crate::observe::Printer;
@@ -99,10 +100,17 @@ fn workload(args: &Args, prefix: &str) -> Vec<Command> {
     commands
 }
 
+/// The leader snapshots after every half of the keys written, keeping a quarter of them in its
+/// log for followers a little behind: the cut-off follower falls further behind than that.
+fn policy(args: &Args) -> SnapshotPolicy {
+    let count = u64::from(args.keys).div_ceil(2);
+    SnapshotPolicy { count, catchup_entries: count / 2, ..SnapshotPolicy::default() }
+}
+
 async fn demo(args: &Args) -> Result<bool, Box<dyn Error>> {
     let root = tempfile::tempdir()?;
     let started = Instant::now();
-    let cluster = Cluster::start(root.path(), 3)?;
+    let cluster = Cluster::start_with(root.path(), 3, policy(args))?;
     let result = scenario(args, root.path(), &cluster, started).await;
     // Stop every node before the runtime goes, also when a step failed.
     cluster.shutdown().await;
@@ -144,12 +152,11 @@ async fn scenario(args: &Args, root: &Path, cluster: &Cluster, started: Instant)
         ms(t.elapsed())
     );
 
-    let t = Instant::now();
-    let compacted = cluster.node(leader)?.compact_log().await?;
     let lagging = cluster.node(follower)?.status().await?.applied_index;
+    let (compacted, first) = leader_compacted_past(cluster, leader, lagging).await?;
     println!(
-        "leader snapshotted its backend at index {compacted} and compacted its raft log in {}; the follower is at index {lagging}",
-        ms(t.elapsed())
+        "leader snapshotted its backend at index {compacted} on its own (snapshot count {}) and compacted its raft log to start at {first}; the follower is at index {lagging}",
+        policy(args).count
     );
 
     let healed = Instant::now();
@@ -204,6 +211,23 @@ async fn scenario(args: &Args, root: &Path, cluster: &Cluster, started: Instant)
     }
     println!("{}", if equal { "digests equal" } else { "digests DIFFER" });
     Ok(equal)
+}
+
+/// Waits until the leader's own policy has snapshotted and compacted its log past `lagging`, so
+/// that only a snapshot can catch the follower up; returns the snapshot's index and the log's
+/// first index.
+async fn leader_compacted_past(cluster: &Cluster, leader: u64, lagging: u64) -> Result<(u64, u64), Box<dyn Error>> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = cluster.node(leader)?.status().await?;
+        if status.snapshot_index > 0 && status.log.0 > lagging.saturating_add(1) {
+            return Ok((status.snapshot_index, status.log.0));
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the leader never compacted its log past index {lagging}: {status:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 pub fn run(args: &Args) -> Result<ExitCode, Box<dyn Error>> {

@@ -31,7 +31,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use snapply_raft::{Client, Command, Consistency, MemberInfo, NodeConfig, RaftError, peer_addr};
+use snapply_raft::{
+    Client, Command, Consistency, MAX_SNAPSHOT_BYTES, MemberInfo, NodeConfig, RaftError, SnapshotPolicy, peer_addr,
+};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::common::{Failure, Log, LogArgs, exit};
@@ -55,7 +57,69 @@ pub struct Args {
     #[arg(long, default_value = "http://127.0.0.1:2379")]
     listen_client_urls: String,
     #[command(flatten)]
+    snapshots: SnapshotArgs,
+    #[command(flatten)]
     log: LogArgs,
+}
+
+/// When a member snapshots and how much it keeps, named as etcd's flags.
+#[derive(Debug, clap::Args)]
+struct SnapshotArgs {
+    /// Entries applied since the last snapshot that trigger the next one: the member snapshots
+    /// its backend and compacts its raft log (0: only when a follower needs a snapshot).
+    #[arg(long, default_value_t = SnapshotPolicy::default().count)]
+    snapshot_count: u64,
+    /// Entries kept in the raft log behind a snapshot, for followers only a little behind.
+    #[arg(long, default_value_t = SnapshotPolicy::default().catchup_entries)]
+    snapshot_catchup_entries: u64,
+    /// Snapshot images kept in member/snap; older ones are purged (at least the newest is kept).
+    #[arg(long, default_value_t = SnapshotPolicy::default().max_snapshots)]
+    max_snapshots: usize,
+    /// The largest snapshot image this member takes from a leader, in bytes; a larger one is
+    /// refused before any of it is written.
+    #[arg(long, default_value_t = MAX_SNAPSHOT_BYTES)]
+    max_snapshot_bytes: u64,
+}
+
+impl SnapshotArgs {
+    fn apply(&self, config: &mut NodeConfig) {
+        config.snapshot = SnapshotPolicy {
+            count: self.snapshot_count,
+            catchup_entries: self.snapshot_catchup_entries,
+            max_snapshots: self.max_snapshots,
+        };
+        config.max_snapshot_bytes = self.max_snapshot_bytes;
+    }
+}
+
+/// The member's own log lines (snapshots taken, sent, received, applied; raft log compactions)
+/// in the command's log format: etcd's messages, from the raft and fs adapters' `log` records.
+struct MemberLog(Log);
+
+impl log::Log for MemberLog {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::Level::Info && metadata.target().starts_with("snapply")
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let msg = record.args().to_string();
+        match record.level() {
+            log::Level::Error | log::Level::Warn => self.0.warn(&msg, &[]),
+            _ => self.0.info(&msg, &[]),
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+fn route_member_logs(log: Log) {
+    // Set once per process; a second `serve` in the same process keeps the first logger.
+    if log::set_boxed_logger(Box::new(MemberLog(log))).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
 }
 
 /// Longest client request line, in bytes.
@@ -107,6 +171,8 @@ fn serve(log: &Log, args: &Args) -> Result<(), Failure> {
     let cluster: Vec<(u64, MemberInfo)> = members.iter().map(|m| (m.derive_id(), m.clone())).collect();
     let mut config = NodeConfig::new(id, args.data_dir.clone(), cluster);
     config.join_existing = args.initial_cluster_state == "existing";
+    args.snapshots.apply(&mut config);
+    route_member_logs(*log);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
