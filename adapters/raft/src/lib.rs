@@ -12,6 +12,7 @@ mod codec;
 mod error;
 mod log;
 mod node;
+mod query;
 mod transport;
 
 pub use cluster::{Cluster, member_id};
@@ -19,5 +20,6 @@ pub use codec::{Command, MemberInfo};
 pub use error::RaftError;
 pub use log::RaftLog;
 pub use node::{Client, NodeConfig, NodeHandle, Pair, RestoreReport, Status, Trace, start};
+pub use query::{Header, KeyValue, LeaseInfo, Member, NodeStatus, RangeRequest, RangeResponse, SortOrder, SortTarget};
 pub use snapply_core::ports::Phase;
 pub use transport::{CHUNK, Network, peer_addr};
