@@ -1,5 +1,10 @@
-//! Images damaged where the frame checksums cannot see it: every frame valid, the trailer's
-//! SHA-256 wrong. Only the digest check refuses them (docs/format.md, "Trailer").
+//! Images no snapply node makes: every frame valid and the trailer's SHA-256 wrong (only the
+//! digest check refuses them, docs/format.md, "Trailer"), or a leader's backend holding a record
+//! its node refuses to write (an etcd leader does write it).
+
+use snapply_core::backend::{Backend, Bucket, ReadTxn as _, WriteTxn as _};
+use snapply_core::collections::Profile;
+use snapply_core::{Node, SnapshotMetadata, image, store};
 
 /// CRC-32C (Castagnoli, reflected polynomial `0x82F63B78`), bit by bit: the frames' checksum.
 fn crc32c(bytes: &[u8]) -> u32 {
@@ -51,6 +56,47 @@ pub fn with_wrong_digest(image: &[u8]) -> Vec<u8> {
     let mut sha256 = trailer_digest(image);
     sha256[0] ^= 1;
     with_trailer_digest(image, sha256)
+}
+
+/// A member record, in the layout of docs/records.md (postcard, fields in this order).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct MemberRecord {
+    id: u64,
+    name: Vec<u8>,
+    peer_urls: Vec<Vec<u8>>,
+    client_urls: Vec<Vec<u8>>,
+    is_learner: bool,
+}
+
+/// `leader`'s snapshot at its applied index, with member `id`'s record holding `peer_urls`
+/// instead of its own. A node refuses a member with more peer URLs than the transport takes
+/// (`store::check_peer_urls`); an etcd leader makes one, so its snapshot is forged here.
+///
+/// # Panics
+/// If `leader` has no member `id`, or its record is not in the layout above (the layout is
+/// checked by re-encoding the stored record), or the leader's backend fails.
+pub fn snapshot_with_peer_urls<B: Backend + Clone, P: Profile>(
+    leader: &Node<B, P>,
+    id: u64,
+    peer_urls: &[&[u8]],
+) -> (SnapshotMetadata, Vec<u8>) {
+    let key = store::member_key(id);
+    let mut stored = None;
+    leader.backend().read().expect("read").get(Bucket::Members, &key, &mut |v| stored = Some(v.to_vec())).expect("get");
+    let stored = stored.expect("the leader has the member");
+    let mut record: MemberRecord = postcard::from_bytes(&stored).expect("a member record");
+    assert_eq!(postcard::to_allocvec(&record).expect("encode"), stored, "the record layout is the store's");
+    record.peer_urls = peer_urls.iter().map(|u| u.to_vec()).collect();
+    let mut backend = leader.backend().clone();
+    let mut txn = backend.write().expect("write");
+    txn.put(Bucket::Members, &key, &postcard::to_allocvec(&record).expect("encode")).expect("put");
+    txn.commit().expect("commit");
+    let metadata = leader.snapshot_metadata().expect("metadata");
+    let mut v2 = Vec::new();
+    leader.v2_snapshot_data(&mut v2).expect("v2");
+    let mut out = Vec::new();
+    image::encode(&metadata, &backend.read().expect("read"), &v2, &mut out).expect("encode");
+    (metadata, out)
 }
 
 #[cfg(test)]

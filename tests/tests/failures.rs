@@ -1,7 +1,7 @@
 //! Failure injection: whatever fails before `BackendSwapped` leaves the follower exactly as it
 //! was; what fails after it is reported as fatal; the gauge is back to zero on every path.
 
-use snapply_core::backend::{Backend, Bucket, ReadTxn, WriteTxn};
+use snapply_core::backend::{Backend, Bucket, WriteTxn};
 use snapply_core::collections::{Fixed, Growable};
 use snapply_core::image::{self, MIN_BUFFER};
 use snapply_core::mem::{MemBackend, VecBackend};
@@ -591,33 +591,8 @@ fn a_member_with_more_peer_urls_than_the_transport_takes_is_refused_before_the_s
             }),
         )
         .expect("eight peer URLs are taken");
-    // A node refuses a ninth (`Node::apply`), so the record with nine is written by hand: the
-    // member record's layout (docs/records.md), in postcard.
-    #[derive(serde::Serialize)]
-    struct MemberRecord<'a> {
-        id: u64,
-        name: &'a [u8],
-        peer_urls: Vec<&'a [u8]>,
-        client_urls: Vec<&'a [u8]>,
-        is_learner: bool,
-    }
-    let eight = MemberRecord {
-        id: 7,
-        name: b"many-urls",
-        peer_urls: url_refs[..8].to_vec(),
-        client_urls: Vec::new(),
-        is_learner: false,
-    };
-    let key = snapply_core::store::member_key(7);
-    let mut stored = None;
-    leader.backend().read().expect("read").get(Bucket::Members, &key, &mut |v| stored = Some(v.to_vec())).expect("get");
-    assert_eq!(stored, Some(postcard::to_allocvec(&eight).expect("encode")), "the record layout is the store's");
-    let nine = MemberRecord { peer_urls: url_refs.clone(), ..eight };
-    let backend = tampered(&leader, Bucket::Members, &key, &postcard::to_allocvec(&nine).expect("encode"));
-    let metadata = leader.snapshot_metadata().expect("metadata");
-    let mut v2 = Vec::new();
-    leader.v2_snapshot_data(&mut v2).expect("v2");
-    let image = image_of(&metadata, &backend, &v2);
+    // A node refuses a ninth (`Node::apply`); an etcd leader takes it, so its record is forged.
+    let (metadata, image) = snapply_tests::forge::snapshot_with_peer_urls(&leader, 7, &url_refs);
     let mut follower = follower(VecBackend::new());
     let before = state(&follower);
     let mut observer = Recorder::default();

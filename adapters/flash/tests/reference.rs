@@ -152,9 +152,9 @@ fn the_reference_device_restores_on_a_ram_flash_and_finds_the_state_after_a_rebo
     });
 }
 
-/// A leader on a host (no table limits) takes a member with 9 peer URLs; the reference
-/// profile holds 8 per member, so the device's restore of that leader's snapshot persists it
-/// and fails before the swap, at every try. The snapshot pending on flash then does not keep the
+/// An etcd leader takes a member with 9 peer URLs (a snapply node refuses it, so the record is
+/// forged into the leader's snapshot); the transport takes 8 per member, so the device's restore
+/// of that snapshot persists it and fails before the swap, at every try. The snapshot pending on flash then does not keep the
 /// device from booting: boot refuses it (reported, its area erased) and serves the committed
 /// state, as etcd logs a failed snapshot and keeps serving.
 #[test]
@@ -164,9 +164,9 @@ fn a_pending_snapshot_with_more_peer_urls_than_the_profile_holds_is_refused_at_b
         let urls: Vec<String> = (0..9).map(|i| format!("http://10.0.1.{i}:2380")).collect();
         let peer_urls: Vec<&[u8]> = urls.iter().map(|u| u.as_bytes()).collect();
         let index = leader.progress().applied_index + 1;
-        let member = NewMember { id: 9, name: b"wide", peer_urls: &peer_urls, client_urls: &[], is_learner: true };
+        let member = NewMember { id: 9, name: b"wide", peer_urls: &peer_urls[..1], client_urls: &[], is_learner: true };
         leader.apply(index, 2, &Request::MemberAdd(member)).unwrap();
-        let (metadata, image) = snapply_tests::snapshot(&leader);
+        let (metadata, image) = snapply_tests::forge::snapshot_with_peer_urls(&leader, 9, &peer_urls);
 
         let range = 0..32 * 4096;
         let chip = RefCell::new(MockFlash::<4, 4096>::new(32));

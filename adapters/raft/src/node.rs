@@ -25,7 +25,7 @@ use crate::read::Reads;
 use crate::snapshot::{Build, ImageFile, Inbound, purge_images, to_core_conf, to_core_metadata, to_raft_metadata};
 use crate::transport::{MAX_SNAPSHOT_BYTES, Network, Report};
 
-type HostNode = Node<RedbBackend, Growable>;
+pub(crate) type HostNode = Node<RedbBackend, Growable>;
 
 /// A key and its value.
 pub type Pair = (Vec<u8>, Vec<u8>);
@@ -139,7 +139,7 @@ pub struct Status {
     pub read_rounds: u64,
 }
 
-enum Control {
+pub(crate) enum Control {
     Propose(Command, oneshot::Sender<Result<i64, RaftError>>),
     ConfChange(ConfChange, oneshot::Sender<Result<i64, RaftError>>),
     Status(oneshot::Sender<Status>),
@@ -147,6 +147,11 @@ enum Control {
     Range(Vec<u8>, Vec<u8>, oneshot::Sender<Result<Vec<Pair>, RaftError>>),
     ReadIndex(oneshot::Sender<Result<(), RaftError>>),
     CompactLog(oneshot::Sender<Result<u64, RaftError>>),
+    /// Client API hook (crate::query): run a read on the loop.
+    Read(crate::query::Reader),
+    /// Client API hook (crate::query): propose, and run the read on this node just before the
+    /// entry is applied here (etcd's prev_kv and deleted count).
+    ProposeRead(Command, crate::query::Reader, oneshot::Sender<Result<i64, RaftError>>),
     Isolate(bool),
     Stop,
 }
@@ -336,6 +341,11 @@ impl Client {
     pub fn isolate(&self, on: bool) {
         let _ = self.control.send(Control::Isolate(on));
     }
+
+    /// Client API hook: sends `control` to the loop (crate::query builds it).
+    pub(crate) fn send(&self, control: Control) -> Result<(), RaftError> {
+        self.control.send(control).map_err(|_| RaftError::Stopped)
+    }
 }
 
 impl NodeHandle {
@@ -453,6 +463,8 @@ struct Loop {
     store: FsSnapshotStore,
     net: Network,
     waiters: HashMap<u64, oneshot::Sender<Result<i64, RaftError>>>,
+    /// Client API hook: reads to run just before this node applies its own proposal `seq`.
+    before_apply: HashMap<u64, crate::query::Reader>,
     seq: u64,
     snapshots_applied: u64,
     snapshots_sent: u64,
@@ -580,6 +592,7 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
         store,
         net,
         waiters: HashMap::new(),
+        before_apply: HashMap::new(),
         seq: 0,
         snapshots_applied: 0,
         snapshots_sent: 0,
@@ -776,7 +789,24 @@ impl Loop {
                 let _ = reply.send(blocking(|| self.compact_log()));
             }
             Control::Isolate(on) => self.net.set_isolated(on),
+            Control::Read(read) => read(&self.view()),
+            Control::ProposeRead(command, read, reply) => {
+                self.control(Control::Propose(command, reply));
+                if self.waiters.contains_key(&self.seq) {
+                    self.before_apply.insert(self.seq, read);
+                }
+            }
             Control::Stop => {}
+        }
+    }
+
+    fn view(&self) -> crate::query::View<'_> {
+        crate::query::View {
+            node: &self.node,
+            id: self.id,
+            leader: self.raw.raft.leader_id,
+            term: self.raw.raft.term,
+            raft_index: self.log.last_index(),
         }
     }
 
@@ -895,7 +925,15 @@ impl Loop {
             let result = match e.get_entry_type() {
                 EntryType::EntryNormal if e.data.is_empty() => continue,
                 EntryType::EntryNormal => match Command::decode(&e.data) {
-                    Some(c) => self.node.apply(e.index, e.term, &c.request()).map_err(RaftError::from),
+                    Some(c) => {
+                        if let Some((origin, seq)) = parse_context(&e.context)
+                            && origin == self.id
+                            && let Some(read) = self.before_apply.remove(&seq)
+                        {
+                            read(&self.view());
+                        }
+                        self.node.apply(e.index, e.term, &c.request()).map_err(RaftError::from)
+                    }
                     None => Err(RaftError::Decode { what: "a committed entry" }),
                 },
                 EntryType::EntryConfChange => self.apply_conf_change(&e),

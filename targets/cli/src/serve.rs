@@ -169,7 +169,7 @@ fn serve(log: &Log, args: &Args) -> Result<(), Failure> {
     client_listener.set_nonblocking(true).map_err(|e| failed("configuring the client listener", &e))?;
     let id = me.derive_id();
     let cluster: Vec<(u64, MemberInfo)> = members.iter().map(|m| (m.derive_id(), m.clone())).collect();
-    let mut config = NodeConfig::new(id, args.data_dir.clone(), cluster);
+    let mut config = NodeConfig::new(id, args.data_dir.clone(), cluster.clone());
     config.join_existing = args.initial_cluster_state == "existing";
     args.snapshots.apply(&mut config);
     route_member_logs(*log);
@@ -193,14 +193,16 @@ fn serve(log: &Log, args: &Args) -> Result<(), Failure> {
                 ("data-dir", args.data_dir.display().to_string().into()),
             ],
         );
+        // The client URL: etcd's gRPC API (HTTP/2) and the line protocol (anything else).
         let api = node.client();
-        let accept = async move {
-            while let Ok((stream, _)) = clients.accept().await {
-                tokio::spawn(serve_client(stream, api.clone()));
-            }
-        };
+        let ids: Vec<u64> = cluster.iter().map(|(id, _)| *id).collect();
+        let db_path = args.data_dir.join("member").join("db");
+        let client_urls = vec![args.listen_client_urls.clone()];
+        let cluster_id = crate::api::cluster_id(&ids);
+        let member = crate::api::Member { client: api.clone(), cluster_id, db_path, client_urls };
+        let accept = crate::api::serve(clients, member, move |stream| serve_client(stream, api.clone()));
         tokio::select! {
-            _ = accept => {}
+            stopped = accept => if let Err(e) = stopped { log.warn("stopped serving clients", &[("error", e.into())]) },
             signal = shutdown_signal() => {
                 let signal = signal.map_err(|e| failed("listening for signals", &e))?;
                 log.info("received signal; shutting down", &[("signal", signal.into())]);

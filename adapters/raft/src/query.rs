@@ -1,0 +1,442 @@
+//! What a client API asks a running node: etcd's Range (with every option of its
+//! `RangeRequest`), writes that return the key-values they replace (etcd's `prev_kv` and
+//! `deleted`), leases, members and the node's status, each with the response header's fields.
+//!
+//! Reads run on the node's loop (a `Read` control) against the node's stores, so they see
+//! exactly the entries applied so far; the previous key-values of a write are read on the loop
+//! just before this node applies it, so they are exactly what the write replaced.
+
+use std::time::Duration;
+
+use snapply_core::backend::Backend as _;
+use snapply_core::store::KeyValue as StoredKeyValue;
+use tokio::sync::oneshot;
+
+use crate::codec::Command;
+use crate::error::RaftError;
+use crate::node::{Client, Control, HostNode};
+
+/// How long a client API call waits for the node.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// What a read sees: the node and its raft state.
+pub(crate) struct View<'a> {
+    pub(crate) node: &'a HostNode,
+    pub(crate) id: u64,
+    pub(crate) leader: u64,
+    pub(crate) term: u64,
+    pub(crate) raft_index: u64,
+}
+
+/// A read run on the node's loop.
+pub(crate) type Reader = Box<dyn FnOnce(&View<'_>) + Send>;
+
+/// The fields of etcd's `ResponseHeader` a node knows (the cluster id is the API's).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Header {
+    /// The member that answered.
+    pub member_id: u64,
+    /// The key-value store's revision when the request was served.
+    pub revision: i64,
+    /// The raft term when the request was served.
+    pub raft_term: u64,
+}
+
+/// A key-value as etcd's `mvccpb.KeyValue`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyValue {
+    /// The key.
+    pub key: Vec<u8>,
+    /// Revision of the key's creation in its current generation.
+    pub create_revision: i64,
+    /// Revision of the last change.
+    pub mod_revision: i64,
+    /// Number of changes in the current generation.
+    pub version: i64,
+    /// The value.
+    pub value: Vec<u8>,
+    /// The lease, 0 for none.
+    pub lease: i64,
+}
+
+impl KeyValue {
+    fn of(kv: &StoredKeyValue<'_>) -> Self {
+        KeyValue {
+            key: kv.key.to_vec(),
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+            version: kv.version,
+            value: kv.value.to_vec(),
+            lease: kv.lease,
+        }
+    }
+}
+
+/// etcd's `RangeRequest.SortOrder`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SortOrder {
+    /// Key order, as stored.
+    #[default]
+    None,
+    /// Lowest target first.
+    Ascend,
+    /// Highest target first.
+    Descend,
+}
+
+/// etcd's `RangeRequest.SortTarget`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SortTarget {
+    /// The key.
+    #[default]
+    Key,
+    /// The version.
+    Version,
+    /// The create revision.
+    Create,
+    /// The mod revision.
+    Mod,
+    /// The value.
+    Value,
+}
+
+/// etcd's `RangeRequest`, less `serializable` (how a read is served is the caller's choice).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RangeRequest {
+    /// The key or start of the range.
+    pub key: Vec<u8>,
+    /// The end of the range: empty for just `key`, `[0]` for every key from `key` on.
+    pub range_end: Vec<u8>,
+    /// At most this many key-values (0: no limit).
+    pub limit: i64,
+    /// The revision to read at (0 or less: the current one).
+    pub revision: i64,
+    /// The order.
+    pub sort_order: SortOrder,
+    /// What to sort by.
+    pub sort_target: SortTarget,
+    /// Return keys without values.
+    pub keys_only: bool,
+    /// Return only the count.
+    pub count_only: bool,
+    /// Filters on the mod and create revisions (0: none).
+    pub min_mod_revision: i64,
+    /// See `min_mod_revision`.
+    pub max_mod_revision: i64,
+    /// See `min_mod_revision`.
+    pub min_create_revision: i64,
+    /// See `min_mod_revision`.
+    pub max_create_revision: i64,
+}
+
+/// etcd's `RangeResponse`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RangeResponse {
+    /// The header.
+    pub header: Header,
+    /// The key-values.
+    pub kvs: Vec<KeyValue>,
+    /// Whether the limit left key-values out.
+    pub more: bool,
+    /// Keys in the range at the revision, before filters and limit.
+    pub count: i64,
+}
+
+/// A lease, as etcd's `LeaseTimeToLiveResponse` describes it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeaseInfo {
+    /// The id.
+    pub id: i64,
+    /// The TTL it was granted, in seconds.
+    pub granted_ttl: i64,
+    /// Its remaining TTL in seconds: the last checkpointed one, else the granted one (snapply
+    /// nodes do not expire leases yet).
+    pub ttl: i64,
+    /// Keys attached to it.
+    pub keys: Vec<Vec<u8>>,
+}
+
+/// A member, as etcd's `Member`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Member {
+    /// The id.
+    pub id: u64,
+    /// The name.
+    pub name: String,
+    /// Peer URLs.
+    pub peer_urls: Vec<String>,
+    /// Client URLs.
+    pub client_urls: Vec<String>,
+    /// Whether it is a learner.
+    pub is_learner: bool,
+}
+
+/// A node's status, as etcd's `StatusResponse`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// The header.
+    pub header: Header,
+    /// The leader (0: none known).
+    pub leader: u64,
+    /// The raft log's last index.
+    pub raft_index: u64,
+    /// The applied index.
+    pub raft_applied_index: u64,
+    /// Whether this member is a learner.
+    pub is_learner: bool,
+}
+
+fn header(view: &View<'_>) -> Header {
+    Header { member_id: view.id, revision: view.node.stores().kv.current_revision(), raft_term: view.term }
+}
+
+/// Every key-value in `[key, range_end)` at `revision` (0: current), in key order.
+fn range_at(view: &View<'_>, key: &[u8], range_end: &[u8], revision: i64) -> Result<Vec<KeyValue>, RaftError> {
+    let txn = view.node.backend().read()?;
+    let mut out = Vec::new();
+    view.node.stores().kv.range(&txn, key, range_end, revision, &mut |kv| out.push(KeyValue::of(kv)))?;
+    Ok(out)
+}
+
+/// etcd's `applierV3backend.Range`: read, filter on revisions, sort, then limit.
+fn range(view: &View<'_>, r: &RangeRequest) -> Result<RangeResponse, RaftError> {
+    let mut kvs = range_at(view, &r.key, &r.range_end, r.revision)?;
+    let count = i64::try_from(kvs.len()).unwrap_or(i64::MAX);
+    if r.count_only {
+        kvs.clear();
+    }
+    kvs.retain(|kv| {
+        (r.max_mod_revision == 0 || kv.mod_revision <= r.max_mod_revision)
+            && (r.min_mod_revision == 0 || kv.mod_revision >= r.min_mod_revision)
+            && (r.max_create_revision == 0 || kv.create_revision <= r.max_create_revision)
+            && (r.min_create_revision == 0 || kv.create_revision >= r.min_create_revision)
+    });
+    // etcd sorts ascending by default when the target is not the key (the store returns key
+    // order already).
+    let order = match (r.sort_order, r.sort_target) {
+        (SortOrder::None, SortTarget::Key) => SortOrder::None,
+        (SortOrder::None, _) => SortOrder::Ascend,
+        (order, _) => order,
+    };
+    if order != SortOrder::None {
+        let target = r.sort_target;
+        let cmp = move |a: &KeyValue, b: &KeyValue| match target {
+            SortTarget::Key => a.key.cmp(&b.key),
+            SortTarget::Version => a.version.cmp(&b.version),
+            SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+            SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+            SortTarget::Value => a.value.cmp(&b.value),
+        };
+        if order == SortOrder::Ascend {
+            kvs.sort_by(cmp);
+        } else {
+            kvs.sort_by(|a, b| cmp(b, a));
+        }
+    }
+    let mut more = false;
+    if let Ok(limit) = usize::try_from(r.limit)
+        && limit > 0
+        && kvs.len() > limit
+    {
+        kvs.truncate(limit);
+        more = true;
+    }
+    if r.keys_only {
+        for kv in &mut kvs {
+            kv.value.clear();
+        }
+    }
+    // The header carries the store's current revision, whatever revision was read (etcd's).
+    Ok(RangeResponse { header: header(view), kvs, more, count })
+}
+
+impl Client {
+    /// Runs `f` on the node's loop and returns what it returns.
+    async fn read_local<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&View<'_>) -> T + Send + 'static,
+        what: &'static str,
+    ) -> Result<T, RaftError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Control::Read(Box::new(move |view| {
+            let _ = tx.send(f(view));
+        })))?;
+        match tokio::time::timeout(WAIT, rx).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(_)) => Err(RaftError::Stopped),
+            Err(_) => Err(RaftError::Timeout { what }),
+        }
+    }
+
+    /// Proposes `command`; `before` reads this node's state just before it applies the entry.
+    /// Returns the revision after the write and what `before` read.
+    async fn propose_reading<T: Send + 'static>(
+        &self,
+        command: Command,
+        before: impl FnOnce(&View<'_>) -> T + Send + 'static,
+    ) -> Result<(i64, T), RaftError> {
+        let (read_tx, read_rx) = oneshot::channel();
+        let (tx, rx) = oneshot::channel();
+        let read: Reader = Box::new(move |view| {
+            let _ = read_tx.send(before(view));
+        });
+        self.send(Control::ProposeRead(command, read, tx))?;
+        let revision = match tokio::time::timeout(WAIT, rx).await {
+            Ok(Ok(v)) => v?,
+            Ok(Err(_)) => return Err(RaftError::Stopped),
+            Err(_) => return Err(RaftError::Timeout { what: "a proposal to be applied" }),
+        };
+        // Applied: the read ran before.
+        let read = read_rx.await.map_err(|_| RaftError::Stopped)?;
+        Ok((revision, read))
+    }
+
+    /// etcd's Range, served from this node's applied state.
+    ///
+    /// # Errors
+    /// [`RaftError::Store`] with [`snapply_core::store::StoreError::Compacted`] or
+    /// [`snapply_core::store::StoreError::FutureRevision`] for a revision out of the history,
+    /// [`RaftError::Stopped`] or [`RaftError::Timeout`].
+    pub async fn range_request(&self, request: RangeRequest) -> Result<RangeResponse, RaftError> {
+        self.read_local(move |view| range(view, &request), "a range").await?
+    }
+
+    /// Puts `value` under `key` attached to `lease`; returns the header after the put and the
+    /// key-value it replaced, if any.
+    ///
+    /// # Errors
+    /// As [`Client::propose`].
+    pub async fn put_returning(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        lease: i64,
+    ) -> Result<(Header, Option<KeyValue>), RaftError> {
+        let k = key.clone();
+        let command = Command::Put { key, value, lease };
+        let (revision, (mut header, prev)) =
+            self.propose_reading(command, move |view| (header(view), range_at(view, &k, b"", 0))).await?;
+        header.revision = revision;
+        Ok((header, prev?.into_iter().next()))
+    }
+
+    /// Deletes `[key, range_end)`; returns the header after the delete and the key-values it
+    /// deleted.
+    ///
+    /// # Errors
+    /// As [`Client::propose`].
+    pub async fn delete_returning(
+        &self,
+        key: Vec<u8>,
+        range_end: Vec<u8>,
+    ) -> Result<(Header, Vec<KeyValue>), RaftError> {
+        let (k, end) = (key.clone(), range_end.clone());
+        let command = Command::DeleteRange { key, range_end };
+        let (revision, (mut header, prev)) =
+            self.propose_reading(command, move |view| (header(view), range_at(view, &k, &end, 0))).await?;
+        header.revision = revision;
+        Ok((header, prev?))
+    }
+
+    /// Proposes `command` and returns the header after it is applied here.
+    ///
+    /// # Errors
+    /// As [`Client::propose`].
+    pub async fn propose_with_header(&self, command: Command) -> Result<Header, RaftError> {
+        let (revision, mut header) = self.propose_reading(command, header).await?;
+        header.revision = revision;
+        Ok(header)
+    }
+
+    /// The response header as of now.
+    ///
+    /// # Errors
+    /// [`RaftError::Stopped`] or [`RaftError::Timeout`].
+    pub async fn header(&self) -> Result<Header, RaftError> {
+        self.read_local(header, "a response header").await
+    }
+
+    /// Lease `id` and its keys, or `None` if it is not granted.
+    ///
+    /// # Errors
+    /// [`RaftError::Stopped`] or [`RaftError::Timeout`].
+    pub async fn lease(&self, id: i64) -> Result<(Header, Option<LeaseInfo>), RaftError> {
+        self.read_local(
+            move |view| {
+                let lessor = &view.node.stores().lessor;
+                let info = lessor.lease(id).map(|l| LeaseInfo {
+                    id,
+                    granted_ttl: l.ttl,
+                    ttl: if l.remaining_ttl > 0 { l.remaining_ttl } else { l.ttl },
+                    keys: lessor.items().iter().filter(|i| i.lease == id).map(|i| i.key.to_vec()).collect(),
+                });
+                (header(view), info)
+            },
+            "a lease",
+        )
+        .await
+    }
+
+    /// Every granted lease id, in order.
+    ///
+    /// # Errors
+    /// [`RaftError::Stopped`] or [`RaftError::Timeout`].
+    pub async fn leases(&self) -> Result<(Header, Vec<i64>), RaftError> {
+        self.read_local(
+            |view| (header(view), view.node.stores().lessor.leases().iter().map(|l| l.id).collect()),
+            "the leases",
+        )
+        .await
+    }
+
+    /// The members in the node's membership store.
+    ///
+    /// # Errors
+    /// [`RaftError::Stopped`] or [`RaftError::Timeout`].
+    pub async fn members(&self) -> Result<(Header, Vec<Member>), RaftError> {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        self.read_local(
+            move |view| {
+                let members = view
+                    .node
+                    .stores()
+                    .membership
+                    .members()
+                    .iter()
+                    .map(|m| Member {
+                        id: m.id,
+                        name: text(&m.name),
+                        peer_urls: m.peer_urls.iter().map(|u| text(u)).collect(),
+                        client_urls: m.client_urls.iter().map(|u| text(u)).collect(),
+                        is_learner: m.is_learner,
+                    })
+                    .collect();
+                (header(view), members)
+            },
+            "the members",
+        )
+        .await
+    }
+
+    /// The node's status.
+    ///
+    /// # Errors
+    /// [`RaftError::Stopped`] or [`RaftError::Timeout`].
+    pub async fn node_status(&self) -> Result<NodeStatus, RaftError> {
+        self.read_local(
+            |view| {
+                let progress = view.node.progress();
+                let is_learner = view.node.stores().membership.member(view.id).is_some_and(|m| m.is_learner);
+                NodeStatus {
+                    header: header(view),
+                    leader: view.leader,
+                    raft_index: view.raft_index,
+                    raft_applied_index: progress.applied_index,
+                    is_learner,
+                }
+            },
+            "the node's status",
+        )
+        .await
+    }
+}

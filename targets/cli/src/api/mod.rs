@@ -1,0 +1,146 @@
+//! etcd's v3 gRPC API on a member's client URL: the services generated from etcd's own
+//! `.proto` files (by the `etcd-client` crate, feature `build-server`), served with tonic.
+//!
+//! One file per service: [`kv`] (Range, Put, DeleteRange, Compact), [`lease`] (Grant, Revoke,
+//! TimeToLive, Leases), [`cluster`] (MemberList), [`maintenance`] (Status). What is not served
+//! yet answers `Unimplemented`; the Watch and Auth services are not registered (tonic answers
+//! `Unimplemented` for them too). docs/etcd-differences.md lists the differences.
+//!
+//! The client URL carries both this API and the line protocol: [`serve`] looks at the first
+//! bytes of each connection, as etcd's cmux does: the HTTP/2 preface goes to gRPC, anything
+//! else to the line protocol.
+
+mod cluster;
+mod error;
+mod kv;
+mod lease;
+mod maintenance;
+
+use std::future::Future;
+use std::time::Duration;
+
+use etcd_client::proto::{PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbResponseHeader};
+use sha2::{Digest as _, Sha256};
+use snapply_raft::{Client, Header};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tonic::Status;
+
+/// The connection preface every HTTP/2 client sends first (RFC 9113, 3.4).
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How long a new connection may take to show whether it speaks HTTP/2.
+const SNIFF_WAIT: Duration = Duration::from_secs(10);
+
+/// A running member as the API serves it.
+#[derive(Clone, Debug)]
+pub struct Member {
+    /// The member's node.
+    pub client: Client,
+    /// The cluster id the response headers carry (see [`cluster_id`]).
+    pub cluster_id: u64,
+    /// The member's backend file, whose size `Status` reports.
+    pub db_path: std::path::PathBuf,
+    /// The URLs this member serves clients on.
+    pub client_urls: Vec<String>,
+}
+
+/// The cluster id of a cluster whose initial members are `ids`: as etcd's `genID`, the first
+/// eight bytes of a hash of the sorted ids, big-endian (SHA-256 here, as the member ids).
+pub fn cluster_id(ids: &[u64]) -> u64 {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    let mut sha = Sha256::new();
+    for id in ids {
+        sha.update(id.to_be_bytes());
+    }
+    let digest = sha.finalize();
+    u64::from_be_bytes(digest.first_chunk::<8>().copied().unwrap_or_default())
+}
+
+impl Member {
+    fn header(&self, h: Header) -> Option<PbResponseHeader> {
+        Some(PbResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: h.member_id,
+            revision: h.revision,
+            raft_term: h.raft_term,
+        })
+    }
+
+    /// How every read is served: `serializable` reads are answered from this member's applied
+    /// state at once; linearizable ones (etcd's default) first wait for a read index confirmed
+    /// by the leader's quorum (raft-rs's ReadIndex) and for this member to have applied up to it.
+    async fn read_barrier(&self, serializable: bool) -> Result<(), Status> {
+        if serializable {
+            return Ok(());
+        }
+        self.client.read_index().await.map_err(|e| error::status(&e))
+    }
+}
+
+/// Accepts clients on `listener` until it fails: HTTP/2 connections are served etcd's gRPC
+/// services for `member`, every other connection is handed to `other` (the line protocol).
+///
+/// # Errors
+/// Why it stopped: the listener or the gRPC server failed.
+pub async fn serve<F, Fut>(listener: TcpListener, member: Member, other: F) -> Result<(), String>
+where
+    F: Fn(TcpStream) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (grpc_tx, grpc_rx) = mpsc::unbounded_channel::<Result<TcpStream, std::io::Error>>();
+    let grpc = tonic::transport::Server::builder()
+        .add_service(PbKvServer::new(kv::KvService(member.clone())))
+        .add_service(PbLeaseServer::new(lease::LeaseService(member.clone())))
+        .add_service(PbClusterServer::new(cluster::ClusterService(member.clone())))
+        .add_service(PbMaintenanceServer::new(maintenance::MaintenanceService(member)))
+        .serve_with_incoming(tokio_stream::wrappers::UnboundedReceiverStream::new(grpc_rx));
+    let accept = async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => return format!("accepting clients: {e}"),
+            };
+            let (grpc_tx, other) = (grpc_tx.clone(), other.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(SNIFF_WAIT, is_http2(&stream)).await {
+                    Ok(Ok(true)) => {
+                        let _ = grpc_tx.send(Ok(stream));
+                    }
+                    Ok(Ok(false)) => other(stream).await,
+                    // A connection that errs or stays silent is dropped.
+                    Ok(Err(_)) | Err(_) => {}
+                }
+            });
+        }
+    };
+    tokio::select! {
+        e = accept => Err(e),
+        result = grpc => Err(match result {
+            Ok(()) => "the gRPC server stopped".into(),
+            Err(e) => format!("serving gRPC: {e}"),
+        }),
+    }
+}
+
+/// Whether `stream` starts with the HTTP/2 preface; reads nothing off it.
+async fn is_http2(stream: &TcpStream) -> std::io::Result<bool> {
+    let mut buf = [0u8; HTTP2_PREFACE.len()];
+    let mut seen = 0;
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        let got = buf.get(..n).unwrap_or_default();
+        if n == 0 || !HTTP2_PREFACE.starts_with(got) {
+            return Ok(false);
+        }
+        if n == HTTP2_PREFACE.len() {
+            return Ok(true);
+        }
+        if n == seen {
+            // Part of the preface is in: wait for the rest.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        seen = n;
+    }
+}
