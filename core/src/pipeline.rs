@@ -41,6 +41,7 @@ use crate::backend::Backend;
 use crate::collections::{Profile, Seq};
 use crate::error::{ApplyError, ApplyErrorKind};
 use crate::fmt::info;
+use crate::image;
 use crate::node::{Node, Unfinished};
 use crate::observe::{Event, Observer, Phase, SnapshotFields};
 use crate::ports::{
@@ -679,8 +680,10 @@ impl<P: Profile> core::fmt::Debug for Prebuilt<P> {
 
 impl<P: Profile> Prebuilt<P> {
     /// Builds the lessor (every TTL at least `min_lease_ttl`, the node's own minimum) and the
-    /// key index, keys attached to their leases, from `backend`: the backend materialised from
-    /// the image whose SHA-256 is `sha256`. Nothing is written.
+    /// key index, keys attached to their leases, from an image's records as the decoder wrote
+    /// them ([`image::Decoded`]): the prebuilt is bound to that image's verified digest, which
+    /// the pipeline compares with the persisted snapshot's, and to `min_lease_ttl`, which it
+    /// compares with the node's. Nothing is written.
     ///
     /// `Ok(None)` if the backend holds an unfinished scheduled compaction: resuming it writes
     /// through the bound consistent index, which only the pipeline has, so that snapshot takes
@@ -688,8 +691,9 @@ impl<P: Profile> Prebuilt<P> {
     ///
     /// # Errors
     /// The [`StoreError`] of a record that does not recover.
-    pub fn build<B: Backend>(backend: &B, sha256: [u8; 32], min_lease_ttl: i64) -> Result<Option<Self>, StoreError> {
-        let txn = backend.read()?;
+    pub fn build<B: Backend>(decoded: &image::Decoded<B>, min_lease_ttl: i64) -> Result<Option<Self>, StoreError> {
+        let sha256 = decoded.summary().sha256;
+        let txn = decoded.backend().read()?;
         let index = ConsistentIndex::load(&txn)?.index();
         let lessor = Lessor::<P>::load(&txn, min_lease_ttl)?;
         let mut attached = lessor.clone();

@@ -657,7 +657,8 @@ fn a_prebuilt_key_index_of_another_run_is_not_installed() {
     );
     let (md, image) = snapshot(&leader);
     let mut buf = vec![0u8; MIN_BUFFER];
-    let (_, summary) = snapply_core::image::verify(&image[..], &mut buf).expect("a valid image");
+    let decoded = snapply_core::image::decode_into(&image[..], &mut buf, VecBackend::new(), &mut |_| Ok(()))
+        .expect("a valid image");
     let config = |ttl| snapply_core::Config { min_lease_ttl: ttl, ..snapply_tests::config(2) };
 
     // Run A, on a node whose minimum is 1: its lessor phase hands back the key index, kept.
@@ -670,7 +671,7 @@ fn a_prebuilt_key_index_of_another_run_is_not_installed() {
         let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut obs };
         let v = Validated::new(&mut a, ports, Snapshot::from_bytes(&md, &image)).expect("valid").expect("not empty");
         let bound = v.persist().expect("persist").open_backend().expect("open").bind_index().expect("bind");
-        let prebuilt = snapply_core::pipeline::Prebuilt::<Growable>::build(leader.backend(), summary.sha256, 1)
+        let prebuilt = snapply_core::pipeline::Prebuilt::<Growable>::build(&decoded, 1)
             .expect("build")
             .expect("no scheduled compaction");
         let (_leases, index) = bound.restore_lease_prebuilt(prebuilt).expect("lease");

@@ -58,8 +58,17 @@ pub fn qemu(ctx: &Ctx) -> Result<()> {
         .args(["--", "-D", "warnings"])
         .current_dir(&firmware))?;
     // The build script makes the snapshot images and the expected digests on the host.
-    run(ctx.cargo().args(["build", "--release"]).args(ctx.locked()).current_dir(&firmware))?;
-    let elf = firmware.join("target").join(TARGET).join("release").join(BIN);
+    // The target directory is named, so a `CARGO_TARGET_DIR` in the environment does not move
+    // the ELF away from where it is read.
+    let target_dir = firmware.join("target");
+    run(ctx
+        .cargo()
+        .args(["build", "--release"])
+        .args(ctx.locked())
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .current_dir(&firmware))?;
+    let elf = target_dir.join(TARGET).join("release").join(BIN);
     let statics = print_sizes(&elf)?;
     let lines = run_firmware(ctx, &elf)?;
     let summary =

@@ -201,16 +201,22 @@ fn misuse(what: &'static str) -> FsError {
 }
 
 /// The decoder's side of the channel: fills batches, hands them over, keeps [`Records`].
+///
+/// The backend the core's decoder writes an image into ([`snapply_core::image::decode_into`]):
+/// a write transaction's records go both to the writer and into [`Records`], and reads read
+/// [`Records`], so the stores built from it are bound to the image the decoder verified
+/// ([`snapply_core::pipeline::Prebuilt::build`]).
 pub(crate) struct Feed<'a> {
-    tx: &'a SyncSender<Msg>,
+    /// `None` once [`Feed::close`] let the writer go.
+    tx: Cell<Option<SyncSender<Msg>>>,
     recycle: &'a Receiver<Batch>,
     batch: Batch,
-    records: &'a mut Records,
+    records: Records,
 }
 
 impl<'a> Feed<'a> {
-    pub(crate) fn new(tx: &'a SyncSender<Msg>, recycle: &'a Receiver<Batch>, records: &'a mut Records) -> Self {
-        Feed { tx, recycle, batch: Batch::default(), records }
+    pub(crate) fn new(tx: SyncSender<Msg>, recycle: &'a Receiver<Batch>) -> Self {
+        Feed { tx: Cell::new(Some(tx)), recycle, batch: Batch::default(), records: Records::default() }
     }
 
     /// Takes one decoded record.
@@ -218,7 +224,7 @@ impl<'a> Feed<'a> {
     /// # Errors
     /// [`FsError::Task`] if the writer is gone (it failed: its own error is the one to
     /// report).
-    pub(crate) fn record(&mut self, bucket: Bucket, key: &[u8], value: &[u8]) -> Result<(), FsError> {
+    fn record(&mut self, bucket: Bucket, key: &[u8], value: &[u8]) -> Result<(), FsError> {
         self.records.push(bucket, key, value)?;
         self.batch.push(bucket, key, value)?;
         if self.batch.bytes.len() >= BATCH_BYTES {
@@ -231,13 +237,98 @@ impl<'a> Feed<'a> {
     ///
     /// # Errors
     /// As [`Feed::record`].
-    pub(crate) fn flush(&mut self) -> Result<(), FsError> {
+    fn flush(&mut self) -> Result<(), FsError> {
         if self.batch.lens.is_empty() {
             return Ok(());
         }
         let next = self.recycle.try_recv().unwrap_or_default();
         let full = std::mem::replace(&mut self.batch, next);
-        self.tx.send(Msg::Batch(full)).map_err(|_| writer_gone())
+        self.send(Msg::Batch(full))
+    }
+
+    fn send(&self, msg: Msg) -> Result<(), FsError> {
+        let tx = self.tx.take().ok_or_else(writer_gone)?;
+        let sent = tx.send(msg).map_err(|_| writer_gone());
+        self.tx.set(Some(tx));
+        sent
+    }
+
+    /// Lets the writer go: with `commit`, after telling it to commit what it was sent (the
+    /// image is whole and checked); without, it drops its transaction when it sees the channel
+    /// closed.
+    ///
+    /// # Errors
+    /// As [`Feed::record`].
+    pub(crate) fn close(&self, commit: bool) -> Result<(), FsError> {
+        let sent = if commit { self.send(Msg::Commit) } else { Ok(()) };
+        drop(self.tx.take());
+        sent
+    }
+}
+
+fn to_backend(e: FsError) -> BackendError {
+    match e {
+        FsError::Backend { source, .. } => source,
+        // The writer is gone: its own error is reported instead of this one.
+        _ => BackendError::new(BackendErrorKind::Io, "the snapshot backend's writer stopped"),
+    }
+}
+
+/// The decoder's write transaction on a [`Feed`]: it puts into a fresh backend, so `clear` has
+/// nothing to clear and there is nothing to delete; `commit` hands the last batch over (the
+/// writer commits only when told by [`Feed::close`]).
+pub(crate) struct FeedTxn<'f, 'a> {
+    feed: &'f mut Feed<'a>,
+}
+
+impl ReadTxn for FeedTxn<'_, '_> {
+    fn get(&self, bucket: Bucket, key: &[u8], f: &mut dyn FnMut(&[u8])) -> Result<bool, BackendError> {
+        RecordsRead { records: &self.feed.records, next: Cell::new(None) }.get(bucket, key, f)
+    }
+
+    fn scan(&self, bucket: Bucket, from: &[u8], f: &mut Visit<'_>) -> Result<(), BackendError> {
+        RecordsRead { records: &self.feed.records, next: Cell::new(None) }.scan(bucket, from, f)
+    }
+}
+
+impl WriteTxn for FeedTxn<'_, '_> {
+    fn put(&mut self, bucket: Bucket, key: &[u8], value: &[u8]) -> Result<(), BackendError> {
+        self.feed.record(bucket, key, value).map_err(to_backend)
+    }
+
+    fn delete(&mut self, _: Bucket, _: &[u8]) -> Result<bool, BackendError> {
+        Err(BackendError::new(BackendErrorKind::Misuse, "a snapshot's records are only appended"))
+    }
+
+    fn clear(&mut self, bucket: Bucket) -> Result<(), BackendError> {
+        if self.feed.records.entries_of(bucket).is_empty() {
+            Ok(())
+        } else {
+            Err(BackendError::new(BackendErrorKind::Misuse, "a snapshot's records are only appended"))
+        }
+    }
+
+    fn commit(self) -> Result<(), BackendError> {
+        self.feed.flush().map_err(to_backend)
+    }
+}
+
+impl<'a> Backend for Feed<'a> {
+    type Read<'f>
+        = RecordsRead<'f>
+    where
+        Self: 'f;
+    type Write<'f>
+        = FeedTxn<'f, 'a>
+    where
+        Self: 'f;
+
+    fn read(&self) -> Result<RecordsRead<'_>, BackendError> {
+        self.records.read()
+    }
+
+    fn write(&mut self) -> Result<FeedTxn<'_, 'a>, BackendError> {
+        Ok(FeedTxn { feed: self })
     }
 }
 
@@ -501,8 +592,7 @@ mod tests {
         let (path, backend) = writer_on(dir.path());
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
         let (recycle_tx, recycle_rx) = std::sync::mpsc::channel();
-        let mut records = Records::default();
-        let mut feed = Feed::new(&tx, &recycle_rx, &mut records);
+        let mut feed = Feed::new(tx, &recycle_rx);
         let value = vec![1u8; 4096];
         // More than one batch, so batches come back for reuse.
         let n = BATCH_BYTES / 4096 + 10;
@@ -514,14 +604,16 @@ mod tests {
             }
             feed.record(Bucket::Alarm, b"a", b"").unwrap();
             feed.flush().unwrap();
-            tx.send(Msg::Commit).unwrap();
+            feed.close(true).unwrap();
             assert!(writer.join().unwrap().unwrap());
         });
         assert!(recycle_rx.try_recv().is_ok());
         let b = RedbBackend::open(&dir.path().join("db")).unwrap();
         let all = dump(&b.read().unwrap()).unwrap();
         assert_eq!(all.len(), n + 1);
-        assert_eq!(dump(&records.read().unwrap()).unwrap(), all);
+        assert_eq!(dump(&feed.read().unwrap()).unwrap(), all);
+        feed.record(Bucket::Alarm, b"b", b"").unwrap();
+        assert!(feed.flush().is_err(), "a closed feed hands nothing more to the writer");
     }
 
     #[test]

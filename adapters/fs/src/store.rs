@@ -16,7 +16,7 @@ use snapply_core::raft::SnapshotMetadata;
 use snapply_core::store::{AlarmStore, AuthStore, ConsistentIndex, Membership, V2Store};
 
 use crate::backend::RedbBackend;
-use crate::bulk::{self, Feed, Records};
+use crate::bulk::{self, Feed};
 use crate::datadir::{DataDir, SnapName};
 use crate::durable::{self, remove_if_exists, sync_dir};
 use crate::error::FsError;
@@ -240,7 +240,6 @@ fn materialize(
     let backend = RedbBackend::open_for_load(tmp)?;
     failpoint!("fs::persist::tmp_created", tmp);
     let mut v2 = Vec::new();
-    let mut records = Records::default();
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel(bulk::QUEUE);
         let (recycle_tx, recycle_rx) = std::sync::mpsc::channel();
@@ -249,13 +248,14 @@ fn materialize(
             .spawn_scoped(scope, move || bulk::write(backend, rx, recycle_tx, tmp))
             .map_err(|e| FsError::io("starting the snapshot backend's writer", tmp, e))?;
         let decoded = (|| {
-            let mut feed = Feed::new(&tx, &recycle_rx, &mut records);
-            let (decoded, summary) = decode(image, buf, &mut feed, &mut v2, index, metadata.term)?;
-            feed.flush()?;
-            if decoded != *metadata {
+            // Without `close(true)` (an error here drops the feed), the writer drops its
+            // transaction when the channel closes.
+            let decoded = decode(image, buf, Feed::new(tx, &recycle_rx), &mut v2, index, metadata.term)?;
+            if *decoded.metadata() != *metadata {
                 return Err(FsError::MetadataMismatch { index });
             }
-            let cindex = records
+            let cindex = decoded
+                .backend()
                 .read()
                 .map_err(snapply_core::store::StoreError::from)
                 .and_then(|t| ConsistentIndex::load(&t))
@@ -264,19 +264,17 @@ fn materialize(
                 return Err(FsError::IndexMismatch { backend_index: cindex.index(), snapshot_index: index });
             }
             failpoint!("fs::persist::materialized", tmp);
-            tx.send(bulk::Msg::Commit).map_err(|_| bulk::writer_gone())?;
-            Ok((decoded, summary))
+            decoded.backend().close(true)?;
+            Ok(decoded)
         })();
-        // Without `Commit`, the writer drops its transaction when the channel closes.
-        drop(tx);
         // The stores are built while the writer commits (mostly waiting for the disk).
-        let checked = decoded.and_then(|(decoded, summary)| {
+        let checked = decoded.and_then(|decoded| {
             if let Some(node) = node {
                 V2Store::<Growable>::recover(&v2, node.v2_deprecation)
                     .map_err(|source| FsError::Store { index, source })?;
             }
-            let prebuilt = check_stores(&records, index, summary.sha256, node.map(|n| n.min_lease_ttl))?;
-            Ok((decoded, summary, prebuilt))
+            let prebuilt = check_stores(&decoded, index, node.map(|n| n.min_lease_ttl))?;
+            Ok((decoded.metadata().clone(), *decoded.summary(), prebuilt))
         });
         let written = writer.join().map_err(|_| bulk::writer_gone())?;
         // The writer's failure (a full disk) is the cause when both failed: the decoder then
@@ -293,16 +291,17 @@ fn materialize(
     })
 }
 
-/// Decodes `image` into `feed` and `v2`: every frame's CRC and the trailer's SHA-256 are
-/// checked as it goes (see [`image::Decoder`]); nothing fed is valid until this returns `Ok`.
-fn decode(
+/// Decodes `image` into `feed` and `v2` with the core's decoder, which writes every record into
+/// `feed` itself: every frame's CRC and the trailer's SHA-256 are checked as it goes (see
+/// [`image::Decoder`]), and nothing fed is valid until this returns `Ok`.
+fn decode<'a>(
     image: ImageData<'_>,
     buf: &mut [u8],
-    feed: &mut Feed<'_>,
+    feed: Feed<'a>,
     v2: &mut Vec<u8>,
     index: u64,
     term: u64,
-) -> Result<(SnapshotMetadata, image::Summary), FsError> {
+) -> Result<image::Decoded<Feed<'a>>, FsError> {
     match image {
         ImageData::Bytes(bytes) => decode_from(bytes, buf, feed, v2, |e| match e {}),
         ImageData::Stream(source) => decode_from(source, buf, feed, v2, FsError::Stream),
@@ -310,42 +309,37 @@ fn decode(
     }
 }
 
-fn decode_from<S: image::Source>(
+fn decode_from<'a, S: image::Source>(
     source: S,
     buf: &mut [u8],
-    feed: &mut Feed<'_>,
+    feed: Feed<'a>,
     v2: &mut Vec<u8>,
     source_error: impl Fn(S::Error) -> FsError,
-) -> Result<(SnapshotMetadata, image::Summary), FsError> {
-    let error = |e: DecodeError<S::Error>| match e {
-        DecodeError::Source(e) => source_error(e),
-        e => image_error(MaterializeError::<S::Error>::Decode(e)),
+) -> Result<image::Decoded<Feed<'a>>, FsError> {
+    let mut keep_v2 = |chunk: &[u8]| {
+        v2.extend_from_slice(chunk);
+        Ok(())
     };
-    let mut decoder = image::Decoder::new(source, buf).map_err(error)?;
-    while let Some(item) = decoder.next().map_err(error)? {
-        match item {
-            image::Item::Record { bucket, key, value } => feed.record(bucket, key, value)?,
-            image::Item::V2(chunk) => v2.extend_from_slice(chunk),
-        }
-    }
-    let summary =
-        *decoder.summary().ok_or_else(|| image_error(MaterializeError::<S::Error>::Decode(DecodeError::Poisoned)))?;
-    Ok((decoder.metadata().clone(), summary))
+    image::decode_into(source, buf, feed, &mut keep_v2).map_err(|e| match e {
+        MaterializeError::Decode(DecodeError::Source(e)) => source_error(e),
+        e => image_error(e),
+    })
 }
 
 /// Reads every store the pipeline recovers from a snapshot's backend: a snapshot whose
 /// records do not recover is refused while persisting, before it can replace `member/db`.
-/// With `min_lease_ttl`, the lessor and key index are kept for the apply ([`Prebuilt`]) rather
-/// than dropped; the other stores are small and are read again when the backend is opened.
+/// With `min_lease_ttl`, the lessor and key index are kept for the apply ([`Prebuilt`], bound
+/// to the image `decoded` came from) rather than dropped; the other stores are small and are
+/// read again when the backend is opened.
 fn check_stores<B: Backend>(
-    backend: &B,
+    decoded: &image::Decoded<B>,
     index: u64,
-    sha256: [u8; 32],
     min_lease_ttl: Option<i64>,
 ) -> Result<Option<Prebuilt<Growable>>, FsError> {
     let store = |source| FsError::Store { index, source };
+    let backend = decoded.backend();
     let prebuilt = match min_lease_ttl {
-        Some(ttl) => Prebuilt::<Growable>::build(backend, sha256, ttl).map_err(store)?,
+        Some(ttl) => Prebuilt::<Growable>::build(decoded, ttl).map_err(store)?,
         None => None,
     };
     if prebuilt.is_none() {

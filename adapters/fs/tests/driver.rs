@@ -374,28 +374,45 @@ fn apply_with_prebuilt(
     used
 }
 
-/// Stores built for another snapshot (another image digest), or with another minimum lease TTL,
-/// are not installed: the phases rebuild from the backend instead, and the node still ends equal
-/// to the leader. Stores built for this snapshot are installed.
+/// Stores built from another image at the same index (another digest), or with another minimum
+/// lease TTL, are not installed: the phases rebuild from the backend instead, and the node still
+/// ends equal to the leader. Stores built from this snapshot's image are installed. A prebuilt is
+/// built from what the core's decoder wrote ([`snapply_core::image::Decoded`]), so its digest is
+/// the one the decoder verified: no caller can pair a backend with another image's digest.
 #[test]
 fn prebuilt_stores_of_another_snapshot_or_ttl_are_not_used() {
+    use snapply_core::backend::{Backend as _, WriteTxn as _};
+    use snapply_core::image;
+    use snapply_core::mem::VecBackend;
     use snapply_core::pipeline::Prebuilt;
     let (leader, metadata, image) = leader(&[rich_ops(), more_ops()]);
+    // Another image of the same index and metadata: one more record in the meta bucket, which
+    // no store reads, so only the digest tells it apart.
+    let another = {
+        let mut backend = leader.backend().clone();
+        let mut txn = backend.write().unwrap();
+        txn.put(Bucket::Meta, b"another", b"image").unwrap();
+        txn.commit().unwrap();
+        let mut v2 = Vec::new();
+        leader.v2_snapshot_data(&mut v2).unwrap();
+        let mut out = Vec::new();
+        image::encode(&metadata, &backend.read().unwrap(), &v2, &mut out).unwrap();
+        out
+    };
     let ttl = config(FOLLOWER).min_lease_ttl;
-    // What the stores are built for: the image digest flipped or not, the minimum TTL.
     let cases = [
-        ("this snapshot", false, ttl, true),
-        ("another image", true, ttl, false),
-        ("another TTL", false, ttl + 1, false),
+        ("this snapshot", &image, ttl, true),
+        ("another image at the same index", &another, ttl, false),
+        ("another TTL", &image, ttl + 1, false),
     ];
-    for (what, flip, min_ttl, expect_used) in cases {
-        let digest = |sha: &[u8; 32]| if flip { sha.map(|b| !b) } else { *sha };
+    for (what, built_from, min_ttl, expect_used) in cases {
         let root = tempfile::tempdir().unwrap();
         let (mut node, mut store) = follower(root.path());
         let info = store.persist_image(&metadata, snapply_core::ImageData::Bytes(&image)).unwrap();
-        let prebuilt = Prebuilt::<Growable>::build(leader.backend(), digest(&info.image_sha256), min_ttl)
-            .unwrap()
-            .expect("no scheduled compaction pending");
+        let mut buf = vec![0u8; image::buffer_for(image::MAX_KEY_LEN, 1 << 16)];
+        let decoded = image::decode_into(&built_from[..], &mut buf, VecBackend::new(), &mut |_| Ok(())).unwrap();
+        let prebuilt =
+            Prebuilt::<Growable>::build(&decoded, min_ttl).unwrap().expect("no scheduled compaction pending");
         assert_eq!(prebuilt.index(), metadata.index);
         let used = apply_with_prebuilt(&mut node, &mut store, &metadata, info.image_sha256, prebuilt);
         assert_eq!(used, expect_used, "{what}");

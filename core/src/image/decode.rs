@@ -13,7 +13,7 @@ use super::wire::{
     is_canonical, read_metadata_into,
 };
 use super::{FORMAT_VERSION, Item, MAGIC, Source, Summary, V2_CHUNK_LEN};
-use crate::backend::{BackendError, Bucket, WriteTxn};
+use crate::backend::{Backend, BackendError, Bucket, WriteTxn};
 use crate::raft::SnapshotMetadata;
 
 /// Decodes an image from a [`Source`] through a caller-provided buffer, one frame at a time.
@@ -158,6 +158,57 @@ pub fn materialize<S: Source, W: WriteTxn + ?Sized>(
             Step::Done(summary) => return Ok((core::mem::take(&mut decoder.state.metadata), summary)),
         }
     }
+}
+
+/// The records of an image whose every frame and trailer digest were checked, written by the
+/// decoder itself into a backend that this has owned since: what the backend holds is known to
+/// be the image's records and nothing else, so stores built from it are bound to the image's
+/// digest ([`crate::pipeline::Prebuilt::build`] takes one of these, not a backend and a digest).
+///
+/// The binding holds for a backend that owns its records (a backend whose clones share their
+/// state can be written through a clone behind this value's back).
+#[derive(Debug)]
+pub struct Decoded<B> {
+    backend: B,
+    metadata: SnapshotMetadata,
+    summary: Summary,
+}
+
+impl<B: Backend> Decoded<B> {
+    /// The backend holding exactly the image's records, to read.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+    /// The image's metadata, from its header.
+    pub fn metadata(&self) -> &SnapshotMetadata {
+        &self.metadata
+    }
+    /// The image's summary, from its verified trailer.
+    pub fn summary(&self) -> &Summary {
+        &self.summary
+    }
+    /// The backend, the binding given up.
+    pub fn into_backend(self) -> B {
+        self.backend
+    }
+}
+
+/// [`materialize`] into `backend` (every bucket cleared first), committed once the image is
+/// whole and verified, and kept: see [`Decoded`].
+///
+/// # Errors
+/// As [`materialize`]; [`MaterializeError::Backend`] also if the commit fails. On error the
+/// backend is dropped with its transaction uncommitted.
+pub fn decode_into<S: Source, B: Backend>(
+    source: S,
+    buf: &mut [u8],
+    mut backend: B,
+    v2: &mut dyn FnMut(&[u8]) -> Result<(), BackendError>,
+) -> Result<Decoded<B>, MaterializeError<S::Error>> {
+    let mut txn = backend.write().map_err(MaterializeError::Backend)?;
+    let (metadata, summary) = materialize(source, buf, &mut txn, v2)?;
+    txn.commit().map_err(MaterializeError::Backend)?;
+    Ok(Decoded { backend, metadata, summary })
 }
 
 /// What one call of [`advance`] produced.

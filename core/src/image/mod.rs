@@ -72,7 +72,7 @@ mod tests;
 use core::convert::Infallible;
 use core::fmt::Debug;
 
-pub use decode::{Decoder, materialize, verify};
+pub use decode::{Decoded, Decoder, decode_into, materialize, verify};
 pub use encode::encode;
 pub use error::{Corruption, DecodeError, EncodeError, MaterializeError};
 

@@ -355,6 +355,30 @@ fn a_base_buffer_decodes_every_frame_but_large_records() {
     assert_eq!(record_buffer_len(17, 2000), 1 + 1 + 17 + 2 + 2000);
 }
 
+/// `decode_into` keeps the backend it wrote the image into, holding exactly the image's records,
+/// with the metadata and the verified summary; a damaged image gives an error and no backend.
+#[test]
+fn decode_into_keeps_exactly_the_images_records_with_its_verified_digest() {
+    let (_, image, summary) = sample_image();
+    let mut buf = std::vec![0u8; MIN_BUFFER];
+    let mut seen_v2 = Vec::new();
+    let mut v2 = |chunk: &[u8]| {
+        seen_v2.extend_from_slice(chunk);
+        Ok(())
+    };
+    let decoded = decode_into(&image[..], &mut buf, Sample::new(), &mut v2).unwrap();
+    assert_eq!(*decoded.summary(), summary);
+    assert_eq!(*decoded.metadata(), sample_metadata());
+    assert_eq!(contents(&decoded.backend().read().unwrap()), sample_records());
+    assert_eq!(seen_v2, sample_v2());
+
+    let mut damaged = image.clone();
+    let at = damaged.len() / 2;
+    damaged[at] ^= 1;
+    let err = decode_into(&damaged[..], &mut buf, Sample::new(), &mut |_| Ok(())).unwrap_err();
+    assert!(err.corruption().is_some(), "{err:?}");
+}
+
 #[test]
 fn every_bit_flip_is_rejected_where_it_happens_and_never_materialises() {
     let (_, image, _) = sample_image();
