@@ -174,12 +174,43 @@ impl core::fmt::Display for ApplyError {
     }
 }
 
+/// `Display` prints the cause (the port's or the store's message); `source` goes on below it,
+/// so a reporter that walks the chain prints each cause once.
 impl core::error::Error for ApplyError {
     fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
         match &self.kind {
-            ApplyErrorKind::Port(e) => Some(e),
-            ApplyErrorKind::Store(e) => Some(e),
+            ApplyErrorKind::Port(e) => e.source(),
+            ApplyErrorKind::Store(e) => e.source(),
             _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+    use std::string::{String, ToString};
+    use std::vec::Vec;
+
+    /// What a reporter that walks the chain prints.
+    fn chain(e: &dyn core::error::Error) -> Vec<String> {
+        let mut out = std::vec![e.to_string()];
+        let mut next = e.source();
+        while let Some(e) = next {
+            out.push(e.to_string());
+            next = e.source();
+        }
+        out
+    }
+
+    #[test]
+    fn a_chain_of_errors_prints_each_cause_once() {
+        let port = PortError::new(PortErrorKind::Io, "medium gone");
+        for kind in [ApplyErrorKind::Port(port), ApplyErrorKind::Store(StoreError::Backend(port))] {
+            let e = ApplyError::new(Phase::OpenBackend, kind);
+            let printed = chain(&e).join(": ");
+            assert_eq!(printed.matches("medium gone").count(), 1, "{printed}");
         }
     }
 }

@@ -1,5 +1,5 @@
-//! In-memory implementations of the snapshot-store and transport ports, for tests, the demo,
-//! and devices that keep received snapshots in RAM.
+//! In-memory implementations of the snapshot-store and transport ports, for tests, benches, examples,
+//! fuzz targets and devices that keep received snapshots in RAM.
 //!
 //! "Durable" here means "held by this process": a [`MemSnapshotStore`] survives no power cut.
 //! The flash and filesystem adapters implement the same port on real media.

@@ -102,7 +102,7 @@ impl<'r> PersistTicket<'r> {
 /// [`PersistTicket::confirm`] makes one, within the run it belongs to.
 ///
 /// It holds no copy of the metadata: every state after the persist phase carries it, and on a
-/// device each copy was 568 bytes more of stack in every frame a state passes through. The
+/// device a copy would be 568 bytes more of stack in every frame a state passes through. The
 /// run's metadata is in the node's unfinished mark ([`crate::Node::unfinished`]).
 pub struct Durable<'r> {
     index: u64,

@@ -221,16 +221,18 @@ impl core::fmt::Display for FsError {
     }
 }
 
+/// `Display` prints the cause's message after the context; `source` goes on below it, so a
+/// reporter that walks the chain prints each cause once.
 impl std::error::Error for FsError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            FsError::Io { source, .. } | FsError::Full { source, .. } => Some(source),
-            FsError::Db { source, .. } => Some(&**source),
-            FsError::Backend { source, .. } => Some(source),
-            FsError::Stream(e) => Some(e),
-            FsError::Image { what, .. } => Some(what),
-            FsError::Store { source, .. } => Some(source),
-            FsError::Apply(e) => Some(e),
+            FsError::Io { source, .. } | FsError::Full { source, .. } => source.source(),
+            FsError::Db { source, .. } => source.source(),
+            FsError::Backend { source, .. } => source.source(),
+            FsError::Stream(e) => e.source(),
+            FsError::Image { what, .. } => what.source(),
+            FsError::Store { source, .. } => source.source(),
+            FsError::Apply(e) => e.source(),
             _ => None,
         }
     }
@@ -262,6 +264,27 @@ mod tests {
         assert!(e.is_full());
         let e = FsError::Backend { op: "materialising", source: BackendError::new(BackendErrorKind::Full, "x") };
         assert_eq!(e.to_port().kind, PortErrorKind::Full);
+    }
+
+    /// What a reporter that walks the chain prints: each cause once.
+    fn chain(e: &dyn std::error::Error) -> Vec<String> {
+        let mut out = vec![e.to_string()];
+        let mut next = e.source();
+        while let Some(e) = next {
+            out.push(e.to_string());
+            next = e.source();
+        }
+        out
+    }
+
+    #[test]
+    fn a_chain_of_errors_prints_each_cause_once() {
+        let store = snapply_core::store::StoreError::Backend(BackendError::new(BackendErrorKind::Io, "medium gone"));
+        let printed = chain(&FsError::Store { index: 7, source: store }).join(": ");
+        assert_eq!(printed.matches("medium gone").count(), 1, "{printed}");
+        let e = FsError::io("writing", Path::new("/x"), io::Error::other("disk on fire"));
+        let printed = chain(&e).join(": ");
+        assert_eq!(printed.matches("disk on fire").count(), 1, "{printed}");
     }
 
     #[test]

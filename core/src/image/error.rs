@@ -220,10 +220,12 @@ impl<E: fmt::Display> fmt::Display for DecodeError<E> {
     }
 }
 
+/// `Display` prints the source's message; `source` goes on below it, so a reporter that walks
+/// the chain prints each cause once.
 impl<E: core::error::Error + 'static> core::error::Error for DecodeError<E> {
     fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
         match self {
-            DecodeError::Source(e) => Some(e),
+            DecodeError::Source(e) => e.source(),
             _ => None,
         }
     }
@@ -288,11 +290,12 @@ impl<E: fmt::Display> fmt::Display for EncodeError<E> {
     }
 }
 
+/// As [`DecodeError`]'s: each cause printed once along the chain.
 impl<E: core::error::Error + 'static> core::error::Error for EncodeError<E> {
     fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
         match self {
-            EncodeError::Sink(e) => Some(e),
-            EncodeError::Backend(e) => Some(e),
+            EncodeError::Sink(e) => e.source(),
+            EncodeError::Backend(e) => e.source(),
             _ => None,
         }
     }
@@ -337,11 +340,12 @@ impl<E: fmt::Display> fmt::Display for MaterializeError<E> {
     }
 }
 
+/// As [`DecodeError`]'s: each cause printed once along the chain.
 impl<E: core::error::Error + 'static> core::error::Error for MaterializeError<E> {
     fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
         match self {
-            MaterializeError::Decode(e) => Some(e),
-            MaterializeError::Backend(e) | MaterializeError::V2(e) => Some(e),
+            MaterializeError::Decode(e) => e.source(),
+            MaterializeError::Backend(e) | MaterializeError::V2(e) => e.source(),
         }
     }
 }

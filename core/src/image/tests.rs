@@ -915,8 +915,14 @@ fn errors_explain_themselves() {
     );
     let err: MaterializeError<CapacityError> =
         MaterializeError::Decode(DecodeError::Source(CapacityError { what: "flash read" }));
-    let source = core::error::Error::source(&err).unwrap();
-    assert_eq!(std::format!("{source}"), "reading the image failed: capacity exhausted: flash read");
+    // Each cause once along the chain: `Display` prints them, `source` goes on below them.
+    let mut chain = std::vec![std::format!("{err}")];
+    let mut next = core::error::Error::source(&err);
+    while let Some(e) = next {
+        chain.push(std::format!("{e}"));
+        next = e.source();
+    }
+    assert_eq!(chain, ["materialising the image failed: reading the image failed: capacity exhausted: flash read"]);
 }
 
 #[cfg(feature = "alloc")]

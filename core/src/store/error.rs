@@ -122,11 +122,13 @@ impl StoreError {
     }
 }
 
+/// `Display` is the wrapped error's own message; `source` goes on below it, so a reporter that
+/// walks the chain prints each cause once.
 impl core::error::Error for StoreError {
     fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
         match self {
-            StoreError::Backend(e) => Some(e),
-            StoreError::Capacity(e) => Some(e),
+            StoreError::Backend(e) => e.source(),
+            StoreError::Capacity(e) => e.source(),
             _ => None,
         }
     }
