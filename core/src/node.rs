@@ -79,6 +79,9 @@ pub enum Request<'a> {
         /// The end of the range (empty: just `key`).
         range_end: &'a [u8],
     },
+    /// A transaction: compares, then one branch's puts and deletes (and nested transactions),
+    /// in one revision (etcd's `TxnRequest`; see [`crate::store::Txn`]).
+    Txn(crate::store::Txn<'a>),
     /// Compact the key-value history at `revision`.
     Compact {
         /// The revision.
@@ -573,6 +576,7 @@ fn apply_request<P: Profile, W: WriteTxn>(
         Request::DeleteRange { key, range_end } => {
             s.kv.delete_range(txn, &mut s.lessor, key, range_end, scratch)?;
         }
+        Request::Txn(t) => s.kv.apply_txn(txn, &mut s.lessor, &t, scratch)?,
         Request::Compact { revision } => s.kv.schedule_compaction(txn, revision)?,
         Request::LeaseGrant { id, ttl } => s.lessor.grant(txn, id, ttl, scratch)?,
         Request::LeaseRevoke { id } => {
@@ -645,6 +649,7 @@ fn refuse_under_alarm<P: Profile>(alarms: &AlarmStore<P>, request: &Request<'_>)
         request,
         Request::Put { .. }
             | Request::DeleteRange { .. }
+            | Request::Txn(_)
             | Request::Compact { .. }
             | Request::LeaseGrant { .. }
             | Request::LeaseRevoke { .. }
@@ -652,7 +657,11 @@ fn refuse_under_alarm<P: Profile>(alarms: &AlarmStore<P>, request: &Request<'_>)
     if kv_or_lease && alarms.is_active(AlarmType::Corrupt) {
         return Err(StoreError::CorruptAlarm);
     }
-    let adds_data = matches!(request, Request::Put { .. } | Request::LeaseGrant { .. });
+    let adds_data = match request {
+        Request::Put { .. } | Request::LeaseGrant { .. } => true,
+        Request::Txn(t) => t.puts(),
+        _ => false,
+    };
     if adds_data && alarms.is_active(AlarmType::Nospace) {
         return Err(StoreError::NoSpace);
     }

@@ -10,7 +10,10 @@ use snapply_core::collections::{Growable, Profile};
 use snapply_core::image;
 use snapply_core::mem::VecBackend;
 use snapply_core::ports::{Event, Observer, Phase};
-use snapply_core::store::{Alarm, AlarmType, Downgrade, NewMember, PermissionType, V2Deprecation, Version};
+use snapply_core::store::{
+    Alarm, AlarmType, Compare, CompareResult, CompareTarget, Downgrade, NewMember, PermissionType, Txn, TxnNode, TxnOp,
+    V2Deprecation, Version,
+};
 use snapply_core::{Config, Node, Request, SnapshotMetadata};
 
 /// The node type of the host tests.
@@ -66,6 +69,9 @@ pub enum Op {
     MemberUpdate { id: u8, port: u16 },
     /// Promote member `id + 1` from learner.
     MemberPromote { id: u8 },
+    /// A transaction: if `k<key>` is at `version`, put `value` under each of `puts` and then,
+    /// nested, delete `k<delete>` if it holds a value; otherwise delete `[k<delete>, k<delete+3>)`.
+    Txn { key: u8, version: u8, puts: Vec<u8>, value: Vec<u8>, delete: u8 },
 }
 
 /// A strategy for one workload step.
@@ -95,6 +101,8 @@ pub fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..3, 0u8..3).prop_map(|(user, role)| Op::UserRevokeRole { user, role }),
         1 => (0u8..5, 1u16..9).prop_map(|(id, port)| Op::MemberUpdate { id, port }),
         1 => (0u8..5).prop_map(|id| Op::MemberPromote { id }),
+        2 => (0u8..12, 0u8..3, proptest::collection::vec(0u8..12, 0..4), proptest::collection::vec(any::<u8>(), 0..8), 0u8..12)
+            .prop_map(|(key, version, puts, value, delete)| Op::Txn { key, version, puts, value, delete }),
     ]
 }
 
@@ -126,6 +134,7 @@ pub fn run<B: Backend, P: Profile>(node: &mut Node<B, P>, ops: &[Op], first_inde
     for op in ops {
         index += 1;
         let (k, end, name, role, moved, moved_urls);
+        let (txn_keys, txn_success, txn_failure, txn_nested, txn_compare, txn_nested_compare, txn_nodes);
         let url = format!("http://127.0.0.1:{}", 2380 + index % 100).into_bytes();
         let urls = [url.as_slice()];
         let request = match op {
@@ -222,6 +231,36 @@ pub fn run<B: Backend, P: Profile>(node: &mut Node<B, P>, ops: &[Op], first_inde
                 Request::MemberUpdate { id: u64::from(*id) + 1, peer_urls: &moved_urls }
             }
             Op::MemberPromote { id } => Request::MemberPromote { id: u64::from(*id) + 1 },
+            Op::Txn { key: kk, version, puts, value, delete } => {
+                k = key(*kk);
+                name = key(*delete);
+                end = key(delete.saturating_add(3));
+                txn_keys = puts.iter().map(|p| key(*p)).collect::<Vec<_>>();
+                txn_compare = [Compare {
+                    key: &k,
+                    range_end: &[],
+                    result: CompareResult::Equal,
+                    target: CompareTarget::Version(i64::from(*version)),
+                }];
+                txn_success = txn_keys
+                    .iter()
+                    .map(|key| TxnOp::Put { key, value, lease: 0 })
+                    .chain([TxnOp::Txn(1)])
+                    .collect::<Vec<_>>();
+                txn_failure = [TxnOp::DeleteRange { key: &name, range_end: &end }];
+                txn_nested_compare = [Compare {
+                    key: &name,
+                    range_end: &[],
+                    result: CompareResult::NotEqual,
+                    target: CompareTarget::Value(b""),
+                }];
+                txn_nested = [TxnOp::DeleteRange { key: &name, range_end: &[] }];
+                txn_nodes = [
+                    TxnNode { compare: &txn_compare, success: &txn_success, failure: &txn_failure },
+                    TxnNode { compare: &txn_nested_compare, success: &txn_nested, failure: &[] },
+                ];
+                Request::Txn(Txn { nodes: &txn_nodes })
+            }
         };
         if node.apply(index, term, &request).is_ok() {
             applied += 1;

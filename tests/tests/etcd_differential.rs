@@ -58,28 +58,90 @@ impl Rng {
 /// One request of a stream.
 #[derive(Clone, Debug)]
 enum Op {
-    Put { key: u8, value: Vec<u8>, lease: Option<u8> },
-    Delete { key: u8, end: Option<u8> },
-    DeleteFrom { key: u8 },
-    Compact { back: i64 },
-    Grant { lease: u8, ttl: i64 },
-    Revoke { lease: u8 },
-    KeepAlive { lease: u8 },
-    UserAdd { user: u8 },
-    UserDelete { user: u8 },
-    RoleAdd { role: u8 },
-    RoleDelete { role: u8 },
-    RoleGrant { role: u8, key: u8, end: Option<Vec<u8>>, kind: PermissionType },
-    RoleRevoke { role: u8, key: u8, end: Option<Vec<u8>> },
-    UserGrant { user: u8, role: u8 },
-    UserRevoke { user: u8, role: u8 },
+    Put {
+        key: u8,
+        value: Vec<u8>,
+        lease: Option<u8>,
+    },
+    Delete {
+        key: u8,
+        end: Option<u8>,
+    },
+    DeleteFrom {
+        key: u8,
+    },
+    Compact {
+        back: i64,
+    },
+    Grant {
+        lease: u8,
+        ttl: i64,
+    },
+    Revoke {
+        lease: u8,
+    },
+    KeepAlive {
+        lease: u8,
+    },
+    UserAdd {
+        user: u8,
+    },
+    UserDelete {
+        user: u8,
+    },
+    RoleAdd {
+        role: u8,
+    },
+    RoleDelete {
+        role: u8,
+    },
+    RoleGrant {
+        role: u8,
+        key: u8,
+        end: Option<Vec<u8>>,
+        kind: PermissionType,
+    },
+    RoleRevoke {
+        role: u8,
+        key: u8,
+        end: Option<Vec<u8>>,
+    },
+    UserGrant {
+        user: u8,
+        role: u8,
+    },
+    UserRevoke {
+        user: u8,
+        role: u8,
+    },
     RootSetup,
     AuthEnable,
     AuthDisable,
-    LearnerAdd { url: u8 },
-    MemberRemove { learner: bool },
-    MemberUpdate { url: u8 },
-    Alarm { activate: bool, corrupt: bool },
+    LearnerAdd {
+        url: u8,
+    },
+    MemberRemove {
+        learner: bool,
+    },
+    MemberUpdate {
+        url: u8,
+    },
+    Alarm {
+        activate: bool,
+        corrupt: bool,
+    },
+    /// If `k<key>` is at `version`, put `value` (with `lease`) under each of `puts` and then,
+    /// nested, delete `k<delete>` if it has a value; otherwise delete `[k<delete>, k<delete+3>)`.
+    /// The put keys are `k0` to `k5` and distinct, the deleted ones from `k6` on: etcd refuses a
+    /// transaction that puts a key twice or puts and deletes one.
+    Txn {
+        key: u8,
+        version: u8,
+        puts: Vec<u8>,
+        value: Vec<u8>,
+        lease: Option<u8>,
+        delete: u8,
+    },
 }
 
 fn key(k: u8) -> Vec<u8> {
@@ -110,7 +172,7 @@ fn gen_op(rng: &mut Rng) -> Op {
         3 => Some(key(rng.below(8) as u8)),
         _ => Some(b"k".to_vec()),
     };
-    match rng.below(100) {
+    match rng.below(108) {
         0..=24 => {
             let value = (0..rng.below(12)).map(|_| b'a' + rng.below(26) as u8).collect();
             let lease = (rng.below(3) == 0).then(|| rng.below(4) as u8);
@@ -145,6 +207,20 @@ fn gen_op(rng: &mut Rng) -> Op {
         88..=89 => Op::MemberRemove { learner: rng.below(4) != 0 },
         90..=92 => Op::MemberUpdate { url: rng.below(4) as u8 },
         93..=94 => Op::Alarm { activate: true, corrupt: rng.below(3) == 0 },
+        100..=107 => {
+            let mut puts: Vec<u8> = (0..6).filter(|_| rng.below(2) == 0).collect();
+            puts.truncate(3);
+            let value = (0..rng.below(6)).map(|_| b'a' + rng.below(26) as u8).collect();
+            let lease = (rng.below(4) == 0).then(|| rng.below(4) as u8);
+            Op::Txn {
+                key: rng.below(9) as u8,
+                version: rng.below(3) as u8,
+                puts,
+                value,
+                lease,
+                delete: 6 + rng.below(3) as u8,
+            }
+        }
         _ => Op::Alarm { activate: false, corrupt: rng.below(3) == 0 },
     }
 }
@@ -252,6 +328,49 @@ impl Pair {
                     &json!({"key": b64(&key(*k)), "value": b64(value), "lease": lease.to_string()}),
                 );
                 (e.map(drop), s(self.apply(&Request::Put { key: &key(*k), value, lease })))
+            }
+            Op::Txn { key: k, version, puts, value, lease, delete } => {
+                use snapply_core::store::{Compare, CompareResult, CompareTarget, Txn, TxnNode, TxnOp};
+                let lease = lease.map_or(0, lease_id);
+                let (deleted, deleted_end) = (key(*delete), key(delete + 3));
+                let put_json: Vec<_> = puts
+                    .iter()
+                    .map(|p| json!({"request_put": {"key": b64(&key(*p)), "value": b64(value), "lease": lease.to_string()}}))
+                    .collect();
+                let nested = json!({"request_txn": {
+                    "compare": [{"key": b64(&deleted), "result": "NOT_EQUAL", "target": "VALUE", "value": b64(b"")}],
+                    "success": [{"request_delete_range": {"key": b64(&deleted)}}],
+                }});
+                let e = self.etcd.post(
+                    "/v3/kv/txn",
+                    &json!({
+                        "compare": [{"key": b64(&key(*k)), "result": "EQUAL", "target": "VERSION", "version": version.to_string()}],
+                        "success": put_json.into_iter().chain([nested]).collect::<Vec<_>>(),
+                        "failure": [{"request_delete_range": {"key": b64(&deleted), "range_end": b64(&deleted_end)}}],
+                    }),
+                );
+                let (top_key, put_keys) = (key(*k), puts.iter().map(|p| key(*p)).collect::<Vec<_>>());
+                let compare = [Compare {
+                    key: &top_key,
+                    range_end: &[],
+                    result: CompareResult::Equal,
+                    target: CompareTarget::Version(i64::from(*version)),
+                }];
+                let success: Vec<TxnOp<'_>> =
+                    put_keys.iter().map(|key| TxnOp::Put { key, value, lease }).chain([TxnOp::Txn(1)]).collect();
+                let failure = [TxnOp::DeleteRange { key: &deleted, range_end: &deleted_end }];
+                let nested_compare = [Compare {
+                    key: &deleted,
+                    range_end: &[],
+                    result: CompareResult::NotEqual,
+                    target: CompareTarget::Value(b""),
+                }];
+                let nested_success = [TxnOp::DeleteRange { key: &deleted, range_end: &[] }];
+                let nodes = [
+                    TxnNode { compare: &compare, success: &success, failure: &failure },
+                    TxnNode { compare: &nested_compare, success: &nested_success, failure: &[] },
+                ];
+                (e.map(drop), s(self.apply(&Request::Txn(Txn { nodes: &nodes }))))
             }
             Op::Delete { key: k, end } => {
                 let end_bytes = end.map(key).unwrap_or_default();

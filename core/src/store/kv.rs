@@ -348,15 +348,36 @@ impl<P: Profile> KvStore<P> {
         lease: LeaseId,
         scratch: &mut P::Record,
     ) -> Result<i64, StoreError> {
+        let mut change = Change::begin(self)?;
+        self.put_in(txn, lessor, key, value, lease, &mut change, scratch)?;
+        self.end(change);
+        Ok(self.current_rev)
+    }
+
+    /// Puts `value` under `key` as part of `change`: the revision is `change`'s main revision
+    /// and its next sub revision, as a put in an etcd write transaction (`storeTxnWrite.put`).
+    /// The key's previous revision is the latest at or below `change`'s, so a key changed
+    /// earlier in the same transaction is seen changed.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn put_in<W: WriteTxn + ?Sized>(
+        &mut self,
+        txn: &mut W,
+        lessor: &mut Lessor<P>,
+        key: &[u8],
+        value: &[u8],
+        lease: LeaseId,
+        change: &mut Change,
+        scratch: &mut P::Record,
+    ) -> Result<(), StoreError> {
         if key.is_empty() {
             return Err(StoreError::InvalidRequest("empty key"));
         }
         if lease != 0 && lessor.lease(lease).is_none() {
             return Err(StoreError::NotFound("lease"));
         }
-        let rev = Revision { main: self.next_revision()?, sub: 0 };
+        let rev = Revision { main: change.main, sub: change.changes };
         let (mut create_revision, mut version, mut old_lease) = (rev.main, 1, 0);
-        if let Some(prev) = self.visible(key, self.current_rev) {
+        if let Some(prev) = self.visible(key, change.main) {
             let mut result = Ok(());
             txn.get(Bucket::Key, &revision_key(prev, false), &mut |v| {
                 result = codec::decode::<KeyValue<'_>>(Bucket::Key, v).map(|kv| {
@@ -376,8 +397,9 @@ impl<P: Profile> KvStore<P> {
         if lease != 0 {
             lessor.attach(lease, key)?;
         }
-        self.current_rev = rev.main;
-        Ok(rev.main)
+        change.changes =
+            change.changes.checked_add(1).ok_or(StoreError::InvalidRequest("too many changes in one transaction"))?;
+        Ok(())
     }
 
     /// Deletes every live key in `[key, range_end)` in one new revision; returns how many.

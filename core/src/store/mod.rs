@@ -9,6 +9,7 @@ mod error;
 mod kv;
 mod lease;
 mod membership;
+mod txn;
 mod v2;
 
 pub use alarm::{Alarm, AlarmStore, AlarmType};
@@ -29,6 +30,7 @@ pub use membership::{
     CLUSTER_VERSION_KEY, Capabilities, DOWNGRADE_KEY, Downgrade, MAX_LEARNERS, MAX_MEMBER_URLS, Member, MemberId,
     Membership, NewMember, Version, check_peer_urls, member_key,
 };
+pub use txn::{Compare, CompareResult, CompareTarget, MAX_TXN_DEPTH, Txn, TxnNode, TxnOp};
 pub use v2::{CLUSTER_PREFIX, V2Deprecation, V2Node, V2Store};
 
 /// Reads every store a restore recovers from `backend` (leases, keys with their lease
