@@ -1,7 +1,5 @@
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![doc = include_str!("../README.md")]
-#![warn(missing_docs)]
-#![forbid(unsafe_code)]
 
 #[cfg(feature = "alloc")]
 extern crate alloc;

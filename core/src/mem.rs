@@ -35,8 +35,23 @@ mod sealed {
 /// A backend held in memory, generic over its [`Table`].
 #[derive(Clone, Debug, Default)]
 pub struct Banked<T: Table> {
-    banks: [T; 2],
-    active: usize,
+    banks: (T, T),
+    /// Whether the second bank is the committed one.
+    second: bool,
+}
+
+impl<T: Table> Banked<T> {
+    /// The committed bank.
+    fn active(&self) -> &T {
+        if self.second { &self.banks.1 } else { &self.banks.0 }
+    }
+    /// The bank a write transaction stages into.
+    fn staged(&self) -> &T {
+        if self.second { &self.banks.0 } else { &self.banks.1 }
+    }
+    fn staged_mut(&mut self) -> &mut T {
+        if self.second { &mut self.banks.0 } else { &mut self.banks.1 }
+    }
 }
 
 impl<T: Table> Banked<T> {
@@ -47,7 +62,7 @@ impl<T: Table> Banked<T> {
 
     /// Number of records, over all buckets.
     pub fn len(&self) -> usize {
-        self.banks[self.active].len()
+        self.active().len()
     }
 
     /// Whether the backend holds no record.
@@ -90,10 +105,10 @@ impl<T: Table> ReadTxn for BankRead<'_, T> {
 
 impl<T: Table> BankWrite<'_, T> {
     fn staged(&self) -> &T {
-        &self.owner.banks[1 - self.owner.active]
+        self.owner.staged()
     }
     fn staged_mut(&mut self) -> &mut T {
-        &mut self.owner.banks[1 - self.owner.active]
+        self.owner.staged_mut()
     }
 }
 
@@ -119,7 +134,7 @@ impl<T: Table> WriteTxn for BankWrite<'_, T> {
         Ok(())
     }
     fn commit(self) -> Result<(), BackendError> {
-        self.owner.active = 1 - self.owner.active;
+        self.owner.second = !self.owner.second;
         Ok(())
     }
 }
@@ -135,15 +150,15 @@ impl<T: Table> Backend for Banked<T> {
         Self: 'a;
 
     fn read(&self) -> Result<Self::Read<'_>, BackendError> {
-        Ok(BankRead { table: &self.banks[self.active] })
+        Ok(BankRead { table: self.active() })
     }
 
     fn write(&mut self) -> Result<Self::Write<'_>, BackendError> {
-        let (a, b) = self.banks.split_at_mut(1);
-        if self.active == 0 {
-            b[0].clone_from(&a[0]);
+        let (a, b) = &mut self.banks;
+        if self.second {
+            a.clone_from(b);
         } else {
-            a[0].clone_from(&b[0]);
+            b.clone_from(a);
         }
         Ok(BankWrite { owner: self })
     }
@@ -173,11 +188,11 @@ impl<const N: usize, const K: usize, const V: usize> sealed::Sealed for FixedTab
 impl<const N: usize, const K: usize, const V: usize> Table for FixedTable<N, K, V> {
     fn get(&self, bucket: Bucket, key: &[u8]) -> Option<&[u8]> {
         let i = position(&self.entries, bucket, key, |e| (e.0, &e.1)).ok()?;
-        Some(&self.entries[i].2)
+        self.entries.get(i).map(|e| e.2.as_slice())
     }
     fn scan(&self, bucket: Bucket, from: &[u8], f: &mut Visit<'_>) {
         let start = position(&self.entries, bucket, from, |e| (e.0, &e.1)).unwrap_or_else(|i| i);
-        for e in self.entries[start..].iter().take_while(|e| e.0 == bucket) {
+        for e in self.entries.get(start..).unwrap_or(&[]).iter().take_while(|e| e.0 == bucket) {
             if f(&e.1, &e.2).is_break() {
                 break;
             }
@@ -187,7 +202,11 @@ impl<const N: usize, const K: usize, const V: usize> Table for FixedTable<N, K, 
         let full = |what| BackendError::new(BackendErrorKind::Full, what);
         let v = heapless::Vec::from_slice(value).map_err(|_| full("storing a value longer than the table allows"))?;
         match position(&self.entries, bucket, key, |e| (e.0, &e.1)) {
-            Ok(i) => self.entries[i].2 = v,
+            Ok(i) => {
+                if let Some(e) = self.entries.get_mut(i) {
+                    e.2 = v;
+                }
+            }
             Err(i) => {
                 let k =
                     heapless::Vec::from_slice(key).map_err(|_| full("storing a key longer than the table allows"))?;
@@ -265,6 +284,12 @@ mod growable {
         cleared: [bool; Bucket::ALL.len()],
     }
 
+    impl VecWrite<'_> {
+        fn is_cleared(&self, bucket: Bucket) -> bool {
+            self.cleared.get(usize::from(bucket.id())).copied().unwrap_or(false)
+        }
+    }
+
     fn scan_map(map: &Map, bucket: Bucket, from: &[u8], f: &mut Visit<'_>) {
         for ((b, k), v) in map.range((bucket, from.to_vec())..) {
             if *b != bucket || f(k, v).is_break() {
@@ -288,7 +313,7 @@ mod growable {
             let k = (bucket, key.to_vec());
             let value = match self.pending.get(&k) {
                 Some(change) => change.as_deref(),
-                None if self.cleared[bucket.id() as usize] => None,
+                None if self.is_cleared(bucket) => None,
                 None => self.map.get(&k).map(Vec::as_slice),
             };
             Ok(value.map(f).is_some())
@@ -299,7 +324,7 @@ mod growable {
             // overlay wins on equal keys and hides deleted ones.
             let start = (bucket, from.to_vec());
             let mut base = self.map.range(start.clone()..).take_while(|((b, _), _)| *b == bucket).peekable();
-            if self.cleared[bucket.id() as usize] {
+            if self.is_cleared(bucket) {
                 base.by_ref().for_each(drop);
             }
             let mut over = self.pending.range(start..).take_while(|((b, _), _)| *b == bucket).peekable();
@@ -341,13 +366,15 @@ mod growable {
             Ok(existed)
         }
         fn clear(&mut self, bucket: Bucket) -> Result<(), BackendError> {
-            self.cleared[bucket.id() as usize] = true;
+            if let Some(cleared) = self.cleared.get_mut(usize::from(bucket.id())) {
+                *cleared = true;
+            }
             self.pending.retain(|(b, _), _| *b != bucket);
             Ok(())
         }
         fn commit(self) -> Result<(), BackendError> {
             for bucket in Bucket::ALL {
-                if self.cleared[bucket.id() as usize] {
+                if self.is_cleared(bucket) {
                     self.map.retain(|(b, _), _| *b != bucket);
                 }
             }

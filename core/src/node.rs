@@ -668,7 +668,8 @@ fn refuse_under_alarm<P: Profile>(alarms: &AlarmStore<P>, request: &Request<'_>)
     Ok(())
 }
 
-#[cfg(all(test, feature = "alloc"))]
+#[cfg(test)]
+#[cfg(feature = "alloc")]
 mod tests {
     use super::*;
     use crate::backend::ReadTxn;

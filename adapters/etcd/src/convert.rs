@@ -329,6 +329,13 @@ fn core_version(bucket: EtcdBucket, key: &[u8], v: Version) -> Result<store::Ver
 
 type Records = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// Sets the records of one of the small buckets (one slot per bucket id).
+fn set_small(small: &mut [Records; 10], bucket: Bucket, records: Records) {
+    if let Some(slot) = small.get_mut(usize::from(bucket.id())) {
+        *slot = records;
+    }
+}
+
 /// The [`ReadTxn`] port over an etcd snapshot, yielding snapply records.
 ///
 /// The port's errors are static context strings; the full error (bucket, key, what) is kept
@@ -365,16 +372,19 @@ impl<'a, S: ReadAt> EtcdView<'a, S> {
         if let Some(rev) = meta.finished_compact_revision {
             m.push((META_FINISHED_COMPACT.to_vec(), rev.to_be_bytes().to_vec()));
         }
-        small[Bucket::Meta as usize] = m;
+        set_small(&mut small, Bucket::Meta, m);
 
-        small[Bucket::Lease as usize] = snap
-            .leases()?
-            .iter()
-            .map(|l| {
-                let record = LeaseRecord { id: l.id, ttl: l.ttl, remaining_ttl: l.remaining_ttl };
-                (l.id.to_be_bytes().to_vec(), postcard(&record))
-            })
-            .collect();
+        set_small(
+            &mut small,
+            Bucket::Lease,
+            snap.leases()?
+                .iter()
+                .map(|l| {
+                    let record = LeaseRecord { id: l.id, ttl: l.ttl, remaining_ttl: l.remaining_ttl };
+                    (l.id.to_be_bytes().to_vec(), postcard(&record))
+                })
+                .collect(),
+        );
 
         let mut alarms = Vec::new();
         for alarm in snap.alarms()? {
@@ -389,14 +399,18 @@ impl<'a, S: ReadAt> EtcdView<'a, S> {
             key.push(kind);
             alarms.push((key, Vec::new()));
         }
-        small[Bucket::Alarm as usize] = alarms;
+        set_small(&mut small, Bucket::Alarm, alarms);
 
         if snap.bucket(EtcdBucket::Auth).is_some() {
             let auth = snap.auth()?;
-            small[Bucket::Auth as usize] = vec![
-                (AUTH_ENABLED_KEY.to_vec(), vec![u8::from(auth.enabled)]),
-                (AUTH_REVISION_KEY.to_vec(), auth.revision.to_be_bytes().to_vec()),
-            ];
+            set_small(
+                &mut small,
+                Bucket::Auth,
+                vec![
+                    (AUTH_ENABLED_KEY.to_vec(), vec![u8::from(auth.enabled)]),
+                    (AUTH_REVISION_KEY.to_vec(), auth.revision.to_be_bytes().to_vec()),
+                ],
+            );
         }
 
         let mut users = Vec::new();
@@ -413,7 +427,7 @@ impl<'a, S: ReadAt> EtcdView<'a, S> {
             let record = UserRecord { name: &u.name, password_hash: &u.password, roles, no_password };
             users.push((u.name.clone(), postcard(&record)));
         }
-        small[Bucket::AuthUsers as usize] = users;
+        set_small(&mut small, Bucket::AuthUsers, users);
 
         let mut roles = Vec::new();
         for r in snap.roles()? {
@@ -433,7 +447,7 @@ impl<'a, S: ReadAt> EtcdView<'a, S> {
             }
             roles.push((r.name.clone(), postcard(&RoleRecord { name: &r.name, permissions })));
         }
-        small[Bucket::AuthRoles as usize] = roles;
+        set_small(&mut small, Bucket::AuthRoles, roles);
 
         let members = snap.members()?;
         let mut member_records = Vec::new();
@@ -450,11 +464,14 @@ impl<'a, S: ReadAt> EtcdView<'a, S> {
             };
             member_records.push((member_key(m.id).to_vec(), postcard(&record)));
         }
-        small[Bucket::Members as usize] = member_records;
+        set_small(&mut small, Bucket::Members, member_records);
 
         let removed = snap.removed_members()?;
-        small[Bucket::MembersRemoved as usize] =
-            removed.iter().map(|id| (member_key(*id).to_vec(), b"removed".to_vec())).collect();
+        set_small(
+            &mut small,
+            Bucket::MembersRemoved,
+            removed.iter().map(|id| (member_key(*id).to_vec(), b"removed".to_vec())).collect(),
+        );
 
         let mut cluster = Vec::new();
         if let Some(v) = snap.cluster_version()? {
@@ -468,7 +485,7 @@ impl<'a, S: ReadAt> EtcdView<'a, S> {
             };
             cluster.push((DOWNGRADE_KEY.to_vec(), postcard(&store::Downgrade { enabled: d.enabled, target })));
         }
-        small[Bucket::Cluster as usize] = cluster;
+        set_small(&mut small, Bucket::Cluster, cluster);
 
         for records in &mut small {
             records.sort_unstable_by(|a, b| a.0.cmp(&b.0));

@@ -4,6 +4,9 @@
 //! Needs `etcd` and `etcdctl` (Debian: `apt-get install -y etcd-server etcd-client`); the tests
 //! fail, not skip, without them.
 
+// Test scaffolding: a failure here is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::unreachable)]
+
 mod common;
 
 use std::collections::BTreeMap;

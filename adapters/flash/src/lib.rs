@@ -20,12 +20,6 @@
 // like the image's, and `tests/power_cut.rs` checks it at every byte of a restore.
 #![cfg_attr(not(any(test, feature = "mock")), no_std)]
 #![doc = include_str!("../README.md")]
-#![warn(missing_docs)]
-#![forbid(unsafe_code)]
-#![cfg_attr(
-    not(test),
-    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::unreachable)
-)]
 
 mod fmt;
 

@@ -1,6 +1,9 @@
 //! A restore onto flash, end to end: state equal to the leader's, surviving a reboot, with the
 //! cost a restore has on the medium.
 
+// Test scaffolding: a failure here is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::unreachable)]
+
 mod common;
 
 use std::cell::RefCell;

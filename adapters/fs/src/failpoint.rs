@@ -55,7 +55,8 @@ pub(crate) fn hit(name: &'static str, path: &std::path::Path) -> Result<(), crat
     }
 }
 
-#[cfg(all(test, feature = "failpoints"))]
+#[cfg(test)]
+#[cfg(feature = "failpoints")]
 mod tests {
     use super::FAILPOINTS;
 

@@ -2,6 +2,9 @@
 //! a node on the in-memory `VecBackend` leave equal stores and equal records, and the redb file,
 //! reopened, holds the same records and recovers the same stores.
 
+// Test scaffolding: a failure here is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::unreachable)]
+
 use proptest::prelude::*;
 use snapply_core::collections::Growable;
 use snapply_core::{Node, Stores};

@@ -3,6 +3,9 @@
 //! deletes, clears, gets, range reads, commits, aborts, reopens of the file) where every read
 //! and every range equals the model's, with durable commits and with batched ones.
 
+// Test scaffolding: a failure here is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::unreachable)]
+
 use std::path::PathBuf;
 
 use proptest::prelude::*;

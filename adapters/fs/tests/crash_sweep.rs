@@ -6,6 +6,9 @@
 //! The node process is this test executable run again on one test, `crash_node`, with the data
 //! directory and the failpoint in its environment.
 
+// Test scaffolding: a failure here is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::unreachable)]
+
 mod common;
 
 use std::path::Path;

@@ -2,6 +2,9 @@
 //! `member/db`, compared store by store with the leader; pinning of back-to-back snapshots;
 //! boot-time recovery; corrupt `.snap` files; bad images; a full disk at every persist step.
 
+// Test scaffolding: a failure here is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::unreachable)]
+
 mod common;
 
 use common::{DiskNode, FOLLOWER, apply, assert_same, boot, leader, more_ops, rich_ops, snap_files};

@@ -50,15 +50,6 @@
 //! # Ok(())
 //! # }
 //! ```
-#![deny(
-    clippy::indexing_slicing,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::unreachable,
-    clippy::todo,
-    clippy::unimplemented
-)]
 
 mod decode;
 mod encode;

@@ -40,7 +40,7 @@ impl Alarm {
         let mut k = [0u8; 9];
         let (id, kind) = k.split_at_mut(8);
         id.copy_from_slice(&self.member.to_be_bytes());
-        kind[0] = self.kind as u8;
+        kind.copy_from_slice(&[self.kind as u8]);
         k
     }
 

@@ -298,7 +298,8 @@ impl<P: Profile> KvStore<P> {
     }
 }
 
-#[cfg(all(test, feature = "alloc"))]
+#[cfg(test)]
+#[cfg(feature = "alloc")]
 mod tests {
     use super::*;
     use crate::backend::Backend;

@@ -186,7 +186,8 @@ impl<P: Profile> V2Store<P> {
     }
 }
 
-#[cfg(all(test, feature = "alloc"))]
+#[cfg(test)]
+#[cfg(feature = "alloc")]
 mod tests {
     use super::*;
     use crate::collections::Growable;

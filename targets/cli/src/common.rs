@@ -214,7 +214,8 @@ pub fn file_kind(path: &Path) -> Result<FileKind, Failure> {
     let mut file = File::open(path).map_err(|e| Failure::io("opening", path, &e))?;
     let mut n = 0;
     while n < head.len() {
-        match file.read(&mut head[n..]) {
+        let Some(rest) = head.get_mut(n..) else { break };
+        match file.read(rest) {
             Ok(0) => break,
             Ok(k) => n += k,
             Err(e) => return Err(Failure::io("reading", path, &e)),

@@ -65,7 +65,7 @@ fn inspect(args: &Args) -> Result<(), Failure> {
     let stats = &scanned.visit;
     let mut buckets = Map::new();
     for bucket in Bucket::ALL {
-        let b = stats.buckets[bucket as usize];
+        let b = stats.buckets.get(usize::from(bucket.id())).copied().unwrap_or_default();
         buckets.insert(
             bucket.name().into(),
             json!({
@@ -93,7 +93,7 @@ fn inspect(args: &Args) -> Result<(), Failure> {
     println!();
     println!("{:<16} {:>10} {:>14} {:>16} {:>14}", "bucket", "records", "key bytes", "value bytes", "largest value");
     for bucket in Bucket::ALL {
-        let b = stats.buckets[bucket as usize];
+        let b = stats.buckets.get(usize::from(bucket.id())).copied().unwrap_or_default();
         println!(
             "{:<16} {:>10} {:>14} {:>16} {:>14}",
             bucket.name(),

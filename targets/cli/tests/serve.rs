@@ -1,6 +1,9 @@
 //! `snapply serve`: a one-member cluster answers put/get/range/del on its client port; bad
 //! flags get a one-line error, exit code 1 and nothing written.
 
+// Test scaffolding: a failure here is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::unreachable)]
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};

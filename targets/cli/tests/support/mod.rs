@@ -1,6 +1,8 @@
 //! What the tests of `snapply serve` members share: members as child processes on loopback
 //! (killed when dropped, their standard error kept in a file), signals, and a line client.
 
+// Test scaffolding: a failure here is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::unreachable)]
 #![allow(dead_code)] // Each test file uses its own part.
 
 use std::fs::OpenOptions;
