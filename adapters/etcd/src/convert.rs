@@ -20,7 +20,7 @@ use snapply_core::image::{self, EncodeError, Sink, Summary};
 use snapply_core::raft::{ConfState, IdList, SnapshotMetadata};
 use snapply_core::store::{
     self, AUTH_ENABLED_KEY, AUTH_REVISION_KEY, CLUSTER_VERSION_KEY, DOWNGRADE_KEY, META_CONF_STATE,
-    META_CONSISTENT_INDEX, META_FINISHED_COMPACT, META_SCHEDULED_COMPACT, META_TERM, V2Store, member_key,
+    META_CONSISTENT_INDEX, META_FINISHED_COMPACT, META_SCHEDULED_COMPACT, META_TERM, V2Store, member_key, records,
 };
 
 use crate::bbolt::ReadAt;
@@ -29,9 +29,6 @@ use crate::proto::{AlarmType, PermissionType};
 use crate::records::Version;
 use crate::snapshot::{EtcdBucket, EtcdSnapshot};
 
-/// Most roles a user record and permissions a role record of an image hold
-/// (`snapply_core::store`'s record limit).
-const MAX_RECORD_ITEMS: usize = 32;
 /// Most URLs of each kind a member record of an image holds.
 const MAX_MEMBER_URLS: usize = store::MAX_MEMBER_URLS;
 
@@ -269,54 +266,6 @@ impl<W: io::Write> Sink for IoSink<W> {
     }
 }
 
-// The records of `docs/records.md`, field for field: `snapply_core::store` keeps its own
-// record types private, so they are mirrored here; the crate's tests read every record back
-// through the core's stores, which would refuse a mismatch.
-
-#[derive(Serialize)]
-struct LeaseRecord {
-    id: i64,
-    ttl: i64,
-    remaining_ttl: i64,
-}
-
-#[derive(Serialize)]
-struct UserRecord<'a> {
-    name: &'a [u8],
-    password_hash: &'a [u8],
-    roles: Vec<&'a [u8]>,
-    no_password: bool,
-}
-
-#[derive(Serialize)]
-enum PermissionKind {
-    Read,
-    Write,
-    ReadWrite,
-}
-
-#[derive(Serialize)]
-struct PermissionRecord<'a> {
-    kind: PermissionKind,
-    key: &'a [u8],
-    range_end: &'a [u8],
-}
-
-#[derive(Serialize)]
-struct RoleRecord<'a> {
-    name: &'a [u8],
-    permissions: Vec<PermissionRecord<'a>>,
-}
-
-#[derive(Serialize)]
-struct MemberRecord<'a> {
-    id: u64,
-    name: &'a [u8],
-    peer_urls: Vec<&'a [u8]>,
-    client_urls: Vec<&'a [u8]>,
-    is_learner: bool,
-}
-
 fn postcard<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     // Serialising into a growable vector fails only when the allocator does.
     postcard::to_allocvec(value).unwrap_or_default()
@@ -380,24 +329,25 @@ impl<'a, S: ReadAt> EtcdView<'a, S> {
             snap.leases()?
                 .iter()
                 .map(|l| {
-                    let record = LeaseRecord { id: l.id, ttl: l.ttl, remaining_ttl: l.remaining_ttl };
-                    (l.id.to_be_bytes().to_vec(), postcard(&record))
+                    let mut value = Vec::new();
+                    records::encode_lease(l.id, l.ttl, l.remaining_ttl, &mut value)
+                        .map(|()| (records::lease_key(l.id).to_vec(), value))
                 })
-                .collect(),
+                .collect::<Result<_, _>>()
+                .map_err(|_| unsupported(EtcdBucket::Lease, b"", "a lease record does not encode"))?,
         );
 
         let mut alarms = Vec::new();
         for alarm in snap.alarms()? {
             let kind = match alarm.alarm {
-                AlarmType::Nospace => 1u8,
-                AlarmType::Corrupt => 2,
+                AlarmType::Nospace => store::AlarmType::Nospace,
+                AlarmType::Corrupt => store::AlarmType::Corrupt,
                 AlarmType::None => {
                     return Err(unsupported(EtcdBucket::Alarm, &alarm.member_id.to_be_bytes(), "alarm type NONE"));
                 }
             };
-            let mut key = alarm.member_id.to_be_bytes().to_vec();
-            key.push(kind);
-            alarms.push((key, Vec::new()));
+            let key = records::alarm_key(&store::Alarm { member: alarm.member_id, kind });
+            alarms.push((key.to_vec(), Vec::new()));
         }
         set_small(&mut small, Bucket::Alarm, alarms);
 
@@ -420,32 +370,31 @@ impl<'a, S: ReadAt> EtcdView<'a, S> {
             // requires it.
             roles.sort_unstable();
             roles.dedup();
-            if roles.len() > MAX_RECORD_ITEMS {
-                return Err(unsupported(EtcdBucket::AuthUsers, &u.name, "more than 32 roles"));
-            }
             let no_password = u.options.is_some_and(|o| o.no_password);
-            let record = UserRecord { name: &u.name, password_hash: &u.password, roles, no_password };
-            users.push((u.name.clone(), postcard(&record)));
+            let mut value = Vec::new();
+            records::encode_user(&u.name, &u.password, &roles, |r| r, no_password, &mut value)
+                .map_err(|_| unsupported(EtcdBucket::AuthUsers, &u.name, "the user record does not encode"))?;
+            users.push((u.name.clone(), value));
         }
         set_small(&mut small, Bucket::AuthUsers, users);
 
         let mut roles = Vec::new();
         for r in snap.roles()? {
-            if r.key_permission.len() > MAX_RECORD_ITEMS {
-                return Err(unsupported(EtcdBucket::AuthRoles, &r.name, "more than 32 permissions"));
-            }
             let mut permissions = Vec::new();
             for p in &r.key_permission {
                 // `roles()` has checked every type is one etcd defines.
                 let kind = match PermissionType::try_from(p.perm_type) {
-                    Ok(PermissionType::Read) => PermissionKind::Read,
-                    Ok(PermissionType::Write) => PermissionKind::Write,
-                    Ok(PermissionType::Readwrite) => PermissionKind::ReadWrite,
+                    Ok(PermissionType::Read) => store::PermissionType::Read,
+                    Ok(PermissionType::Write) => store::PermissionType::Write,
+                    Ok(PermissionType::Readwrite) => store::PermissionType::ReadWrite,
                     Err(_) => return Err(unsupported(EtcdBucket::AuthRoles, &r.name, "unknown permission type")),
                 };
-                permissions.push(PermissionRecord { kind, key: &p.key, range_end: &p.range_end });
+                permissions.push((kind, p.key.as_slice(), p.range_end.as_slice()));
             }
-            roles.push((r.name.clone(), postcard(&RoleRecord { name: &r.name, permissions })));
+            let mut value = Vec::new();
+            records::encode_role(&r.name, &permissions, |p| *p, &mut value)
+                .map_err(|_| unsupported(EtcdBucket::AuthRoles, &r.name, "the role record does not encode"))?;
+            roles.push((r.name.clone(), value));
         }
         set_small(&mut small, Bucket::AuthRoles, roles);
 
@@ -455,14 +404,20 @@ impl<'a, S: ReadAt> EtcdView<'a, S> {
             if m.peer_urls.len() > MAX_MEMBER_URLS || m.client_urls.len() > MAX_MEMBER_URLS {
                 return Err(unsupported(EtcdBucket::Members, format!("{:x}", m.id).as_bytes(), "more than 8 URLs"));
             }
-            let record = MemberRecord {
-                id: m.id,
-                name: m.name.as_bytes(),
-                peer_urls: m.peer_urls.iter().map(|u| u.as_bytes()).collect(),
-                client_urls: m.client_urls.iter().map(|u| u.as_bytes()).collect(),
-                is_learner: m.is_learner,
-            };
-            member_records.push((member_key(m.id).to_vec(), postcard(&record)));
+            let mut value = Vec::new();
+            records::encode_member(
+                m.id,
+                m.name.as_bytes(),
+                &m.peer_urls,
+                &m.client_urls,
+                String::as_bytes,
+                m.is_learner,
+                &mut value,
+            )
+            .map_err(|_| {
+                unsupported(EtcdBucket::Members, format!("{:x}", m.id).as_bytes(), "the member record does not encode")
+            })?;
+            member_records.push((member_key(m.id).to_vec(), value));
         }
         set_small(&mut small, Bucket::Members, member_records);
 
@@ -470,7 +425,7 @@ impl<'a, S: ReadAt> EtcdView<'a, S> {
         set_small(
             &mut small,
             Bucket::MembersRemoved,
-            removed.iter().map(|id| (member_key(*id).to_vec(), b"removed".to_vec())).collect(),
+            removed.iter().map(|id| (member_key(*id).to_vec(), records::MEMBER_REMOVED.to_vec())).collect(),
         );
 
         let mut cluster = Vec::new();
@@ -508,16 +463,11 @@ impl<'a, S: ReadAt> EtcdView<'a, S> {
         let v2_error = |_| unsupported(EtcdBucket::Members, b"", "the v2 membership tree does not encode");
         let mut tree = V2Store::<Growable>::default();
         for m in &self.members {
-            let mut path = b"/0/members/".to_vec();
-            path.extend_from_slice(&member_key(m.id));
-            path.extend_from_slice(b"/raftAttributes");
             let first = m.peer_urls.first().map(String::as_bytes).unwrap_or_default();
-            tree.set(&path, first).map_err(v2_error)?;
+            tree.add_member(m.id, first).map_err(v2_error)?;
         }
         for id in &self.removed {
-            let mut path = b"/0/removed_members/".to_vec();
-            path.extend_from_slice(&member_key(*id));
-            tree.set(&path, b"removed").map_err(v2_error)?;
+            tree.remove_member(*id).map_err(v2_error)?;
         }
         let mut out = Vec::new();
         tree.save(&mut out).map_err(v2_error)?;
@@ -781,17 +731,14 @@ mod tests {
         let err = import(&open(file(root)), &ImportOptions::default(), Vec::new(), &mut |_| ()).unwrap_err();
         assert!(matches!(err, ImportError::NoConsistentIndex), "{err}");
 
-        // A user with more roles than an image record holds.
+        // A member with more peer URLs than a follower's transport takes.
         let mut root = etcd36();
-        let user = crate::proto::User {
-            name: b"u".to_vec(),
-            roles: (0..33).map(|i| format!("r{i}")).collect(),
-            ..crate::proto::User::default()
-        };
-        replace(&mut root, "authUsers", vec![entry("u", prost::Message::encode_to_vec(&user))]);
+        let urls: Vec<String> = (0..9).map(|i| format!("\"http://10.0.0.{i}:2380\"")).collect();
+        let member = format!(r#"{{"id":7,"peerURLs":[{}]}}"#, urls.join(","));
+        replace(&mut root, "members", vec![entry("7", member)]);
         let err = import(&open(file(root)), &ImportOptions::default(), Vec::new(), &mut |_| ()).unwrap_err();
-        assert!(matches!(&err, ImportError::Unsupported { bucket: "authUsers", .. }), "{err}");
-        assert!(err.to_string().contains("32 roles"), "{err}");
+        assert!(matches!(&err, ImportError::Unsupported { bucket: "members", .. }), "{err}");
+        assert!(err.to_string().contains("more than 8 URLs"), "{err}");
 
         // A nested bucket where revisions are.
         let mut root = etcd36();

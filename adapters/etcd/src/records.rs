@@ -10,14 +10,7 @@ use serde::Deserialize;
 
 use crate::error::RecordFault;
 
-/// A revision: etcd's `revision{main, sub}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Revision {
-    /// The revision of the transaction.
-    pub main: i64,
-    /// The index of the change within the transaction.
-    pub sub: i64,
-}
+pub use snapply_core::store::Revision;
 
 /// A key of the `key` bucket: a revision and whether it marks a deletion.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -29,27 +22,13 @@ pub struct RevisionKey {
 }
 
 impl RevisionKey {
-    /// Parses etcd's 17-byte revision key (`main` big-endian, `_`, `sub` big-endian), with a
-    /// trailing `t` (18 bytes) for a tombstone (etcd `BytesToBucketKey`). etcd itself panics on
-    /// anything else; here it is a fault, and so are an 18th byte other than `t` and a negative
-    /// revision.
+    /// Parses etcd's 17-byte revision key, with a trailing `t` (18 bytes) for a tombstone, by
+    /// the core's own parser ([`snapply_core::store::parse_revision_key`]): etcd itself panics
+    /// on anything else; here it is a fault, and so is a negative revision.
     pub fn parse(key: &[u8]) -> Result<RevisionKey, RecordFault> {
-        let tombstone = match key.get(17) {
-            None => false,
-            Some(b't') if key.len() == 18 => true,
-            Some(_) => return Err(RecordFault::RevisionKey),
-        };
-        let (Some(main), Some(b'_'), Some(sub)) = (key.get(0..8), key.get(8), key.get(9..17)) else {
-            return Err(RecordFault::RevisionKey);
-        };
-        let main = i64::from_be_bytes(main.try_into().map_err(|_| RecordFault::RevisionKey)?);
-        let sub = i64::from_be_bytes(sub.try_into().map_err(|_| RecordFault::RevisionKey)?);
-        // etcd's revisions start at 1 and sub-revisions at 0. A negative one is corruption, and
-        // refusing it keeps the bucket's byte order (which bbolt keeps) equal to revision order.
-        if main < 0 || sub < 0 {
-            return Err(RecordFault::RevisionKey);
-        }
-        Ok(RevisionKey { revision: Revision { main, sub }, tombstone })
+        snapply_core::store::parse_revision_key(key)
+            .map(|(revision, tombstone)| RevisionKey { revision, tombstone })
+            .ok_or(RecordFault::RevisionKey)
     }
 }
 

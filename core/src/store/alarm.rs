@@ -35,13 +35,9 @@ pub struct Alarm {
 }
 
 impl Alarm {
-    /// The key of the alarm in the `alarm` bucket: member id big-endian, then the type.
+    /// The key of the alarm in the `alarm` bucket ([`super::records::alarm_key`]).
     fn key(&self) -> [u8; 9] {
-        let mut k = [0u8; 9];
-        let (id, kind) = k.split_at_mut(8);
-        id.copy_from_slice(&self.member.to_be_bytes());
-        kind.copy_from_slice(&[self.kind as u8]);
-        k
+        super::records::alarm_key(self)
     }
 
     fn from_key(k: &[u8]) -> Option<Self> {

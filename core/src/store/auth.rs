@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::kv::in_range;
+use super::records::{self, PermissionRecord};
 use super::{StoreError, codec};
 use crate::backend::{Backend, Bucket, ReadTxn, WriteTxn};
 use crate::collections::{Profile, Seq};
@@ -90,17 +91,9 @@ pub enum TokenProvider {
     Disabled,
 }
 
-#[derive(Serialize, Deserialize)]
-struct PermissionRecord<'a> {
-    kind: PermissionType,
-    key: &'a [u8],
-    range_end: &'a [u8],
-}
-
-// A role record is `name`, then the permissions as a postcard sequence of `PermissionRecord`;
-// a user record is `name`, `password_hash`, the role names as a sequence, `no_password`. They
-// are written with `codec::List` and read with `codec::Fields`, so a role holds as many
-// permissions, and a user as many roles, as the profile's tables do (docs/records.md).
+// Role and user records are written by `records::encode_role` and `encode_user` and read with
+// `codec::Fields`, so a role holds as many permissions, and a user as many roles, as the
+// profile's tables do (docs/records.md).
 
 /// The auth store.
 #[derive(Clone, Debug, PartialEq)]
@@ -203,22 +196,28 @@ impl<P: Profile> AuthStore<P> {
     }
 
     fn save_user<W: WriteTxn + ?Sized>(txn: &mut W, user: &User<P>, scratch: &mut P::Record) -> Result<(), StoreError> {
-        let record = (
+        let roles = user.roles.as_slice();
+        records::encode_user(
             user.name.as_slice(),
             user.password_hash.as_slice(),
-            codec::List(user.roles.as_slice(), |r: &P::Bytes| r.as_slice()),
+            roles,
+            |r: &P::Bytes| r.as_slice(),
             user.no_password,
-        );
-        codec::put(txn, Bucket::AuthUsers, user.name.as_slice(), &record, scratch)
+            scratch,
+        )?;
+        txn.put(Bucket::AuthUsers, user.name.as_slice(), scratch.as_slice())?;
+        Ok(())
     }
 
     fn save_role<W: WriteTxn + ?Sized>(txn: &mut W, role: &Role<P>, scratch: &mut P::Record) -> Result<(), StoreError> {
-        let permissions = codec::List(role.permissions.as_slice(), |p: &Permission<P>| PermissionRecord {
-            kind: p.kind,
-            key: p.key.as_slice(),
-            range_end: p.range_end.as_slice(),
-        });
-        codec::put(txn, Bucket::AuthRoles, role.name.as_slice(), &(role.name.as_slice(), permissions), scratch)
+        records::encode_role(
+            role.name.as_slice(),
+            role.permissions.as_slice(),
+            |p: &Permission<P>| (p.kind, p.key.as_slice(), p.range_end.as_slice()),
+            scratch,
+        )?;
+        txn.put(Bucket::AuthRoles, role.name.as_slice(), scratch.as_slice())?;
+        Ok(())
     }
 
     /// Adds a user.

@@ -19,7 +19,7 @@ pub const META_SCHEDULED_COMPACT: &[u8] = b"scheduledCompactRev";
 pub const META_FINISHED_COMPACT: &[u8] = b"finishedCompactRev";
 
 /// A revision: the main revision of a transaction and the sub revision of a change in it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Revision {
     /// The transaction's revision.
@@ -47,7 +47,10 @@ pub fn revision_key(rev: Revision, tombstone: bool) -> heapless::Vec<u8, 18> {
     out
 }
 
-/// Parses a revision key; `None` when it is not one.
+/// Parses a revision key (etcd's `BytesToBucketKey`: 8-byte big-endian main, `_`, 8-byte
+/// big-endian sub, and a trailing `t` for a tombstone); `None` when it is not one. A negative
+/// revision is not one either: etcd's revisions start at 1 and sub revisions at 0, and refusing
+/// negatives keeps the bucket's byte order equal to revision order.
 pub fn parse_revision_key(key: &[u8]) -> Option<(Revision, bool)> {
     let tombstone = match key.len() {
         REV_KEY_LEN => false,
@@ -56,7 +59,7 @@ pub fn parse_revision_key(key: &[u8]) -> Option<(Revision, bool)> {
     };
     let main = i64::from_be_bytes(key.get(0..8)?.try_into().ok()?);
     let sub = i64::from_be_bytes(key.get(9..17)?.try_into().ok()?);
-    (key.get(8) == Some(&b'_')).then_some((Revision { main, sub }, tombstone))
+    (key.get(8) == Some(&b'_') && main >= 0 && sub >= 0).then_some((Revision { main, sub }, tombstone))
 }
 
 /// A key-value record in the `key` bucket (etcd's `mvccpb.KeyValue`).
@@ -720,5 +723,30 @@ pub(crate) fn in_range(k: &[u8], key: &[u8], range_end: &[u8]) -> bool {
         [] => k == key,
         [0] => k >= key,
         end => k >= key && k < end,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A revision key round-trips through `revision_key` and `parse_revision_key`; anything
+    /// else (a wrong length or separator, a trailing byte other than `t`, a negative main or
+    /// sub revision) is not a revision key.
+    #[test]
+    fn revision_keys_parse_as_etcd_writes_them_and_nothing_else() {
+        for (rev, tombstone) in [(Revision { main: 5, sub: 1 }, false), (Revision { main: 7, sub: 0 }, true)] {
+            assert_eq!(parse_revision_key(&revision_key(rev, tombstone)), Some((rev, tombstone)));
+        }
+        let good = revision_key(Revision { main: 5, sub: 1 }, false);
+        let mut bad_separator = good.clone();
+        bad_separator[8] = b'-';
+        let mut bad_mark = revision_key(Revision { main: 5, sub: 1 }, true);
+        bad_mark[17] = b'x';
+        let negative_main = revision_key(Revision { main: -1, sub: 0 }, false);
+        let negative_sub = revision_key(Revision { main: 1, sub: -1 }, false);
+        for bad in [&good[..16], &bad_separator[..], &bad_mark[..], &negative_main[..], &negative_sub[..]] {
+            assert_eq!(parse_revision_key(bad), None, "{bad:?}");
+        }
     }
 }

@@ -1,8 +1,7 @@
 //! The lessor: leases with TTLs and the keys attached to them (etcd's `lease.lessor`).
 
-use serde::{Deserialize, Serialize};
-
 use super::cindex::ConsistentIndex;
+use super::records::{self, lease_key};
 use super::{StoreError, codec};
 use crate::backend::{Backend, Bucket, ReadTxn, WriteTxn};
 use crate::collections::{Profile, Seq};
@@ -41,19 +40,6 @@ pub struct LeaseItem<B> {
     pub lease: LeaseId,
     /// The key.
     pub key: B,
-}
-
-/// The persisted record of a lease in the `lease` bucket (etcd's `leasepb.Lease`).
-#[derive(Serialize, Deserialize)]
-struct LeaseRecord {
-    id: i64,
-    ttl: i64,
-    remaining_ttl: i64,
-}
-
-/// The key of lease `id` in the `lease` bucket: big-endian, so leases sort by id as in etcd.
-pub(crate) fn lease_key(id: LeaseId) -> [u8; 8] {
-    id.to_be_bytes()
 }
 
 /// The largest TTL a lease may be granted, in seconds (etcd's `MaxLeaseTTL`, 9,000,000,000:
@@ -114,8 +100,8 @@ impl<P: Profile> Lessor<P> {
             return Err(StoreError::AlreadyExists("lease"));
         }
         let lease = Lease { id, ttl: ttl.max(self.min_ttl), remaining_ttl: 0, expiry: Expiry::Forever };
-        let record = LeaseRecord { id, ttl: lease.ttl, remaining_ttl: 0 };
-        codec::put(txn, Bucket::Lease, &lease_key(id), &record, scratch)?;
+        records::encode_lease(id, lease.ttl, 0, scratch)?;
+        txn.put(Bucket::Lease, &lease_key(id), scratch.as_slice())?;
         codec::upsert(&mut self.leases, lease, |l| &l.id, "lessor leases")?;
         Ok(())
     }
@@ -165,8 +151,8 @@ impl<P: Profile> Lessor<P> {
         };
         lease.remaining_ttl = remaining_ttl;
         if persist {
-            let record = LeaseRecord { id, ttl: lease.ttl, remaining_ttl };
-            codec::put(txn, Bucket::Lease, &lease_key(id), &record, scratch)?;
+            records::encode_lease(id, lease.ttl, remaining_ttl, scratch)?;
+            txn.put(Bucket::Lease, &lease_key(id), scratch.as_slice())?;
         }
         Ok(())
     }
@@ -274,13 +260,8 @@ impl<P: Profile> Lessor<P> {
         let min_ttl = self.min_ttl;
         let leases = &mut self.leases;
         codec::scan(txn, Bucket::Lease, |_, v| {
-            codec::decode::<LeaseRecord>(Bucket::Lease, v).and_then(|r| {
-                let lease = Lease {
-                    id: r.id,
-                    ttl: r.ttl.max(min_ttl),
-                    remaining_ttl: r.remaining_ttl,
-                    expiry: Expiry::Forever,
-                };
+            records::decode_lease(v).and_then(|(id, ttl, remaining_ttl)| {
+                let lease = Lease { id, ttl: ttl.max(min_ttl), remaining_ttl, expiry: Expiry::Forever };
                 codec::upsert(leases, lease, |l| &l.id, "lessor leases").map_err(Into::into)
             })
         })

@@ -233,14 +233,13 @@ impl<P: Profile> Membership<P> {
     }
 
     fn save<W: WriteTxn + ?Sized>(txn: &mut W, m: &Member<P>, scratch: &mut P::Record) -> Result<(), StoreError> {
-        let record = (
-            m.id,
-            m.name.as_slice(),
-            codec::List(m.peer_urls.as_slice(), |u: &P::Bytes| u.as_slice()),
-            codec::List(m.client_urls.as_slice(), |u: &P::Bytes| u.as_slice()),
-            m.is_learner,
-        );
-        codec::put(txn, Bucket::Members, &member_key(m.id), &record, scratch)
+        fn url<B: Seq<u8>>(u: &B) -> &[u8] {
+            u.as_slice()
+        }
+        let (peers, clients) = (m.peer_urls.as_slice(), m.client_urls.as_slice());
+        super::records::encode_member(m.id, m.name.as_slice(), peers, clients, url, m.is_learner, scratch)?;
+        txn.put(Bucket::Members, &member_key(m.id), scratch.as_slice())?;
+        Ok(())
     }
 
     fn member_mut(&mut self, id: MemberId) -> Result<&mut Member<P>, StoreError> {
@@ -295,7 +294,7 @@ impl<P: Profile> Membership<P> {
             return Err(StoreError::NotFound("member"));
         }
         txn.delete(Bucket::Members, &member_key(id))?;
-        txn.put(Bucket::MembersRemoved, &member_key(id), b"removed")?;
+        txn.put(Bucket::MembersRemoved, &member_key(id), super::records::MEMBER_REMOVED)?;
         codec::upsert(&mut self.removed, id, |r| r, "removed members")?;
         Ok(())
     }

@@ -9,6 +9,7 @@ mod error;
 mod kv;
 mod lease;
 mod membership;
+pub mod records;
 mod txn;
 mod v2;
 

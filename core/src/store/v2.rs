@@ -90,8 +90,12 @@ impl<P: Profile> V2Store<P> {
         });
     }
 
-    /// Records a member's attributes, as etcd 3.5 still did in the v2 tree.
-    pub(crate) fn add_member(&mut self, id: MemberId, raft_attributes: &[u8]) -> Result<(), StoreError> {
+    /// Records a member's attributes, as etcd 3.5 still did in the v2 tree:
+    /// `/0/members/<hex id>/raftAttributes` holding its first peer URL.
+    ///
+    /// # Errors
+    /// [`StoreError::Capacity`] if the profile's v2 tables cannot hold it.
+    pub fn add_member(&mut self, id: MemberId, raft_attributes: &[u8]) -> Result<(), StoreError> {
         let path = member_path::<P>(id, b"raftAttributes")?;
         self.set(path.as_slice(), raft_attributes)
     }
@@ -101,8 +105,11 @@ impl<P: Profile> V2Store<P> {
         self.add_member(id, raft_attributes)
     }
 
-    /// Removes a member's attributes and records it under `/0/removed_members`.
-    pub(crate) fn remove_member(&mut self, id: MemberId) -> Result<(), StoreError> {
+    /// Removes a member's attributes and records it under `/0/removed_members/<hex id>`.
+    ///
+    /// # Errors
+    /// [`StoreError::Capacity`] if the profile's v2 tables cannot hold it.
+    pub fn remove_member(&mut self, id: MemberId) -> Result<(), StoreError> {
         let path = member_path::<P>(id, b"")?;
         let dir = path.as_slice().get(..path.len().saturating_sub(1)).unwrap_or(&[]);
         self.delete(dir);
