@@ -670,28 +670,28 @@ fn refuse_under_alarm<P: Profile>(alarms: &AlarmStore<P>, request: &Request<'_>)
 
 #[cfg(test)]
 #[cfg(feature = "alloc")]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::backend::ReadTxn;
     use crate::collections::{Fixed, Growable};
     use crate::mem::{MemBackend, VecBackend};
     use crate::store::{AlarmType, Expiry, KeyValue, StoreError, TokenProvider};
 
-    type TestNode = Node<VecBackend, Growable>;
+    pub(crate) type TestNode = Node<VecBackend, Growable>;
 
-    fn node() -> TestNode {
+    pub(crate) fn node() -> TestNode {
         Node::new(Config { id: 1, min_lease_ttl: 5, v2_deprecation: V2Deprecation::WriteOnly }, VecBackend::new())
     }
 
-    fn apply(n: &mut TestNode, r: &Request<'_>) -> Result<i64, StoreError> {
+    pub(crate) fn apply(n: &mut TestNode, r: &Request<'_>) -> Result<i64, StoreError> {
         let index = n.progress().applied_index + 1;
         n.apply(index, 1, r)
     }
 
     /// Value, create revision, mod revision, version and lease of a key.
-    type Got = (std::vec::Vec<u8>, i64, i64, i64, i64);
+    pub(crate) type Got = (std::vec::Vec<u8>, i64, i64, i64, i64);
 
-    fn get(n: &TestNode, key: &[u8], at: i64) -> Result<Option<Got>, StoreError> {
+    pub(crate) fn get(n: &TestNode, key: &[u8], at: i64) -> Result<Option<Got>, StoreError> {
         let mut out = None;
         n.stores().kv.range(&n.backend().read()?, key, &[], at, &mut |kv: &KeyValue<'_>| {
             out = Some((kv.value.to_vec(), kv.create_revision, kv.mod_revision, kv.version, kv.lease))

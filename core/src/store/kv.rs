@@ -144,6 +144,15 @@ impl Change {
     pub(crate) fn begin<P: Profile>(store: &KvStore<P>) -> Result<Self, StoreError> {
         Ok(Change { main: store.next_revision()?, changes: 0 })
     }
+
+    /// The revision of the transaction's next change (its main revision, the next sub revision),
+    /// counted as made.
+    fn next(&mut self) -> Result<Revision, StoreError> {
+        let rev = Revision { main: self.main, sub: self.changes };
+        self.changes =
+            self.changes.checked_add(1).ok_or(StoreError::InvalidRequest("too many changes in one transaction"))?;
+        Ok(rev)
+    }
 }
 
 /// The MVCC key-value store.
@@ -378,7 +387,7 @@ impl<P: Profile> KvStore<P> {
         if lease != 0 && lessor.lease(lease).is_none() {
             return Err(StoreError::NotFound("lease"));
         }
-        let rev = Revision { main: change.main, sub: change.changes };
+        let rev = change.next()?;
         let (mut create_revision, mut version, mut old_lease) = (rev.main, 1, 0);
         if let Some(prev) = self.visible(key, change.main) {
             let mut result = Ok(());
@@ -400,8 +409,6 @@ impl<P: Profile> KvStore<P> {
         if lease != 0 {
             lessor.attach(lease, key)?;
         }
-        change.changes =
-            change.changes.checked_add(1).ok_or(StoreError::InvalidRequest("too many changes in one transaction"))?;
         Ok(())
     }
 
@@ -435,7 +442,6 @@ impl<P: Profile> KvStore<P> {
         change: &mut Change,
         scratch: &mut P::Record,
     ) -> Result<(), StoreError> {
-        let main = change.main;
         let mut i = {
             let arena = self.arena.as_slice();
             self.index.as_slice().partition_point(|e| bytes_of(arena, e.span()) < key)
@@ -458,7 +464,7 @@ impl<P: Profile> KvStore<P> {
                 result = codec::decode::<KeyValue<'_>>(Bucket::Key, v).map(|kv| lease = kv.lease);
             })?;
             result?;
-            let rev = Revision { main, sub: change.changes };
+            let rev = change.next()?;
             {
                 let k = bytes_of(self.arena.as_slice(), span);
                 // etcd's tombstone record carries only the key (`mvccpb.KeyValue{Key: key}`).
@@ -472,10 +478,6 @@ impl<P: Profile> KvStore<P> {
                 .try_insert(run.end, IndexEntry::new(rev, span, true)?)
                 .map_err(|_| CapacityError { what: "key index" })?;
             i = run.end + 1;
-            change.changes = change
-                .changes
-                .checked_add(1)
-                .ok_or(StoreError::InvalidRequest("too many changes in one transaction"))?;
         }
         Ok(())
     }

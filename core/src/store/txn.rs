@@ -302,23 +302,11 @@ impl<P: Profile> KvStore<P> {
 #[cfg(feature = "alloc")]
 mod tests {
     use super::*;
+    use crate::Request;
     use crate::backend::Backend;
-    use crate::collections::Growable;
-    use crate::mem::VecBackend;
-    use crate::store::{Alarm, AlarmType, V2Deprecation};
-    use crate::{Config, Node, Request};
+    use crate::node::tests::{Got, TestNode, apply, node};
+    use crate::store::{Alarm, AlarmType};
     use std::vec::Vec;
-
-    type TestNode = Node<VecBackend, Growable>;
-
-    fn node() -> TestNode {
-        Node::new(Config { id: 1, min_lease_ttl: 5, v2_deprecation: V2Deprecation::WriteOnly }, VecBackend::new())
-    }
-
-    fn apply(n: &mut TestNode, r: &Request<'_>) -> Result<i64, StoreError> {
-        let index = n.progress().applied_index + 1;
-        n.apply(index, 1, r)
-    }
 
     fn put<'a>(key: &'a [u8], value: &'a [u8]) -> TxnOp<'a> {
         TxnOp::Put { key, value, lease: 0 }
@@ -328,16 +316,9 @@ mod tests {
         Compare { key, range_end: &[], result: CompareResult::Equal, target: CompareTarget::Value(value) }
     }
 
-    /// Value, create revision, mod revision and version of `key` now.
-    fn get(n: &TestNode, key: &[u8]) -> Option<(Vec<u8>, i64, i64, i64)> {
-        let mut out = None;
-        n.stores()
-            .kv
-            .range(&n.backend().read().unwrap(), key, &[], 0, &mut |kv| {
-                out = Some((kv.value.to_vec(), kv.create_revision, kv.mod_revision, kv.version))
-            })
-            .unwrap();
-        out
+    /// Value, create revision, mod revision, version and lease of `key` now.
+    fn get(n: &TestNode, key: &[u8]) -> Option<Got> {
+        crate::node::tests::get(n, key, 0).unwrap()
     }
 
     fn txn<'a>(nodes: &'a [TxnNode<'a>]) -> Request<'a> {
@@ -355,8 +336,8 @@ mod tests {
         let compare = [value_is(b"a", b"1")];
         let nodes = [TxnNode { compare: &compare, success: &success, failure: &failure }];
         assert_eq!(apply(&mut n, &txn(&nodes)), Ok(3), "one revision for three changes");
-        assert_eq!(get(&n, b"b"), Some((b"yes".to_vec(), 3, 3, 1)));
-        assert_eq!(get(&n, b"c"), Some((b"yes".to_vec(), 3, 3, 1)));
+        assert_eq!(get(&n, b"b"), Some((b"yes".to_vec(), 3, 3, 1, 0)));
+        assert_eq!(get(&n, b"c"), Some((b"yes".to_vec(), 3, 3, 1, 0)));
         assert_eq!(get(&n, b"a"), None);
         let revs: Vec<(i64, i64)> =
             n.stores().kv.entries().filter(|e| e.1.main == 3).map(|e| (e.1.main, e.1.sub)).collect();
@@ -365,7 +346,7 @@ mod tests {
 
         // Now `a` is gone: the value compare is false, the failure branch runs.
         assert_eq!(apply(&mut n, &txn(&nodes)), Ok(4));
-        assert_eq!(get(&n, b"b"), Some((b"no".to_vec(), 3, 4, 2)));
+        assert_eq!(get(&n, b"b"), Some((b"no".to_vec(), 3, 4, 2, 0)));
     }
 
     /// A key that does not exist compares as a key with every field 0, but a value compare on it
