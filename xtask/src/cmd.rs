@@ -37,6 +37,10 @@ pub struct Ctx {
     /// `CI=true` in the environment: cargo runs with `--locked`, so CI tests the committed
     /// lockfile instead of silently resolving a new one.
     pub ci: bool,
+    /// `cargo xtask ci`: cargo builds without incremental state and with line tables as the only
+    /// debug info, which keeps a cold run's target directory to about half its size (CI machines
+    /// have run out of disk with the defaults).
+    pub lean: bool,
 }
 
 impl Ctx {
@@ -47,7 +51,7 @@ impl Ctx {
             env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
         let root = manifest_dir.parent().map_or_else(|| manifest_dir.clone(), Path::to_path_buf);
         let ci = env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
-        Ctx { root, ci }
+        Ctx { root, ci, lean: false }
     }
 
     /// `program`, run from the workspace root.
@@ -63,7 +67,19 @@ impl Ctx {
         // With TRYBUILD=overwrite the compile-fail tests rewrite their expected `.stderr` files
         // instead of comparing against them, and pass whatever the compiler says.
         cmd.env_remove("TRYBUILD");
+        self.lean_env(&mut cmd);
         cmd
+    }
+
+    /// The same context, building lean (see [`Ctx::lean`]).
+    pub fn leaned(&self) -> Self {
+        Ctx { root: self.root.clone(), ci: self.ci, lean: true }
+    }
+
+    fn lean_env(&self, cmd: &mut Command) {
+        if self.lean {
+            cmd.env("CARGO_INCREMENTAL", "0").env("CARGO_PROFILE_DEV_DEBUG", "line-tables-only");
+        }
     }
 
     /// `cargo +nightly`, through rustup's `cargo` proxy on PATH (the pinned toolchain's own cargo
@@ -71,6 +87,7 @@ impl Ctx {
     pub fn nightly_cargo(&self) -> Command {
         let mut cmd = self.command("cargo");
         cmd.arg("+nightly").env_remove("TRYBUILD");
+        self.lean_env(&mut cmd);
         cmd
     }
 

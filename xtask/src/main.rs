@@ -72,7 +72,7 @@ fn main() -> ExitCode {
             print!("{USAGE}");
             Ok(())
         }
-        Task::Ci { fuzz_seconds } => ci::ci(&ctx, fuzz_seconds),
+        Task::Ci { fuzz_seconds } => ci::ci(&ctx.leaned(), fuzz_seconds),
         Task::Fuzz { seconds, targets } => fuzz::run_targets(&ctx, seconds, &targets, fuzz::Need::Required).map(drop),
         Task::Bench => bench::bench(&ctx),
         Task::BenchEtcd { keys } => bench::bench_etcd(&ctx, &keys),
