@@ -26,4 +26,5 @@ pub use node::{Client, Consistency, NodeConfig, NodeHandle, Pair, RestoreReport,
 pub use policy::SnapshotPolicy;
 pub use query::{Header, KeyValue, LeaseInfo, Member, NodeStatus, RangeRequest, RangeResponse, SortOrder, SortTarget};
 pub use snapply_core::ports::Phase;
+pub use snapshot::ImageStream;
 pub use transport::{CHUNK, MAX_SNAPSHOT_BYTES, Network, peer_addr};

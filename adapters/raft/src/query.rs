@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use crate::codec::Command;
 use crate::error::RaftError;
 use crate::node::{Client, Control, HostNode};
+use crate::snapshot::ImageStream;
 
 /// How long a client API call waits for the node.
 const WAIT: Duration = Duration::from_secs(20);
@@ -416,6 +417,28 @@ impl Client {
             "the members",
         )
         .await
+    }
+
+    /// A snapshot image of this member's state at its applied index, encoded from a read
+    /// transaction of its backend as it is read, in chunks of `chunk` bytes (etcd's
+    /// `Maintenance.Snapshot`); with the response header as of that index. Entries applied
+    /// meanwhile are not in it; the image is never whole in memory.
+    ///
+    /// # Errors
+    /// [`RaftError::Store`] while a restore is unfinished, [`RaftError::Backend`] if the read
+    /// transaction cannot be begun, [`RaftError::Stopped`] or [`RaftError::Timeout`].
+    pub async fn snapshot(&self, chunk: usize) -> Result<(Header, ImageStream), RaftError> {
+        self.read_local(
+            move |view| {
+                let metadata = view.node.snapshot_metadata()?;
+                let mut v2 = Vec::new();
+                view.node.v2_snapshot_data(&mut v2)?;
+                let stream = crate::snapshot::stream(view.node.backend().view(), metadata, v2, chunk)?;
+                Ok((header(view), stream))
+            },
+            "a snapshot",
+        )
+        .await?
     }
 
     /// The node's status.

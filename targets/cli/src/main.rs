@@ -12,6 +12,7 @@ mod import_etcd;
 mod inspect;
 mod observe;
 mod restore;
+mod saved;
 mod serve;
 mod status;
 mod verify;
