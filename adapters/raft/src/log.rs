@@ -24,6 +24,9 @@ const HARD_STATE: &str = "hard_state";
 const CONF_STATE: &str = "conf_state";
 /// Index and term of the last entry compacted away (or of the snapshot the log starts after).
 const FIRST: &str = "first";
+/// The cluster's id (etcd keeps it in its WAL's metadata): 8 bytes, big-endian. Absent in a log
+/// made before it was kept, and until a member joining a cluster has learnt it.
+const CLUSTER_ID: &str = "cluster_id";
 
 struct Core {
     db: Database,
@@ -32,6 +35,8 @@ struct Core {
     /// Index and term of the entry just before the first one kept.
     offset: (u64, u64),
     entries: VecDeque<Entry>,
+    /// 0 while unknown.
+    cluster_id: u64,
 }
 
 /// What the leader has ready to send a lagging follower: a snapshot of its live backend, built
@@ -85,6 +90,10 @@ impl Core {
         for (k, v) in [(HARD_STATE, &hs[..]), (CONF_STATE, &cs[..]), (FIRST, &first[..])] {
             t.insert(k, v).map_err(|e| log_err("writing the raft state")(e.into()))?;
         }
+        if self.cluster_id != 0 {
+            t.insert(CLUSTER_ID, &self.cluster_id.to_be_bytes()[..])
+                .map_err(|e| log_err("writing the raft state")(e.into()))?;
+        }
         Ok(())
     }
 }
@@ -108,7 +117,7 @@ impl RaftLog {
             .map_err(redb::DatabaseError::from)
             .and_then(|file| redb::Builder::new().create_with_backend(redb::backends::FileBackend::new(file)?))
             .map_err(|e| log_err("opening the raft log")(e.into()))?;
-        let (hard_state, conf_state, offset, entries) = {
+        let (hard_state, conf_state, offset, entries, cluster_id) = {
             let txn = db.begin_read().map_err(|e| log_err("reading the raft log")(e.into()))?;
             match txn.open_table(STATE) {
                 Ok(state) => {
@@ -148,7 +157,16 @@ impl RaftLog {
                             entries.push_back(e);
                         }
                     }
-                    (hs, cs, (i, t), entries)
+                    let cluster_id =
+                        match state.get(CLUSTER_ID).map_err(|e| log_err("reading the raft state")(e.into()))? {
+                            None => 0,
+                            Some(v) => {
+                                v.value().first_chunk::<8>().copied().map(u64::from_be_bytes).ok_or_else(|| {
+                                    RaftError::CorruptLog { what: "the cluster id is truncated".into() }
+                                })?
+                            }
+                        };
+                    (hs, cs, (i, t), entries, cluster_id)
                 }
                 Err(redb::TableError::TableDoesNotExist(_)) => {
                     let (cs, entries) = bootstrap();
@@ -157,12 +175,12 @@ impl RaftLog {
                         hs.commit = last.index;
                         hs.term = last.term;
                     }
-                    (hs, cs, (0, 0), entries.into())
+                    (hs, cs, (0, 0), entries.into(), 0)
                 }
                 Err(e) => return Err(log_err("opening the state table")(e.into())),
             }
         };
-        let core = Core { db, hard_state, conf_state, offset, entries };
+        let core = Core { db, hard_state, conf_state, offset, entries, cluster_id };
         // Persist what a bootstrap produced (and, for an existing log, nothing changes).
         let txn = core.db.begin_write().map_err(|e| log_err("writing the raft log")(e.into()))?;
         core.write_state(&txn)?;
@@ -231,6 +249,21 @@ impl RaftLog {
         }
         core.write_state(&txn)?;
         txn.commit().map_err(|e| log_err("committing the raft log")(e.into()))
+    }
+
+    /// The cluster's id, if this log keeps it.
+    pub fn cluster_id(&self) -> Option<u64> {
+        Some(self.rl().cluster_id).filter(|&id| id != 0)
+    }
+
+    /// Keeps the cluster's id (once known: from `--initial-cluster`, or from the cluster a
+    /// member joined).
+    ///
+    /// # Errors
+    /// [`RaftError::Log`] if the write fails.
+    pub fn set_cluster_id(&self, id: u64) -> Result<(), RaftError> {
+        self.wl().cluster_id = id;
+        self.persist(&[], None)
     }
 
     /// Records the commit index a `LightReady` reports.

@@ -45,6 +45,10 @@ pub struct NodeConfig {
     /// Whether this member joins an existing cluster (etcd's `--initial-cluster-state
     /// existing`) rather than starting a new one.
     pub join_existing: bool,
+    /// The cluster's id, as response headers carry it. 0: the one the raft log keeps, else for
+    /// a new cluster the one its initial members give (etcd's `genID`). A member joining an
+    /// existing cluster is given the id that cluster told it (the raft log keeps it from then).
+    pub cluster_id: u64,
     /// The raft tick.
     pub tick: Duration,
     /// Ticks without a leader before an election (raft-rs `election_tick`).
@@ -68,6 +72,7 @@ impl NodeConfig {
             data_dir,
             initial_cluster,
             join_existing: false,
+            cluster_id: 0,
             tick: Duration::from_millis(50),
             election_tick: 10,
             heartbeat_tick: 2,
@@ -168,6 +173,7 @@ pub struct NodeHandle {
 #[derive(Clone, Debug)]
 pub struct Client {
     id: u64,
+    cluster_id: u64,
     control: mpsc::UnboundedSender<Control>,
 }
 
@@ -202,6 +208,12 @@ impl Client {
     /// The member id.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// The cluster's id (etcd's, as response headers carry it): 0 if this member joined a
+    /// cluster without being told it.
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
     }
 
     async fn ask<T>(
@@ -539,6 +551,21 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
 
     let initial = if config.join_existing { Vec::new() } else { config.initial_cluster.clone() };
     let log = RaftLog::open(&dir.member_dir().join("raft.redb"), move || bootstrap(&initial))?;
+    let cluster_id = match log.cluster_id() {
+        Some(kept) => kept,
+        None => {
+            let ids: Vec<u64> = config.initial_cluster.iter().map(|(id, _)| *id).collect();
+            let id = match config.cluster_id {
+                0 if config.join_existing => 0,
+                0 => crate::membership::cluster_id(&ids),
+                given => given,
+            };
+            if id != 0 {
+                log.set_cluster_id(id)?;
+            }
+            id
+        }
+    };
     let applied = node.progress().applied_index;
     let holds_applied =
         applied <= log.commit() || raft::Storage::term(&log, applied).is_ok_and(|t| t == node.progress().applied_term);
@@ -619,13 +646,29 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
         }
         result
     });
-    Ok(NodeHandle { client: Client { id, control: control_tx }, task: Some(task) })
+    Ok(NodeHandle { client: Client { id, cluster_id, control: control_tx }, task: Some(task) })
 }
 
 /// etcd's request timeout (`ServerConfig.ReqTimeout`): 5 s plus two election timeouts.
 fn request_timeout(config: &NodeConfig) -> Duration {
     let election = config.tick.saturating_mul(u32::try_from(config.election_tick).unwrap_or(u32::MAX));
     Duration::from_secs(5).saturating_add(election.saturating_mul(2))
+}
+
+/// Creates the raft log of a member of the new cluster `cluster` in `data_dir`, as `etcdutl
+/// snapshot restore` writes its WAL: one `AddNode` per member at term 1, committed, and the
+/// cluster's id. A member started on the directory then ignores `--initial-cluster`.
+///
+/// # Errors
+/// [`RaftError::Fs`] if the data directory cannot be opened, [`RaftError::Log`] if the log
+/// cannot be written, [`RaftError::Config`] if the directory already holds a log.
+pub fn init_raft_log(data_dir: &std::path::Path, cluster: &crate::InitialCluster) -> Result<(), RaftError> {
+    let path = DataDir::open(data_dir)?.member_dir().join("raft.redb");
+    if path.exists() {
+        return Err(RaftError::Config { what: format!("{} exists already", path.display()) });
+    }
+    let log = RaftLog::open(&path, || bootstrap(cluster.members()))?;
+    log.set_cluster_id(cluster.id())
 }
 
 /// The entries every member of a new cluster starts with: one `AddNode` per initial member,
@@ -746,6 +789,7 @@ impl Loop {
                         self.waiters.insert(self.seq, reply);
                     }
                     Err(e) => {
+                        self.log_refused(&e);
                         let _ = reply.send(Err(e.into()));
                     }
                 }
@@ -757,6 +801,7 @@ impl Loop {
                         self.waiters.insert(self.seq, reply);
                     }
                     Err(e) => {
+                        self.log_refused(&e);
                         let _ = reply.send(Err(e.into()));
                     }
                 }
@@ -798,6 +843,27 @@ impl Loop {
             }
             Control::Stop => {}
         }
+    }
+
+    /// Logs why raft-rs refused a proposal: it says only "proposal dropped".
+    fn log_refused(&self, e: &raft::Error) {
+        let raft = &self.raw.raft;
+        let why = if !matches!(e, raft::Error::ProposalDropped) {
+            e.to_string()
+        } else if !raft.promotable() && !raft.prs().conf().learners().contains(&self.id) {
+            format!(
+                "this member ({:x}) is not in the cluster's configuration (voters {:x?}): its data directory was made for other members; `snapply restore --initial-cluster` makes one for the members that will run it",
+                self.id,
+                raft.prs().conf().voters().ids().iter().collect::<Vec<_>>()
+            )
+        } else if raft.leader_id == raft::INVALID_ID {
+            format!("no leader at term {}", raft.term)
+        } else if let Some(to) = raft.lead_transferee {
+            format!("leadership is being transferred to {to:x}")
+        } else {
+            format!("refused by raft at term {} (leader {:x})", raft.term, raft.leader_id)
+        };
+        log::warn!("member {:x} dropped a proposal: {why}", self.id);
     }
 
     fn view(&self) -> crate::query::View<'_> {

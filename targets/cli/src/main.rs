@@ -10,6 +10,7 @@ mod create;
 mod demo;
 mod import_etcd;
 mod inspect;
+mod new_cluster;
 mod observe;
 mod restore;
 mod saved;

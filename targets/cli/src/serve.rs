@@ -32,7 +32,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use snapply_raft::{
-    Client, Command, Consistency, MAX_SNAPSHOT_BYTES, MemberInfo, NodeConfig, RaftError, SnapshotPolicy, peer_addr,
+    Client, Command, Consistency, InitialCluster, MAX_SNAPSHOT_BYTES, NodeConfig, RaftError, SnapshotPolicy, peer_addr,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -47,15 +47,32 @@ pub struct Args {
     /// The data directory (created if missing).
     #[arg(long)]
     data_dir: PathBuf,
-    /// Every member as name=peer-URL, comma-separated: infra1=http://127.0.0.1:2380,...
+    /// Every member as name=peer-URL, comma-separated: infra1=http://127.0.0.1:2380,... (a name
+    /// given twice has two peer URLs).
     #[arg(long)]
     initial_cluster: String,
     /// `new` to start a cluster, `existing` to join one (the member must first be added).
     #[arg(long, default_value = "new", value_parser = ["new", "existing"])]
     initial_cluster_state: String,
+    /// The new cluster's token: with the peer URLs, it makes every member id (etcd's
+    /// `computeMemberId`) and so the cluster id; two clusters started from the same
+    /// --initial-cluster need different tokens.
+    #[arg(long, default_value = snapply_raft::DEFAULT_CLUSTER_TOKEN)]
+    initial_cluster_token: String,
+    /// This member's peer URLs, comma-separated: they must be its URLs in --initial-cluster
+    /// (default: those).
+    #[arg(long, value_delimiter = ',')]
+    initial_advertise_peer_urls: Vec<String>,
+    /// Where to listen for peers (default: the first advertised peer URL).
+    #[arg(long)]
+    listen_peer_urls: Option<String>,
     /// Where to listen for clients.
     #[arg(long, default_value = "http://127.0.0.1:2379")]
     listen_client_urls: String,
+    /// This member's client URLs as other members and `member list` show them, comma-separated
+    /// (default: --listen-client-urls).
+    #[arg(long, value_delimiter = ',')]
+    advertise_client_urls: Vec<String>,
     #[command(flatten)]
     snapshots: SnapshotArgs,
     #[command(flatten)]
@@ -125,23 +142,6 @@ fn route_member_logs(log: Log) {
 /// Longest client request line, in bytes.
 const MAX_LINE: u64 = 1024 * 1024;
 
-fn parse_cluster(s: &str) -> Result<Vec<MemberInfo>, String> {
-    let mut members = Vec::new();
-    for part in s.split(',').filter(|p| !p.is_empty()) {
-        let Some((name, url)) = part.split_once('=') else {
-            return Err(format!("--initial-cluster: `{part}` is not name=http://IP:PORT"));
-        };
-        if peer_addr(url).is_none() {
-            return Err(format!("--initial-cluster: `{url}` of member `{name}` is not http://IP:PORT"));
-        }
-        members.push(MemberInfo { name: name.into(), peer_urls: vec![url.into()], client_urls: vec![] });
-    }
-    if members.is_empty() {
-        return Err("--initial-cluster is empty: give every member as name=http://IP:PORT".into());
-    }
-    Ok(members)
-}
-
 pub fn run(args: &Args) -> Result<ExitCode, Box<dyn Error>> {
     let log = Log::new(args.log, "snapply/serve");
     log.finish(serve(&log, args))
@@ -149,15 +149,15 @@ pub fn run(args: &Args) -> Result<ExitCode, Box<dyn Error>> {
 
 fn serve(log: &Log, args: &Args) -> Result<(), Failure> {
     let usage = |message: String| Failure::new(exit::USAGE, message);
-    let members = parse_cluster(&args.initial_cluster).map_err(usage)?;
-    let me = members.iter().find(|m| m.name == args.name).ok_or_else(|| {
-        usage(format!("--name {} is not in --initial-cluster: add {}=http://IP:PORT to it", args.name, args.name))
-    })?;
-    let peer = me
-        .peer_urls
-        .first()
-        .and_then(|u| peer_addr(u))
-        .ok_or_else(|| usage(format!("member {} has no peer URL in --initial-cluster", args.name)))?;
+    let cluster = InitialCluster::parse(&args.initial_cluster, &args.initial_cluster_token).map_err(usage)?;
+    for url in &args.initial_advertise_peer_urls {
+        snapply_raft::check_peer_url(url).map_err(|e| usage(format!("--initial-advertise-peer-urls: {e}")))?;
+    }
+    let (id, me) = cluster.member(&args.name, &args.initial_advertise_peer_urls).map_err(usage)?;
+    let listen_peer = args.listen_peer_urls.as_deref().or(me.peer_urls.first().map(String::as_str)).unwrap_or_default();
+    let peer = peer_addr(listen_peer)
+        .ok_or_else(|| usage(format!("--listen-peer-urls `{listen_peer}` is not http://IP:PORT")))?;
+    let id = *id;
     let client = peer_addr(&args.listen_client_urls)
         .ok_or_else(|| usage(format!("--listen-client-urls `{}` is not http://IP:PORT", args.listen_client_urls)))?;
     let busy = |what: &str, addr, e: std::io::Error| {
@@ -167,9 +167,7 @@ fn serve(log: &Log, args: &Args) -> Result<(), Failure> {
     let client_listener = TcpListener::bind(client).map_err(|e| busy("clients", client, e))?;
     let failed = |what: &str, e: &dyn std::fmt::Display| Failure::new(exit::IO, format!("{what}: {e}"));
     client_listener.set_nonblocking(true).map_err(|e| failed("configuring the client listener", &e))?;
-    let id = me.derive_id();
-    let cluster: Vec<(u64, MemberInfo)> = members.iter().map(|m| (m.derive_id(), m.clone())).collect();
-    let mut config = NodeConfig::new(id, args.data_dir.clone(), cluster.clone());
+    let mut config = NodeConfig::new(id, args.data_dir.clone(), cluster.members().to_vec());
     config.join_existing = args.initial_cluster_state == "existing";
     args.snapshots.apply(&mut config);
     route_member_logs(*log);
@@ -187,6 +185,7 @@ fn serve(log: &Log, args: &Args) -> Result<(), Failure> {
             "serving",
             &[
                 ("member-id", format!("{id:016x}").into()),
+                ("cluster-id", format!("{:016x}", node.cluster_id()).into()),
                 ("name", args.name.clone().into()),
                 ("listen-peer-url", peer.to_string().into()),
                 ("listen-client-url", client.to_string().into()),
@@ -195,11 +194,13 @@ fn serve(log: &Log, args: &Args) -> Result<(), Failure> {
         );
         // The client URL: etcd's gRPC API (HTTP/2) and the line protocol (anything else).
         let api = node.client();
-        let ids: Vec<u64> = cluster.iter().map(|(id, _)| *id).collect();
         let db_path = args.data_dir.join("member").join("db");
-        let client_urls = vec![args.listen_client_urls.clone()];
-        let cluster_id = crate::api::cluster_id(&ids);
-        let member = crate::api::Member { client: api.clone(), cluster_id, db_path, client_urls };
+        let client_urls = if args.advertise_client_urls.is_empty() {
+            vec![args.listen_client_urls.clone()]
+        } else {
+            args.advertise_client_urls.clone()
+        };
+        let member = crate::api::Member { client: api.clone(), db_path, client_urls };
         let accept = crate::api::serve(clients, member, move |stream| serve_client(stream, api.clone()));
         tokio::select! {
             stopped = accept => if let Err(e) = stopped { log.warn("stopped serving clients", &[("error", e.into())]) },

@@ -9,17 +9,59 @@
 mod etcd;
 
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use etcd::Etcd;
 use serde_json::Value;
 
-/// Kills the member when the test ends, however it ends.
+/// A `snapply serve` process, killed when the test ends, however it ends; its standard error
+/// is kept in `log`.
 struct Snapply {
     child: Child,
     client_url: String,
+    log: PathBuf,
+}
+
+impl Snapply {
+    /// Starts member `name` on `data` with `args` (its cluster flags) and a free client port.
+    fn spawn(data: &Path, name: &str, args: &[String]) -> Snapply {
+        let client_url = format!("http://127.0.0.1:{}", free_port());
+        let log = data.with_extension("log");
+        let stderr = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_snapply"))
+            .args(["serve", "--name", name, "--data-dir"])
+            .arg(data)
+            .arg(format!("--listen-client-urls={client_url}"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        Snapply { child, client_url, log }
+    }
+
+    /// Waits (at most 30 s) until the member knows a leader.
+    fn wait_leader(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = etcdctl(&self.client_url, &["endpoint", "status", "-w", "json"]);
+            let leader = serde_json::from_str::<Value>(&status.stdout)
+                .ok()
+                .and_then(|v| v[0]["Status"]["leader"].as_u64())
+                .unwrap_or(0);
+            if leader != 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "snapply serve elected no leader in 30 s: {status:?}\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }
 
 impl Drop for Snapply {
@@ -67,33 +109,11 @@ fn start_snapply(dir: &Path) -> Snapply {
 }
 
 /// Starts member `infra1` of a one-member cluster on `data` with its peer URL on `peer`, and
-/// waits (at most 30 s) until it has a leader.
+/// waits until it has a leader.
 fn start_member(data: &Path, peer: u16) -> Snapply {
-    let client = free_port();
-    let client_url = format!("http://127.0.0.1:{client}");
-    let child = Command::new(env!("CARGO_BIN_EXE_snapply"))
-        .args(["serve", "--name", "infra1", "--data-dir"])
-        .arg(data)
-        .arg(format!("--initial-cluster=infra1=http://127.0.0.1:{peer}"))
-        .arg(format!("--listen-client-urls={client_url}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let member = Snapply { child, client_url };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = etcdctl(&member.client_url, &["endpoint", "status", "-w", "json"]);
-        let leader = serde_json::from_str::<Value>(&status.stdout)
-            .ok()
-            .and_then(|v| v[0]["Status"]["leader"].as_u64())
-            .unwrap_or(0);
-        if leader != 0 {
-            return member;
-        }
-        assert!(Instant::now() < deadline, "snapply serve elected no leader in 30 s: {status:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let member = Snapply::spawn(data, "infra1", &[format!("--initial-cluster=infra1=http://127.0.0.1:{peer}")]);
+    member.wait_leader();
+    member
 }
 
 /// Zeroes the fields that differ between any two clusters in etcdctl's JSON: ids, terms,
@@ -313,4 +333,164 @@ fn etcdctl_snapshot_save_writes_a_file_snapply_verifies_and_restores() {
     );
     assert_eq!(revision(&after), revision(&before));
     assert_eq!(etcdctl(&member.client_url, &["put", "/d", "5"]).stdout, "OK\n");
+}
+
+/// The header's cluster id and the members' ids and peer URLs `member list` prints.
+fn ids(url: &str) -> (u64, Vec<(u64, Vec<String>)>) {
+    let out = etcdctl(url, &["member", "list", "-w", "json"]);
+    let v: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|_| panic!("member list: {out:?}"));
+    let members = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let urls = m["peerURLs"].as_array().unwrap().iter().map(|u| u.as_str().unwrap().to_string()).collect();
+            (m["ID"].as_u64().unwrap(), urls)
+        })
+        .collect();
+    (v["header"]["cluster_id"].as_u64().unwrap(), members)
+}
+
+#[test]
+fn member_and_cluster_ids_are_the_ones_etcd_derives() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path(), &["--initial-cluster-token=a-token"]);
+    // The same name, peer URL and token as the etcd (listening elsewhere: etcd has the port).
+    let snapply = Snapply::spawn(
+        &dir.path().join("snapply"),
+        "s1",
+        &[
+            format!("--initial-cluster=s1={}", etcd.peer_url),
+            "--initial-cluster-token=a-token".into(),
+            format!("--listen-peer-urls=http://127.0.0.1:{}", free_port()),
+        ],
+    );
+    snapply.wait_leader();
+    let (etcd_cluster, etcd_members) = ids(&etcd.client_url);
+    let (cluster, members) = ids(&snapply.client_url);
+    assert_eq!(members, etcd_members);
+    assert_eq!(cluster, etcd_cluster);
+    assert_eq!(members[0].0, snapply_raft::compute_member_id(std::slice::from_ref(&etcd.peer_url), "a-token", None));
+    assert_eq!(cluster, snapply_raft::cluster_id(&[members[0].0]));
+}
+
+/// `n1=http://127.0.0.1:P1,...` for `n` members on free peer ports, and their peer URLs.
+fn new_initial_cluster(n: usize) -> (String, Vec<String>) {
+    let urls: Vec<String> = (0..n).map(|_| format!("http://127.0.0.1:{}", free_port())).collect();
+    let flag = urls.iter().enumerate().map(|(i, u)| format!("n{}={u}", i + 1)).collect::<Vec<_>>().join(",");
+    (flag, urls)
+}
+
+/// The key-values of a JSON range answer.
+fn kvs(o: &Outcome) -> Value {
+    serde_json::from_str::<Value>(&o.stdout).unwrap_or_else(|_| panic!("not JSON: {o:?}"))["kvs"].clone()
+}
+
+#[test]
+fn a_snapshot_restored_as_a_new_cluster_on_new_peer_urls_serves_reads_and_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = start_member(&dir.path().join("old"), free_port());
+    for (k, v) in [("/a", "1"), ("/b", "2"), ("/a", "3"), ("/c", "4")] {
+        assert_eq!(etcdctl(&old.client_url, &["put", k, v]).stdout, "OK\n");
+    }
+    assert_eq!(etcdctl(&old.client_url, &["del", "/b"]).stdout, "1\n");
+    let before = etcdctl(&old.client_url, &["get", "", "--from-key", "-w", "json"]);
+    let file = dir.path().join("saved.db");
+    assert_eq!(etcdctl(&old.client_url, &["snapshot", "save", &file.display().to_string()]).code, Some(0));
+    drop(old);
+
+    // Restored as it was and started on another peer URL, the member is not in its own
+    // configuration: a write is dropped, and its log says why.
+    let copy = dir.path().join("copy");
+    assert!(snapply_cmd(&[&"restore", &file, &"--data-dir", &copy]).status.success());
+    let moved =
+        Snapply::spawn(&copy, "infra1", &[format!("--initial-cluster=infra1=http://127.0.0.1:{}", free_port())]);
+    let refused = etcdctl(&moved.client_url, &["put", "/x", "1"]);
+    assert_ne!(refused.code, Some(0), "{refused:?}");
+    assert!(
+        moved.log().contains("dropped a proposal: this member")
+            && moved.log().contains("is not in the cluster's configuration"),
+        "{}",
+        moved.log()
+    );
+    drop(moved);
+
+    // As etcdutl's restore: a new cluster of three members on new peer URLs, with a token.
+    let (initial, urls) = new_initial_cluster(3);
+    let token = "--initial-cluster-token=restored";
+    // Refused as etcd refuses them, before anything is written: a name not in the cluster, and
+    // advertised URLs that are not the member's.
+    for (name, advertised, says) in [
+        ("n9", urls[0].as_str(), "couldn't find local name \"n9\" in the initial cluster configuration"),
+        ("n1", urls[1].as_str(), "--initial-cluster has n1="),
+    ] {
+        let data = dir.path().join("refused");
+        let out = snapply_cmd(&[
+            &"restore",
+            &file,
+            &"--data-dir",
+            &data,
+            &"--name",
+            &name,
+            &format!("--initial-cluster={initial}"),
+            &format!("--initial-advertise-peer-urls={advertised}"),
+        ]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(says), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(!data.exists());
+    }
+    let mut members = Vec::new();
+    for (i, url) in urls.iter().enumerate() {
+        let name = format!("n{}", i + 1);
+        let data = dir.path().join(&name);
+        let out = snapply_cmd(&[
+            &"restore",
+            &file,
+            &"--data-dir",
+            &data,
+            &"--name",
+            &name,
+            &format!("--initial-cluster={initial}"),
+            &token,
+            &format!("--initial-advertise-peer-urls={url}"),
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        members.push((name, data));
+    }
+    let members: Vec<Snapply> = members
+        .iter()
+        .map(|(name, data)| Snapply::spawn(data, name, &[format!("--initial-cluster={initial}"), token.into()]))
+        .collect();
+    members.iter().for_each(Snapply::wait_leader);
+
+    // Every member serves the snapshot's key space, and writes through any member are read on
+    // every member.
+    for m in &members {
+        let got = etcdctl(&m.client_url, &["get", "", "--from-key", "-w", "json"]);
+        assert_eq!(kvs(&got), kvs(&before), "{}", m.log());
+    }
+    for (i, m) in members.iter().enumerate() {
+        let put = etcdctl(&m.client_url, &["put", &format!("/new/{i}"), "v"]);
+        assert_eq!(put.stdout, "OK\n", "{put:?}\n{}", m.log());
+    }
+    for m in &members {
+        let got = etcdctl(&m.client_url, &["get", "/new/", "--prefix", "--keys-only"]);
+        assert_eq!(got.stdout, "/new/0\n\n/new/1\n\n/new/2\n\n");
+    }
+
+    // The members and the cluster have etcd's ids for the new URLs and token; every header
+    // carries the cluster id.
+    let ids_now: Vec<u64> =
+        urls.iter().map(|u| snapply_raft::compute_member_id(std::slice::from_ref(u), "restored", None)).collect();
+    let mut want: Vec<(u64, Vec<String>)> = ids_now.iter().copied().zip(urls.iter().map(|u| vec![u.clone()])).collect();
+    want.sort();
+    for m in &members {
+        let (cluster, mut listed) = ids(&m.client_url);
+        listed.sort();
+        assert_eq!(listed, want);
+        assert_eq!(cluster, snapply_raft::cluster_id(&ids_now));
+        let got = etcdctl(&m.client_url, &["get", "/a", "-w", "json"]);
+        let header = &serde_json::from_str::<Value>(&got.stdout).unwrap()["header"];
+        assert_eq!(header["cluster_id"].as_u64(), Some(cluster));
+    }
 }

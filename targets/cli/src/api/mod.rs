@@ -20,7 +20,6 @@ use std::future::Future;
 use std::time::Duration;
 
 use etcd_client::proto::{PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbResponseHeader};
-use sha2::{Digest as _, Sha256};
 use snapply_raft::{Client, Header};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -37,31 +36,16 @@ const SNIFF_WAIT: Duration = Duration::from_secs(10);
 pub struct Member {
     /// The member's node.
     pub client: Client,
-    /// The cluster id the response headers carry (see [`cluster_id`]).
-    pub cluster_id: u64,
     /// The member's backend file, whose size `Status` reports.
     pub db_path: std::path::PathBuf,
     /// The URLs this member serves clients on.
     pub client_urls: Vec<String>,
 }
 
-/// The cluster id of a cluster whose initial members are `ids`: as etcd's `genID`, the first
-/// eight bytes of a hash of the sorted ids, big-endian (SHA-256 here, as the member ids).
-pub fn cluster_id(ids: &[u64]) -> u64 {
-    let mut ids = ids.to_vec();
-    ids.sort_unstable();
-    let mut sha = Sha256::new();
-    for id in ids {
-        sha.update(id.to_be_bytes());
-    }
-    let digest = sha.finalize();
-    u64::from_be_bytes(digest.first_chunk::<8>().copied().unwrap_or_default())
-}
-
 impl Member {
     fn header(&self, h: Header) -> Option<PbResponseHeader> {
         Some(PbResponseHeader {
-            cluster_id: self.cluster_id,
+            cluster_id: self.client.cluster_id(),
             member_id: h.member_id,
             revision: h.revision,
             raft_term: h.raft_term,
