@@ -23,10 +23,14 @@ pub use cluster::{Cluster, member_id};
 pub use codec::{Command, MemberInfo};
 pub use error::RaftError;
 pub use log::RaftLog;
-pub use membership::{DEFAULT_CLUSTER_TOKEN, InitialCluster, check_peer_url, cluster_id, compute_member_id};
-pub use node::{Client, Consistency, NodeConfig, NodeHandle, Pair, RestoreReport, Status, Trace, init_raft_log, start};
+pub use membership::{
+    DEFAULT_CLUSTER_TOKEN, InitialCluster, RemoteCluster, RemoteMember, check_peer_url, cluster_id, compute_member_id,
+};
+pub use node::{
+    Client, Consistency, NodeConfig, NodeHandle, Pair, RestoreReport, Status, Trace, ids, init_raft_log, start,
+};
 pub use policy::SnapshotPolicy;
 pub use query::{Header, KeyValue, LeaseInfo, Member, NodeStatus, RangeRequest, RangeResponse, SortOrder, SortTarget};
 pub use snapply_core::ports::Phase;
 pub use snapshot::ImageStream;
-pub use transport::{CHUNK, MAX_SNAPSHOT_BYTES, Network, peer_addr};
+pub use transport::{CHUNK, MAX_SNAPSHOT_BYTES, Network, fetch_cluster, peer_addr};

@@ -7,10 +7,48 @@
 //! member of a new cluster derives every id alike from the same flags; a member added later
 //! gets its id from the member that proposed it.
 
+use serde::{Deserialize, Serialize};
 use sha1::{Digest as _, Sha1};
 
 use crate::codec::MemberInfo;
 use crate::transport::peer_addr;
+
+/// A cluster as a member tells a member about to join it (etcd's `GET /members` on a peer URL,
+/// which `GetClusterFromRemotePeers` asks): its id and members.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteCluster {
+    /// The cluster's id.
+    pub cluster_id: u64,
+    /// Its members.
+    pub members: Vec<RemoteMember>,
+}
+
+/// A member of a [`RemoteCluster`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteMember {
+    /// Its id.
+    pub id: u64,
+    /// Its name (empty until it started, for a member added at run time).
+    pub name: String,
+    /// Its peer URLs.
+    pub peer_urls: Vec<String>,
+    /// Whether it is a learner.
+    pub is_learner: bool,
+}
+
+impl RemoteCluster {
+    /// The member whose peer URLs are `peer_urls` (in any order): how a joining member learns
+    /// its id (etcd's `ValidateClusterAndAssignIDs`).
+    pub fn member_with(&self, peer_urls: &[String]) -> Option<&RemoteMember> {
+        let mut want = peer_urls.to_vec();
+        want.sort_unstable();
+        self.members.iter().find(|m| {
+            let mut have = m.peer_urls.clone();
+            have.sort_unstable();
+            have == want
+        })
+    }
+}
 
 /// etcd's default `--initial-cluster-token`.
 pub const DEFAULT_CLUSTER_TOKEN: &str = "etcd-cluster";

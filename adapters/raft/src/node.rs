@@ -12,7 +12,7 @@ use sha2::{Digest as _, Sha256};
 use snapply_core::backend::{Backend, for_each_record};
 use snapply_core::collections::Growable;
 use snapply_core::ports::{Event, Observer, Phase, Ports, Transport};
-use snapply_core::store::V2Deprecation;
+use snapply_core::store::{StoreError, V2Deprecation};
 use snapply_core::{Config, Node, Request, pipeline};
 use snapply_fs::{DataDir, FsSnapshotStore, PersistedSnapshot, RedbBackend, SnapName};
 use tokio::sync::{mpsc, oneshot};
@@ -131,6 +131,10 @@ pub struct Status {
     pub peers: Vec<u64>,
     /// Members in the node's membership store.
     pub members: Vec<u64>,
+    /// Voters and learners of raft-rs's configuration.
+    pub voters: Vec<u64>,
+    /// See `voters`.
+    pub learners: Vec<u64>,
     /// Snapshots applied through the pipeline since the node started.
     pub snapshots_applied: u64,
     /// The last of them.
@@ -147,6 +151,8 @@ pub struct Status {
 pub(crate) enum Control {
     Propose(Command, oneshot::Sender<Result<i64, RaftError>>),
     ConfChange(ConfChange, oneshot::Sender<Result<i64, RaftError>>),
+    /// A conf change promoting a learner: checked for readiness on the leader first.
+    Promote(ConfChange, oneshot::Sender<Result<i64, RaftError>>),
     Status(oneshot::Sender<Status>),
     Digest(oneshot::Sender<Result<[u8; 32], RaftError>>),
     Range(Vec<u8>, Vec<u8>, oneshot::Sender<Result<Vec<Pair>, RaftError>>),
@@ -271,6 +277,28 @@ impl Client {
         let mut cc = ConfChange { node_id: id, context: info.encode(), ..Default::default() };
         cc.set_change_type(ConfChangeType::AddNode);
         self.ask(|tx| Control::ConfChange(cc, tx), "a member to be added").await?
+    }
+
+    /// Adds member `id` as a learner (raft-rs `AddLearnerNode`).
+    ///
+    /// # Errors
+    /// As [`NodeHandle::propose`].
+    pub async fn add_learner(&self, id: u64, info: &MemberInfo) -> Result<i64, RaftError> {
+        let mut cc = ConfChange { node_id: id, context: info.encode(), ..Default::default() };
+        cc.set_change_type(ConfChangeType::AddLearnerNode);
+        self.ask(|tx| Control::ConfChange(cc, tx), "a learner to be added").await?
+    }
+
+    /// Promotes learner `id` to a voting member (raft-rs `AddNode` of a learner, etcd's
+    /// `MemberPromote`). Asked of the leader, it is refused while the learner's log is behind
+    /// 90% of the leader's (etcd's `isLearnerReady`).
+    ///
+    /// # Errors
+    /// [`RaftError::LearnerNotReady`], and as [`NodeHandle::propose`].
+    pub async fn promote_member(&self, id: u64) -> Result<i64, RaftError> {
+        let mut cc = ConfChange { node_id: id, ..Default::default() };
+        cc.set_change_type(ConfChangeType::AddNode);
+        self.ask(|tx| Control::Promote(cc, tx), "a learner to be promoted").await?
     }
 
     /// Removes member `id`.
@@ -497,6 +525,10 @@ struct Loop {
     built: mpsc::UnboundedSender<Result<ImageFile, RaftError>>,
     /// Snapshots received from the leader and persisted, waiting for raft-rs.
     inbound: Inbound,
+    /// The cluster's id (0: not known).
+    cluster_id: u64,
+    /// This member was removed from the cluster: the loop stops (etcd's server stops).
+    removed: bool,
 }
 
 /// Starts a node on its data directory, listening for peers on `listener`. Must be called
@@ -551,6 +583,18 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
 
     let initial = if config.join_existing { Vec::new() } else { config.initial_cluster.clone() };
     let log = RaftLog::open(&dir.member_dir().join("raft.redb"), move || bootstrap(&initial))?;
+    match log.member_id() {
+        Some(kept) if kept != id => {
+            return Err(RaftError::Config {
+                what: format!(
+                    "the data directory {} belongs to member {kept:x}, not {id:x}: start it as that member",
+                    config.data_dir.display()
+                ),
+            });
+        }
+        Some(_) => {}
+        None => log.set_member_id(id)?,
+    }
     let cluster_id = match log.cluster_id() {
         Some(kept) => kept,
         None => {
@@ -634,7 +678,10 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
         building: false,
         built,
         inbound,
+        cluster_id,
+        removed: false,
     };
+    state.publish_membership();
     // From here on the raft log holds every applied entry: the backend commits in batches.
     state.node.backend().set_batched_commits(true);
     let tick = config.tick;
@@ -655,20 +702,35 @@ fn request_timeout(config: &NodeConfig) -> Duration {
     Duration::from_secs(5).saturating_add(election.saturating_mul(2))
 }
 
-/// Creates the raft log of a member of the new cluster `cluster` in `data_dir`, as `etcdutl
+/// Creates the raft log of `member` of the new cluster `cluster` in `data_dir`, as `etcdutl
 /// snapshot restore` writes its WAL: one `AddNode` per member at term 1, committed, and the
-/// cluster's id. A member started on the directory then ignores `--initial-cluster`.
+/// member's and the cluster's ids. A member started on the directory then ignores `--initial-cluster`.
 ///
 /// # Errors
 /// [`RaftError::Fs`] if the data directory cannot be opened, [`RaftError::Log`] if the log
 /// cannot be written, [`RaftError::Config`] if the directory already holds a log.
-pub fn init_raft_log(data_dir: &std::path::Path, cluster: &crate::InitialCluster) -> Result<(), RaftError> {
+pub fn init_raft_log(
+    data_dir: &std::path::Path,
+    cluster: &crate::InitialCluster,
+    member: u64,
+) -> Result<(), RaftError> {
     let path = DataDir::open(data_dir)?.member_dir().join("raft.redb");
     if path.exists() {
         return Err(RaftError::Config { what: format!("{} exists already", path.display()) });
     }
     let log = RaftLog::open(&path, || bootstrap(cluster.members()))?;
+    log.set_member_id(member)?;
     log.set_cluster_id(cluster.id())
+}
+
+/// The member and cluster ids the data directory's raft log keeps (each 0 if it keeps none):
+/// a member that started once is that member again, whatever its flags say (etcd reads them
+/// from its WAL). `None` before the member's first start.
+///
+/// # Errors
+/// [`RaftError::Log`] if the log cannot be read (another process holds it open, for one).
+pub fn ids(data_dir: &std::path::Path) -> Result<Option<(u64, u64)>, RaftError> {
+    RaftLog::ids(&data_dir.join("member").join("raft.redb"))
 }
 
 /// The entries every member of a new cluster starts with: one `AddNode` per initial member,
@@ -686,6 +748,16 @@ fn bootstrap(initial: &[(u64, MemberInfo)]) -> (raft::prelude::ConfState, Vec<En
     }
     (cs, entries)
 }
+
+fn sorted(ids: impl Iterator<Item = u64>) -> Vec<u64> {
+    let mut ids: Vec<u64> = ids.collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// How far behind the leader's log a learner may be and still be promoted (etcd's
+/// `readyPercent`).
+const LEARNER_READY: f64 = 0.9;
 
 fn context(origin: u64, seq: u64) -> Vec<u8> {
     let mut c = origin.to_be_bytes().to_vec();
@@ -768,6 +840,11 @@ impl Loop {
             }
             self.reads.send(&mut self.raw);
             blocking(|| self.on_ready())?;
+            if self.removed {
+                // etcd: "the member has been permanently removed from the cluster".
+                blocking(|| self.sync_backend())?;
+                return Err(RaftError::Removed);
+            }
             // raft-rs's applied index counts every entry handed out, the empty ones a new leader
             // appends included (a read index can be one of them).
             self.reads.release(self.raw.raft.raft_log.applied);
@@ -806,6 +883,12 @@ impl Loop {
                     }
                 }
             }
+            Control::Promote(cc, reply) => match self.learner_ready(cc.node_id) {
+                Ok(()) => self.control(Control::ConfChange(cc, reply)),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
             Control::Status(reply) => {
                 let _ = reply.send(Status {
                     id: self.id,
@@ -816,6 +899,8 @@ impl Loop {
                     snapshot_index: self.snapshot_index,
                     peers: self.net.peers(),
                     members: self.node.stores().membership.members().iter().map(|m| m.id).collect(),
+                    voters: sorted(self.raw.raft.prs().conf().voters().ids().iter()),
+                    learners: sorted(self.raw.raft.prs().conf().learners().iter().copied()),
                     snapshots_applied: self.snapshots_applied,
                     last_restore: self.last_restore.clone(),
                     snapshots_sent: self.snapshots_sent,
@@ -970,6 +1055,7 @@ impl Loop {
                     applied_at: Instant::now(),
                 });
                 log::info!("member {:x} applied snapshot at index {} term {}", self.id, meta.index, meta.term);
+                self.publish_membership();
             }
             Ok(None) => {}
             Err(e) => {
@@ -1025,37 +1111,154 @@ impl Loop {
         Ok(())
     }
 
+    /// etcd's `isLearnerReady`, on the leader: the learner's log matches at least 90% of the
+    /// leader's. A follower cannot tell (it has no progress of its peers): it proposes, and the
+    /// leader does not check a forwarded proposal.
+    fn learner_ready(&self, id: u64) -> Result<(), RaftError> {
+        let raft = &self.raw.raft;
+        if raft.state != raft::StateRole::Leader {
+            return Ok(());
+        }
+        // Not a learner raft-rs knows: the membership's checks answer (not found, not a learner).
+        let Some(learner) = raft.prs().get(id).filter(|_| raft.prs().conf().learners().contains(&id)) else {
+            return Ok(());
+        };
+        let learner = learner.matched;
+        let leader = raft.prs().get(self.id).map_or(0, |p| p.matched);
+        if (learner as f64) < (leader as f64) * LEARNER_READY {
+            return Err(RaftError::LearnerNotReady { id, matched: learner, leader });
+        }
+        Ok(())
+    }
+
+    /// A committed conf change, in etcd's order (`applyConfChange`): the change is validated
+    /// first (etcd's `ValidateConfigurationChange`: the core's own checks, on a copy of the
+    /// membership); a refused one changes neither raft-rs's configuration nor the membership, and
+    /// moves only the consistent index, as etcd applies an empty conf change instead. An
+    /// accepted one is applied to the node with the conf state raft-rs will have, then to
+    /// raft-rs, and the transport's peers follow.
     fn apply_conf_change(&mut self, e: &Entry) -> Result<i64, RaftError> {
         let cc = ConfChange::decode(&e.data[..]).map_err(|_| RaftError::Decode { what: "a conf change" })?;
-        let cs = self.raw.apply_conf_change(&cc)?;
-        self.log.set_conf_state(cs.clone())?;
-        // The conf state goes into the backend with the member change, at the same index.
-        self.node.set_conf_state(to_core_conf(&cs)?);
-        match cc.get_change_type() {
+        let id = cc.node_id;
+        let info = match cc.get_change_type() {
+            ConfChangeType::RemoveNode => None,
+            _ if cc.context.is_empty() => None,
+            _ => Some(MemberInfo::decode(&cc.context)),
+        };
+        let peers: Vec<&[u8]> = info.iter().flatten().flat_map(|i| i.peer_urls.iter()).map(|u| u.as_bytes()).collect();
+        let clients: Vec<&[u8]> =
+            info.iter().flatten().flat_map(|i| i.client_urls.iter()).map(|u| u.as_bytes()).collect();
+        let name = info.iter().flatten().next().map_or(&[][..], |i| i.name.as_bytes());
+        let request = match cc.get_change_type() {
+            // An AddNode without a member (raft-rs makes a learner a voter): etcd's promotion.
+            ConfChangeType::AddNode if cc.context.is_empty() => Request::MemberPromote { id },
             ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
-                let info = MemberInfo::decode(&cc.context).ok_or(RaftError::Decode { what: "a member" })?;
-                let peers: Vec<&[u8]> = info.peer_urls.iter().map(|u| u.as_bytes()).collect();
-                let clients: Vec<&[u8]> = info.client_urls.iter().map(|u| u.as_bytes()).collect();
-                let member = snapply_core::store::NewMember {
-                    id: cc.node_id,
-                    name: info.name.as_bytes(),
+                if !matches!(info, Some(Some(_))) {
+                    return Err(RaftError::Decode { what: "a member" });
+                }
+                Request::MemberAdd(snapply_core::store::NewMember {
+                    id,
+                    name,
                     peer_urls: &peers,
                     client_urls: &clients,
                     is_learner: cc.get_change_type() == ConfChangeType::AddLearnerNode,
-                };
-                let rev = self.node.apply(e.index, e.term, &Request::MemberAdd(member))?;
-                if self.node.progress().applied_index == e.index {
-                    self.net.add_peer(cc.node_id, &peers)?;
-                }
-                Ok(rev)
+                })
             }
-            ConfChangeType::RemoveNode => {
-                let rev = self.node.apply(e.index, e.term, &Request::MemberRemove { id: cc.node_id })?;
-                self.net.remove_peer(cc.node_id);
-                Ok(rev)
+            ConfChangeType::RemoveNode => Request::MemberRemove { id },
+        };
+        if e.index <= self.node.progress().applied_index {
+            // Already in the backend (replayed after a restart): raft-rs only.
+            let cs = self.raw.apply_conf_change(&cc)?;
+            self.log.set_conf_state(cs)?;
+            return Ok(self.node.stores().kv.current_revision());
+        }
+        if let Err(refused) = membership_verdict(&self.node, &request)? {
+            log::warn!("member {:x} refused a configuration change for member {id:x}: {refused}", self.id);
+            // The same checks refuse it on the node: a rejection moves the consistent index
+            // (with the conf state unchanged), a local refusal (a full table) leaves the entry.
+            return match self.node.apply(e.index, e.term, &request) {
+                Err(e) => Err(e.into()),
+                Ok(_) => Err(RaftError::Store(refused)),
+            };
+        }
+        // The configuration raft-rs will have, worked out without changing it: raft-rs may
+        // refuse the change (removing the last voter), and then nothing changes anywhere.
+        let mut single = raft::prelude::ConfChangeSingle { node_id: id, ..Default::default() };
+        single.set_change_type(cc.get_change_type());
+        let (next, _) = raft::Changer::new(self.raw.raft.prs()).simple(&[single])?;
+        let before = self.node.progress().conf_state.clone();
+        self.node.set_conf_state(to_core_conf(&next.to_conf_state())?);
+        let rev = match self.node.apply(e.index, e.term, &request) {
+            Ok(rev) => rev,
+            Err(err) => {
+                self.node.set_conf_state(before);
+                return Err(err.into());
+            }
+        };
+        let cs = self.raw.apply_conf_change(&cc)?;
+        self.log.set_conf_state(cs)?;
+        match request {
+            Request::MemberAdd(_) => self.net.add_peer(id, &peers)?,
+            Request::MemberRemove { .. } => {
+                self.net.remove_peer(id);
+                if id == self.id {
+                    self.removed = true;
+                }
+            }
+            _ => {}
+        }
+        self.publish_membership();
+        Ok(rev)
+    }
+
+    /// Hands the transport the cluster's id and members, which it tells a member about to join
+    /// (etcd's `/members` on the peer URL).
+    fn publish_membership(&self) {
+        let members = self
+            .node
+            .stores()
+            .membership
+            .members()
+            .iter()
+            .map(|m| crate::membership::RemoteMember {
+                id: m.id,
+                name: String::from_utf8_lossy(&m.name).into_owned(),
+                peer_urls: m.peer_urls.iter().map(|u| String::from_utf8_lossy(u).into_owned()).collect(),
+                is_learner: m.is_learner,
+            })
+            .collect();
+        self.net.set_membership(crate::membership::RemoteCluster { cluster_id: self.cluster_id, members });
+    }
+}
+
+/// Whether `node`'s membership store takes `request` (etcd's `ValidateConfigurationChange`),
+/// asked of a copy: a core node holding only `node`'s membership records and v2 store, so the
+/// answer is the core's own, and `node` is untouched.
+fn membership_verdict(node: &HostNode, request: &Request<'_>) -> Result<Result<(), StoreError>, RaftError> {
+    use snapply_core::backend::{Bucket, ReadTxn as _, WriteTxn as _};
+    let mut copy = snapply_core::mem::VecBackend::new();
+    {
+        let from = node.backend().read()?;
+        let mut to = copy.write()?;
+        for bucket in [Bucket::Members, Bucket::MembersRemoved, Bucket::Cluster] {
+            let mut failed = None;
+            from.scan(bucket, &[], &mut |k, v| match to.put(bucket, k, v) {
+                Ok(()) => std::ops::ControlFlow::Continue(()),
+                Err(e) => {
+                    failed = Some(e);
+                    std::ops::ControlFlow::Break(())
+                }
+            })?;
+            if let Some(e) = failed {
+                return Err(e.into());
             }
         }
+        to.commit()?;
     }
+    let mut v2 = Vec::new();
+    node.v2_snapshot_data(&mut v2)?;
+    let mut scratch = Node::<_, Growable>::open(*node.config(), copy, &v2)?;
+    Ok(scratch.apply(1, 1, request).map(drop))
 }
 
 // The snapshot policy: when the member snapshots its backend, how the image is built and the

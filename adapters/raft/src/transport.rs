@@ -33,6 +33,7 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use crate::error::RaftError;
+use crate::membership::RemoteCluster;
 use crate::snapshot::{ChunkSource, Inbound, Piece, Received, image_path, to_core_metadata};
 
 /// Bytes of image per chunk frame.
@@ -57,6 +58,12 @@ const KIND_MESSAGE: u8 = 0;
 const KIND_SNAPSHOT_HEAD: u8 = 1;
 const KIND_CHUNK: u8 = 2;
 const KIND_SNAPSHOT_END: u8 = 3;
+/// A member about to join asks for the cluster (etcd's `GET /members`); the answer is one
+/// `KIND_CLUSTER` frame (postcard of [`RemoteCluster`], empty while this member knows none).
+const KIND_CLUSTER_REQUEST: u8 = 4;
+const KIND_CLUSTER: u8 = 5;
+/// How long a member about to join waits for each peer's answer.
+const CLUSTER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the transport tells the node's loop, which tells raft-rs.
 #[derive(Debug)]
@@ -81,6 +88,8 @@ struct Inner {
     tasks: Mutex<Vec<AbortHandle>>,
     /// Where snapshots arriving from the leader are persisted.
     inbound: Inbound,
+    /// What a member about to join is told: the cluster as this member's state has it.
+    membership: Mutex<Option<RemoteCluster>>,
 }
 
 /// A node's side of the peer network: its listener, its peers and their writer tasks.
@@ -121,6 +130,7 @@ impl Network {
             reports,
             tasks: Mutex::default(),
             inbound,
+            membership: Mutex::default(),
         });
         let net = Network { inner };
         let accepting = net.clone();
@@ -170,6 +180,11 @@ impl Network {
         }
     }
 
+    /// Sets what a member about to join is told about the cluster.
+    pub(crate) fn set_membership(&self, cluster: RemoteCluster) {
+        *lock(&self.inner.membership) = Some(cluster);
+    }
+
     /// Removes one peer (a member removed by a conf change).
     pub(crate) fn remove_peer(&self, id: u64) {
         if let Some(p) = lock(&self.inner.peers).remove(&id) {
@@ -200,6 +215,15 @@ impl Network {
                     if !self.isolated() {
                         let _ = inbox.send(msg);
                     }
+                }
+                KIND_CLUSTER_REQUEST => {
+                    let answer = lock(&self.inner.membership)
+                        .as_ref()
+                        .filter(|_| !self.isolated())
+                        .and_then(|c| postcard::to_allocvec(c).ok())
+                        .unwrap_or_default();
+                    write_frame(&mut stream, KIND_CLUSTER, &answer).await?;
+                    return Ok(());
                 }
                 KIND_SNAPSHOT_HEAD => {
                     // A snapshot connection carries one snapshot and ends.
@@ -353,6 +377,47 @@ async fn write_frame(stream: &mut TcpStream, kind: u8, payload: &[u8]) -> std::i
     head[4] = kind;
     stream.write_all(&head).await?;
     stream.write_all(payload).await
+}
+
+/// Asks the member at `url` for its cluster.
+async fn ask_cluster(url: &str) -> Result<RemoteCluster, String> {
+    let addr = peer_addr(url).ok_or_else(|| format!("{url} is not http://IP:PORT"))?;
+    let ask = async {
+        let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        write_frame(&mut stream, KIND_CLUSTER_REQUEST, &[]).await.map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        match read_frame(&mut stream, &mut buf).await.map_err(|e| e.to_string())? {
+            Some(KIND_CLUSTER) if !buf.is_empty() => {
+                postcard::from_bytes(&buf).map_err(|_| "its answer does not decode".to_string())
+            }
+            Some(KIND_CLUSTER) => Err("it knows no cluster yet".into()),
+            _ => Err("it did not answer".into()),
+        }
+    };
+    match tokio::time::timeout(CLUSTER_TIMEOUT, ask).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {CLUSTER_TIMEOUT:?}")),
+    }
+}
+
+/// The cluster as the first of the members at `peer_urls` that answers tells it (etcd's
+/// `GetClusterFromRemotePeers`): what a member started with `--initial-cluster-state existing`
+/// learns its id and the cluster's from.
+///
+/// # Errors
+/// [`RaftError::ClusterUnknown`] if none answers, saying why each did not.
+pub async fn fetch_cluster(peer_urls: &[String]) -> Result<RemoteCluster, RaftError> {
+    let mut why = Vec::new();
+    for url in peer_urls {
+        match ask_cluster(url).await {
+            Ok(cluster) => return Ok(cluster),
+            Err(e) => why.push(format!("{url}: {e}")),
+        }
+    }
+    if why.is_empty() {
+        why.push("no peer URL to ask: list the cluster's members in --initial-cluster".into());
+    }
+    Err(RaftError::ClusterUnknown { what: why.join("; ") })
 }
 
 /// Sends a snapshot message on a connection of its own: header, the image from its file in

@@ -392,9 +392,9 @@ fn restore(log: &Log, args: &Args) -> Result<(), Failure> {
     ];
     drop(node);
     drop(store);
-    if let Some((cluster, _)) = &new_cluster {
-        // etcdutl's WAL: the new members' additions at term 1, committed, and the cluster id.
-        snapply_raft::init_raft_log(&staging.temp.path, cluster)
+    if let Some((cluster, id)) = &new_cluster {
+        // etcdutl's WAL: the new members' additions at term 1, committed, and the ids.
+        snapply_raft::init_raft_log(&staging.temp.path, cluster, *id)
             .map_err(|e| Failure::new(exit::IO, format!("writing the raft log: {e}")))?;
     }
 

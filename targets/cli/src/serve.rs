@@ -32,7 +32,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use snapply_raft::{
-    Client, Command, Consistency, InitialCluster, MAX_SNAPSHOT_BYTES, NodeConfig, RaftError, SnapshotPolicy, peer_addr,
+    Client, Command, Consistency, InitialCluster, MAX_SNAPSHOT_BYTES, MemberInfo, NodeConfig, RaftError,
+    SnapshotPolicy, peer_addr,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -167,9 +168,8 @@ fn serve(log: &Log, args: &Args) -> Result<(), Failure> {
     let client_listener = TcpListener::bind(client).map_err(|e| busy("clients", client, e))?;
     let failed = |what: &str, e: &dyn std::fmt::Display| Failure::new(exit::IO, format!("{what}: {e}"));
     client_listener.set_nonblocking(true).map_err(|e| failed("configuring the client listener", &e))?;
-    let mut config = NodeConfig::new(id, args.data_dir.clone(), cluster.members().to_vec());
-    config.join_existing = args.initial_cluster_state == "existing";
-    args.snapshots.apply(&mut config);
+    // A member that started once is that member again (etcd reads its ids from its WAL).
+    let kept = snapply_raft::ids(&args.data_dir).map_err(|e| start_failure(id, &args.data_dir, &e))?;
     route_member_logs(*log);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -177,7 +177,19 @@ fn serve(log: &Log, args: &Args) -> Result<(), Failure> {
         .enable_all()
         .build()
         .map_err(|e| failed("starting the runtime", &e))?;
+    let (cluster, my_urls) = (&cluster, me.peer_urls.clone());
     runtime.block_on(async move {
+        let mut config = match kept {
+            Some((member, cluster_id)) if member != 0 => {
+                let mut config = NodeConfig::new(member, args.data_dir.clone(), cluster.members().to_vec());
+                config.cluster_id = cluster_id;
+                config
+            }
+            _ if args.initial_cluster_state == "existing" => join(args, cluster, id, &my_urls).await?,
+            _ => NodeConfig::new(id, args.data_dir.clone(), cluster.members().to_vec()),
+        };
+        args.snapshots.apply(&mut config);
+        let id = config.id;
         let mut node = snapply_raft::start(config, peer_listener).map_err(|e| start_failure(id, &args.data_dir, &e))?;
         let clients =
             tokio::net::TcpListener::from_std(client_listener).map_err(|e| failed("listening for clients", &e))?;
@@ -200,7 +212,7 @@ fn serve(log: &Log, args: &Args) -> Result<(), Failure> {
         } else {
             args.advertise_client_urls.clone()
         };
-        let member = crate::api::Member { client: api.clone(), db_path, client_urls };
+        let member = crate::api::Member { client: api.clone(), db_path, client_urls, name: args.name.clone() };
         let accept = crate::api::serve(clients, member, move |stream| serve_client(stream, api.clone()));
         tokio::select! {
             stopped = accept => if let Err(e) = stopped { log.warn("stopped serving clients", &[("error", e.into())]) },
@@ -208,12 +220,54 @@ fn serve(log: &Log, args: &Args) -> Result<(), Failure> {
                 let signal = signal.map_err(|e| failed("listening for signals", &e))?;
                 log.info("received signal; shutting down", &[("signal", signal.into())]);
             }
-            e = node.failed() => return Err(node_failure(id, &e)),
+            e = node.failed() => {
+                if matches!(e, RaftError::Removed) {
+                    // etcd stops and exits 0 once it applied its own removal.
+                    log.warn("the member has been permanently removed from the cluster", &[("member-id", format!("{id:016x}").into())]);
+                    log.warn("the data-dir used by this member must be removed", &[("data-dir", args.data_dir.display().to_string().into())]);
+                    return Ok(());
+                }
+                return Err(node_failure(id, &e));
+            }
         }
         node.stop().await.map_err(|e| failed("stopping the member", &e))?;
         log.info("stopped", &[("member-id", format!("{id:016x}").into())]);
         Ok(())
     })
+}
+
+/// The configuration of a member joining an existing cluster (`--initial-cluster-state
+/// existing`): it asks the other members of `--initial-cluster` for the cluster (etcd's
+/// `GetClusterFromRemotePeers`) and is the member the cluster has with its peer URLs, which
+/// `etcdctl member add` added (etcd's `ValidateClusterAndAssignIDs`).
+async fn join(args: &Args, cluster: &InitialCluster, me: u64, peer_urls: &[String]) -> Result<NodeConfig, Failure> {
+    let others: Vec<String> =
+        cluster.members().iter().filter(|(id, _)| *id != me).flat_map(|(_, m)| m.peer_urls.clone()).collect();
+    let remote = snapply_raft::fetch_cluster(&others).await.map_err(|e| Failure::new(exit::IO, e.to_string()))?;
+    let Some(member) = remote.member_with(peer_urls) else {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "cluster {:016x} has no member with peer URLs {}: add it first (etcdctl member add {} --peer-urls={})",
+                remote.cluster_id,
+                peer_urls.join(","),
+                args.name,
+                peer_urls.join(",")
+            ),
+        ));
+    };
+    let members = remote
+        .members
+        .iter()
+        .map(|m| {
+            let info = MemberInfo { name: m.name.clone(), peer_urls: m.peer_urls.clone(), client_urls: Vec::new() };
+            (m.id, info)
+        })
+        .collect();
+    let mut config = NodeConfig::new(member.id, args.data_dir.clone(), members);
+    config.join_existing = true;
+    config.cluster_id = remote.cluster_id;
+    Ok(config)
 }
 
 async fn serve_client(stream: tokio::net::TcpStream, api: Client) {

@@ -62,6 +62,18 @@ impl Snapply {
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Waits (at most 30 s) for the process to exit on its own; its exit code.
+    fn wait_exit(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "the member did not exit: {}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for Snapply {
@@ -131,6 +143,13 @@ fn normalise_json(v: &mut Value) {
                     "peerURLs" | "clientURLs" => {
                         if let Value::Array(urls) = field {
                             urls.iter_mut().for_each(|u| *u = Value::from("URL"));
+                        }
+                    }
+                    // Listed by id, and the ids differ: compared in a fixed order.
+                    "members" => {
+                        normalise_json(field);
+                        if let Value::Array(members) = field {
+                            members.sort_by_key(|m| m.to_string());
                         }
                     }
                     _ => normalise_json(field),
@@ -336,7 +355,7 @@ fn etcdctl_snapshot_save_writes_a_file_snapply_verifies_and_restores() {
 }
 
 /// The header's cluster id and the members' ids and peer URLs `member list` prints.
-fn ids(url: &str) -> (u64, Vec<(u64, Vec<String>)>) {
+fn ids_of(url: &str) -> (u64, Vec<(u64, Vec<String>)>) {
     let out = etcdctl(url, &["member", "list", "-w", "json"]);
     let v: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|_| panic!("member list: {out:?}"));
     let members = v["members"]
@@ -366,8 +385,8 @@ fn member_and_cluster_ids_are_the_ones_etcd_derives() {
         ],
     );
     snapply.wait_leader();
-    let (etcd_cluster, etcd_members) = ids(&etcd.client_url);
-    let (cluster, members) = ids(&snapply.client_url);
+    let (etcd_cluster, etcd_members) = ids_of(&etcd.client_url);
+    let (cluster, members) = ids_of(&snapply.client_url);
     assert_eq!(members, etcd_members);
     assert_eq!(cluster, etcd_cluster);
     assert_eq!(members[0].0, snapply_raft::compute_member_id(std::slice::from_ref(&etcd.peer_url), "a-token", None));
@@ -485,7 +504,7 @@ fn a_snapshot_restored_as_a_new_cluster_on_new_peer_urls_serves_reads_and_writes
     let mut want: Vec<(u64, Vec<String>)> = ids_now.iter().copied().zip(urls.iter().map(|u| vec![u.clone()])).collect();
     want.sort();
     for m in &members {
-        let (cluster, mut listed) = ids(&m.client_url);
+        let (cluster, mut listed) = ids_of(&m.client_url);
         listed.sort();
         assert_eq!(listed, want);
         assert_eq!(cluster, snapply_raft::cluster_id(&ids_now));
@@ -493,4 +512,209 @@ fn a_snapshot_restored_as_a_new_cluster_on_new_peer_urls_serves_reads_and_writes
         let header = &serde_json::from_str::<Value>(&got.stdout).unwrap()["header"];
         assert_eq!(header["cluster_id"].as_u64(), Some(cluster));
     }
+}
+
+/// Replaces, in `o`, every `127.0.0.1:PORT` by `127.0.0.1:PORT` and each `(hex id, name)` by the
+/// name; sorts the lines of `member list`'s simple format (ordered by ids, which differ).
+fn normalise_members(mut o: Outcome, ids: &[(String, &str)]) -> Outcome {
+    for (id, name) in ids.iter().filter(|(id, _)| !id.is_empty()) {
+        o.stdout = o.stdout.replace(id, name);
+        o.error = o.error.replace(id, name);
+    }
+    let ports = |text: &str| {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(at) = rest.find("127.0.0.1:") {
+            let (head, tail) = rest.split_at(at + "127.0.0.1:".len());
+            out.push_str(head);
+            out.push_str("PORT");
+            rest = tail.trim_start_matches(|c: char| c.is_ascii_digit());
+        }
+        out.push_str(rest);
+        out
+    };
+    o.stdout = ports(&o.stdout);
+    o.error = ports(&o.error);
+    // ETCD_INITIAL_CLUSTER lists the members in the order of their ids.
+    o.stdout = o
+        .stdout
+        .lines()
+        .map(|l| match l.strip_prefix("ETCD_INITIAL_CLUSTER=\"").and_then(|v| v.strip_suffix('"')) {
+            Some(members) => {
+                let mut members: Vec<&str> = members.split(',').collect();
+                members.sort_unstable();
+                format!("ETCD_INITIAL_CLUSTER=\"{}\"\n", members.join(","))
+            }
+            None => format!("{l}\n"),
+        })
+        .collect();
+    // etcdctl prints ids as `%16x`: an id below 2^60 is padded with spaces.
+    while o.stdout.contains("  ") {
+        o.stdout = o.stdout.replace("  ", " ");
+    }
+    if o.stdout.lines().all(|l| l.matches(", ").count() == 5) {
+        let mut lines: Vec<&str> = o.stdout.lines().collect();
+        lines.sort_unstable();
+        o.stdout = lines.iter().map(|l| format!("{l}\n")).collect();
+    }
+    normalise(o, "")
+}
+
+/// The hex member id `member add` printed.
+fn added(o: &Outcome) -> String {
+    o.stdout.split_whitespace().nth(1).unwrap_or_default().to_string()
+}
+
+#[test]
+fn etcdctl_member_commands_print_against_snapply_what_they_print_against_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path(), &[]);
+    let peer = free_port();
+    let snapply =
+        Snapply::spawn(&dir.path().join("snapply"), "s1", &[format!("--initial-cluster=s1=http://127.0.0.1:{peer}")]);
+    snapply.wait_leader();
+    let sides = [
+        (etcd.client_url.clone(), etcd.peer_url.clone()),
+        (snapply.client_url.clone(), format!("http://127.0.0.1:{peer}")),
+    ];
+    // Each side's own id, cluster id and added member's id, by what they stand for.
+    let mut ids: Vec<Vec<(String, &str)>> = Vec::new();
+    for (url, _) in &sides {
+        let (cluster, members) = ids_of(url);
+        ids.push(vec![(format!("{:x}", members[0].0), "SELF"), (format!("{cluster:x}"), "CLUSTER")]);
+    }
+    let script: &[&[&str]] = &[
+        &["member", "add", "s2", "--peer-urls=NEW", "--learner"],
+        &["member", "list"],
+        &["member", "list", "-w", "json"],
+        &["member", "promote", "ADDED"],
+        &["member", "remove", "ADDED"],
+        &["member", "remove", "ADDED"],
+        &["member", "list"],
+        &["member", "add", "s3", "--peer-urls=SELF_PEER"],
+        &["member", "add", "s3", "--peer-urls=bad-url"],
+        &["member", "promote", "SELF"],
+        &["member", "remove", "1234"],
+    ];
+    let mut differences = Vec::new();
+    for args in script {
+        let mut outcomes = Vec::new();
+        for (i, (url, self_peer)) in sides.iter().enumerate() {
+            let new_peer = format!("http://127.0.0.1:{}", free_port());
+            let added_id = ids[i].iter().find(|(_, n)| *n == "ADDED").map(|(id, _)| id.clone()).unwrap_or_default();
+            let self_id = ids[i].first().map(|(id, _)| id.clone()).unwrap_or_default();
+            let concrete: Vec<String> = args
+                .iter()
+                .map(|a| {
+                    a.replace("SELF_PEER", self_peer)
+                        .replace("NEW", &new_peer)
+                        .replace("ADDED", &added_id)
+                        .replace("SELF", &self_id)
+                })
+                .collect();
+            let refs: Vec<&str> = concrete.iter().map(String::as_str).collect();
+            let o = etcdctl(url, &refs);
+            if args.starts_with(&["member", "add", "s2"]) {
+                assert_eq!(o.code, Some(0), "{o:?}");
+                ids[i].push((added(&o), "ADDED"));
+            }
+            outcomes.push(normalise_members(o, &ids[i]));
+        }
+        if outcomes.first() != outcomes.get(1) {
+            differences.push(format!(
+                "etcdctl {}:\n  etcd:    {:?}\n  snapply: {:?}",
+                args.join(" "),
+                outcomes[0],
+                outcomes[1]
+            ));
+        }
+    }
+    assert!(differences.is_empty(), "{} commands differ:\n{}", differences.len(), differences.join("\n"));
+}
+
+/// `KEY="value"` of `member add`'s output.
+fn env_value(o: &Outcome, key: &str) -> String {
+    let prefix = format!("{key}=\"");
+    o.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.strip_suffix('"')))
+        .unwrap_or_else(|| panic!("no {key} in {o:?}"))
+        .to_string()
+}
+
+#[test]
+fn members_added_with_etcdctl_join_with_initial_cluster_state_existing_are_promoted_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = start_member(&dir.path().join("infra1"), free_port());
+    assert_eq!(etcdctl(&first.client_url, &["put", "/a", "1"]).stdout, "OK\n");
+
+    // A voter: added, then started with what `member add` printed.
+    let url2 = format!("http://127.0.0.1:{}", free_port());
+    let add = etcdctl(&first.client_url, &["member", "add", "infra2", &format!("--peer-urls={url2}")]);
+    assert_eq!(add.code, Some(0), "{add:?}");
+    assert_eq!(env_value(&add, "ETCD_INITIAL_CLUSTER_STATE"), "existing");
+    let id2 = added(&add);
+    let mut second = Snapply::spawn(
+        &dir.path().join("infra2"),
+        &env_value(&add, "ETCD_NAME"),
+        &[
+            format!("--initial-cluster={}", env_value(&add, "ETCD_INITIAL_CLUSTER")),
+            format!("--initial-advertise-peer-urls={}", env_value(&add, "ETCD_INITIAL_ADVERTISE_PEER_URLS")),
+            "--initial-cluster-state=existing".into(),
+        ],
+    );
+    second.wait_leader();
+    assert_eq!(etcdctl(&second.client_url, &["get", "/a", "--print-value-only"]).stdout, "1\n", "{}", second.log());
+    assert_eq!(etcdctl(&second.client_url, &["put", "/b", "2"]).stdout, "OK\n");
+    assert_eq!(etcdctl(&first.client_url, &["get", "/b", "--print-value-only"]).stdout, "2\n");
+    let status = etcdctl(&second.client_url, &["endpoint", "status", "-w", "json"]);
+    let status: Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(format!("{:x}", status[0]["Status"]["header"]["member_id"].as_u64().unwrap()), id2);
+
+    // A learner: added, started, promoted once it caught up (etcd refuses before).
+    let url3 = format!("http://127.0.0.1:{}", free_port());
+    let add = etcdctl(&first.client_url, &["member", "add", "infra3", &format!("--peer-urls={url3}"), "--learner"]);
+    assert_eq!(add.code, Some(0), "{add:?}");
+    let id3 = added(&add);
+    let third = Snapply::spawn(
+        &dir.path().join("infra3"),
+        "infra3",
+        &[
+            format!("--initial-cluster={}", env_value(&add, "ETCD_INITIAL_CLUSTER")),
+            "--initial-cluster-state=existing".into(),
+        ],
+    );
+    third.wait_leader();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let promote = etcdctl(&first.client_url, &["member", "promote", &id3]);
+        if promote.code == Some(0) {
+            assert_eq!(
+                promote.stdout,
+                format!("Member {id3} promoted in cluster {}\n", cluster_hex(&first.client_url))
+            );
+            break;
+        }
+        assert_eq!(promote.error, "Error: etcdserver: can only promote a learner member which is in sync with leader");
+        assert!(Instant::now() < deadline, "the learner never caught up: {}", third.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let list = etcdctl(&third.client_url, &["member", "list", "-w", "json"]);
+    let list: Value = serde_json::from_str(&list.stdout).unwrap();
+    assert_eq!(list["members"].as_array().unwrap().len(), 3);
+    assert!(list["members"].as_array().unwrap().iter().all(|m| m["isLearner"].is_null()), "{list}");
+    assert_eq!(etcdctl(&third.client_url, &["put", "/c", "3"]).stdout, "OK\n");
+
+    // Removed: the member applies its own removal and exits 0, as etcd; the others go on.
+    let remove = etcdctl(&first.client_url, &["member", "remove", &id2]);
+    assert_eq!(remove.stdout, format!("Member {id2} removed from cluster {}\n", cluster_hex(&first.client_url)));
+    assert_eq!(second.wait_exit(), Some(0));
+    assert!(second.log().contains("the member has been permanently removed from the cluster"), "{}", second.log());
+    assert_eq!(etcdctl(&third.client_url, &["put", "/d", "4"]).stdout, "OK\n");
+    assert_eq!(etcdctl(&first.client_url, &["get", "/d", "--print-value-only"]).stdout, "4\n");
+    assert_eq!(ids_of(&first.client_url).1.len(), 2);
+}
+
+fn cluster_hex(url: &str) -> String {
+    format!("{:x}", ids_of(url).0)
 }

@@ -40,6 +40,8 @@ pub struct Member {
     pub db_path: std::path::PathBuf,
     /// The URLs this member serves clients on.
     pub client_urls: Vec<String>,
+    /// The member's name (`--name`).
+    pub name: String,
 }
 
 impl Member {
