@@ -12,6 +12,7 @@ mod codec;
 mod error;
 mod log;
 mod membership;
+mod metrics;
 mod node;
 mod policy;
 mod query;
@@ -26,6 +27,7 @@ pub use log::RaftLog;
 pub use membership::{
     DEFAULT_CLUSTER_TOKEN, InitialCluster, RemoteCluster, RemoteMember, check_peer_url, cluster_id, compute_member_id,
 };
+pub use metrics::Metrics;
 pub use node::{
     Client, Consistency, NodeConfig, NodeHandle, Pair, RestoreReport, Status, Trace, ids, init_raft_log, start,
 };

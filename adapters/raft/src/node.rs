@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
@@ -20,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::codec::{Command, MemberInfo};
 use crate::error::RaftError;
 use crate::log::RaftLog;
+use crate::metrics::Metrics;
 use crate::policy::SnapshotPolicy;
 use crate::read::Reads;
 use crate::snapshot::{Build, ImageFile, Inbound, purge_images, to_core_conf, to_core_metadata, to_raft_metadata};
@@ -181,6 +183,7 @@ pub struct Client {
     id: u64,
     cluster_id: u64,
     control: mpsc::UnboundedSender<Control>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Control {
@@ -220,6 +223,12 @@ impl Client {
     /// cluster without being told it.
     pub fn cluster_id(&self) -> u64 {
         self.cluster_id
+    }
+
+    /// The member's metrics (etcd's names), read without asking the node's loop: they answer
+    /// while it is busy applying a snapshot.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     async fn ask<T>(
@@ -458,16 +467,25 @@ pub(crate) fn digest(node: &HostNode) -> Result<[u8; 32], RaftError> {
     Ok(sha.finalize().into())
 }
 
-/// Records each phase's duration and etcd's log lines.
+/// Records each phase's duration and etcd's log lines, and sets the member's metrics (the
+/// in-progress gauge, the apply's duration).
 struct Recorder {
     started: Instant,
     phases: Vec<(Phase, Duration)>,
     trace: Vec<Trace>,
+    metrics: Arc<Metrics>,
+    applying_since: Option<Instant>,
 }
 
 impl Recorder {
-    fn new() -> Self {
-        Recorder { started: Instant::now(), phases: Vec::new(), trace: Vec::new() }
+    fn new(metrics: &Arc<Metrics>) -> Self {
+        Recorder {
+            started: Instant::now(),
+            phases: Vec::new(),
+            trace: Vec::new(),
+            metrics: metrics.clone(),
+            applying_since: None,
+        }
     }
 }
 
@@ -478,6 +496,15 @@ impl Observer for Recorder {
     }
     fn in_progress(&mut self, applying: bool) {
         self.trace.push(Trace::InProgress(applying));
+        if applying {
+            self.metrics.snapshot_apply_in_progress.inc();
+            self.applying_since = Some(Instant::now());
+        } else {
+            self.metrics.snapshot_apply_in_progress.dec();
+            if let Some(since) = self.applying_since.take() {
+                self.metrics.snapshot_apply.observe(since.elapsed().as_secs_f64());
+            }
+        }
     }
     fn now_micros(&mut self) -> Option<u64> {
         u64::try_from(self.started.elapsed().as_micros()).ok()
@@ -529,6 +556,11 @@ struct Loop {
     cluster_id: u64,
     /// This member was removed from the cluster: the loop stops (etcd's server stops).
     removed: bool,
+    metrics: Arc<Metrics>,
+    /// The leader the metrics last saw.
+    leader_seen: u64,
+    /// When the snapshot being built was begun.
+    build_started: Option<Instant>,
 }
 
 /// Starts a node on its data directory, listening for peers on `listener`. Must be called
@@ -565,18 +597,19 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
     let (inbox_tx, inbox) = mpsc::unbounded_channel();
     let (report_tx, reports) = mpsc::unbounded_channel();
     let inbound = Inbound::new(dir.clone(), core_config(id), config.max_snapshot_bytes);
-    let mut net = Network::start(id, listener, inbox_tx, report_tx, inbound.clone());
+    let metrics = Arc::new(Metrics::new(id, dir.member_dir().join("db"))?);
+    let mut net = Network::start(id, listener, inbox_tx, report_tx, inbound.clone(), metrics.clone());
 
     let restored_at_boot = boot.pending.is_some();
     if let Some(pending) = boot.pending {
-        let mut recorder = Recorder::new();
+        let mut recorder = Recorder::new(&metrics);
         let ports = Ports { storage: &mut store, transport: &mut net, observer: &mut recorder };
         if let Some(outcome) = snapply_core::apply_snapshot(&mut node, ports, pending.snapshot())? {
             drop(outcome.old_backend);
         }
     }
     if node.unfinished().is_some() {
-        let mut recorder = Recorder::new();
+        let mut recorder = Recorder::new(&metrics);
         let ports = Ports { storage: &mut store, transport: &mut net, observer: &mut recorder };
         pipeline::resume(&mut node, ports)?;
     }
@@ -680,6 +713,9 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
         inbound,
         cluster_id,
         removed: false,
+        metrics: metrics.clone(),
+        leader_seen: raft::INVALID_ID,
+        build_started: None,
     };
     state.publish_membership();
     // From here on the raft log holds every applied entry: the backend commits in batches.
@@ -693,7 +729,7 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
         }
         result
     });
-    Ok(NodeHandle { client: Client { id, cluster_id, control: control_tx }, task: Some(task) })
+    Ok(NodeHandle { client: Client { id, cluster_id, control: control_tx, metrics }, task: Some(task) })
 }
 
 /// etcd's request timeout (`ServerConfig.ReqTimeout`): 5 s plus two election timeouts.
@@ -840,6 +876,7 @@ impl Loop {
             }
             self.reads.send(&mut self.raw);
             blocking(|| self.on_ready())?;
+            self.update_metrics();
             if self.removed {
                 // etcd: "the member has been permanently removed from the cluster".
                 blocking(|| self.sync_backend())?;
@@ -930,8 +967,26 @@ impl Loop {
         }
     }
 
+    /// Sets the metrics of the raft state, as etcd's raft loop does on each ready.
+    fn update_metrics(&mut self) {
+        let raft = &self.raw.raft;
+        let m = &self.metrics;
+        let leader = raft.leader_id;
+        if leader != raft::INVALID_ID && leader != self.leader_seen {
+            m.leader_changes.inc();
+        }
+        self.leader_seen = leader;
+        m.has_leader.set(i64::from(leader != raft::INVALID_ID));
+        m.is_leader.set(i64::from(raft.state == raft::StateRole::Leader));
+        m.is_learner.set(i64::from(self.node.stores().membership.member(self.id).is_some_and(|m| m.is_learner)));
+        m.proposals_committed.set(i64::try_from(raft.raft_log.committed).unwrap_or(i64::MAX));
+        m.proposals_applied.set(i64::try_from(raft.raft_log.applied).unwrap_or(i64::MAX));
+        m.proposals_pending.set(i64::try_from(self.waiters.len()).unwrap_or(i64::MAX));
+    }
+
     /// Logs why raft-rs refused a proposal: it says only "proposal dropped".
     fn log_refused(&self, e: &raft::Error) {
+        self.metrics.proposals_failed.inc();
         let raft = &self.raw.raft;
         let why = if !matches!(e, raft::Error::ProposalDropped) {
             e.to_string()
@@ -1026,7 +1081,7 @@ impl Loop {
                 (PersistedSnapshot::new(info), 0)
             }
         };
-        let mut recorder = Recorder::new();
+        let mut recorder = Recorder::new(&self.metrics);
         // Persisting built the lessor and key index the apply installs, so the apply does no
         // O(keys) work (the fs adapter's pre-built stores).
         let result = snapply_fs::apply_persisted(
@@ -1061,7 +1116,7 @@ impl Loop {
             Err(e) => {
                 if self.node.unfinished().is_some() {
                     // Past the swap: complete the restore from the durable snapshot.
-                    let mut recorder = Recorder::new();
+                    let mut recorder = Recorder::new(&self.metrics);
                     let ports = Ports { storage: &mut self.store, transport: &mut self.net, observer: &mut recorder };
                     pipeline::resume(&mut self.node, ports)?;
                     self.node.backend().set_batched_commits(true);
@@ -1287,6 +1342,7 @@ impl Loop {
             );
         }
         let build = self.start_build()?;
+        self.build_started = Some(Instant::now());
         // A build that fails is not retried before the next `count` entries (or request).
         self.snapshot_index = self.snapshot_index.max(build.metadata.index);
         build.spawn(self.built.clone())?;
@@ -1313,6 +1369,9 @@ impl Loop {
         self.building = false;
         match image {
             Ok(image) => {
+                if let Some(started) = self.build_started.take() {
+                    self.metrics.snap_save.observe(started.elapsed().as_secs_f64());
+                }
                 let keep = self.policy.compact_to(image.metadata.index);
                 self.install_snapshot(&image, keep)
             }
@@ -1346,7 +1405,9 @@ impl Loop {
 
     /// Takes a snapshot at once, on the loop, and compacts the whole log up to it.
     fn compact_log(&mut self) -> Result<u64, RaftError> {
+        let started = Instant::now();
         let image = self.start_build()?.run()?;
+        self.metrics.snap_save.observe(started.elapsed().as_secs_f64());
         let index = image.metadata.index;
         self.snapshot_index = self.snapshot_index.max(index);
         self.install_snapshot(&image, Some(index))?;

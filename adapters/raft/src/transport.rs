@@ -34,6 +34,7 @@ use tokio::task::AbortHandle;
 
 use crate::error::RaftError;
 use crate::membership::RemoteCluster;
+use crate::metrics::Metrics;
 use crate::snapshot::{ChunkSource, Inbound, Piece, Received, image_path, to_core_metadata};
 
 /// Bytes of image per chunk frame.
@@ -90,6 +91,7 @@ struct Inner {
     inbound: Inbound,
     /// What a member about to join is told: the cluster as this member's state has it.
     membership: Mutex<Option<RemoteCluster>>,
+    metrics: Arc<Metrics>,
 }
 
 /// A node's side of the peer network: its listener, its peers and their writer tasks.
@@ -122,6 +124,7 @@ impl Network {
         inbox: mpsc::UnboundedSender<Message>,
         reports: mpsc::UnboundedSender<Report>,
         inbound: Inbound,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let inner = Arc::new(Inner {
             id,
@@ -131,6 +134,7 @@ impl Network {
             tasks: Mutex::default(),
             inbound,
             membership: Mutex::default(),
+            metrics,
         });
         let net = Network { inner };
         let accepting = net.clone();
@@ -278,6 +282,8 @@ impl Network {
             "member {id:x} receiving database snapshot from {:x} at index {index} term {term} ({declared} bytes)",
             msg.from
         );
+        let started = std::time::Instant::now();
+        self.inner.metrics.receiving(msg.from);
         let (tx, rx) = mpsc::channel(PIECES);
         let persisting = {
             let (dir, config) = (inbound.dir.clone(), inbound.config);
@@ -289,6 +295,8 @@ impl Network {
         // The persist ends on its own: at the end piece, or with an error when the channel
         // closed early (then it removed what it wrote).
         let persisted = persisting.await;
+        let ok = matches!((&received, &persisted), (Ok(_), Ok(Ok(_))));
+        self.inner.metrics.received(msg.from, ok, started.elapsed());
         match (received, persisted) {
             (Ok(bytes), Ok(Ok(persisted))) => {
                 log::info!(
@@ -464,11 +472,14 @@ async fn transfer(
     msg: Message,
     snap_dir: std::path::PathBuf,
     reports: mpsc::UnboundedSender<Report>,
+    metrics: Arc<Metrics>,
 ) {
     let meta = msg.get_snapshot().get_metadata();
     let (index, term) = (meta.index, meta.term);
     let image = image_path(&snap_dir, term, index);
     log::info!("sending database snapshot to {to:x} at index {index} term {term}");
+    let started = std::time::Instant::now();
+    metrics.sending(to);
     let delivered = match send_snapshot(addr, &msg, &image).await {
         Ok(ANSWER_APPLIED) => {
             log::info!("sent database snapshot to {to:x} at index {index} term {term}");
@@ -487,6 +498,7 @@ async fn transfer(
             false
         }
     };
+    metrics.sent(to, delivered, started.elapsed());
     let _ = reports.send(Report::Snapshot { to, delivered });
 }
 
@@ -496,6 +508,7 @@ async fn writer(
     mut rx: mpsc::UnboundedReceiver<Message>,
     reports: mpsc::UnboundedSender<Report>,
     snap_dir: std::path::PathBuf,
+    metrics: Arc<Metrics>,
 ) {
     let mut conn: Option<TcpStream> = None;
     // The transfer in progress: raft-rs sends a follower one snapshot at a time; it ends with
@@ -503,7 +516,7 @@ async fn writer(
     let mut sending = AbortOnDrop(None);
     while let Some(msg) = rx.recv().await {
         if msg.get_msg_type() == MessageType::MsgSnapshot {
-            let task = tokio::spawn(transfer(to, addr, msg, snap_dir.clone(), reports.clone()));
+            let task = tokio::spawn(transfer(to, addr, msg, snap_dir.clone(), reports.clone(), metrics.clone()));
             if let Some(old) = sending.0.replace(task) {
                 old.abort();
             }
@@ -558,7 +571,8 @@ impl Transport for Network {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let snap_dir = self.inner.inbound.dir.snap_dir().to_path_buf();
-        let task = tokio::spawn(writer(id, addr, rx, self.inner.reports.clone(), snap_dir)).abort_handle();
+        let metrics = self.inner.metrics.clone();
+        let task = tokio::spawn(writer(id, addr, rx, self.inner.reports.clone(), snap_dir, metrics)).abort_handle();
         if let Some(old) = lock(&self.inner.peers).insert(id, Peer { urls, tx, task }) {
             old.task.abort();
         }
@@ -594,6 +608,10 @@ mod tests {
         Inbound::new(dir, config, max_bytes)
     }
 
+    fn metrics(id: u64) -> Arc<Metrics> {
+        Arc::new(Metrics::new(id, std::path::PathBuf::from("db")).unwrap())
+    }
+
     /// Files of a receiver's `member/snap`.
     fn snap_files(root: &std::path::Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(root.join("member/snap"))
@@ -612,14 +630,14 @@ mod tests {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (in_tx, mut in_rx) = mpsc::unbounded_channel();
         let (rep_tx, _rep_rx) = mpsc::unbounded_channel();
-        let receiver = Network::start(2, listener, in_tx, rep_tx, inbound(rdir.path(), max_bytes));
+        let receiver = Network::start(2, listener, in_tx, rep_tx, inbound(rdir.path(), max_bytes), metrics(2));
 
         let quiet = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (q_tx, _q_rx) = mpsc::unbounded_channel();
         let (s_tx, mut s_rx) = mpsc::unbounded_channel();
         let sender_inbound = inbound(sdir.path(), max_bytes);
         std::fs::write(image_path(sender_inbound.dir.snap_dir(), 7, 42), image).unwrap();
-        let mut sender = Network::start(1, quiet, q_tx, s_tx, sender_inbound);
+        let mut sender = Network::start(1, quiet, q_tx, s_tx, sender_inbound, metrics(1));
         sender.add_peer(2, &[url.as_bytes()]).unwrap();
         assert_eq!(sender.peers(), vec![2]);
 

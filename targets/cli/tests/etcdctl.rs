@@ -718,3 +718,95 @@ fn members_added_with_etcdctl_join_with_initial_cluster_state_existing_are_promo
 fn cluster_hex(url: &str) -> String {
     format!("{:x}", ids_of(url).0)
 }
+
+/// An HTTP/1.1 GET of `path` on `url`: the status code and the body.
+fn http_get(url: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(url.trim_start_matches("http://")).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let (head, mut body) = answer.split_once("\r\n\r\n").unwrap_or_default();
+    if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return (status, body.to_string());
+    }
+    // Chunks: a hexadecimal size line, the bytes, CRLF; a size of 0 ends them.
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+    (status, out)
+}
+
+/// The `# HELP` and `# TYPE` lines of each metric family in a `/metrics` answer, by name.
+fn families(text: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut out: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
+    for line in text.lines().filter(|l| l.starts_with("# HELP ") || l.starts_with("# TYPE ")) {
+        if let Some(name) = line.split_whitespace().nth(2) {
+            out.entry(name.to_string()).or_default().push(line.to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn metrics_and_health_are_served_on_the_client_url_as_etcd_serves_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path(), &[]);
+    let snapply = start_snapply(dir.path());
+    assert_eq!(etcdctl(&snapply.client_url, &["put", "/a", "1"]).stdout, "OK\n");
+
+    // Every family snapply serves under an etcd name is one etcd serves, with etcd's help and
+    // type (etcd shows its labelled families only once used: those are left out).
+    let (status, ours) = http_get(&snapply.client_url, "/metrics");
+    assert_eq!(status, 200);
+    let (status, theirs) = http_get(&etcd.client_url, "/metrics");
+    assert_eq!(status, 200);
+    let (ours_by_name, theirs_by_name) = (families(&ours), families(&theirs));
+    let mut compared = 0;
+    for (name, lines) in &ours_by_name {
+        assert!(name.starts_with("etcd_") || name.starts_with("snapply_"), "{name}");
+        if let Some(etcds) = theirs_by_name.get(name) {
+            assert_eq!(lines, etcds, "{name}");
+            compared += 1;
+        } else {
+            assert!(name.starts_with("snapply_") || name.starts_with("etcd_network_snapshot_"), "{name} is not etcd's");
+        }
+    }
+    assert!(compared >= 15, "{compared} families compared");
+    for sample in [
+        "etcd_server_has_leader 1",
+        "etcd_server_is_leader 1",
+        "etcd_server_snapshot_apply_in_progress_total 0",
+        "etcd_server_leader_changes_seen_total 1",
+    ] {
+        assert!(ours.lines().any(|l| l == sample), "{sample} in:\n{ours}");
+    }
+
+    // /health answers as etcd 3.4's does.
+    assert_eq!(http_get(&snapply.client_url, "/health"), http_get(&etcd.client_url, "/health"));
+    assert_eq!(http_get(&snapply.client_url, "/health"), (200, r#"{"health":"true"}"#.to_string()));
+    assert_eq!(http_get(&snapply.client_url, "/nothing").0, 404);
+    // The gRPC API and the line protocol still share the URL.
+    assert_eq!(etcdctl(&snapply.client_url, &["get", "/a", "--print-value-only"]).stdout, "1\n");
+
+    // A member that knows no leader (the one started of a cluster of three) is not healthy.
+    let (initial, _) = new_initial_cluster(3);
+    let alone = Snapply::spawn(&dir.path().join("alone"), "n1", &[format!("--initial-cluster={initial}")]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(alone.client_url.trim_start_matches("http://")).is_err() {
+        assert!(Instant::now() < deadline, "{}", alone.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(http_get(&alone.client_url, "/health"), (503, r#"{"health":"false"}"#.to_string()));
+    let (_, text) = http_get(&alone.client_url, "/metrics");
+    assert!(text.lines().any(|l| l == "etcd_server_has_leader 0"), "{text}");
+    assert!(text.lines().any(|l| l == "etcd_server_health_failures 1"), "{text}");
+}
