@@ -1,5 +1,11 @@
-//! `snapply serve`: one member of a raft-rs cluster, with etcd's flags, and a small line-based
-//! client API (`put`, `get`, `del`, `range`) on its client URL.
+//! `snapply serve`: one member of a raft-rs cluster, with etcd's flags; its client URL serves
+//! etcd's v3 gRPC API, `/metrics` and `/health` (see [`crate::api`]) and a small line-based
+//! client API (`put`, `get`, `del`, `range`).
+//!
+//! Member ids are etcd's (from the peer URLs and `--initial-cluster-token`); a member started
+//! once is that member again (its raft log keeps its ids); a member started with
+//! `--initial-cluster-state existing` asks the other members for the cluster and is the one
+//! `etcdctl member add` added with its peer URLs.
 //!
 //! The client protocol is one request per line, one answer per line, so that `nc` is a client:
 //!
@@ -243,7 +249,23 @@ fn serve(log: &Log, args: &Args) -> Result<(), Failure> {
 async fn join(args: &Args, cluster: &InitialCluster, me: u64, peer_urls: &[String]) -> Result<NodeConfig, Failure> {
     let others: Vec<String> =
         cluster.members().iter().filter(|(id, _)| *id != me).flat_map(|(_, m)| m.peer_urls.clone()).collect();
-    let remote = snapply_raft::fetch_cluster(&others).await.map_err(|e| Failure::new(exit::IO, e.to_string()))?;
+    // The first member that answers may not have applied the addition yet: the first answer
+    // that has this member wins.
+    let mut remote = None;
+    for url in &others {
+        if let Ok(cluster) = snapply_raft::fetch_cluster(std::slice::from_ref(url)).await {
+            let found = cluster.member_with(peer_urls).is_some();
+            remote = Some(cluster);
+            if found {
+                break;
+            }
+        }
+    }
+    let remote = match remote {
+        Some(r) => r,
+        // None answered: ask them all again for the reasons.
+        None => snapply_raft::fetch_cluster(&others).await.map_err(|e| Failure::new(exit::IO, e.to_string()))?,
+    };
     let Some(member) = remote.member_with(peer_urls) else {
         return Err(Failure::new(
             exit::USAGE,

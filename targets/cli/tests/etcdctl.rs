@@ -648,8 +648,30 @@ fn members_added_with_etcdctl_join_with_initial_cluster_state_existing_are_promo
     let first = start_member(&dir.path().join("infra1"), free_port());
     assert_eq!(etcdctl(&first.client_url, &["put", "/a", "1"]).stdout, "OK\n");
 
-    // A voter: added, then started with what `member add` printed.
+    // Joining before being added is refused (nothing of it is in the cluster), and so is
+    // joining a cluster none of whose members answers.
     let url2 = format!("http://127.0.0.1:{}", free_port());
+    let first_peer = ids_of(&first.client_url).1[0].1[0].clone();
+    for (cluster, code, says) in [
+        (format!("infra1={first_peer},infra2={url2}"), 2, "has no member with peer URLs"),
+        (
+            format!("infra1=http://127.0.0.1:{},infra2={url2}", free_port()),
+            5,
+            "cannot fetch cluster info from peer urls",
+        ),
+    ] {
+        let data = dir.path().join("early");
+        let mut early = Snapply::spawn(
+            &data,
+            "infra2",
+            &[format!("--initial-cluster={cluster}"), "--initial-cluster-state=existing".into()],
+        );
+        assert_eq!(early.wait_exit(), Some(code), "{}", early.log());
+        assert!(early.log().contains(says), "{}", early.log());
+        assert!(!data.join("member").exists(), "nothing written");
+    }
+
+    // A voter: added, then started with what `member add` printed.
     let add = etcdctl(&first.client_url, &["member", "add", "infra2", &format!("--peer-urls={url2}")]);
     assert_eq!(add.code, Some(0), "{add:?}");
     assert_eq!(env_value(&add, "ETCD_INITIAL_CLUSTER_STATE"), "existing");
