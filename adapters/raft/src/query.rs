@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use snapply_core::backend::Backend as _;
-use snapply_core::store::KeyValue as StoredKeyValue;
+use snapply_core::store::{AlarmType, KeyValue as StoredKeyValue};
 use tokio::sync::oneshot;
 
 use crate::codec::Command;
@@ -417,6 +417,41 @@ impl Client {
             "the members",
         )
         .await
+    }
+
+    /// The alarms raised, as (member, `NOSPACE` if true else `CORRUPT`), in the store's order.
+    ///
+    /// # Errors
+    /// [`RaftError::Stopped`] or [`RaftError::Timeout`].
+    pub async fn alarms(&self) -> Result<(Header, Vec<(u64, bool)>), RaftError> {
+        self.read_local(
+            |view| {
+                let alarms = view.node.stores().alarms.alarms().iter();
+                let alarms = alarms.map(|a| (a.member, a.kind == AlarmType::Nospace)).collect();
+                (header(view), alarms)
+            },
+            "the alarms",
+        )
+        .await
+    }
+
+    /// Raises (`activate`) or clears an alarm of `member` (etcd's `Alarm` with `ACTIVATE` or
+    /// `DEACTIVATE`); returns the header after it and whether the alarm was raised just before
+    /// this member applied the change.
+    ///
+    /// # Errors
+    /// As [`Client::propose`].
+    pub async fn change_alarm(&self, member: u64, nospace: bool, activate: bool) -> Result<(Header, bool), RaftError> {
+        let kind = if nospace { AlarmType::Nospace } else { AlarmType::Corrupt };
+        let command = Command::Alarm { member, nospace, activate };
+        let (revision, (mut header, raised)) = self
+            .propose_reading(command, move |view| {
+                let raised = view.node.stores().alarms.alarms().iter().any(|a| a.member == member && a.kind == kind);
+                (header(view), raised)
+            })
+            .await?;
+        header.revision = revision;
+        Ok((header, raised))
     }
 
     /// etcd's health check (`/health`, etcd 3.4's `checkHealth`): no alarm is raised, the

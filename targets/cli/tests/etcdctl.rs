@@ -827,8 +827,79 @@ fn metrics_and_health_are_served_on_the_client_url_as_etcd_serves_them() {
         assert!(Instant::now() < deadline, "{}", alone.log());
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(http_get(&alone.client_url, "/health"), (503, r#"{"health":"false"}"#.to_string()));
+    assert_eq!(http_get(&alone.client_url, "/health"), (503, "{\"health\":\"false\"}\n".to_string()));
     let (_, text) = http_get(&alone.client_url, "/metrics");
     assert!(text.lines().any(|l| l == "etcd_server_has_leader 0"), "{text}");
     assert!(text.lines().any(|l| l == "etcd_server_health_failures 1"), "{text}");
+}
+
+#[test]
+fn alarms_gate_writes_and_etcdctl_lists_and_disarms_them_as_against_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path(), &[]);
+    let snapply = start_snapply(dir.path());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let sides = [etcd.client_url.clone(), snapply.client_url.clone()];
+    let mut selves = Vec::new();
+    for url in &sides {
+        let me = ids_of(url).1[0].0;
+        selves.push(me);
+        // etcdctl cannot raise an alarm; a client of the API can (etcd's `alarm activate`).
+        let raised = runtime.block_on(async {
+            let mut client = etcd_client::Client::connect([url.as_str()], None).await.unwrap();
+            let mut options = etcd_client::AlarmOptions::new();
+            options.with_member(me);
+            client.alarm(etcd_client::AlarmAction::Activate, etcd_client::AlarmType::Nospace, Some(options)).await
+        });
+        let raised = raised.unwrap();
+        assert_eq!(raised.alarms().len(), 1, "{url}");
+        assert_eq!(raised.alarms()[0].member_id(), me);
+    }
+    for url in &sides {
+        assert_eq!(http_get(url, "/health"), (503, "{\"health\":\"false\"}\n".to_string()), "{url}");
+    }
+    let script: &[&[&str]] = &[
+        &["alarm", "list"],
+        &["put", "/x", "1"],
+        &["get", "/x"],
+        &["endpoint", "health"],
+        &["alarm", "disarm"],
+        &["alarm", "list"],
+        &["alarm", "disarm"],
+        &["put", "/x", "1"],
+        &["endpoint", "health"],
+    ];
+    let (mut differences, mut seen) = (Vec::new(), Vec::new());
+    for args in script {
+        let mut outcomes = Vec::new();
+        for (url, me) in sides.iter().zip(&selves) {
+            let mut o = etcdctl(url, args);
+            for text in [&mut o.stdout, &mut o.error] {
+                *text = text.replace(&me.to_string(), "SELF").replace(url.trim_start_matches("http://"), "ENDPOINT");
+                if let Some(at) = text.find("took = ") {
+                    text.truncate(at);
+                }
+            }
+            outcomes.push(o);
+        }
+        if outcomes.first() != outcomes.get(1) {
+            differences.push(format!(
+                "etcdctl {}:\n  etcd:    {:?}\n  snapply: {:?}",
+                args.join(" "),
+                outcomes[0],
+                outcomes[1]
+            ));
+        }
+        seen.push(outcomes.swap_remove(1));
+    }
+    assert!(differences.is_empty(), "{} commands differ:\n{}", differences.len(), differences.join("\n"));
+    // What was compared: the alarm listed, the write refused, the member unhealthy, then not.
+    assert_eq!(seen[0].stdout, "memberID:SELF alarm:NOSPACE \n");
+    assert_eq!(seen[1].error, "Error: etcdserver: mvcc: database space exceeded");
+    assert_eq!(seen[5].stdout, "");
+    assert_eq!(seen[7].stdout, "OK\n");
+    // /health: unhealthy while an alarm is raised (etcd 3.4's check), healthy after.
+    for url in &sides {
+        assert_eq!(http_get(url, "/health"), (200, r#"{"health":"true"}"#.to_string()), "{url}");
+    }
 }

@@ -29,6 +29,11 @@ pub(super) fn invalid_sort_option() -> Status {
     Status::new(Code::InvalidArgument, "etcdserver: invalid sort option")
 }
 
+/// An alarm request whose action or type is none of etcd's.
+pub(super) fn invalid_alarm() -> Status {
+    Status::new(Code::InvalidArgument, "snapply: an alarm request of an unknown action or type")
+}
+
 pub(super) fn member_bad_urls() -> Status {
     Status::new(Code::InvalidArgument, "etcdserver: given member URLs are invalid")
 }

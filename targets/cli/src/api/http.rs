@@ -1,6 +1,6 @@
 //! `/metrics` and `/health` over HTTP/1.1 on the client URL, as etcd serves them beside its
 //! gRPC API: the member's metrics under etcd's names in Prometheus' text format, and etcd 3.4's
-//! health check (`{"health":"true"}` with 200, `{"health":"false"}` with 503).
+//! health check (`{"health":"true"}` with 200, `{"health":"false"}` and a newline with 503).
 
 use std::convert::Infallible;
 
@@ -42,7 +42,8 @@ async fn handle(member: Member, request: Request<Incoming>) -> Result<Response<F
         Ok(()) => response(StatusCode::OK, TEXT_TYPE, r#"{"health":"true"}"#.into()),
         Err(why) => {
             log::warn!("/health error: {why}");
-            response(StatusCode::SERVICE_UNAVAILABLE, TEXT_TYPE, r#"{"health":"false"}"#.into())
+            // etcd answers it with Go's `http.Error`, which ends the body with a newline.
+            response(StatusCode::SERVICE_UNAVAILABLE, TEXT_TYPE, "{\"health\":\"false\"}\n".into())
         }
     })
 }

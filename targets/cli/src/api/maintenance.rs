@@ -1,12 +1,13 @@
-//! etcd's Maintenance service: Status and Snapshot (Alarm, Defragment, Hash, HashKV,
-//! MoveLeader and Downgrade: not yet).
+//! etcd's Maintenance service: Status, Snapshot and Alarm (Defragment, Hash, HashKV, MoveLeader
+//! and Downgrade: not yet).
 
 use etcd_client::proto::{
-    PbAlarmRequest, PbAlarmResponse, PbDefragmentRequest, PbDefragmentResponse, PbDowngradeRequest,
+    PbAlarmMember, PbAlarmRequest, PbAlarmResponse, PbDefragmentRequest, PbDefragmentResponse, PbDowngradeRequest,
     PbDowngradeResponse, PbHashKvRequest, PbHashKvResponse, PbHashRequest, PbHashResponse, PbMaintenanceService,
     PbMoveLeaderRequest, PbMoveLeaderResponse, PbResponseHeader, PbSnapshotRequest, PbSnapshotResponse,
     PbStatusRequest, PbStatusResponse,
 };
+use etcd_client::{AlarmAction as PbAlarmAction, AlarmType as PbAlarmType};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
@@ -25,8 +26,49 @@ pub(super) struct MaintenanceService(pub(super) Member);
 
 #[tonic::async_trait]
 impl PbMaintenanceService for MaintenanceService {
-    async fn alarm(&self, _request: Request<PbAlarmRequest>) -> Result<Response<PbAlarmResponse>, Status> {
-        Err(error::unimplemented("Alarm"))
+    /// etcd's `Alarm`: `GET` lists the alarms raised (of one type, or all for `NONE`);
+    /// `ACTIVATE` and `DEACTIVATE` go through raft and answer the alarm they raised, or cleared
+    /// if it was raised (etcd's `applierV3backend.Alarm`).
+    async fn alarm(&self, request: Request<PbAlarmRequest>) -> Result<Response<PbAlarmResponse>, Status> {
+        let request = request.into_inner();
+        let kind = PbAlarmType::try_from(request.alarm).map_err(|_| error::invalid_alarm())?;
+        let action = PbAlarmAction::try_from(request.action).map_err(|_| error::invalid_alarm())?;
+        let member = |nospace: bool| PbAlarmMember {
+            member_id: request.member_id,
+            alarm: if nospace { PbAlarmType::Nospace } else { PbAlarmType::Corrupt } as i32,
+        };
+        let (header, alarms) = match (action, kind) {
+            (PbAlarmAction::Get, _) => {
+                // etcd answers it through raft: linearizable.
+                self.0.read_barrier(false).await?;
+                let (header, alarms) = self.0.client.alarms().await.map_err(|e| error::status(&e))?;
+                let alarms = alarms
+                    .into_iter()
+                    .filter(|(_, nospace)| match kind {
+                        PbAlarmType::None => true,
+                        PbAlarmType::Nospace => *nospace,
+                        PbAlarmType::Corrupt => !*nospace,
+                    })
+                    .map(|(member_id, nospace)| PbAlarmMember { member_id, ..member(nospace) })
+                    .collect();
+                (header, alarms)
+            }
+            // An alarm of no type is neither raised nor cleared.
+            (_, PbAlarmType::None) => (self.0.client.header().await.map_err(|e| error::status(&e))?, Vec::new()),
+            (PbAlarmAction::Activate | PbAlarmAction::Deactivate, kind) => {
+                let nospace = kind == PbAlarmType::Nospace;
+                let activate = action == PbAlarmAction::Activate;
+                let (header, was_raised) = self
+                    .0
+                    .client
+                    .change_alarm(request.member_id, nospace, activate)
+                    .await
+                    .map_err(|e| error::status(&e))?;
+                let changed = activate || was_raised;
+                (header, if changed { vec![member(nospace)] } else { Vec::new() })
+            }
+        };
+        Ok(Response::new(PbAlarmResponse { header: self.0.header(header), alarms }))
     }
 
     async fn status(&self, _request: Request<PbStatusRequest>) -> Result<Response<PbStatusResponse>, Status> {
