@@ -851,6 +851,11 @@ impl Loop {
                 Some(image) = built.recv() => blocking(|| self.snapshot_built(image))?,
                 Some(report) = reports.recv() => match report {
                     Report::Unreachable(to) => self.raw.report_unreachable(to),
+                    Report::Removed(by) => {
+                        // etcd: "the member has been permanently removed from the cluster".
+                        log::warn!("member {:x} was told by member {by:x} that it was removed from the cluster", self.id);
+                        self.removed = true;
+                    }
                     Report::Snapshot { to, delivered } => {
                         if delivered {
                             self.snapshots_sent += 1;
@@ -1282,7 +1287,8 @@ impl Loop {
                 is_learner: m.is_learner,
             })
             .collect();
-        self.net.set_membership(crate::membership::RemoteCluster { cluster_id: self.cluster_id, members });
+        let removed = self.node.stores().membership.removed().to_vec();
+        self.net.set_membership(crate::membership::RemoteCluster { cluster_id: self.cluster_id, members }, removed);
     }
 }
 

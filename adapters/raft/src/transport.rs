@@ -13,6 +13,10 @@
 //! member takes. The sender reports the outcome to raft-rs (`report_snapshot`), as etcd's does
 //! after its POST returns; raft-rs sends the snapshot again after a failure.
 //!
+//! A message from a member the receiver's membership lists as removed is answered with a
+//! `removed` frame on its connection, which the sender's writer reads (etcd's `410 Gone`): a
+//! member cut off while it was removed learns it so, and stops.
+//!
 //! Each peer has one writer task and one connection; the peer table is what the pipeline's
 //! `PeersUpdated` phase rewrites ([`Transport::remove_all_peers`], [`Transport::add_peer`]), so
 //! after a snapshot the node talks to exactly the members the snapshot lists.
@@ -63,6 +67,10 @@ const KIND_SNAPSHOT_END: u8 = 3;
 /// `KIND_CLUSTER` frame (postcard of [`RemoteCluster`], empty while this member knows none).
 const KIND_CLUSTER_REQUEST: u8 = 4;
 const KIND_CLUSTER: u8 = 5;
+/// Sent back on a peer's connection when its messages come from a removed member (etcd's peer
+/// handler answers it `410 Gone`): the member stops, as etcd's does on that answer. A removed
+/// member may never apply its own removal: the others stop sending to it once they applied it.
+const KIND_REMOVED: u8 = 6;
 /// How long a member about to join waits for each peer's answer.
 const CLUSTER_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -71,6 +79,8 @@ const CLUSTER_TIMEOUT: Duration = Duration::from_secs(2);
 pub(crate) enum Report {
     /// A message to this peer could not be sent (raft-rs `report_unreachable`).
     Unreachable(u64),
+    /// A peer told this member it was removed from the cluster.
+    Removed(u64),
     /// A snapshot to this peer was delivered (`true`) or not (raft-rs `report_snapshot`).
     Snapshot { to: u64, delivered: bool },
 }
@@ -91,6 +101,8 @@ struct Inner {
     inbound: Inbound,
     /// What a member about to join is told: the cluster as this member's state has it.
     membership: Mutex<Option<RemoteCluster>>,
+    /// Members removed from the cluster, whose messages are answered with `KIND_REMOVED`.
+    removed: Mutex<Vec<u64>>,
     metrics: Arc<Metrics>,
 }
 
@@ -134,6 +146,7 @@ impl Network {
             tasks: Mutex::default(),
             inbound,
             membership: Mutex::default(),
+            removed: Mutex::default(),
             metrics,
         });
         let net = Network { inner };
@@ -185,8 +198,9 @@ impl Network {
     }
 
     /// Sets what a member about to join is told about the cluster.
-    pub(crate) fn set_membership(&self, cluster: RemoteCluster) {
+    pub(crate) fn set_membership(&self, cluster: RemoteCluster, removed: Vec<u64>) {
         *lock(&self.inner.membership) = Some(cluster);
+        *lock(&self.inner.removed) = removed;
     }
 
     /// Removes one peer (a member removed by a conf change).
@@ -216,9 +230,15 @@ impl Network {
             match kind {
                 KIND_MESSAGE => {
                     let msg = Message::decode(&buf[..]).map_err(|_| invalid("a raft message does not decode"))?;
-                    if !self.isolated() {
-                        let _ = inbox.send(msg);
+                    if self.isolated() {
+                        continue;
                     }
+                    if lock(&self.inner.removed).contains(&msg.from) {
+                        log::warn!("member {:x} rejected a message from removed member {:x}", self.inner.id, msg.from);
+                        write_frame(&mut stream, KIND_REMOVED, &self.inner.id.to_be_bytes()).await?;
+                        return Ok(());
+                    }
+                    let _ = inbox.send(msg);
                 }
                 KIND_CLUSTER_REQUEST => {
                     let answer = lock(&self.inner.membership)
@@ -360,7 +380,7 @@ fn invalid(what: &'static str) -> std::io::Error {
 }
 
 /// Reads one frame into `buf`; `None` at a clean end of stream.
-async fn read_frame(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<u8>> {
+async fn read_frame<R: tokio::io::AsyncRead + Unpin>(stream: &mut R, buf: &mut Vec<u8>) -> std::io::Result<Option<u8>> {
     let mut head = [0u8; 5];
     match stream.read_exact(&mut head).await {
         Ok(_) => {}
@@ -378,7 +398,11 @@ async fn read_frame(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Resul
     Ok(Some(kind))
 }
 
-async fn write_frame(stream: &mut TcpStream, kind: u8, payload: &[u8]) -> std::io::Result<()> {
+async fn write_frame<W: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut W,
+    kind: u8,
+    payload: &[u8],
+) -> std::io::Result<()> {
     let len = u32::try_from(payload.len()).map_err(|_| invalid("frame too long"))?;
     let mut head = [0u8; 5];
     head[..4].copy_from_slice(&len.to_be_bytes());
@@ -510,7 +534,10 @@ async fn writer(
     snap_dir: std::path::PathBuf,
     metrics: Arc<Metrics>,
 ) {
-    let mut conn: Option<TcpStream> = None;
+    let mut conn: Option<tokio::net::tcp::OwnedWriteHalf> = None;
+    // The task reading what the peer sends back on the connection (only `KIND_REMOVED`); it
+    // ends with the connection.
+    let mut listening = AbortOnDrop(None);
     // The transfer in progress: raft-rs sends a follower one snapshot at a time; it ends with
     // the writer (the peer removed, the node stopped).
     let mut sending = AbortOnDrop(None);
@@ -526,7 +553,18 @@ async fn writer(
             conn = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
                 Ok(Ok(s)) => {
                     let _ = s.set_nodelay(true);
-                    Some(s)
+                    let (mut read, write) = s.into_split();
+                    let reports = reports.clone();
+                    let task = tokio::spawn(async move {
+                        let mut buf = Vec::new();
+                        if let Ok(Some(KIND_REMOVED)) = read_frame(&mut read, &mut buf).await {
+                            let _ = reports.send(Report::Removed(to));
+                        }
+                    });
+                    if let Some(old) = listening.0.replace(task) {
+                        old.abort();
+                    }
+                    Some(write)
                 }
                 _ => None,
             };

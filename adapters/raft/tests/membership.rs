@@ -1,7 +1,7 @@
 //! Membership changes through raft-rs conf changes, checked as etcd's
 //! `ValidateConfigurationChange` checks them before raft takes them: a refused change leaves
 //! raft-rs's configuration and every member's state as they were; learners are added, caught up
-//! and promoted; a removed member stops.
+//! and promoted; a removed member stops, also one that never learnt of its removal.
 
 use std::error::Error;
 use std::time::{Duration, Instant};
@@ -122,9 +122,13 @@ async fn a_learner_is_added_catches_up_and_is_promoted_and_a_removed_member_stop
         let (_, members) = client.members().await?;
         assert!(members.iter().any(|m| m.id == learner && !m.is_learner));
 
-        // A removed member applies its own removal and stops.
+        // A member removed while cut off never gets its own removal (the others stop sending
+        // to it once they applied it): when it is heard from again, it is told, and stops.
         let removed = cluster.ids().into_iter().find(|&id| id != leader && id != learner).ok_or("no follower")?;
+        cluster.node(removed)?.isolate(true);
         client.remove_member(removed).await?;
+        assert!(!cluster.node(removed)?.status().await?.voters.is_empty(), "it knows nothing of its removal");
+        cluster.node(removed)?.isolate(false);
         let deadline = Instant::now() + WAIT;
         while cluster.node(removed)?.status().await.is_ok() {
             assert!(Instant::now() < deadline, "the removed member still runs");
