@@ -1,9 +1,12 @@
 //! `snapply serve` speaks etcd's v3 gRPC API: Debian's etcdctl (3.4) runs the same commands
 //! against a one-member snapply cluster and a real etcd started beside it, and each command's
 //! exit code, standard output and error line are the same, once what must differ (member and
-//! cluster ids, lease ids, raft terms, ports) is normalised. docs/etcd-differences.md lists
-//! what differs on purpose. Needs Debian's `etcd-server` and `etcd-client`; the test fails,
-//! not skips, without them.
+//! cluster ids, lease ids, raft terms, ports) is normalised. Beyond the comparisons: `snapshot
+//! save` then `snapply verify` and `restore`, a snapshot restored as a new cluster on new peer
+//! URLs, members added, promoted and removed with etcdctl and joining with
+//! `--initial-cluster-state existing`, `/metrics` and `/health`.
+//! docs/etcd-differences.md lists what differs on purpose. Needs Debian's `etcd-server` and
+//! `etcd-client`; the tests fail, not skip, without them.
 
 #[path = "../../../adapters/etcd/tests/common/mod.rs"]
 mod etcd;
