@@ -121,22 +121,6 @@ pub struct MemberInfo {
 }
 
 impl MemberInfo {
-    /// The member id every node derives alike from the name and peer URLs (etcd derives it
-    /// from the same fields, with the cluster token, by SHA-1): the first eight bytes of their
-    /// SHA-256, never 0.
-    pub fn derive_id(&self) -> u64 {
-        use sha2::{Digest as _, Sha256};
-        let mut sha = Sha256::new();
-        sha.update(self.name.as_bytes());
-        for u in &self.peer_urls {
-            sha.update([0]);
-            sha.update(u.as_bytes());
-        }
-        let d = sha.finalize();
-        let id = d.first_chunk::<8>().copied().unwrap_or_default();
-        u64::from_be_bytes(id).max(1)
-    }
-
     pub(crate) fn encode(&self) -> Vec<u8> {
         postcard::to_allocvec(self).unwrap_or_default()
     }

@@ -70,6 +70,23 @@ pub enum RaftError {
         /// What is wrong, and what to do.
         what: String,
     },
+    /// A learner asked to be promoted has not caught up with the leader (etcd's
+    /// `ErrLearnerNotReady`): its log matches less than 90% of the leader's.
+    LearnerNotReady {
+        /// The learner.
+        id: u64,
+        /// The last index its log matches.
+        matched: u64,
+        /// The leader's.
+        leader: u64,
+    },
+    /// This member was removed from the cluster by a conf change it applied; its loop stopped.
+    Removed,
+    /// No member could tell the cluster's membership (a member joining an existing cluster).
+    ClusterUnknown {
+        /// What was tried, and why it failed.
+        what: String,
+    },
 }
 
 impl fmt::Display for RaftError {
@@ -96,6 +113,12 @@ impl fmt::Display for RaftError {
                 "a snapshot image of {size} bytes is larger than the {limit} bytes this member takes (--max-snapshot-bytes)"
             ),
             RaftError::Config { what } => write!(f, "bad configuration: {what}"),
+            RaftError::LearnerNotReady { id, matched, leader } => write!(
+                f,
+                "can only promote a learner member which is in sync with leader: {id:x} matches index {matched}, the leader {leader}"
+            ),
+            RaftError::Removed => f.write_str("the member has been permanently removed from the cluster"),
+            RaftError::ClusterUnknown { what } => write!(f, "cannot fetch cluster info from peer urls: {what}"),
         }
     }
 }

@@ -4,6 +4,8 @@ mod cluster;
 mod codec;
 mod error;
 mod log;
+mod membership;
+mod metrics;
 mod node;
 mod policy;
 mod query;
@@ -15,8 +17,15 @@ pub use cluster::{Cluster, member_id};
 pub use codec::{Command, MemberInfo};
 pub use error::RaftError;
 pub use log::RaftLog;
-pub use node::{Client, Consistency, NodeConfig, NodeHandle, Pair, RestoreReport, Status, Trace, start};
+pub use membership::{
+    DEFAULT_CLUSTER_TOKEN, InitialCluster, RemoteCluster, RemoteMember, check_peer_url, cluster_id, compute_member_id,
+};
+pub use metrics::Metrics;
+pub use node::{
+    Client, Consistency, NodeConfig, NodeHandle, Pair, RestoreReport, Status, Trace, ids, init_raft_log, start,
+};
 pub use policy::SnapshotPolicy;
 pub use query::{Header, KeyValue, LeaseInfo, Member, NodeStatus, RangeRequest, RangeResponse, SortOrder, SortTarget};
 pub use snapply_core::ports::Phase;
-pub use transport::{CHUNK, MAX_SNAPSHOT_BYTES, Network, peer_addr};
+pub use snapshot::ImageStream;
+pub use transport::{CHUNK, MAX_SNAPSHOT_BYTES, Network, fetch_cluster, peer_addr};

@@ -24,6 +24,12 @@ const HARD_STATE: &str = "hard_state";
 const CONF_STATE: &str = "conf_state";
 /// Index and term of the last entry compacted away (or of the snapshot the log starts after).
 const FIRST: &str = "first";
+/// The cluster's id (etcd keeps it in its WAL's metadata): 8 bytes, big-endian. Absent in a log
+/// made before it was kept, and until a member joining a cluster has learnt it.
+const CLUSTER_ID: &str = "cluster_id";
+/// This member's id (etcd's WAL metadata keeps it too): 8 bytes, big-endian. Absent in a log
+/// made before it was kept.
+const MEMBER_ID: &str = "member_id";
 
 struct Core {
     db: Database,
@@ -32,6 +38,10 @@ struct Core {
     /// Index and term of the entry just before the first one kept.
     offset: (u64, u64),
     entries: VecDeque<Entry>,
+    /// 0 while unknown.
+    cluster_id: u64,
+    /// 0 while unknown.
+    member_id: u64,
 }
 
 /// What the leader has ready to send a lagging follower: a snapshot of its live backend, built
@@ -85,8 +95,30 @@ impl Core {
         for (k, v) in [(HARD_STATE, &hs[..]), (CONF_STATE, &cs[..]), (FIRST, &first[..])] {
             t.insert(k, v).map_err(|e| log_err("writing the raft state")(e.into()))?;
         }
+        for (k, id) in [(CLUSTER_ID, self.cluster_id), (MEMBER_ID, self.member_id)] {
+            if id != 0 {
+                t.insert(k, &id.to_be_bytes()[..]).map_err(|e| log_err("writing the raft state")(e.into()))?;
+            }
+        }
         Ok(())
     }
+}
+
+/// The member and cluster ids of the state table (0 for one it does not keep).
+fn read_ids(state: &impl redb::ReadableTable<&'static str, &'static [u8]>) -> Result<(u64, u64), RaftError> {
+    let mut ids = [0u64; 2];
+    for (k, id) in [MEMBER_ID, CLUSTER_ID].into_iter().zip(&mut ids) {
+        if let Some(v) = state.get(k).map_err(|e| log_err("reading the raft state")(e.into()))? {
+            *id = v
+                .value()
+                .first_chunk::<8>()
+                .copied()
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| RaftError::CorruptLog { what: format!("the {k} is truncated") })?;
+        }
+    }
+    let [member, cluster] = ids;
+    Ok((member, cluster))
 }
 
 impl RaftLog {
@@ -108,7 +140,7 @@ impl RaftLog {
             .map_err(redb::DatabaseError::from)
             .and_then(|file| redb::Builder::new().create_with_backend(redb::backends::FileBackend::new(file)?))
             .map_err(|e| log_err("opening the raft log")(e.into()))?;
-        let (hard_state, conf_state, offset, entries) = {
+        let (hard_state, conf_state, offset, entries, (member_id, cluster_id)) = {
             let txn = db.begin_read().map_err(|e| log_err("reading the raft log")(e.into()))?;
             match txn.open_table(STATE) {
                 Ok(state) => {
@@ -148,7 +180,8 @@ impl RaftLog {
                             entries.push_back(e);
                         }
                     }
-                    (hs, cs, (i, t), entries)
+                    let ids = read_ids(&state)?;
+                    (hs, cs, (i, t), entries, ids)
                 }
                 Err(redb::TableError::TableDoesNotExist(_)) => {
                     let (cs, entries) = bootstrap();
@@ -157,12 +190,12 @@ impl RaftLog {
                         hs.commit = last.index;
                         hs.term = last.term;
                     }
-                    (hs, cs, (0, 0), entries.into())
+                    (hs, cs, (0, 0), entries.into(), (0, 0))
                 }
                 Err(e) => return Err(log_err("opening the state table")(e.into())),
             }
         };
-        let core = Core { db, hard_state, conf_state, offset, entries };
+        let core = Core { db, hard_state, conf_state, offset, entries, cluster_id, member_id };
         // Persist what a bootstrap produced (and, for an existing log, nothing changes).
         let txn = core.db.begin_write().map_err(|e| log_err("writing the raft log")(e.into()))?;
         core.write_state(&txn)?;
@@ -231,6 +264,54 @@ impl RaftLog {
         }
         core.write_state(&txn)?;
         txn.commit().map_err(|e| log_err("committing the raft log")(e.into()))
+    }
+
+    /// The member and cluster ids the log at `path` keeps (each 0 if it keeps none), without
+    /// changing it; `None` if there is no log there (a member's first start).
+    ///
+    /// # Errors
+    /// [`RaftError::Log`] if the file cannot be read, [`RaftError::CorruptLog`] if an id is
+    /// damaged.
+    pub fn ids(path: &Path) -> Result<Option<(u64, u64)>, RaftError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let db = Database::open(path).map_err(|e| log_err("opening the raft log")(e.into()))?;
+        let txn = db.begin_read().map_err(|e| log_err("reading the raft log")(e.into()))?;
+        match txn.open_table(STATE) {
+            Ok(state) => read_ids(&state).map(Some),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(log_err("opening the state table")(e.into())),
+        }
+    }
+
+    /// This member's id, if this log keeps it.
+    pub fn member_id(&self) -> Option<u64> {
+        Some(self.rl().member_id).filter(|&id| id != 0)
+    }
+
+    /// Keeps this member's id.
+    ///
+    /// # Errors
+    /// [`RaftError::Log`] if the write fails.
+    pub fn set_member_id(&self, id: u64) -> Result<(), RaftError> {
+        self.wl().member_id = id;
+        self.persist(&[], None)
+    }
+
+    /// The cluster's id, if this log keeps it.
+    pub fn cluster_id(&self) -> Option<u64> {
+        Some(self.rl().cluster_id).filter(|&id| id != 0)
+    }
+
+    /// Keeps the cluster's id (once known: from `--initial-cluster`, or from the cluster a
+    /// member joined).
+    ///
+    /// # Errors
+    /// [`RaftError::Log`] if the write fails.
+    pub fn set_cluster_id(&self, id: u64) -> Result<(), RaftError> {
+        self.wl().cluster_id = id;
+        self.persist(&[], None)
     }
 
     /// Records the commit index a `LightReady` reports.

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
@@ -12,7 +13,7 @@ use sha2::{Digest as _, Sha256};
 use snapply_core::backend::{Backend, for_each_record};
 use snapply_core::collections::Growable;
 use snapply_core::ports::{Event, Observer, Phase, Ports, Transport};
-use snapply_core::store::V2Deprecation;
+use snapply_core::store::{StoreError, V2Deprecation};
 use snapply_core::{Config, Node, Request, pipeline};
 use snapply_fs::{DataDir, FsSnapshotStore, PersistedSnapshot, RedbBackend, SnapName};
 use tokio::sync::{mpsc, oneshot};
@@ -20,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::codec::{Command, MemberInfo};
 use crate::error::RaftError;
 use crate::log::RaftLog;
+use crate::metrics::Metrics;
 use crate::policy::SnapshotPolicy;
 use crate::read::Reads;
 use crate::snapshot::{Build, ImageFile, Inbound, purge_images, to_core_conf, to_core_metadata, to_raft_metadata};
@@ -45,6 +47,10 @@ pub struct NodeConfig {
     /// Whether this member joins an existing cluster (etcd's `--initial-cluster-state
     /// existing`) rather than starting a new one.
     pub join_existing: bool,
+    /// The cluster's id, as response headers carry it. 0: the one the raft log keeps, else for
+    /// a new cluster the one its initial members give (etcd's `genID`). A member joining an
+    /// existing cluster is given the id that cluster told it (the raft log keeps it from then).
+    pub cluster_id: u64,
     /// The raft tick.
     pub tick: Duration,
     /// Ticks without a leader before an election (raft-rs `election_tick`).
@@ -68,6 +74,7 @@ impl NodeConfig {
             data_dir,
             initial_cluster,
             join_existing: false,
+            cluster_id: 0,
             tick: Duration::from_millis(50),
             election_tick: 10,
             heartbeat_tick: 2,
@@ -126,6 +133,10 @@ pub struct Status {
     pub peers: Vec<u64>,
     /// Members in the node's membership store.
     pub members: Vec<u64>,
+    /// Voters and learners of raft-rs's configuration.
+    pub voters: Vec<u64>,
+    /// See `voters`.
+    pub learners: Vec<u64>,
     /// Snapshots applied through the pipeline since the node started.
     pub snapshots_applied: u64,
     /// The last of them.
@@ -142,6 +153,8 @@ pub struct Status {
 pub(crate) enum Control {
     Propose(Command, oneshot::Sender<Result<i64, RaftError>>),
     ConfChange(ConfChange, oneshot::Sender<Result<i64, RaftError>>),
+    /// A conf change promoting a learner: checked for readiness on the leader first.
+    Promote(ConfChange, oneshot::Sender<Result<i64, RaftError>>),
     Status(oneshot::Sender<Status>),
     Digest(oneshot::Sender<Result<[u8; 32], RaftError>>),
     Range(Vec<u8>, Vec<u8>, oneshot::Sender<Result<Vec<Pair>, RaftError>>),
@@ -168,7 +181,9 @@ pub struct NodeHandle {
 #[derive(Clone, Debug)]
 pub struct Client {
     id: u64,
+    cluster_id: u64,
     control: mpsc::UnboundedSender<Control>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Control {
@@ -202,6 +217,18 @@ impl Client {
     /// The member id.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// The cluster's id (etcd's, as response headers carry it): 0 if this member joined a
+    /// cluster without being told it.
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+
+    /// The member's metrics (etcd's names), read without asking the node's loop: they answer
+    /// while it is busy applying a snapshot.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     async fn ask<T>(
@@ -259,6 +286,28 @@ impl Client {
         let mut cc = ConfChange { node_id: id, context: info.encode(), ..Default::default() };
         cc.set_change_type(ConfChangeType::AddNode);
         self.ask(|tx| Control::ConfChange(cc, tx), "a member to be added").await?
+    }
+
+    /// Adds member `id` as a learner (raft-rs `AddLearnerNode`).
+    ///
+    /// # Errors
+    /// As [`NodeHandle::propose`].
+    pub async fn add_learner(&self, id: u64, info: &MemberInfo) -> Result<i64, RaftError> {
+        let mut cc = ConfChange { node_id: id, context: info.encode(), ..Default::default() };
+        cc.set_change_type(ConfChangeType::AddLearnerNode);
+        self.ask(|tx| Control::ConfChange(cc, tx), "a learner to be added").await?
+    }
+
+    /// Promotes learner `id` to a voting member (raft-rs `AddNode` of a learner, etcd's
+    /// `MemberPromote`). Asked of the leader, it is refused while the learner's log is behind
+    /// 90% of the leader's (etcd's `isLearnerReady`).
+    ///
+    /// # Errors
+    /// [`RaftError::LearnerNotReady`], and as [`NodeHandle::propose`].
+    pub async fn promote_member(&self, id: u64) -> Result<i64, RaftError> {
+        let mut cc = ConfChange { node_id: id, ..Default::default() };
+        cc.set_change_type(ConfChangeType::AddNode);
+        self.ask(|tx| Control::Promote(cc, tx), "a learner to be promoted").await?
     }
 
     /// Removes member `id`.
@@ -418,16 +467,25 @@ pub(crate) fn digest(node: &HostNode) -> Result<[u8; 32], RaftError> {
     Ok(sha.finalize().into())
 }
 
-/// Records each phase's duration and etcd's log lines.
+/// Records each phase's duration and etcd's log lines, and sets the member's metrics (the
+/// in-progress gauge, the apply's duration).
 struct Recorder {
     started: Instant,
     phases: Vec<(Phase, Duration)>,
     trace: Vec<Trace>,
+    metrics: Arc<Metrics>,
+    applying_since: Option<Instant>,
 }
 
 impl Recorder {
-    fn new() -> Self {
-        Recorder { started: Instant::now(), phases: Vec::new(), trace: Vec::new() }
+    fn new(metrics: &Arc<Metrics>) -> Self {
+        Recorder {
+            started: Instant::now(),
+            phases: Vec::new(),
+            trace: Vec::new(),
+            metrics: metrics.clone(),
+            applying_since: None,
+        }
     }
 }
 
@@ -438,6 +496,15 @@ impl Observer for Recorder {
     }
     fn in_progress(&mut self, applying: bool) {
         self.trace.push(Trace::InProgress(applying));
+        if applying {
+            self.metrics.snapshot_apply_in_progress.inc();
+            self.applying_since = Some(Instant::now());
+        } else {
+            self.metrics.snapshot_apply_in_progress.dec();
+            if let Some(since) = self.applying_since.take() {
+                self.metrics.snapshot_apply.observe(since.elapsed().as_secs_f64());
+            }
+        }
     }
     fn now_micros(&mut self) -> Option<u64> {
         u64::try_from(self.started.elapsed().as_micros()).ok()
@@ -485,6 +552,15 @@ struct Loop {
     built: mpsc::UnboundedSender<Result<ImageFile, RaftError>>,
     /// Snapshots received from the leader and persisted, waiting for raft-rs.
     inbound: Inbound,
+    /// The cluster's id (0: not known).
+    cluster_id: u64,
+    /// This member was removed from the cluster: the loop stops (etcd's server stops).
+    removed: bool,
+    metrics: Arc<Metrics>,
+    /// The leader the metrics last saw.
+    leader_seen: u64,
+    /// When the snapshot being built was begun.
+    build_started: Option<Instant>,
 }
 
 /// Starts a node on its data directory, listening for peers on `listener`. Must be called
@@ -521,24 +597,52 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
     let (inbox_tx, inbox) = mpsc::unbounded_channel();
     let (report_tx, reports) = mpsc::unbounded_channel();
     let inbound = Inbound::new(dir.clone(), core_config(id), config.max_snapshot_bytes);
-    let mut net = Network::start(id, listener, inbox_tx, report_tx, inbound.clone());
+    let metrics = Arc::new(Metrics::new(id, dir.member_dir().join("db"))?);
+    let mut net = Network::start(id, listener, inbox_tx, report_tx, inbound.clone(), metrics.clone());
 
     let restored_at_boot = boot.pending.is_some();
     if let Some(pending) = boot.pending {
-        let mut recorder = Recorder::new();
+        let mut recorder = Recorder::new(&metrics);
         let ports = Ports { storage: &mut store, transport: &mut net, observer: &mut recorder };
         if let Some(outcome) = snapply_core::apply_snapshot(&mut node, ports, pending.snapshot())? {
             drop(outcome.old_backend);
         }
     }
     if node.unfinished().is_some() {
-        let mut recorder = Recorder::new();
+        let mut recorder = Recorder::new(&metrics);
         let ports = Ports { storage: &mut store, transport: &mut net, observer: &mut recorder };
         pipeline::resume(&mut node, ports)?;
     }
 
     let initial = if config.join_existing { Vec::new() } else { config.initial_cluster.clone() };
     let log = RaftLog::open(&dir.member_dir().join("raft.redb"), move || bootstrap(&initial))?;
+    match log.member_id() {
+        Some(kept) if kept != id => {
+            return Err(RaftError::Config {
+                what: format!(
+                    "the data directory {} belongs to member {kept:x}, not {id:x}: start it as that member",
+                    config.data_dir.display()
+                ),
+            });
+        }
+        Some(_) => {}
+        None => log.set_member_id(id)?,
+    }
+    let cluster_id = match log.cluster_id() {
+        Some(kept) => kept,
+        None => {
+            let ids: Vec<u64> = config.initial_cluster.iter().map(|(id, _)| *id).collect();
+            let id = match config.cluster_id {
+                0 if config.join_existing => 0,
+                0 => crate::membership::cluster_id(&ids),
+                given => given,
+            };
+            if id != 0 {
+                log.set_cluster_id(id)?;
+            }
+            id
+        }
+    };
     let applied = node.progress().applied_index;
     let holds_applied =
         applied <= log.commit() || raft::Storage::term(&log, applied).is_ok_and(|t| t == node.progress().applied_term);
@@ -607,7 +711,13 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
         building: false,
         built,
         inbound,
+        cluster_id,
+        removed: false,
+        metrics: metrics.clone(),
+        leader_seen: raft::INVALID_ID,
+        build_started: None,
     };
+    state.publish_membership();
     // From here on the raft log holds every applied entry: the backend commits in batches.
     state.node.backend().set_batched_commits(true);
     let tick = config.tick;
@@ -619,13 +729,44 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
         }
         result
     });
-    Ok(NodeHandle { client: Client { id, control: control_tx }, task: Some(task) })
+    Ok(NodeHandle { client: Client { id, cluster_id, control: control_tx, metrics }, task: Some(task) })
 }
 
 /// etcd's request timeout (`ServerConfig.ReqTimeout`): 5 s plus two election timeouts.
 fn request_timeout(config: &NodeConfig) -> Duration {
     let election = config.tick.saturating_mul(u32::try_from(config.election_tick).unwrap_or(u32::MAX));
     Duration::from_secs(5).saturating_add(election.saturating_mul(2))
+}
+
+/// Creates the raft log of `member` of the new cluster `cluster` in `data_dir`, as `etcdutl
+/// snapshot restore` writes its WAL: one `AddNode` per member at term 1, committed, and the
+/// member's and the cluster's ids. A member started on the directory then ignores `--initial-cluster`.
+///
+/// # Errors
+/// [`RaftError::Fs`] if the data directory cannot be opened, [`RaftError::Log`] if the log
+/// cannot be written, [`RaftError::Config`] if the directory already holds a log.
+pub fn init_raft_log(
+    data_dir: &std::path::Path,
+    cluster: &crate::InitialCluster,
+    member: u64,
+) -> Result<(), RaftError> {
+    let path = DataDir::open(data_dir)?.member_dir().join("raft.redb");
+    if path.exists() {
+        return Err(RaftError::Config { what: format!("{} exists already", path.display()) });
+    }
+    let log = RaftLog::open(&path, || bootstrap(cluster.members()))?;
+    log.set_member_id(member)?;
+    log.set_cluster_id(cluster.id())
+}
+
+/// The member and cluster ids the data directory's raft log keeps (each 0 if it keeps none):
+/// a member that started once is that member again, whatever its flags say (etcd reads them
+/// from its WAL). `None` before the member's first start.
+///
+/// # Errors
+/// [`RaftError::Log`] if the log cannot be read (another process holds it open, for one).
+pub fn ids(data_dir: &std::path::Path) -> Result<Option<(u64, u64)>, RaftError> {
+    RaftLog::ids(&data_dir.join("member").join("raft.redb"))
 }
 
 /// The entries every member of a new cluster starts with: one `AddNode` per initial member,
@@ -643,6 +784,16 @@ fn bootstrap(initial: &[(u64, MemberInfo)]) -> (raft::prelude::ConfState, Vec<En
     }
     (cs, entries)
 }
+
+fn sorted(ids: impl Iterator<Item = u64>) -> Vec<u64> {
+    let mut ids: Vec<u64> = ids.collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// How far behind the leader's log a learner may be and still be promoted (etcd's
+/// `readyPercent`).
+const LEARNER_READY: f64 = 0.9;
 
 fn context(origin: u64, seq: u64) -> Vec<u8> {
     let mut c = origin.to_be_bytes().to_vec();
@@ -700,6 +851,11 @@ impl Loop {
                 Some(image) = built.recv() => blocking(|| self.snapshot_built(image))?,
                 Some(report) = reports.recv() => match report {
                     Report::Unreachable(to) => self.raw.report_unreachable(to),
+                    Report::Removed(by) => {
+                        // etcd: "the member has been permanently removed from the cluster".
+                        log::warn!("member {:x} was told by member {by:x} that it was removed from the cluster", self.id);
+                        self.removed = true;
+                    }
                     Report::Snapshot { to, delivered } => {
                         if delivered {
                             self.snapshots_sent += 1;
@@ -725,6 +881,12 @@ impl Loop {
             }
             self.reads.send(&mut self.raw);
             blocking(|| self.on_ready())?;
+            self.update_metrics();
+            if self.removed {
+                // etcd: "the member has been permanently removed from the cluster".
+                blocking(|| self.sync_backend())?;
+                return Err(RaftError::Removed);
+            }
             // raft-rs's applied index counts every entry handed out, the empty ones a new leader
             // appends included (a read index can be one of them).
             self.reads.release(self.raw.raft.raft_log.applied);
@@ -746,6 +908,7 @@ impl Loop {
                         self.waiters.insert(self.seq, reply);
                     }
                     Err(e) => {
+                        self.log_refused(&e);
                         let _ = reply.send(Err(e.into()));
                     }
                 }
@@ -757,10 +920,17 @@ impl Loop {
                         self.waiters.insert(self.seq, reply);
                     }
                     Err(e) => {
+                        self.log_refused(&e);
                         let _ = reply.send(Err(e.into()));
                     }
                 }
             }
+            Control::Promote(cc, reply) => match self.learner_ready(cc.node_id) {
+                Ok(()) => self.control(Control::ConfChange(cc, reply)),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
             Control::Status(reply) => {
                 let _ = reply.send(Status {
                     id: self.id,
@@ -771,6 +941,8 @@ impl Loop {
                     snapshot_index: self.snapshot_index,
                     peers: self.net.peers(),
                     members: self.node.stores().membership.members().iter().map(|m| m.id).collect(),
+                    voters: sorted(self.raw.raft.prs().conf().voters().ids().iter()),
+                    learners: sorted(self.raw.raft.prs().conf().learners().iter().copied()),
                     snapshots_applied: self.snapshots_applied,
                     last_restore: self.last_restore.clone(),
                     snapshots_sent: self.snapshots_sent,
@@ -798,6 +970,45 @@ impl Loop {
             }
             Control::Stop => {}
         }
+    }
+
+    /// Sets the metrics of the raft state, as etcd's raft loop does on each ready.
+    fn update_metrics(&mut self) {
+        let raft = &self.raw.raft;
+        let m = &self.metrics;
+        let leader = raft.leader_id;
+        if leader != raft::INVALID_ID && leader != self.leader_seen {
+            m.leader_changes.inc();
+        }
+        self.leader_seen = leader;
+        m.has_leader.set(i64::from(leader != raft::INVALID_ID));
+        m.is_leader.set(i64::from(raft.state == raft::StateRole::Leader));
+        m.is_learner.set(i64::from(self.node.stores().membership.member(self.id).is_some_and(|m| m.is_learner)));
+        m.proposals_committed.set(i64::try_from(raft.raft_log.committed).unwrap_or(i64::MAX));
+        m.proposals_applied.set(i64::try_from(raft.raft_log.applied).unwrap_or(i64::MAX));
+        m.proposals_pending.set(i64::try_from(self.waiters.len()).unwrap_or(i64::MAX));
+    }
+
+    /// Logs why raft-rs refused a proposal: it says only "proposal dropped".
+    fn log_refused(&self, e: &raft::Error) {
+        self.metrics.proposals_failed.inc();
+        let raft = &self.raw.raft;
+        let why = if !matches!(e, raft::Error::ProposalDropped) {
+            e.to_string()
+        } else if !raft.promotable() && !raft.prs().conf().learners().contains(&self.id) {
+            format!(
+                "this member ({:x}) is not in the cluster's configuration (voters {:x?}): its data directory was made for other members; `snapply restore --initial-cluster` makes one for the members that will run it",
+                self.id,
+                raft.prs().conf().voters().ids().iter().collect::<Vec<_>>()
+            )
+        } else if raft.leader_id == raft::INVALID_ID {
+            format!("no leader at term {}", raft.term)
+        } else if let Some(to) = raft.lead_transferee {
+            format!("leadership is being transferred to {to:x}")
+        } else {
+            format!("refused by raft at term {} (leader {:x})", raft.term, raft.leader_id)
+        };
+        log::warn!("member {:x} dropped a proposal: {why}", self.id);
     }
 
     fn view(&self) -> crate::query::View<'_> {
@@ -875,7 +1086,7 @@ impl Loop {
                 (PersistedSnapshot::new(info), 0)
             }
         };
-        let mut recorder = Recorder::new();
+        let mut recorder = Recorder::new(&self.metrics);
         // Persisting built the lessor and key index the apply installs, so the apply does no
         // O(keys) work (the fs adapter's pre-built stores).
         let result = snapply_fs::apply_persisted(
@@ -904,12 +1115,13 @@ impl Loop {
                     applied_at: Instant::now(),
                 });
                 log::info!("member {:x} applied snapshot at index {} term {}", self.id, meta.index, meta.term);
+                self.publish_membership();
             }
             Ok(None) => {}
             Err(e) => {
                 if self.node.unfinished().is_some() {
                     // Past the swap: complete the restore from the durable snapshot.
-                    let mut recorder = Recorder::new();
+                    let mut recorder = Recorder::new(&self.metrics);
                     let ports = Ports { storage: &mut self.store, transport: &mut self.net, observer: &mut recorder };
                     pipeline::resume(&mut self.node, ports)?;
                     self.node.backend().set_batched_commits(true);
@@ -959,37 +1171,155 @@ impl Loop {
         Ok(())
     }
 
+    /// etcd's `isLearnerReady`, on the leader: the learner's log matches at least 90% of the
+    /// leader's. A follower cannot tell (it has no progress of its peers): it proposes, and the
+    /// leader does not check a forwarded proposal.
+    fn learner_ready(&self, id: u64) -> Result<(), RaftError> {
+        let raft = &self.raw.raft;
+        if raft.state != raft::StateRole::Leader {
+            return Ok(());
+        }
+        // Not a learner raft-rs knows: the membership's checks answer (not found, not a learner).
+        let Some(learner) = raft.prs().get(id).filter(|_| raft.prs().conf().learners().contains(&id)) else {
+            return Ok(());
+        };
+        let learner = learner.matched;
+        let leader = raft.prs().get(self.id).map_or(0, |p| p.matched);
+        if (learner as f64) < (leader as f64) * LEARNER_READY {
+            return Err(RaftError::LearnerNotReady { id, matched: learner, leader });
+        }
+        Ok(())
+    }
+
+    /// A committed conf change, in etcd's order (`applyConfChange`): the change is validated
+    /// first (etcd's `ValidateConfigurationChange`: the core's own checks, on a copy of the
+    /// membership); a refused one changes neither raft-rs's configuration nor the membership, and
+    /// moves only the consistent index, as etcd applies an empty conf change instead. An
+    /// accepted one is applied to the node with the conf state raft-rs will have, then to
+    /// raft-rs, and the transport's peers follow.
     fn apply_conf_change(&mut self, e: &Entry) -> Result<i64, RaftError> {
         let cc = ConfChange::decode(&e.data[..]).map_err(|_| RaftError::Decode { what: "a conf change" })?;
-        let cs = self.raw.apply_conf_change(&cc)?;
-        self.log.set_conf_state(cs.clone())?;
-        // The conf state goes into the backend with the member change, at the same index.
-        self.node.set_conf_state(to_core_conf(&cs)?);
-        match cc.get_change_type() {
+        let id = cc.node_id;
+        let info = match cc.get_change_type() {
+            ConfChangeType::RemoveNode => None,
+            _ if cc.context.is_empty() => None,
+            _ => Some(MemberInfo::decode(&cc.context)),
+        };
+        let peers: Vec<&[u8]> = info.iter().flatten().flat_map(|i| i.peer_urls.iter()).map(|u| u.as_bytes()).collect();
+        let clients: Vec<&[u8]> =
+            info.iter().flatten().flat_map(|i| i.client_urls.iter()).map(|u| u.as_bytes()).collect();
+        let name = info.iter().flatten().next().map_or(&[][..], |i| i.name.as_bytes());
+        let request = match cc.get_change_type() {
+            // An AddNode without a member (raft-rs makes a learner a voter): etcd's promotion.
+            ConfChangeType::AddNode if cc.context.is_empty() => Request::MemberPromote { id },
             ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
-                let info = MemberInfo::decode(&cc.context).ok_or(RaftError::Decode { what: "a member" })?;
-                let peers: Vec<&[u8]> = info.peer_urls.iter().map(|u| u.as_bytes()).collect();
-                let clients: Vec<&[u8]> = info.client_urls.iter().map(|u| u.as_bytes()).collect();
-                let member = snapply_core::store::NewMember {
-                    id: cc.node_id,
-                    name: info.name.as_bytes(),
+                if !matches!(info, Some(Some(_))) {
+                    return Err(RaftError::Decode { what: "a member" });
+                }
+                Request::MemberAdd(snapply_core::store::NewMember {
+                    id,
+                    name,
                     peer_urls: &peers,
                     client_urls: &clients,
                     is_learner: cc.get_change_type() == ConfChangeType::AddLearnerNode,
-                };
-                let rev = self.node.apply(e.index, e.term, &Request::MemberAdd(member))?;
-                if self.node.progress().applied_index == e.index {
-                    self.net.add_peer(cc.node_id, &peers)?;
-                }
-                Ok(rev)
+                })
             }
-            ConfChangeType::RemoveNode => {
-                let rev = self.node.apply(e.index, e.term, &Request::MemberRemove { id: cc.node_id })?;
-                self.net.remove_peer(cc.node_id);
-                Ok(rev)
+            ConfChangeType::RemoveNode => Request::MemberRemove { id },
+        };
+        if e.index <= self.node.progress().applied_index {
+            // Already in the backend (replayed after a restart): raft-rs only.
+            let cs = self.raw.apply_conf_change(&cc)?;
+            self.log.set_conf_state(cs)?;
+            return Ok(self.node.stores().kv.current_revision());
+        }
+        if let Err(refused) = membership_verdict(&self.node, &request)? {
+            log::warn!("member {:x} refused a configuration change for member {id:x}: {refused}", self.id);
+            // The same checks refuse it on the node: a rejection moves the consistent index
+            // (with the conf state unchanged), a local refusal (a full table) leaves the entry.
+            return match self.node.apply(e.index, e.term, &request) {
+                Err(e) => Err(e.into()),
+                Ok(_) => Err(RaftError::Store(refused)),
+            };
+        }
+        // The configuration raft-rs will have, worked out without changing it: raft-rs may
+        // refuse the change (removing the last voter), and then nothing changes anywhere.
+        let mut single = raft::prelude::ConfChangeSingle { node_id: id, ..Default::default() };
+        single.set_change_type(cc.get_change_type());
+        let (next, _) = raft::Changer::new(self.raw.raft.prs()).simple(&[single])?;
+        let before = self.node.progress().conf_state.clone();
+        self.node.set_conf_state(to_core_conf(&next.to_conf_state())?);
+        let rev = match self.node.apply(e.index, e.term, &request) {
+            Ok(rev) => rev,
+            Err(err) => {
+                self.node.set_conf_state(before);
+                return Err(err.into());
+            }
+        };
+        let cs = self.raw.apply_conf_change(&cc)?;
+        self.log.set_conf_state(cs)?;
+        match request {
+            Request::MemberAdd(_) => self.net.add_peer(id, &peers)?,
+            Request::MemberRemove { .. } => {
+                self.net.remove_peer(id);
+                if id == self.id {
+                    self.removed = true;
+                }
+            }
+            _ => {}
+        }
+        self.publish_membership();
+        Ok(rev)
+    }
+
+    /// Hands the transport the cluster's id and members, which it tells a member about to join
+    /// (etcd's `/members` on the peer URL).
+    fn publish_membership(&self) {
+        let members = self
+            .node
+            .stores()
+            .membership
+            .members()
+            .iter()
+            .map(|m| crate::membership::RemoteMember {
+                id: m.id,
+                name: String::from_utf8_lossy(&m.name).into_owned(),
+                peer_urls: m.peer_urls.iter().map(|u| String::from_utf8_lossy(u).into_owned()).collect(),
+                is_learner: m.is_learner,
+            })
+            .collect();
+        let removed = self.node.stores().membership.removed().to_vec();
+        self.net.set_membership(crate::membership::RemoteCluster { cluster_id: self.cluster_id, members }, removed);
+    }
+}
+
+/// Whether `node`'s membership store takes `request` (etcd's `ValidateConfigurationChange`),
+/// asked of a copy: a core node holding only `node`'s membership records and v2 store, so the
+/// answer is the core's own, and `node` is untouched.
+fn membership_verdict(node: &HostNode, request: &Request<'_>) -> Result<Result<(), StoreError>, RaftError> {
+    use snapply_core::backend::{Bucket, ReadTxn as _, WriteTxn as _};
+    let mut copy = snapply_core::mem::VecBackend::new();
+    {
+        let from = node.backend().read()?;
+        let mut to = copy.write()?;
+        for bucket in [Bucket::Members, Bucket::MembersRemoved, Bucket::Cluster] {
+            let mut failed = None;
+            from.scan(bucket, &[], &mut |k, v| match to.put(bucket, k, v) {
+                Ok(()) => std::ops::ControlFlow::Continue(()),
+                Err(e) => {
+                    failed = Some(e);
+                    std::ops::ControlFlow::Break(())
+                }
+            })?;
+            if let Some(e) = failed {
+                return Err(e.into());
             }
         }
+        to.commit()?;
     }
+    let mut v2 = Vec::new();
+    node.v2_snapshot_data(&mut v2)?;
+    let mut scratch = Node::<_, Growable>::open(*node.config(), copy, &v2)?;
+    Ok(scratch.apply(1, 1, request).map(drop))
 }
 
 // The snapshot policy: when the member snapshots its backend, how the image is built and the
@@ -1018,6 +1348,7 @@ impl Loop {
             );
         }
         let build = self.start_build()?;
+        self.build_started = Some(Instant::now());
         // A build that fails is not retried before the next `count` entries (or request).
         self.snapshot_index = self.snapshot_index.max(build.metadata.index);
         build.spawn(self.built.clone())?;
@@ -1044,6 +1375,9 @@ impl Loop {
         self.building = false;
         match image {
             Ok(image) => {
+                if let Some(started) = self.build_started.take() {
+                    self.metrics.snap_save.observe(started.elapsed().as_secs_f64());
+                }
                 let keep = self.policy.compact_to(image.metadata.index);
                 self.install_snapshot(&image, keep)
             }
@@ -1077,7 +1411,9 @@ impl Loop {
 
     /// Takes a snapshot at once, on the loop, and compacts the whole log up to it.
     fn compact_log(&mut self) -> Result<u64, RaftError> {
+        let started = Instant::now();
         let image = self.start_build()?.run()?;
+        self.metrics.snap_save.observe(started.elapsed().as_secs_f64());
         let index = image.metadata.index;
         self.snapshot_index = self.snapshot_index.max(index);
         self.install_snapshot(&image, Some(index))?;

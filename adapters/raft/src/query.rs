@@ -9,12 +9,13 @@
 use std::time::Duration;
 
 use snapply_core::backend::Backend as _;
-use snapply_core::store::KeyValue as StoredKeyValue;
+use snapply_core::store::{AlarmType, KeyValue as StoredKeyValue};
 use tokio::sync::oneshot;
 
 use crate::codec::Command;
 use crate::error::RaftError;
 use crate::node::{Client, Control, HostNode};
+use crate::snapshot::ImageStream;
 
 /// How long a client API call waits for the node.
 const WAIT: Duration = Duration::from_secs(20);
@@ -416,6 +417,99 @@ impl Client {
             "the members",
         )
         .await
+    }
+
+    /// The alarms raised, as (member, `NOSPACE` if true else `CORRUPT`), in the store's order.
+    ///
+    /// # Errors
+    /// [`RaftError::Stopped`] or [`RaftError::Timeout`].
+    pub async fn alarms(&self) -> Result<(Header, Vec<(u64, bool)>), RaftError> {
+        self.read_local(
+            |view| {
+                let alarms = view.node.stores().alarms.alarms().iter();
+                let alarms = alarms.map(|a| (a.member, a.kind == AlarmType::Nospace)).collect();
+                (header(view), alarms)
+            },
+            "the alarms",
+        )
+        .await
+    }
+
+    /// Raises (`activate`) or clears an alarm of `member` (etcd's `Alarm` with `ACTIVATE` or
+    /// `DEACTIVATE`); returns the header after it and whether the alarm was raised just before
+    /// this member applied the change.
+    ///
+    /// # Errors
+    /// As [`Client::propose`].
+    pub async fn change_alarm(&self, member: u64, nospace: bool, activate: bool) -> Result<(Header, bool), RaftError> {
+        let kind = if nospace { AlarmType::Nospace } else { AlarmType::Corrupt };
+        let command = Command::Alarm { member, nospace, activate };
+        let (revision, (mut header, raised)) = self
+            .propose_reading(command, move |view| {
+                let raised = view.node.stores().alarms.alarms().iter().any(|a| a.member == member && a.kind == kind);
+                (header(view), raised)
+            })
+            .await?;
+        header.revision = revision;
+        Ok((header, raised))
+    }
+
+    /// etcd's health check (`/health`, etcd 3.4's `checkHealth`): no alarm is raised, the
+    /// member knows a leader, and a linearizable read gets its read index within a second (etcd
+    /// asks a quorum read). Counted in `etcd_server_health_success` or `_failures`.
+    ///
+    /// # Errors
+    /// Why the member is not healthy.
+    pub async fn health(&self) -> Result<(), String> {
+        let checked = self
+            .read_local(
+                |view| {
+                    let alarms = view.node.stores().alarms.alarms().len();
+                    if alarms > 0 {
+                        Err(format!("{alarms} alarm(s) raised"))
+                    } else if view.leader == 0 {
+                        Err("no leader".to_string())
+                    } else {
+                        Ok(())
+                    }
+                },
+                "a health check",
+            )
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+        let checked = match checked {
+            Ok(()) => match tokio::time::timeout(Duration::from_secs(1), self.read_index()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("no read index within 1s".to_string()),
+            },
+            Err(e) => Err(e),
+        };
+        self.metrics().health_checked(checked.is_ok());
+        checked
+    }
+
+    /// A snapshot image of this member's state at its applied index, encoded from a read
+    /// transaction of its backend as it is read, in chunks of `chunk` bytes (etcd's
+    /// `Maintenance.Snapshot`); with the response header as of that index. Entries applied
+    /// meanwhile are not in it; the image is never whole in memory.
+    ///
+    /// # Errors
+    /// [`RaftError::Store`] while a restore is unfinished, [`RaftError::Backend`] if the read
+    /// transaction cannot be begun, [`RaftError::Stopped`] or [`RaftError::Timeout`].
+    pub async fn snapshot(&self, chunk: usize) -> Result<(Header, ImageStream), RaftError> {
+        self.read_local(
+            move |view| {
+                let metadata = view.node.snapshot_metadata()?;
+                let mut v2 = Vec::new();
+                view.node.v2_snapshot_data(&mut v2)?;
+                let stream = crate::snapshot::stream(view.node.backend().view(), metadata, v2, chunk)?;
+                Ok((header(view), stream))
+            },
+            "a snapshot",
+        )
+        .await?
     }
 
     /// The node's status.

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use snapply_core::backend::ReadTxn;
 use snapply_core::image::{self, Sink, Source};
-use snapply_fs::{DataDir, PersistedSnapshot, RedbView};
+use snapply_fs::{DataDir, PersistedSnapshot, RedbRead, RedbView};
 
 use crate::error::RaftError;
 
@@ -89,6 +89,33 @@ pub(crate) struct Build {
     pub(crate) snap_dir: PathBuf,
 }
 
+/// Runs `f` on a blocking thread with a read transaction of `view`. Returns once the
+/// transaction is begun: from then on the loop may apply entries, `f` sees the backend as it was
+/// when this was called.
+///
+/// # Errors
+/// [`RaftError::Backend`] if the read transaction cannot be begun.
+fn on_read_txn(view: RedbView, f: impl FnOnce(&RedbRead<'_>) + Send + 'static) -> Result<(), RaftError> {
+    let (begun_tx, begun_rx) = std::sync::mpsc::sync_channel(1);
+    tokio::task::spawn_blocking(move || {
+        let txn = match view.read() {
+            Ok(txn) => {
+                let _ = begun_tx.send(Ok(()));
+                txn
+            }
+            Err(e) => {
+                let _ = begun_tx.send(Err(e));
+                return;
+            }
+        };
+        f(&txn);
+    });
+    match begun_rx.recv() {
+        Ok(r) => r.map_err(RaftError::from),
+        Err(_) => Err(RaftError::Image { what: "the snapshot builder stopped before it began".into() }),
+    }
+}
+
 impl Build {
     /// Builds the image on a blocking thread and sends the outcome to `done`. Returns once the
     /// thread's read transaction is begun: from then on the loop may apply entries, the image
@@ -100,24 +127,10 @@ impl Build {
         self,
         done: tokio::sync::mpsc::UnboundedSender<Result<ImageFile, RaftError>>,
     ) -> Result<(), RaftError> {
-        let (begun_tx, begun_rx) = std::sync::mpsc::sync_channel(1);
-        tokio::task::spawn_blocking(move || {
-            let txn = match self.view.read() {
-                Ok(txn) => {
-                    let _ = begun_tx.send(Ok(()));
-                    txn
-                }
-                Err(e) => {
-                    let _ = begun_tx.send(Err(e));
-                    return;
-                }
-            };
-            let _ = done.send(write_image(&txn, &self.metadata, &self.v2, &self.snap_dir));
-        });
-        match begun_rx.recv() {
-            Ok(r) => r.map_err(RaftError::from),
-            Err(_) => Err(RaftError::Image { what: "the snapshot builder stopped before it began".into() }),
-        }
+        let Build { metadata, v2, view, snap_dir } = self;
+        on_read_txn(view, move |txn| {
+            let _ = done.send(write_image(txn, &metadata, &v2, &snap_dir));
+        })
     }
 
     /// Builds the image on the calling thread.
@@ -174,6 +187,100 @@ fn write_image<R: ReadTxn + ?Sized>(
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// An image of a member's state encoded while it is read, chunk by chunk (etcd's
+/// `Maintenance.Snapshot`, which streams its backend from a read transaction): see
+/// [`crate::Client::snapshot`]. At most a few chunks are in memory: the encoder waits while
+/// the reader has not taken them. Dropping the stream stops the encoder and ends its read
+/// transaction.
+#[derive(Debug)]
+pub struct ImageStream {
+    rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, RaftError>>,
+}
+
+/// Chunks encoded ahead of the reader.
+const STREAM_AHEAD: usize = 4;
+
+impl ImageStream {
+    /// The next chunk of the image (at most the chunk size asked for, never empty); `None` once
+    /// the whole image was read.
+    ///
+    /// # Errors
+    /// [`RaftError::Image`] if encoding failed (the backend could not be read): the bytes read
+    /// so far are not an image.
+    pub async fn next(&mut self) -> Option<Result<Vec<u8>, RaftError>> {
+        self.rx.recv().await
+    }
+}
+
+/// The reader of an [`ImageStream`] went away.
+#[derive(Debug)]
+struct Closed;
+
+/// The encoder's sink: full chunks go to the stream's channel, waiting while it is full.
+struct ChunkSink {
+    chunk: usize,
+    buf: Vec<u8>,
+    tx: tokio::sync::mpsc::Sender<Result<Vec<u8>, RaftError>>,
+}
+
+impl ChunkSink {
+    fn send(&mut self) -> Result<(), Closed> {
+        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(self.chunk));
+        if full.is_empty() {
+            return Ok(());
+        }
+        self.tx.blocking_send(Ok(full)).map_err(|_| Closed)
+    }
+}
+
+impl Sink for ChunkSink {
+    type Error = Closed;
+
+    fn write_all(&mut self, mut bytes: &[u8]) -> Result<(), Closed> {
+        while !bytes.is_empty() {
+            let room = self.chunk.saturating_sub(self.buf.len()).max(1);
+            let (now, rest) = bytes.split_at(room.min(bytes.len()));
+            self.buf.extend_from_slice(now);
+            bytes = rest;
+            if self.buf.len() >= self.chunk {
+                self.send()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Streams the image of `view` (with `metadata` and `v2`, taken with it at the applied index)
+/// in chunks of `chunk` bytes, encoded on a blocking thread from a read transaction begun
+/// before this returns.
+///
+/// # Errors
+/// [`RaftError::Backend`] if the read transaction cannot be begun.
+pub(crate) fn stream(
+    view: RedbView,
+    metadata: snapply_core::SnapshotMetadata,
+    v2: Vec<u8>,
+    chunk: usize,
+) -> Result<ImageStream, RaftError> {
+    let chunk = chunk.max(1);
+    let (tx, rx) = tokio::sync::mpsc::channel(STREAM_AHEAD);
+    on_read_txn(view, move |txn| {
+        let mut sink = ChunkSink { chunk, buf: Vec::with_capacity(chunk), tx };
+        match image::encode(&metadata, txn, &v2, &mut sink) {
+            Ok(_) => {
+                let _ = sink.send();
+            }
+            // The reader went away: nothing to tell.
+            Err(image::EncodeError::Sink(Closed)) => {}
+            Err(e) => {
+                let failed = RaftError::Image { what: format!("{e:?}") };
+                let _ = sink.tx.blocking_send(Err(failed));
+            }
+        }
+    })?;
+    Ok(ImageStream { rx })
 }
 
 /// Removes the oldest images of `snap_dir` past the `keep` newest (etcd's `purgeFile` of

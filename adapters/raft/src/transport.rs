@@ -13,6 +13,10 @@
 //! member takes. The sender reports the outcome to raft-rs (`report_snapshot`), as etcd's does
 //! after its POST returns; raft-rs sends the snapshot again after a failure.
 //!
+//! A message from a member the receiver's membership lists as removed is answered with a
+//! `removed` frame on its connection, which the sender's writer reads (etcd's `410 Gone`): a
+//! member cut off while it was removed learns it so, and stops.
+//!
 //! Each peer has one writer task and one connection; the peer table is what the pipeline's
 //! `PeersUpdated` phase rewrites ([`Transport::remove_all_peers`], [`Transport::add_peer`]), so
 //! after a snapshot the node talks to exactly the members the snapshot lists.
@@ -33,6 +37,8 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use crate::error::RaftError;
+use crate::membership::RemoteCluster;
+use crate::metrics::Metrics;
 use crate::snapshot::{ChunkSource, Inbound, Piece, Received, image_path, to_core_metadata};
 
 /// Bytes of image per chunk frame.
@@ -57,12 +63,24 @@ const KIND_MESSAGE: u8 = 0;
 const KIND_SNAPSHOT_HEAD: u8 = 1;
 const KIND_CHUNK: u8 = 2;
 const KIND_SNAPSHOT_END: u8 = 3;
+/// A member about to join asks for the cluster (etcd's `GET /members`); the answer is one
+/// `KIND_CLUSTER` frame (postcard of [`RemoteCluster`], empty while this member knows none).
+const KIND_CLUSTER_REQUEST: u8 = 4;
+const KIND_CLUSTER: u8 = 5;
+/// Sent back on a peer's connection when its messages come from a removed member (etcd's peer
+/// handler answers it `410 Gone`): the member stops, as etcd's does on that answer. A removed
+/// member may never apply its own removal: the others stop sending to it once they applied it.
+const KIND_REMOVED: u8 = 6;
+/// How long a member about to join waits for each peer's answer.
+const CLUSTER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the transport tells the node's loop, which tells raft-rs.
 #[derive(Debug)]
 pub(crate) enum Report {
     /// A message to this peer could not be sent (raft-rs `report_unreachable`).
     Unreachable(u64),
+    /// A peer told this member it was removed from the cluster.
+    Removed(u64),
     /// A snapshot to this peer was delivered (`true`) or not (raft-rs `report_snapshot`).
     Snapshot { to: u64, delivered: bool },
 }
@@ -81,6 +99,11 @@ struct Inner {
     tasks: Mutex<Vec<AbortHandle>>,
     /// Where snapshots arriving from the leader are persisted.
     inbound: Inbound,
+    /// What a member about to join is told: the cluster as this member's state has it.
+    membership: Mutex<Option<RemoteCluster>>,
+    /// Members removed from the cluster, whose messages are answered with `KIND_REMOVED`.
+    removed: Mutex<Vec<u64>>,
+    metrics: Arc<Metrics>,
 }
 
 /// A node's side of the peer network: its listener, its peers and their writer tasks.
@@ -113,6 +136,7 @@ impl Network {
         inbox: mpsc::UnboundedSender<Message>,
         reports: mpsc::UnboundedSender<Report>,
         inbound: Inbound,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let inner = Arc::new(Inner {
             id,
@@ -121,6 +145,9 @@ impl Network {
             reports,
             tasks: Mutex::default(),
             inbound,
+            membership: Mutex::default(),
+            removed: Mutex::default(),
+            metrics,
         });
         let net = Network { inner };
         let accepting = net.clone();
@@ -170,6 +197,12 @@ impl Network {
         }
     }
 
+    /// Sets what a member about to join is told about the cluster.
+    pub(crate) fn set_membership(&self, cluster: RemoteCluster, removed: Vec<u64>) {
+        *lock(&self.inner.membership) = Some(cluster);
+        *lock(&self.inner.removed) = removed;
+    }
+
     /// Removes one peer (a member removed by a conf change).
     pub(crate) fn remove_peer(&self, id: u64) {
         if let Some(p) = lock(&self.inner.peers).remove(&id) {
@@ -197,9 +230,24 @@ impl Network {
             match kind {
                 KIND_MESSAGE => {
                     let msg = Message::decode(&buf[..]).map_err(|_| invalid("a raft message does not decode"))?;
-                    if !self.isolated() {
-                        let _ = inbox.send(msg);
+                    if self.isolated() {
+                        continue;
                     }
+                    if lock(&self.inner.removed).contains(&msg.from) {
+                        log::warn!("member {:x} rejected a message from removed member {:x}", self.inner.id, msg.from);
+                        write_frame(&mut stream, KIND_REMOVED, &self.inner.id.to_be_bytes()).await?;
+                        return Ok(());
+                    }
+                    let _ = inbox.send(msg);
+                }
+                KIND_CLUSTER_REQUEST => {
+                    let answer = lock(&self.inner.membership)
+                        .as_ref()
+                        .filter(|_| !self.isolated())
+                        .and_then(|c| postcard::to_allocvec(c).ok())
+                        .unwrap_or_default();
+                    write_frame(&mut stream, KIND_CLUSTER, &answer).await?;
+                    return Ok(());
                 }
                 KIND_SNAPSHOT_HEAD => {
                     // A snapshot connection carries one snapshot and ends.
@@ -254,6 +302,8 @@ impl Network {
             "member {id:x} receiving database snapshot from {:x} at index {index} term {term} ({declared} bytes)",
             msg.from
         );
+        let started = std::time::Instant::now();
+        self.inner.metrics.receiving(msg.from);
         let (tx, rx) = mpsc::channel(PIECES);
         let persisting = {
             let (dir, config) = (inbound.dir.clone(), inbound.config);
@@ -265,6 +315,8 @@ impl Network {
         // The persist ends on its own: at the end piece, or with an error when the channel
         // closed early (then it removed what it wrote).
         let persisted = persisting.await;
+        let ok = matches!((&received, &persisted), (Ok(_), Ok(Ok(_))));
+        self.inner.metrics.received(msg.from, ok, started.elapsed());
         match (received, persisted) {
             (Ok(bytes), Ok(Ok(persisted))) => {
                 log::info!(
@@ -328,7 +380,7 @@ fn invalid(what: &'static str) -> std::io::Error {
 }
 
 /// Reads one frame into `buf`; `None` at a clean end of stream.
-async fn read_frame(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<u8>> {
+async fn read_frame<R: tokio::io::AsyncRead + Unpin>(stream: &mut R, buf: &mut Vec<u8>) -> std::io::Result<Option<u8>> {
     let mut head = [0u8; 5];
     match stream.read_exact(&mut head).await {
         Ok(_) => {}
@@ -346,13 +398,58 @@ async fn read_frame(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Resul
     Ok(Some(kind))
 }
 
-async fn write_frame(stream: &mut TcpStream, kind: u8, payload: &[u8]) -> std::io::Result<()> {
+async fn write_frame<W: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut W,
+    kind: u8,
+    payload: &[u8],
+) -> std::io::Result<()> {
     let len = u32::try_from(payload.len()).map_err(|_| invalid("frame too long"))?;
     let mut head = [0u8; 5];
     head[..4].copy_from_slice(&len.to_be_bytes());
     head[4] = kind;
     stream.write_all(&head).await?;
     stream.write_all(payload).await
+}
+
+/// Asks the member at `url` for its cluster.
+async fn ask_cluster(url: &str) -> Result<RemoteCluster, String> {
+    let addr = peer_addr(url).ok_or_else(|| format!("{url} is not http://IP:PORT"))?;
+    let ask = async {
+        let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        write_frame(&mut stream, KIND_CLUSTER_REQUEST, &[]).await.map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        match read_frame(&mut stream, &mut buf).await.map_err(|e| e.to_string())? {
+            Some(KIND_CLUSTER) if !buf.is_empty() => {
+                postcard::from_bytes(&buf).map_err(|_| "its answer does not decode".to_string())
+            }
+            Some(KIND_CLUSTER) => Err("it knows no cluster yet".into()),
+            _ => Err("it did not answer".into()),
+        }
+    };
+    match tokio::time::timeout(CLUSTER_TIMEOUT, ask).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {CLUSTER_TIMEOUT:?}")),
+    }
+}
+
+/// The cluster as the first of the members at `peer_urls` that answers tells it (etcd's
+/// `GetClusterFromRemotePeers`): what a member started with `--initial-cluster-state existing`
+/// learns its id and the cluster's from.
+///
+/// # Errors
+/// [`RaftError::ClusterUnknown`] if none answers, saying why each did not.
+pub async fn fetch_cluster(peer_urls: &[String]) -> Result<RemoteCluster, RaftError> {
+    let mut why = Vec::new();
+    for url in peer_urls {
+        match ask_cluster(url).await {
+            Ok(cluster) => return Ok(cluster),
+            Err(e) => why.push(format!("{url}: {e}")),
+        }
+    }
+    if why.is_empty() {
+        why.push("no peer URL to ask: list the cluster's members in --initial-cluster".into());
+    }
+    Err(RaftError::ClusterUnknown { what: why.join("; ") })
 }
 
 /// Sends a snapshot message on a connection of its own: header, the image from its file in
@@ -399,11 +496,14 @@ async fn transfer(
     msg: Message,
     snap_dir: std::path::PathBuf,
     reports: mpsc::UnboundedSender<Report>,
+    metrics: Arc<Metrics>,
 ) {
     let meta = msg.get_snapshot().get_metadata();
     let (index, term) = (meta.index, meta.term);
     let image = image_path(&snap_dir, term, index);
     log::info!("sending database snapshot to {to:x} at index {index} term {term}");
+    let started = std::time::Instant::now();
+    metrics.sending(to);
     let delivered = match send_snapshot(addr, &msg, &image).await {
         Ok(ANSWER_APPLIED) => {
             log::info!("sent database snapshot to {to:x} at index {index} term {term}");
@@ -422,6 +522,7 @@ async fn transfer(
             false
         }
     };
+    metrics.sent(to, delivered, started.elapsed());
     let _ = reports.send(Report::Snapshot { to, delivered });
 }
 
@@ -431,14 +532,18 @@ async fn writer(
     mut rx: mpsc::UnboundedReceiver<Message>,
     reports: mpsc::UnboundedSender<Report>,
     snap_dir: std::path::PathBuf,
+    metrics: Arc<Metrics>,
 ) {
-    let mut conn: Option<TcpStream> = None;
+    let mut conn: Option<tokio::net::tcp::OwnedWriteHalf> = None;
+    // The task reading what the peer sends back on the connection (only `KIND_REMOVED`); it
+    // ends with the connection.
+    let mut listening = AbortOnDrop(None);
     // The transfer in progress: raft-rs sends a follower one snapshot at a time; it ends with
     // the writer (the peer removed, the node stopped).
     let mut sending = AbortOnDrop(None);
     while let Some(msg) = rx.recv().await {
         if msg.get_msg_type() == MessageType::MsgSnapshot {
-            let task = tokio::spawn(transfer(to, addr, msg, snap_dir.clone(), reports.clone()));
+            let task = tokio::spawn(transfer(to, addr, msg, snap_dir.clone(), reports.clone(), metrics.clone()));
             if let Some(old) = sending.0.replace(task) {
                 old.abort();
             }
@@ -448,7 +553,18 @@ async fn writer(
             conn = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
                 Ok(Ok(s)) => {
                     let _ = s.set_nodelay(true);
-                    Some(s)
+                    let (mut read, write) = s.into_split();
+                    let reports = reports.clone();
+                    let task = tokio::spawn(async move {
+                        let mut buf = Vec::new();
+                        if let Ok(Some(KIND_REMOVED)) = read_frame(&mut read, &mut buf).await {
+                            let _ = reports.send(Report::Removed(to));
+                        }
+                    });
+                    if let Some(old) = listening.0.replace(task) {
+                        old.abort();
+                    }
+                    Some(write)
                 }
                 _ => None,
             };
@@ -493,7 +609,8 @@ impl Transport for Network {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let snap_dir = self.inner.inbound.dir.snap_dir().to_path_buf();
-        let task = tokio::spawn(writer(id, addr, rx, self.inner.reports.clone(), snap_dir)).abort_handle();
+        let metrics = self.inner.metrics.clone();
+        let task = tokio::spawn(writer(id, addr, rx, self.inner.reports.clone(), snap_dir, metrics)).abort_handle();
         if let Some(old) = lock(&self.inner.peers).insert(id, Peer { urls, tx, task }) {
             old.task.abort();
         }
@@ -529,6 +646,10 @@ mod tests {
         Inbound::new(dir, config, max_bytes)
     }
 
+    fn metrics(id: u64) -> Arc<Metrics> {
+        Arc::new(Metrics::new(id, std::path::PathBuf::from("db")).unwrap())
+    }
+
     /// Files of a receiver's `member/snap`.
     fn snap_files(root: &std::path::Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(root.join("member/snap"))
@@ -547,14 +668,14 @@ mod tests {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (in_tx, mut in_rx) = mpsc::unbounded_channel();
         let (rep_tx, _rep_rx) = mpsc::unbounded_channel();
-        let receiver = Network::start(2, listener, in_tx, rep_tx, inbound(rdir.path(), max_bytes));
+        let receiver = Network::start(2, listener, in_tx, rep_tx, inbound(rdir.path(), max_bytes), metrics(2));
 
         let quiet = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (q_tx, _q_rx) = mpsc::unbounded_channel();
         let (s_tx, mut s_rx) = mpsc::unbounded_channel();
         let sender_inbound = inbound(sdir.path(), max_bytes);
         std::fs::write(image_path(sender_inbound.dir.snap_dir(), 7, 42), image).unwrap();
-        let mut sender = Network::start(1, quiet, q_tx, s_tx, sender_inbound);
+        let mut sender = Network::start(1, quiet, q_tx, s_tx, sender_inbound, metrics(1));
         sender.add_peer(2, &[url.as_bytes()]).unwrap();
         assert_eq!(sender.peers(), vec![2]);
 

@@ -230,18 +230,24 @@ pub fn file_kind(path: &Path) -> Result<FileKind, Failure> {
     }
 }
 
-/// An image file read front to back, counting the bytes for a progress bar.
+/// An image file read front to back, counting the bytes for a progress bar. A file that
+/// `etcdctl snapshot save` wrote from a member (the image, then padding, its length and a
+/// SHA-256: see [`crate::saved`]) reads as its image, its digest checked at the image's end.
 pub struct ImageFile {
     reader: BufReader<File>,
     pub read: u64,
     bar: Option<ProgressBar>,
+    saved: Option<crate::saved::Check>,
 }
 
 impl ImageFile {
     pub fn open(path: &Path, bar: Option<ProgressBar>) -> Result<(Self, u64), Failure> {
-        let file = File::open(path).map_err(|e| Failure::io("opening", path, &e))?;
+        let mut file = File::open(path).map_err(|e| Failure::io("opening", path, &e))?;
         let len = file.metadata().map_err(|e| Failure::io("reading", path, &e))?.len();
-        Ok((ImageFile { reader: BufReader::with_capacity(1 << 20, file), read: 0, bar }, len))
+        let saved = crate::saved::detect(&file, len).map_err(|e| Failure::io("reading", path, &e))?;
+        io::Seek::rewind(&mut file).map_err(|e| Failure::io("reading", path, &e))?;
+        let reader = BufReader::with_capacity(1 << 20, file);
+        Ok((ImageFile { reader, read: 0, bar, saved: saved.map(crate::saved::Check::new) }, len))
     }
 
     /// The progress bar, if any.
@@ -254,7 +260,23 @@ impl image::Source for ImageFile {
     type Error = io::Error;
 
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, io::Error> {
-        let n = self.reader.read(buf)?;
+        let n = match &mut self.saved {
+            None => self.reader.read(buf)?,
+            Some(check) => {
+                let allowed = check.allowed(buf.len());
+                let n = match buf.get_mut(..allowed) {
+                    Some(part) if !part.is_empty() => self.reader.read(part)?,
+                    _ => 0,
+                };
+                match buf.get(..n) {
+                    Some(got) if n > 0 => check.read(got),
+                    // The image's end (or the file's, if it was cut short): the digest says
+                    // whether what was read is what was saved.
+                    _ => check.end()?,
+                }
+                n
+            }
+        };
         self.read += n as u64;
         if let Some(bar) = &self.bar {
             bar.set_position(self.read);
@@ -327,6 +349,9 @@ pub fn scan_image<V: Visit>(path: &Path, show_progress: bool) -> Result<Scanned<
 /// The failure of an image that did not decode.
 pub fn image_failure(path: &Path, e: &DecodeError<io::Error>) -> Failure {
     match e {
+        DecodeError::Source(e) if e.kind() == io::ErrorKind::InvalidData => {
+            Failure::new(exit::BAD_INPUT, format!("{}: {e}; save a new snapshot", path.display()))
+        }
         DecodeError::Source(e) => Failure::io("reading", path, e),
         DecodeError::Corrupt { .. } if matches!(file_kind(path), Ok(FileKind::EtcdDb)) => Failure::new(
             exit::BAD_INPUT,

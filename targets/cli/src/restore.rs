@@ -21,6 +21,7 @@ use snapply_fs::{DataDir, FsError, FsSnapshotStore, RedbBackend};
 
 use crate::common::{Failure, FileKind, ImageFile, Log, LogArgs, LogObserver, Temp, Visit, exit, file_kind, hex};
 use crate::import_etcd;
+use snapply_raft::InitialCluster;
 
 /// Arguments of `snapply restore`.
 #[derive(Debug, ClapArgs)]
@@ -32,9 +33,27 @@ pub struct Args {
     #[arg(long)]
     pub data_dir: PathBuf,
     /// This node's member id (hexadecimal): the restored transport has a peer for every other
-    /// member.
-    #[arg(long, value_parser = parse_id, default_value = "0")]
+    /// member. Without --initial-cluster, the snapshot's members are kept, as in a copy of a
+    /// member's data directory.
+    #[arg(long, value_parser = parse_id, default_value = "0", conflicts_with = "initial_cluster")]
     pub member_id: u64,
+    /// Start a new cluster from the snapshot, as `etcdutl snapshot restore` does: every member
+    /// as name=peer-URL, comma-separated. The members are these (with etcd's ids), none is
+    /// removed, and the directory holds a new raft log at term 1; start each member with the
+    /// same --initial-cluster and --initial-cluster-token.
+    #[arg(long)]
+    pub initial_cluster: Option<String>,
+    /// The member this directory is for, in --initial-cluster.
+    #[arg(long, default_value = "default", requires = "initial_cluster")]
+    pub name: String,
+    /// The new cluster's token (etcd's --initial-cluster-token): with the peer URLs, it makes
+    /// the member and cluster ids.
+    #[arg(long, default_value = snapply_raft::DEFAULT_CLUSTER_TOKEN, requires = "initial_cluster")]
+    pub initial_cluster_token: String,
+    /// This member's peer URLs, comma-separated: they must be its URLs in --initial-cluster
+    /// (default: those).
+    #[arg(long, value_delimiter = ',', requires = "initial_cluster")]
+    pub initial_advertise_peer_urls: Vec<String>,
     /// The minimum lease TTL in seconds (etcd's is 3/2 of the election timeout, 2 s with the
     /// default 1 s); shorter TTLs are raised to it, as etcd does on recovery.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i64).range(1..))]
@@ -264,6 +283,46 @@ fn restore(log: &Log, args: &Args) -> Result<(), Failure> {
         }
     };
 
+    // A new cluster (etcdutl's restore): the image is checked whole, then rewritten with the new
+    // members, index and term, and that is what is restored.
+    let new_cluster = match &args.initial_cluster {
+        None => None,
+        Some(initial) => {
+            let usage = |message: String| Failure::new(exit::USAGE, message);
+            let cluster = InitialCluster::parse(initial, &args.initial_cluster_token).map_err(usage)?;
+            for url in &args.initial_advertise_peer_urls {
+                snapply_raft::check_peer_url(url).map_err(|e| usage(format!("--initial-advertise-peer-urls: {e}")))?;
+            }
+            let (id, _) = *cluster.member(&args.name, &args.initial_advertise_peer_urls).map_err(usage)?;
+            Some((cluster, id))
+        }
+    };
+    let image_path = match &new_cluster {
+        None => image_path,
+        Some((cluster, id)) => {
+            let scanned = crate::common::scan_image::<()>(&image_path, true)?;
+            let rewritten = staging.temp.path.join("new-cluster.snapply");
+            let config =
+                Config { id: *id, min_lease_ttl: args.min_lease_ttl, v2_deprecation: V2Deprecation::WriteOnly };
+            crate::new_cluster::rewrite(&image_path, scanned.buffer, &rewritten, cluster, config)?;
+            if kind == FileKind::EtcdDb {
+                std::fs::remove_file(&image_path).map_err(|e| Failure::io("removing", &image_path, &e))?;
+            }
+            log.info(
+                "starting a new cluster",
+                &[
+                    ("name", args.name.clone().into()),
+                    ("member-id", format!("{id:016x}").into()),
+                    ("cluster-id", format!("{:016x}", cluster.id()).into()),
+                    ("members", (cluster.members().len() as u64).into()),
+                    ("snapshot-revisions-kept", true.into()),
+                ],
+            );
+            rewritten
+        }
+    };
+    let temporary = kind == FileKind::EtcdDb || new_cluster.is_some();
+
     // A first pass checks the whole image and finds the buffer its largest record needs.
     let scanned = crate::common::scan_image::<Meta>(&image_path, true)?;
     let metadata = scanned.metadata;
@@ -299,7 +358,7 @@ fn restore(log: &Log, args: &Args) -> Result<(), Failure> {
     }
     let info = persisted.map_err(|e| fs_failure(&e))?;
     drop(buf);
-    if kind == FileKind::EtcdDb {
+    if temporary {
         std::fs::remove_file(&image_path).map_err(|e| Failure::io("removing", &image_path, &e))?;
     }
 
@@ -308,8 +367,8 @@ fn restore(log: &Log, args: &Args) -> Result<(), Failure> {
     let Some(pending) = boot.pending else {
         return Err(Failure::new(exit::FAILED, "the persisted snapshot was not found at boot"));
     };
-    let config =
-        Config { id: args.member_id, min_lease_ttl: args.min_lease_ttl, v2_deprecation: V2Deprecation::WriteOnly };
+    let member_id = new_cluster.as_ref().map_or(args.member_id, |(_, id)| *id);
+    let config = Config { id: member_id, min_lease_ttl: args.min_lease_ttl, v2_deprecation: V2Deprecation::WriteOnly };
     let mut node = Node::<RedbBackend, Growable>::new(config, boot.backend);
     let mut store = FsSnapshotStore::new(dir);
     let mut peers = PeerTable::<Growable>::default();
@@ -333,6 +392,11 @@ fn restore(log: &Log, args: &Args) -> Result<(), Failure> {
     ];
     drop(node);
     drop(store);
+    if let Some((cluster, id)) = &new_cluster {
+        // etcdutl's WAL: the new members' additions at term 1, committed, and the ids.
+        snapply_raft::init_raft_log(&staging.temp.path, cluster, *id)
+            .map_err(|e| Failure::new(exit::IO, format!("writing the raft log: {e}")))?;
+    }
 
     // rename(2) replaces an empty directory in one step, so an empty target is never removed
     // before the restored one is in place.

@@ -1,5 +1,11 @@
-//! `snapply serve`: one member of a raft-rs cluster, with etcd's flags, and a small line-based
-//! client API (`put`, `get`, `del`, `range`) on its client URL.
+//! `snapply serve`: one member of a raft-rs cluster, with etcd's flags; its client URL serves
+//! etcd's v3 gRPC API, `/metrics` and `/health` (see [`crate::api`]) and a small line-based
+//! client API (`put`, `get`, `del`, `range`).
+//!
+//! Member ids are etcd's (from the peer URLs and `--initial-cluster-token`); a member started
+//! once is that member again (its raft log keeps its ids); a member started with
+//! `--initial-cluster-state existing` asks the other members for the cluster and is the one
+//! `etcdctl member add` added with its peer URLs.
 //!
 //! The client protocol is one request per line, one answer per line, so that `nc` is a client:
 //!
@@ -32,7 +38,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use snapply_raft::{
-    Client, Command, Consistency, MAX_SNAPSHOT_BYTES, MemberInfo, NodeConfig, RaftError, SnapshotPolicy, peer_addr,
+    Client, Command, Consistency, InitialCluster, MAX_SNAPSHOT_BYTES, MemberInfo, NodeConfig, RaftError,
+    SnapshotPolicy, peer_addr,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -47,15 +54,32 @@ pub struct Args {
     /// The data directory (created if missing).
     #[arg(long)]
     data_dir: PathBuf,
-    /// Every member as name=peer-URL, comma-separated: infra1=http://127.0.0.1:2380,...
+    /// Every member as name=peer-URL, comma-separated: infra1=http://127.0.0.1:2380,... (a name
+    /// given twice has two peer URLs).
     #[arg(long)]
     initial_cluster: String,
     /// `new` to start a cluster, `existing` to join one (the member must first be added).
     #[arg(long, default_value = "new", value_parser = ["new", "existing"])]
     initial_cluster_state: String,
+    /// The new cluster's token: with the peer URLs, it makes every member id (etcd's
+    /// `computeMemberId`) and so the cluster id; two clusters started from the same
+    /// --initial-cluster need different tokens.
+    #[arg(long, default_value = snapply_raft::DEFAULT_CLUSTER_TOKEN)]
+    initial_cluster_token: String,
+    /// This member's peer URLs, comma-separated: they must be its URLs in --initial-cluster
+    /// (default: those).
+    #[arg(long, value_delimiter = ',')]
+    initial_advertise_peer_urls: Vec<String>,
+    /// Where to listen for peers (default: the first advertised peer URL).
+    #[arg(long)]
+    listen_peer_urls: Option<String>,
     /// Where to listen for clients.
     #[arg(long, default_value = "http://127.0.0.1:2379")]
     listen_client_urls: String,
+    /// This member's client URLs as other members and `member list` show them, comma-separated
+    /// (default: --listen-client-urls).
+    #[arg(long, value_delimiter = ',')]
+    advertise_client_urls: Vec<String>,
     #[command(flatten)]
     snapshots: SnapshotArgs,
     #[command(flatten)]
@@ -125,23 +149,6 @@ fn route_member_logs(log: Log) {
 /// Longest client request line, in bytes.
 const MAX_LINE: u64 = 1024 * 1024;
 
-fn parse_cluster(s: &str) -> Result<Vec<MemberInfo>, String> {
-    let mut members = Vec::new();
-    for part in s.split(',').filter(|p| !p.is_empty()) {
-        let Some((name, url)) = part.split_once('=') else {
-            return Err(format!("--initial-cluster: `{part}` is not name=http://IP:PORT"));
-        };
-        if peer_addr(url).is_none() {
-            return Err(format!("--initial-cluster: `{url}` of member `{name}` is not http://IP:PORT"));
-        }
-        members.push(MemberInfo { name: name.into(), peer_urls: vec![url.into()], client_urls: vec![] });
-    }
-    if members.is_empty() {
-        return Err("--initial-cluster is empty: give every member as name=http://IP:PORT".into());
-    }
-    Ok(members)
-}
-
 pub fn run(args: &Args) -> Result<ExitCode, Box<dyn Error>> {
     let log = Log::new(args.log, "snapply/serve");
     log.finish(serve(&log, args))
@@ -149,15 +156,15 @@ pub fn run(args: &Args) -> Result<ExitCode, Box<dyn Error>> {
 
 fn serve(log: &Log, args: &Args) -> Result<(), Failure> {
     let usage = |message: String| Failure::new(exit::USAGE, message);
-    let members = parse_cluster(&args.initial_cluster).map_err(usage)?;
-    let me = members.iter().find(|m| m.name == args.name).ok_or_else(|| {
-        usage(format!("--name {} is not in --initial-cluster: add {}=http://IP:PORT to it", args.name, args.name))
-    })?;
-    let peer = me
-        .peer_urls
-        .first()
-        .and_then(|u| peer_addr(u))
-        .ok_or_else(|| usage(format!("member {} has no peer URL in --initial-cluster", args.name)))?;
+    let cluster = InitialCluster::parse(&args.initial_cluster, &args.initial_cluster_token).map_err(usage)?;
+    for url in &args.initial_advertise_peer_urls {
+        snapply_raft::check_peer_url(url).map_err(|e| usage(format!("--initial-advertise-peer-urls: {e}")))?;
+    }
+    let (id, me) = cluster.member(&args.name, &args.initial_advertise_peer_urls).map_err(usage)?;
+    let listen_peer = args.listen_peer_urls.as_deref().or(me.peer_urls.first().map(String::as_str)).unwrap_or_default();
+    let peer = peer_addr(listen_peer)
+        .ok_or_else(|| usage(format!("--listen-peer-urls `{listen_peer}` is not http://IP:PORT")))?;
+    let id = *id;
     let client = peer_addr(&args.listen_client_urls)
         .ok_or_else(|| usage(format!("--listen-client-urls `{}` is not http://IP:PORT", args.listen_client_urls)))?;
     let busy = |what: &str, addr, e: std::io::Error| {
@@ -167,11 +174,8 @@ fn serve(log: &Log, args: &Args) -> Result<(), Failure> {
     let client_listener = TcpListener::bind(client).map_err(|e| busy("clients", client, e))?;
     let failed = |what: &str, e: &dyn std::fmt::Display| Failure::new(exit::IO, format!("{what}: {e}"));
     client_listener.set_nonblocking(true).map_err(|e| failed("configuring the client listener", &e))?;
-    let id = me.derive_id();
-    let cluster: Vec<(u64, MemberInfo)> = members.iter().map(|m| (m.derive_id(), m.clone())).collect();
-    let mut config = NodeConfig::new(id, args.data_dir.clone(), cluster.clone());
-    config.join_existing = args.initial_cluster_state == "existing";
-    args.snapshots.apply(&mut config);
+    // A member that started once is that member again (etcd reads its ids from its WAL).
+    let kept = snapply_raft::ids(&args.data_dir).map_err(|e| start_failure(id, &args.data_dir, &e))?;
     route_member_logs(*log);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -179,7 +183,19 @@ fn serve(log: &Log, args: &Args) -> Result<(), Failure> {
         .enable_all()
         .build()
         .map_err(|e| failed("starting the runtime", &e))?;
+    let (cluster, my_urls) = (&cluster, me.peer_urls.clone());
     runtime.block_on(async move {
+        let mut config = match kept {
+            Some((member, cluster_id)) if member != 0 => {
+                let mut config = NodeConfig::new(member, args.data_dir.clone(), cluster.members().to_vec());
+                config.cluster_id = cluster_id;
+                config
+            }
+            _ if args.initial_cluster_state == "existing" => join(args, cluster, id, &my_urls).await?,
+            _ => NodeConfig::new(id, args.data_dir.clone(), cluster.members().to_vec()),
+        };
+        args.snapshots.apply(&mut config);
+        let id = config.id;
         let mut node = snapply_raft::start(config, peer_listener).map_err(|e| start_failure(id, &args.data_dir, &e))?;
         let clients =
             tokio::net::TcpListener::from_std(client_listener).map_err(|e| failed("listening for clients", &e))?;
@@ -187,6 +203,7 @@ fn serve(log: &Log, args: &Args) -> Result<(), Failure> {
             "serving",
             &[
                 ("member-id", format!("{id:016x}").into()),
+                ("cluster-id", format!("{:016x}", node.cluster_id()).into()),
                 ("name", args.name.clone().into()),
                 ("listen-peer-url", peer.to_string().into()),
                 ("listen-client-url", client.to_string().into()),
@@ -195,11 +212,13 @@ fn serve(log: &Log, args: &Args) -> Result<(), Failure> {
         );
         // The client URL: etcd's gRPC API (HTTP/2) and the line protocol (anything else).
         let api = node.client();
-        let ids: Vec<u64> = cluster.iter().map(|(id, _)| *id).collect();
         let db_path = args.data_dir.join("member").join("db");
-        let client_urls = vec![args.listen_client_urls.clone()];
-        let cluster_id = crate::api::cluster_id(&ids);
-        let member = crate::api::Member { client: api.clone(), cluster_id, db_path, client_urls };
+        let client_urls = if args.advertise_client_urls.is_empty() {
+            vec![args.listen_client_urls.clone()]
+        } else {
+            args.advertise_client_urls.clone()
+        };
+        let member = crate::api::Member { client: api.clone(), db_path, client_urls, name: args.name.clone() };
         let accept = crate::api::serve(clients, member, move |stream| serve_client(stream, api.clone()));
         tokio::select! {
             stopped = accept => if let Err(e) = stopped { log.warn("stopped serving clients", &[("error", e.into())]) },
@@ -207,12 +226,70 @@ fn serve(log: &Log, args: &Args) -> Result<(), Failure> {
                 let signal = signal.map_err(|e| failed("listening for signals", &e))?;
                 log.info("received signal; shutting down", &[("signal", signal.into())]);
             }
-            e = node.failed() => return Err(node_failure(id, &e)),
+            e = node.failed() => {
+                if matches!(e, RaftError::Removed) {
+                    // etcd stops and exits 0 once it applied its own removal.
+                    log.warn("the member has been permanently removed from the cluster", &[("member-id", format!("{id:016x}").into())]);
+                    log.warn("the data-dir used by this member must be removed", &[("data-dir", args.data_dir.display().to_string().into())]);
+                    return Ok(());
+                }
+                return Err(node_failure(id, &e));
+            }
         }
         node.stop().await.map_err(|e| failed("stopping the member", &e))?;
         log.info("stopped", &[("member-id", format!("{id:016x}").into())]);
         Ok(())
     })
+}
+
+/// The configuration of a member joining an existing cluster (`--initial-cluster-state
+/// existing`): it asks the other members of `--initial-cluster` for the cluster (etcd's
+/// `GetClusterFromRemotePeers`) and is the member the cluster has with its peer URLs, which
+/// `etcdctl member add` added (etcd's `ValidateClusterAndAssignIDs`).
+async fn join(args: &Args, cluster: &InitialCluster, me: u64, peer_urls: &[String]) -> Result<NodeConfig, Failure> {
+    let others: Vec<String> =
+        cluster.members().iter().filter(|(id, _)| *id != me).flat_map(|(_, m)| m.peer_urls.clone()).collect();
+    // The first member that answers may not have applied the addition yet: the first answer
+    // that has this member wins.
+    let mut remote = None;
+    for url in &others {
+        if let Ok(cluster) = snapply_raft::fetch_cluster(std::slice::from_ref(url)).await {
+            let found = cluster.member_with(peer_urls).is_some();
+            remote = Some(cluster);
+            if found {
+                break;
+            }
+        }
+    }
+    let remote = match remote {
+        Some(r) => r,
+        // None answered: ask them all again for the reasons.
+        None => snapply_raft::fetch_cluster(&others).await.map_err(|e| Failure::new(exit::IO, e.to_string()))?,
+    };
+    let Some(member) = remote.member_with(peer_urls) else {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "cluster {:016x} has no member with peer URLs {}: add it first (etcdctl member add {} --peer-urls={})",
+                remote.cluster_id,
+                peer_urls.join(","),
+                args.name,
+                peer_urls.join(",")
+            ),
+        ));
+    };
+    let members = remote
+        .members
+        .iter()
+        .map(|m| {
+            let info = MemberInfo { name: m.name.clone(), peer_urls: m.peer_urls.clone(), client_urls: Vec::new() };
+            (m.id, info)
+        })
+        .collect();
+    let mut config = NodeConfig::new(member.id, args.data_dir.clone(), members);
+    config.join_existing = true;
+    config.cluster_id = remote.cluster_id;
+    Ok(config)
 }
 
 async fn serve_client(stream: tokio::net::TcpStream, api: Client) {

@@ -1,9 +1,12 @@
 //! `snapply serve` speaks etcd's v3 gRPC API: Debian's etcdctl (3.4) runs the same commands
 //! against a one-member snapply cluster and a real etcd started beside it, and each command's
 //! exit code, standard output and error line are the same, once what must differ (member and
-//! cluster ids, lease ids, raft terms, ports) is normalised. docs/etcd-differences.md lists
-//! what differs on purpose. Needs Debian's `etcd-server` and `etcd-client`; the test fails,
-//! not skips, without them.
+//! cluster ids, lease ids, raft terms, ports) is normalised. Beyond the comparisons: `snapshot
+//! save` then `snapply verify` and `restore`, a snapshot restored as a new cluster on new peer
+//! URLs, members added, promoted and removed with etcdctl and joining with
+//! `--initial-cluster-state existing`, `/metrics` and `/health`.
+//! docs/etcd-differences.md lists what differs on purpose. Needs Debian's `etcd-server` and
+//! `etcd-client`; the tests fail, not skip, without them.
 
 // Test scaffolding: a failure here is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::unreachable)]
@@ -12,17 +15,71 @@
 mod etcd;
 
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use etcd::Etcd;
 use serde_json::Value;
 
-/// Kills the member when the test ends, however it ends.
+/// A `snapply serve` process, killed when the test ends, however it ends; its standard error
+/// is kept in `log`.
 struct Snapply {
     child: Child,
     client_url: String,
+    log: PathBuf,
+}
+
+impl Snapply {
+    /// Starts member `name` on `data` with `args` (its cluster flags) and a free client port.
+    fn spawn(data: &Path, name: &str, args: &[String]) -> Snapply {
+        let client_url = format!("http://127.0.0.1:{}", free_port());
+        let log = data.with_extension("log");
+        let stderr = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_snapply"))
+            .args(["serve", "--name", name, "--data-dir"])
+            .arg(data)
+            .arg(format!("--listen-client-urls={client_url}"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        Snapply { child, client_url, log }
+    }
+
+    /// Waits (at most 30 s) until the member knows a leader.
+    fn wait_leader(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = etcdctl(&self.client_url, &["endpoint", "status", "-w", "json"]);
+            let leader = serde_json::from_str::<Value>(&status.stdout)
+                .ok()
+                .and_then(|v| v[0]["Status"]["leader"].as_u64())
+                .unwrap_or(0);
+            if leader != 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "snapply serve elected no leader in 30 s: {status:?}\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (at most 30 s) for the process to exit on its own; its exit code.
+    fn wait_exit(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "the member did not exit: {}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for Snapply {
@@ -37,7 +94,7 @@ fn free_port() -> u16 {
 }
 
 /// What one etcdctl command did: exit code, standard output and the `Error:` line.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 struct Outcome {
     code: Option<i32>,
     stdout: String,
@@ -66,31 +123,15 @@ fn etcdctl(endpoint: &str, args: &[&str]) -> Outcome {
 
 /// Starts a one-member `snapply serve` and waits (at most 30 s) until it has a leader.
 fn start_snapply(dir: &Path) -> Snapply {
-    let (peer, client) = (free_port(), free_port());
-    let client_url = format!("http://127.0.0.1:{client}");
-    let child = Command::new(env!("CARGO_BIN_EXE_snapply"))
-        .args(["serve", "--name", "infra1", "--data-dir"])
-        .arg(dir.join("snapply"))
-        .arg(format!("--initial-cluster=infra1=http://127.0.0.1:{peer}"))
-        .arg(format!("--listen-client-urls={client_url}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let member = Snapply { child, client_url };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = etcdctl(&member.client_url, &["endpoint", "status", "-w", "json"]);
-        let leader = serde_json::from_str::<Value>(&status.stdout)
-            .ok()
-            .and_then(|v| v[0]["Status"]["leader"].as_u64())
-            .unwrap_or(0);
-        if leader != 0 {
-            return member;
-        }
-        assert!(Instant::now() < deadline, "snapply serve elected no leader in 30 s: {status:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    start_member(&dir.join("snapply"), free_port())
+}
+
+/// Starts member `infra1` of a one-member cluster on `data` with its peer URL on `peer`, and
+/// waits until it has a leader.
+fn start_member(data: &Path, peer: u16) -> Snapply {
+    let member = Snapply::spawn(data, "infra1", &[format!("--initial-cluster=infra1=http://127.0.0.1:{peer}")]);
+    member.wait_leader();
+    member
 }
 
 /// Zeroes the fields that differ between any two clusters in etcdctl's JSON: ids, terms,
@@ -108,6 +149,13 @@ fn normalise_json(v: &mut Value) {
                     "peerURLs" | "clientURLs" => {
                         if let Value::Array(urls) = field {
                             urls.iter_mut().for_each(|u| *u = Value::from("URL"));
+                        }
+                    }
+                    // Listed by id, and the ids differ: compared in a fixed order.
+                    "members" => {
+                        normalise_json(field);
+                        if let Value::Array(members) = field {
+                            members.sort_by_key(|m| m.to_string());
                         }
                     }
                     _ => normalise_json(field),
@@ -251,4 +299,613 @@ fn the_line_protocol_still_works_on_the_grpc_client_url() {
     let mut line = String::new();
     BufReader::new(stream).read_line(&mut line).unwrap();
     assert_eq!(line, "VALUE grpc\n");
+}
+
+fn snapply_cmd(args: &[&dyn AsRef<std::ffi::OsStr>]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_snapply")).args(args).stdin(Stdio::null()).output().unwrap()
+}
+
+#[test]
+fn etcdctl_snapshot_save_writes_a_file_snapply_verifies_and_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path(), &[]);
+    let peer = free_port();
+    let snapply = start_member(&dir.path().join("member"), peer);
+    let mut saved = Vec::new();
+    for (name, url) in [("etcd", &etcd.client_url), ("snapply", &snapply.client_url)] {
+        for (k, v) in [("/a", "1"), ("/b", "2"), ("/a", "3"), ("/c/x", "4")] {
+            assert_eq!(etcdctl(url, &["put", k, v]).stdout, "OK\n", "{name}");
+        }
+        assert_eq!(etcdctl(url, &["del", "/b"]).stdout, "1\n", "{name}");
+        let file = dir.path().join(format!("{name}.db"));
+        let path = file.display().to_string();
+        let out = etcdctl(url, &["snapshot", "save", &path]);
+        saved.push(Outcome { stdout: out.stdout.replace(&path, "FILE"), ..out });
+        assert!(!dir.path().join(format!("{name}.db.part")).exists(), "{name}: no part file is left");
+    }
+    assert_eq!(saved[0], saved[1], "etcdctl snapshot save prints the same against etcd and snapply");
+    assert_eq!(saved[1].stdout, "Snapshot saved at FILE\n");
+    let file = dir.path().join("snapply.db");
+    let len = std::fs::metadata(&file).unwrap().len();
+    assert_eq!(len % 512, 32, "32 bytes of SHA-256 past a multiple of 512, as etcdctl expects");
+    let before = etcdctl(&snapply.client_url, &["get", "", "--from-key", "-w", "json"]);
+    let revision = |o: &Outcome| serde_json::from_str::<Value>(&o.stdout).unwrap()["header"]["revision"].clone();
+
+    // `snapply verify` reads it whole (stores too); a damaged copy is refused.
+    let verified = snapply_cmd(&[&"verify", &file, &"--stores"]);
+    assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));
+    assert!(String::from_utf8_lossy(&verified.stdout).starts_with("ok "));
+    let mut damaged = std::fs::read(&file).unwrap();
+    let at = damaged.len() / 3;
+    damaged[at] ^= 0x40;
+    let damaged_file = dir.path().join("damaged.db");
+    std::fs::write(&damaged_file, damaged).unwrap();
+    let refused = snapply_cmd(&[&"verify", &damaged_file]);
+    assert_eq!(refused.status.code(), Some(3), "{}", String::from_utf8_lossy(&refused.stderr));
+
+    // `snapply restore` makes a data directory of it; the member started on it serves what
+    // was saved and takes writes.
+    drop(snapply);
+    let restored = dir.path().join("restored");
+    let out = snapply_cmd(&[&"restore", &file, &"--data-dir", &restored]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let member = start_member(&restored, peer);
+    let after = etcdctl(&member.client_url, &["get", "", "--from-key", "-w", "json"]);
+    assert_eq!(
+        normalise(after.clone(), ""),
+        normalise(before.clone(), ""),
+        "the restored member serves what was saved"
+    );
+    assert_eq!(revision(&after), revision(&before));
+    assert_eq!(etcdctl(&member.client_url, &["put", "/d", "5"]).stdout, "OK\n");
+}
+
+/// The header's cluster id and the members' ids and peer URLs `member list` prints.
+fn ids_of(url: &str) -> (u64, Vec<(u64, Vec<String>)>) {
+    let out = etcdctl(url, &["member", "list", "-w", "json"]);
+    let v: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|_| panic!("member list: {out:?}"));
+    let members = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let urls = m["peerURLs"].as_array().unwrap().iter().map(|u| u.as_str().unwrap().to_string()).collect();
+            (m["ID"].as_u64().unwrap(), urls)
+        })
+        .collect();
+    (v["header"]["cluster_id"].as_u64().unwrap(), members)
+}
+
+#[test]
+fn member_and_cluster_ids_are_the_ones_etcd_derives() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path(), &["--initial-cluster-token=a-token"]);
+    // The same name, peer URL and token as the etcd (listening elsewhere: etcd has the port).
+    let snapply = Snapply::spawn(
+        &dir.path().join("snapply"),
+        "s1",
+        &[
+            format!("--initial-cluster=s1={}", etcd.peer_url),
+            "--initial-cluster-token=a-token".into(),
+            format!("--listen-peer-urls=http://127.0.0.1:{}", free_port()),
+        ],
+    );
+    snapply.wait_leader();
+    let (etcd_cluster, etcd_members) = ids_of(&etcd.client_url);
+    let (cluster, members) = ids_of(&snapply.client_url);
+    assert_eq!(members, etcd_members);
+    assert_eq!(cluster, etcd_cluster);
+    assert_eq!(members[0].0, snapply_raft::compute_member_id(std::slice::from_ref(&etcd.peer_url), "a-token", None));
+    assert_eq!(cluster, snapply_raft::cluster_id(&[members[0].0]));
+}
+
+/// `n1=http://127.0.0.1:P1,...` for `n` members on free peer ports, and their peer URLs.
+fn new_initial_cluster(n: usize) -> (String, Vec<String>) {
+    let urls: Vec<String> = (0..n).map(|_| format!("http://127.0.0.1:{}", free_port())).collect();
+    let flag = urls.iter().enumerate().map(|(i, u)| format!("n{}={u}", i + 1)).collect::<Vec<_>>().join(",");
+    (flag, urls)
+}
+
+/// The key-values of a JSON range answer.
+fn kvs(o: &Outcome) -> Value {
+    serde_json::from_str::<Value>(&o.stdout).unwrap_or_else(|_| panic!("not JSON: {o:?}"))["kvs"].clone()
+}
+
+#[test]
+fn a_snapshot_restored_as_a_new_cluster_on_new_peer_urls_serves_reads_and_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = start_member(&dir.path().join("old"), free_port());
+    for (k, v) in [("/a", "1"), ("/b", "2"), ("/a", "3"), ("/c", "4")] {
+        assert_eq!(etcdctl(&old.client_url, &["put", k, v]).stdout, "OK\n");
+    }
+    assert_eq!(etcdctl(&old.client_url, &["del", "/b"]).stdout, "1\n");
+    let before = etcdctl(&old.client_url, &["get", "", "--from-key", "-w", "json"]);
+    let file = dir.path().join("saved.db");
+    assert_eq!(etcdctl(&old.client_url, &["snapshot", "save", &file.display().to_string()]).code, Some(0));
+    drop(old);
+
+    // Restored as it was and started on another peer URL, the member is not in its own
+    // configuration: a write is dropped, and its log says why.
+    let copy = dir.path().join("copy");
+    assert!(snapply_cmd(&[&"restore", &file, &"--data-dir", &copy]).status.success());
+    let moved =
+        Snapply::spawn(&copy, "infra1", &[format!("--initial-cluster=infra1=http://127.0.0.1:{}", free_port())]);
+    let refused = etcdctl(&moved.client_url, &["put", "/x", "1"]);
+    assert_ne!(refused.code, Some(0), "{refused:?}");
+    assert!(
+        moved.log().contains("dropped a proposal: this member")
+            && moved.log().contains("is not in the cluster's configuration"),
+        "{}",
+        moved.log()
+    );
+    drop(moved);
+
+    // As etcdutl's restore: a new cluster of three members on new peer URLs, with a token.
+    let (initial, urls) = new_initial_cluster(3);
+    let token = "--initial-cluster-token=restored";
+    // Refused as etcd refuses them, before anything is written: a name not in the cluster, and
+    // advertised URLs that are not the member's.
+    for (name, advertised, says) in [
+        ("n9", urls[0].as_str(), "couldn't find local name \"n9\" in the initial cluster configuration"),
+        ("n1", urls[1].as_str(), "--initial-cluster has n1="),
+    ] {
+        let data = dir.path().join("refused");
+        let out = snapply_cmd(&[
+            &"restore",
+            &file,
+            &"--data-dir",
+            &data,
+            &"--name",
+            &name,
+            &format!("--initial-cluster={initial}"),
+            &format!("--initial-advertise-peer-urls={advertised}"),
+        ]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(says), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(!data.exists());
+    }
+    let mut members = Vec::new();
+    for (i, url) in urls.iter().enumerate() {
+        let name = format!("n{}", i + 1);
+        let data = dir.path().join(&name);
+        let out = snapply_cmd(&[
+            &"restore",
+            &file,
+            &"--data-dir",
+            &data,
+            &"--name",
+            &name,
+            &format!("--initial-cluster={initial}"),
+            &token,
+            &format!("--initial-advertise-peer-urls={url}"),
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        members.push((name, data));
+    }
+    let members: Vec<Snapply> = members
+        .iter()
+        .map(|(name, data)| Snapply::spawn(data, name, &[format!("--initial-cluster={initial}"), token.into()]))
+        .collect();
+    members.iter().for_each(Snapply::wait_leader);
+
+    // Every member serves the snapshot's key space, and writes through any member are read on
+    // every member.
+    for m in &members {
+        let got = etcdctl(&m.client_url, &["get", "", "--from-key", "-w", "json"]);
+        assert_eq!(kvs(&got), kvs(&before), "{}", m.log());
+    }
+    for (i, m) in members.iter().enumerate() {
+        let put = etcdctl(&m.client_url, &["put", &format!("/new/{i}"), "v"]);
+        assert_eq!(put.stdout, "OK\n", "{put:?}\n{}", m.log());
+    }
+    for m in &members {
+        let got = etcdctl(&m.client_url, &["get", "/new/", "--prefix", "--keys-only"]);
+        assert_eq!(got.stdout, "/new/0\n\n/new/1\n\n/new/2\n\n");
+    }
+
+    // The members and the cluster have etcd's ids for the new URLs and token; every header
+    // carries the cluster id.
+    let ids_now: Vec<u64> =
+        urls.iter().map(|u| snapply_raft::compute_member_id(std::slice::from_ref(u), "restored", None)).collect();
+    let mut want: Vec<(u64, Vec<String>)> = ids_now.iter().copied().zip(urls.iter().map(|u| vec![u.clone()])).collect();
+    want.sort();
+    for m in &members {
+        let (cluster, mut listed) = ids_of(&m.client_url);
+        listed.sort();
+        assert_eq!(listed, want);
+        assert_eq!(cluster, snapply_raft::cluster_id(&ids_now));
+        let got = etcdctl(&m.client_url, &["get", "/a", "-w", "json"]);
+        let header = &serde_json::from_str::<Value>(&got.stdout).unwrap()["header"];
+        assert_eq!(header["cluster_id"].as_u64(), Some(cluster));
+    }
+}
+
+/// Replaces, in `o`, every `127.0.0.1:PORT` by `127.0.0.1:PORT` and each `(hex id, name)` by the
+/// name; sorts the lines of `member list`'s simple format (ordered by ids, which differ).
+fn normalise_members(mut o: Outcome, ids: &[(String, &str)]) -> Outcome {
+    for (id, name) in ids.iter().filter(|(id, _)| !id.is_empty()) {
+        o.stdout = o.stdout.replace(id, name);
+        o.error = o.error.replace(id, name);
+    }
+    let ports = |text: &str| {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(at) = rest.find("127.0.0.1:") {
+            let (head, tail) = rest.split_at(at + "127.0.0.1:".len());
+            out.push_str(head);
+            out.push_str("PORT");
+            rest = tail.trim_start_matches(|c: char| c.is_ascii_digit());
+        }
+        out.push_str(rest);
+        out
+    };
+    o.stdout = ports(&o.stdout);
+    o.error = ports(&o.error);
+    // ETCD_INITIAL_CLUSTER lists the members in the order of their ids.
+    o.stdout = o
+        .stdout
+        .lines()
+        .map(|l| match l.strip_prefix("ETCD_INITIAL_CLUSTER=\"").and_then(|v| v.strip_suffix('"')) {
+            Some(members) => {
+                let mut members: Vec<&str> = members.split(',').collect();
+                members.sort_unstable();
+                format!("ETCD_INITIAL_CLUSTER=\"{}\"\n", members.join(","))
+            }
+            None => format!("{l}\n"),
+        })
+        .collect();
+    // etcdctl prints ids as `%16x`: an id below 2^60 is padded with spaces.
+    while o.stdout.contains("  ") {
+        o.stdout = o.stdout.replace("  ", " ");
+    }
+    if o.stdout.lines().all(|l| l.matches(", ").count() == 5) {
+        let mut lines: Vec<&str> = o.stdout.lines().collect();
+        lines.sort_unstable();
+        o.stdout = lines.iter().map(|l| format!("{l}\n")).collect();
+    }
+    normalise(o, "")
+}
+
+/// The hex member id `member add` printed.
+fn added(o: &Outcome) -> String {
+    o.stdout.split_whitespace().nth(1).unwrap_or_default().to_string()
+}
+
+#[test]
+fn etcdctl_member_commands_print_against_snapply_what_they_print_against_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path(), &[]);
+    let peer = free_port();
+    let snapply =
+        Snapply::spawn(&dir.path().join("snapply"), "s1", &[format!("--initial-cluster=s1=http://127.0.0.1:{peer}")]);
+    snapply.wait_leader();
+    let sides = [
+        (etcd.client_url.clone(), etcd.peer_url.clone()),
+        (snapply.client_url.clone(), format!("http://127.0.0.1:{peer}")),
+    ];
+    // Each side's own id, cluster id and added member's id, by what they stand for.
+    let mut ids: Vec<Vec<(String, &str)>> = Vec::new();
+    for (url, _) in &sides {
+        let (cluster, members) = ids_of(url);
+        ids.push(vec![(format!("{:x}", members[0].0), "SELF"), (format!("{cluster:x}"), "CLUSTER")]);
+    }
+    let script: &[&[&str]] = &[
+        &["member", "add", "s2", "--peer-urls=NEW", "--learner"],
+        &["member", "list"],
+        &["member", "list", "-w", "json"],
+        &["member", "promote", "ADDED"],
+        &["member", "remove", "ADDED"],
+        &["member", "remove", "ADDED"],
+        &["member", "list"],
+        &["member", "add", "s3", "--peer-urls=SELF_PEER"],
+        &["member", "add", "s3", "--peer-urls=bad-url"],
+        &["member", "promote", "SELF"],
+        &["member", "remove", "1234"],
+    ];
+    let mut differences = Vec::new();
+    for args in script {
+        let mut outcomes = Vec::new();
+        for (i, (url, self_peer)) in sides.iter().enumerate() {
+            let new_peer = format!("http://127.0.0.1:{}", free_port());
+            let added_id = ids[i].iter().find(|(_, n)| *n == "ADDED").map(|(id, _)| id.clone()).unwrap_or_default();
+            let self_id = ids[i].first().map(|(id, _)| id.clone()).unwrap_or_default();
+            let concrete: Vec<String> = args
+                .iter()
+                .map(|a| {
+                    a.replace("SELF_PEER", self_peer)
+                        .replace("NEW", &new_peer)
+                        .replace("ADDED", &added_id)
+                        .replace("SELF", &self_id)
+                })
+                .collect();
+            let refs: Vec<&str> = concrete.iter().map(String::as_str).collect();
+            let o = etcdctl(url, &refs);
+            if args.starts_with(&["member", "add", "s2"]) {
+                assert_eq!(o.code, Some(0), "{o:?}");
+                ids[i].push((added(&o), "ADDED"));
+            }
+            outcomes.push(normalise_members(o, &ids[i]));
+        }
+        if outcomes.first() != outcomes.get(1) {
+            differences.push(format!(
+                "etcdctl {}:\n  etcd:    {:?}\n  snapply: {:?}",
+                args.join(" "),
+                outcomes[0],
+                outcomes[1]
+            ));
+        }
+    }
+    assert!(differences.is_empty(), "{} commands differ:\n{}", differences.len(), differences.join("\n"));
+}
+
+/// `KEY="value"` of `member add`'s output.
+fn env_value(o: &Outcome, key: &str) -> String {
+    let prefix = format!("{key}=\"");
+    o.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.strip_suffix('"')))
+        .unwrap_or_else(|| panic!("no {key} in {o:?}"))
+        .to_string()
+}
+
+#[test]
+fn members_added_with_etcdctl_join_with_initial_cluster_state_existing_are_promoted_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = start_member(&dir.path().join("infra1"), free_port());
+    assert_eq!(etcdctl(&first.client_url, &["put", "/a", "1"]).stdout, "OK\n");
+
+    // Joining before being added is refused (nothing of it is in the cluster), and so is
+    // joining a cluster none of whose members answers.
+    let url2 = format!("http://127.0.0.1:{}", free_port());
+    let first_peer = ids_of(&first.client_url).1[0].1[0].clone();
+    for (cluster, code, says) in [
+        (format!("infra1={first_peer},infra2={url2}"), 2, "has no member with peer URLs"),
+        (
+            format!("infra1=http://127.0.0.1:{},infra2={url2}", free_port()),
+            5,
+            "cannot fetch cluster info from peer urls",
+        ),
+    ] {
+        let data = dir.path().join("early");
+        let mut early = Snapply::spawn(
+            &data,
+            "infra2",
+            &[format!("--initial-cluster={cluster}"), "--initial-cluster-state=existing".into()],
+        );
+        assert_eq!(early.wait_exit(), Some(code), "{}", early.log());
+        assert!(early.log().contains(says), "{}", early.log());
+        assert!(!data.join("member").exists(), "nothing written");
+    }
+
+    // A voter: added, then started with what `member add` printed.
+    let add = etcdctl(&first.client_url, &["member", "add", "infra2", &format!("--peer-urls={url2}")]);
+    assert_eq!(add.code, Some(0), "{add:?}");
+    assert_eq!(env_value(&add, "ETCD_INITIAL_CLUSTER_STATE"), "existing");
+    let id2 = added(&add);
+    let mut second = Snapply::spawn(
+        &dir.path().join("infra2"),
+        &env_value(&add, "ETCD_NAME"),
+        &[
+            format!("--initial-cluster={}", env_value(&add, "ETCD_INITIAL_CLUSTER")),
+            format!("--initial-advertise-peer-urls={}", env_value(&add, "ETCD_INITIAL_ADVERTISE_PEER_URLS")),
+            "--initial-cluster-state=existing".into(),
+        ],
+    );
+    second.wait_leader();
+    assert_eq!(etcdctl(&second.client_url, &["get", "/a", "--print-value-only"]).stdout, "1\n", "{}", second.log());
+    assert_eq!(etcdctl(&second.client_url, &["put", "/b", "2"]).stdout, "OK\n");
+    assert_eq!(etcdctl(&first.client_url, &["get", "/b", "--print-value-only"]).stdout, "2\n");
+    let status = etcdctl(&second.client_url, &["endpoint", "status", "-w", "json"]);
+    let status: Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(format!("{:x}", status[0]["Status"]["header"]["member_id"].as_u64().unwrap()), id2);
+
+    // A learner: added, started, promoted once it caught up (etcd refuses before).
+    let url3 = format!("http://127.0.0.1:{}", free_port());
+    let add = etcdctl(&first.client_url, &["member", "add", "infra3", &format!("--peer-urls={url3}"), "--learner"]);
+    assert_eq!(add.code, Some(0), "{add:?}");
+    let id3 = added(&add);
+    let third = Snapply::spawn(
+        &dir.path().join("infra3"),
+        "infra3",
+        &[
+            format!("--initial-cluster={}", env_value(&add, "ETCD_INITIAL_CLUSTER")),
+            "--initial-cluster-state=existing".into(),
+        ],
+    );
+    third.wait_leader();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let promote = etcdctl(&first.client_url, &["member", "promote", &id3]);
+        if promote.code == Some(0) {
+            assert_eq!(
+                promote.stdout,
+                format!("Member {id3} promoted in cluster {}\n", cluster_hex(&first.client_url))
+            );
+            break;
+        }
+        assert_eq!(promote.error, "Error: etcdserver: can only promote a learner member which is in sync with leader");
+        assert!(Instant::now() < deadline, "the learner never caught up: {}", third.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let list = etcdctl(&third.client_url, &["member", "list", "-w", "json"]);
+    let list: Value = serde_json::from_str(&list.stdout).unwrap();
+    assert_eq!(list["members"].as_array().unwrap().len(), 3);
+    assert!(list["members"].as_array().unwrap().iter().all(|m| m["isLearner"].is_null()), "{list}");
+    assert_eq!(etcdctl(&third.client_url, &["put", "/c", "3"]).stdout, "OK\n");
+
+    // Removed: the member applies its own removal and exits 0, as etcd; the others go on.
+    let remove = etcdctl(&first.client_url, &["member", "remove", &id2]);
+    assert_eq!(remove.stdout, format!("Member {id2} removed from cluster {}\n", cluster_hex(&first.client_url)));
+    assert_eq!(second.wait_exit(), Some(0));
+    assert!(second.log().contains("the member has been permanently removed from the cluster"), "{}", second.log());
+    assert_eq!(etcdctl(&third.client_url, &["put", "/d", "4"]).stdout, "OK\n");
+    assert_eq!(etcdctl(&first.client_url, &["get", "/d", "--print-value-only"]).stdout, "4\n");
+    assert_eq!(ids_of(&first.client_url).1.len(), 2);
+}
+
+fn cluster_hex(url: &str) -> String {
+    format!("{:x}", ids_of(url).0)
+}
+
+/// An HTTP/1.1 GET of `path` on `url`: the status code and the body.
+fn http_get(url: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(url.trim_start_matches("http://")).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let (head, mut body) = answer.split_once("\r\n\r\n").unwrap_or_default();
+    if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return (status, body.to_string());
+    }
+    // Chunks: a hexadecimal size line, the bytes, CRLF; a size of 0 ends them.
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+    (status, out)
+}
+
+/// The `# HELP` and `# TYPE` lines of each metric family in a `/metrics` answer, by name.
+fn families(text: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut out: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
+    for line in text.lines().filter(|l| l.starts_with("# HELP ") || l.starts_with("# TYPE ")) {
+        if let Some(name) = line.split_whitespace().nth(2) {
+            out.entry(name.to_string()).or_default().push(line.to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn metrics_and_health_are_served_on_the_client_url_as_etcd_serves_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path(), &[]);
+    let snapply = start_snapply(dir.path());
+    assert_eq!(etcdctl(&snapply.client_url, &["put", "/a", "1"]).stdout, "OK\n");
+
+    // Every family snapply serves under an etcd name is one etcd serves, with etcd's help and
+    // type (etcd shows its labelled families only once used: those are left out).
+    let (status, ours) = http_get(&snapply.client_url, "/metrics");
+    assert_eq!(status, 200);
+    let (status, theirs) = http_get(&etcd.client_url, "/metrics");
+    assert_eq!(status, 200);
+    let (ours_by_name, theirs_by_name) = (families(&ours), families(&theirs));
+    let mut compared = 0;
+    for (name, lines) in &ours_by_name {
+        assert!(name.starts_with("etcd_") || name.starts_with("snapply_"), "{name}");
+        if let Some(etcds) = theirs_by_name.get(name) {
+            assert_eq!(lines, etcds, "{name}");
+            compared += 1;
+        } else {
+            assert!(name.starts_with("snapply_") || name.starts_with("etcd_network_snapshot_"), "{name} is not etcd's");
+        }
+    }
+    assert!(compared >= 15, "{compared} families compared");
+    for sample in [
+        "etcd_server_has_leader 1",
+        "etcd_server_is_leader 1",
+        "etcd_server_snapshot_apply_in_progress_total 0",
+        "etcd_server_leader_changes_seen_total 1",
+    ] {
+        assert!(ours.lines().any(|l| l == sample), "{sample} in:\n{ours}");
+    }
+
+    // /health answers as etcd 3.4's does.
+    assert_eq!(http_get(&snapply.client_url, "/health"), http_get(&etcd.client_url, "/health"));
+    assert_eq!(http_get(&snapply.client_url, "/health"), (200, r#"{"health":"true"}"#.to_string()));
+    assert_eq!(http_get(&snapply.client_url, "/nothing").0, 404);
+    // The gRPC API and the line protocol still share the URL.
+    assert_eq!(etcdctl(&snapply.client_url, &["get", "/a", "--print-value-only"]).stdout, "1\n");
+
+    // A member that knows no leader (the one started of a cluster of three) is not healthy.
+    let (initial, _) = new_initial_cluster(3);
+    let alone = Snapply::spawn(&dir.path().join("alone"), "n1", &[format!("--initial-cluster={initial}")]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(alone.client_url.trim_start_matches("http://")).is_err() {
+        assert!(Instant::now() < deadline, "{}", alone.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(http_get(&alone.client_url, "/health"), (503, "{\"health\":\"false\"}\n".to_string()));
+    let (_, text) = http_get(&alone.client_url, "/metrics");
+    assert!(text.lines().any(|l| l == "etcd_server_has_leader 0"), "{text}");
+    assert!(text.lines().any(|l| l == "etcd_server_health_failures 1"), "{text}");
+}
+
+#[test]
+fn alarms_gate_writes_and_etcdctl_lists_and_disarms_them_as_against_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path(), &[]);
+    let snapply = start_snapply(dir.path());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let sides = [etcd.client_url.clone(), snapply.client_url.clone()];
+    let mut selves = Vec::new();
+    for url in &sides {
+        let me = ids_of(url).1[0].0;
+        selves.push(me);
+        // etcdctl cannot raise an alarm; a client of the API can (etcd's `alarm activate`).
+        let raised = runtime.block_on(async {
+            let mut client = etcd_client::Client::connect([url.as_str()], None).await.unwrap();
+            let mut options = etcd_client::AlarmOptions::new();
+            options.with_member(me);
+            client.alarm(etcd_client::AlarmAction::Activate, etcd_client::AlarmType::Nospace, Some(options)).await
+        });
+        let raised = raised.unwrap();
+        assert_eq!(raised.alarms().len(), 1, "{url}");
+        assert_eq!(raised.alarms()[0].member_id(), me);
+    }
+    for url in &sides {
+        assert_eq!(http_get(url, "/health"), (503, "{\"health\":\"false\"}\n".to_string()), "{url}");
+    }
+    let script: &[&[&str]] = &[
+        &["alarm", "list"],
+        &["put", "/x", "1"],
+        &["get", "/x"],
+        &["endpoint", "health"],
+        &["alarm", "disarm"],
+        &["alarm", "list"],
+        &["alarm", "disarm"],
+        &["put", "/x", "1"],
+        &["endpoint", "health"],
+    ];
+    let (mut differences, mut seen) = (Vec::new(), Vec::new());
+    for args in script {
+        let mut outcomes = Vec::new();
+        for (url, me) in sides.iter().zip(&selves) {
+            let mut o = etcdctl(url, args);
+            for text in [&mut o.stdout, &mut o.error] {
+                *text = text.replace(&me.to_string(), "SELF").replace(url.trim_start_matches("http://"), "ENDPOINT");
+                if let Some(at) = text.find("took = ") {
+                    text.truncate(at);
+                }
+            }
+            outcomes.push(o);
+        }
+        if outcomes.first() != outcomes.get(1) {
+            differences.push(format!(
+                "etcdctl {}:\n  etcd:    {:?}\n  snapply: {:?}",
+                args.join(" "),
+                outcomes[0],
+                outcomes[1]
+            ));
+        }
+        seen.push(outcomes.swap_remove(1));
+    }
+    assert!(differences.is_empty(), "{} commands differ:\n{}", differences.len(), differences.join("\n"));
+    // What was compared: the alarm listed, the write refused, the member unhealthy, then not.
+    assert_eq!(seen[0].stdout, "memberID:SELF alarm:NOSPACE \n");
+    assert_eq!(seen[1].error, "Error: etcdserver: mvcc: database space exceeded");
+    assert_eq!(seen[5].stdout, "");
+    assert_eq!(seen[7].stdout, "OK\n");
+    // /health: unhealthy while an alarm is raised (etcd 3.4's check), healthy after.
+    for url in &sides {
+        assert_eq!(http_get(url, "/health"), (200, r#"{"health":"true"}"#.to_string()), "{url}");
+    }
 }

@@ -1,11 +1,12 @@
-//! etcd's Cluster service: MemberList (MemberAdd, MemberRemove, MemberUpdate and
-//! MemberPromote: not yet).
+//! etcd's Cluster service: MemberAdd (voter or learner), MemberRemove, MemberList and
+//! MemberPromote, as raft-rs conf changes (MemberUpdate: not yet; raft-rs has no `UpdateNode`).
 
 use etcd_client::proto::{
     PbClusterService, PbMember, PbMemberAddRequest, PbMemberAddResponse, PbMemberListRequest, PbMemberListResponse,
     PbMemberPromoteRequest, PbMemberPromoteResponse, PbMemberRemoveRequest, PbMemberRemoveResponse,
-    PbMemberUpdateRequest, PbMemberUpdateResponse,
+    PbMemberUpdateRequest, PbMemberUpdateResponse, PbResponseHeader,
 };
+use snapply_raft::MemberInfo;
 use tonic::{Request, Response, Status};
 
 use super::{Member, error};
@@ -15,15 +16,39 @@ pub(super) struct ClusterService(pub(super) Member);
 
 #[tonic::async_trait]
 impl PbClusterService for ClusterService {
-    async fn member_add(&self, _request: Request<PbMemberAddRequest>) -> Result<Response<PbMemberAddResponse>, Status> {
-        Err(error::unimplemented("MemberAdd"))
+    /// etcd's `ClusterServer.MemberAdd`: the id from the peer URLs and the time (etcd's
+    /// `NewMember("", urls, "", now)`), a raft-rs conf change (`AddNode`, or `AddLearnerNode`),
+    /// answered once this member applied it.
+    async fn member_add(&self, request: Request<PbMemberAddRequest>) -> Result<Response<PbMemberAddResponse>, Status> {
+        let request = request.into_inner();
+        let mut peer_urls = request.peer_ur_ls;
+        if peer_urls.is_empty() || peer_urls.iter().any(|u| snapply_raft::check_peer_url(u).is_err()) {
+            return Err(error::member_bad_urls());
+        }
+        peer_urls.sort_unstable();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let id = snapply_raft::compute_member_id(&peer_urls, "", i64::try_from(now).ok());
+        let info = MemberInfo { name: String::new(), peer_urls: peer_urls.clone(), client_urls: Vec::new() };
+        let added = if request.is_learner {
+            self.0.client.add_learner(id, &info).await
+        } else {
+            self.0.client.add_member(id, &info).await
+        };
+        added.map_err(|e| error::status(&e))?;
+        let (header, members) = self.members().await?;
+        let member = PbMember { id, peer_ur_ls: peer_urls, is_learner: request.is_learner, ..Default::default() };
+        Ok(Response::new(PbMemberAddResponse { header, member: Some(member), members }))
     }
 
+    /// etcd's `ClusterServer.MemberRemove`: a raft-rs `RemoveNode`, answered once applied here.
     async fn member_remove(
         &self,
-        _request: Request<PbMemberRemoveRequest>,
+        request: Request<PbMemberRemoveRequest>,
     ) -> Result<Response<PbMemberRemoveResponse>, Status> {
-        Err(error::unimplemented("MemberRemove"))
+        let id = request.into_inner().id;
+        self.0.client.remove_member(id).await.map_err(|e| error::status(&e))?;
+        let (header, members) = self.members().await?;
+        Ok(Response::new(PbMemberRemoveResponse { header, members }))
     }
 
     async fn member_update(
@@ -38,35 +63,50 @@ impl PbClusterService for ClusterService {
         request: Request<PbMemberListRequest>,
     ) -> Result<Response<PbMemberListResponse>, Status> {
         self.0.read_barrier(!request.into_inner().linearizable).await?;
+        let (header, members) = self.members().await?;
+        Ok(Response::new(PbMemberListResponse { header, members }))
+    }
+
+    /// etcd's `ClusterServer.MemberPromote`: raft-rs's `AddNode` of the learner; asked of the
+    /// leader, refused while the learner has not caught up (etcd's `isLearnerReady`).
+    async fn member_promote(
+        &self,
+        request: Request<PbMemberPromoteRequest>,
+    ) -> Result<Response<PbMemberPromoteResponse>, Status> {
+        let id = request.into_inner().id;
+        self.0.client.promote_member(id).await.map_err(|e| error::status(&e))?;
+        let (header, members) = self.members().await?;
+        Ok(Response::new(PbMemberPromoteResponse { header, members }))
+    }
+}
+
+impl ClusterService {
+    /// The members as this member's state has them, with the response header.
+    async fn members(&self) -> Result<(Option<PbResponseHeader>, Vec<PbMember>), Status> {
         let (mut header, members) = self.0.client.members().await.map_err(|e| error::status(&e))?;
         // etcd's Cluster service headers carry no revision.
         header.revision = 0;
         let me = self.0.client.id();
-        Ok(Response::new(PbMemberListResponse {
-            header: self.0.header(header),
-            members: members
-                .into_iter()
-                .map(|m| PbMember {
+        let members = members
+            .into_iter()
+            .map(|m| {
+                // Members do not publish their name and client URLs yet (etcd's `publish`): a
+                // member knows only its own, and a member added at run time has neither in the
+                // others' answers.
+                let own = m.id == me;
+                PbMember {
                     id: m.id,
-                    name: m.name,
+                    name: if own && m.name.is_empty() { self.0.name.clone() } else { m.name },
                     peer_ur_ls: m.peer_urls,
-                    // Members do not publish their client URLs yet (etcd's `publish`): a
-                    // member knows only its own.
-                    client_ur_ls: if m.id == me && m.client_urls.is_empty() {
+                    client_ur_ls: if own && m.client_urls.is_empty() {
                         self.0.client_urls.clone()
                     } else {
                         m.client_urls
                     },
                     is_learner: m.is_learner,
-                })
-                .collect(),
-        }))
-    }
-
-    async fn member_promote(
-        &self,
-        _request: Request<PbMemberPromoteRequest>,
-    ) -> Result<Response<PbMemberPromoteResponse>, Status> {
-        Err(error::unimplemented("MemberPromote"))
+                }
+            })
+            .collect();
+        Ok((self.0.header(header), members))
     }
 }

@@ -29,6 +29,19 @@ pub(super) fn invalid_sort_option() -> Status {
     Status::new(Code::InvalidArgument, "etcdserver: invalid sort option")
 }
 
+/// An alarm request whose action or type is none of etcd's.
+pub(super) fn invalid_alarm() -> Status {
+    Status::new(Code::InvalidArgument, "snapply: an alarm request of an unknown action or type")
+}
+
+pub(super) fn member_bad_urls() -> Status {
+    Status::new(Code::InvalidArgument, "etcdserver: given member URLs are invalid")
+}
+
+fn member_not_found() -> Status {
+    Status::new(Code::NotFound, "etcdserver: member not found")
+}
+
 /// A request this member does not serve yet.
 pub(super) fn unimplemented(what: &str) -> Status {
     Status::new(Code::Unimplemented, format!("snapply: {what} is not supported yet"))
@@ -48,6 +61,20 @@ fn store(e: &StoreError) -> Status {
             Status::new(Code::OutOfRange, "etcdserver: too large lease TTL")
         }
         StoreError::InvalidRequest("empty key") => empty_key(),
+        // etcd's `ValidateConfigurationChange` errors, as `togRPCError` maps them.
+        StoreError::NotFound("member") | StoreError::InvalidRequest("member id was removed") => member_not_found(),
+        StoreError::AlreadyExists("member") => {
+            Status::new(Code::FailedPrecondition, "etcdserver: member ID already exist")
+        }
+        StoreError::AlreadyExists("peer url") => {
+            Status::new(Code::FailedPrecondition, "etcdserver: Peer URLs already exists")
+        }
+        StoreError::InvalidRequest("too many learner members in cluster") => {
+            Status::new(Code::FailedPrecondition, "etcdserver: too many learner members in cluster")
+        }
+        StoreError::InvalidRequest("can only promote a learner member") => {
+            Status::new(Code::FailedPrecondition, "etcdserver: can only promote a learner member")
+        }
         StoreError::NoSpace => Status::new(Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded"),
         StoreError::CorruptAlarm => Status::new(Code::DataLoss, "etcdserver: corrupt cluster"),
         e => Status::new(Code::Unknown, e.to_string()),
@@ -65,7 +92,11 @@ pub(super) fn status(e: &RaftError) -> Status {
         // raft-rs drops a proposal when there is no leader to take it.
         RaftError::Raft(_) => Status::new(Code::Unavailable, "etcdserver: no leader"),
         RaftError::Timeout { .. } => Status::new(Code::Unavailable, "etcdserver: request timed out"),
-        RaftError::Stopped => Status::new(Code::Unavailable, "etcdserver: server stopped"),
+        RaftError::Stopped | RaftError::Removed => Status::new(Code::Unavailable, "etcdserver: server stopped"),
+        RaftError::LearnerNotReady { .. } => Status::new(
+            Code::FailedPrecondition,
+            "etcdserver: can only promote a learner member which is in sync with leader",
+        ),
         e => Status::new(Code::Unknown, e.to_string()),
     }
 }

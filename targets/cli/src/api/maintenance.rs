@@ -1,15 +1,21 @@
-//! etcd's Maintenance service: Status (Alarm, Defragment, Hash, HashKV, Snapshot, MoveLeader
+//! etcd's Maintenance service: Status, Snapshot and Alarm (Defragment, Hash, HashKV, MoveLeader
 //! and Downgrade: not yet).
 
 use etcd_client::proto::{
-    PbAlarmRequest, PbAlarmResponse, PbDefragmentRequest, PbDefragmentResponse, PbDowngradeRequest,
+    PbAlarmMember, PbAlarmRequest, PbAlarmResponse, PbDefragmentRequest, PbDefragmentResponse, PbDowngradeRequest,
     PbDowngradeResponse, PbHashKvRequest, PbHashKvResponse, PbHashRequest, PbHashResponse, PbMaintenanceService,
-    PbMoveLeaderRequest, PbMoveLeaderResponse, PbSnapshotRequest, PbSnapshotResponse, PbStatusRequest,
-    PbStatusResponse,
+    PbMoveLeaderRequest, PbMoveLeaderResponse, PbResponseHeader, PbSnapshotRequest, PbSnapshotResponse,
+    PbStatusRequest, PbStatusResponse,
 };
-use tonic::{Request, Response, Status};
+use etcd_client::{AlarmAction as PbAlarmAction, AlarmType as PbAlarmType};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status};
 
 use super::{Member, error};
+use crate::saved::Tail;
+
+/// Bytes of image per `SnapshotResponse` (etcd's `snapshotSendBufferSize`).
+const SNAPSHOT_CHUNK: usize = 32 * 1024;
 
 /// The etcd API version a member reports in `Status`: the etcd release whose v3 API this
 /// serves a subset of.
@@ -20,8 +26,49 @@ pub(super) struct MaintenanceService(pub(super) Member);
 
 #[tonic::async_trait]
 impl PbMaintenanceService for MaintenanceService {
-    async fn alarm(&self, _request: Request<PbAlarmRequest>) -> Result<Response<PbAlarmResponse>, Status> {
-        Err(error::unimplemented("Alarm"))
+    /// etcd's `Alarm`: `GET` lists the alarms raised (of one type, or all for `NONE`);
+    /// `ACTIVATE` and `DEACTIVATE` go through raft and answer the alarm they raised, or cleared
+    /// if it was raised (etcd's `applierV3backend.Alarm`).
+    async fn alarm(&self, request: Request<PbAlarmRequest>) -> Result<Response<PbAlarmResponse>, Status> {
+        let request = request.into_inner();
+        let kind = PbAlarmType::try_from(request.alarm).map_err(|_| error::invalid_alarm())?;
+        let action = PbAlarmAction::try_from(request.action).map_err(|_| error::invalid_alarm())?;
+        let member = |nospace: bool| PbAlarmMember {
+            member_id: request.member_id,
+            alarm: if nospace { PbAlarmType::Nospace } else { PbAlarmType::Corrupt } as i32,
+        };
+        let (header, alarms) = match (action, kind) {
+            (PbAlarmAction::Get, _) => {
+                // etcd answers it through raft: linearizable.
+                self.0.read_barrier(false).await?;
+                let (header, alarms) = self.0.client.alarms().await.map_err(|e| error::status(&e))?;
+                let alarms = alarms
+                    .into_iter()
+                    .filter(|(_, nospace)| match kind {
+                        PbAlarmType::None => true,
+                        PbAlarmType::Nospace => *nospace,
+                        PbAlarmType::Corrupt => !*nospace,
+                    })
+                    .map(|(member_id, nospace)| PbAlarmMember { member_id, ..member(nospace) })
+                    .collect();
+                (header, alarms)
+            }
+            // An alarm of no type is neither raised nor cleared.
+            (_, PbAlarmType::None) => (self.0.client.header().await.map_err(|e| error::status(&e))?, Vec::new()),
+            (PbAlarmAction::Activate | PbAlarmAction::Deactivate, kind) => {
+                let nospace = kind == PbAlarmType::Nospace;
+                let activate = action == PbAlarmAction::Activate;
+                let (header, was_raised) = self
+                    .0
+                    .client
+                    .change_alarm(request.member_id, nospace, activate)
+                    .await
+                    .map_err(|e| error::status(&e))?;
+                let changed = activate || was_raised;
+                (header, if changed { vec![member(nospace)] } else { Vec::new() })
+            }
+        };
+        Ok(Response::new(PbAlarmResponse { header: self.0.header(header), alarms }))
     }
 
     async fn status(&self, _request: Request<PbStatusRequest>) -> Result<Response<PbStatusResponse>, Status> {
@@ -56,10 +103,60 @@ impl PbMaintenanceService for MaintenanceService {
         Err(error::unimplemented("HashKV"))
     }
 
-    type SnapshotStream = tokio_stream::Empty<Result<PbSnapshotResponse, Status>>;
+    type SnapshotStream = ReceiverStream<Result<PbSnapshotResponse, Status>>;
 
+    /// etcd's `maintenanceServer.Snapshot`: the member's snapshot image, encoded from a read
+    /// transaction at its applied index while it is sent, in 32 KiB messages, then the SHA-256
+    /// of everything sent as the last message, which `etcdctl snapshot save` appends to its
+    /// file. The image is followed by padding and its length before the digest (see
+    /// [`crate::saved`]), so the file is one etcdctl takes for a snapshot with a digest, and
+    /// one `snapply restore` and `snapply verify` read.
     async fn snapshot(&self, _request: Request<PbSnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(error::unimplemented("Snapshot"))
+        let (header, mut image) = self.0.client.snapshot(SNAPSHOT_CHUNK).await.map_err(|e| error::status(&e))?;
+        let mut header = self.0.header(header);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        log::info!("sending database snapshot to client");
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let mut tail = Tail::default();
+            let message = |header: &mut Option<PbResponseHeader>, blob: Vec<u8>| PbSnapshotResponse {
+                // The first header of the stream tells the snapshot's point in time.
+                header: header.take(),
+                // Not known before the image is encoded to its end (etcd's is the size of its
+                // backend file): 0 (docs/etcd-differences.md).
+                remaining_bytes: 0,
+                blob,
+                version: API_VERSION.into(),
+            };
+            while let Some(chunk) = image.next().await {
+                let sent = match chunk {
+                    Ok(chunk) => {
+                        tail.image(&chunk);
+                        tx.send(Ok(message(&mut header, chunk))).await
+                    }
+                    Err(e) => {
+                        log::warn!("failed to send database snapshot to client: {e}");
+                        let _ = tx.send(Err(Status::new(Code::Internal, e.to_string()))).await;
+                        return;
+                    }
+                };
+                if sent.is_err() {
+                    // The client went away; dropping the image stops its encoder.
+                    log::warn!("the client stopped receiving the database snapshot");
+                    return;
+                }
+            }
+            let total = tail.image_len();
+            let (body, digest) = tail.finish();
+            log::info!("sending database sha256 checksum to client: total-bytes {total}, checksum-size 32");
+            let _ = tx.send(Ok(message(&mut header, body))).await;
+            let _ = tx.send(Ok(message(&mut header, digest.to_vec()))).await;
+            log::info!(
+                "successfully sent database snapshot to client: total-bytes {total}, took {:?}",
+                started.elapsed()
+            );
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn move_leader(

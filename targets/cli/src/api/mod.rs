@@ -6,12 +6,13 @@
 //! yet answers `Unimplemented`; the Watch and Auth services are not registered (tonic answers
 //! `Unimplemented` for them too). docs/etcd-differences.md lists the differences.
 //!
-//! The client URL carries both this API and the line protocol: [`serve`] looks at the first
-//! bytes of each connection, as etcd's cmux does: the HTTP/2 preface goes to gRPC, anything
-//! else to the line protocol.
+//! The client URL carries this API, `/metrics` and `/health` ([`http`]) and the line protocol:
+//! [`serve`] looks at the first bytes of each connection, as etcd's cmux does: the HTTP/2 preface
+//! goes to gRPC, an HTTP/1 request line to [`http`], anything else to the line protocol.
 
 mod cluster;
 mod error;
+mod http;
 mod kv;
 mod lease;
 mod maintenance;
@@ -20,7 +21,6 @@ use std::future::Future;
 use std::time::Duration;
 
 use etcd_client::proto::{PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbResponseHeader};
-use sha2::{Digest as _, Sha256};
 use snapply_raft::{Client, Header};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -37,31 +37,18 @@ const SNIFF_WAIT: Duration = Duration::from_secs(10);
 pub struct Member {
     /// The member's node.
     pub client: Client,
-    /// The cluster id the response headers carry (see [`cluster_id`]).
-    pub cluster_id: u64,
     /// The member's backend file, whose size `Status` reports.
     pub db_path: std::path::PathBuf,
     /// The URLs this member serves clients on.
     pub client_urls: Vec<String>,
-}
-
-/// The cluster id of a cluster whose initial members are `ids`: as etcd's `genID`, the first
-/// eight bytes of a hash of the sorted ids, big-endian (SHA-256 here, as the member ids).
-pub fn cluster_id(ids: &[u64]) -> u64 {
-    let mut ids = ids.to_vec();
-    ids.sort_unstable();
-    let mut sha = Sha256::new();
-    for id in ids {
-        sha.update(id.to_be_bytes());
-    }
-    let digest = sha.finalize();
-    u64::from_be_bytes(digest.first_chunk::<8>().copied().unwrap_or_default())
+    /// The member's name (`--name`).
+    pub name: String,
 }
 
 impl Member {
     fn header(&self, h: Header) -> Option<PbResponseHeader> {
         Some(PbResponseHeader {
-            cluster_id: self.cluster_id,
+            cluster_id: self.client.cluster_id(),
             member_id: h.member_id,
             revision: h.revision,
             raft_term: h.raft_term,
@@ -94,7 +81,7 @@ where
         .add_service(PbKvServer::new(kv::KvService(member.clone())))
         .add_service(PbLeaseServer::new(lease::LeaseService(member.clone())))
         .add_service(PbClusterServer::new(cluster::ClusterService(member.clone())))
-        .add_service(PbMaintenanceServer::new(maintenance::MaintenanceService(member)))
+        .add_service(PbMaintenanceServer::new(maintenance::MaintenanceService(member.clone())))
         .serve_with_incoming(tokio_stream::wrappers::UnboundedReceiverStream::new(grpc_rx));
     let accept = async move {
         loop {
@@ -102,13 +89,14 @@ where
                 Ok((stream, _)) => stream,
                 Err(e) => return format!("accepting clients: {e}"),
             };
-            let (grpc_tx, other) = (grpc_tx.clone(), other.clone());
+            let (grpc_tx, other, member) = (grpc_tx.clone(), other.clone(), member.clone());
             tokio::spawn(async move {
-                match tokio::time::timeout(SNIFF_WAIT, is_http2(&stream)).await {
-                    Ok(Ok(true)) => {
+                match tokio::time::timeout(SNIFF_WAIT, sniff(&stream)).await {
+                    Ok(Ok(Protocol::Http2)) => {
                         let _ = grpc_tx.send(Ok(stream));
                     }
-                    Ok(Ok(false)) => other(stream).await,
+                    Ok(Ok(Protocol::Http1)) => http::serve(stream, member).await,
+                    Ok(Ok(Protocol::Other)) => other(stream).await,
                     // A connection that errs or stays silent is dropped.
                     Ok(Err(_)) | Err(_) => {}
                 }
@@ -124,23 +112,70 @@ where
     }
 }
 
-/// Whether `stream` starts with the HTTP/2 preface; reads nothing off it.
-async fn is_http2(stream: &TcpStream) -> std::io::Result<bool> {
+/// What a connection speaks, from its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    /// The HTTP/2 preface: gRPC.
+    Http2,
+    /// An HTTP/1 request line (`GET /metrics ...`): `/metrics` and `/health`.
+    Http1,
+    /// Anything else: the line protocol (whose verbs are lower case).
+    Other,
+}
+
+/// The request methods an HTTP/1 connection may start with.
+const HTTP1_METHODS: [&[u8]; 6] = [b"GET ", b"HEAD ", b"POST ", b"PUT ", b"DELETE ", b"OPTIONS "];
+
+/// What `got`, the first bytes of a connection, say it speaks; `None` while they may still be
+/// the start of more than one.
+fn classify(got: &[u8]) -> Option<Protocol> {
+    if got.is_empty() {
+        return Some(Protocol::Other);
+    }
+    if HTTP2_PREFACE.starts_with(got) {
+        return (got.len() == HTTP2_PREFACE.len()).then_some(Protocol::Http2);
+    }
+    if HTTP1_METHODS.iter().any(|m| got.starts_with(m)) {
+        return Some(Protocol::Http1);
+    }
+    if HTTP1_METHODS.iter().any(|m| m.starts_with(got)) {
+        return None;
+    }
+    Some(Protocol::Other)
+}
+
+/// What `stream` speaks, from its first bytes (etcd's cmux); reads nothing off it.
+async fn sniff(stream: &TcpStream) -> std::io::Result<Protocol> {
     let mut buf = [0u8; HTTP2_PREFACE.len()];
     let mut seen = 0;
     loop {
         let n = stream.peek(&mut buf).await?;
         let got = buf.get(..n).unwrap_or_default();
-        if n == 0 || !HTTP2_PREFACE.starts_with(got) {
-            return Ok(false);
-        }
-        if n == HTTP2_PREFACE.len() {
-            return Ok(true);
+        if let Some(protocol) = classify(got) {
+            return Ok(protocol);
         }
         if n == seen {
-            // Part of the preface is in: wait for the rest.
+            // The start is in: wait for the rest.
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         seen = n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_are_told_apart_by_their_first_bytes() {
+        assert_eq!(classify(HTTP2_PREFACE), Some(Protocol::Http2));
+        assert_eq!(classify(b"PRI * HTTP"), None);
+        assert_eq!(classify(b"GET /metrics HTTP/1.1\r\n"), Some(Protocol::Http1));
+        assert_eq!(classify(b"GE"), None);
+        assert_eq!(classify(b"P"), None);
+        assert_eq!(classify(b"PUT /x"), Some(Protocol::Http1));
+        for line in [&b"get /a\n"[..], b"put /a b\n", b"range /a /b\n", b"x", b""] {
+            assert_eq!(classify(line), Some(Protocol::Other), "{line:?}");
+        }
     }
 }
