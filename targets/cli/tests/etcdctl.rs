@@ -719,7 +719,7 @@ fn members_added_with_etcdctl_join_with_initial_cluster_state_existing_are_promo
         if promote.code == Some(0) {
             assert_eq!(
                 promote.stdout,
-                format!("Member {id3} promoted in cluster {}\n", cluster_hex(&first.client_url))
+                format!("Member {id3:>16} promoted in cluster {}\n", cluster_hex(&first.client_url))
             );
             break;
         }
@@ -735,7 +735,7 @@ fn members_added_with_etcdctl_join_with_initial_cluster_state_existing_are_promo
 
     // Removed: the member applies its own removal and exits 0, as etcd; the others go on.
     let remove = etcdctl(&first.client_url, &["member", "remove", &id2]);
-    assert_eq!(remove.stdout, format!("Member {id2} removed from cluster {}\n", cluster_hex(&first.client_url)));
+    assert_eq!(remove.stdout, format!("Member {id2:>16} removed from cluster {}\n", cluster_hex(&first.client_url)));
     assert_eq!(second.wait_exit(), Some(0));
     assert!(second.log().contains("the member has been permanently removed from the cluster"), "{}", second.log());
     assert_eq!(etcdctl(&third.client_url, &["put", "/d", "4"]).stdout, "OK\n");
@@ -743,8 +743,9 @@ fn members_added_with_etcdctl_join_with_initial_cluster_state_existing_are_promo
     assert_eq!(ids_of(&first.client_url).1.len(), 2);
 }
 
+/// The cluster id as etcdctl prints it in its member messages (`%16x`: space-padded to 16).
 fn cluster_hex(url: &str) -> String {
-    format!("{:x}", ids_of(url).0)
+    format!("{:16x}", ids_of(url).0)
 }
 
 /// An HTTP/1.1 GET of `path` on `url`: the status code and the body.
