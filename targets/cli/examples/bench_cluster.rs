@@ -16,8 +16,10 @@
 //! 4. the follower is restarted; caught up is when it serves all N keys to a serializable count
 //!    (polled every 20 ms); its log gives `receiving database snapshot` and `applied snapshot`
 //!    (etcd's zap lines, snapply's events, both in etcd's JSON layout);
-//! 5. the leader's and the restarted follower's `VmHWM` are read, and each member's data
-//!    directory is measured (allocated blocks), before every member is stopped.
+//! 5. the restarted follower's `VmHWM` is read (also when its log first shows `applied
+//!    snapshot`), and the leader's (also read before the restart),
+//!    and each member's data directory is measured (allocated blocks), before every member is
+//!    stopped.
 //!
 //! One Markdown table row per side and size goes to standard output; progress to standard
 //! error. Every process started is killed however the run ends.
@@ -135,31 +137,36 @@ struct Outcome {
     restart_to_receiving: Option<Duration>,
     restart_to_snapshot: Option<Duration>,
     restart_to_caught_up: Duration,
-    leader_rss_kib: u64,
-    /// Before it was stopped, and after it caught up (since its restart).
-    follower_rss_kib: (u64, u64),
+    /// After the load (before the follower is restarted), and after the follower caught up:
+    /// the growth is what sending the snapshot cost, unless the load peaked higher.
+    leader_rss_kib: (u64, u64),
+    /// Before it was stopped; after its restart, when its log first showed `applied snapshot`
+    /// (polled with the count, `None` without a snapshot) and when it had caught up.
+    follower_rss_kib: (u64, Option<u64>, u64),
     disk_bytes: [u64; 3],
     /// `/proc/loadavg`'s 1-minute average before and after the run.
     load_average: (f64, f64),
 }
 
 impl Outcome {
-    const HEADER: &str = "| side | keys × 256 B | load (puts/s) | restart → receiving snapshot | restart → applied snapshot | restart → caught up | leader peak RSS | follower peak RSS (before stop / after restart) | disk per member after load | host load (1 min) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---|";
+    const HEADER: &str = "| side | keys × 256 B | load (puts/s) | restart → receiving snapshot | restart → applied snapshot | restart → caught up | leader peak RSS (after load / after catch-up) | follower peak RSS (before stop / at applied snapshot / caught up) | disk per member after load | host load (1 min) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---|";
 
     fn row(&self, side: Side, keys: u64) -> String {
         let ms = |d: Option<Duration>| d.map_or_else(|| "(no snapshot)".into(), |d| format!("{} ms", d.as_millis()));
         let mib = |kib: u64| format!("{:.0} MiB", kib as f64 / 1024.0);
         let disk: Vec<String> = self.disk_bytes.iter().map(|b| format!("{:.0}", *b as f64 / 1048576.0)).collect();
         format!(
-            "| {} | {keys} | {:.0} | {} | {} | {} ms | {} | {} / {} | {} MiB | {:.1} → {:.1} |",
+            "| {} | {keys} | {:.0} | {} | {} | {} ms | {} / {} | {} / {} / {} | {} MiB | {:.1} → {:.1} |",
             side.name(),
             keys as f64 / self.load.as_secs_f64(),
             ms(self.restart_to_receiving),
             ms(self.restart_to_snapshot),
             self.restart_to_caught_up.as_millis(),
-            mib(self.leader_rss_kib),
+            mib(self.leader_rss_kib.0),
+            mib(self.leader_rss_kib.1),
             mib(self.follower_rss_kib.0),
-            mib(self.follower_rss_kib.1),
+            self.follower_rss_kib.1.map_or_else(|| "-".into(), mib),
+            mib(self.follower_rss_kib.2),
             disk.join(" / "),
             self.load_average.0,
             self.load_average.1,
@@ -435,11 +442,18 @@ async fn run(options: &Options, side: Side, keys: u64) -> Result<Outcome> {
     loading += started.elapsed();
     eprintln!("{}: {keys} keys in {loading:?}; restarting {}", side.name(), cluster.members[follower].name);
 
+    let leader_before = peak_rss_kib(cluster.members[lead].pid()?)?;
     let restarted = SystemTime::now();
     let clock = Instant::now();
     cluster.start(follower, 1)?;
     let mut reader = connect(&cluster.members[follower].endpoint()).await?;
+    let log = cluster.members[follower].log(1);
+    let applied = |m: &str| m == "applied snapshot";
+    let mut follower_at_snapshot = None;
     loop {
+        if follower_at_snapshot.is_none() && logged_at(&log, applied).is_some() {
+            follower_at_snapshot = Some(peak_rss_kib(cluster.members[follower].pid()?)?);
+        }
         if count(&mut reader).await == Some(keys) {
             break;
         }
@@ -451,10 +465,9 @@ async fn run(options: &Options, side: Side, keys: u64) -> Result<Outcome> {
     let caught_up = clock.elapsed();
     let follower_after = peak_rss_kib(cluster.members[follower].pid()?)?;
     let leader_rss = peak_rss_kib(cluster.members[lead].pid()?)?;
-    let log = cluster.members[follower].log(1);
     let since = |t: Option<SystemTime>| t.and_then(|t| t.duration_since(restarted).ok());
     let restart_to_receiving = since(logged_at(&log, |m| m.contains("receiving database snapshot")));
-    let restart_to_snapshot = since(logged_at(&log, |m| m == "applied snapshot"));
+    let restart_to_snapshot = since(logged_at(&log, applied));
     let disk_bytes = [0, 1, 2].map(|i| disk_bytes(&cluster.members[i].data));
     for m in &mut cluster.members {
         m.stop();
@@ -469,8 +482,13 @@ async fn run(options: &Options, side: Side, keys: u64) -> Result<Outcome> {
         restart_to_receiving,
         restart_to_snapshot,
         restart_to_caught_up: caught_up,
-        leader_rss_kib: leader_rss,
-        follower_rss_kib: (follower_before, follower_after),
+        leader_rss_kib: (leader_before, leader_rss),
+        // Caught up within one poll of the snapshot: its peak then is the one at catching up.
+        follower_rss_kib: (
+            follower_before,
+            follower_at_snapshot.or(restart_to_snapshot.map(|_| follower_after)),
+            follower_after,
+        ),
         disk_bytes,
         load_average: (load_before, load_average()),
     })
