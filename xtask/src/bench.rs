@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use crate::cmd::{Ctx, Result, output, run};
 
+mod cluster;
 mod etcd;
+pub use cluster::{CLUSTER_KEYS, bench_cluster};
 pub use etcd::bench_etcd;
 
 /// The sizes `cargo xtask bench --etcd` measures unless `--keys` says otherwise.

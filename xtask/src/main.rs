@@ -30,6 +30,12 @@ TASKS:
     bench --etcd [--keys N[,N...]]  restore N keys of 256 bytes in snapply and, from a leader's
                                     snapshot, in a real 3-member etcd on loopback; report both
                                     (default N: 100000,1000000)
+    bench --cluster [--keys N[,N...]] [--snapply-only]
+                                    load N keys of 256 bytes into a 3-member etcd 3.4 cluster and
+                                    a 3-member `snapply serve` cluster through the same etcd
+                                    client, a follower stopped during the load and restarted;
+                                    report throughput, catch-up, peak RSS and disk of each side
+                                    (default N: 100000; --snapply-only: no etcd cluster)
     qemu                            build the firmware and run it in QEMU (mps2-an385), decode its
                                     defmt log, check every phase and digest check; installs the
                                     thumbv7m target, qemu-system-arm, flip-link and defmt-print
@@ -54,6 +60,7 @@ enum Task {
     Fuzz { seconds: u64, targets: Vec<String> },
     Bench,
     BenchEtcd { keys: Vec<u64> },
+    BenchCluster { keys: Vec<u64>, snapply_only: bool },
     Qemu,
     Nightly,
 }
@@ -76,6 +83,7 @@ fn main() -> ExitCode {
         Task::Fuzz { seconds, targets } => fuzz::run_targets(&ctx, seconds, &targets, fuzz::Need::Required).map(drop),
         Task::Bench => bench::bench(&ctx),
         Task::BenchEtcd { keys } => bench::bench_etcd(&ctx, &keys),
+        Task::BenchCluster { keys, snapply_only } => bench::bench_cluster(&ctx, &keys, snapply_only),
         Task::Qemu => qemu::qemu(&ctx),
         Task::Nightly => nightly(&ctx),
     };
@@ -95,6 +103,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Task, String> {
     let mut seconds = None;
     let mut targets = Vec::new();
     let mut etcd_keys: Option<Vec<u64>> = None;
+    let (mut etcd, mut cluster, mut snapply_only) = (false, false, false);
     let seconds_flag = match task.as_str() {
         "ci" => "--fuzz-seconds",
         "fuzz" => "--seconds",
@@ -114,7 +123,12 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Task, String> {
         } else if task == "fuzz" && !arg.starts_with('-') {
             targets.push(arg);
         } else if task == "bench" && arg == "--etcd" {
+            etcd = true;
             etcd_keys.get_or_insert_with(|| bench::ETCD_KEYS.to_vec());
+        } else if task == "bench" && arg == "--cluster" {
+            cluster = true;
+        } else if task == "bench" && arg == "--snapply-only" {
+            snapply_only = true;
         } else if task == "bench" && (arg == "--keys" || arg.starts_with("--keys=")) {
             let value = match arg.strip_prefix("--keys=") {
                 Some(v) => v.to_owned(),
@@ -133,6 +147,12 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Task, String> {
         "help" | "-h" | "--help" => Ok(Task::Help),
         "ci" => Ok(Task::Ci { fuzz_seconds: seconds.unwrap_or(CI_FUZZ_SECONDS) }),
         "fuzz" => Ok(Task::Fuzz { seconds: seconds.unwrap_or(FUZZ_SECONDS), targets }),
+        "bench" if snapply_only && !cluster => Err("--snapply-only goes with --cluster".into()),
+        "bench" if etcd && cluster => Err("--etcd and --cluster are two benches: run one at a time".into()),
+        "bench" if cluster => {
+            let keys = etcd_keys.unwrap_or_else(|| bench::CLUSTER_KEYS.to_vec());
+            Ok(Task::BenchCluster { keys, snapply_only })
+        }
         "bench" => Ok(etcd_keys.map_or(Task::Bench, |keys| Task::BenchEtcd { keys })),
         "qemu" => Ok(Task::Qemu),
         "nightly" => Ok(Task::Nightly),
@@ -187,6 +207,11 @@ mod tests {
         assert_eq!(parse_str("bench --etcd"), Ok(Task::BenchEtcd { keys: vec![100_000, 1_000_000] }));
         assert_eq!(parse_str("bench --etcd --keys 1000,20"), Ok(Task::BenchEtcd { keys: vec![1000, 20] }));
         assert_eq!(parse_str("bench --keys=5"), Ok(Task::BenchEtcd { keys: vec![5] }));
+        assert_eq!(parse_str("bench --cluster"), Ok(Task::BenchCluster { keys: vec![100_000], snapply_only: false }));
+        assert_eq!(
+            parse_str("bench --cluster --keys 1000000 --snapply-only"),
+            Ok(Task::BenchCluster { keys: vec![1_000_000], snapply_only: true })
+        );
         assert_eq!(parse_str("qemu"), Ok(Task::Qemu));
         assert_eq!(parse_str("nightly"), Ok(Task::Nightly));
         assert_eq!(parse_str("help"), Ok(Task::Help));
@@ -207,6 +232,8 @@ mod tests {
             "fuzz --seconds soon",
             "fuzz --verbose",
             "bench --fuzz-seconds 3",
+            "bench --snapply-only",
+            "bench --cluster --etcd",
             "qemu now",
         ] {
             assert!(parse_str(line).is_err(), "`{line}` was accepted");

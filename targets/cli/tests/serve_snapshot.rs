@@ -74,8 +74,7 @@ impl Member {
                 }
             }
         };
-        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        Conn { reader: BufReader::new(stream.try_clone().unwrap()), writer: stream }
+        Conn::new(stream).unwrap()
     }
 }
 
@@ -85,6 +84,11 @@ struct Conn {
 }
 
 impl Conn {
+    fn new(stream: TcpStream) -> std::io::Result<Conn> {
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(Conn { reader: BufReader::new(stream.try_clone()?), writer: stream })
+    }
+
     fn ask(&mut self, req: &str) -> std::io::Result<String> {
         self.writer.write_all(format!("{req}\n").as_bytes())?;
         let mut line = String::new();
@@ -110,18 +114,28 @@ impl Conn {
 
     /// Every key and value in `[start, end)`.
     fn range(&mut self, start: &str, end: &str) -> BTreeMap<String, String> {
-        self.writer.write_all(format!("range {start} {end}\n").as_bytes()).unwrap();
+        self.read("range", start, end).unwrap()
+    }
+
+    /// Every key and value in `[start, end)`, read with `verb` (`range` or `srange`); an error
+    /// if the member goes away or refuses.
+    fn read(&mut self, verb: &str, start: &str, end: &str) -> std::io::Result<BTreeMap<String, String>> {
+        self.writer.write_all(format!("{verb} {start} {end}\n").as_bytes())?;
         let mut out = BTreeMap::new();
         loop {
             let mut line = String::new();
-            self.reader.read_line(&mut line).unwrap();
+            if self.reader.read_line(&mut line)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
             let line = line.trim_end();
             if line == "END" {
-                return out;
+                return Ok(out);
             }
             let mut words = line.splitn(3, ' ');
-            assert_eq!(words.next(), Some("KV"), "{line}");
-            let key = words.next().unwrap().to_string();
+            if words.next() != Some("KV") {
+                return Err(std::io::Error::other(line.to_string()));
+            }
+            let key = words.next().unwrap_or_default().to_string();
             out.insert(key, words.next().unwrap_or_default().to_string());
         }
     }
@@ -182,26 +196,25 @@ impl Cluster {
     /// Puts `/k<i>` for every `i` in `keys` through member `via`, from four connections at once;
     /// returns what was acknowledged.
     fn write(&self, via: usize, keys: std::ops::Range<usize>, value_len: usize) -> BTreeMap<String, String> {
+        let writers = writers(keys, value_len);
+        self.write_from(via, &writers);
+        writers.into_iter().flatten().collect()
+    }
+
+    /// Puts each of `writers`' writes through member `via`, the writers at once, each one's
+    /// writes one after another (each once the one before it was acknowledged).
+    fn write_from(&self, via: usize, writers: &[Vec<(String, String)>]) {
         let member = &self.members[via];
-        let keys: Vec<usize> = keys.collect();
         std::thread::scope(|s| {
-            let handles: Vec<_> = keys
-                .chunks(keys.len().div_ceil(4).max(1))
-                .map(|part| {
-                    s.spawn(move || {
-                        let mut conn = member.connect();
-                        let mut acked = BTreeMap::new();
-                        for &i in part {
-                            let (key, value) = kv(i, value_len);
-                            conn.put(&key, &value);
-                            acked.insert(key, value);
-                        }
-                        acked
-                    })
-                })
-                .collect();
-            handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
-        })
+            for writes in writers {
+                s.spawn(move || {
+                    let mut conn = member.connect();
+                    for (key, value) in writes {
+                        conn.put(key, value);
+                    }
+                });
+            }
+        });
     }
 
     /// Member `i`'s keys once it has applied everything acknowledged so far: a put through it
@@ -211,6 +224,13 @@ impl Cluster {
         conn.put("/sync", &format!("m{i}"));
         conn.range("/k", "/l")
     }
+}
+
+/// The puts of `/k<i>` for every `i` in `keys`, `value_len`-byte values, split among four
+/// writers, each writer's in order.
+fn writers(keys: std::ops::Range<usize>, value_len: usize) -> Vec<Vec<(String, String)>> {
+    let writes: Vec<(String, String)> = keys.map(|i| kv(i, value_len)).collect();
+    writes.chunks(writes.len().div_ceil(4).max(1)).map(<[_]>::to_vec).collect()
 }
 
 /// Key `i` and its value, `value_len` bytes long.
@@ -306,14 +326,135 @@ fn two_lagging_followers_are_both_caught_up_by_snapshot() {
     }
 }
 
+/// Whether `state` is exactly the effect of a prefix of each writer's writes (each writer makes
+/// its writes one after another; writers write different keys): how many of each writer's
+/// writes it shows, or what is out of place. A state where a writer's later write is visible
+/// and its earlier one is not, or that holds a value no such prefix leaves, is a mix.
+fn prefix_of(state: &BTreeMap<String, String>, writers: &[Vec<(String, String)>]) -> Result<Vec<usize>, String> {
+    let mut expected = BTreeMap::new();
+    let mut shown = Vec::new();
+    for writes in writers {
+        // The writer's last write whose effect is visible.
+        let p = writes.iter().rposition(|(key, value)| state.get(key) == Some(value)).map_or(0, |last| last + 1);
+        let prefix = &writes[..p];
+        if let Some((key, _)) = prefix.iter().find(|(key, _)| !state.contains_key(key)) {
+            return Err(format!("{key} is missing while the later write of {} is visible", writes[p - 1].0));
+        }
+        expected.extend(prefix.iter().cloned());
+        shown.push(p);
+    }
+    match state.iter().find(|(key, value)| expected.get(*key) != Some(value)) {
+        Some((key, value)) => Err(format!("{key} = {value:.20}…, which no prefix of the writes leaves")),
+        None => Ok(shown),
+    }
+}
+
+#[test]
+fn prefix_of_takes_every_prefix_and_refuses_a_gap_or_a_stale_value() {
+    // The first writer writes /k000001 twice: the effect of a prefix of four or more of its
+    // writes has the second value.
+    let first: Vec<(String, String)> =
+        (0..3).map(|i| kv(i, 8)).chain([("/k000001".into(), "new".into()), kv(3, 8)]).collect();
+    let writers = [first.clone(), vec![kv(10, 8), kv(11, 8)]];
+    let state =
+        |writes: &[&[(String, String)]]| writes.iter().flat_map(|w| w.iter().cloned()).collect::<BTreeMap<_, _>>();
+    for p in 0..=first.len() {
+        for q in 0..=2 {
+            assert_eq!(prefix_of(&state(&[&first[..p], &writers[1][..q]]), &writers), Ok(vec![p, q]));
+        }
+    }
+    // /k000002 visible, /k000001 not.
+    let gap = state(&[&first[..1], &first[2..3]]);
+    assert!(prefix_of(&gap, &writers).unwrap_err().contains("/k000001 is missing"), "{gap:?}");
+    // The second writer's second write without its first.
+    let gap = state(&[&first, &writers[1][1..]]);
+    assert!(prefix_of(&gap, &writers).unwrap_err().contains("/k000010 is missing"), "{gap:?}");
+    // The first writer's last write visible, with /k000001's first value: old and new mixed.
+    let mut stale = state(&[&first]);
+    stale.insert(first[1].0.clone(), first[1].1.clone());
+    assert!(prefix_of(&stale, &writers).unwrap_err().contains("/k000001 = v1-"), "{stale:?}");
+    // A key nobody wrote.
+    let mut foreign = state(&[&first[..2]]);
+    foreign.insert("/k9".into(), "x".into());
+    assert!(prefix_of(&foreign, &writers).is_err());
+}
+
+/// What a member served to serializable reads of all its keys, made over and over on a thread of
+/// their own (reconnecting while the member restarts) until `stop`: each state checked against
+/// the writes as it is read.
+#[derive(Default)]
+struct Served {
+    reads: usize,
+    /// Every distinct state served, as how many of each writer's writes it shows.
+    prefixes: std::collections::BTreeSet<Vec<usize>>,
+    /// The first state that was not the effect of a prefix.
+    mix: Option<String>,
+}
+
+fn watch(
+    member: &Member,
+    pause: Duration,
+    writers: std::sync::Arc<Vec<Vec<(String, String)>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Served> {
+    let (name, port) = (member.name.clone(), member.client);
+    std::thread::spawn(move || {
+        let mut served = Served::default();
+        let mut conn = None;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) && served.mix.is_none() {
+            let Some(c) = conn.as_mut() else {
+                conn = TcpStream::connect(("127.0.0.1", port)).and_then(Conn::new).ok();
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            match c.read("srange", "/k", "/l") {
+                Ok(state) => {
+                    std::thread::sleep(pause);
+                    served.reads += 1;
+                    match prefix_of(&state, &writers) {
+                        Ok(p) => _ = served.prefixes.insert(p),
+                        Err(e) => served.mix = Some(format!("{name} served a mix: {e}")),
+                    }
+                }
+                // Killed, or not serving yet.
+                Err(_) => conn = None,
+            }
+        }
+        served
+    })
+}
+
 /// The follower is SIGKILLed at 12 seeded moments after it starts receiving the leader's
 /// snapshot (while the image arrives, is persisted, is applied), and the leader once while it
-/// sends;
-/// after restarts every acknowledged write is on every member.
+/// sends; after restarts every acknowledged write is on every member. Every member is read
+/// serializably all along (while it runs, restarts, receives and catches up), and each state it
+/// serves is the effect of a prefix of each writer's writes: never a mix of old and new state.
 #[test]
 fn killing_the_receiver_or_the_sender_during_a_transfer_loses_no_acknowledged_write() {
+    const ROUNDS: usize = 12;
     let mut cluster = Cluster::start(3, &policy());
-    let mut acked = cluster.write(0, 0..10, 32);
+    // The writes of each phase of the test, split among four writers: ten small ones, then in
+    // each round enough bytes that the transfer and its persist take a while, then the writes
+    // around the sender's kill.
+    let rounds_end = 10 + ROUNDS * 3 * COUNT;
+    let phases: Vec<Vec<Vec<(String, String)>>> = std::iter::once(writers(0..10, 32))
+        .chain((0..ROUNDS).map(|r| writers(10 + r * 3 * COUNT..10 + (r + 1) * 3 * COUNT, 4096)))
+        .chain([
+            writers(rounds_end..rounds_end + 3 * COUNT, 1024),
+            writers(rounds_end + 3 * COUNT..rounds_end + 3 * COUNT + 10, 32),
+        ])
+        .collect();
+    // Each writer's writes over the whole test: a phase starts once the one before it was
+    // acknowledged.
+    let whole: Vec<Vec<(String, String)>> =
+        (0..4).map(|w| phases.iter().flat_map(|phase| phase[w].iter().cloned()).collect()).collect();
+    let whole = std::sync::Arc::new(whole);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The receiver densely, while it restarts; the others now and then.
+    let pauses = [Duration::from_millis(100), Duration::from_millis(100), Duration::ZERO];
+    let watches: Vec<_> =
+        cluster.members.iter().zip(pauses).map(|(m, pause)| watch(m, pause, whole.clone(), stop.clone())).collect();
+    cluster.write_from(0, &phases[0]);
     // A seeded xorshift: the kill delays, in milliseconds after the follower logged that the
     // snapshot is arriving.
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
@@ -323,18 +464,15 @@ fn killing_the_receiver_or_the_sender_during_a_transfer_loses_no_acknowledged_wr
         seed ^= seed << 17;
         seed
     };
-    let mut key = 10;
-    for round in 0..12 {
+    for round in 0..ROUNDS {
         cluster.members[2].kill();
-        // Enough bytes that the transfer and its persist take a while.
-        acked.extend(cluster.write(0, key..key + 3 * COUNT, 4096));
-        key += 3 * COUNT;
+        cluster.write_from(0, &phases[1 + round]);
         let from = cluster.members[2].log_text().len();
         cluster.start_member(2);
         cluster.members[2].wait_log(from, "receiving database snapshot");
-        // Up to 20, 40, 80 or 160 ms: while the image arrives, while it is persisted, while
-        // it is applied, after.
-        let delay = next() % (20 << (round % 4));
+        // Up to 40, 80, 160 or 320 ms: while the image arrives, while it is persisted, while
+        // it is applied, after (a 15 MB image takes about 200 ms to arrive and persist here).
+        let delay = next() % (40 << (round % 4));
         std::thread::sleep(Duration::from_millis(delay));
         cluster.members[2].kill();
         let log = cluster.members[2].log_text();
@@ -345,7 +483,7 @@ fn killing_the_receiver_or_the_sender_during_a_transfer_loses_no_acknowledged_wr
         eprintln!("round {round}: receiver killed {delay} ms into a transfer, after `{reached}`");
     }
     // The sender killed while it sends: the follower is caught up by the new leader.
-    acked.extend(cluster.write(0, key..key + 3 * COUNT, 1024));
+    cluster.write_from(0, &phases[1 + ROUNDS]);
     let from = cluster.members[2].log_text().len();
     let sent_from = [cluster.members[0].log_text().len(), cluster.members[1].log_text().len()];
     cluster.start_member(2);
@@ -355,10 +493,21 @@ fn killing_the_receiver_or_the_sender_during_a_transfer_loses_no_acknowledged_wr
     });
     let leader = leader.expect("a member sent the snapshot");
     cluster.members[leader].kill();
-    acked.extend(cluster.write(1 - leader, key + 3 * COUNT..key + 3 * COUNT + 10, 32));
+    cluster.write_from(1 - leader, &phases[2 + ROUNDS]);
     cluster.start_member(leader);
     cluster.members[2].wait_log(from, "applied snapshot at index");
-    for i in 0..3 {
-        assert_eq!(cluster.keys_on(i), acked, "every acknowledged key is on {}", cluster.members[i].name);
+    let held: Vec<BTreeMap<String, String>> = (0..3).map(|i| cluster.keys_on(i)).collect();
+    // Every member, the restarted ones too, served only prefixes of the writes, and was seen
+    // serving several of them: the check was made while it caught up, not only at the end.
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for (m, watch) in cluster.members.iter().zip(watches) {
+        let served = watch.join().unwrap();
+        eprintln!("{}: {} serializable reads, {} distinct states", m.name, served.reads, served.prefixes.len());
+        assert_eq!(served.mix, None);
+        assert!(served.prefixes.len() > 2, "{} served {:?}", m.name, served.prefixes);
+    }
+    let acked: BTreeMap<String, String> = whole.iter().flatten().cloned().collect();
+    for (m, held) in cluster.members.iter().zip(held) {
+        assert_eq!(held, acked, "every acknowledged key is on {}", m.name);
     }
 }

@@ -67,8 +67,13 @@ fn median(values: &mut [u64]) -> u64 {
     values.get(values.len() / 2).copied().unwrap_or(0)
 }
 
+/// Debian's etcd 3.4, or the binary `SNAPPLY_ETCD` names.
+pub(super) fn binary() -> PathBuf {
+    std::env::var_os("SNAPPLY_ETCD").map_or_else(|| PathBuf::from("/usr/bin/etcd"), PathBuf::from)
+}
+
 pub fn bench_etcd(ctx: &Ctx, sizes: &[u64]) -> Result<()> {
-    let etcd = std::env::var_os("SNAPPLY_ETCD").map_or_else(|| PathBuf::from("/usr/bin/etcd"), PathBuf::from);
+    let etcd = binary();
     if !etcd.is_file() {
         return Err(Error::new(format!("no etcd at {}", etcd.display()))
             .hint("`cargo xtask ci` installs Debian's etcd-server, or set SNAPPLY_ETCD"));
