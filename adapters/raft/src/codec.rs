@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use snapply_core::Request;
-use snapply_core::store::{Alarm, AlarmType};
+use snapply_core::store::{self, Alarm, AlarmType};
 
 /// A request a client proposes, as a committed normal entry carries it: the owned form of the
 /// core's [`Request`] for the requests snapply's clients make.
@@ -73,11 +73,145 @@ pub enum Command {
         /// The role.
         role: Vec<u8>,
     },
+    /// A transaction: the owned form of the core's [`store::Txn`] table, the top transaction
+    /// first (see [`TxnNode`]).
+    Txn(Vec<TxnNode>),
+}
+
+/// One transaction of a [`Command::Txn`] table (the owned form of [`store::TxnNode`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnNode {
+    /// Compares, all of which must hold for `success` to run.
+    pub compare: Vec<Compare>,
+    /// The ops run when every compare holds.
+    pub success: Vec<TxnOp>,
+    /// The ops run otherwise.
+    pub failure: Vec<TxnOp>,
+}
+
+/// A compare of a transaction (the owned form of [`store::Compare`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    /// The key, or the start of the range.
+    pub key: Vec<u8>,
+    /// The end of the range (empty: just `key`; `[0]`: every key from `key` on).
+    pub range_end: Vec<u8>,
+    /// How the key's field must compare with the target.
+    pub result: CompareResult,
+    /// The field compared and the value it is compared with.
+    pub target: CompareTarget,
+}
+
+/// How a compare's target is compared (etcd's `Compare.CompareResult`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareResult {
+    /// Equal.
+    Equal,
+    /// Greater.
+    Greater,
+    /// Less.
+    Less,
+    /// Not equal.
+    NotEqual,
+}
+
+/// What a compare compares (etcd's `Compare.target_union`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareTarget {
+    /// The key's version.
+    Version(i64),
+    /// The key's create revision.
+    CreateRevision(i64),
+    /// The key's mod revision.
+    ModRevision(i64),
+    /// The key's value.
+    Value(Vec<u8>),
+    /// The key's lease.
+    Lease(i64),
+}
+
+/// An op of a transaction's branch (the owned form of [`store::TxnOp`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOp {
+    /// A range read.
+    Range {
+        /// The key or start of the range.
+        key: Vec<u8>,
+        /// The end of the range.
+        range_end: Vec<u8>,
+    },
+    /// A put.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+        /// The lease, 0 for none.
+        lease: i64,
+    },
+    /// A delete of `[key, range_end)`.
+    DeleteRange {
+        /// The key or start of the range.
+        key: Vec<u8>,
+        /// The end of the range.
+        range_end: Vec<u8>,
+    },
+    /// The nested transaction at this index of the table (after the one holding it).
+    Txn(u32),
+}
+
+impl Compare {
+    fn borrowed(&self) -> store::Compare<'_> {
+        let result = match self.result {
+            CompareResult::Equal => store::CompareResult::Equal,
+            CompareResult::Greater => store::CompareResult::Greater,
+            CompareResult::Less => store::CompareResult::Less,
+            CompareResult::NotEqual => store::CompareResult::NotEqual,
+        };
+        let target = match &self.target {
+            CompareTarget::Version(v) => store::CompareTarget::Version(*v),
+            CompareTarget::CreateRevision(v) => store::CompareTarget::CreateRevision(*v),
+            CompareTarget::ModRevision(v) => store::CompareTarget::ModRevision(*v),
+            CompareTarget::Value(v) => store::CompareTarget::Value(v),
+            CompareTarget::Lease(v) => store::CompareTarget::Lease(*v),
+        };
+        store::Compare { key: &self.key, range_end: &self.range_end, result, target }
+    }
+}
+
+impl TxnOp {
+    fn borrowed(&self) -> store::TxnOp<'_> {
+        match self {
+            TxnOp::Range { key, range_end } => store::TxnOp::Range { key, range_end },
+            TxnOp::Put { key, value, lease } => store::TxnOp::Put { key, value, lease: *lease },
+            TxnOp::DeleteRange { key, range_end } => store::TxnOp::DeleteRange { key, range_end },
+            TxnOp::Txn(i) => store::TxnOp::Txn(*i),
+        }
+    }
 }
 
 impl Command {
-    /// The core's request for this command.
-    pub fn request(&self) -> Request<'_> {
+    /// Calls `f` with the core's request for this command (a transaction's borrowed table is
+    /// built for the call).
+    pub fn with_request<R>(&self, f: impl FnOnce(&Request<'_>) -> R) -> R {
+        let Command::Txn(nodes) = self else { return f(&self.request()) };
+        let compares: Vec<Vec<store::Compare<'_>>> =
+            nodes.iter().map(|n| n.compare.iter().map(Compare::borrowed).collect()).collect();
+        let ops: Vec<[Vec<store::TxnOp<'_>>; 2]> = nodes
+            .iter()
+            .map(|n| [n.success.iter().map(TxnOp::borrowed).collect(), n.failure.iter().map(TxnOp::borrowed).collect()])
+            .collect();
+        let table: Vec<store::TxnNode<'_>> = compares
+            .iter()
+            .zip(&ops)
+            .map(|(compare, [success, failure])| store::TxnNode { compare, success, failure })
+            .collect();
+        f(&Request::Txn(store::Txn { nodes: &table }))
+    }
+
+    /// The core's request for a command that is not a transaction (a transaction's table is
+    /// built by [`Command::with_request`]; here it is empty).
+    fn request(&self) -> Request<'_> {
         match self {
             Command::Put { key, value, lease } => Request::Put { key, value, lease: *lease },
             Command::DeleteRange { key, range_end } => Request::DeleteRange { key, range_end },
@@ -95,6 +229,7 @@ impl Command {
             }
             Command::RoleAdd { name } => Request::RoleAdd { name },
             Command::UserGrantRole { user, role } => Request::UserGrantRole { user, role },
+            Command::Txn(_) => Request::Txn(store::Txn { nodes: &[] }),
         }
     }
 
@@ -138,7 +273,31 @@ mod tests {
     fn commands_and_members_round_trip_and_garbage_is_refused() {
         let c = Command::Put { key: b"k".to_vec(), value: b"v".to_vec(), lease: 3 };
         assert_eq!(Command::decode(&c.encode()), Some(c.clone()));
-        assert_eq!(c.request(), Request::Put { key: b"k", value: b"v", lease: 3 });
+        c.with_request(|r| assert_eq!(*r, Request::Put { key: b"k", value: b"v", lease: 3 }));
+        let txn = Command::Txn(vec![
+            TxnNode {
+                compare: vec![Compare {
+                    key: b"k".to_vec(),
+                    range_end: vec![],
+                    result: CompareResult::Equal,
+                    target: CompareTarget::Value(b"v".to_vec()),
+                }],
+                success: vec![TxnOp::Txn(1)],
+                failure: vec![TxnOp::Range { key: b"k".to_vec(), range_end: vec![] }],
+            },
+            TxnNode {
+                success: vec![TxnOp::Put { key: b"n".to_vec(), value: b"1".to_vec(), lease: 0 }],
+                ..TxnNode::default()
+            },
+        ]);
+        assert_eq!(Command::decode(&txn.encode()), Some(txn.clone()));
+        txn.with_request(|r| {
+            let Request::Txn(t) = r else { panic!("{r:?}") };
+            assert_eq!(t.nodes.len(), 2);
+            assert_eq!(t.nodes[0].compare[0].target, store::CompareTarget::Value(b"v"));
+            assert_eq!(t.nodes[0].success, [store::TxnOp::Txn(1)]);
+            assert_eq!(t.nodes[1].success, [store::TxnOp::Put { key: b"n", value: b"1", lease: 0 }]);
+        });
         let m = MemberInfo { name: "a".into(), peer_urls: vec!["http://127.0.0.1:1".into()], client_urls: vec![] };
         assert_eq!(MemberInfo::decode(&m.encode()), Some(m));
         assert_eq!(Command::decode(&[0xff, 0xff, 0xff]), None);

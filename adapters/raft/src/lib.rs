@@ -14,7 +14,7 @@ mod snapshot;
 mod transport;
 
 pub use cluster::{Cluster, member_id};
-pub use codec::{Command, MemberInfo};
+pub use codec::{Command, Compare, CompareResult, CompareTarget, MemberInfo, TxnNode, TxnOp};
 pub use error::RaftError;
 pub use log::RaftLog;
 pub use membership::{
@@ -25,7 +25,10 @@ pub use node::{
     Client, Consistency, NodeConfig, NodeHandle, Pair, RestoreReport, Status, Trace, ids, init_raft_log, start,
 };
 pub use policy::SnapshotPolicy;
-pub use query::{Header, KeyValue, LeaseInfo, Member, NodeStatus, RangeRequest, RangeResponse, SortOrder, SortTarget};
+pub use query::{
+    Header, KeyValue, LeaseInfo, Member, NodeStatus, RangeRequest, RangeResponse, SortOrder, SortTarget, TxnOpResponse,
+    TxnResponse,
+};
 pub use snapply_core::ports::Phase;
 pub use snapshot::ImageStream;
 pub use transport::{CHUNK, MAX_SNAPSHOT_BYTES, Network, fetch_cluster, peer_addr};

@@ -162,9 +162,9 @@ pub(crate) enum Control {
     CompactLog(oneshot::Sender<Result<u64, RaftError>>),
     /// Client API hook (crate::query): run a read on the loop.
     Read(crate::query::Reader),
-    /// Client API hook (crate::query): propose, and run the read on this node just before the
-    /// entry is applied here (etcd's prev_kv and deleted count).
-    ProposeRead(Command, crate::query::Reader, oneshot::Sender<Result<i64, RaftError>>),
+    /// Client API hook (crate::query): propose, and run the reads on this node just before and
+    /// just after the entry is applied here (etcd's prev_kv, deleted count, txn responses).
+    ProposeRead(Command, crate::query::AroundApply, oneshot::Sender<Result<i64, RaftError>>),
     Isolate(bool),
     Stop,
 }
@@ -530,8 +530,9 @@ struct Loop {
     store: FsSnapshotStore,
     net: Network,
     waiters: HashMap<u64, oneshot::Sender<Result<i64, RaftError>>>,
-    /// Client API hook: reads to run just before this node applies its own proposal `seq`.
-    before_apply: HashMap<u64, crate::query::Reader>,
+    /// Client API hook: reads to run just before (and, as they return, just after) this node
+    /// applies its own proposal `seq`.
+    around_apply: HashMap<u64, crate::query::AroundApply>,
     seq: u64,
     snapshots_applied: u64,
     snapshots_sent: u64,
@@ -696,7 +697,7 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
         store,
         net,
         waiters: HashMap::new(),
-        before_apply: HashMap::new(),
+        around_apply: HashMap::new(),
         seq: 0,
         snapshots_applied: 0,
         snapshots_sent: 0,
@@ -965,7 +966,7 @@ impl Loop {
             Control::ProposeRead(command, read, reply) => {
                 self.control(Control::Propose(command, reply));
                 if self.waiters.contains_key(&self.seq) {
-                    self.before_apply.insert(self.seq, read);
+                    self.around_apply.insert(self.seq, read);
                 }
             }
             Control::Stop => {}
@@ -1138,13 +1139,15 @@ impl Loop {
                 EntryType::EntryNormal if e.data.is_empty() => continue,
                 EntryType::EntryNormal => match Command::decode(&e.data) {
                     Some(c) => {
-                        if let Some((origin, seq)) = parse_context(&e.context)
-                            && origin == self.id
-                            && let Some(read) = self.before_apply.remove(&seq)
-                        {
-                            read(&self.view());
+                        let after = parse_context(&e.context)
+                            .filter(|(origin, _)| *origin == self.id)
+                            .and_then(|(_, seq)| self.around_apply.remove(&seq))
+                            .map(|around| around(&self.view()));
+                        let applied = c.with_request(|r| self.node.apply(e.index, e.term, r)).map_err(RaftError::from);
+                        if let Some(after) = after {
+                            after(&self.view());
                         }
-                        self.node.apply(e.index, e.term, &c.request()).map_err(RaftError::from)
+                        applied
                     }
                     None => Err(RaftError::Decode { what: "a committed entry" }),
                 },

@@ -9,10 +9,10 @@
 use std::time::Duration;
 
 use snapply_core::backend::Backend as _;
-use snapply_core::store::{AlarmType, KeyValue as StoredKeyValue};
+use snapply_core::store::{AlarmType, KeyValue as StoredKeyValue, Revision};
 use tokio::sync::oneshot;
 
-use crate::codec::Command;
+use crate::codec::{Command, TxnNode, TxnOp};
 use crate::error::RaftError;
 use crate::node::{Client, Control, HostNode};
 use crate::snapshot::ImageStream;
@@ -31,6 +31,10 @@ pub(crate) struct View<'a> {
 
 /// A read run on the node's loop.
 pub(crate) type Reader = Box<dyn FnOnce(&View<'_>) + Send>;
+
+/// A read run on the node's loop just before it applies an entry, returning the read to run
+/// just after (in the same turn of the loop: nothing else is applied in between).
+pub(crate) type AroundApply = Box<dyn FnOnce(&View<'_>) -> Reader + Send>;
 
 /// The fields of etcd's `ResponseHeader` a node knows (the cluster id is the API's).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -143,6 +147,43 @@ pub struct RangeResponse {
     pub count: i64,
 }
 
+/// The response to one op of a transaction (etcd's `ResponseOp`): what it read or replaced,
+/// as the transaction's earlier ops had left the store. Each carries the revision etcd puts in
+/// its header: the transaction's revision once it has changed something, the store's before.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxnOpResponse {
+    /// A range's result (its header's revision only is set).
+    Range(RangeResponse),
+    /// A put, with the key-value it replaced.
+    Put {
+        /// The revision in its header: the transaction's.
+        revision: i64,
+        /// The key-value the put replaced, if any.
+        prev_kv: Option<KeyValue>,
+    },
+    /// A delete, with the key-values it deleted.
+    DeleteRange {
+        /// The revision in its header.
+        revision: i64,
+        /// The key-values deleted.
+        prev_kvs: Vec<KeyValue>,
+    },
+    /// A nested transaction's response (etcd gives it no header).
+    Txn(TxnResponse),
+}
+
+/// etcd's `TxnResponse`: whether the compares held, and a response for each op of the branch
+/// that ran.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TxnResponse {
+    /// The header after the transaction.
+    pub header: Header,
+    /// Whether every compare held (the success branch ran).
+    pub succeeded: bool,
+    /// One response per op of the branch that ran.
+    pub responses: Vec<TxnOpResponse>,
+}
+
 /// A lease, as etcd's `LeaseTimeToLiveResponse` describes it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LeaseInfo {
@@ -199,9 +240,23 @@ fn range_at(view: &View<'_>, key: &[u8], range_end: &[u8], revision: i64) -> Res
     Ok(out)
 }
 
+/// Every key-value in `[key, range_end)` as of just before revision `bound`, in key order.
+fn range_before(view: &View<'_>, key: &[u8], range_end: &[u8], bound: Revision) -> Result<Vec<KeyValue>, RaftError> {
+    let txn = view.node.backend().read()?;
+    let mut out = Vec::new();
+    view.node.stores().kv.range_before(&txn, key, range_end, bound, &mut |kv| out.push(KeyValue::of(kv)))?;
+    Ok(out)
+}
+
 /// etcd's `applierV3backend.Range`: read, filter on revisions, sort, then limit.
 fn range(view: &View<'_>, r: &RangeRequest) -> Result<RangeResponse, RaftError> {
-    let mut kvs = range_at(view, &r.key, &r.range_end, r.revision)?;
+    let kvs = range_at(view, &r.key, &r.range_end, r.revision)?;
+    // The header carries the store's current revision, whatever revision was read (etcd's).
+    Ok(shape_range(r, kvs, header(view)))
+}
+
+/// A range's read key-values `kvs`, filtered, sorted and limited as `r` asks.
+fn shape_range(r: &RangeRequest, mut kvs: Vec<KeyValue>, header: Header) -> RangeResponse {
     let count = i64::try_from(kvs.len()).unwrap_or(i64::MAX);
     if r.count_only {
         kvs.clear();
@@ -247,8 +302,84 @@ fn range(view: &View<'_>, r: &RangeRequest) -> Result<RangeResponse, RaftError> 
             kv.value.clear();
         }
     }
-    // The header carries the store's current revision, whatever revision was read (etcd's).
-    Ok(RangeResponse { header: header(view), kvs, more, count })
+    RangeResponse { header, kvs, more, count }
+}
+
+/// Where a transaction's ops read, as etcd's `storeTxnWrite` does: the store before the
+/// transaction (at `before`) and the changes its earlier ops made, numbered as the core numbers
+/// them (sub revisions of main revision `before + 1`).
+struct TxnCursor {
+    /// The store's revision before the transaction.
+    before: i64,
+    /// Changes made by the ops so far.
+    changes: i64,
+}
+
+impl TxnCursor {
+    /// What the next op reads: everything below this revision.
+    fn bound(&self) -> Revision {
+        Revision { main: self.before.saturating_add(1), sub: self.changes }
+    }
+
+    /// etcd's `storeTxnWrite.Rev`: the transaction's revision once it has changed something.
+    fn revision(&self) -> i64 {
+        if self.changes > 0 { self.before.saturating_add(1) } else { self.before }
+    }
+}
+
+/// The responses of a transaction table's node `index` and, where its ops name them, of its
+/// nested ones, taking each node's outcome from `path` in the order the apply takes them.
+/// `ranges` holds, per node, the range requests of its success and failure ops, in order. Run
+/// just after the transaction is applied: each op reads the store as the ops before it left it.
+fn txn_responses(
+    view: &View<'_>,
+    nodes: &[TxnNode],
+    ranges: &[[Vec<RangeRequest>; 2]],
+    index: usize,
+    path: &mut dyn Iterator<Item = bool>,
+    cursor: &mut TxnCursor,
+) -> Result<TxnResponse, RaftError> {
+    let mismatch = RaftError::Decode { what: "a transaction whose ranges do not match its ops" };
+    let (Some(node), Some([success_ranges, failure_ranges])) = (nodes.get(index), ranges.get(index)) else {
+        return Err(mismatch);
+    };
+    let succeeded = path.next().unwrap_or(false);
+    let (ops, mut node_ranges) =
+        if succeeded { (&node.success, success_ranges.iter()) } else { (&node.failure, failure_ranges.iter()) };
+    let count = |kvs: &[KeyValue]| i64::try_from(kvs.len()).unwrap_or(i64::MAX);
+    let mut responses = Vec::with_capacity(ops.len());
+    for op in ops {
+        responses.push(match op {
+            TxnOp::Range { .. } => {
+                let r =
+                    node_ranges.next().ok_or(RaftError::Decode { what: "a transaction range without its request" })?;
+                let kvs = if r.revision > 0 {
+                    range_at(view, &r.key, &r.range_end, r.revision)?
+                } else {
+                    range_before(view, &r.key, &r.range_end, cursor.bound())?
+                };
+                let header = Header { revision: cursor.revision(), ..Header::default() };
+                TxnOpResponse::Range(shape_range(r, kvs, header))
+            }
+            TxnOp::Put { key, .. } => {
+                let prev_kv = range_before(view, key, b"", cursor.bound())?.into_iter().next();
+                cursor.changes = cursor.changes.saturating_add(1);
+                TxnOpResponse::Put { revision: cursor.revision(), prev_kv }
+            }
+            TxnOp::DeleteRange { key, range_end } => {
+                let prev_kvs = range_before(view, key, range_end, cursor.bound())?;
+                cursor.changes = cursor.changes.saturating_add(count(&prev_kvs));
+                TxnOpResponse::DeleteRange { revision: cursor.revision(), prev_kvs }
+            }
+            TxnOp::Txn(child) => {
+                let child = usize::try_from(*child).unwrap_or(usize::MAX);
+                let mut nested = txn_responses(view, nodes, ranges, child, path, cursor)?;
+                nested.header = Header::default();
+                TxnOpResponse::Txn(nested)
+            }
+        });
+    }
+    Ok(TxnResponse { header: header(view), succeeded, responses })
 }
 
 impl Client {
@@ -269,6 +400,34 @@ impl Client {
         }
     }
 
+    /// Proposes `command`; `before` reads this node's state just before it applies the entry,
+    /// `after` just after it, with what `before` read (in the same turn of the loop, so no other
+    /// entry is applied in between). Returns the revision after the write and what `after` made.
+    async fn propose_around<A: Send + 'static, T: Send + 'static>(
+        &self,
+        command: Command,
+        before: impl FnOnce(&View<'_>) -> A + Send + 'static,
+        after: impl FnOnce(&View<'_>, A) -> T + Send + 'static,
+    ) -> Result<(i64, T), RaftError> {
+        let (read_tx, read_rx) = oneshot::channel();
+        let (tx, rx) = oneshot::channel();
+        let around: AroundApply = Box::new(move |view| {
+            let read = before(view);
+            Box::new(move |view| {
+                let _ = read_tx.send(after(view, read));
+            })
+        });
+        self.send(Control::ProposeRead(command, around, tx))?;
+        let revision = match tokio::time::timeout(WAIT, rx).await {
+            Ok(Ok(v)) => v?,
+            Ok(Err(_)) => return Err(RaftError::Stopped),
+            Err(_) => return Err(RaftError::Timeout { what: "a proposal to be applied" }),
+        };
+        // Applied: both reads ran.
+        let read = read_rx.await.map_err(|_| RaftError::Stopped)?;
+        Ok((revision, read))
+    }
+
     /// Proposes `command`; `before` reads this node's state just before it applies the entry.
     /// Returns the revision after the write and what `before` read.
     async fn propose_reading<T: Send + 'static>(
@@ -276,20 +435,7 @@ impl Client {
         command: Command,
         before: impl FnOnce(&View<'_>) -> T + Send + 'static,
     ) -> Result<(i64, T), RaftError> {
-        let (read_tx, read_rx) = oneshot::channel();
-        let (tx, rx) = oneshot::channel();
-        let read: Reader = Box::new(move |view| {
-            let _ = read_tx.send(before(view));
-        });
-        self.send(Control::ProposeRead(command, read, tx))?;
-        let revision = match tokio::time::timeout(WAIT, rx).await {
-            Ok(Ok(v)) => v?,
-            Ok(Err(_)) => return Err(RaftError::Stopped),
-            Err(_) => return Err(RaftError::Timeout { what: "a proposal to be applied" }),
-        };
-        // Applied: the read ran before.
-        let read = read_rx.await.map_err(|_| RaftError::Stopped)?;
-        Ok((revision, read))
+        self.propose_around(command, before, |_, read| read).await
     }
 
     /// etcd's Range, served from this node's applied state.
@@ -337,6 +483,43 @@ impl Client {
             self.propose_reading(command, move |view| (header(view), range_at(view, &k, &end, 0))).await?;
         header.revision = revision;
         Ok((header, prev?))
+    }
+
+    /// etcd's Txn: proposes the transaction `nodes` (the top one first) and returns whether its
+    /// compares held and each op's response, each op reading the store as the transaction's
+    /// earlier ops left it (etcd's); `ranges` holds, per node, the full range requests of its
+    /// success and failure range ops, in order.
+    ///
+    /// # Errors
+    /// As [`Client::propose`]; [`RaftError::Store`] if the transaction was refused (a lease that
+    /// does not exist, an alarm).
+    pub async fn txn(
+        &self,
+        nodes: Vec<TxnNode>,
+        ranges: Vec<[Vec<RangeRequest>; 2]>,
+    ) -> Result<TxnResponse, RaftError> {
+        let command = Command::Txn(nodes.clone());
+        let plan = Command::Txn(nodes.clone());
+        // Before: the compares' outcomes, on the store the transaction sees, and its revision.
+        let before = move |view: &View<'_>| {
+            let mut path = Vec::new();
+            let walked = plan.with_request(|request| {
+                let snapply_core::Request::Txn(t) = request else { return Ok(()) };
+                let txn = view.node.backend().read()?;
+                view.node.stores().kv.txn_path(&txn, t, 0, &mut |_, holds| path.push(holds)).map_err(RaftError::from)
+            });
+            walked.map(|()| (path, view.node.stores().kv.current_revision()))
+        };
+        // After, in the same turn of the loop: the responses, from the history it just wrote.
+        let after = move |view: &View<'_>, before: Result<(Vec<bool>, i64), RaftError>| {
+            let (path, revision) = before?;
+            let mut cursor = TxnCursor { before: revision, changes: 0 };
+            txn_responses(view, &nodes, &ranges, 0, &mut path.into_iter(), &mut cursor)
+        };
+        let (revision, response) = self.propose_around(command, before, after).await?;
+        let mut response = response?;
+        response.header.revision = revision;
+        Ok(response)
     }
 
     /// Proposes `command` and returns the header after it is applied here.

@@ -322,8 +322,24 @@ impl<P: Profile> KvStore<P> {
         if at > self.current_rev {
             return Err(StoreError::FutureRevision { requested: at, current: self.current_rev });
         }
-        if at < self.compact_rev {
-            return Err(StoreError::Compacted { requested: at, compacted: self.compact_rev });
+        self.range_before(txn, key, range_end, Revision { main: at.saturating_add(1), sub: 0 }, f)
+    }
+
+    /// [`KvStore::range`] as of just before revision `bound`: every change at a lower revision
+    /// is seen, none at or above it. Inside a transaction at main revision `m` whose ops have made
+    /// `c` changes so far, `bound = (m, c)` is what its next op sees: the store before the
+    /// transaction and the transaction's changes until then (etcd's `storeTxnWrite` reads).
+    pub fn range_before<R: ReadTxn + ?Sized>(
+        &self,
+        txn: &R,
+        key: &[u8],
+        range_end: &[u8],
+        bound: Revision,
+        f: &mut dyn FnMut(&KeyValue<'_>),
+    ) -> Result<(), StoreError> {
+        let seen = bound.main.saturating_sub(1);
+        if seen < self.compact_rev {
+            return Err(StoreError::Compacted { requested: seen, compacted: self.compact_rev });
         }
         let arena = self.arena.as_slice();
         let all = self.index.as_slice();
@@ -335,7 +351,7 @@ impl<P: Profile> KvStore<P> {
             }
             let run = self.entries_of(k);
             i += run.len().max(1);
-            let Some(rev) = run.iter().rev().find(|e| e.main <= at).filter(|e| !e.tombstone).map(|e| e.rev()) else {
+            let Some(rev) = run.iter().rev().find(|e| e.rev() < bound).filter(|e| !e.tombstone).map(|e| e.rev()) else {
                 continue;
             };
             let mut result = Ok(());

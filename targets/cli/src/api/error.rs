@@ -25,6 +25,14 @@ pub(super) fn lease_provided() -> Status {
     Status::new(Code::InvalidArgument, "etcdserver: lease is provided")
 }
 
+pub(super) fn too_many_ops() -> Status {
+    Status::new(Code::InvalidArgument, "etcdserver: too many operations in txn request")
+}
+
+pub(super) fn duplicate_key() -> Status {
+    Status::new(Code::InvalidArgument, "etcdserver: duplicate key given in txn request")
+}
+
 pub(super) fn invalid_sort_option() -> Status {
     Status::new(Code::InvalidArgument, "etcdserver: invalid sort option")
 }
@@ -85,9 +93,9 @@ fn store(e: &StoreError) -> Status {
 pub(super) fn status(e: &RaftError) -> Status {
     match e {
         RaftError::Store(e) => store(e),
-        RaftError::Apply(a) => match std::error::Error::source(a).and_then(|s| s.downcast_ref::<StoreError>()) {
-            Some(e) => store(e),
-            None => Status::new(Code::Unknown, a.to_string()),
+        RaftError::Apply(a) => match a.kind() {
+            snapply_core::ApplyErrorKind::Store(e) => store(e),
+            _ => Status::new(Code::Unknown, a.to_string()),
         },
         // raft-rs drops a proposal when there is no leader to take it.
         RaftError::Raft(_) => Status::new(Code::Unavailable, "etcdserver: no leader"),

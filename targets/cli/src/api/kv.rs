@@ -1,10 +1,15 @@
-//! etcd's KV service: Range, Put, DeleteRange and Compact (Txn and RangeStream: not yet).
+//! etcd's KV service: Range, Put, DeleteRange, Txn and Compact (RangeStream: not yet).
 
 use etcd_client::proto::{
-    PbCompactionRequest, PbCompactionResponse, PbDeleteRequest, PbDeleteResponse, PbKeyValue, PbKvService,
-    PbPutRequest, PbPutResponse, PbRangeRequest, PbRangeResponse, PbRangeStreamResponse, PbTxnRequest, PbTxnResponse,
+    PbCompactionRequest, PbCompactionResponse, PbCompare, PbDeleteRequest, PbDeleteResponse, PbKeyValue, PbKvService,
+    PbPutRequest, PbPutResponse, PbRangeRequest, PbRangeResponse, PbRangeStreamResponse, PbResponseHeader,
+    PbResponseOp, PbTargetUnion, PbTxnOpRequest, PbTxnOpResponse, PbTxnRequest, PbTxnRequestOp, PbTxnResponse,
 };
-use snapply_raft::{Command, KeyValue, RangeRequest, SortOrder, SortTarget};
+use snapply_core::store::MAX_TXN_DEPTH;
+use snapply_raft::{
+    Command, Compare, CompareResult, CompareTarget, KeyValue, RangeRequest, SortOrder, SortTarget, TxnNode, TxnOp,
+    TxnOpResponse, TxnResponse,
+};
 use tonic::{Request, Response, Status};
 
 use super::{Member, error};
@@ -55,6 +60,204 @@ fn range_request(r: PbRangeRequest) -> Result<RangeRequest, Status> {
         min_create_revision: r.min_create_revision,
         max_create_revision: r.max_create_revision,
     })
+}
+
+/// etcd's default `--max-txn-ops`: most compares, and most ops of each branch, a transaction
+/// may have.
+const MAX_TXN_OPS: usize = 128;
+
+fn compare(c: &PbCompare) -> Result<Compare, Status> {
+    let result = match c.result {
+        0 => CompareResult::Equal,
+        1 => CompareResult::Greater,
+        2 => CompareResult::Less,
+        3 => CompareResult::NotEqual,
+        _ => return Err(Status::invalid_argument("etcdserver: unknown compare result")),
+    };
+    let target = match &c.target_union {
+        Some(PbTargetUnion::Version(v)) => CompareTarget::Version(*v),
+        Some(PbTargetUnion::CreateRevision(v)) => CompareTarget::CreateRevision(*v),
+        Some(PbTargetUnion::ModRevision(v)) => CompareTarget::ModRevision(*v),
+        Some(PbTargetUnion::Value(v)) => CompareTarget::Value(v.clone()),
+        Some(PbTargetUnion::Lease(v)) => CompareTarget::Lease(*v),
+        // A compare without its value compares with the target's zero, as Go's proto does.
+        None => match c.target {
+            0 => CompareTarget::Version(0),
+            1 => CompareTarget::CreateRevision(0),
+            2 => CompareTarget::ModRevision(0),
+            3 => CompareTarget::Value(Vec::new()),
+            4 => CompareTarget::Lease(0),
+            _ => return Err(Status::invalid_argument("etcdserver: unknown compare target")),
+        },
+    };
+    Ok(Compare { key: c.key.clone(), range_end: c.range_end.clone(), result, target })
+}
+
+/// Flattens `r` and its nested transactions into the table the node applies (a nested one
+/// after the one holding it), with each node's range requests; returns `r`'s index.
+fn flatten(
+    r: &PbTxnRequest,
+    depth: usize,
+    nodes: &mut Vec<TxnNode>,
+    ranges: &mut Vec<[Vec<RangeRequest>; 2]>,
+) -> Result<u32, Status> {
+    if depth > MAX_TXN_DEPTH {
+        return Err(Status::invalid_argument(format!("snapply: transactions nested deeper than {MAX_TXN_DEPTH}")));
+    }
+    if r.compare.len() > MAX_TXN_OPS || r.success.len() > MAX_TXN_OPS || r.failure.len() > MAX_TXN_OPS {
+        return Err(error::too_many_ops());
+    }
+    let index = nodes.len();
+    let id = u32::try_from(index).map_err(|_| error::too_many_ops())?;
+    nodes.push(TxnNode::default());
+    ranges.push([Vec::new(), Vec::new()]);
+    let compares = r.compare.iter().map(compare).collect::<Result<Vec<_>, _>>()?;
+    let mut branches = [Vec::new(), Vec::new()];
+    let mut branch_ranges = [Vec::new(), Vec::new()];
+    for ((ops, out), out_ranges) in [&r.success, &r.failure].into_iter().zip(&mut branches).zip(&mut branch_ranges) {
+        for op in ops {
+            out.push(match &op.request {
+                Some(PbTxnOpRequest::RequestRange(rr)) => {
+                    if rr.revision != 0 {
+                        return Err(error::unimplemented("a range at a past revision inside a transaction"));
+                    }
+                    let request = range_request(rr.clone())?;
+                    let op = TxnOp::Range { key: request.key.clone(), range_end: request.range_end.clone() };
+                    out_ranges.push(request);
+                    op
+                }
+                Some(PbTxnOpRequest::RequestPut(p)) => {
+                    if p.key.is_empty() {
+                        return Err(error::empty_key());
+                    }
+                    if p.ignore_value || p.ignore_lease {
+                        return Err(error::unimplemented("ignore_value and ignore_lease inside a transaction"));
+                    }
+                    TxnOp::Put { key: p.key.clone(), value: p.value.clone(), lease: p.lease }
+                }
+                Some(PbTxnOpRequest::RequestDeleteRange(d)) => {
+                    if d.key.is_empty() {
+                        return Err(error::empty_key());
+                    }
+                    TxnOp::DeleteRange { key: d.key.clone(), range_end: d.range_end.clone() }
+                }
+                Some(PbTxnOpRequest::RequestTxn(t)) => TxnOp::Txn(flatten(t, depth + 1, nodes, ranges)?),
+                None => return Err(Status::invalid_argument("etcdserver: a transaction op without a request")),
+            });
+        }
+    }
+    let [success, failure] = branches;
+    if let (Some(node), Some(node_ranges)) = (nodes.get_mut(index), ranges.get_mut(index)) {
+        *node = TxnNode { compare: compares, success, failure };
+        *node_ranges = branch_ranges;
+    }
+    Ok(id)
+}
+
+/// Whether `key` is in one of `dels`' intervals (`[start, end)`; an empty end is `start` alone,
+/// `[0]` every key from `start` on).
+fn deleted(dels: &[(Vec<u8>, Vec<u8>)], key: &[u8]) -> bool {
+    dels.iter().any(|(start, end)| match end.as_slice() {
+        [] => key == start.as_slice(),
+        [0] => key >= start.as_slice(),
+        end => key >= start.as_slice() && key < end,
+    })
+}
+
+/// etcd's `checkIntervals`: the keys one branch puts, and the ranges it deletes, nested
+/// transactions included; a key put twice, or put and deleted, is refused (the two branches
+/// of a nested transaction may put the same key: only one of them runs).
+type Intervals = (std::collections::BTreeSet<Vec<u8>>, Vec<(Vec<u8>, Vec<u8>)>);
+
+fn check_intervals(ops: &[PbTxnRequestOp]) -> Result<Intervals, Status> {
+    let mut dels: Vec<(Vec<u8>, Vec<u8>)> = ops
+        .iter()
+        .filter_map(|op| match &op.request {
+            Some(PbTxnOpRequest::RequestDeleteRange(d)) => Some((d.key.clone(), d.range_end.clone())),
+            _ => None,
+        })
+        .collect();
+    let mut puts = std::collections::BTreeSet::new();
+    for op in ops {
+        let Some(PbTxnOpRequest::RequestTxn(t)) = &op.request else { continue };
+        let (puts_then, dels_then) = check_intervals(&t.success)?;
+        let (puts_else, dels_else) = check_intervals(&t.failure)?;
+        for k in &puts_then {
+            if puts.contains(k) || deleted(&dels, k) {
+                return Err(error::duplicate_key());
+            }
+            puts.insert(k.clone());
+        }
+        for k in &puts_else {
+            if (puts.contains(k) && !puts_then.contains(k)) || deleted(&dels, k) {
+                return Err(error::duplicate_key());
+            }
+            puts.insert(k.clone());
+        }
+        dels.extend(dels_then);
+        dels.extend(dels_else);
+    }
+    for op in ops {
+        let Some(PbTxnOpRequest::RequestPut(p)) = &op.request else { continue };
+        if puts.contains(&p.key) || deleted(&dels, &p.key) {
+            return Err(error::duplicate_key());
+        }
+        puts.insert(p.key.clone());
+    }
+    Ok((puts, dels))
+}
+
+/// The response to `r` from the node's `response`, with what each op asked for (`prev_kv`).
+/// A node's transaction response in etcd's form. Only the top response has a full header; the
+/// ops' responses carry only the revision their op saw, and nested transactions none, as etcd's
+/// `applyTxn` builds them.
+fn txn_to_pb(member: &Member, response: TxnResponse, r: &PbTxnRequest) -> PbTxnResponse {
+    let mut pb = txn_ops_to_pb(response.responses, response.succeeded, r);
+    pb.header = member.header(response.header);
+    pb
+}
+
+fn txn_ops_to_pb(done: Vec<TxnOpResponse>, succeeded: bool, r: &PbTxnRequest) -> PbTxnResponse {
+    let ops = if succeeded { &r.success } else { &r.failure };
+    let header = |revision| Some(PbResponseHeader { revision, ..PbResponseHeader::default() });
+    let responses = done
+        .into_iter()
+        .zip(ops)
+        .map(|(done, op)| {
+            let response = match (done, &op.request) {
+                (TxnOpResponse::Range(got), _) => PbTxnOpResponse::ResponseRange(PbRangeResponse {
+                    header: header(got.header.revision),
+                    kvs: got.kvs.into_iter().map(to_pb).collect(),
+                    more: got.more,
+                    count: got.count,
+                }),
+                (TxnOpResponse::Put { revision, prev_kv }, Some(PbTxnOpRequest::RequestPut(p))) => {
+                    PbTxnOpResponse::ResponsePut(PbPutResponse {
+                        header: header(revision),
+                        prev_kv: if p.prev_kv { prev_kv.map(to_pb) } else { None },
+                    })
+                }
+                (TxnOpResponse::DeleteRange { revision, prev_kvs }, Some(PbTxnOpRequest::RequestDeleteRange(d))) => {
+                    PbTxnOpResponse::ResponseDeleteRange(PbDeleteResponse {
+                        header: header(revision),
+                        deleted: i64::try_from(prev_kvs.len()).unwrap_or(i64::MAX),
+                        prev_kvs: if d.prev_kv { prev_kvs.into_iter().map(to_pb).collect() } else { Vec::new() },
+                    })
+                }
+                (TxnOpResponse::Txn(nested), Some(PbTxnOpRequest::RequestTxn(t))) => {
+                    PbTxnOpResponse::ResponseTxn(txn_ops_to_pb(nested.responses, nested.succeeded, t))
+                }
+                // The node answers op for op as it was asked: nothing else can come back.
+                (TxnOpResponse::Put { .. }, _) => PbTxnOpResponse::ResponsePut(PbPutResponse::default()),
+                (TxnOpResponse::DeleteRange { .. }, _) => {
+                    PbTxnOpResponse::ResponseDeleteRange(PbDeleteResponse::default())
+                }
+                (TxnOpResponse::Txn(_), _) => PbTxnOpResponse::ResponseTxn(PbTxnResponse::default()),
+            };
+            PbResponseOp { response: Some(response) }
+        })
+        .collect();
+    PbTxnResponse { header: None, succeeded, responses }
 }
 
 #[tonic::async_trait]
@@ -133,8 +336,14 @@ impl PbKvService for KvService {
         }))
     }
 
-    async fn txn(&self, _request: Request<PbTxnRequest>) -> Result<Response<PbTxnResponse>, Status> {
-        Err(error::unimplemented("Txn"))
+    async fn txn(&self, request: Request<PbTxnRequest>) -> Result<Response<PbTxnResponse>, Status> {
+        let r = request.into_inner();
+        let (mut nodes, mut ranges) = (Vec::new(), Vec::new());
+        flatten(&r, 1, &mut nodes, &mut ranges)?;
+        check_intervals(&r.success)?;
+        check_intervals(&r.failure)?;
+        let response = self.0.client.txn(nodes, ranges).await.map_err(|e| error::status(&e))?;
+        Ok(Response::new(txn_to_pb(&self.0, response, &r)))
     }
 
     async fn compact(&self, request: Request<PbCompactionRequest>) -> Result<Response<PbCompactionResponse>, Status> {
