@@ -85,9 +85,10 @@ pub struct SnapshotFields {
     pub incoming_leader_snapshot_term: u64,
 }
 
-/// What the pipeline reports, with etcd's messages (see [`Event::message`]).
+/// What the pipeline reports, with etcd's messages (see [`Event::message`]). Its `Display` (and,
+/// with the `defmt` feature, its `defmt::Format`) is the line etcd logs: the message, then the
+/// fields etcd logs with it (`applied snapshot: current-snapshot-index=… …`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum Event {
     /// `applying snapshot`.
@@ -167,6 +168,55 @@ impl Event {
             Event::Failed { .. } => "failed to apply snapshot",
         }
     }
+
+    /// Whether etcd logs it as a warning (else as information).
+    pub const fn is_warning(&self) -> bool {
+        matches!(self, Event::Failed { .. })
+    }
+}
+
+impl core::fmt::Display for Event {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.message())?;
+        match self {
+            Event::ApplyingSnapshot(s) | Event::AppliedSnapshot(s) | Event::OutdatedSnapshot(s) => write!(
+                f,
+                ": current-snapshot-index={} current-applied-index={} incoming-leader-snapshot-index={} incoming-leader-snapshot-term={}",
+                s.current_snapshot_index,
+                s.current_applied_index,
+                s.incoming_leader_snapshot_index,
+                s.incoming_leader_snapshot_term
+            ),
+            Event::RestoredMvccStore { consistent_index } => write!(f, ": consistent-index={consistent_index}"),
+            Event::Failed { phase, fatal } => write!(f, ": phase={} fatal={fatal}", phase.state()),
+            _ => Ok(()),
+        }
+    }
+}
+
+// The same line as `Display`, for defmt (which formats on the host from its own format strings).
+#[cfg(feature = "defmt")]
+impl defmt::Format for Event {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        match self {
+            Event::ApplyingSnapshot(s) | Event::AppliedSnapshot(s) | Event::OutdatedSnapshot(s) => defmt::write!(
+                f,
+                "{=str}: current-snapshot-index={=u64} current-applied-index={=u64} incoming-leader-snapshot-index={=u64} incoming-leader-snapshot-term={=u64}",
+                self.message(),
+                s.current_snapshot_index,
+                s.current_applied_index,
+                s.incoming_leader_snapshot_index,
+                s.incoming_leader_snapshot_term
+            ),
+            Event::RestoredMvccStore { consistent_index } => {
+                defmt::write!(f, "{=str}: consistent-index={=u64}", self.message(), consistent_index)
+            }
+            Event::Failed { phase, fatal } => {
+                defmt::write!(f, "{=str}: phase={=str} fatal={=bool}", self.message(), phase.state(), fatal)
+            }
+            _ => defmt::write!(f, "{=str}", self.message()),
+        }
+    }
 }
 
 /// Logs, metrics and timing. Every method has a default that does nothing.
@@ -197,3 +247,31 @@ pub trait Observer {
 pub struct NoObserver;
 
 impl Observer for NoObserver {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_displays_as_the_line_etcd_logs() {
+        let fields = SnapshotFields {
+            current_snapshot_index: 1,
+            current_applied_index: 2,
+            incoming_leader_snapshot_index: 3,
+            incoming_leader_snapshot_term: 4,
+        };
+        assert_eq!(
+            format!("{}", Event::AppliedSnapshot(fields)),
+            "applied snapshot: current-snapshot-index=1 current-applied-index=2 \
+             incoming-leader-snapshot-index=3 incoming-leader-snapshot-term=4"
+        );
+        assert_eq!(
+            format!("{}", Event::RestoredMvccStore { consistent_index: 9 }),
+            "restored mvcc store: consistent-index=9"
+        );
+        let failed = Event::Failed { phase: Phase::SwapBackend, fatal: true };
+        assert_eq!(format!("{failed}"), "failed to apply snapshot: phase=BackendSwapped fatal=true");
+        assert!(failed.is_warning() && !Event::AddedPeers.is_warning());
+        assert_eq!(format!("{}", Event::RestoringAuthStore), "restoring auth store");
+    }
+}

@@ -89,22 +89,10 @@ impl<P: Profile, S: SnapshotStore> Run<'_, P, S> {
     }
 
     fn event(&mut self, event: Event) {
-        match event {
-            Event::RestoredMvccStore { consistent_index } => {
-                info!("restored mvcc store: consistent-index={}", consistent_index)
-            }
-            Event::Failed { phase, fatal } => {
-                crate::fmt::warning!("{}: phase={} fatal={}", event.message(), phase.state(), fatal)
-            }
-            Event::ApplyingSnapshot(f) | Event::AppliedSnapshot(f) | Event::OutdatedSnapshot(f) => info!(
-                "{}: current-snapshot-index={} current-applied-index={} incoming-leader-snapshot-index={} incoming-leader-snapshot-term={}",
-                event.message(),
-                f.current_snapshot_index,
-                f.current_applied_index,
-                f.incoming_leader_snapshot_index,
-                f.incoming_leader_snapshot_term
-            ),
-            _ => info!("{}", event.message()),
+        if event.is_warning() {
+            crate::fmt::warning!("{}", event);
+        } else {
+            info!("{}", event);
         }
         self.observer.event(&event);
     }

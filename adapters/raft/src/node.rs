@@ -126,8 +126,8 @@ pub struct Status {
     pub applied_index: u64,
     /// The raft log's first and last index.
     pub log: (u64, u64),
-    /// The index of the last snapshot this member took of its backend (or is building, or
-    /// applied); at start, its applied index.
+    /// The applied index of the last snapshot this member took (its backend made durable and
+    /// its raft log compacted behind it) or applied; at start, its applied index.
     pub snapshot_index: u64,
     /// Peers the transport talks to.
     pub peers: Vec<u64>,
@@ -491,7 +491,11 @@ impl Recorder {
 
 impl Observer for Recorder {
     fn event(&mut self, event: &Event) {
-        log::info!("{}", event.message());
+        if event.is_warning() {
+            log::warn!("{event}");
+        } else {
+            log::info!("{event}");
+        }
         self.trace.push(Trace::Event(*event));
     }
     fn in_progress(&mut self, applying: bool) {
@@ -545,11 +549,11 @@ struct Loop {
     /// Entries applied since the backend was last synced, and when that was.
     unsynced_entries: u64,
     last_sync: Instant,
-    /// The snapshot policy, the index of the last snapshot taken (or applied), whether one is
-    /// being built, and where a build reports.
+    /// The snapshot policy, the index of the last snapshot taken (or applied), the index of the
+    /// image being built for a follower, if any, and where a build reports.
     policy: SnapshotPolicy,
     snapshot_index: u64,
-    building: bool,
+    building: Option<u64>,
     built: mpsc::UnboundedSender<Result<ImageFile, RaftError>>,
     /// Snapshots received from the leader and persisted, waiting for raft-rs.
     inbound: Inbound,
@@ -709,7 +713,7 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
         last_sync: Instant::now(),
         policy: config.snapshot,
         snapshot_index: applied,
-        building: false,
+        building: None,
         built,
         inbound,
         cluster_id,
@@ -1327,35 +1331,63 @@ fn membership_verdict(node: &HostNode, request: &Request<'_>) -> Result<Result<(
 
 // The snapshot policy: when the member snapshots its backend, how the image is built and the
 // raft log compacted (etcd's `triggerSnapshot`, `snapshot` and `purgeFile`).
+//
+// As etcd's, a snapshot the policy takes is not an image: every `--snapshot-count` entries the
+// member makes its backend durable and compacts its raft log behind that point (keeping the
+// catch-up entries). An image is built only when raft-rs asks for one for a lagging follower, of
+// the live backend at the applied index of that moment (etcd 3.4 sends its live bbolt file,
+// "merged" with the applied index's metadata): the follower has nothing older than it to replay,
+// and a member that no follower needs a snapshot from never writes one.
 impl Loop {
-    /// Starts a snapshot of the live backend if the policy says one is due or raft-rs asked for
-    /// one for a lagging follower, and none is being built.
+    /// Takes the policy's snapshot if one is due, and starts building an image if raft-rs asked
+    /// for one for a lagging follower and none is being built.
     fn maybe_snapshot(&mut self) -> Result<(), RaftError> {
-        if self.building {
-            return Ok(());
-        }
         let applied = self.node.progress().applied_index;
-        let due = self.policy.due(applied, self.snapshot_index);
-        // raft-rs asks again on the follower's next heartbeat response, and is told the
-        // snapshot is temporarily unavailable until the build is done.
-        let requested = self.log.take_request();
-        if !due && !requested {
-            return Ok(());
-        }
-        if due {
+        if self.policy.due(applied, self.snapshot_index) {
             log::info!(
                 "member {:x} triggering snapshot: applied index {applied}, snapshot index {}, snapshot count {}",
                 self.id,
                 self.snapshot_index,
                 self.policy.count
             );
+            // Not past an image being built: the follower it is for needs the entries after it.
+            let compact_to = self.policy.compact_to(applied).map(|to| self.building.map_or(to, |b| to.min(b)));
+            self.snapshot_log(applied, compact_to)?;
+        }
+        if self.building.is_some() {
+            return Ok(());
+        }
+        // raft-rs asks again on the follower's next heartbeat response, and is told the
+        // snapshot is temporarily unavailable until the build is done.
+        if !self.log.take_request() {
+            return Ok(());
         }
         let build = self.start_build()?;
+        log::info!("member {:x} building a snapshot image at index {} for a follower", self.id, build.metadata.index);
         self.build_started = Some(Instant::now());
-        // A build that fails is not retried before the next `count` entries (or request).
-        self.snapshot_index = self.snapshot_index.max(build.metadata.index);
+        let index = build.metadata.index;
         build.spawn(self.built.clone())?;
-        self.building = true;
+        self.building = Some(index);
+        Ok(())
+    }
+
+    /// The policy's snapshot at `applied`: the backend is made durable (the log may drop only
+    /// entries the backend holds durably: after a crash it comes back at its last sync, and the
+    /// log must still reach from there), then the log is compacted to `compact_to`.
+    fn snapshot_log(&mut self, applied: u64, compact_to: Option<u64>) -> Result<(), RaftError> {
+        self.sync_backend()?;
+        self.snapshot_index = self.snapshot_index.max(applied);
+        if let Some(to) = compact_to
+            && to >= self.log.first_index()
+        {
+            self.log.compact(to)?;
+            log::info!(
+                "member {:x} compacted Raft logs at index {to}: log holds entries {} to {}",
+                self.id,
+                self.log.first_index(),
+                self.log.last_index()
+            );
+        }
         Ok(())
     }
 
@@ -1372,17 +1404,15 @@ impl Loop {
         Ok(Build { metadata, v2, view, snap_dir: self.store.dir().snap_dir().to_path_buf() })
     }
 
-    /// A build ended: offer the snapshot to raft-rs, compact the log behind it keeping the
-    /// policy's catch-up entries, purge old images.
+    /// A build ended: offer the image to raft-rs and purge old images.
     fn snapshot_built(&mut self, image: Result<ImageFile, RaftError>) -> Result<(), RaftError> {
-        self.building = false;
+        self.building = None;
         match image {
             Ok(image) => {
                 if let Some(started) = self.build_started.take() {
                     self.metrics.snap_save.observe(started.elapsed().as_secs_f64());
                 }
-                let keep = self.policy.compact_to(image.metadata.index);
-                self.install_snapshot(&image, keep)
+                self.install_snapshot(&image)
             }
             Err(e) => {
                 log::warn!("member {:x} failed to save snapshot: {e}", self.id);
@@ -1391,21 +1421,10 @@ impl Loop {
         }
     }
 
-    fn install_snapshot(&mut self, image: &ImageFile, compact_to: Option<u64>) -> Result<(), RaftError> {
+    fn install_snapshot(&mut self, image: &ImageFile) -> Result<(), RaftError> {
         let index = image.metadata.index;
         log::info!("member {:x} saved snapshot at index {index} ({} bytes)", self.id, image.len);
         self.log.offer(image.raft_snapshot());
-        if let Some(to) = compact_to
-            && to >= self.log.first_index()
-        {
-            self.log.compact(to)?;
-            log::info!(
-                "member {:x} compacted Raft logs at index {to}: log holds entries {} to {}",
-                self.id,
-                self.log.first_index(),
-                self.log.last_index()
-            );
-        }
         for path in purge_images(self.store.dir().snap_dir(), self.policy.keep())? {
             log::info!("member {:x} purged snapshot image {}", self.id, path.display());
         }
@@ -1418,8 +1437,8 @@ impl Loop {
         let image = self.start_build()?.run()?;
         self.metrics.snap_save.observe(started.elapsed().as_secs_f64());
         let index = image.metadata.index;
-        self.snapshot_index = self.snapshot_index.max(index);
-        self.install_snapshot(&image, Some(index))?;
+        self.install_snapshot(&image)?;
+        self.snapshot_log(index, Some(index))?;
         Ok(index)
     }
 }

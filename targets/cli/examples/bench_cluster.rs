@@ -451,7 +451,8 @@ async fn run(options: &Options, side: Side, keys: u64) -> Result<Outcome> {
     cluster.start(follower, 1)?;
     let mut reader = connect(&cluster.members[follower].endpoint()).await?;
     let log = cluster.members[follower].log(1);
-    let applied = |m: &str| m == "applied snapshot";
+    // etcd's message alone; snapply's is followed by etcd's fields (`applied snapshot: …`).
+    let applied = |m: &str| m == "applied snapshot" || m.starts_with("applied snapshot:");
     let mut follower_at_snapshot = None;
     loop {
         if follower_at_snapshot.is_none() && logged_at(&log, applied).is_some() {

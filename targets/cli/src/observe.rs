@@ -21,23 +21,7 @@ impl Printer {
 
 impl Observer for Printer {
     fn event(&mut self, event: &Event) {
-        match event {
-            Event::ApplyingSnapshot(f) | Event::AppliedSnapshot(f) | Event::OutdatedSnapshot(f) => println!(
-                "  log  {:<44} current-snapshot-index={} current-applied-index={} incoming-leader-snapshot-index={} incoming-leader-snapshot-term={}",
-                event.message(),
-                f.current_snapshot_index,
-                f.current_applied_index,
-                f.incoming_leader_snapshot_index,
-                f.incoming_leader_snapshot_term
-            ),
-            Event::RestoredMvccStore { consistent_index } => {
-                println!("  log  {:<44} consistent-index={consistent_index}", event.message())
-            }
-            Event::Failed { phase, fatal } => {
-                println!("  log  {:<44} phase={} fatal={fatal}", event.message(), phase.state())
-            }
-            other => println!("  log  {}", other.message()),
-        }
+        println!("  log  {event}");
     }
 
     fn in_progress(&mut self, applying: bool) {

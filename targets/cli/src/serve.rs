@@ -89,14 +89,16 @@ pub struct Args {
 /// When a member snapshots and how much it keeps, named as etcd's flags.
 #[derive(Debug, clap::Args)]
 struct SnapshotArgs {
-    /// Entries applied since the last snapshot that trigger the next one: the member snapshots
-    /// its backend and compacts its raft log (0: only when a follower needs a snapshot).
+    /// Entries applied since the last snapshot that trigger the next one: the member makes its
+    /// backend durable and compacts its raft log (0: never). Images are built only for a
+    /// follower that needs one.
     #[arg(long, default_value_t = SnapshotPolicy::default().count)]
     snapshot_count: u64,
     /// Entries kept in the raft log behind a snapshot, for followers only a little behind.
     #[arg(long, default_value_t = SnapshotPolicy::default().catchup_entries)]
     snapshot_catchup_entries: u64,
-    /// Snapshot images kept in member/snap; older ones are purged (at least the newest is kept).
+    /// Snapshot images (built for lagging followers) kept in member/snap; older ones are purged
+    /// (at least the newest is kept).
     #[arg(long, default_value_t = SnapshotPolicy::default().max_snapshots)]
     max_snapshots: usize,
     /// The largest snapshot image this member takes from a leader, in bytes; a larger one is
