@@ -236,3 +236,36 @@ async fn a_watcher_of_a_member_caught_up_by_a_snapshot_goes_on_or_is_told_it_was
     })
     .await?
 }
+
+/// A client that stops reading its watch stream holds up only that stream: the member takes
+/// every write meanwhile, and once the client reads again it gets every event, in order, none
+/// lost and the watch not canceled (the stream waited on its bounded buffer instead of
+/// buffering the events).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_stops_reading_holds_up_only_its_stream_and_loses_nothing() -> Result {
+    timeout(BOUND, async {
+        let root = tempfile::tempdir()?;
+        let mut members = support::cluster(root.path(), 1);
+        members[0].start();
+        let mut client = connect(&members[0]).await?;
+        let mut stream = client.watch_client().watch("/k/", Some(WatchOptions::new().with_prefix())).await?;
+        assert!(next(&mut stream).await?.created());
+        // Far more than the buffers hold (the stream's 16 responses, HTTP/2's windows): 4 MB.
+        let value = "v".repeat(4096);
+        for i in 0..1000 {
+            client.put(format!("/k/{i:05}"), value.clone(), None).await?;
+        }
+        let mut keys = Vec::new();
+        while keys.len() < 1000 {
+            let r = next(&mut stream).await?;
+            assert!(!r.canceled(), "{:?}", r.cancel_reason());
+            keys.extend(seen(&r).into_iter().map(|(_, key, value_read, _, _)| {
+                assert_eq!(value_read.len(), 4096);
+                key
+            }));
+        }
+        assert_eq!(keys, (0..1000).map(|i| format!("/k/{i:05}")).collect::<Vec<_>>());
+        Ok(())
+    })
+    .await?
+}
