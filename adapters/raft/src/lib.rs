@@ -12,6 +12,7 @@ mod query;
 mod read;
 mod snapshot;
 mod transport;
+mod watch;
 
 pub use cluster::{Cluster, member_id};
 pub use codec::{Command, Compare, CompareResult, CompareTarget, MemberInfo, TxnNode, TxnOp};
@@ -32,3 +33,4 @@ pub use query::{
 pub use snapply_core::ports::Phase;
 pub use snapshot::ImageStream;
 pub use transport::{CHUNK, MAX_SNAPSHOT_BYTES, Network, fetch_cluster, peer_addr};
+pub use watch::{Event, EventKind, Events, EventsRequest, MAX_BATCH_EVENTS, MAX_BATCH_REVISIONS};

@@ -184,6 +184,8 @@ pub struct Client {
     cluster_id: u64,
     control: mpsc::UnboundedSender<Control>,
     metrics: Arc<Metrics>,
+    /// The store's revision as the loop last published it (crate::watch).
+    pub(crate) revision: tokio::sync::watch::Receiver<i64>,
 }
 
 impl std::fmt::Debug for Control {
@@ -566,6 +568,8 @@ struct Loop {
     leader_seen: u64,
     /// When the snapshot being built was begun.
     build_started: Option<Instant>,
+    /// Where the loop publishes the store's revision after each ready (crate::watch).
+    revision: tokio::sync::watch::Sender<i64>,
 }
 
 /// Starts a node on its data directory, listening for peers on `listener`. Must be called
@@ -693,6 +697,7 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
     let raw = RawNode::new(&raft_config, log.clone(), &logger)?;
     let (control_tx, control) = mpsc::unbounded_channel();
     let (built, built_rx) = mpsc::unbounded_channel();
+    let (revision_tx, revision) = tokio::sync::watch::channel(node.stores().kv.current_revision());
     let mut state = Loop {
         id,
         raw,
@@ -721,6 +726,7 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
         metrics: metrics.clone(),
         leader_seen: raft::INVALID_ID,
         build_started: None,
+        revision: revision_tx,
     };
     state.publish_membership();
     // From here on the raft log holds every applied entry: the backend commits in batches.
@@ -734,7 +740,7 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
         }
         result
     });
-    Ok(NodeHandle { client: Client { id, cluster_id, control: control_tx, metrics }, task: Some(task) })
+    Ok(NodeHandle { client: Client { id, cluster_id, control: control_tx, metrics, revision }, task: Some(task) })
 }
 
 /// etcd's request timeout (`ServerConfig.ReqTimeout`): 5 s plus two election timeouts.
@@ -886,6 +892,7 @@ impl Loop {
             }
             self.reads.send(&mut self.raw);
             blocking(|| self.on_ready())?;
+            crate::watch::publish(&self.revision, self.node.stores().kv.current_revision());
             self.update_metrics();
             if self.removed {
                 // etcd: "the member has been permanently removed from the cluster".

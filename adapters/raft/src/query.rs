@@ -65,7 +65,7 @@ pub struct KeyValue {
 }
 
 impl KeyValue {
-    fn of(kv: &StoredKeyValue<'_>) -> Self {
+    pub(crate) fn of(kv: &StoredKeyValue<'_>) -> Self {
         KeyValue {
             key: kv.key.to_vec(),
             create_revision: kv.create_revision,
@@ -228,7 +228,7 @@ pub struct NodeStatus {
     pub is_learner: bool,
 }
 
-fn header(view: &View<'_>) -> Header {
+pub(crate) fn header(view: &View<'_>) -> Header {
     Header { member_id: view.id, revision: view.node.stores().kv.current_revision(), raft_term: view.term }
 }
 
@@ -384,7 +384,7 @@ fn txn_responses(
 
 impl Client {
     /// Runs `f` on the node's loop and returns what it returns.
-    async fn read_local<T: Send + 'static>(
+    pub(crate) async fn read_local<T: Send + 'static>(
         &self,
         f: impl FnOnce(&View<'_>) -> T + Send + 'static,
         what: &'static str,

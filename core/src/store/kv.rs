@@ -5,6 +5,8 @@
 //! generations are the runs of revisions ended by a tombstone, as in etcd's `keyIndex`; keeping
 //! them flat needs no nested collection, which matters for fixed capacities.
 
+use core::ops::ControlFlow;
+
 use serde::{Deserialize, Serialize};
 
 use super::cindex::ConsistentIndex;
@@ -364,6 +366,38 @@ impl<P: Profile> KvStore<P> {
             }
         }
         Ok(())
+    }
+
+    /// Calls `f` with every change the `key` bucket holds at main revision `from` or later, in
+    /// revision order: its revision, whether it deleted the key, and its record (a tombstone's
+    /// carries only the key), until `f` breaks. This is the history etcd's watchable store reads
+    /// for watchers that are behind (`syncWatchers`: a range over the revision keys). A `from`
+    /// below the compaction revision is refused: changes before it may be gone.
+    pub fn history<R: ReadTxn + ?Sized>(
+        &self,
+        txn: &R,
+        from: i64,
+        f: &mut dyn FnMut(Revision, bool, &KeyValue<'_>) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        if from < self.compact_rev {
+            return Err(StoreError::Compacted { requested: from, compacted: self.compact_rev });
+        }
+        let start = revision_key(Revision { main: from.max(0), sub: 0 }, false);
+        let mut result = Ok(());
+        txn.scan(Bucket::Key, &start, &mut |k, v| {
+            let Some((rev, tombstone)) = parse_revision_key(k) else {
+                result = Err(StoreError::Corrupt { bucket: Bucket::Key, what: "a key that is not a revision" });
+                return ControlFlow::Break(());
+            };
+            match codec::decode::<KeyValue<'_>>(Bucket::Key, v) {
+                Ok(kv) => f(rev, tombstone, &kv),
+                Err(e) => {
+                    result = Err(e);
+                    ControlFlow::Break(())
+                }
+            }
+        })?;
+        result
     }
 
     /// Puts `value` under `key` in a new revision, attached to `lease` (0 for none).
@@ -735,8 +769,9 @@ fn key_len<P: Profile>(key: &[u8]) -> Result<u32, StoreError> {
     }
 }
 
-/// Whether `k` is in etcd's range `[key, range_end)`.
-pub(crate) fn in_range(k: &[u8], key: &[u8], range_end: &[u8]) -> bool {
+/// Whether `k` is in etcd's range `[key, range_end)`: an empty `range_end` is `key` alone,
+/// `[0]` every key from `key` on.
+pub fn in_range(k: &[u8], key: &[u8], range_end: &[u8]) -> bool {
     match range_end {
         [] => k == key,
         [0] => k >= key,

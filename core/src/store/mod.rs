@@ -24,7 +24,7 @@ pub use error::StoreError;
 pub(crate) use kv::Change;
 pub use kv::{
     IndexEntry, KeyValue, KvStore, META_FINISHED_COMPACT, META_SCHEDULED_COMPACT, REV_KEY_LEN, Revision,
-    TOMBSTONE_MARK, max_key_len, parse_revision_key, revision_key,
+    TOMBSTONE_MARK, in_range, max_key_len, parse_revision_key, revision_key,
 };
 pub use lease::{Expiry, Lease, LeaseId, LeaseItem, Lessor, MAX_LEASE_TTL};
 pub use membership::{

@@ -972,3 +972,181 @@ fn etcdctl_txn_prints_against_snapply_what_it_prints_against_etcd() {
     }
     assert!(differences.is_empty(), "{} commands differ:\n{}", differences.len(), differences.join("\n"));
 }
+
+/// `etcdctl watch` with `args` against `endpoint`, while `writes` (each etcdctl's arguments and
+/// standard input) are made: what it printed once a line with `until` came, it exited, or 30 s
+/// passed (etcdctl 3.4's watch has no timeout of its own); its exit code if it exited, and its
+/// error lines (`Error:`, `watch was canceled`).
+fn etcdctl_watch(endpoint: &str, args: &[String], writes: &[(&[&str], &str)], until: &str) -> Outcome {
+    use std::io::{BufRead as _, Read as _};
+    let mut child = Command::new(etcd::binary("SNAPPLY_ETCDCTL", "etcdctl"))
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", endpoint.trim_start_matches("http://")))
+        .args(["--dial-timeout=2s", "watch"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut stderr = child.stderr.take().unwrap();
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    for (write, input) in writes {
+        let o = etcdctl_with_input(endpoint, write, input);
+        assert_eq!(o.code, Some(0), "etcdctl {write:?}: {o:?}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut stdout = String::new();
+    let mut exited = false;
+    loop {
+        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => {
+                stdout.push_str(&line);
+                stdout.push('\n');
+                if line.contains(until) {
+                    break;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                exited = true;
+                break;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
+        }
+    }
+    // Its standard output closed: it is exiting (at most 10 s more).
+    let exit_deadline = Instant::now() + Duration::from_secs(10);
+    let mut status = child.try_wait().unwrap();
+    while exited && status.is_none() && Instant::now() < exit_deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        status = child.try_wait().unwrap();
+    }
+    let code = match status {
+        Some(status) => status.code(),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            None
+        }
+    };
+    let stderr = errors.join().unwrap();
+    let error = stderr.lines().filter(|l| l.starts_with("Error:") || l.starts_with("watch was canceled"));
+    Outcome { code, stdout, error: error.collect::<Vec<_>>().join("\n") }
+}
+
+/// `etcdctl watch` prints against snapply what it prints against etcd: a key, a prefix with a
+/// transaction's events, `--prev-kv`, history from `--rev` as JSON, and a start revision below
+/// the compaction. The watches start at the store's next revision (`--rev`) rather than "now",
+/// so the events do not depend on how soon etcdctl's watch is set up; etcd-client's tests watch
+/// from now.
+#[test]
+fn etcdctl_watch_prints_against_snapply_what_it_prints_against_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path(), &[]);
+    let snapply = start_snapply(dir.path());
+    let sides = [etcd.client_url.clone(), snapply.client_url.clone()];
+    let txn = "\nput /p/b 2\nput /p/c 3\nput /q 3\n\n\n";
+    // (watch arguments, NEXT standing for the store's next revision; writes while it watches;
+    // the line it ends on)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a [&'a str], &'a str)], &'a str);
+    let cases: &[Case<'_>] = &[
+        (
+            &["/k", "--rev=NEXT"],
+            &[
+                (&["put", "/k", "1"], ""),
+                (&["put", "/x", "2"], ""),
+                (&["put", "/k", "2"], ""),
+                (&["del", "/k"], ""),
+                (&["put", "/k", "end"], ""),
+            ],
+            "end",
+        ),
+        (
+            &["--prefix", "/p", "--rev=NEXT"],
+            &[
+                (&["put", "/p/a", "1"], ""),
+                (&["txn"], txn),
+                (&["del", "/p", "--prefix"], ""),
+                (&["put", "/p/z", "end"], ""),
+            ],
+            "end",
+        ),
+        (
+            &["/k", "--prev-kv", "--rev=NEXT"],
+            &[(&["put", "/k", "a"], ""), (&["put", "/k", "b"], ""), (&["del", "/k"], ""), (&["put", "/k", "stop"], "")],
+            "stop",
+        ),
+        // History: every write done before the watch, which starts ten revisions back; as
+        // JSON, with the headers.
+        (&["--prefix", "/", "--rev=BACK", "-w", "json"], &[], "ZW5k"),
+        // No watch: the history is compacted; a watch from before the compaction is canceled
+        // and etcdctl exits.
+        (&[], &[(&["compaction", "NOW"], "")], ""),
+        (&["/k", "--rev=2"], &[], "\0"),
+        (&["/k", "--rev=2", "-w", "json"], &[], "\0"),
+    ];
+    let mut differences = Vec::new();
+    for (args, writes, until) in cases {
+        let mut outcomes = Vec::new();
+        for url in &sides {
+            let now = etcdctl(url, &["get", "/none", "-w", "json"]);
+            let now = serde_json::from_str::<Value>(&now.stdout).unwrap()["header"]["revision"].as_i64().unwrap();
+            let fill = |a: &str| {
+                a.replace("NEXT", &(now + 1).to_string())
+                    .replace("BACK", &(now - 9).to_string())
+                    .replace("NOW", &now.to_string())
+            };
+            let args: Vec<String> = args.iter().map(|a| fill(a)).collect();
+            let filled: Vec<Vec<String>> = writes.iter().map(|(w, _)| w.iter().map(|a| fill(a)).collect()).collect();
+            let filled: Vec<Vec<&str>> = filled.iter().map(|w| w.iter().map(String::as_str).collect()).collect();
+            let writes: Vec<(&[&str], &str)> =
+                filled.iter().zip(writes.iter()).map(|(w, (_, input))| (w.as_slice(), *input)).collect();
+            if args.is_empty() {
+                for (write, input) in &writes {
+                    assert_eq!(etcdctl_with_input(url, write, input).code, Some(0), "{write:?}");
+                }
+                continue;
+            }
+            let mut o = etcdctl_watch(url, &args, &writes, until);
+            // JSON: one response a line, each normalised.
+            if args.iter().any(|a| a == "json") {
+                let lines: Vec<String> = o
+                    .stdout
+                    .lines()
+                    .map(|l| match serde_json::from_str::<Value>(l) {
+                        Ok(mut v) => {
+                            normalise_json(&mut v);
+                            v.to_string()
+                        }
+                        Err(_) => l.to_string(),
+                    })
+                    .collect();
+                o.stdout = lines.join("\n");
+            }
+            outcomes.push(o);
+        }
+        if outcomes.first() != outcomes.get(1) {
+            differences.push(format!(
+                "etcdctl watch {}:\n  etcd:    {:?}\n  snapply: {:?}",
+                args.join(" "),
+                outcomes[0],
+                outcomes[1]
+            ));
+        }
+        eprintln!("etcdctl watch {}: {:?}", args.join(" "), outcomes.get(1));
+    }
+    assert!(differences.is_empty(), "{} watches differ:\n{}", differences.len(), differences.join("\n"));
+}

@@ -1,10 +1,11 @@
 //! etcd's v3 gRPC API on a member's client URL: the services generated from etcd's own
 //! `.proto` files (by the `etcd-client` crate, feature `build-server`), served with tonic.
 //!
-//! One file per service: [`kv`] (Range, Put, DeleteRange, Compact), [`lease`] (Grant, Revoke,
-//! TimeToLive, Leases), [`cluster`] (MemberList), [`maintenance`] (Status). What is not served
-//! yet answers `Unimplemented`; the Watch and Auth services are not registered (tonic answers
-//! `Unimplemented` for them too). docs/etcd-differences.md lists the differences.
+//! One file per service: [`kv`] (Range, Put, DeleteRange, Txn, Compact), [`watch`] (Watch),
+//! [`lease`] (Grant, Revoke, TimeToLive, Leases), [`cluster`] (MemberList, MemberAdd, ...),
+//! [`maintenance`] (Status, Alarm, Snapshot). What is not served yet answers `Unimplemented`;
+//! the Auth service is not registered (tonic answers `Unimplemented` for it too).
+//! docs/etcd-differences.md lists the differences.
 //!
 //! The client URL carries this API, `/metrics` and `/health` ([`http`]) and the line protocol:
 //! [`serve`] looks at the first bytes of each connection, as etcd's cmux does: the HTTP/2 preface
@@ -16,11 +17,14 @@ mod http;
 mod kv;
 mod lease;
 mod maintenance;
+mod watch;
 
 use std::future::Future;
 use std::time::Duration;
 
-use etcd_client::proto::{PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbResponseHeader};
+use etcd_client::proto::{
+    PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbResponseHeader, PbWatchServer,
+};
 use snapply_raft::{Client, Header};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -82,6 +86,7 @@ where
         .add_service(PbLeaseServer::new(lease::LeaseService(member.clone())))
         .add_service(PbClusterServer::new(cluster::ClusterService(member.clone())))
         .add_service(PbMaintenanceServer::new(maintenance::MaintenanceService(member.clone())))
+        .add_service(PbWatchServer::new(watch::WatchService(member.clone())))
         .serve_with_incoming(tokio_stream::wrappers::UnboundedReceiverStream::new(grpc_rx));
     let accept = async move {
         loop {

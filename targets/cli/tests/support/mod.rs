@@ -49,6 +49,11 @@ impl Member {
         Member { child: None, name: name.into(), data, client, log: root.join(format!("{name}.log")), args }
     }
 
+    /// Adds `args` (flags of `serve`) to the member's command line.
+    pub fn add_args(&mut self, args: &[&str]) {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+    }
+
     /// Starts the process, waits until its client port answers.
     pub fn start(&mut self) {
         self.start_with(snapply());
