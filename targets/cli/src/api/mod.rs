@@ -1,7 +1,7 @@
 //! etcd's v3 gRPC API on a member's client URL: the services generated from etcd's own
 //! `.proto` files (by the `etcd-client` crate, feature `build-server`), served with tonic.
 //!
-//! One file per service: [`kv`] (Range, Put, DeleteRange, Compact), [`lease`] (Grant, Revoke,
+//! One file per service: [`kv`] (Range, Put, DeleteRange, Compact), [`lease`] (Grant, Revoke, KeepAlive,
 //! TimeToLive, Leases), [`cluster`] (MemberList), [`maintenance`] (Status). What is not served
 //! yet answers `Unimplemented`; the Watch and Auth services are not registered (tonic answers
 //! `Unimplemented` for them too). docs/etcd-differences.md lists the differences.
