@@ -318,12 +318,12 @@ const _: () = {
     use core::mem::size_of;
     assert!(size_of::<IndexEntry>() == 24);
     assert!(size_of::<crate::store::KvStore<Reference>>() == 24_608);
-    assert!(size_of::<crate::store::Lessor<Reference>>() == 1_368);
+    assert!(size_of::<crate::store::Lessor<Reference>>() == 1_376);
     assert!(size_of::<crate::store::AuthStore<Reference>>() == 2_712);
     assert!(size_of::<crate::store::Membership<Reference>>() == 912);
     assert!(size_of::<crate::store::V2Store<Reference>>() == 1_300);
     assert!(size_of::<crate::store::AlarmStore<Reference>>() == 72);
-    assert!(size_of::<crate::node::Stores<Reference>>() == 30_992);
+    assert!(size_of::<crate::node::Stores<Reference>>() == 31_000);
 };
 
 #[cfg(test)]
@@ -338,12 +338,12 @@ mod tests {
     fn reference_profile_sizes_are_pinned() {
         assert_eq!(size_of::<IndexEntry>(), 24);
         assert_eq!(size_of::<KvStore<Reference>>(), 24_608);
-        assert_eq!(size_of::<Lessor<Reference>>(), 1_368);
+        assert_eq!(size_of::<Lessor<Reference>>(), 1_376);
         assert_eq!(size_of::<AuthStore<Reference>>(), 3_016);
         assert_eq!(size_of::<Membership<Reference>>(), 1_008);
         assert_eq!(size_of::<V2Store<Reference>>(), 1_448);
         assert_eq!(size_of::<AlarmStore<Reference>>(), 72);
-        assert_eq!(size_of::<crate::node::Stores<Reference>>(), 31_536);
+        assert_eq!(size_of::<crate::node::Stores<Reference>>(), 31_544);
     }
 
     /// RAM follows the keys' lengths: 500 keys of 16 to 32 bytes fill the reference profile's

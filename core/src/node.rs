@@ -7,7 +7,7 @@ use crate::collections::{Profile, Seq};
 use crate::raft::{Progress, SnapshotMetadata};
 use crate::store::{
     Alarm, AlarmStore, AlarmType, AuthStore, Capabilities, Change, ConsistentIndex, Downgrade, KvStore, LeaseId,
-    Lessor, MemberId, Membership, NewMember, PermissionType, StoreError, V2Deprecation, V2Store, Version,
+    Lessor, MemberId, Membership, NewMember, PermissionType, Renewal, StoreError, V2Deprecation, V2Store, Version,
     save_conf_state,
 };
 
@@ -448,9 +448,30 @@ impl<B: Backend, P: Profile> Node<B, P> {
         })
     }
 
-    /// Promotes the node to leader at `now_ms`: its leases start to expire.
-    pub fn promote(&mut self, now_ms: u64) {
-        self.stores.lessor.promote(now_ms);
+    /// Promotes the node's lessor at `now_ms` (the node leads): its leases start to expire,
+    /// each its remaining TTL plus `extend_ms` from now (etcd's `Promote` with the election
+    /// timeout). In memory only, as every expiry; see [`Lessor::promote`].
+    pub fn promote(&mut self, now_ms: u64, extend_ms: u64) {
+        self.stores.lessor.promote(now_ms, extend_ms);
+    }
+
+    /// Demotes the node's lessor (the node no longer leads): its leases stop expiring (etcd's
+    /// `Demote`).
+    pub fn demote(&mut self) {
+        self.stores.lessor.demote();
+    }
+
+    /// Renews lease `id` at `now_ms` on a promoted lessor; see [`Lessor::renew`]. The node's
+    /// host also calls it for a lease it just granted while leading (etcd's primary lessor
+    /// starts a granted lease's expiry at once; the core has no clock of its own).
+    pub fn renew_lease(&mut self, id: LeaseId, now_ms: u64) -> Renewal {
+        self.stores.lessor.renew(id, now_ms)
+    }
+
+    /// Hands `revoke` up to `limit` leases expired at `now_ms`, to be revoked through the log;
+    /// see [`Lessor::expired`].
+    pub fn expired_leases(&mut self, now_ms: u64, retry_ms: u64, limit: usize, revoke: &mut dyn FnMut(LeaseId)) {
+        self.stores.lessor.expired(now_ms, retry_ms, limit, revoke);
     }
 
     /// Applies the committed entry at (`index`, `term`) carrying `request`, atomically: the
@@ -824,10 +845,10 @@ pub(crate) mod tests {
         assert_eq!(get(&n, b"k", 0), Ok(None));
         assert_eq!(get(&n, b"j", 0).unwrap().map(|v| v.0), Some(b"w".to_vec()));
         assert!(n.stores().lessor.leases().is_empty());
-        n.promote(1_000);
+        n.promote(1_000, 0);
         apply(&mut n, &Request::LeaseGrant { id: 9, ttl: 10 }).unwrap();
-        n.promote(1_000);
-        assert_eq!(n.stores().lessor.lease(9).map(|l| l.expiry), Some(Expiry::At(11_000)));
+        n.promote(1_000, 500);
+        assert_eq!(n.stores().lessor.lease(9).map(|l| l.expiry), Some(Expiry::At(11_500)));
     }
 
     #[test]
@@ -1007,7 +1028,7 @@ pub(crate) mod tests {
         apply(&mut n, &Request::LeaseCheckpoint { id: 3, remaining_ttl: 17 }).unwrap();
         let recovered = Lessor::<Growable>::load(&n.backend().read().unwrap(), 5).unwrap();
         assert_eq!(recovered.lease(3).map(|l| (l.ttl, l.remaining_ttl)), Some((60, 17)));
-        n.promote(0);
+        n.promote(0, 0);
         assert_eq!(n.stores().lessor.lease(3).map(|l| l.expiry), Some(Expiry::At(17_000)));
         // A checkpoint of 0 (what a renewal sends) clears the remaining TTL; one for a lease
         // that is gone is a no-op.

@@ -1,6 +1,8 @@
 //! A snapply node under raft-rs: the data directory, the raft log, the transport and the ready
 //! loop, on a tokio task.
 
+mod leases;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,6 +28,8 @@ use crate::policy::SnapshotPolicy;
 use crate::read::Reads;
 use crate::snapshot::{Build, ImageFile, Inbound, purge_images, to_core_conf, to_core_metadata, to_raft_metadata};
 use crate::transport::{MAX_SNAPSHOT_BYTES, Network, Report};
+
+pub(crate) use leases::{LeaseAnswer, LeaseAsk};
 
 pub(crate) type HostNode = Node<RedbBackend, Growable>;
 
@@ -166,6 +170,8 @@ pub(crate) enum Control {
     /// just after the entry is applied here (etcd's prev_kv, deleted count, txn responses).
     ProposeRead(Command, crate::query::AroundApply, oneshot::Sender<Result<i64, RaftError>>),
     Isolate(bool),
+    /// A lease request only the leader answers (node::leases).
+    Lease(leases::LeaseAsk, oneshot::Sender<(leases::LeaseAnswer, Vec<String>)>),
     Stop,
 }
 
@@ -451,8 +457,20 @@ impl Drop for NodeHandle {
     }
 }
 
-fn core_config(id: u64) -> Config {
-    Config { id, min_lease_ttl: 5, v2_deprecation: V2Deprecation::WriteOnly }
+fn core_config(id: u64, config: &NodeConfig) -> Config {
+    Config { id, min_lease_ttl: min_lease_ttl(config), v2_deprecation: V2Deprecation::WriteOnly }
+}
+
+/// The election timeout: `election_tick` ticks.
+fn election_timeout(config: &NodeConfig) -> Duration {
+    config.tick.saturating_mul(u32::try_from(config.election_tick).unwrap_or(u32::MAX))
+}
+
+/// etcd's minimum lease TTL (`minTTL`): 1.5 × the election timeout, in whole seconds rounded up,
+/// at least 1 (1 with this crate's default 500 ms election timeout, 2 with etcd's 1 s).
+fn min_lease_ttl(config: &NodeConfig) -> i64 {
+    let ms = election_timeout(config).as_millis().saturating_mul(3) / 2;
+    i64::try_from(ms.div_ceil(1000)).unwrap_or(i64::MAX).max(1)
 }
 
 /// SHA-256 of every backend record.
@@ -570,6 +588,8 @@ struct Loop {
     build_started: Option<Instant>,
     /// Where the loop publishes the store's revision after each ready (crate::watch).
     revision: tokio::sync::watch::Sender<i64>,
+    /// The clock lease expiries are counted on (node::leases).
+    lease_clock: leases::LeaseClock,
 }
 
 /// Starts a node on its data directory, listening for peers on `listener`. Must be called
@@ -597,7 +617,7 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
             break;
         }
     }
-    let mut node = HostNode::open(core_config(id), boot.backend, &v2)?;
+    let mut node = HostNode::open(core_config(id, &config), boot.backend, &v2)?;
     let mut store = FsSnapshotStore::new(dir.clone());
 
     listener.set_nonblocking(true).map_err(|source| RaftError::Io { op: "configuring the peer listener", source })?;
@@ -605,7 +625,7 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
         .map_err(|source| RaftError::Io { op: "registering the peer listener", source })?;
     let (inbox_tx, inbox) = mpsc::unbounded_channel();
     let (report_tx, reports) = mpsc::unbounded_channel();
-    let inbound = Inbound::new(dir.clone(), core_config(id), config.max_snapshot_bytes);
+    let inbound = Inbound::new(dir.clone(), core_config(id, &config), config.max_snapshot_bytes);
     let metrics = Arc::new(Metrics::new(id, dir.member_dir().join("db"))?);
     let mut net = Network::start(id, listener, inbox_tx, report_tx, inbound.clone(), metrics.clone());
 
@@ -727,6 +747,7 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
         leader_seen: raft::INVALID_ID,
         build_started: None,
         revision: revision_tx,
+        lease_clock: leases::LeaseClock::new(election_timeout(&config)),
     };
     state.publish_membership();
     // From here on the raft log holds every applied entry: the backend commits in batches.
@@ -745,8 +766,7 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
 
 /// etcd's request timeout (`ServerConfig.ReqTimeout`): 5 s plus two election timeouts.
 fn request_timeout(config: &NodeConfig) -> Duration {
-    let election = config.tick.saturating_mul(u32::try_from(config.election_tick).unwrap_or(u32::MAX));
-    Duration::from_secs(5).saturating_add(election.saturating_mul(2))
+    Duration::from_secs(5).saturating_add(election_timeout(config).saturating_mul(2))
 }
 
 /// Creates the raft log of `member` of the new cluster `cluster` in `data_dir`, as `etcdutl
@@ -850,6 +870,7 @@ impl Loop {
                 _ = ticker.tick() => {
                     self.raw.tick();
                     self.reads.expire(self.raw.raft.leader_id);
+                    self.expire_leases();
                 }
                 Some(msg) = inbox.recv() => {
                     // raft-rs refuses messages from unknown peers or of a stale term: it has
@@ -874,6 +895,9 @@ impl Loop {
                         let status = if delivered { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
                         self.raw.report_snapshot(to, status);
                     }
+                    Report::Lease(ask, reply) => {
+                        let _ = reply.send(self.answer_lease(ask));
+                    }
                 },
                 c = control.recv() => match c {
                     None | Some(Control::Stop) => return blocking(|| self.sync_backend()),
@@ -893,6 +917,7 @@ impl Loop {
             self.reads.send(&mut self.raw);
             blocking(|| self.on_ready())?;
             crate::watch::publish(&self.revision, self.node.stores().kv.current_revision());
+            self.track_lease_leadership();
             self.update_metrics();
             if self.removed {
                 // etcd: "the member has been permanently removed from the cluster".
@@ -973,6 +998,7 @@ impl Loop {
                 let _ = reply.send(blocking(|| self.compact_log()));
             }
             Control::Isolate(on) => self.net.set_isolated(on),
+            Control::Lease(ask, reply) => self.lease_control(ask, reply),
             Control::Read(read) => read(&self.view()),
             Control::ProposeRead(command, read, reply) => {
                 self.control(Control::Propose(command, reply));
@@ -1155,6 +1181,9 @@ impl Loop {
                             .and_then(|(_, seq)| self.around_apply.remove(&seq))
                             .map(|around| around(&self.view()));
                         let applied = c.with_request(|r| self.node.apply(e.index, e.term, r)).map_err(RaftError::from);
+                        if applied.is_ok() {
+                            self.lease_applied(&c);
+                        }
                         if let Some(after) = after {
                             after(&self.view());
                         }

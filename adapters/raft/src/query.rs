@@ -191,8 +191,8 @@ pub struct LeaseInfo {
     pub id: i64,
     /// The TTL it was granted, in seconds.
     pub granted_ttl: i64,
-    /// Its remaining TTL in seconds: the last checkpointed one, else the granted one (snapply
-    /// nodes do not expire leases yet).
+    /// Its remaining TTL in seconds, as the leader's lessor counts it (the leader alone expires
+    /// leases; truncated, negative once past while its revoke is being applied).
     pub ttl: i64,
     /// Keys attached to it.
     pub keys: Vec<Vec<u8>>,
@@ -540,25 +540,21 @@ impl Client {
         self.read_local(header, "a response header").await
     }
 
-    /// Lease `id` and its keys, or `None` if it is not granted.
+    /// Lease `id` and its keys as the leader sees them (etcd's `LeaseTimeToLive`: a follower
+    /// asks the leader), or `None` if it is not granted; the header is this member's, read
+    /// first.
     ///
     /// # Errors
-    /// [`RaftError::Stopped`] or [`RaftError::Timeout`].
+    /// [`RaftError::Stopped`] or [`RaftError::Timeout`] (no leader answered in time).
     pub async fn lease(&self, id: i64) -> Result<(Header, Option<LeaseInfo>), RaftError> {
-        self.read_local(
-            move |view| {
-                let lessor = &view.node.stores().lessor;
-                let info = lessor.lease(id).map(|l| LeaseInfo {
-                    id,
-                    granted_ttl: l.ttl,
-                    ttl: if l.remaining_ttl > 0 { l.remaining_ttl } else { l.ttl },
-                    keys: lessor.items().iter().filter(|i| i.lease == id).map(|i| i.key.to_vec()).collect(),
-                });
-                (header(view), info)
-            },
-            "a lease",
-        )
-        .await
+        let header = self.header().await?;
+        let info = self.lease_on_leader(id).await?.map(|l| LeaseInfo {
+            id,
+            granted_ttl: l.granted_ttl,
+            ttl: l.ttl,
+            keys: l.keys,
+        });
+        Ok((header, info))
     }
 
     /// Every granted lease id, in order.

@@ -39,6 +39,7 @@ use tokio::task::AbortHandle;
 use crate::error::RaftError;
 use crate::membership::RemoteCluster;
 use crate::metrics::Metrics;
+use crate::node::{LeaseAnswer, LeaseAsk};
 use crate::snapshot::{ChunkSource, Inbound, Piece, Received, image_path, to_core_metadata};
 
 /// Bytes of image per chunk frame.
@@ -71,6 +72,13 @@ const KIND_CLUSTER: u8 = 5;
 /// handler answers it `410 Gone`): the member stops, as etcd's does on that answer. A removed
 /// member may never apply its own removal: the others stop sending to it once they applied it.
 const KIND_REMOVED: u8 = 6;
+/// A lease request a follower forwards to the leader (etcd's `/leases` and `/leases/internal`):
+/// postcard of the request; the answer is one `KIND_LEASE_ANSWER` frame (postcard of the
+/// answer), and the connection ends.
+const KIND_LEASE_REQUEST: u8 = 7;
+const KIND_LEASE_ANSWER: u8 = 8;
+/// How long a forwarded lease request waits for the leader's loop, and for its answer.
+const LEASE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a member about to join waits for each peer's answer.
 const CLUSTER_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -83,6 +91,8 @@ pub(crate) enum Report {
     Removed(u64),
     /// A snapshot to this peer was delivered (`true`) or not (raft-rs `report_snapshot`).
     Snapshot { to: u64, delivered: bool },
+    /// A peer forwarded a lease request, for this member's loop to answer.
+    Lease(LeaseAsk, tokio::sync::oneshot::Sender<LeaseAnswer>),
 }
 
 struct Peer {
@@ -182,6 +192,11 @@ impl Network {
         self.inner.isolated.load(Ordering::SeqCst)
     }
 
+    /// Whether this node is cut off the network ([`Network::set_isolated`]).
+    pub(crate) fn is_isolated(&self) -> bool {
+        self.isolated()
+    }
+
     /// Hands `messages` to their peers' writer tasks.
     pub(crate) fn send(&self, messages: Vec<Message>) {
         if self.isolated() {
@@ -247,6 +262,24 @@ impl Network {
                         .and_then(|c| postcard::to_allocvec(c).ok())
                         .unwrap_or_default();
                     write_frame(&mut stream, KIND_CLUSTER, &answer).await?;
+                    return Ok(());
+                }
+                KIND_LEASE_REQUEST => {
+                    let ask: LeaseAsk =
+                        postcard::from_bytes(&buf).map_err(|_| invalid("a lease request does not decode"))?;
+                    if self.isolated() {
+                        return Ok(());
+                    }
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let _ = self.inner.reports.send(Report::Lease(ask, tx));
+                    let answer = match tokio::time::timeout(LEASE_TIMEOUT, rx).await {
+                        Ok(Ok(answer)) => answer,
+                        // The loop is busy or gone: the asker tries again.
+                        _ => LeaseAnswer::NotLeader,
+                    };
+                    let answer =
+                        postcard::to_allocvec(&answer).map_err(|_| invalid("a lease answer does not encode"))?;
+                    write_frame(&mut stream, KIND_LEASE_ANSWER, &answer).await?;
                     return Ok(());
                 }
                 KIND_SNAPSHOT_HEAD => {
@@ -429,6 +462,25 @@ async fn ask_cluster(url: &str) -> Result<RemoteCluster, String> {
     match tokio::time::timeout(CLUSTER_TIMEOUT, ask).await {
         Ok(r) => r,
         Err(_) => Err(format!("no answer within {CLUSTER_TIMEOUT:?}")),
+    }
+}
+
+/// Asks the member at peer URL `url` to answer a lease request as the leader.
+pub(crate) async fn ask_lease(url: &str, ask: LeaseAsk) -> Result<LeaseAnswer, String> {
+    let addr = peer_addr(url).ok_or_else(|| format!("{url} is not http://IP:PORT"))?;
+    let request = postcard::to_allocvec(&ask).map_err(|e| e.to_string())?;
+    let asked = async {
+        let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        write_frame(&mut stream, KIND_LEASE_REQUEST, &request).await.map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        match read_frame(&mut stream, &mut buf).await.map_err(|e| e.to_string())? {
+            Some(KIND_LEASE_ANSWER) => postcard::from_bytes(&buf).map_err(|_| "its answer does not decode".to_string()),
+            _ => Err("it did not answer".into()),
+        }
+    };
+    match tokio::time::timeout(LEASE_TIMEOUT, asked).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {LEASE_TIMEOUT:?}")),
     }
 }
 

@@ -26,7 +26,7 @@ pub use kv::{
     IndexEntry, KeyValue, KvStore, META_FINISHED_COMPACT, META_SCHEDULED_COMPACT, REV_KEY_LEN, Revision,
     TOMBSTONE_MARK, in_range, max_key_len, parse_revision_key, revision_key,
 };
-pub use lease::{Expiry, Lease, LeaseId, LeaseItem, Lessor, MAX_LEASE_TTL};
+pub use lease::{Expiry, Lease, LeaseId, LeaseItem, Lessor, MAX_LEASE_TTL, Renewal};
 pub use membership::{
     CLUSTER_VERSION_KEY, Capabilities, DOWNGRADE_KEY, Downgrade, MAX_LEARNERS, MAX_MEMBER_URLS, Member, MemberId,
     Membership, NewMember, Version, check_peer_urls, member_key,

@@ -1150,3 +1150,165 @@ fn etcdctl_watch_prints_against_snapply_what_it_prints_against_etcd() {
     }
     assert!(differences.is_empty(), "{} watches differ:\n{}", differences.len(), differences.join("\n"));
 }
+
+/// `etcdctl lease keep-alive LEASE` on `endpoint`, running until killed; its output piped.
+fn spawn_keep_alive(endpoint: &str, lease: &str) -> Child {
+    Command::new(etcd::binary("SNAPPLY_ETCDCTL", "etcdctl"))
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", endpoint.trim_start_matches("http://")))
+        .args(["lease", "keep-alive", lease])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Kills a keep-alive and gives the first line it printed.
+fn stop_keep_alive(mut child: Child) -> String {
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().to_string()
+}
+
+/// Waits (at most `secs`) until `key` is gone on `endpoint`; whether it went.
+fn wait_gone(endpoint: &str, key: &str, secs: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        let got = etcdctl(endpoint, &["get", key, "--print-value-only"]);
+        if got.code == Some(0) && got.stdout.is_empty() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+/// The remaining TTL `lease timetolive` printed.
+fn remaining(o: &Outcome) -> Option<i64> {
+    let at = o.stdout.find("remaining(")? + "remaining(".len();
+    let end = o.stdout.get(at..)?.find("s)")?;
+    o.stdout.get(at..at + end)?.parse().ok()
+}
+
+/// A lease granted 2 s expires with its key unless kept alive; kept alive by `etcdctl lease
+/// keep-alive`, it outlives several TTLs, and expires once the keep-alive stops. Every etcdctl
+/// command prints against snapply what it prints against etcd (a real etcd expires the same
+/// leases beside it).
+#[test]
+fn leases_expire_unless_kept_alive_and_etcdctl_prints_against_snapply_what_it_prints_against_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path(), &[]);
+    let snapply = start_snapply(dir.path());
+    let mut per_side = Vec::new();
+    for (name, url) in [("etcd", etcd.client_url.as_str()), ("snapply", snapply.client_url.as_str())] {
+        let mut printed = Vec::new();
+        let kept = granted(&etcdctl(url, &["lease", "grant", "2"]));
+        let lapsed = granted(&etcdctl(url, &["lease", "grant", "2"]));
+        assert!(!kept.is_empty() && !lapsed.is_empty(), "{name}: no lease granted");
+        for (key, lease) in [("/kept", &kept), ("/lapsed", &lapsed)] {
+            assert_eq!(etcdctl(url, &["put", key, "v", &format!("--lease={lease}")]).stdout, "OK\n", "{name}");
+        }
+        let started = Instant::now();
+        let keep_alive = spawn_keep_alive(url, &kept);
+        printed.push(normalise(etcdctl(url, &["lease", "keep-alive", "--once", &kept]), &kept));
+        printed.push(normalise(etcdctl(url, &["lease", "timetolive", &kept, "--keys"]), &kept));
+
+        // Not kept alive: the lease expires and its key goes with it.
+        assert!(wait_gone(url, "/lapsed", 30), "{name}: /lapsed outlived its lease\n{}", snapply.log());
+        printed.push(normalise(etcdctl(url, &["lease", "timetolive", &lapsed]), &lapsed));
+        printed.push(normalise(etcdctl(url, &["lease", "keep-alive", "--once", &lapsed]), &lapsed));
+
+        // Kept alive: still there after three and a half TTLs.
+        std::thread::sleep(Duration::from_millis(7_000).saturating_sub(started.elapsed()));
+        let got = etcdctl(url, &["get", "/kept", "--print-value-only"]);
+        assert_eq!(got.stdout, "v\n", "{name}: the kept-alive lease expired\n{}", snapply.log());
+        printed.push(normalise(etcdctl(url, &["lease", "timetolive", &kept, "--keys"]), &kept));
+        let first = stop_keep_alive(keep_alive);
+        printed.push(Outcome { code: None, stdout: first.replace(&kept, "LEASE"), error: String::new() });
+
+        // Once the keep-alive stops, the lease expires too.
+        assert!(wait_gone(url, "/kept", 30), "{name}: /kept outlived its lease\n{}", snapply.log());
+        printed.push(normalise(etcdctl(url, &["lease", "timetolive", &kept]), &kept));
+        printed.push(normalise(etcdctl(url, &["lease", "list"]), ""));
+        per_side.push(printed);
+    }
+    assert_eq!(per_side[1], per_side[0], "snapply (left) and etcd (right) printed differently");
+    assert!(per_side[0][0].stdout.contains("keepalived with TTL(2)"), "{:?}", per_side[0]);
+}
+
+/// In a three-member cluster, a follower forwards renewals and remaining TTLs to the leader;
+/// killing the leader does not expire a lease early (the new leader starts every lease's TTL
+/// over, plus the election timeout), and the new leader expires it once it is no longer kept
+/// alive.
+#[test]
+fn a_new_leader_extends_leases_and_then_expires_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (initial, _) = new_initial_cluster(3);
+    let mut members: Vec<Option<Snapply>> = (1..=3)
+        .map(|i| {
+            Some(Snapply::spawn(
+                &dir.path().join(format!("n{i}")),
+                &format!("n{i}"),
+                &[format!("--initial-cluster={initial}")],
+            ))
+        })
+        .collect();
+    members.iter().flatten().for_each(Snapply::wait_leader);
+    // (member id, leader id) as a member's `endpoint status` says.
+    let status = |m: &Snapply| {
+        let o = etcdctl(&m.client_url, &["endpoint", "status", "-w", "json"]);
+        let v = serde_json::from_str::<Value>(&o.stdout).unwrap_or_default();
+        (v[0]["Status"]["header"]["member_id"].as_u64().unwrap_or(0), v[0]["Status"]["leader"].as_u64().unwrap_or(0))
+    };
+    let old_leader = status(members[0].as_ref().unwrap()).1;
+    let leader_at = members.iter().position(|m| status(m.as_ref().unwrap()).0 == old_leader).unwrap();
+    let follower = members.iter().enumerate().find(|(i, _)| *i != leader_at).unwrap().1.as_ref().unwrap();
+    let follower_url = follower.client_url.clone();
+
+    // Granted, renewed and looked up through a follower: the leader answers.
+    let lease = granted(&etcdctl(&follower_url, &["lease", "grant", "10"]));
+    assert_eq!(etcdctl(&follower_url, &["put", "/k", "v", &format!("--lease={lease}")]).stdout, "OK\n");
+    let renewed = etcdctl(&follower_url, &["lease", "keep-alive", "--once", &lease]);
+    assert_eq!(renewed.stdout, format!("lease {lease} keepalived with TTL(10)\n"), "{}", follower.log());
+    assert_eq!(
+        etcdctl(&follower_url, &["lease", "keep-alive", "--once", "1234"]).error,
+        "Error: etcdserver: requested lease not found"
+    );
+
+    // Once the leader counts 4 s or less left (truncated: under 5 s), it is killed: the lease
+    // would expire within 5 s under the old leader.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = remaining(&etcdctl(&follower_url, &["lease", "timetolive", &lease]));
+        if left.is_some_and(|s| s <= 4) {
+            break;
+        }
+        assert!(Instant::now() < deadline && left.is_some(), "remaining TTL {left:?}\n{}", follower.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let killed = Instant::now();
+    drop(members[leader_at].take());
+
+    // A new leader is elected; 7 s after the kill the lease and its key are still there: the new
+    // leader counts its TTL (10 s, plus the election timeout) from its election.
+    let survivor = members.iter().flatten().next().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while members.iter().flatten().any(|m| matches!(status(m).1, 0) || status(m).1 == old_leader) {
+        assert!(Instant::now() < deadline, "no new leader\n{}", survivor.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(7_000).saturating_sub(killed.elapsed()));
+    for m in members.iter().flatten() {
+        assert_eq!(etcdctl(&m.client_url, &["get", "/k", "--print-value-only"]).stdout, "v\n", "{}", m.log());
+        let left = remaining(&etcdctl(&m.client_url, &["lease", "timetolive", &lease]));
+        assert!(left.is_some_and(|s| s > 0), "remaining TTL {left:?}\n{}", m.log());
+    }
+
+    // Not kept alive, the new leader expires it: the key goes on every member.
+    for m in members.iter().flatten() {
+        assert!(wait_gone(&m.client_url, "/k", 30), "/k outlived its lease\n{}", m.log());
+        let after = etcdctl(&m.client_url, &["lease", "timetolive", &lease]);
+        assert_eq!(after.stdout, format!("lease {lease} already expired\n"));
+    }
+}

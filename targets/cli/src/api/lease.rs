@@ -1,4 +1,5 @@
-//! etcd's Lease service: Grant, Revoke, TimeToLive and Leases (KeepAlive: not yet).
+//! etcd's Lease service: Grant, Revoke, KeepAlive, TimeToLive and Leases. Expiry is the
+//! leader's (snapply-raft's node): renewals and remaining TTLs are answered by it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -12,6 +13,9 @@ use snapply_raft::Command;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{Member, error};
+
+/// Responses of one keep-alive stream waiting for the client to read them.
+const KEEP_ALIVE_QUEUE: usize = 16;
 
 /// The Lease service of a member.
 pub(super) struct LeaseService(pub(super) Member);
@@ -55,13 +59,40 @@ impl PbLeaseService for LeaseService {
         Ok(Response::new(PbLeaseRevokeResponse { header: self.0.header(header) }))
     }
 
-    type LeaseKeepAliveStream = tokio_stream::Empty<Result<PbLeaseKeepAliveResponse, Status>>;
+    type LeaseKeepAliveStream = tokio_stream::wrappers::ReceiverStream<Result<PbLeaseKeepAliveResponse, Status>>;
 
+    /// etcd's `leaseKeepAlive`: each request renews its lease on the leader (a follower forwards
+    /// it) and is answered with the lease's TTL, 0 for a lease that does not exist (or has
+    /// expired); the stream ends when the client closes it or a renewal fails.
     async fn lease_keep_alive(
         &self,
-        _request: Request<Streaming<PbLeaseKeepAliveRequest>>,
+        request: Request<Streaming<PbLeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-        Err(error::unimplemented("LeaseKeepAlive"))
+        let mut requests = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(KEEP_ALIVE_QUEUE);
+        let member = self.0.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(r)) = requests.message().await {
+                // The header is read before the renewal, as etcd fills it: its revision is never
+                // past the one the renewal saw.
+                let renewed = async {
+                    let header = member.client.header().await?;
+                    let ttl = member.client.renew_lease(r.id).await?;
+                    Ok::<_, snapply_raft::RaftError>(PbLeaseKeepAliveResponse {
+                        header: member.header(header),
+                        id: r.id,
+                        ttl: ttl.unwrap_or(0),
+                    })
+                }
+                .await
+                .map_err(|e| error::status(&e));
+                let failed = renewed.is_err();
+                if tx.send(renewed).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
     async fn lease_time_to_live(

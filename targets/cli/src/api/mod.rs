@@ -2,10 +2,10 @@
 //! `.proto` files (by the `etcd-client` crate, feature `build-server`), served with tonic.
 //!
 //! One file per service: [`kv`] (Range, Put, DeleteRange, Txn, Compact), [`watch`] (Watch),
-//! [`lease`] (Grant, Revoke, TimeToLive, Leases), [`cluster`] (MemberList, MemberAdd, ...),
-//! [`maintenance`] (Status, Alarm, Snapshot). What is not served yet answers `Unimplemented`;
-//! the Auth service is not registered (tonic answers `Unimplemented` for it too).
-//! docs/etcd-differences.md lists the differences.
+//! [`lease`] (Grant, Revoke, KeepAlive, TimeToLive, Leases), [`cluster`] (MemberList,
+//! MemberAdd, ...), [`maintenance`] (Status, Alarm, Snapshot). What is not served yet answers
+//! `Unimplemented`; the Auth service is not registered (tonic answers `Unimplemented` for it
+//! too). docs/etcd-differences.md lists the differences.
 //!
 //! The client URL carries this API, `/metrics` and `/health` ([`http`]) and the line protocol:
 //! [`serve`] looks at the first bytes of each connection, as etcd's cmux does: the HTTP/2 preface
