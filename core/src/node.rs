@@ -773,6 +773,35 @@ pub(crate) mod tests {
         assert_eq!(apply(&mut n, &Request::DeleteRange { key: b"zz", range_end: b"" }), Ok(5));
     }
 
+    /// The index-only count agrees with a read at every revision of a history with deletes,
+    /// a new generation, ranges and a compaction.
+    #[test]
+    fn a_count_from_the_key_index_is_what_a_read_finds_at_every_revision() {
+        let mut n = node();
+        for (key, value) in [(b"a", b"1"), (b"b", b"2"), (b"a", b"3"), (b"c", b"4")] {
+            apply(&mut n, &Request::Put { key, value, lease: 0 }).unwrap();
+        }
+        apply(&mut n, &Request::DeleteRange { key: b"a", range_end: b"" }).unwrap();
+        apply(&mut n, &Request::Put { key: b"a", value: b"5", lease: 0 }).unwrap();
+        apply(&mut n, &Request::DeleteRange { key: b"b", range_end: b"c" }).unwrap();
+        let read = |n: &TestNode, key: &[u8], end: &[u8], at: i64| {
+            let mut found = 0;
+            n.stores().kv.range(&n.backend().read().unwrap(), key, end, at, &mut |_| found += 1).map(|()| found)
+        };
+        let current = n.stores().kv.current_revision();
+        for at in 0..=current {
+            for (key, end) in [(&b"a"[..], &b""[..]), (b"a", b"c"), (b"", b"\0"), (b"b", b"\0")] {
+                assert_eq!(n.stores().kv.count(key, end, at), read(&n, key, end, at), "{key:?}..{end:?} at {at}");
+            }
+        }
+        assert_eq!(n.stores().kv.count(b"", b"\0", 0), Ok(2));
+        assert_eq!(n.stores().kv.count(b"", b"\0", 5), Ok(3));
+        assert!(matches!(n.stores().kv.count(b"", b"\0", current + 1), Err(StoreError::FutureRevision { .. })));
+        apply(&mut n, &Request::Compact { revision: current }).unwrap();
+        assert!(matches!(n.stores().kv.count(b"", b"\0", 2), Err(StoreError::Compacted { .. })));
+        assert_eq!(n.stores().kv.count(b"", b"\0", 0), Ok(2));
+    }
+
     fn key_records(n: &TestNode) -> usize {
         let mut records = 0;
         n.backend()

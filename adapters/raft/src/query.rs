@@ -250,6 +250,13 @@ fn range_before(view: &View<'_>, key: &[u8], range_end: &[u8], bound: Revision) 
 
 /// etcd's `applierV3backend.Range`: read, filter on revisions, sort, then limit.
 fn range(view: &View<'_>, r: &RangeRequest) -> Result<RangeResponse, RaftError> {
+    if r.count_only {
+        // Counted from the key index: no record is read (a count of a million keys would
+        // otherwise decode and copy every value).
+        let count = view.node.stores().kv.count(&r.key, &r.range_end, r.revision)?;
+        let count = i64::try_from(count).unwrap_or(i64::MAX);
+        return Ok(RangeResponse { header: header(view), kvs: Vec::new(), more: false, count });
+    }
     let kvs = range_at(view, &r.key, &r.range_end, r.revision)?;
     // The header carries the store's current revision, whatever revision was read (etcd's).
     Ok(shape_range(r, kvs, header(view)))

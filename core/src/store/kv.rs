@@ -320,11 +320,27 @@ impl<P: Profile> KvStore<P> {
         at: i64,
         f: &mut dyn FnMut(&KeyValue<'_>),
     ) -> Result<(), StoreError> {
+        self.range_before(txn, key, range_end, self.bound_at(at)?, f)
+    }
+
+    /// How many keys [`KvStore::range`] would call back with, counted from the key index alone:
+    /// no record is read (etcd's `Range` with `CountOnly`).
+    pub fn count(&self, key: &[u8], range_end: &[u8], at: i64) -> Result<usize, StoreError> {
+        let mut n = 0usize;
+        self.live_revisions(key, range_end, self.bound_at(at)?, &mut |_| {
+            n += 1;
+            Ok(())
+        })?;
+        Ok(n)
+    }
+
+    /// What a read at revision `at` (0 = current) sees: everything below this bound.
+    fn bound_at(&self, at: i64) -> Result<Revision, StoreError> {
         let at = if at <= 0 { self.current_rev } else { at };
         if at > self.current_rev {
             return Err(StoreError::FutureRevision { requested: at, current: self.current_rev });
         }
-        self.range_before(txn, key, range_end, Revision { main: at.saturating_add(1), sub: 0 }, f)
+        Ok(Revision { main: at.saturating_add(1), sub: 0 })
     }
 
     /// [`KvStore::range`] as of just before revision `bound`: every change at a lower revision
@@ -338,6 +354,29 @@ impl<P: Profile> KvStore<P> {
         range_end: &[u8],
         bound: Revision,
         f: &mut dyn FnMut(&KeyValue<'_>),
+    ) -> Result<(), StoreError> {
+        self.live_revisions(key, range_end, bound, &mut |rev| {
+            let mut result = Ok(());
+            let found = txn.get(Bucket::Key, &revision_key(rev, false), &mut |v| {
+                result = codec::decode::<KeyValue<'_>>(Bucket::Key, v).map(|kv| f(&kv));
+            })?;
+            result?;
+            if !found {
+                return Err(StoreError::Corrupt { bucket: Bucket::Key, what: "indexed revision missing" });
+            }
+            Ok(())
+        })
+    }
+
+    /// Calls `f`, in key order, with the revision of every key in `[key, range_end)` live just
+    /// before `bound` (its last change below `bound` is not a delete). The one walk of the key
+    /// index that reads and counts share.
+    fn live_revisions(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        bound: Revision,
+        f: &mut dyn FnMut(Revision) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let seen = bound.main.saturating_sub(1);
         if seen < self.compact_rev {
@@ -353,16 +392,8 @@ impl<P: Profile> KvStore<P> {
             }
             let run = self.entries_of(k);
             i += run.len().max(1);
-            let Some(rev) = run.iter().rev().find(|e| e.rev() < bound).filter(|e| !e.tombstone).map(|e| e.rev()) else {
-                continue;
-            };
-            let mut result = Ok(());
-            let found = txn.get(Bucket::Key, &revision_key(rev, false), &mut |v| {
-                result = codec::decode::<KeyValue<'_>>(Bucket::Key, v).map(|kv| f(&kv));
-            })?;
-            result?;
-            if !found {
-                return Err(StoreError::Corrupt { bucket: Bucket::Key, what: "indexed revision missing" });
+            if let Some(rev) = run.iter().rev().find(|e| e.rev() < bound).filter(|e| !e.tombstone).map(|e| e.rev()) {
+                f(rev)?;
             }
         }
         Ok(())

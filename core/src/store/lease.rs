@@ -370,6 +370,7 @@ impl<P: Profile> Lessor<P> {
 }
 
 #[cfg(test)]
+#[cfg(feature = "alloc")]
 mod tests {
     use super::*;
     use crate::collections::Growable;
