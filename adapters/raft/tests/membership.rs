@@ -108,6 +108,7 @@ async fn a_learner_is_added_catches_up_and_is_promoted_and_a_removed_member_stop
         let learner = member_id(9);
         let joiner = cluster.spawn_joiner(learner, "learner")?;
         cluster.node(learner)?.isolate(true);
+        cluster.node(learner)?.status().await?;
         client.add_learner(learner, &joiner).await?;
         let refused = client.promote_member(learner).await;
         assert!(matches!(refused, Err(RaftError::LearnerNotReady { .. })), "{refused:?}");
@@ -126,6 +127,9 @@ async fn a_learner_is_added_catches_up_and_is_promoted_and_a_removed_member_stop
         // to it once they applied it): when it is heard from again, it is told, and stops.
         let removed = cluster.ids().into_iter().find(|&id| id != leader && id != learner).ok_or("no follower")?;
         cluster.node(removed)?.isolate(true);
+        // The loop takes its controls in order: once it answers, it is cut off (else the removal
+        // could reach it first, and it would stop before the check below).
+        cluster.node(removed)?.status().await?;
         client.remove_member(removed).await?;
         assert!(!cluster.node(removed)?.status().await?.voters.is_empty(), "it knows nothing of its removal");
         cluster.node(removed)?.isolate(false);
