@@ -128,13 +128,19 @@ fn ensure_targets(ctx: &Ctx) -> Result<Outcome> {
 /// Step 2: a real etcd for the interop and differential tests (Debian's `etcd-server` and
 /// `etcd-client`, etcd 3.4), and `protoc` 3.15 or later (`protobuf-compiler`: the etcd-client
 /// crate's build script compiles etcd's proto3 files, which the 3.9 `protoc` raft-rs's build
-/// dependency ships cannot), installed with apt when missing.
+/// dependency ships cannot), with the well-known types etcd's files import
+/// (`google/protobuf/descriptor.proto`, in `libprotobuf-dev`, which `protobuf-compiler` only
+/// recommends), installed with apt when missing.
 fn ensure_packages(ctx: &Ctx) -> Result<Outcome> {
     let _ = ctx;
     let present = |tool: &str| probe(std::process::Command::new(tool).arg("--version"));
     let wanted: [(&str, &str); 3] =
         [("etcd", "etcd-server"), ("etcdctl", "etcd-client"), ("protoc", "protobuf-compiler")];
-    let missing: Vec<&str> = wanted.iter().filter(|(tool, _)| !present(tool)).map(|(_, package)| *package).collect();
+    let mut missing: Vec<&str> =
+        wanted.iter().filter(|(tool, _)| !present(tool)).map(|(_, package)| *package).collect();
+    if !std::path::Path::new("/usr/include/google/protobuf/descriptor.proto").exists() {
+        missing.push("libprotobuf-dev");
+    }
     if missing.is_empty() {
         println!("installed: {}", wanted.map(|(tool, _)| tool).join(", "));
         return Ok(Outcome::Done);
