@@ -169,17 +169,23 @@ impl<P: Profile> AuthStore<P> {
         self.token
     }
 
+    /// What is decided about `user` before any permission is looked at: everything is permitted
+    /// with auth disabled, and to the root role; nothing to a user who is not there.
+    fn decided(&self, user: &[u8]) -> Option<bool> {
+        if !self.enabled {
+            return Some(true);
+        }
+        let Some(u) = codec::find(self.users.as_slice(), user, |u| u.name.as_slice()) else {
+            return Some(false);
+        };
+        codec::find(u.roles.as_slice(), ROOT_ROLE, |r| r.as_slice()).is_some().then_some(true)
+    }
+
     /// Whether `user` may read (or write) `key`, by the permission cache. With auth disabled
     /// everything is permitted; the root role may do everything.
     pub fn is_permitted(&self, user: &[u8], key: &[u8], write: bool) -> bool {
-        if !self.enabled {
-            return true;
-        }
-        let Some(u) = codec::find(self.users.as_slice(), user, |u| u.name.as_slice()) else {
-            return false;
-        };
-        if codec::find(u.roles.as_slice(), ROOT_ROLE, |r| r.as_slice()).is_some() {
-            return true;
+        if let Some(decided) = self.decided(user) {
+            return decided;
         }
         self.cache.as_slice().iter().filter(|c| c.user.as_slice() == user).any(|c| {
             c.permission.kind.allows(write)
@@ -197,14 +203,8 @@ impl<P: Profile> AuthStore<P> {
         if range_end.is_empty() {
             return self.is_permitted(user, key, write);
         }
-        if !self.enabled {
-            return true;
-        }
-        let Some(u) = codec::find(self.users.as_slice(), user, |u| u.name.as_slice()) else {
-            return false;
-        };
-        if codec::find(u.roles.as_slice(), ROOT_ROLE, |r| r.as_slice()).is_some() {
-            return true;
+        if let Some(decided) = self.decided(user) {
+            return decided;
         }
         // Walk the covered part of the range forward: each step takes, of the permissions that
         // start at or before the first uncovered key and reach past it, the one that reaches
