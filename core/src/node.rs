@@ -170,6 +170,21 @@ pub enum Request<'a> {
         /// The role.
         role: &'a [u8],
     },
+    /// Let a user be issued a token (etcd's `InternalAuthenticateRequest` as it is applied): auth
+    /// must be enabled and the user there with a password. The password was checked by the
+    /// member that proposed it (a hash is too slow to check on every member), and the token is
+    /// each member's own state, not the store's: applying this writes nothing but the index.
+    Authenticate {
+        /// The user.
+        name: &'a [u8],
+    },
+    /// Replace a user's password hash (etcd's `UserChangePassword`; the hash is the proposer's).
+    UserChangePassword {
+        /// The user.
+        name: &'a [u8],
+        /// The new password hash.
+        password_hash: &'a [u8],
+    },
     /// Add a member.
     MemberAdd(NewMember<'a>),
     /// Remove a member.
@@ -641,6 +656,10 @@ fn apply_request<P: Profile, W: WriteTxn>(
             s.auth.revoke_permission(txn, role, key, range_end, scratch)?
         }
         Request::UserRevokeRole { user, role } => s.auth.revoke_role(txn, user, role, scratch)?,
+        Request::Authenticate { name } => s.auth.check_authenticate(name)?,
+        Request::UserChangePassword { name, password_hash } => {
+            s.auth.change_password(txn, name, password_hash, scratch)?
+        }
         Request::MemberAdd(new) => {
             s.membership.add(txn, &new, scratch)?;
             let first = new.peer_urls.first().copied().unwrap_or(&[]);

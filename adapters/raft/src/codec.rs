@@ -76,6 +76,59 @@ pub enum Command {
     /// A transaction: the owned form of the core's [`store::Txn`] table, the top transaction
     /// first (see [`TxnNode`]).
     Txn(Vec<TxnNode>),
+    /// Grant a role a permission on `[key, range_end)`.
+    RoleGrantPermission {
+        /// The role.
+        role: Vec<u8>,
+        /// What is permitted.
+        kind: store::PermissionType,
+        /// The key or start of the range.
+        key: Vec<u8>,
+        /// The end of the range.
+        range_end: Vec<u8>,
+    },
+    /// Revoke a role's permission on exactly `[key, range_end)`.
+    RoleRevokePermission {
+        /// The role.
+        role: Vec<u8>,
+        /// The key or start of the range.
+        key: Vec<u8>,
+        /// The end of the range.
+        range_end: Vec<u8>,
+    },
+    /// Revoke a role from a user.
+    UserRevokeRole {
+        /// The user.
+        user: Vec<u8>,
+        /// The role.
+        role: Vec<u8>,
+    },
+    /// Delete a user (and the tokens issued to it).
+    UserDelete {
+        /// The name.
+        name: Vec<u8>,
+    },
+    /// Delete a role, revoking it from every user.
+    RoleDelete {
+        /// The name.
+        name: Vec<u8>,
+    },
+    /// Replace a user's password hash (and drop the tokens issued to it).
+    UserChangePassword {
+        /// The name.
+        name: Vec<u8>,
+        /// The new hash.
+        password_hash: Vec<u8>,
+    },
+    /// Issue a token to a user whose password the proposer checked (etcd's
+    /// `InternalAuthenticateRequest`): every member applying it gives the user the same token,
+    /// `<prefix>.<raft index>`, as etcd's simple tokens are.
+    Authenticate {
+        /// The user.
+        name: Vec<u8>,
+        /// The token's random part.
+        prefix: String,
+    },
 }
 
 /// One transaction of a [`Command::Txn`] table (the owned form of [`store::TxnNode`]).
@@ -230,6 +283,17 @@ impl Command {
             Command::RoleAdd { name } => Request::RoleAdd { name },
             Command::UserGrantRole { user, role } => Request::UserGrantRole { user, role },
             Command::Txn(_) => Request::Txn(store::Txn { nodes: &[] }),
+            Command::RoleGrantPermission { role, kind, key, range_end } => {
+                Request::RoleGrantPermission { role, kind: *kind, key, range_end }
+            }
+            Command::RoleRevokePermission { role, key, range_end } => {
+                Request::RoleRevokePermission { role, key, range_end }
+            }
+            Command::UserRevokeRole { user, role } => Request::UserRevokeRole { user, role },
+            Command::UserDelete { name } => Request::UserDelete { name },
+            Command::RoleDelete { name } => Request::RoleDelete { name },
+            Command::UserChangePassword { name, password_hash } => Request::UserChangePassword { name, password_hash },
+            Command::Authenticate { name, .. } => Request::Authenticate { name },
         }
     }
 

@@ -87,6 +87,8 @@ pub enum RaftError {
         /// What was tried, and why it failed.
         what: String,
     },
+    /// Auth refused the request (etcd's auth errors).
+    Auth(crate::AuthError),
 }
 
 impl fmt::Display for RaftError {
@@ -119,6 +121,7 @@ impl fmt::Display for RaftError {
             ),
             RaftError::Removed => f.write_str("the member has been permanently removed from the cluster"),
             RaftError::ClusterUnknown { what } => write!(f, "cannot fetch cluster info from peer urls: {what}"),
+            RaftError::Auth(e) => write!(f, "auth: {e}"),
         }
     }
 }

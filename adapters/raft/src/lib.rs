@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod auth;
 mod cluster;
 mod codec;
 mod error;
@@ -14,6 +15,9 @@ mod snapshot;
 mod transport;
 mod watch;
 
+pub use auth::{
+    AuthError, DEFAULT_BCRYPT_COST, DEFAULT_TOKEN_TTL, Need, PermissionInfo, RoleInfo, UserInfo, hash_password,
+};
 pub use cluster::{Cluster, member_id};
 pub use codec::{Command, Compare, CompareResult, CompareTarget, MemberInfo, TxnNode, TxnOp};
 pub use error::RaftError;

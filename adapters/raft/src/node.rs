@@ -66,6 +66,8 @@ pub struct NodeConfig {
     /// The largest snapshot image this member takes from a leader; a larger one is refused
     /// ([`RaftError::SnapshotTooLarge`]) before any of it is written.
     pub max_snapshot_bytes: u64,
+    /// How long a simple auth token lives unused (etcd's `--auth-token-ttl`, 300 s).
+    pub auth_token_ttl: Duration,
 }
 
 impl NodeConfig {
@@ -84,6 +86,7 @@ impl NodeConfig {
             heartbeat_tick: 2,
             snapshot: SnapshotPolicy::default(),
             max_snapshot_bytes: MAX_SNAPSHOT_BYTES,
+            auth_token_ttl: crate::auth::DEFAULT_TOKEN_TTL,
         }
     }
 }
@@ -163,6 +166,9 @@ pub(crate) enum Control {
     Digest(oneshot::Sender<Result<[u8; 32], RaftError>>),
     Range(Vec<u8>, Vec<u8>, oneshot::Sender<Result<Vec<Pair>, RaftError>>),
     ReadIndex(oneshot::Sender<Result<(), RaftError>>),
+    /// Answers once this member has applied up to the index (crate::auth: a token is taken
+    /// only once the entry that issued it is applied here, as etcd's `isValidSimpleToken`).
+    WaitApplied(u64, oneshot::Sender<Result<(), RaftError>>),
     CompactLog(oneshot::Sender<Result<u64, RaftError>>),
     /// Client API hook (crate::query): run a read on the loop.
     Read(crate::query::Reader),
@@ -192,6 +198,8 @@ pub struct Client {
     metrics: Arc<Metrics>,
     /// The store's revision as the loop last published it (crate::watch).
     pub(crate) revision: tokio::sync::watch::Receiver<i64>,
+    /// The auth tokens this member issued (crate::auth).
+    pub(crate) tokens: Arc<crate::auth::Tokens>,
 }
 
 impl std::fmt::Debug for Control {
@@ -239,7 +247,7 @@ impl Client {
         &self.metrics
     }
 
-    async fn ask<T>(
+    pub(crate) async fn ask<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Control,
         what: &'static str,
@@ -590,6 +598,8 @@ struct Loop {
     revision: tokio::sync::watch::Sender<i64>,
     /// The clock lease expiries are counted on (node::leases).
     lease_clock: leases::LeaseClock,
+    /// The auth tokens this member issued (crate::auth).
+    tokens: Arc<crate::auth::Tokens>,
 }
 
 /// Starts a node on its data directory, listening for peers on `listener`. Must be called
@@ -718,6 +728,7 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
     let (control_tx, control) = mpsc::unbounded_channel();
     let (built, built_rx) = mpsc::unbounded_channel();
     let (revision_tx, revision) = tokio::sync::watch::channel(node.stores().kv.current_revision());
+    let tokens = crate::auth::Tokens::new(config.auth_token_ttl);
     let mut state = Loop {
         id,
         raw,
@@ -748,6 +759,7 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
         build_started: None,
         revision: revision_tx,
         lease_clock: leases::LeaseClock::new(election_timeout(&config)),
+        tokens: tokens.clone(),
     };
     state.publish_membership();
     // From here on the raft log holds every applied entry: the backend commits in batches.
@@ -761,7 +773,10 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
         }
         result
     });
-    Ok(NodeHandle { client: Client { id, cluster_id, control: control_tx, metrics, revision }, task: Some(task) })
+    Ok(NodeHandle {
+        client: Client { id, cluster_id, control: control_tx, metrics, revision, tokens },
+        task: Some(task),
+    })
 }
 
 /// etcd's request timeout (`ServerConfig.ReqTimeout`): 5 s plus two election timeouts.
@@ -994,6 +1009,10 @@ impl Loop {
                 let _ = reply.send(self.range(&key, &end));
             }
             Control::ReadIndex(reply) => self.reads.push(reply, self.read_timeout),
+            Control::WaitApplied(index, reply) => {
+                self.reads.wait_applied(index, reply, self.read_timeout);
+                self.reads.release(self.raw.raft.raft_log.applied);
+            }
             Control::CompactLog(reply) => {
                 let _ = reply.send(blocking(|| self.compact_log()));
             }
@@ -1153,6 +1172,7 @@ impl Loop {
                     applied_at: Instant::now(),
                 });
                 log::info!("member {:x} applied snapshot at index {} term {}", self.id, meta.index, meta.term);
+                crate::auth::restored(&self.tokens, &self.view());
                 self.publish_membership();
             }
             Ok(None) => {}
@@ -1184,6 +1204,7 @@ impl Loop {
                         if applied.is_ok() {
                             self.lease_applied(&c);
                         }
+                        crate::auth::applied(&self.tokens, &c, e.index, applied.is_ok());
                         if let Some(after) = after {
                             after(&self.view());
                         }

@@ -410,7 +410,7 @@ impl Client {
     /// Proposes `command`; `before` reads this node's state just before it applies the entry,
     /// `after` just after it, with what `before` read (in the same turn of the loop, so no other
     /// entry is applied in between). Returns the revision after the write and what `after` made.
-    async fn propose_around<A: Send + 'static, T: Send + 'static>(
+    pub(crate) async fn propose_around<A: Send + 'static, T: Send + 'static>(
         &self,
         command: Command,
         before: impl FnOnce(&View<'_>) -> A + Send + 'static,

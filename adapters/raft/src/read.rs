@@ -58,6 +58,17 @@ impl Reads {
         self.queued.push(Waiter { reply, deadline: Instant::now() + timeout });
     }
 
+    /// A wait for `index` to be applied here (no read index round): it fails unless released
+    /// within `timeout`.
+    pub(crate) fn wait_applied(
+        &mut self,
+        index: u64,
+        reply: oneshot::Sender<Result<(), RaftError>>,
+        timeout: Duration,
+    ) {
+        self.confirmed.entry(index).or_default().push(Waiter { reply, deadline: Instant::now() + timeout });
+    }
+
     /// How many rounds were started.
     pub(crate) fn rounds(&self) -> u64 {
         self.last_ctx

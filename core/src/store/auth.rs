@@ -14,6 +14,10 @@ use crate::collections::{Profile, Seq};
 pub const AUTH_ENABLED_KEY: &[u8] = b"authEnabled";
 /// `auth` key of the auth revision (etcd's `authRevision`).
 pub const AUTH_REVISION_KEY: &[u8] = b"authRevision";
+/// Why a token is refused: the user is not there or has no password (etcd's `ErrAuthFailed`).
+pub const AUTH_FAILED: &str = "authentication failed, invalid user ID or password";
+/// Why a token is refused: auth is disabled (etcd's `ErrAuthNotEnabled`).
+pub const AUTH_NOT_ENABLED: &str = "authentication is not enabled";
 /// The role that may do everything (etcd's `root`).
 pub const ROOT_ROLE: &[u8] = b"root";
 
@@ -95,6 +99,24 @@ pub enum TokenProvider {
 // `codec::Fields`, so a role holds as many permissions, and a user as many roles, as the
 // profile's tables do (docs/records.md).
 
+/// A point of the key space: a key, or (`.1`) the key right after it (`key + "\0"`), compared
+/// without building it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Pos<'a>(&'a [u8], bool);
+
+impl Ord for Pos<'_> {
+    fn cmp(&self, other: &Self) -> core::cmp::Ordering {
+        let bytes = |p: &Self| p.0.iter().copied().chain(p.1.then_some(0u8));
+        bytes(self).cmp(bytes(other))
+    }
+}
+
+impl PartialOrd for Pos<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<core::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 /// The auth store.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AuthStore<P: Profile> {
@@ -147,22 +169,79 @@ impl<P: Profile> AuthStore<P> {
         self.token
     }
 
+    /// What is decided about `user` before any permission is looked at: everything is permitted
+    /// with auth disabled, and to the root role; nothing to a user who is not there.
+    fn decided(&self, user: &[u8]) -> Option<bool> {
+        if !self.enabled {
+            return Some(true);
+        }
+        let Some(u) = codec::find(self.users.as_slice(), user, |u| u.name.as_slice()) else {
+            return Some(false);
+        };
+        codec::find(u.roles.as_slice(), ROOT_ROLE, |r| r.as_slice()).is_some().then_some(true)
+    }
+
     /// Whether `user` may read (or write) `key`, by the permission cache. With auth disabled
     /// everything is permitted; the root role may do everything.
     pub fn is_permitted(&self, user: &[u8], key: &[u8], write: bool) -> bool {
-        if !self.enabled {
-            return true;
-        }
-        let Some(u) = codec::find(self.users.as_slice(), user, |u| u.name.as_slice()) else {
-            return false;
-        };
-        if codec::find(u.roles.as_slice(), ROOT_ROLE, |r| r.as_slice()).is_some() {
-            return true;
+        if let Some(decided) = self.decided(user) {
+            return decided;
         }
         self.cache.as_slice().iter().filter(|c| c.user.as_slice() == user).any(|c| {
             c.permission.kind.allows(write)
                 && in_range(key, c.permission.key.as_slice(), c.permission.range_end.as_slice())
         })
+    }
+
+    /// Whether `user` may read (or write) every key of `[key, range_end)` (etcd's
+    /// `isOpPermitted`): with auth disabled everything is; a user who is not there may do
+    /// nothing; the root role may do everything; otherwise the user's permissions of that kind,
+    /// taken together, must cover the whole range (etcd's `checkKeyInterval`: the union of the
+    /// intervals, so two adjacent permissions cover a range neither covers alone). An empty
+    /// `range_end` is the one key; `[0]` is every key from `key` on.
+    pub fn is_range_permitted(&self, user: &[u8], key: &[u8], range_end: &[u8], write: bool) -> bool {
+        if range_end.is_empty() {
+            return self.is_permitted(user, key, write);
+        }
+        if let Some(decided) = self.decided(user) {
+            return decided;
+        }
+        // Walk the covered part of the range forward: each step takes, of the permissions that
+        // start at or before the first uncovered key and reach past it, the one that reaches
+        // furthest. No allocation (the core is heap-free); at most one step per permission.
+        let goal = if range_end == [0] { None } else { Some(Pos(range_end, false)) };
+        let mut from = Pos(key, false);
+        for _ in 0..=self.cache.as_slice().len() {
+            // None: nothing covers `from`; Some(None): covered to the end of the key space.
+            let mut reach: Option<Option<Pos<'_>>> = None;
+            for c in self.cache.as_slice() {
+                let p = &c.permission;
+                if c.user.as_slice() != user || !p.kind.allows(write) || Pos(p.key.as_slice(), false) > from {
+                    continue;
+                }
+                // A one-key permission is the interval [key, key + "\0").
+                let end = match p.range_end.as_slice() {
+                    [0] => None,
+                    [] => Some(Pos(p.key.as_slice(), true)),
+                    end => Some(Pos(end, false)),
+                };
+                if end.is_some_and(|e| e <= from) {
+                    continue;
+                }
+                reach = Some(match (reach, end) {
+                    (Some(None), _) | (_, None) => None,
+                    (Some(Some(r)), Some(e)) => Some(if r >= e { r } else { e }),
+                    (None, Some(e)) => Some(e),
+                });
+            }
+            match (reach, goal) {
+                (None, _) => return false,
+                (Some(None), _) => return true,
+                (Some(Some(r)), Some(g)) if r >= g => return true,
+                (Some(Some(r)), _) => from = r,
+            }
+        }
+        false
     }
 
     fn bump<W: WriteTxn + ?Sized>(&mut self, txn: &mut W) -> Result<(), StoreError> {
@@ -335,6 +414,32 @@ impl<P: Profile> AuthStore<P> {
         self.bump(txn)
     }
 
+    /// Whether `name` may be issued a token (etcd's `authStore.Authenticate`): auth is enabled,
+    /// and the user is there and has a password.
+    pub(crate) fn check_authenticate(&self, name: &[u8]) -> Result<(), StoreError> {
+        if !self.enabled {
+            return Err(StoreError::InvalidRequest(AUTH_NOT_ENABLED));
+        }
+        match codec::find(self.users.as_slice(), name, |u| u.name.as_slice()) {
+            Some(u) if !u.no_password => Ok(()),
+            _ => Err(StoreError::InvalidRequest(AUTH_FAILED)),
+        }
+    }
+
+    /// Replaces a user's password hash (etcd's `UserChangePassword`).
+    pub(crate) fn change_password<W: WriteTxn + ?Sized>(
+        &mut self,
+        txn: &mut W,
+        name: &[u8],
+        password_hash: &[u8],
+        scratch: &mut P::Record,
+    ) -> Result<(), StoreError> {
+        let u = codec::find_mut(&mut self.users, name, |u| u.name.as_slice(), "user")?;
+        u.password_hash = codec::bytes::<P::Bytes>(password_hash, "password hash")?;
+        Self::save_user(txn, u, scratch)?;
+        self.bump(txn)
+    }
+
     /// Deletes a user (etcd's `UserDelete`). The root user cannot go while auth is enabled.
     pub(crate) fn delete_user<W: WriteTxn + ?Sized>(&mut self, txn: &mut W, name: &[u8]) -> Result<(), StoreError> {
         if self.enabled && name == b"root" {
@@ -503,4 +608,87 @@ fn is_valid_permission_range(key: &[u8], range_end: &[u8]) -> bool {
         return false;
     }
     range_end.is_empty() || key < range_end || range_end.first() == Some(&0)
+}
+
+#[cfg(test)]
+#[cfg(feature = "alloc")]
+mod tests {
+    use super::PermissionType::{Read, ReadWrite, Write};
+    use crate::Request;
+    use crate::node::tests::{apply, node};
+    use crate::store::StoreError;
+
+    fn grant(n: &mut crate::node::tests::TestNode, kind: super::PermissionType, key: &[u8], range_end: &[u8]) {
+        apply(n, &Request::RoleGrantPermission { role: b"r", kind, key, range_end }).unwrap();
+    }
+
+    /// etcd's `checkKeyInterval`: a range is permitted when the user's permissions of that kind,
+    /// taken together, cover all of it; a one-key permission covers that key only.
+    #[test]
+    fn a_range_is_permitted_when_the_users_permissions_together_cover_it() {
+        let mut n = node();
+        for (name, hash) in [(b"root".as_slice(), b"h".as_slice()), (b"alice", b"h")] {
+            apply(&mut n, &Request::UserAdd { name, password_hash: hash, no_password: false }).unwrap();
+        }
+        apply(&mut n, &Request::RoleAdd { name: b"r" }).unwrap();
+        apply(&mut n, &Request::UserGrantRole { user: b"root", role: b"root" }).unwrap();
+        apply(&mut n, &Request::UserGrantRole { user: b"alice", role: b"r" }).unwrap();
+        grant(&mut n, Read, b"a", b"c");
+        grant(&mut n, ReadWrite, b"c", b"e");
+        grant(&mut n, Read, b"x", b"");
+        grant(&mut n, Write, b"m", b"\0");
+        let auth = &n.stores().auth;
+        // Disabled: everything is permitted, to anyone.
+        assert!(auth.is_range_permitted(b"nobody", b"a", b"z", true));
+        apply(&mut n, &Request::AuthSetEnabled(true)).unwrap();
+        let auth = &n.stores().auth;
+        let read = |k: &[u8], e: &[u8]| auth.is_range_permitted(b"alice", k, e, false);
+        let write = |k: &[u8], e: &[u8]| auth.is_range_permitted(b"alice", k, e, true);
+        assert!(read(b"a", b"e"), "two adjacent permissions cover the range together");
+        assert!(read(b"b", b"d"));
+        assert!(!read(b"a", b"f"), "[e, f) is not covered");
+        assert!(!read(b"0", b"b"), "[0, a) is not covered");
+        assert!(read(b"x", b""), "the one key");
+        assert!(read(b"x", b"x\0"), "the range holding only that key");
+        assert!(!read(b"x", b"y"), "a one-key permission covers no other key");
+        assert!(!read(b"a", b"\0"), "from a on is not covered for reading");
+        assert!(write(b"m", b"\0") && write(b"n", b"z") && write(b"c", b"e"));
+        assert!(!write(b"a", b"c"), "read only");
+        assert!(!write(b"d", b"n"), "[e, m) is not writable");
+        assert!(auth.is_range_permitted(b"root", b"", b"\0", true), "the root role may do everything");
+        assert!(!auth.is_range_permitted(b"mallory", b"a", b"b", false), "no such user");
+    }
+
+    #[test]
+    fn a_password_change_replaces_the_hash_and_bumps_the_auth_revision() {
+        let mut n = node();
+        apply(&mut n, &Request::UserAdd { name: b"u", password_hash: b"old", no_password: false }).unwrap();
+        let before = n.stores().auth.revision();
+        apply(&mut n, &Request::UserChangePassword { name: b"u", password_hash: b"new" }).unwrap();
+        let auth = &n.stores().auth;
+        assert_eq!(auth.users()[0].password_hash.as_slice(), b"new");
+        assert_eq!(auth.revision(), before + 1);
+        let unknown = apply(&mut n, &Request::UserChangePassword { name: b"v", password_hash: b"x" });
+        assert_eq!(unknown, Err(StoreError::NotFound("user")));
+        assert_eq!(n.stores().auth.revision(), before + 1, "a refused change bumps nothing");
+    }
+
+    /// etcd's `Authenticate` as applied: auth enabled, the user there, with a password.
+    #[test]
+    fn a_token_is_issued_only_to_a_user_with_a_password_while_auth_is_enabled() {
+        let mut n = node();
+        let not_enabled = apply(&mut n, &Request::Authenticate { name: b"root" });
+        assert_eq!(not_enabled, Err(StoreError::InvalidRequest(super::AUTH_NOT_ENABLED)));
+        apply(&mut n, &Request::UserAdd { name: b"root", password_hash: b"h", no_password: false }).unwrap();
+        apply(&mut n, &Request::UserAdd { name: b"svc", password_hash: b"", no_password: true }).unwrap();
+        apply(&mut n, &Request::UserGrantRole { user: b"root", role: b"root" }).unwrap();
+        apply(&mut n, &Request::AuthSetEnabled(true)).unwrap();
+        let revision = n.stores().auth.revision();
+        apply(&mut n, &Request::Authenticate { name: b"root" }).unwrap();
+        for name in [b"svc".as_slice(), b"nobody"] {
+            let refused = apply(&mut n, &Request::Authenticate { name });
+            assert_eq!(refused, Err(StoreError::InvalidRequest(super::AUTH_FAILED)), "{name:?}");
+        }
+        assert_eq!(n.stores().auth.revision(), revision, "authenticating changes no auth state");
+    }
 }

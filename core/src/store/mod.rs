@@ -15,8 +15,8 @@ mod v2;
 
 pub use alarm::{Alarm, AlarmStore, AlarmType};
 pub use auth::{
-    AUTH_ENABLED_KEY, AUTH_REVISION_KEY, AuthStore, CachedPermission, Permission, PermissionType, ROOT_ROLE, Role,
-    TokenProvider, User,
+    AUTH_ENABLED_KEY, AUTH_FAILED, AUTH_NOT_ENABLED, AUTH_REVISION_KEY, AuthStore, CachedPermission, Permission,
+    PermissionType, ROOT_ROLE, Role, TokenProvider, User,
 };
 pub use cindex::{ConsistentIndex, META_CONF_STATE, META_CONSISTENT_INDEX, META_TERM, load_conf_state};
 pub(crate) use cindex::{conf_state_is, save_conf_state};

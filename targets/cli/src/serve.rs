@@ -83,7 +83,20 @@ pub struct Args {
     #[command(flatten)]
     snapshots: SnapshotArgs,
     #[command(flatten)]
+    auth: AuthArgs,
+    #[command(flatten)]
     log: LogArgs,
+}
+
+/// Auth options, named as etcd's.
+#[derive(Debug, clap::Args)]
+struct AuthArgs {
+    /// The cost of the bcrypt hashes of new passwords (4 to 31).
+    #[arg(long, default_value_t = snapply_raft::DEFAULT_BCRYPT_COST, value_parser = clap::value_parser!(u32).range(4..=31))]
+    bcrypt_cost: u32,
+    /// Seconds a simple auth token lives unused.
+    #[arg(long, default_value_t = snapply_raft::DEFAULT_TOKEN_TTL.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    auth_token_ttl: u64,
 }
 
 /// When a member snapshots and how much it keeps, named as etcd's flags.
@@ -197,6 +210,7 @@ fn serve(log: &Log, args: &Args) -> Result<(), Failure> {
             _ => NodeConfig::new(id, args.data_dir.clone(), cluster.members().to_vec()),
         };
         args.snapshots.apply(&mut config);
+        config.auth_token_ttl = Duration::from_secs(args.auth.auth_token_ttl);
         let id = config.id;
         let mut node = snapply_raft::start(config, peer_listener).map_err(|e| start_failure(id, &args.data_dir, &e))?;
         let clients =
@@ -220,7 +234,13 @@ fn serve(log: &Log, args: &Args) -> Result<(), Failure> {
         } else {
             args.advertise_client_urls.clone()
         };
-        let member = crate::api::Member { client: api.clone(), db_path, client_urls, name: args.name.clone() };
+        let member = crate::api::Member {
+            client: api.clone(),
+            db_path,
+            client_urls,
+            name: args.name.clone(),
+            bcrypt_cost: args.auth.bcrypt_cost,
+        };
         let accept = crate::api::serve(clients, member, move |stream| serve_client(stream, api.clone()));
         tokio::select! {
             stopped = accept => if let Err(e) = stopped { log.warn("stopped serving clients", &[("error", e.into())]) },

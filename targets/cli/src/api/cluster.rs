@@ -1,12 +1,12 @@
 //! etcd's Cluster service: MemberAdd (voter or learner), MemberRemove, MemberList and
 //! MemberPromote, as raft-rs conf changes (MemberUpdate: not yet; raft-rs has no `UpdateNode`).
 
-use etcd_client::proto::{
+use super::pb::{
     PbClusterService, PbMember, PbMemberAddRequest, PbMemberAddResponse, PbMemberListRequest, PbMemberListResponse,
     PbMemberPromoteRequest, PbMemberPromoteResponse, PbMemberRemoveRequest, PbMemberRemoveResponse,
     PbMemberUpdateRequest, PbMemberUpdateResponse, PbResponseHeader,
 };
-use snapply_raft::MemberInfo;
+use snapply_raft::{MemberInfo, Need};
 use tonic::{Request, Response, Status};
 
 use super::{Member, error};
@@ -20,6 +20,7 @@ impl PbClusterService for ClusterService {
     /// `NewMember("", urls, "", now)`), a raft-rs conf change (`AddNode`, or `AddLearnerNode`),
     /// answered once this member applied it.
     async fn member_add(&self, request: Request<PbMemberAddRequest>) -> Result<Response<PbMemberAddResponse>, Status> {
+        self.0.authorize(&request, vec![Need::Admin]).await?;
         let request = request.into_inner();
         let mut peer_urls = request.peer_ur_ls;
         if peer_urls.is_empty() || peer_urls.iter().any(|u| snapply_raft::check_peer_url(u).is_err()) {
@@ -45,6 +46,7 @@ impl PbClusterService for ClusterService {
         &self,
         request: Request<PbMemberRemoveRequest>,
     ) -> Result<Response<PbMemberRemoveResponse>, Status> {
+        self.0.authorize(&request, vec![Need::Admin]).await?;
         let id = request.into_inner().id;
         self.0.client.remove_member(id).await.map_err(|e| error::status(&e))?;
         let (header, members) = self.members().await?;
@@ -73,6 +75,7 @@ impl PbClusterService for ClusterService {
         &self,
         request: Request<PbMemberPromoteRequest>,
     ) -> Result<Response<PbMemberPromoteResponse>, Status> {
+        self.0.authorize(&request, vec![Need::Admin]).await?;
         let id = request.into_inner().id;
         self.0.client.promote_member(id).await.map_err(|e| error::status(&e))?;
         let (header, members) = self.members().await?;

@@ -1,8 +1,8 @@
 //! RaftError to etcd's gRPC errors: the codes and messages of etcd's `rpctypes`
 //! (api/v3rpc/rpctypes/error.go), so clients print what they print against etcd.
 
-use snapply_core::store::StoreError;
-use snapply_raft::RaftError;
+use snapply_core::store::{AUTH_FAILED, AUTH_NOT_ENABLED, StoreError};
+use snapply_raft::{AuthError, RaftError};
 use tonic::{Code, Status};
 
 pub(super) fn empty_key() -> Status {
@@ -46,6 +46,48 @@ pub(super) fn member_bad_urls() -> Status {
     Status::new(Code::InvalidArgument, "etcdserver: given member URLs are invalid")
 }
 
+pub(super) fn user_empty() -> Status {
+    Status::new(Code::InvalidArgument, "etcdserver: user name is empty")
+}
+
+pub(super) fn user_not_found() -> Status {
+    Status::new(Code::FailedPrecondition, "etcdserver: user name not found")
+}
+
+pub(super) fn role_empty() -> Status {
+    Status::new(Code::InvalidArgument, "etcdserver: role name is empty")
+}
+
+pub(super) fn role_not_found() -> Status {
+    Status::new(Code::FailedPrecondition, "etcdserver: role name not found")
+}
+
+pub(super) fn permission_not_given() -> Status {
+    Status::new(Code::InvalidArgument, "etcdserver: permission not given")
+}
+
+pub(super) fn invalid_auth_mgmt() -> Status {
+    Status::new(Code::InvalidArgument, "etcdserver: invalid auth management")
+}
+
+pub(super) fn permission_denied() -> Status {
+    Status::new(Code::PermissionDenied, "etcdserver: permission denied")
+}
+
+fn auth(e: &AuthError) -> Status {
+    match e {
+        AuthError::UserEmpty => user_empty(),
+        AuthError::InvalidToken => Status::new(Code::Unauthenticated, "etcdserver: invalid auth token"),
+        AuthError::PermissionDenied => permission_denied(),
+        AuthError::UserNotFound => user_not_found(),
+        AuthError::AuthFailed => {
+            Status::new(Code::InvalidArgument, "etcdserver: authentication failed, invalid user ID or password")
+        }
+        AuthError::NotEnabled => Status::new(Code::FailedPrecondition, "etcdserver: authentication is not enabled"),
+        e => Status::new(Code::Internal, e.to_string()),
+    }
+}
+
 fn member_not_found() -> Status {
     Status::new(Code::NotFound, "etcdserver: member not found")
 }
@@ -83,6 +125,37 @@ fn store(e: &StoreError) -> Status {
         StoreError::InvalidRequest("can only promote a learner member") => {
             Status::new(Code::FailedPrecondition, "etcdserver: can only promote a learner member")
         }
+        // etcd's auth store errors, as `rpctypes` names them.
+        StoreError::NotFound("user") => user_not_found(),
+        StoreError::NotFound("role") => role_not_found(),
+        StoreError::AlreadyExists("user") => {
+            Status::new(Code::FailedPrecondition, "etcdserver: user name already exists")
+        }
+        StoreError::AlreadyExists("role") => {
+            Status::new(Code::FailedPrecondition, "etcdserver: role name already exists")
+        }
+        StoreError::InvalidRequest("empty user name") => user_empty(),
+        StoreError::InvalidRequest("empty role name") => role_empty(),
+        StoreError::NotFound("root user") => {
+            Status::new(Code::FailedPrecondition, "etcdserver: root user does not exist")
+        }
+        StoreError::InvalidRequest("root user does not have the root role") => {
+            Status::new(Code::FailedPrecondition, "etcdserver: root user does not have root role")
+        }
+        StoreError::NotFound("role of the user") => {
+            Status::new(Code::FailedPrecondition, "etcdserver: role is not granted to the user")
+        }
+        StoreError::NotFound("permission") => {
+            Status::new(Code::FailedPrecondition, "etcdserver: permission is not granted to the role")
+        }
+        StoreError::InvalidRequest(
+            "cannot delete root user while auth is enabled"
+            | "cannot delete root role while auth is enabled"
+            | "cannot revoke root role from root user while auth is enabled"
+            | "invalid permission range",
+        ) => invalid_auth_mgmt(),
+        StoreError::InvalidRequest(m) if *m == AUTH_FAILED => auth(&AuthError::AuthFailed),
+        StoreError::InvalidRequest(m) if *m == AUTH_NOT_ENABLED => auth(&AuthError::NotEnabled),
         StoreError::NoSpace => Status::new(Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded"),
         StoreError::CorruptAlarm => Status::new(Code::DataLoss, "etcdserver: corrupt cluster"),
         e => Status::new(Code::Unknown, e.to_string()),
@@ -93,6 +166,7 @@ fn store(e: &StoreError) -> Status {
 pub(super) fn status(e: &RaftError) -> Status {
     match e {
         RaftError::Store(e) => store(e),
+        RaftError::Auth(e) => auth(e),
         RaftError::Apply(a) => match a.kind() {
             snapply_core::ApplyErrorKind::Store(e) => store(e),
             _ => Status::new(Code::Unknown, a.to_string()),

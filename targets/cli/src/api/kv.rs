@@ -1,14 +1,14 @@
 //! etcd's KV service: Range, Put, DeleteRange, Txn and Compact (RangeStream: not yet).
 
-use etcd_client::proto::{
+use super::pb::{
     PbCompactionRequest, PbCompactionResponse, PbCompare, PbDeleteRequest, PbDeleteResponse, PbKeyValue, PbKvService,
     PbPutRequest, PbPutResponse, PbRangeRequest, PbRangeResponse, PbRangeStreamResponse, PbResponseHeader,
     PbResponseOp, PbTargetUnion, PbTxnOpRequest, PbTxnOpResponse, PbTxnRequest, PbTxnRequestOp, PbTxnResponse,
 };
 use snapply_core::store::MAX_TXN_DEPTH;
 use snapply_raft::{
-    Command, Compare, CompareResult, CompareTarget, KeyValue, RangeRequest, SortOrder, SortTarget, TxnNode, TxnOp,
-    TxnOpResponse, TxnResponse,
+    Command, Compare, CompareResult, CompareTarget, KeyValue, Need, RangeRequest, SortOrder, SortTarget, TxnNode,
+    TxnOp, TxnOpResponse, TxnResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -60,6 +60,49 @@ fn range_request(r: PbRangeRequest) -> Result<RangeRequest, Status> {
         min_create_revision: r.min_create_revision,
         max_create_revision: r.max_create_revision,
     })
+}
+
+fn read(key: &[u8], range_end: &[u8]) -> Need {
+    Need::Read { key: key.to_vec(), range_end: range_end.to_vec() }
+}
+
+fn write(key: &[u8], range_end: &[u8]) -> Need {
+    Need::Write { key: key.to_vec(), range_end: range_end.to_vec() }
+}
+
+/// What a put needs of its user (etcd's `checkPutAuth`): writing the key; writing every key of
+/// the lease it attaches the key to; reading the key when it asks for the previous one.
+fn put_needs(p: &PbPutRequest, needs: &mut Vec<Need>) {
+    needs.push(write(&p.key, b""));
+    if p.lease != 0 {
+        needs.push(Need::LeaseKeys(p.lease));
+    }
+    if p.prev_kv {
+        needs.push(read(&p.key, b""));
+    }
+}
+
+/// What a delete needs: writing the range, and reading it when it asks for what it deleted.
+fn delete_needs(d: &PbDeleteRequest, needs: &mut Vec<Need>) {
+    needs.push(write(&d.key, &d.range_end));
+    if d.prev_kv {
+        needs.push(read(&d.key, &d.range_end));
+    }
+}
+
+/// What a transaction needs (etcd's `checkTxnPermission`): reading what it compares, and what
+/// each op of both branches needs, nested transactions included.
+fn txn_needs(r: &PbTxnRequest, needs: &mut Vec<Need>) {
+    needs.extend(r.compare.iter().map(|c| read(&c.key, &c.range_end)));
+    for op in r.success.iter().chain(&r.failure) {
+        match &op.request {
+            Some(PbTxnOpRequest::RequestRange(rr)) => needs.push(read(&rr.key, &rr.range_end)),
+            Some(PbTxnOpRequest::RequestPut(p)) => put_needs(p, needs),
+            Some(PbTxnOpRequest::RequestDeleteRange(d)) => delete_needs(d, needs),
+            Some(PbTxnOpRequest::RequestTxn(t)) => txn_needs(t, needs),
+            None => {}
+        }
+    }
 }
 
 /// etcd's default `--max-txn-ops`: most compares, and most ops of each branch, a transaction
@@ -263,6 +306,8 @@ fn txn_ops_to_pb(done: Vec<TxnOpResponse>, succeeded: bool, r: &PbTxnRequest) ->
 #[tonic::async_trait]
 impl PbKvService for KvService {
     async fn range(&self, request: Request<PbRangeRequest>) -> Result<Response<PbRangeResponse>, Status> {
+        let need = read(&request.get_ref().key, &request.get_ref().range_end);
+        self.0.authorize(&request, vec![need]).await?;
         let r = request.into_inner();
         let serializable = r.serializable;
         let query = range_request(r)?;
@@ -286,6 +331,9 @@ impl PbKvService for KvService {
     }
 
     async fn put(&self, request: Request<PbPutRequest>) -> Result<Response<PbPutResponse>, Status> {
+        let mut needs = Vec::new();
+        put_needs(request.get_ref(), &mut needs);
+        self.0.authorize(&request, needs).await?;
         let r = request.into_inner();
         if r.key.is_empty() {
             return Err(error::empty_key());
@@ -324,6 +372,9 @@ impl PbKvService for KvService {
     }
 
     async fn delete_range(&self, request: Request<PbDeleteRequest>) -> Result<Response<PbDeleteResponse>, Status> {
+        let mut needs = Vec::new();
+        delete_needs(request.get_ref(), &mut needs);
+        self.0.authorize(&request, needs).await?;
         let r = request.into_inner();
         if r.key.is_empty() {
             return Err(error::empty_key());
@@ -337,6 +388,9 @@ impl PbKvService for KvService {
     }
 
     async fn txn(&self, request: Request<PbTxnRequest>) -> Result<Response<PbTxnResponse>, Status> {
+        let mut needs = Vec::new();
+        txn_needs(request.get_ref(), &mut needs);
+        self.0.authorize(&request, needs).await?;
         let r = request.into_inner();
         let (mut nodes, mut ranges) = (Vec::new(), Vec::new());
         flatten(&r, 1, &mut nodes, &mut ranges)?;
@@ -347,6 +401,8 @@ impl PbKvService for KvService {
     }
 
     async fn compact(&self, request: Request<PbCompactionRequest>) -> Result<Response<PbCompactionResponse>, Status> {
+        // etcd checks no permission for a compaction, only that a token given is live.
+        self.0.authorize(&request, Vec::new()).await?;
         let r = request.into_inner();
         // The compaction is applied with the entry, so `physical` is always met.
         let header = self

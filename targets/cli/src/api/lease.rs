@@ -4,12 +4,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use etcd_client::proto::{
+use super::pb::{
     PbLeaseGrantRequest, PbLeaseGrantResponse, PbLeaseKeepAliveRequest, PbLeaseKeepAliveResponse, PbLeaseLeasesRequest,
     PbLeaseLeasesResponse, PbLeaseRevokeRequest, PbLeaseRevokeResponse, PbLeaseService, PbLeaseStatus,
     PbLeaseTimeToLiveRequest, PbLeaseTimeToLiveResponse,
 };
-use snapply_raft::Command;
+use snapply_raft::{Command, Need};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{Member, error};
@@ -53,6 +53,8 @@ impl PbLeaseService for LeaseService {
         &self,
         request: Request<PbLeaseRevokeRequest>,
     ) -> Result<Response<PbLeaseRevokeResponse>, Status> {
+        // etcd's `checkLeasePuts`: revoking deletes the lease's keys.
+        self.0.authorize(&request, vec![Need::LeaseKeys(request.get_ref().id)]).await?;
         let id = request.into_inner().id;
         let header =
             self.0.client.propose_with_header(Command::LeaseRevoke { id }).await.map_err(|e| error::status(&e))?;

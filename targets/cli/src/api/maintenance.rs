@@ -1,13 +1,13 @@
 //! etcd's Maintenance service: Status, Snapshot and Alarm (Defragment, Hash, HashKV, MoveLeader
 //! and Downgrade: not yet).
 
-use etcd_client::proto::{
+use super::pb::{PbAlarmAction, PbAlarmType};
+use super::pb::{
     PbAlarmMember, PbAlarmRequest, PbAlarmResponse, PbDefragmentRequest, PbDefragmentResponse, PbDowngradeRequest,
     PbDowngradeResponse, PbHashKvRequest, PbHashKvResponse, PbHashRequest, PbHashResponse, PbMaintenanceService,
     PbMoveLeaderRequest, PbMoveLeaderResponse, PbResponseHeader, PbSnapshotRequest, PbSnapshotResponse,
     PbStatusRequest, PbStatusResponse,
 };
-use etcd_client::{AlarmAction as PbAlarmAction, AlarmType as PbAlarmType};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
@@ -111,7 +111,9 @@ impl PbMaintenanceService for MaintenanceService {
     /// file. The image is followed by padding and its length before the digest (see
     /// [`crate::saved`]), so the file is one etcdctl takes for a snapshot with a digest, and
     /// one `snapply restore` and `snapply verify` read.
-    async fn snapshot(&self, _request: Request<PbSnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+    async fn snapshot(&self, request: Request<PbSnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+        // etcd's `authMaintenanceServer`: the whole key space leaves with a snapshot.
+        self.0.authorize_admin(&request).await?;
         let (header, mut image) = self.0.client.snapshot(SNAPSHOT_CHUNK).await.map_err(|e| error::status(&e))?;
         let mut header = self.0.header(header);
         let (tx, rx) = tokio::sync::mpsc::channel(4);

@@ -1,31 +1,34 @@
 //! etcd's v3 gRPC API on a member's client URL: the services generated from etcd's own
-//! `.proto` files (by the `etcd-client` crate, feature `build-server`), served with tonic.
+//! `.proto` files ([`pb`], by `build.rs`), served with tonic.
 //!
 //! One file per service: [`kv`] (Range, Put, DeleteRange, Txn, Compact), [`watch`] (Watch),
 //! [`lease`] (Grant, Revoke, KeepAlive, TimeToLive, Leases), [`cluster`] (MemberList,
-//! MemberAdd, ...), [`maintenance`] (Status, Alarm, Snapshot). What is not served yet answers
-//! `Unimplemented`; the Auth service is not registered (tonic answers `Unimplemented` for it
-//! too). docs/etcd-differences.md lists the differences.
+//! MemberAdd, ...), [`maintenance`] (Status, Alarm, Snapshot), [`auth`] (users, roles,
+//! tokens). Every service checks a request's auth token as etcd does ([`Member::authorize`]).
+//! What is not served yet answers `Unimplemented`; docs/etcd-differences.md lists the
+//! differences.
 //!
 //! The client URL carries this API, `/metrics` and `/health` ([`http`]) and the line protocol:
 //! [`serve`] looks at the first bytes of each connection, as etcd's cmux does: the HTTP/2 preface
 //! goes to gRPC, an HTTP/1 request line to [`http`], anything else to the line protocol.
 
+mod auth;
 mod cluster;
 mod error;
 mod http;
 mod kv;
 mod lease;
 mod maintenance;
+mod pb;
 mod watch;
 
 use std::future::Future;
 use std::time::Duration;
 
-use etcd_client::proto::{
-    PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbResponseHeader, PbWatchServer,
+use pb::{
+    PbAuthServer, PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbResponseHeader, PbWatchServer,
 };
-use snapply_raft::{Client, Header};
+use snapply_raft::{Client, Header, Need};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -47,6 +50,8 @@ pub struct Member {
     pub client_urls: Vec<String>,
     /// The member's name (`--name`).
     pub name: String,
+    /// The cost of the bcrypt hashes of new passwords (etcd's `--bcrypt-cost`).
+    pub bcrypt_cost: u32,
 }
 
 impl Member {
@@ -59,6 +64,24 @@ impl Member {
         })
     }
 
+    /// etcd's auth check of a request: the token its `token` metadata carries (etcdctl's
+    /// `--user` sends one) must be live, and its user must have every need (see
+    /// [`snapply_raft::Client::authorize`]). With auth disabled, everything passes.
+    async fn authorize<T>(&self, request: &tonic::Request<T>, needs: Vec<Need>) -> Result<(), Status> {
+        self.client.authorize(token(request), needs).await.map(drop).map_err(|e| error::status(&e))
+    }
+
+    /// [`Member::authorize`] as etcd 3.4's and 3.5's maintenance service checks a request for the
+    /// root role (Snapshot, Defragment, Hash, HashKV, MoveLeader): its refusal is the auth
+    /// store's own error, not mapped to a gRPC code (`Unknown`, `auth: permission denied`).
+    async fn authorize_admin<T>(&self, request: &tonic::Request<T>) -> Result<(), Status> {
+        match self.client.authorize(token(request), vec![Need::Admin]).await {
+            Ok(_) => Ok(()),
+            Err(snapply_raft::RaftError::Auth(e)) => Err(Status::unknown(format!("auth: {e}"))),
+            Err(e) => Err(error::status(&e)),
+        }
+    }
+
     /// How every read is served: `serializable` reads are answered from this member's applied
     /// state at once; linearizable ones (etcd's default) first wait for a read index confirmed
     /// by the leader's quorum (raft-rs's ReadIndex) and for this member to have applied up to it.
@@ -68,6 +91,12 @@ impl Member {
         }
         self.client.read_index().await.map_err(|e| error::status(&e))
     }
+}
+
+/// The auth token `request` carries in its `token` metadata (etcd's `TokenFieldNameGRPC`). One
+/// that is not ASCII is not one this member issued: it is kept, to be checked and refused.
+fn token<T>(request: &tonic::Request<T>) -> Option<String> {
+    request.metadata().get("token").map(|t| t.to_str().unwrap_or_default().to_owned())
 }
 
 /// Accepts clients on `listener` until it fails: HTTP/2 connections are served etcd's gRPC
@@ -87,6 +116,7 @@ where
         .add_service(PbClusterServer::new(cluster::ClusterService(member.clone())))
         .add_service(PbMaintenanceServer::new(maintenance::MaintenanceService(member.clone())))
         .add_service(PbWatchServer::new(watch::WatchService(member.clone())))
+        .add_service(PbAuthServer::new(auth::AuthService { member: member.clone(), bcrypt_cost: member.bcrypt_cost }))
         .serve_with_incoming(tokio_stream::wrappers::UnboundedReceiverStream::new(grpc_rx));
     let accept = async move {
         loop {

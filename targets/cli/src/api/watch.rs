@@ -20,10 +20,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use etcd_client::proto::{PbEvent, PbWatchRequest, PbWatchRequestUnion, PbWatchResponse, PbWatchService};
+use super::pb::{PbEvent, PbWatchRequest, PbWatchRequestUnion, PbWatchResponse, PbWatchService};
 use prost::Message as _;
 use snapply_core::store::StoreError;
-use snapply_raft::{EventKind, Events, EventsRequest, Header, RaftError};
+use snapply_raft::{AuthError, EventKind, Events, EventsRequest, Header, Need, RaftError};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -76,6 +76,8 @@ struct Stream {
     /// etcd's `watchStream.nextID`: where the search for a free id starts.
     next_id: i64,
     tx: mpsc::Sender<Result<PbWatchResponse, Status>>,
+    /// The auth token the stream was opened with (its `token` metadata), checked at each create.
+    token: Option<String>,
 }
 
 /// Why a stream ends: its client went away, or an error to send it.
@@ -96,7 +98,8 @@ impl PbWatchService for WatchService {
 
     async fn watch(&self, request: Request<Streaming<PbWatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
         let (tx, rx) = mpsc::channel(SEND_BUFFER);
-        let stream = Stream { member: self.0.clone(), watchers: BTreeMap::new(), next_id: 0, tx };
+        let token = super::token(&request);
+        let stream = Stream { member: self.0.clone(), watchers: BTreeMap::new(), next_id: 0, tx, token };
         tokio::spawn(stream.run(request.into_inner()));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -176,7 +179,7 @@ impl Stream {
     }
 
     /// The header of a response at `revision`, with this member's id and term now.
-    async fn header_at(&self, revision: Option<i64>) -> Result<Option<etcd_client::proto::PbResponseHeader>, End> {
+    async fn header_at(&self, revision: Option<i64>) -> Result<Option<super::pb::PbResponseHeader>, End> {
         let mut h: Header = self.member.client.header().await?;
         if let Some(revision) = revision {
             h.revision = revision;
@@ -195,11 +198,22 @@ impl Stream {
     ) -> Result<(), End> {
         match request.request_union {
             Some(PbWatchRequestUnion::CreateRequest(c)) => {
+                // etcd's `isWatchPermitted`, on the key and range as the client sent them.
+                let need = Need::Read { key: c.key.clone(), range_end: c.range_end.clone() };
+                let denied = match self.member.client.authorize(self.token.clone(), vec![need]).await {
+                    Ok(_) => None,
+                    Err(RaftError::Auth(AuthError::InvalidToken)) => Some("etcdserver: invalid auth token"),
+                    Err(RaftError::Auth(AuthError::UserEmpty)) => Some("etcdserver: user name is empty"),
+                    Err(RaftError::Auth(_)) => Some("etcdserver: permission denied"),
+                    Err(e) => return Err(e.into()),
+                };
                 let header = self.member.client.header().await?;
                 let current = header.revision;
                 let key = if c.key.is_empty() { vec![0] } else { c.key };
                 // etcd's `watchStream.Watch`.
-                let refused = if !c.range_end.is_empty() && c.range_end != [0] && key >= c.range_end {
+                let refused = if denied.is_some() {
+                    denied
+                } else if !c.range_end.is_empty() && c.range_end != [0] && key >= c.range_end {
                     Some("mvcc: watcher range is empty")
                 } else if c.watch_id != 0 && self.watchers.contains_key(&c.watch_id) {
                     Some("mvcc: duplicate watch ID provided on the WatchStream")
@@ -397,7 +411,7 @@ impl Stream {
 
 #[cfg(test)]
 mod tests {
-    use etcd_client::proto::PbKeyValue;
+    use super::super::pb::PbKeyValue;
 
     use super::*;
 
