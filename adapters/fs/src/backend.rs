@@ -185,6 +185,26 @@ impl RedbBackend {
         })
     }
 
+    /// Defragments the backend file in place (redb's [`Database::compact`], etcd's
+    /// `Maintenance.Defragment`): every commit is made durable first, then the free pages are
+    /// moved to the end of the file and cut off. The content is unchanged. Returns `false`,
+    /// having done nothing, while a reader holds the file (a [`RedbView`] of this backend, a
+    /// read transaction): a defragmentation needs the database to itself.
+    ///
+    /// # Errors
+    /// [`FsError::Db`] if the sync or the compaction fails.
+    pub fn compact(&mut self) -> Result<bool, FsError> {
+        self.sync()?;
+        let Some(db) = Arc::get_mut(&mut self.db) else {
+            return Ok(false);
+        };
+        match db.compact() {
+            Ok(_) => Ok(true),
+            Err(redb::CompactionError::TransactionInProgress) => Ok(false),
+            Err(e) => Err(FsError::db("defragmenting the backend", &self.path, e)),
+        }
+    }
+
     /// A read-only handle on this backend for readers on other threads: every read
     /// transaction it begins is a consistent snapshot of a commit of this backend, never of
     /// another one (see [`crate::ReadSlot`]).
