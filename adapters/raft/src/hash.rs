@@ -20,6 +20,9 @@ use snapply_core::store::{KeyValue, StoreError, parse_revision_key};
 /// The name etcd hashes first: its `key` bucket's.
 const KEY_BUCKET: &[u8] = b"key";
 
+/// Each key's latest revision (main, sub) at or below a revision, and whether it deleted the key.
+type Latest = HashMap<Vec<u8>, ((i64, i64), bool)>;
+
 /// The hash of the key space at `rev` (0: the current revision) of a store at `current`
 /// compacted at `compacted` (-1: never), read from `txn`. Returns the hash and the revision it
 /// was taken at.
@@ -43,7 +46,7 @@ pub(crate) fn hash_kv<R: ReadTxn + ?Sized>(
     let rev = if rev == 0 { current } else { rev };
     // etcd's `kvindex.Keep(rev)`: each key's latest revision at or below `rev`, unless that
     // deleted it. Only asked of records at or below the compaction.
-    let latest = if compacted >= 0 { latest_revisions(txn, rev)? } else { HashMap::new() };
+    let latest = if compacted >= 0 { latest_revisions(txn, rev)? } else { Latest::new() };
     let keeps_any = latest.values().any(|(_, tombstone)| !tombstone);
     let mut crc = crc32c::crc32c(KEY_BUCKET);
     let mut value = Vec::new();
@@ -79,11 +82,8 @@ pub(crate) fn hash_kv<R: ReadTxn + ?Sized>(
 }
 
 /// Each key's latest revision at or below `rev`, and whether it deleted the key.
-fn latest_revisions<R: ReadTxn + ?Sized>(
-    txn: &R,
-    rev: i64,
-) -> Result<HashMap<Vec<u8>, ((i64, i64), bool)>, StoreError> {
-    let mut latest = HashMap::new();
+fn latest_revisions<R: ReadTxn + ?Sized>(txn: &R, rev: i64) -> Result<Latest, StoreError> {
+    let mut latest = Latest::new();
     let mut result = Ok(());
     txn.scan(Bucket::Key, &[], &mut |k, v| {
         let (Some((at, tombstone)), Ok(kv)) = (parse_revision_key(k), postcard::from_bytes::<KeyValue<'_>>(v)) else {
