@@ -80,6 +80,13 @@ pub struct Args {
     /// (default: --listen-client-urls).
     #[arg(long, value_delimiter = ',')]
     advertise_client_urls: Vec<String>,
+    /// The largest client request, in bytes (its raft entry): a larger one is refused with
+    /// `etcdserver: request is too large`; the gRPC server takes messages up to this plus 512 KiB.
+    #[arg(long, default_value_t = snapply_raft::MAX_REQUEST_BYTES)]
+    max_request_bytes: usize,
+    /// Most compares, and most operations of each branch, of a transaction.
+    #[arg(long, default_value_t = crate::api::Limits::default().max_txn_ops)]
+    max_txn_ops: usize,
     #[command(flatten)]
     snapshots: SnapshotArgs,
     #[command(flatten)]
@@ -197,6 +204,7 @@ fn serve(log: &Log, args: &Args) -> Result<(), Failure> {
             _ => NodeConfig::new(id, args.data_dir.clone(), cluster.members().to_vec()),
         };
         args.snapshots.apply(&mut config);
+        config.max_request_bytes = args.max_request_bytes;
         let id = config.id;
         let mut node = snapply_raft::start(config, peer_listener).map_err(|e| start_failure(id, &args.data_dir, &e))?;
         let clients =
@@ -220,7 +228,11 @@ fn serve(log: &Log, args: &Args) -> Result<(), Failure> {
         } else {
             args.advertise_client_urls.clone()
         };
-        let member = crate::api::Member { client: api.clone(), db_path, client_urls, name: args.name.clone() };
+        let limits = crate::api::Limits { max_request_bytes: args.max_request_bytes, max_txn_ops: args.max_txn_ops };
+        // etcd's `publish`: the member's name and client URLs go through raft once it started,
+        // retried until applied, so every member lists them.
+        let publisher = tokio::spawn(publish(api.clone(), args.name.clone(), client_urls.clone()));
+        let member = crate::api::Member { client: api.clone(), db_path, client_urls, name: args.name.clone(), limits };
         let accept = crate::api::serve(clients, member, move |stream| serve_client(stream, api.clone()));
         tokio::select! {
             stopped = accept => if let Err(e) = stopped { log.warn("stopped serving clients", &[("error", e.into())]) },
@@ -238,6 +250,7 @@ fn serve(log: &Log, args: &Args) -> Result<(), Failure> {
                 return Err(node_failure(id, &e));
             }
         }
+        publisher.abort();
         node.stop().await.map_err(|e| failed("stopping the member", &e))?;
         log.info("stopped", &[("member-id", format!("{id:016x}").into())]);
         Ok(())
@@ -356,6 +369,22 @@ async fn answer(api: &Client, line: &str) -> String {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => format!("ERR {e}\n"),
         Err(_) => "ERR timed out: is there a leader?\n".into(),
+    }
+}
+
+/// Publishes the member's name and client URLs through raft (etcd's `EtcdServer.publish`),
+/// again after a failure (no leader yet, a timeout), until it is applied.
+async fn publish(api: Client, name: String, client_urls: Vec<String>) {
+    loop {
+        match api.publish_attributes(&name, &client_urls).await {
+            Ok(()) => {
+                log::info!("published local member to cluster through raft: name {name}, client URLs {client_urls:?}");
+                return;
+            }
+            Err(RaftError::Stopped) => return,
+            Err(e) => log::warn!("failed to publish local member to cluster through raft: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
