@@ -642,6 +642,37 @@ mod tests {
     }
 
     #[test]
+    fn compacting_keeps_the_content_shrinks_the_file_and_waits_for_readers() {
+        let (dir, mut b) = backend();
+        b.set_batched_commits(true);
+        for round in 0..4u8 {
+            let mut t = b.write().unwrap();
+            for i in 0..2_000u32 {
+                t.put(Bucket::Key, &i.to_be_bytes(), &[round; 256]).unwrap();
+            }
+            t.commit().unwrap();
+        }
+        let mut t = b.write().unwrap();
+        for i in 0..1_900u32 {
+            t.delete(Bucket::Key, &i.to_be_bytes()).unwrap();
+        }
+        t.commit().unwrap();
+        let want = dump(&b.read().unwrap()).unwrap();
+        let path = dir.path().join("db");
+        let view = b.view();
+        assert!(!b.compact().unwrap(), "a reader holds the backend: nothing done");
+        drop(view);
+        let before = std::fs::metadata(&path).unwrap().len();
+        assert!(b.compact().unwrap());
+        assert!(!b.has_unsynced(), "the batched commits were made durable first");
+        // 95% of the records were deleted: the file shrinks (2.2 MB to 48 KiB here).
+        assert!(std::fs::metadata(&path).unwrap().len() < before / 2);
+        assert_eq!(dump(&b.read().unwrap()).unwrap(), want);
+        drop(b);
+        assert_eq!(dump(&RedbBackend::open(&path).unwrap().read().unwrap()).unwrap(), want);
+    }
+
+    #[test]
     fn read_transaction_is_a_snapshot() {
         let (_dir, mut b) = backend();
         let mut t = b.write().unwrap();
