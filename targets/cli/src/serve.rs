@@ -375,14 +375,17 @@ async fn answer(api: &Client, line: &str) -> String {
 /// Publishes the member's name and client URLs through raft (etcd's `EtcdServer.publish`),
 /// again after a failure (no leader yet, a timeout), until it is applied.
 async fn publish(api: Client, name: String, client_urls: Vec<String>) {
-    loop {
+    for attempt in 0u64.. {
         match api.publish_attributes(&name, &client_urls).await {
             Ok(()) => {
                 log::info!("published local member to cluster through raft: name {name}, client URLs {client_urls:?}");
                 return;
             }
             Err(RaftError::Stopped) => return,
-            Err(e) => log::warn!("failed to publish local member to cluster through raft: {e}"),
+            // The first failure and one in ten after it: a member without a leader would
+            // otherwise log twice a second.
+            Err(e) if attempt % 10 == 0 => log::warn!("failed to publish local member to cluster through raft: {e}"),
+            Err(_) => {}
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
