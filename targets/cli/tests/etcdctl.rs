@@ -1495,6 +1495,11 @@ fn a_cluster_agrees_on_hashkv_defragments_follows_member_updates_and_lists_publi
 
     // n3 moves to another peer URL: updated through raft, restarted there, the others dial it.
     let id3 = ids_of(&urls[0]).1.iter().find(|(_, p)| p[0] == peers[2]).unwrap().0;
+    // Another member's peer URL is refused as etcd refuses it, and changes nothing.
+    let listed = names_and_clients(&urls[0]);
+    let taken = etcdctl(&urls[0], &["member", "update", &format!("{id3:x}"), &format!("--peer-urls={}", peers[0])]);
+    assert_eq!(taken.error, "Error: etcdserver: Peer URLs already exists", "{taken:?}");
+    assert_eq!(names_and_clients(&urls[0]), listed);
     let moved = format!("http://127.0.0.1:{}", free_port());
     let update = etcdctl(&urls[0], &["member", "update", &format!("{id3:x}"), &format!("--peer-urls={moved}")]);
     assert_eq!(update.stdout, format!("Member {id3:>16x} updated in cluster {}\n", cluster_hex(&urls[0])));
