@@ -1535,8 +1535,8 @@ fn a_cluster_agrees_on_hashkv_defragments_follows_member_updates_and_lists_publi
 }
 
 /// A request over `--max-request-bytes` (1.5 MiB) is refused with etcd's error, one over the
-/// gRPC server's limit (2 MiB) with grpc-go's, and one that does not decode with etcd's code;
-/// none changes anything. etcdctl cannot send more than 2 MiB: the larger one goes through the
+/// gRPC server's limit (2 MiB) with grpc-go's, one that does not decode with etcd's code, and a
+/// transaction over `--max-txn-ops` with etcd's error; none changes anything. etcdctl cannot send more than 2 MiB: the larger one goes through the
 /// etcd-client crate.
 #[test]
 fn oversized_and_malformed_requests_are_refused_as_etcd_refuses_them() {
@@ -1577,8 +1577,13 @@ fn oversized_and_malformed_requests_are_refused_as_etcd_refuses_them() {
     }
 
     let dir = tempfile::tempdir().unwrap();
-    let etcd = Etcd::start(dir.path(), &[]);
-    let snapply = start_snapply(dir.path());
+    let etcd = Etcd::start(dir.path(), &["--max-txn-ops=2"]);
+    let snapply = Snapply::spawn(
+        &dir.path().join("snapply"),
+        "infra1",
+        &[format!("--initial-cluster=infra1=http://127.0.0.1:{}", free_port()), "--max-txn-ops=2".into()],
+    );
+    snapply.wait_leader();
     let sides = [etcd.client_url.clone(), snapply.client_url.clone()];
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let state = |url: &str| {
@@ -1593,6 +1598,8 @@ fn oversized_and_malformed_requests_are_refused_as_etcd_refuses_them() {
         // Just over 1.5 MiB: etcd's own check.
         let over = "x".repeat(1536 * 1024 + 1);
         let put = etcdctl_with_input(url, &["put", "/big"], &over);
+        // Three ops in a branch, over --max-txn-ops=2.
+        let txn = etcdctl_with_input(url, &["txn"], "\nput /x 1\nput /y 2\nput /z 3\n\n\n");
         // Over 2 MiB: the gRPC server's limit; and bytes that are no PutRequest.
         let (grpc, malformed) = runtime.block_on(async {
             let mut client = etcd_client::Client::connect([url.as_str()], None).await.unwrap();
@@ -1611,9 +1618,10 @@ fn oversized_and_malformed_requests_are_refused_as_etcd_refuses_them() {
             (grpc, malformed)
         });
         assert_eq!(state(url), before, "{url}: nothing changed");
-        seen.push((put, grpc, malformed));
+        seen.push((put, grpc, malformed, txn));
     }
     assert_eq!(seen[0], seen[1], "etcd, then snapply");
+    assert_eq!(seen[1].3.error, "Error: etcdserver: too many operations in txn request");
     assert_eq!(seen[1].0.error, "Error: etcdserver: request is too large");
     assert_eq!(
         seen[1].1,
