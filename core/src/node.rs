@@ -199,6 +199,16 @@ pub enum Request<'a> {
         /// The new peer URLs.
         peer_urls: &'a [&'a [u8]],
     },
+    /// Set the name and client URLs a member publishes once it started (etcd's
+    /// `ClusterMemberAttrSetRequest`).
+    MemberAttrSet {
+        /// The id.
+        id: MemberId,
+        /// The member's name.
+        name: &'a [u8],
+        /// The member's client URLs.
+        client_urls: &'a [&'a [u8]],
+    },
     /// Promote a learner to a voting member.
     MemberPromote {
         /// The id.
@@ -443,6 +453,11 @@ impl<B: Backend, P: Profile> Node<B, P> {
     pub fn backend(&self) -> &B {
         &self.backend
     }
+    /// The live backend, mutably: for maintenance that keeps its content as it is (a
+    /// defragmentation). Nothing written through it reaches the stores.
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
     /// The stores.
     pub fn stores(&self) -> &Stores<P> {
         &self.stores
@@ -672,6 +687,9 @@ fn apply_request<P: Profile, W: WriteTxn>(
         Request::MemberUpdate { id, peer_urls } => {
             s.membership.update_peer_urls(txn, id, peer_urls, scratch)?;
             s.v2.update_member(id, peer_urls.first().copied().unwrap_or(&[]))?;
+        }
+        Request::MemberAttrSet { id, name, client_urls } => {
+            s.membership.set_attributes(txn, id, name, client_urls, scratch)?
         }
         Request::MemberPromote { id } => s.membership.promote(txn, id, scratch)?,
         Request::ClusterVersion(v) => s.membership.set_version(txn, v)?,
@@ -1066,6 +1084,17 @@ pub(crate) mod tests {
         assert!(!m.is_learner);
         assert_eq!(m.peer_urls, std::vec![moved.to_vec()]);
         assert_eq!(Membership::<Growable>::recover(n.backend()).unwrap(), n.stores().membership);
+        // A member publishes its name and client URLs once it started; its peer URLs stay.
+        let client: &[u8] = b"http://10.0.0.9:2379";
+        apply(&mut n, &Request::MemberAttrSet { id: 2, name: b"infra2", client_urls: &[client] }).unwrap();
+        let m = n.stores().membership.member(2).unwrap();
+        assert_eq!((m.name.as_slice(), m.client_urls.clone()), (&b"infra2"[..], std::vec![client.to_vec()]));
+        assert_eq!(m.peer_urls, std::vec![moved.to_vec()]);
+        assert_eq!(Membership::<Growable>::recover(n.backend()).unwrap(), n.stores().membership);
+        assert_eq!(
+            apply(&mut n, &Request::MemberAttrSet { id: 9, name: b"x", client_urls: &[] }),
+            Err(StoreError::NotFound("member"))
+        );
     }
 
     #[test]

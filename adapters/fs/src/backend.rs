@@ -185,6 +185,26 @@ impl RedbBackend {
         })
     }
 
+    /// Defragments the backend file in place (redb's [`Database::compact`], etcd's
+    /// `Maintenance.Defragment`): every commit is made durable first, then the free pages are
+    /// moved to the end of the file and cut off. The content is unchanged. Returns `false`,
+    /// having done nothing, while a reader holds the file (a [`RedbView`] of this backend, a
+    /// read transaction): a defragmentation needs the database to itself.
+    ///
+    /// # Errors
+    /// [`FsError::Db`] if the sync or the compaction fails.
+    pub fn compact(&mut self) -> Result<bool, FsError> {
+        self.sync()?;
+        let Some(db) = Arc::get_mut(&mut self.db) else {
+            return Ok(false);
+        };
+        match db.compact() {
+            Ok(_) => Ok(true),
+            Err(redb::CompactionError::TransactionInProgress) => Ok(false),
+            Err(e) => Err(FsError::db("defragmenting the backend", &self.path, e)),
+        }
+    }
+
     /// A read-only handle on this backend for readers on other threads: every read
     /// transaction it begins is a consistent snapshot of a commit of this backend, never of
     /// another one (see [`crate::ReadSlot`]).
@@ -619,6 +639,37 @@ mod tests {
         t.commit().unwrap();
         let want = vec![(Bucket::Key, b"a".to_vec(), b"1".to_vec()), (Bucket::Meta, b"m".to_vec(), b"2".to_vec())];
         assert_eq!(dump(&b.read().unwrap()).unwrap(), want);
+    }
+
+    #[test]
+    fn compacting_keeps_the_content_shrinks_the_file_and_waits_for_readers() {
+        let (dir, mut b) = backend();
+        b.set_batched_commits(true);
+        for round in 0..4u8 {
+            let mut t = b.write().unwrap();
+            for i in 0..2_000u32 {
+                t.put(Bucket::Key, &i.to_be_bytes(), &[round; 256]).unwrap();
+            }
+            t.commit().unwrap();
+        }
+        let mut t = b.write().unwrap();
+        for i in 0..1_900u32 {
+            t.delete(Bucket::Key, &i.to_be_bytes()).unwrap();
+        }
+        t.commit().unwrap();
+        let want = dump(&b.read().unwrap()).unwrap();
+        let path = dir.path().join("db");
+        let view = b.view();
+        assert!(!b.compact().unwrap(), "a reader holds the backend: nothing done");
+        drop(view);
+        let before = std::fs::metadata(&path).unwrap().len();
+        assert!(b.compact().unwrap());
+        assert!(!b.has_unsynced(), "the batched commits were made durable first");
+        // 95% of the records were deleted: the file shrinks (2.2 MB to 48 KiB here).
+        assert!(std::fs::metadata(&path).unwrap().len() < before / 2);
+        assert_eq!(dump(&b.read().unwrap()).unwrap(), want);
+        drop(b);
+        assert_eq!(dump(&RedbBackend::open(&path).unwrap().read().unwrap()).unwrap(), want);
     }
 
     #[test]

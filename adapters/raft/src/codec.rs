@@ -129,6 +129,24 @@ pub enum Command {
         /// The token's random part.
         prefix: String,
     },
+    /// Replace a member's peer URLs (etcd's `MemberUpdate`; raft-rs has no conf change for it,
+    /// so it is a normal entry).
+    MemberUpdate {
+        /// The member.
+        id: u64,
+        /// Its new peer URLs.
+        peer_urls: Vec<Vec<u8>>,
+    },
+    /// Set the name and client URLs a member publishes once it started (etcd's
+    /// `ClusterMemberAttrSetRequest`).
+    MemberAttrSet {
+        /// The member.
+        id: u64,
+        /// Its name (`--name`).
+        name: Vec<u8>,
+        /// Its client URLs (`--advertise-client-urls`).
+        client_urls: Vec<Vec<u8>>,
+    },
 }
 
 /// One transaction of a [`Command::Txn`] table (the owned form of [`store::TxnNode`]).
@@ -247,7 +265,18 @@ impl Command {
     /// Calls `f` with the core's request for this command (a transaction's borrowed table is
     /// built for the call).
     pub fn with_request<R>(&self, f: impl FnOnce(&Request<'_>) -> R) -> R {
-        let Command::Txn(nodes) = self else { return f(&self.request()) };
+        let nodes = match self {
+            Command::Txn(nodes) => nodes,
+            Command::MemberUpdate { id, peer_urls } => {
+                let peer_urls: Vec<&[u8]> = peer_urls.iter().map(Vec::as_slice).collect();
+                return f(&Request::MemberUpdate { id: *id, peer_urls: &peer_urls });
+            }
+            Command::MemberAttrSet { id, name, client_urls } => {
+                let client_urls: Vec<&[u8]> = client_urls.iter().map(Vec::as_slice).collect();
+                return f(&Request::MemberAttrSet { id: *id, name, client_urls: &client_urls });
+            }
+            _ => return f(&self.request()),
+        };
         let compares: Vec<Vec<store::Compare<'_>>> =
             nodes.iter().map(|n| n.compare.iter().map(Compare::borrowed).collect()).collect();
         let ops: Vec<[Vec<store::TxnOp<'_>>; 2]> = nodes
@@ -262,8 +291,8 @@ impl Command {
         f(&Request::Txn(store::Txn { nodes: &table }))
     }
 
-    /// The core's request for a command that is not a transaction (a transaction's table is
-    /// built by [`Command::with_request`]; here it is empty).
+    /// The core's request for a command that is not a transaction (a transaction's table and a
+    /// member's URLs are built by [`Command::with_request`]; here they are empty).
     fn request(&self) -> Request<'_> {
         match self {
             Command::Put { key, value, lease } => Request::Put { key, value, lease: *lease },
@@ -294,6 +323,8 @@ impl Command {
             Command::RoleDelete { name } => Request::RoleDelete { name },
             Command::UserChangePassword { name, password_hash } => Request::UserChangePassword { name, password_hash },
             Command::Authenticate { name, .. } => Request::Authenticate { name },
+            Command::MemberUpdate { id, .. } => Request::MemberUpdate { id: *id, peer_urls: &[] },
+            Command::MemberAttrSet { id, name, .. } => Request::MemberAttrSet { id: *id, name, client_urls: &[] },
         }
     }
 
@@ -365,5 +396,15 @@ mod tests {
         let m = MemberInfo { name: "a".into(), peer_urls: vec!["http://127.0.0.1:1".into()], client_urls: vec![] };
         assert_eq!(MemberInfo::decode(&m.encode()), Some(m));
         assert_eq!(Command::decode(&[0xff, 0xff, 0xff]), None);
+        let update = Command::MemberUpdate { id: 7, peer_urls: vec![b"http://127.0.0.1:9".to_vec()] };
+        assert_eq!(Command::decode(&update.encode()), Some(update.clone()));
+        update.with_request(|r| {
+            assert_eq!(*r, Request::MemberUpdate { id: 7, peer_urls: &[b"http://127.0.0.1:9"] });
+        });
+        let attrs = Command::MemberAttrSet { id: 7, name: b"m".to_vec(), client_urls: vec![b"http://c".to_vec()] };
+        assert_eq!(Command::decode(&attrs.encode()), Some(attrs.clone()));
+        attrs.with_request(|r| {
+            assert_eq!(*r, Request::MemberAttrSet { id: 7, name: b"m", client_urls: &[b"http://c"] });
+        });
     }
 }

@@ -89,6 +89,17 @@ pub enum RaftError {
     },
     /// Auth refused the request (etcd's auth errors).
     Auth(crate::AuthError),
+    /// A request whose raft entry would be larger than the member takes (etcd's
+    /// `ErrRequestTooLarge`, `--max-request-bytes`): refused before it is proposed.
+    RequestTooLarge {
+        /// The entry's size.
+        size: usize,
+        /// The most the member proposes ([`crate::NodeConfig::max_request_bytes`]).
+        limit: usize,
+    },
+    /// The backend could not be defragmented now (a reader, such as a snapshot being sent,
+    /// holds it open); nothing changed.
+    DefragmentBusy,
 }
 
 impl fmt::Display for RaftError {
@@ -122,6 +133,12 @@ impl fmt::Display for RaftError {
             RaftError::Removed => f.write_str("the member has been permanently removed from the cluster"),
             RaftError::ClusterUnknown { what } => write!(f, "cannot fetch cluster info from peer urls: {what}"),
             RaftError::Auth(e) => write!(f, "auth: {e}"),
+            RaftError::RequestTooLarge { size, limit } => {
+                write!(f, "request is too large: an entry of {size} bytes, over the {limit} of --max-request-bytes")
+            }
+            RaftError::DefragmentBusy => {
+                f.write_str("the backend is being read (a snapshot is being sent): defragment it again when it is done")
+            }
         }
     }
 }

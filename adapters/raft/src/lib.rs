@@ -4,6 +4,7 @@ mod auth;
 mod cluster;
 mod codec;
 mod error;
+mod hash;
 mod log;
 mod membership;
 mod metrics;
@@ -27,7 +28,8 @@ pub use membership::{
 };
 pub use metrics::Metrics;
 pub use node::{
-    Client, Consistency, NodeConfig, NodeHandle, Pair, RestoreReport, Status, Trace, ids, init_raft_log, start,
+    Client, Consistency, MAX_REQUEST_BYTES, NodeConfig, NodeHandle, Pair, RestoreReport, Status, Trace, ids,
+    init_raft_log, start,
 };
 pub use policy::SnapshotPolicy;
 pub use query::{

@@ -68,7 +68,13 @@ pub struct NodeConfig {
     pub max_snapshot_bytes: u64,
     /// How long a simple auth token lives unused (etcd's `--auth-token-ttl`, 300 s).
     pub auth_token_ttl: Duration,
+    /// The largest raft entry this member proposes for a client (etcd's `--max-request-bytes`):
+    /// a larger request is refused with [`RaftError::RequestTooLarge`] and changes nothing.
+    pub max_request_bytes: usize,
 }
+
+/// etcd's default `--max-request-bytes`: 1.5 MiB.
+pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
 
 impl NodeConfig {
     /// A configuration with a 100 ms heartbeat and a 500 ms election timeout (etcd's defaults
@@ -87,6 +93,7 @@ impl NodeConfig {
             snapshot: SnapshotPolicy::default(),
             max_snapshot_bytes: MAX_SNAPSHOT_BYTES,
             auth_token_ttl: crate::auth::DEFAULT_TOKEN_TTL,
+            max_request_bytes: MAX_REQUEST_BYTES,
         }
     }
 }
@@ -176,6 +183,8 @@ pub(crate) enum Control {
     /// just after the entry is applied here (etcd's prev_kv, deleted count, txn responses).
     ProposeRead(Command, crate::query::AroundApply, oneshot::Sender<Result<i64, RaftError>>),
     Isolate(bool),
+    /// Defragment the backend (etcd's `Maintenance.Defragment`), on the loop.
+    Defragment(oneshot::Sender<Result<(), RaftError>>),
     /// A lease request only the leader answers (node::leases).
     Lease(leases::LeaseAsk, oneshot::Sender<(leases::LeaseAnswer, Vec<String>)>),
     Stop,
@@ -402,6 +411,17 @@ impl Client {
         self.ask(Control::CompactLog, "the log to be compacted").await?
     }
 
+    /// Defragments this member's backend file (etcd's `Maintenance.Defragment`): on the loop,
+    /// between two readies, so nothing is applied or read meanwhile; the content is unchanged.
+    ///
+    /// # Errors
+    /// [`RaftError::DefragmentBusy`] while a reader holds the backend (a snapshot being sent),
+    /// [`RaftError::Fs`] if the file cannot be compacted, [`RaftError::Stopped`] or
+    /// [`RaftError::Timeout`].
+    pub async fn defragment(&self) -> Result<(), RaftError> {
+        self.ask(Control::Defragment, "the backend to be defragmented").await?
+    }
+
     /// Cuts the node off the network (`true`) or heals it (`false`).
     pub fn isolate(&self, on: bool) {
         let _ = self.control.send(Control::Isolate(on));
@@ -562,6 +582,8 @@ struct Loop {
     store: FsSnapshotStore,
     net: Network,
     waiters: HashMap<u64, oneshot::Sender<Result<i64, RaftError>>>,
+    /// The largest entry proposed for a client (`--max-request-bytes`).
+    max_request_bytes: usize,
     /// Client API hook: reads to run just before (and, as they return, just after) this node
     /// applies its own proposal `seq`.
     around_apply: HashMap<u64, crate::query::AroundApply>,
@@ -737,6 +759,7 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
         store,
         net,
         waiters: HashMap::new(),
+        max_request_bytes: config.max_request_bytes,
         around_apply: HashMap::new(),
         seq: 0,
         snapshots_applied: 0,
@@ -884,6 +907,7 @@ impl Loop {
             tokio::select! {
                 _ = ticker.tick() => {
                     self.raw.tick();
+                    self.drop_abandoned();
                     self.reads.expire(self.raw.raft.leader_id);
                     self.expire_leases();
                 }
@@ -954,8 +978,15 @@ impl Loop {
     fn control(&mut self, c: Control) {
         match c {
             Control::Propose(command, reply) => {
+                let data = command.encode();
+                if data.len() > self.max_request_bytes {
+                    // etcd's `ErrRequestTooLarge`: refused before raft sees it.
+                    let _ =
+                        reply.send(Err(RaftError::RequestTooLarge { size: data.len(), limit: self.max_request_bytes }));
+                    return;
+                }
                 self.seq += 1;
-                match self.raw.propose(context(self.id, self.seq), command.encode()) {
+                match self.raw.propose(context(self.id, self.seq), data) {
                     Ok(()) => {
                         self.waiters.insert(self.seq, reply);
                     }
@@ -1017,6 +1048,9 @@ impl Loop {
                 let _ = reply.send(blocking(|| self.compact_log()));
             }
             Control::Isolate(on) => self.net.set_isolated(on),
+            Control::Defragment(reply) => {
+                let _ = reply.send(blocking(|| self.defragment()));
+            }
             Control::Lease(ask, reply) => self.lease_control(ask, reply),
             Control::Read(read) => read(&self.view()),
             Control::ProposeRead(command, read, reply) => {
@@ -1027,6 +1061,35 @@ impl Loop {
             }
             Control::Stop => {}
         }
+    }
+
+    /// Forgets the proposals whose client has gone (its request timed out or was cancelled):
+    /// raft-rs may never commit an entry it accepted (a leader that lost its term drops what it
+    /// had not replicated), and nothing else would remove its waiter. An entry that commits
+    /// later is applied all the same; only its answer has nobody to go to.
+    fn drop_abandoned(&mut self) {
+        self.waiters.retain(|_, w| !w.is_closed());
+        let waiters = &self.waiters;
+        self.around_apply.retain(|seq, _| waiters.contains_key(seq));
+    }
+
+    /// Defragments the backend between two readies (etcd's `Defragment`): the batched commits
+    /// are made durable and the file compacted in place.
+    fn defragment(&mut self) -> Result<(), RaftError> {
+        let started = Instant::now();
+        let before = std::fs::metadata(self.node.backend().path()).map_or(0, |m| m.len());
+        if !self.node.backend_mut().compact()? {
+            return Err(RaftError::DefragmentBusy);
+        }
+        self.unsynced_entries = 0;
+        self.last_sync = Instant::now();
+        let after = std::fs::metadata(self.node.backend().path()).map_or(0, |m| m.len());
+        log::info!(
+            "member {:x} finished defragmenting the backend: size {before} bytes before, {after} after, took {:?}",
+            self.id,
+            started.elapsed()
+        );
+        Ok(())
     }
 
     /// Sets the metrics of the raft state, as etcd's raft loop does on each ready.
@@ -1203,6 +1266,7 @@ impl Loop {
                         let applied = c.with_request(|r| self.node.apply(e.index, e.term, r)).map_err(RaftError::from);
                         if applied.is_ok() {
                             self.lease_applied(&c);
+                            self.member_changed(&c);
                         }
                         crate::auth::applied(&self.tokens, &c, e.index, applied.is_ok());
                         if let Some(after) = after {
@@ -1333,6 +1397,25 @@ impl Loop {
         }
         self.publish_membership();
         Ok(rev)
+    }
+
+    /// What an applied member update or published attributes change beyond the store: the
+    /// transport dials a member's new peer URLs (etcd's `UpdateRaftAttributes` updates its
+    /// transport's peer), and a member about to join is told the new names and URLs.
+    fn member_changed(&mut self, command: &Command) {
+        match command {
+            Command::MemberUpdate { id, peer_urls } => {
+                let urls: Vec<&[u8]> = peer_urls.iter().map(Vec::as_slice).collect();
+                match self.net.add_peer(*id, &urls) {
+                    Ok(()) => log::info!("member {:x} updated the peer URLs of member {id:x}", self.id),
+                    // The store has them; the transport keeps dialing the old ones.
+                    Err(e) => log::warn!("member {:x} cannot dial the new peer URLs of member {id:x}: {e}", self.id),
+                }
+            }
+            Command::MemberAttrSet { .. } => {}
+            _ => return,
+        }
+        self.publish_membership();
     }
 
     /// Hands the transport the cluster's id and members, which it tells a member about to join

@@ -698,6 +698,58 @@ impl Client {
         .await?
     }
 
+    /// etcd's `HashKV`: the CRC-32C of the key space at revision `rev` (0: the current one),
+    /// as etcd computes it (see `hash.rs`), read from a transaction begun on the loop and hashed
+    /// on a blocking thread. Returns the header (its revision the current one), the hash, the
+    /// compaction revision (-1: none) and the revision hashed.
+    ///
+    /// # Errors
+    /// [`RaftError::Store`] with [`snapply_core::store::StoreError::Compacted`] or
+    /// [`snapply_core::store::StoreError::FutureRevision`] for a revision out of the history;
+    /// [`RaftError::Backend`], [`RaftError::Stopped`] or [`RaftError::Timeout`].
+    pub async fn hash_kv(&self, rev: i64) -> Result<(Header, u32, i64, i64), RaftError> {
+        let (header, view, current, compacted) = self
+            .read_local(
+                |view| {
+                    let kv = &view.node.stores().kv;
+                    (header(view), view.node.backend().view(), kv.current_revision(), kv.compact_revision())
+                },
+                "a hash of the key space",
+            )
+            .await?;
+        let hashed = tokio::task::spawn_blocking(move || {
+            let txn = view.read()?;
+            crate::hash::hash_kv(&txn, rev, current, compacted).map_err(RaftError::from)
+        })
+        .await
+        .map_err(|_| RaftError::Stopped)?;
+        let (hash, at) = hashed?;
+        Ok((header, hash, compacted, at))
+    }
+
+    /// etcd's `MemberUpdate`: proposes member `id`'s new peer URLs as a normal entry (raft-rs has
+    /// no conf change for it); once applied, every member's transport dials them. Returns the
+    /// header after it is applied here.
+    ///
+    /// # Errors
+    /// [`RaftError::Store`] with `NotFound("member")` or `AlreadyExists("peer url")`, and as
+    /// [`Client::propose`].
+    pub async fn update_member(&self, id: u64, peer_urls: &[String]) -> Result<Header, RaftError> {
+        let peer_urls = peer_urls.iter().map(|u| u.as_bytes().to_vec()).collect();
+        self.propose_with_header(Command::MemberUpdate { id, peer_urls }).await
+    }
+
+    /// Publishes this member's name and client URLs through raft (etcd's `publish`, a
+    /// `ClusterMemberAttrSetRequest`), so every member lists them.
+    ///
+    /// # Errors
+    /// As [`Client::propose`].
+    pub async fn publish_attributes(&self, name: &str, client_urls: &[String]) -> Result<(), RaftError> {
+        let client_urls = client_urls.iter().map(|u| u.as_bytes().to_vec()).collect();
+        self.propose(Command::MemberAttrSet { id: self.id(), name: name.as_bytes().to_vec(), client_urls }).await?;
+        Ok(())
+    }
+
     /// The node's status.
     ///
     /// # Errors

@@ -82,3 +82,116 @@ async fn three_nodes_lagging_follower_catches_up_by_snapshot() -> Result {
 async fn five_nodes_lagging_follower_catches_up_by_snapshot() -> Result {
     timeout(Duration::from_secs(180), snapshot_catch_up(5, 1_000)).await?
 }
+
+/// The value of the metric sample `name` on `client`'s member.
+fn sample(client: &Client, name: &str) -> Option<f64> {
+    client.metrics().text().lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Waits (bounded) until the metric `name` of `client`'s member reads `want`.
+async fn until_sample(client: &Client, name: &str, want: f64) -> Result {
+    let deadline = std::time::Instant::now() + WAIT;
+    while sample(client, name) != Some(want) {
+        if std::time::Instant::now() > deadline {
+            return Err(format!("{name} never read {want}:\n{}", client.metrics().text()).into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// A leader cut off takes proposals it can never commit; once their clients gave up (a
+/// timeout on the client's side), the member forgets them: the pending gauge is back at 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn proposals_a_cut_off_leader_never_commits_are_forgotten_once_their_clients_give_up() -> Result {
+    timeout(Duration::from_secs(120), async {
+        let root = tempfile::tempdir()?;
+        let cluster = Cluster::start(root.path(), 3)?;
+        let leader = cluster.leader(WAIT).await?;
+        let l = cluster.node(leader)?.client();
+        let pending = "etcd_server_proposals_pending";
+        assert_eq!(sample(&l, pending), Some(0.0));
+        l.isolate(true);
+        let mut inflight = JoinSet::new();
+        for i in 0..20 {
+            let put =
+                l.propose(Command::Put { key: format!("/lost/{i}").into_bytes(), value: b"v".to_vec(), lease: 0 });
+            inflight.spawn(timeout(Duration::from_secs(2), put));
+        }
+        // Taken by raft-rs while the member still leads, then never committed.
+        until_sample(&l, pending, 20.0).await?;
+        while let Some(r) = inflight.join_next().await {
+            assert!(r?.is_err(), "a proposal to a cut-off leader was answered");
+        }
+        until_sample(&l, pending, 0.0).await?;
+        l.isolate(false);
+        cluster.shutdown().await;
+        Ok(())
+    })
+    .await?
+}
+
+/// etcd's HashKV on every member: the same hash at the same revision, another one once a key
+/// changed; defragmenting a member's backend keeps its content and does not grow its file; a
+/// request over `--max-request-bytes` is refused and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn members_agree_on_the_hash_of_the_key_space_and_defragmenting_keeps_it() -> Result {
+    timeout(Duration::from_secs(120), async {
+        let root = tempfile::tempdir()?;
+        let cluster = Cluster::start(root.path(), 3)?;
+        let leader = cluster.leader(WAIT).await?;
+        let l = cluster.node(leader)?.client();
+        write_keys(&l, "hashed", 300).await?;
+        l.propose(Command::DeleteRange { key: b"/hashed/key-00001".to_vec(), range_end: Vec::new() }).await?;
+        cluster.settle(leader, WAIT).await?;
+        let hashes = async |rev: i64| -> Result<Vec<(u32, i64, i64)>> {
+            let mut out = Vec::new();
+            for id in cluster.ids() {
+                let (header, hash, compacted, at) = cluster.node(id)?.hash_kv(rev).await?;
+                assert_eq!(header.member_id, id);
+                out.push((hash, compacted, at));
+            }
+            Ok(out)
+        };
+        let before = hashes(0).await?;
+        let (hash, compacted, at) = before[0];
+        assert!(before.iter().all(|h| *h == (hash, -1, at)), "{before:?}");
+        assert_eq!(at, 302, "300 puts and a delete after revision 1");
+
+        // A key changes: another hash at the new revision, the old one at the old revision.
+        let rev = l.put(b"/hashed/key-00002", b"changed").await?;
+        cluster.settle(leader, WAIT).await?;
+        let after = hashes(0).await?;
+        assert!(after.iter().all(|h| *h == (after[0].0, -1, rev)), "{after:?}");
+        assert_ne!(after[0].0, hash);
+        assert!(hashes(at).await?.iter().all(|h| h.0 == hash));
+        let future = cluster.node(leader)?.hash_kv(rev + 1).await;
+        assert!(matches!(future, Err(snapply_raft::RaftError::Store(_))), "{future:?}");
+        // Compacted: revisions at or below it are refused, and the hash still agrees.
+        l.propose(Command::Compact { revision: at }).await?;
+        cluster.settle(leader, WAIT).await?;
+        let compacted_hashes = hashes(0).await?;
+        assert!(compacted_hashes.iter().all(|h| *h == (compacted_hashes[0].0, at, rev)), "{compacted_hashes:?}");
+        assert!(cluster.node(leader)?.hash_kv(at).await.is_err());
+        let _ = compacted;
+
+        // Defragmenting: the content is kept, the file does not grow.
+        let digests = cluster.settle(leader, WAIT).await?;
+        for id in cluster.ids() {
+            let db = cluster.dir(id).ok_or("no data dir")?.join("member").join("db");
+            let size = std::fs::metadata(&db)?.len();
+            cluster.node(id)?.defragment().await?;
+            assert!(std::fs::metadata(&db)?.len() <= size, "member {id:x}'s backend grew");
+        }
+        assert_eq!(cluster.settle(leader, WAIT).await?, digests);
+        assert_eq!(hashes(0).await?, compacted_hashes);
+
+        // Over --max-request-bytes: refused before raft, nothing changes.
+        let big = l.put(b"/big", &vec![b'x'; snapply_raft::MAX_REQUEST_BYTES]).await;
+        assert!(matches!(big, Err(snapply_raft::RaftError::RequestTooLarge { .. })), "{big:?}");
+        assert_eq!(hashes(0).await?, compacted_hashes);
+        cluster.shutdown().await;
+        Ok(())
+    })
+    .await?
+}

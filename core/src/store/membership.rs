@@ -273,6 +273,27 @@ impl<P: Profile> Membership<P> {
         Self::save(txn, member, scratch)
     }
 
+    /// Sets the name and client URLs a member published (etcd's `UpdateAttributes`, from a
+    /// `ClusterMemberAttrSetRequest`); a member that is not in the cluster is not found.
+    pub(crate) fn set_attributes<W: WriteTxn + ?Sized>(
+        &mut self,
+        txn: &mut W,
+        id: MemberId,
+        name: &[u8],
+        client_urls: &[&[u8]],
+        scratch: &mut P::Record,
+    ) -> Result<(), StoreError> {
+        let name = codec::bytes::<P::Bytes>(name, "member name")?;
+        let mut urls = P::MemberUrls::default();
+        for u in client_urls {
+            codec::push(&mut urls, codec::bytes::<P::Bytes>(u, "member url")?, "member urls")?;
+        }
+        let member = self.member_mut(id)?;
+        member.name = name;
+        member.client_urls = urls;
+        Self::save(txn, member, scratch)
+    }
+
     /// Promotes a learner to a voting member (etcd's `MemberPromote`).
     pub(crate) fn promote<W: WriteTxn + ?Sized>(
         &mut self,

@@ -80,6 +80,13 @@ pub struct Args {
     /// (default: --listen-client-urls).
     #[arg(long, value_delimiter = ',')]
     advertise_client_urls: Vec<String>,
+    /// The largest client request, in bytes (its raft entry): a larger one is refused with
+    /// `etcdserver: request is too large`; the gRPC server takes messages up to this plus 512 KiB.
+    #[arg(long, default_value_t = snapply_raft::MAX_REQUEST_BYTES)]
+    max_request_bytes: usize,
+    /// Most compares, and most operations of each branch, of a transaction.
+    #[arg(long, default_value_t = crate::api::Limits::default().max_txn_ops)]
+    max_txn_ops: usize,
     #[command(flatten)]
     snapshots: SnapshotArgs,
     #[command(flatten)]
@@ -211,6 +218,7 @@ fn serve(log: &Log, args: &Args) -> Result<(), Failure> {
         };
         args.snapshots.apply(&mut config);
         config.auth_token_ttl = Duration::from_secs(args.auth.auth_token_ttl);
+        config.max_request_bytes = args.max_request_bytes;
         let id = config.id;
         let mut node = snapply_raft::start(config, peer_listener).map_err(|e| start_failure(id, &args.data_dir, &e))?;
         let clients =
@@ -234,11 +242,16 @@ fn serve(log: &Log, args: &Args) -> Result<(), Failure> {
         } else {
             args.advertise_client_urls.clone()
         };
+        let limits = crate::api::Limits { max_request_bytes: args.max_request_bytes, max_txn_ops: args.max_txn_ops };
+        // etcd's `publish`: the member's name and client URLs go through raft once it started,
+        // retried until applied, so every member lists them.
+        let publisher = tokio::spawn(publish(api.clone(), args.name.clone(), client_urls.clone()));
         let member = crate::api::Member {
             client: api.clone(),
             db_path,
             client_urls,
             name: args.name.clone(),
+            limits,
             bcrypt_cost: args.auth.bcrypt_cost,
         };
         let accept = crate::api::serve(clients, member, move |stream| serve_client(stream, api.clone()));
@@ -258,6 +271,7 @@ fn serve(log: &Log, args: &Args) -> Result<(), Failure> {
                 return Err(node_failure(id, &e));
             }
         }
+        publisher.abort();
         node.stop().await.map_err(|e| failed("stopping the member", &e))?;
         log.info("stopped", &[("member-id", format!("{id:016x}").into())]);
         Ok(())
@@ -376,6 +390,25 @@ async fn answer(api: &Client, line: &str) -> String {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => format!("ERR {e}\n"),
         Err(_) => "ERR timed out: is there a leader?\n".into(),
+    }
+}
+
+/// Publishes the member's name and client URLs through raft (etcd's `EtcdServer.publish`),
+/// again after a failure (no leader yet, a timeout), until it is applied.
+async fn publish(api: Client, name: String, client_urls: Vec<String>) {
+    for attempt in 0u64.. {
+        match api.publish_attributes(&name, &client_urls).await {
+            Ok(()) => {
+                log::info!("published local member to cluster through raft: name {name}, client URLs {client_urls:?}");
+                return;
+            }
+            Err(RaftError::Stopped) => return,
+            // The first failure and one in ten after it: a member without a leader would
+            // otherwise log twice a second.
+            Err(e) if attempt % 10 == 0 => log::warn!("failed to publish local member to cluster through raft: {e}"),
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

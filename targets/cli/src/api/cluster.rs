@@ -1,5 +1,6 @@
 //! etcd's Cluster service: MemberAdd (voter or learner), MemberRemove, MemberList and
-//! MemberPromote, as raft-rs conf changes (MemberUpdate: not yet; raft-rs has no `UpdateNode`).
+//! MemberPromote, as raft-rs conf changes; MemberUpdate as a normal entry (raft-rs has no
+//! `UpdateNode`).
 
 use super::pb::{
     PbClusterService, PbMember, PbMemberAddRequest, PbMemberAddResponse, PbMemberListRequest, PbMemberListResponse,
@@ -53,11 +54,21 @@ impl PbClusterService for ClusterService {
         Ok(Response::new(PbMemberRemoveResponse { header, members }))
     }
 
+    /// etcd's `ClusterServer.MemberUpdate`: the member's new peer URLs through raft, answered
+    /// once this member applied them; every member's transport then dials them.
     async fn member_update(
         &self,
-        _request: Request<PbMemberUpdateRequest>,
+        request: Request<PbMemberUpdateRequest>,
     ) -> Result<Response<PbMemberUpdateResponse>, Status> {
-        Err(error::unimplemented("MemberUpdate"))
+        let request = request.into_inner();
+        let peer_urls = request.peer_ur_ls;
+        if peer_urls.is_empty() || peer_urls.iter().any(|u| snapply_raft::check_peer_url(u).is_err()) {
+            return Err(error::member_bad_urls());
+        }
+        // Kept in the order given, as etcd's `MemberUpdate` keeps them.
+        self.0.client.update_member(request.id, &peer_urls).await.map_err(|e| error::status(&e))?;
+        let (header, members) = self.members().await?;
+        Ok(Response::new(PbMemberUpdateResponse { header, members }))
     }
 
     async fn member_list(
@@ -93,9 +104,8 @@ impl ClusterService {
         let members = members
             .into_iter()
             .map(|m| {
-                // Members do not publish their name and client URLs yet (etcd's `publish`): a
-                // member knows only its own, and a member added at run time has neither in the
-                // others' answers.
+                // A member publishes its name and client URLs through raft once it started
+                // (etcd's `publish`); until that is applied, it answers its own from its flags.
                 let own = m.id == me;
                 PbMember {
                     id: m.id,

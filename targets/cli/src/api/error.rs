@@ -175,6 +175,8 @@ pub(super) fn status(e: &RaftError) -> Status {
         RaftError::Raft(_) => Status::new(Code::Unavailable, "etcdserver: no leader"),
         RaftError::Timeout { .. } => Status::new(Code::Unavailable, "etcdserver: request timed out"),
         RaftError::Stopped | RaftError::Removed => Status::new(Code::Unavailable, "etcdserver: server stopped"),
+        RaftError::RequestTooLarge { .. } => Status::new(Code::InvalidArgument, "etcdserver: request is too large"),
+        RaftError::DefragmentBusy => Status::new(Code::Unavailable, format!("snapply: {e}")),
         RaftError::LearnerNotReady { .. } => Status::new(
             Code::FailedPrecondition,
             "etcdserver: can only promote a learner member which is in sync with leader",

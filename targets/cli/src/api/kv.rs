@@ -107,7 +107,7 @@ fn txn_needs(r: &PbTxnRequest, needs: &mut Vec<Need>) {
 
 /// etcd's default `--max-txn-ops`: most compares, and most ops of each branch, a transaction
 /// may have.
-const MAX_TXN_OPS: usize = 128;
+pub const MAX_TXN_OPS: usize = 128;
 
 fn compare(c: &PbCompare) -> Result<Compare, Status> {
     let result = match c.result {
@@ -140,6 +140,7 @@ fn compare(c: &PbCompare) -> Result<Compare, Status> {
 /// after the one holding it), with each node's range requests; returns `r`'s index.
 fn flatten(
     r: &PbTxnRequest,
+    max_ops: usize,
     depth: usize,
     nodes: &mut Vec<TxnNode>,
     ranges: &mut Vec<[Vec<RangeRequest>; 2]>,
@@ -147,7 +148,7 @@ fn flatten(
     if depth > MAX_TXN_DEPTH {
         return Err(Status::invalid_argument(format!("snapply: transactions nested deeper than {MAX_TXN_DEPTH}")));
     }
-    if r.compare.len() > MAX_TXN_OPS || r.success.len() > MAX_TXN_OPS || r.failure.len() > MAX_TXN_OPS {
+    if r.compare.len() > max_ops || r.success.len() > max_ops || r.failure.len() > max_ops {
         return Err(error::too_many_ops());
     }
     let index = nodes.len();
@@ -184,7 +185,7 @@ fn flatten(
                     }
                     TxnOp::DeleteRange { key: d.key.clone(), range_end: d.range_end.clone() }
                 }
-                Some(PbTxnOpRequest::RequestTxn(t)) => TxnOp::Txn(flatten(t, depth + 1, nodes, ranges)?),
+                Some(PbTxnOpRequest::RequestTxn(t)) => TxnOp::Txn(flatten(t, max_ops, depth + 1, nodes, ranges)?),
                 None => return Err(Status::invalid_argument("etcdserver: a transaction op without a request")),
             });
         }
@@ -393,7 +394,7 @@ impl PbKvService for KvService {
         self.0.authorize(&request, needs).await?;
         let r = request.into_inner();
         let (mut nodes, mut ranges) = (Vec::new(), Vec::new());
-        flatten(&r, 1, &mut nodes, &mut ranges)?;
+        flatten(&r, self.0.limits.max_txn_ops, 1, &mut nodes, &mut ranges)?;
         check_intervals(&r.success)?;
         check_intervals(&r.failure)?;
         let response = self.0.client.txn(nodes, ranges).await.map_err(|e| error::status(&e))?;

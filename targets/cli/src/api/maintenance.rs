@@ -1,5 +1,5 @@
-//! etcd's Maintenance service: Status, Snapshot and Alarm (Defragment, Hash, HashKV, MoveLeader
-//! and Downgrade: not yet).
+//! etcd's Maintenance service: Status, Snapshot, Alarm, HashKV and Defragment (Hash,
+//! MoveLeader and Downgrade: not yet).
 
 use super::pb::{PbAlarmAction, PbAlarmType};
 use super::pb::{
@@ -88,19 +88,33 @@ impl PbMaintenanceService for MaintenanceService {
         }))
     }
 
+    /// etcd's `Defragment`: this member's backend file is compacted in place, on the member's
+    /// loop (nothing is applied or served from it meanwhile), its content unchanged.
     async fn defragment(
         &self,
         _request: Request<PbDefragmentRequest>,
     ) -> Result<Response<PbDefragmentResponse>, Status> {
-        Err(error::unimplemented("Defragment"))
+        log::info!("starting defragment");
+        self.0.client.defragment().await.map_err(|e| {
+            log::warn!("failed to defragment: {e}");
+            error::status(&e)
+        })?;
+        log::info!("finished defragment");
+        let header = self.0.client.header().await.map_err(|e| error::status(&e))?;
+        Ok(Response::new(PbDefragmentResponse { header: self.0.header(header) }))
     }
 
     async fn hash(&self, _request: Request<PbHashRequest>) -> Result<Response<PbHashResponse>, Status> {
         Err(error::unimplemented("Hash"))
     }
 
-    async fn hash_kv(&self, _request: Request<PbHashKvRequest>) -> Result<Response<PbHashKvResponse>, Status> {
-        Err(error::unimplemented("HashKV"))
+    /// etcd's `HashKV`: the CRC-32C of the key space up to a revision (0: the current one), as
+    /// etcd computes it, so members that applied the same entries answer the same hash.
+    async fn hash_kv(&self, request: Request<PbHashKvRequest>) -> Result<Response<PbHashKvResponse>, Status> {
+        let rev = request.into_inner().revision;
+        let (header, hash, compact_revision, hash_revision) =
+            self.0.client.hash_kv(rev).await.map_err(|e| error::status(&e))?;
+        Ok(Response::new(PbHashKvResponse { header: self.0.header(header), hash, compact_revision, hash_revision }))
     }
 
     type SnapshotStream = ReceiverStream<Result<PbSnapshotResponse, Status>>;

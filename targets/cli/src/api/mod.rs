@@ -52,7 +52,29 @@ pub struct Member {
     pub name: String,
     /// The cost of the bcrypt hashes of new passwords (etcd's `--bcrypt-cost`).
     pub bcrypt_cost: u32,
+    /// The request limits (`--max-request-bytes`, `--max-txn-ops`).
+    pub limits: Limits,
 }
+
+/// What a member takes of a request, named as etcd's flags.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// The largest request (its raft entry), in bytes (etcd's `--max-request-bytes`); the gRPC
+    /// server receives messages up to this plus [`GRPC_OVERHEAD_BYTES`].
+    pub max_request_bytes: usize,
+    /// Most compares, and most ops of each branch, of a transaction (etcd's `--max-txn-ops`).
+    pub max_txn_ops: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_request_bytes: snapply_raft::MAX_REQUEST_BYTES, max_txn_ops: kv::MAX_TXN_OPS }
+    }
+}
+
+/// What etcd's gRPC server takes beyond `--max-request-bytes` (`grpcOverheadBytes`, 512 KiB):
+/// a larger message is refused before it is decoded.
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 impl Member {
     fn header(&self, h: Header) -> Option<PbResponseHeader> {
@@ -110,13 +132,21 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let (grpc_tx, grpc_rx) = mpsc::unbounded_channel::<Result<TcpStream, std::io::Error>>();
+    // etcd's `grpc.MaxRecvMsgSize(maxRequestBytes + grpcOverheadBytes)`; it sends any size.
+    let max = member.limits.max_request_bytes.saturating_add(GRPC_OVERHEAD_BYTES);
     let grpc = tonic::transport::Server::builder()
-        .add_service(PbKvServer::new(kv::KvService(member.clone())))
-        .add_service(PbLeaseServer::new(lease::LeaseService(member.clone())))
-        .add_service(PbClusterServer::new(cluster::ClusterService(member.clone())))
-        .add_service(PbMaintenanceServer::new(maintenance::MaintenanceService(member.clone())))
-        .add_service(PbWatchServer::new(watch::WatchService(member.clone())))
-        .add_service(PbAuthServer::new(auth::AuthService { member: member.clone(), bcrypt_cost: member.bcrypt_cost }))
+        .layer(tower::util::MapResponseLayer::new(too_large::as_grpc_go))
+        .add_service(PbKvServer::new(kv::KvService(member.clone())).max_decoding_message_size(max))
+        .add_service(PbLeaseServer::new(lease::LeaseService(member.clone())).max_decoding_message_size(max))
+        .add_service(PbClusterServer::new(cluster::ClusterService(member.clone())).max_decoding_message_size(max))
+        .add_service(
+            PbMaintenanceServer::new(maintenance::MaintenanceService(member.clone())).max_decoding_message_size(max),
+        )
+        .add_service(PbWatchServer::new(watch::WatchService(member.clone())).max_decoding_message_size(max))
+        .add_service(
+            PbAuthServer::new(auth::AuthService { member: member.clone(), bcrypt_cost: member.bcrypt_cost })
+                .max_decoding_message_size(max),
+        )
         .serve_with_incoming(tokio_stream::wrappers::UnboundedReceiverStream::new(grpc_rx));
     let accept = async move {
         loop {
@@ -144,6 +174,48 @@ where
             Ok(()) => "the gRPC server stopped".into(),
             Err(e) => format!("serving gRPC: {e}"),
         }),
+    }
+}
+
+/// A request message over the gRPC server's limit, refused as etcd's server (grpc-go) refuses
+/// it: tonic answers `OutOfRange` ("decoded message length too large"), grpc-go
+/// `ResourceExhausted` ("grpc: received message larger than max (N vs. M)"), which clients
+/// print.
+mod too_large {
+    use tonic::codegen::http::Response;
+    use tonic::{Code, Status};
+
+    /// tonic's words for a message over the limit, before its sizes.
+    const TONIC: &str = "Error, decoded message length too large: found ";
+
+    /// `response` with tonic's refusal of a too large message in grpc-go's words.
+    pub(super) fn as_grpc_go(mut response: Response<tonic::body::Body>) -> Response<tonic::body::Body> {
+        let Some(status) = Status::from_header_map(response.headers()) else { return response };
+        if status.code() != Code::OutOfRange {
+            return response;
+        }
+        let Some(sizes) = grpc_go_sizes(status.message()) else { return response };
+        let status = Status::new(Code::ResourceExhausted, format!("grpc: received message larger than max ({sizes})"));
+        let _ = status.add_header(response.headers_mut());
+        response
+    }
+
+    /// "N vs. M" from tonic's "... found N bytes, the limit is: M bytes".
+    fn grpc_go_sizes(message: &str) -> Option<String> {
+        let rest = message.strip_prefix(TONIC)?;
+        let (found, rest) = rest.split_once(" bytes, the limit is: ")?;
+        let limit = rest.strip_suffix(" bytes")?;
+        Some(format!("{found} vs. {limit}"))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn tonic_sizes_are_said_as_grpc_go_says_them() {
+            let tonic = "Error, decoded message length too large: found 2097200 bytes, the limit is: 2097152 bytes";
+            assert_eq!(super::grpc_go_sizes(tonic).as_deref(), Some("2097200 vs. 2097152"));
+            assert_eq!(super::grpc_go_sizes("etcdserver: request is too large"), None);
+        }
     }
 }
 
