@@ -60,6 +60,7 @@ impl PbClusterService for ClusterService {
         &self,
         request: Request<PbMemberUpdateRequest>,
     ) -> Result<Response<PbMemberUpdateResponse>, Status> {
+        self.0.authorize(&request, vec![Need::Admin]).await?;
         let request = request.into_inner();
         let peer_urls = request.peer_ur_ls;
         if peer_urls.is_empty() || peer_urls.iter().any(|u| snapply_raft::check_peer_url(u).is_err()) {

@@ -92,8 +92,9 @@ impl PbMaintenanceService for MaintenanceService {
     /// loop (nothing is applied or served from it meanwhile), its content unchanged.
     async fn defragment(
         &self,
-        _request: Request<PbDefragmentRequest>,
+        request: Request<PbDefragmentRequest>,
     ) -> Result<Response<PbDefragmentResponse>, Status> {
+        self.0.authorize_admin(&request).await?;
         log::info!("starting defragment");
         self.0.client.defragment().await.map_err(|e| {
             log::warn!("failed to defragment: {e}");
@@ -111,6 +112,7 @@ impl PbMaintenanceService for MaintenanceService {
     /// etcd's `HashKV`: the CRC-32C of the key space up to a revision (0: the current one), as
     /// etcd computes it, so members that applied the same entries answer the same hash.
     async fn hash_kv(&self, request: Request<PbHashKvRequest>) -> Result<Response<PbHashKvResponse>, Status> {
+        self.0.authorize_admin(&request).await?;
         let rev = request.into_inner().revision;
         let (header, hash, compact_revision, hash_revision) =
             self.0.client.hash_kv(rev).await.map_err(|e| error::status(&e))?;
