@@ -1755,3 +1755,74 @@ fn oversized_and_malformed_requests_are_refused_as_etcd_refuses_them() {
     );
     assert_eq!(seen[1].2, tonic::Code::Internal);
 }
+
+/// A client holding a token that stopped being valid (its user's password changed, then the
+/// user deleted) gets etcd's errors, on a put, a range, a watch and a lease revoke, and its
+/// requests change nothing; a client without a token is told the user name is empty. The same
+/// `etcd-client` code runs against etcd and snapply.
+#[test]
+fn a_stale_token_is_refused_as_etcd_refuses_it_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path(), &[]);
+    let snapply = start_snapply(dir.path());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut seen = Vec::new();
+    for url in [etcd.client_url.clone(), snapply.client_url.clone()] {
+        for args in [
+            &["user", "add", "root", "--new-user-password=rootpw"][..],
+            &["user", "grant-role", "root", "root"],
+            &["user", "add", "alice", "--new-user-password=pw"],
+            &["user", "grant-role", "alice", "root"],
+            &["user", "add", "bob", "--new-user-password=pw"],
+            &["auth", "enable"],
+        ] {
+            assert_eq!(etcdctl(&url, args).code, Some(0), "{url}: {args:?}");
+        }
+        let outcome = runtime.block_on(async {
+            use etcd_client::{Client, ConnectOptions, Error};
+            let status = |r: Result<(), Error>| match r {
+                Ok(()) => "ok".to_string(),
+                Err(Error::GRpcStatus(s)) => format!("{:?}: {}", s.code(), s.message()),
+                Err(e) => format!("{e}"),
+            };
+            let user = |name: &str, password: &str| ConnectOptions::new().with_user(name, password);
+            let mut root = Client::connect([url.as_str()], Some(user("root", "rootpw"))).await.unwrap();
+            let mut alice = Client::connect([url.as_str()], Some(user("alice", "pw"))).await.unwrap();
+            let mut anonymous = Client::connect([url.as_str()], None).await.unwrap();
+            let lease = root.lease_grant(60, None).await.unwrap().id();
+            root.put("/held", "v", Some(etcd_client::PutOptions::new().with_lease(lease))).await.unwrap();
+            let mut out = vec![status(alice.put("/a", "1", None).await.map(drop))];
+            root.user_change_password("alice", "new").await.unwrap();
+            out.push(status(alice.put("/b", "2", None).await.map(drop)));
+            root.user_delete("alice").await.unwrap();
+            out.push(status(alice.get("/a", None).await.map(drop)));
+            out.push(status(alice.lease_revoke(lease).await.map(drop)));
+            out.push(status(anonymous.put("/c", "3", None).await.map(drop)));
+            let mut stream = alice.watch("/a", None).await.unwrap();
+            out.push(first_response(&mut stream).await);
+            // bob may read nothing: his watch is created and canceled at once.
+            let mut bob = Client::connect([url.as_str()], Some(user("bob", "pw"))).await.unwrap();
+            let mut stream = bob.watch("/a", None).await.unwrap();
+            out.push(first_response(&mut stream).await);
+            let keys = root.get("/", Some(etcd_client::GetOptions::new().with_prefix())).await.unwrap();
+            let keys: Vec<String> = keys.kvs().iter().map(|kv| kv.key_str().unwrap().to_string()).collect();
+            out.push(keys.join(","));
+            out
+        });
+        seen.push(outcome);
+    }
+    assert_eq!(seen[0], seen[1], "etcd, then snapply");
+    assert_eq!(seen[1][0], "ok", "alice's token worked before");
+    assert_eq!(seen[1][1], "Unauthenticated: etcdserver: invalid auth token", "{:?}", seen[1]);
+    assert_eq!(seen[1][4], "InvalidArgument: etcdserver: user name is empty", "{:?}", seen[1]);
+    assert!(seen[1][6].ends_with("etcdserver: permission denied"), "{:?}", seen[1]);
+    assert_eq!(seen[1][7], "/a,/held", "nothing but alice's first put and root's changed the store");
+}
+
+/// The first response of a watch stream, as `created`, `canceled` and the reason (10 s at most).
+async fn first_response(stream: &mut etcd_client::WatchStream) -> String {
+    match tokio::time::timeout(std::time::Duration::from_secs(10), stream.message()).await {
+        Ok(Ok(Some(r))) => format!("created {} canceled {}: {}", r.created(), r.canceled(), r.cancel_reason()),
+        other => format!("{other:?}"),
+    }
+}

@@ -202,9 +202,16 @@ impl Stream {
                 let need = Need::Read { key: c.key.clone(), range_end: c.range_end.clone() };
                 let denied = match self.member.client.authorize(self.token.clone(), vec![need]).await {
                     Ok(_) => None,
-                    Err(RaftError::Auth(AuthError::InvalidToken)) => Some("etcdserver: invalid auth token"),
-                    Err(RaftError::Auth(AuthError::UserEmpty)) => Some("etcdserver: user name is empty"),
-                    Err(RaftError::Auth(_)) => Some("etcdserver: permission denied"),
+                    // Go's `Error()` of the gRPC status etcd names: code and message.
+                    Err(RaftError::Auth(AuthError::InvalidToken)) => {
+                        Some("rpc error: code = Unauthenticated desc = etcdserver: invalid auth token")
+                    }
+                    Err(RaftError::Auth(AuthError::UserEmpty)) => {
+                        Some("rpc error: code = InvalidArgument desc = etcdserver: user name is empty")
+                    }
+                    Err(RaftError::Auth(_)) => {
+                        Some("rpc error: code = PermissionDenied desc = etcdserver: permission denied")
+                    }
                     Err(e) => return Err(e.into()),
                 };
                 let header = self.member.client.header().await?;
