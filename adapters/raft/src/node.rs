@@ -295,6 +295,34 @@ impl Client {
         }
     }
 
+    /// Proposes `commands` one after the other, with at most `max_in_flight` (at least 1)
+    /// waiting to be applied, and waits for the last; returns the revision after it (0 for no
+    /// command). A bulk load's loop: the proposals are made in order, only their waits overlap.
+    ///
+    /// # Errors
+    /// The first failure, as [`Client::propose`]. No command after it is proposed; those
+    /// proposed before it may still be applied.
+    pub async fn propose_all(
+        &self,
+        commands: impl IntoIterator<Item = Command>,
+        max_in_flight: usize,
+    ) -> Result<i64, RaftError> {
+        let mut waiting = std::collections::VecDeque::new();
+        let mut revision = 0;
+        for command in commands {
+            if waiting.len() >= max_in_flight.max(1)
+                && let Some(oldest) = waiting.pop_front()
+            {
+                revision = oldest.await?;
+            }
+            waiting.push_back(self.propose(command));
+        }
+        while let Some(oldest) = waiting.pop_front() {
+            revision = oldest.await?;
+        }
+        Ok(revision)
+    }
+
     /// Puts `value` under `key`.
     ///
     /// # Errors

@@ -15,20 +15,12 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// Writes `n` keys `prefix-00000..` through `client`, 64 proposals in flight at a time.
 async fn write_keys(client: &Client, prefix: &str, n: usize) -> Result {
-    let mut inflight = JoinSet::new();
-    for i in 0..n {
-        let key = format!("/{prefix}/key-{i:05}").into_bytes();
-        let value = format!("value-{i}-{}", "x".repeat(i % 50)).into_bytes();
-        inflight.spawn(client.propose(Command::Put { key, value, lease: 0 }));
-        if inflight.len() >= 64
-            && let Some(r) = inflight.join_next().await
-        {
-            r??;
-        }
-    }
-    while let Some(r) = inflight.join_next().await {
-        r??;
-    }
+    let puts = (0..n).map(|i| Command::Put {
+        key: format!("/{prefix}/key-{i:05}").into_bytes(),
+        value: format!("value-{i}-{}", "x".repeat(i % 50)).into_bytes(),
+        lease: 0,
+    });
+    client.propose_all(puts, 64).await?;
     Ok(())
 }
 
@@ -194,4 +186,24 @@ async fn members_agree_on_the_hash_of_the_key_space_and_defragmenting_keeps_it()
         Ok(())
     })
     .await?
+}
+
+/// `Client::propose_all` proposes in order and returns the revision after the last command; with
+/// one in flight, a refused command stops it before anything after it is proposed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn propose_all_applies_in_order_and_stops_at_the_first_refused_command() -> Result {
+    let dir = tempfile::tempdir()?;
+    let cluster = Cluster::start(dir.path(), 1)?;
+    let id = cluster.leader(WAIT).await?;
+    let client = cluster.node(id)?.client();
+    let put = |key: &str, value: &str| Command::Put { key: key.into(), value: value.into(), lease: 0 };
+    let before = client.propose(put("/x", "0")).await?;
+    let revision = client.propose_all([put("/a", "1"), put("/a", "2"), put("/b", "1")], 2).await?;
+    assert_eq!(revision, before + 3, "the revision after the last of three puts");
+    let refused = client.propose_all([put("/a", "3"), Command::LeaseRevoke { id: 99 }, put("/c", "1")], 1).await;
+    assert!(matches!(refused, Err(snapply_raft::RaftError::Store(_))), "{refused:?}");
+    assert_eq!(client.range(b"/a", b"").await?, vec![(b"/a".to_vec(), b"3".to_vec())]);
+    assert_eq!(client.range(b"/c", b"").await?, Vec::new(), "nothing after the refused command was proposed");
+    cluster.shutdown().await;
+    Ok(())
 }

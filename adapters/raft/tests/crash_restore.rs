@@ -8,7 +8,6 @@ use std::error::Error;
 use std::time::{Duration, Instant};
 
 use snapply_raft::{Cluster, Command, RaftError};
-use tokio::task::JoinSet;
 use tokio::time::timeout;
 
 type Result<T = ()> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
@@ -26,14 +25,12 @@ async fn follower_stopped_during_the_restore_finishes_it_from_its_data_dir() -> 
 
         cluster.node(follower)?.isolate(true);
         let client = cluster.node(leader)?.client();
-        let mut inflight = JoinSet::new();
-        for i in 0..500 {
-            let key = format!("/lagged/{i:04}").into_bytes();
-            inflight.spawn(client.propose(Command::Put { key, value: vec![b'v'; 64], lease: 0 }));
-        }
-        while let Some(r) = inflight.join_next().await {
-            r??;
-        }
+        let puts = (0..500).map(|i| Command::Put {
+            key: format!("/lagged/{i:04}").into_bytes(),
+            value: vec![b'v'; 64],
+            lease: 0,
+        });
+        client.propose_all(puts, 64).await?;
         let compacted = cluster.node(leader)?.compact_log().await?;
 
         // The follower persists the snapshot, then fails on opening its backend: its loop stops.

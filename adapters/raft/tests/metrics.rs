@@ -9,7 +9,6 @@ use std::error::Error;
 use std::time::{Duration, Instant};
 
 use snapply_raft::{Cluster, Command, Metrics};
-use tokio::task::JoinSet;
 use tokio::time::timeout;
 
 type Result<T = ()> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
@@ -48,14 +47,12 @@ async fn the_apply_gauge_is_1_while_a_follower_restores_a_snapshot_and_0_after()
         assert_eq!(sample(f.metrics(), "etcd_server_snapshot_apply_in_progress_total"), Some(0.0));
 
         f.isolate(true);
-        let mut inflight = JoinSet::new();
-        for i in 0..300 {
-            let key = format!("/lagged/{i:04}").into_bytes();
-            inflight.spawn(l.propose(Command::Put { key, value: vec![b'v'; 64], lease: 0 }));
-        }
-        while let Some(r) = inflight.join_next().await {
-            r??;
-        }
+        let puts = (0..300).map(|i| Command::Put {
+            key: format!("/lagged/{i:04}").into_bytes(),
+            value: vec![b'v'; 64],
+            lease: 0,
+        });
+        l.propose_all(puts, 64).await?;
         let compacted = l.compact_log().await?;
 
         // The follower receives and persists the snapshot, then holds in its restore.

@@ -6,7 +6,6 @@ use std::error::Error;
 use std::time::Duration;
 
 use snapply_raft::{Client, Cluster, Command, member_id};
-use tokio::task::JoinSet;
 use tokio::time::timeout;
 
 type Result<T = ()> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
@@ -15,19 +14,12 @@ const WAIT: Duration = Duration::from_secs(60);
 const BOUND: Duration = Duration::from_secs(240);
 
 async fn write_keys(client: &Client, prefix: &str, n: usize) -> Result {
-    let mut inflight = JoinSet::new();
-    for i in 0..n {
-        let key = format!("/{prefix}/key-{i:05}").into_bytes();
-        inflight.spawn(client.propose(Command::Put { key, value: vec![b'v'; 64], lease: 0 }));
-        if inflight.len() >= 64
-            && let Some(r) = inflight.join_next().await
-        {
-            r??;
-        }
-    }
-    while let Some(r) = inflight.join_next().await {
-        r??;
-    }
+    let puts = (0..n).map(|i| Command::Put {
+        key: format!("/{prefix}/key-{i:05}").into_bytes(),
+        value: vec![b'v'; 64],
+        lease: 0,
+    });
+    client.propose_all(puts, 64).await?;
     Ok(())
 }
 

@@ -10,7 +10,6 @@ use snapply_core::store::StoreError;
 use snapply_raft::{
     Client, Cluster, Command, Event, EventKind, Events, EventsRequest, KeyValue, MAX_BATCH_EVENTS, RaftError,
 };
-use tokio::task::JoinSet;
 use tokio::time::timeout;
 
 type Result<T = ()> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
@@ -47,19 +46,9 @@ fn delete(key: &str, revision: i64, prev_kv: Option<KeyValue>) -> Event {
 
 /// Writes `n` keys `/<prefix>/NNNNN` through `client`, 64 proposals in flight at a time.
 async fn write_keys(client: &Client, prefix: &str, n: usize) -> Result {
-    let mut inflight = JoinSet::new();
-    for i in 0..n {
-        let key = format!("/{prefix}/{i:05}").into_bytes();
-        inflight.spawn(client.propose(Command::Put { key, value: b"v".to_vec(), lease: 0 }));
-        if inflight.len() >= 64
-            && let Some(r) = inflight.join_next().await
-        {
-            r??;
-        }
-    }
-    while let Some(r) = inflight.join_next().await {
-        r??;
-    }
+    let puts =
+        (0..n).map(|i| Command::Put { key: format!("/{prefix}/{i:05}").into_bytes(), value: b"v".to_vec(), lease: 0 });
+    client.propose_all(puts, 64).await?;
     Ok(())
 }
 

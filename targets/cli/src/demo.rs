@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use snapply_core::ports::{Observer, Phase};
 use snapply_raft::{Client, Cluster, Command, SnapshotPolicy, Trace};
-use tokio::task::JoinSet;
 
 use crate::observe::Printer;
 
@@ -54,21 +53,8 @@ async fn propose_all(client: &Client, commands: Vec<Command>) -> Result<(), Box<
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_message("proposing");
-    let mut inflight = JoinSet::new();
-    for command in commands {
-        // Proposed now, in order; only the waits overlap.
-        inflight.spawn(client.propose(command));
-        if inflight.len() >= 64
-            && let Some(r) = inflight.join_next().await
-        {
-            r??;
-            bar.inc(1);
-        }
-    }
-    while let Some(r) = inflight.join_next().await {
-        r??;
-        bar.inc(1);
-    }
+    // Proposed in order, 64 waiting at most; the bar counts proposals (at most 64 ahead).
+    client.propose_all(commands.into_iter().inspect(|_| bar.inc(1)), 64).await?;
     bar.finish_and_clear();
     Ok(())
 }
