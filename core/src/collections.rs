@@ -351,8 +351,8 @@ mod tests {
     #[test]
     fn the_key_arena_holds_each_key_once_at_its_length() {
         use crate::mem::MemBackend;
-        use crate::node::{Config, Node, Request};
         use crate::store::V2Deprecation;
+        use crate::{Config, Node, Request};
         type Backend = MemBackend<1100, 24, 96>;
         let config = Config { id: 1, min_lease_ttl: 5, v2_deprecation: V2Deprecation::WriteOnly };
         let mut node = Node::<Backend, Reference>::new(config, Backend::default());

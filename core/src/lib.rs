@@ -17,12 +17,14 @@ mod observe;
 pub mod pipeline;
 pub mod ports;
 pub mod raft;
+mod request;
 mod snapshot;
 pub mod store;
 
 pub use error::{ApplyError, ApplyErrorKind};
-pub use node::{Config, Node, Request, Stores};
+pub use node::{Config, Node, Stores};
 pub use pipeline::apply_snapshot;
 pub use pipeline::resume;
 pub use raft::{ConfState, Progress, SnapshotMetadata};
+pub use request::Request;
 pub use snapshot::{ImageData, Snapshot};
