@@ -65,8 +65,8 @@ impl<P: Profile> Stores<P> {
 pub struct Unfinished {
     pub(crate) metadata: SnapshotMetadata,
     pub(crate) sha256: Option<[u8; 32]>,
-    pub(crate) swapped: bool,
-    pub(crate) stores_cleared: bool,
+    /// How far the run got, as far as the node's own state is concerned.
+    pub(crate) stage: Stage,
     /// The membership's capabilities when the run began, for reading the old state back.
     pub(crate) capabilities: Capabilities,
     /// The run now driving the restore: only its tickets' proofs and pre-built stores are taken.
@@ -84,7 +84,28 @@ impl Unfinished {
     }
     /// Whether its backend and stores are live (the run got past `BackendSwapped`).
     pub fn swapped(&self) -> bool {
-        self.swapped
+        self.stage == Stage::Swapped
+    }
+}
+
+/// How far an unfinished restore changed the node, in order: what ending it needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub(crate) enum Stage {
+    /// Nothing of the node's own state changed yet: ending the run only clears the mark.
+    Begun,
+    /// Stores were cleared for the rebuild or read from the new backend, the old backend still
+    /// live: ending the run reads the old stores back from it ([`Node::abandon_before_swap`]).
+    StoresCleared,
+    /// The new backend and stores are live: the run can only be completed
+    /// ([`crate::pipeline::resume`]).
+    Swapped,
+}
+
+impl Unfinished {
+    /// Marks that the run reached `stage` (a run only goes forward).
+    fn reached(&mut self, stage: Stage) {
+        self.stage = self.stage.max(stage);
     }
 }
 
@@ -163,7 +184,7 @@ impl<B: Backend, P: Profile> Node<B, P> {
         node.read_state(v2_data)?;
         // Every store now equals the backend: a request cut short is forgotten.
         node.interrupted = false;
-        if node.unfinished.as_ref().is_some_and(|u| !u.swapped) {
+        if node.unfinished.as_ref().is_some_and(|u| !u.swapped()) {
             node.unfinished = None;
         }
         Ok(())
@@ -216,7 +237,7 @@ impl<B: Backend, P: Profile> Node<B, P> {
         core::mem::swap(&mut self.stores.v2, &mut self.staged_v2);
         self.staged_v2.clear();
         if let Some(u) = &mut self.unfinished {
-            u.swapped = true;
+            u.reached(Stage::Swapped);
         }
         old
     }
@@ -228,7 +249,7 @@ impl<B: Backend, P: Profile> Node<B, P> {
     /// does.
     pub(crate) fn read_restored_stores(&mut self, backend: &B) -> Result<(), StoreError> {
         if let Some(u) = &mut self.unfinished {
-            u.stores_cleared = true;
+            u.reached(Stage::StoresCleared);
         }
         let txn = backend.read()?;
         let stores = &mut self.stores;
@@ -245,7 +266,7 @@ impl<B: Backend, P: Profile> Node<B, P> {
     /// the restore ends before the swap.
     pub(crate) fn clear_for_rebuild(&mut self) {
         if let Some(u) = &mut self.unfinished {
-            u.stores_cleared = true;
+            u.reached(Stage::StoresCleared);
         }
         self.stores.kv.clear();
         self.stores.lessor.clear(self.config.min_lease_ttl);
@@ -255,13 +276,13 @@ impl<B: Backend, P: Profile> Node<B, P> {
     /// the stores cleared for the rebuild are read back from it. If even that read fails, the
     /// node stays marked unfinished.
     pub(crate) fn abandon_before_swap(&mut self) -> Result<(), StoreError> {
-        let cleared = self.unfinished.as_ref().filter(|u| u.stores_cleared && !u.swapped).map(|u| u.capabilities);
+        let cleared = self.unfinished.as_ref().filter(|u| u.stage == Stage::StoresCleared).map(|u| u.capabilities);
         if let Some(capabilities) = cleared {
             // The membership read back keeps the capabilities the node had when the run began.
             self.stores.membership.set_capabilities(capabilities);
             self.reload()?;
         }
-        if self.unfinished.as_ref().is_some_and(|u| !u.swapped) {
+        if self.unfinished.as_ref().is_some_and(|u| !u.swapped()) {
             self.unfinished = None;
             self.staged_v2.clear();
         }

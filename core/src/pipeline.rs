@@ -110,7 +110,7 @@ impl<P: Profile, S: SnapshotStore> Run<'_, P, S> {
     }
 
     fn swapped(&self) -> bool {
-        self.node.unfinished.as_ref().is_some_and(|u| u.swapped)
+        self.node.unfinished.as_ref().is_some_and(|u| u.swapped())
     }
 
     fn fail(&mut self, phase: Phase, kind: ApplyErrorKind) -> ApplyError {
@@ -270,7 +270,7 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
             // The very snapshot being restored, sent again (the leader retries it), completes
             // the restore from its image: so a node whose persisted copy was lost (deleted by a
             // broken store, a damaged medium) is never stuck unfinished. Any other is refused.
-            let unfinished = (u.metadata.index, u.swapped);
+            let unfinished = (u.metadata.index, u.swapped());
             if u.metadata != *snapshot.metadata {
                 let kind = ApplyErrorKind::RestoreUnfinished { index: unfinished.0, swapped: unfinished.1 };
                 return Err(ApplyError::new(Phase::Validate, kind));
@@ -309,8 +309,7 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
                 node.unfinished = Some(Unfinished {
                     metadata: metadata.clone(),
                     sha256: None,
-                    swapped: false,
-                    stores_cleared: false,
+                    stage: crate::node::Stage::Begun,
                     capabilities: node.stores.membership.capabilities(),
                     run: run_id,
                 });
@@ -885,7 +884,7 @@ pub fn resume<'n, P: Profile, S: SnapshotStore>(
         return Ok(None);
     };
     let sha256 = match unfinished.sha256 {
-        Some(sha256) if unfinished.swapped => sha256,
+        Some(sha256) if unfinished.swapped() => sha256,
         _ => {
             node.abandon_before_swap().map_err(|e| ApplyError::new(Phase::Validate, ApplyErrorKind::Store(e)))?;
             ports.observer.in_progress(false);
