@@ -286,21 +286,6 @@ fn etcdctl_prints_against_snapply_what_it_prints_against_etcd() {
     assert!(differences.is_empty(), "{} commands differ:\n{}", differences.len(), differences.join("\n"));
 }
 
-#[test]
-fn the_line_protocol_still_works_on_the_grpc_client_url() {
-    use std::io::{BufRead, BufReader, Write};
-    let dir = tempfile::tempdir().unwrap();
-    let snapply = start_snapply(dir.path());
-    assert_eq!(etcdctl(&snapply.client_url, &["put", "/k", "grpc"]).stdout, "OK\n");
-    let addr = snapply.client_url.trim_start_matches("http://");
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    stream.write_all(b"get /k\n").unwrap();
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).unwrap();
-    assert_eq!(line, "VALUE grpc\n");
-}
-
 fn snapply_cmd(args: &[&dyn AsRef<std::ffi::OsStr>]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_snapply")).args(args).stdin(Stdio::null()).output().unwrap()
 }
@@ -823,7 +808,7 @@ fn metrics_and_health_are_served_on_the_client_url_as_etcd_serves_them() {
     assert_eq!(http_get(&snapply.client_url, "/health"), http_get(&etcd.client_url, "/health"));
     assert_eq!(http_get(&snapply.client_url, "/health"), (200, r#"{"health":"true"}"#.to_string()));
     assert_eq!(http_get(&snapply.client_url, "/nothing").0, 404);
-    // The gRPC API and the line protocol still share the URL.
+    // gRPC and HTTP/1 share the URL.
     assert_eq!(etcdctl(&snapply.client_url, &["get", "/a", "--print-value-only"]).stdout, "1\n");
 
     // A member that knows no leader (the one started of a cluster of three) is not healthy.

@@ -7,9 +7,9 @@
 //! `Unimplemented`; the Auth service is not registered (tonic answers `Unimplemented` for it
 //! too). docs/etcd-differences.md lists the differences.
 //!
-//! The client URL carries this API, `/metrics` and `/health` ([`http`]) and the line protocol:
-//! [`serve`] looks at the first bytes of each connection, as etcd's cmux does: the HTTP/2 preface
-//! goes to gRPC, an HTTP/1 request line to [`http`], anything else to the line protocol.
+//! The client URL carries this API, `/metrics` and `/health` ([`http`]): [`serve`] looks at the
+//! first bytes of each connection, as etcd's cmux does: the HTTP/2 preface goes to gRPC, an
+//! HTTP/1 request line to [`http`], and any other connection is closed.
 
 mod cluster;
 mod error;
@@ -19,7 +19,6 @@ mod lease;
 mod maintenance;
 mod watch;
 
-use std::future::Future;
 use std::time::Duration;
 
 use etcd_client::proto::{
@@ -71,15 +70,11 @@ impl Member {
 }
 
 /// Accepts clients on `listener` until it fails: HTTP/2 connections are served etcd's gRPC
-/// services for `member`, every other connection is handed to `other` (the line protocol).
+/// services for `member`, HTTP/1 ones `/metrics` and `/health`; any other is closed.
 ///
 /// # Errors
 /// Why it stopped: the listener or the gRPC server failed.
-pub async fn serve<F, Fut>(listener: TcpListener, member: Member, other: F) -> Result<(), String>
-where
-    F: Fn(TcpStream) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
+pub async fn serve(listener: TcpListener, member: Member) -> Result<(), String> {
     let (grpc_tx, grpc_rx) = mpsc::unbounded_channel::<Result<TcpStream, std::io::Error>>();
     let grpc = tonic::transport::Server::builder()
         .add_service(PbKvServer::new(kv::KvService(member.clone())))
@@ -94,16 +89,15 @@ where
                 Ok((stream, _)) => stream,
                 Err(e) => return format!("accepting clients: {e}"),
             };
-            let (grpc_tx, other, member) = (grpc_tx.clone(), other.clone(), member.clone());
+            let (grpc_tx, member) = (grpc_tx.clone(), member.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(SNIFF_WAIT, sniff(&stream)).await {
                     Ok(Ok(Protocol::Http2)) => {
                         let _ = grpc_tx.send(Ok(stream));
                     }
                     Ok(Ok(Protocol::Http1)) => http::serve(stream, member).await,
-                    Ok(Ok(Protocol::Other)) => other(stream).await,
-                    // A connection that errs or stays silent is dropped.
-                    Ok(Err(_)) | Err(_) => {}
+                    // A connection that speaks neither, errs or stays silent is dropped.
+                    Ok(Ok(Protocol::Other)) | Ok(Err(_)) | Err(_) => {}
                 }
             });
         }
@@ -124,7 +118,7 @@ enum Protocol {
     Http2,
     /// An HTTP/1 request line (`GET /metrics ...`): `/metrics` and `/health`.
     Http1,
-    /// Anything else: the line protocol (whose verbs are lower case).
+    /// Anything else: closed.
     Other,
 }
 
