@@ -89,6 +89,9 @@ pub async fn serve(listener: TcpListener, member: Member) -> Result<(), String> 
                 Ok((stream, _)) => stream,
                 Err(e) => return format!("accepting clients: {e}"),
             };
+            // As etcd's (Go's) and tonic's own listeners: without it a response's frames wait for
+            // the client's delayed ACK (about 40 ms) behind Nagle's algorithm.
+            let _ = stream.set_nodelay(true);
             let (grpc_tx, member) = (grpc_tx.clone(), member.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(SNIFF_WAIT, sniff(&stream)).await {
