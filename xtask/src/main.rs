@@ -39,9 +39,11 @@ TASKS:
     bench --cluster [--keys N[,N...]] [--snapply-only]
                                     load N keys of 256 bytes into a 3-member etcd 3.4 cluster and
                                     a 3-member `snapply serve` cluster through the same etcd
-                                    client, a follower stopped during the load and restarted;
-                                    report throughput, catch-up, peak RSS and disk of each side
-                                    (default N: 100000; --snapply-only: no etcd cluster)
+                                    client, a follower stopped during the load and restarted,
+                                    then N single-key ranges; report put and range throughput
+                                    and p50/p99 latency at the same concurrency, catch-up, peak
+                                    RSS and disk of each side (default N: 100000;
+                                    --snapply-only: no etcd cluster)
     qemu                            build the firmware and run it in QEMU (mps2-an385), decode its
                                     defmt log, check every phase and digest check; installs the
                                     thumbv7m target, qemu-system-arm, flip-link and defmt-print
