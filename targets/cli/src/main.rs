@@ -52,8 +52,8 @@ enum Command {
     /// Write a snapshot image of a stopped node's data directory.
     #[command(after_help = common::EXIT_CODES_HELP)]
     Create(create::Args),
-    /// Run one member of a raft-rs cluster: etcd's v3 gRPC API, /metrics and /health, and a
-    /// line-based client API (put/get/del/range) on its client URL.
+    /// Run one member of a raft-rs cluster: etcd's v3 gRPC API, /metrics and /health on its
+    /// client URL.
     #[command(after_help = common::EXIT_CODES_HELP)]
     Serve(serve::Args),
 }

@@ -1,31 +1,18 @@
 //! `snapply serve`: one member of a raft-rs cluster, with etcd's flags; its client URL serves
-//! etcd's v3 gRPC API, `/metrics` and `/health` (see [`crate::api`]) and a small line-based
-//! client API (`put`, `get`, `del`, `range`).
+//! etcd's v3 gRPC API, `/metrics` and `/health` (see [`crate::api`]), so that etcdctl and etcd's
+//! client libraries are its clients.
 //!
 //! Member ids are etcd's (from the peer URLs and `--initial-cluster-token`); a member started
 //! once is that member again (its raft log keeps its ids); a member started with
 //! `--initial-cluster-state existing` asks the other members for the cluster and is the one
 //! `etcdctl member add` added with its peer URLs.
 //!
-//! The client protocol is one request per line, one answer per line, so that `nc` is a client:
-//!
-//! ```text
-//! put /a hello        -> OK 2          (the revision after the put)
-//! get /a              -> VALUE hello   (or NOTFOUND)
-//! range /a /b         -> KV /a hello   (one line per key), then END
-//! del /a              -> OK 3
-//! sget /a             -> as get, serializable
-//! srange /a /b        -> as range, serializable
-//! ```
-//! A request that fails gets `ERR <reason>`.
-//!
-//! Reads are linearizable, as etcd's default range: `get` and `range`, on any member, first
-//! obtain a read index from the leader (raft's ReadIndex; concurrent reads share one round) and
-//! wait until this member has applied up to it, so they see every write acknowledged before
-//! they were asked. Without a leader they fail after etcd's request timeout (5 s plus two
-//! election timeouts) with `ERR timed out waiting for a read index: this member knows no
-//! leader ...`. `sget` and `srange` are serializable (etcdctl's `--consistency=s`): they answer
-//! at once from this member's local state, without a leader, and may be stale.
+//! Reads are linearizable by default, as etcd's range: on any member they first obtain a read
+//! index from the leader (raft's ReadIndex; concurrent reads share one round) and wait until this
+//! member has applied up to it, so they see every write acknowledged before they were asked.
+//! Without a leader they fail after etcd's request timeout (5 s plus two election timeouts) with
+//! `etcdserver: request timed out`. Serializable reads (etcdctl's `--consistency=s`) answer at
+//! once from this member's local state, without a leader, and may be stale.
 //!
 //! SIGINT and SIGTERM stop the member cleanly (`received signal; shutting down`, as etcd logs).
 //! A member whose raft log or backend cannot be written (a full disk) logs why and exits 5, as
@@ -38,10 +25,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use snapply_raft::{
-    Client, Command, Consistency, InitialCluster, MAX_SNAPSHOT_BYTES, MemberInfo, NodeConfig, RaftError,
-    SnapshotPolicy, peer_addr,
+    Client, InitialCluster, MAX_SNAPSHOT_BYTES, MemberInfo, NodeConfig, RaftError, SnapshotPolicy, peer_addr,
 };
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::common::{Failure, Log, LogArgs, exit};
 
@@ -168,9 +153,6 @@ fn route_member_logs(log: Log) {
     }
 }
 
-/// Longest client request line, in bytes.
-const MAX_LINE: u64 = 1024 * 1024;
-
 pub fn run(args: &Args) -> Result<ExitCode, Box<dyn Error>> {
     let log = Log::new(args.log, "snapply/serve");
     log.finish(serve(&log, args))
@@ -234,7 +216,7 @@ fn serve(log: &Log, args: &Args) -> Result<(), Failure> {
                 ("data-dir", args.data_dir.display().to_string().into()),
             ],
         );
-        // The client URL: etcd's gRPC API (HTTP/2) and the line protocol (anything else).
+        // The client URL: etcd's gRPC API (HTTP/2), `/metrics` and `/health` (HTTP/1).
         let api = node.client();
         let db_path = args.data_dir.join("member").join("db");
         let client_urls = if args.advertise_client_urls.is_empty() {
@@ -254,7 +236,7 @@ fn serve(log: &Log, args: &Args) -> Result<(), Failure> {
             limits,
             bcrypt_cost: args.auth.bcrypt_cost,
         };
-        let accept = crate::api::serve(clients, member, move |stream| serve_client(stream, api.clone()));
+        let accept = crate::api::serve(clients, member);
         tokio::select! {
             stopped = accept => if let Err(e) = stopped { log.warn("stopped serving clients", &[("error", e.into())]) },
             signal = shutdown_signal() => {
@@ -328,96 +310,7 @@ async fn join(args: &Args, cluster: &InitialCluster, me: u64, peer_urls: &[Strin
     Ok(config)
 }
 
-async fn serve_client(stream: tokio::net::TcpStream, api: Client) {
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read.take(u64::MAX));
-    let mut line = String::new();
-    loop {
-        line.clear();
-        lines.get_mut().set_limit(MAX_LINE);
-        match lines.read_line(&mut line).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) if !line.ends_with('\n') && lines.get_ref().limit() == 0 => {
-                let _ = write.write_all(b"ERR request line longer than 1 MiB\n").await;
-                return;
-            }
-            Ok(_) => {}
-        }
-        let answer = answer(&api, line.trim_end_matches(['\r', '\n'])).await;
-        if write.write_all(answer.as_bytes()).await.is_err() {
-            return;
-        }
-    }
-}
-
-async fn answer(api: &Client, line: &str) -> String {
-    let mut words = line.splitn(3, ' ');
-    let verb = words.next().unwrap_or_default();
-    let key = words.next().unwrap_or_default().as_bytes().to_vec();
-    let rest = words.next().unwrap_or_default().as_bytes().to_vec();
-    let wait = Duration::from_secs(10);
-    let result = match verb {
-        "put" if !key.is_empty() => {
-            tokio::time::timeout(wait, api.propose(Command::Put { key, value: rest, lease: 0 }))
-                .await
-                .map(|r| r.map(|rev| format!("OK {rev}\n")))
-        }
-        "del" if !key.is_empty() => {
-            tokio::time::timeout(wait, api.propose(Command::DeleteRange { key, range_end: Vec::new() }))
-                .await
-                .map(|r| r.map(|rev| format!("OK {rev}\n")))
-        }
-        "get" | "sget" if !key.is_empty() => {
-            Ok(api.read(&key, b"", consistency(verb)).await.map(|kvs| match kvs.first() {
-                Some((_, v)) => format!("VALUE {}\n", String::from_utf8_lossy(v)),
-                None => "NOTFOUND\n".into(),
-            }))
-        }
-        "range" | "srange" if !key.is_empty() => Ok(api.read(&key, &rest, consistency(verb)).await.map(|kvs| {
-            let mut out = String::new();
-            for (k, v) in kvs {
-                out.push_str(&format!("KV {} {}\n", String::from_utf8_lossy(&k), String::from_utf8_lossy(&v)));
-            }
-            out + "END\n"
-        })),
-        _ => {
-            return "ERR unknown request: use put KEY VALUE, get KEY, del KEY, range START END, or sget KEY and \
-                    srange START END for serializable reads\n"
-                .into();
-        }
-    };
-    match result {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => format!("ERR {e}\n"),
-        Err(_) => "ERR timed out: is there a leader?\n".into(),
-    }
-}
-
-/// Publishes the member's name and client URLs through raft (etcd's `EtcdServer.publish`),
-/// again after a failure (no leader yet, a timeout), until it is applied.
-async fn publish(api: Client, name: String, client_urls: Vec<String>) {
-    for attempt in 0u64.. {
-        match api.publish_attributes(&name, &client_urls).await {
-            Ok(()) => {
-                log::info!("published local member to cluster through raft: name {name}, client URLs {client_urls:?}");
-                return;
-            }
-            Err(RaftError::Stopped) => return,
-            // The first failure and one in ten after it: a member without a leader would
-            // otherwise log twice a second.
-            Err(e) if attempt % 10 == 0 => log::warn!("failed to publish local member to cluster through raft: {e}"),
-            Err(_) => {}
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-// --- Reads, signals and the member's end. ---
-
-/// `sget` and `srange` read this member's local state; `get` and `range` are linearizable.
-fn consistency(verb: &str) -> Consistency {
-    if verb.starts_with('s') { Consistency::Serializable } else { Consistency::Linearizable }
-}
+// --- Signals and the member's end. ---
 
 /// Waits for SIGINT or SIGTERM (etcd's `osutil.HandleInterrupts`) and names it as Go does.
 async fn shutdown_signal() -> std::io::Result<&'static str> {
@@ -459,4 +352,23 @@ fn start_failure(id: u64, data_dir: &std::path::Path, e: &RaftError) -> Failure 
 fn node_failure(id: u64, e: &RaftError) -> Failure {
     let code = if e.is_storage_failure() { exit::IO } else { exit::FAILED };
     Failure::new(code, format!("member {id:016x} stopped: {e}"))
+}
+
+/// Publishes the member's name and client URLs through raft (etcd's `EtcdServer.publish`),
+/// again after a failure (no leader yet, a timeout), until it is applied.
+async fn publish(api: Client, name: String, client_urls: Vec<String>) {
+    for attempt in 0u64.. {
+        match api.publish_attributes(&name, &client_urls).await {
+            Ok(()) => {
+                log::info!("published local member to cluster through raft: name {name}, client URLs {client_urls:?}");
+                return;
+            }
+            Err(RaftError::Stopped) => return,
+            // The first failure and one in ten after it: a member without a leader would
+            // otherwise log twice a second.
+            Err(e) if attempt % 10 == 0 => log::warn!("failed to publish local member to cluster through raft: {e}"),
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

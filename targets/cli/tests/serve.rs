@@ -1,13 +1,17 @@
-//! `snapply serve`: a one-member cluster answers put/get/range/del on its client port; bad
+//! `snapply serve`: a one-member cluster answers put/get/range/delete through etcd's gRPC API on
+//! its client port, and closes a connection that speaks neither HTTP/2 nor HTTP/1; bad
 //! flags get a one-line error, exit code 1 and nothing written.
 
 // Test scaffolding: a failure here is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::unreachable)]
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+mod support;
+
+use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use support::{Kv, KvError};
 
 /// Kills the server when the test ends, however it ends.
 struct Server(Child);
@@ -19,34 +23,6 @@ impl Drop for Server {
     }
 }
 
-struct Conn {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-    deadline: Instant,
-}
-
-impl Conn {
-    fn line(&mut self) -> String {
-        let mut line = String::new();
-        self.reader.read_line(&mut line).unwrap();
-        line.trim_end().to_string()
-    }
-
-    /// Sends `req` and reads the first answer line. The member elects itself first: until
-    /// then a put is refused, so a put is retried.
-    fn ask(&mut self, req: &str) -> String {
-        loop {
-            self.writer.write_all(format!("{req}\n").as_bytes()).unwrap();
-            let line = self.line();
-            if line.starts_with("ERR") && req.starts_with("put") && Instant::now() < self.deadline {
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-            return line;
-        }
-    }
-}
-
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -55,8 +31,9 @@ fn snapply() -> Command {
     Command::new(env!("CARGO_BIN_EXE_snapply"))
 }
 
-/// Starts a one-member `snapply serve` on `data` and connects to its client port.
-fn serve(data: &std::path::Path, peer: u16, client: u16) -> (Server, Conn) {
+/// Starts a one-member `snapply serve` on `data` and connects a gRPC client to its client port,
+/// once the member elected itself (until then a put is refused: the first one is retried).
+fn serve(data: &std::path::Path, peer: u16, client: u16) -> (Server, Kv) {
     let child = snapply()
         .args(["serve", "--name", "infra1", "--data-dir"])
         .arg(data)
@@ -70,31 +47,53 @@ fn serve(data: &std::path::Path, peer: u16, client: u16) -> (Server, Conn) {
         .unwrap();
     let server = Server(child);
     let deadline = Instant::now() + Duration::from_secs(30);
-    let stream = loop {
-        match TcpStream::connect(("127.0.0.1", client)) {
-            Ok(s) => break s,
+    loop {
+        match Kv::new(client, Duration::from_secs(30)).and_then(|mut kv| kv.put("/ready", "").map(|_| kv)) {
+            Ok(kv) => return (server, kv),
             Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => panic!("the server never listened: {e}"),
+            Err(e) => panic!("the server never took a put: {e}"),
         }
-    };
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let reader = BufReader::new(stream.try_clone().unwrap());
-    (server, Conn { reader, writer: stream, deadline })
+    }
 }
 
 #[test]
 fn one_member_serves_put_get_range_and_delete() {
     let dir = tempfile::tempdir().unwrap();
-    let (_server, mut conn) = serve(&dir.path().join("infra1"), free_port(), free_port());
-    assert!(conn.ask("put /a hello world").starts_with("OK "));
-    assert!(conn.ask("put /b second").starts_with("OK "));
-    assert_eq!(conn.ask("get /a"), "VALUE hello world");
-    assert_eq!(conn.ask("range /a /c"), "KV /a hello world");
-    assert_eq!(conn.line(), "KV /b second");
-    assert_eq!(conn.line(), "END");
-    assert!(conn.ask("del /a").starts_with("OK "));
-    assert_eq!(conn.ask("get /a"), "NOTFOUND");
-    assert!(conn.ask("frobnicate").starts_with("ERR unknown request"));
+    let (_server, mut kv) = serve(&dir.path().join("infra1"), free_port(), free_port());
+    let first = kv.put("/a", "hello world").unwrap();
+    assert_eq!(kv.put("/b", "second").unwrap(), first + 1, "each put is one revision");
+    assert_eq!(kv.get("/a", false).unwrap().as_deref(), Some("hello world"));
+    assert_eq!(kv.get("/a", true).unwrap().as_deref(), Some("hello world"));
+    let both = vec![("/a".to_string(), "hello world".to_string()), ("/b".into(), "second".into())];
+    assert_eq!(kv.range("/a", "/c", false).unwrap(), both);
+    assert_eq!(kv.range("/a", "/c", true).unwrap(), both);
+    assert_eq!(kv.delete("/a").unwrap(), (first + 2, 1));
+    assert_eq!(kv.get("/a", false).unwrap(), None);
+    assert_eq!(kv.delete("/a").unwrap(), (first + 2, 0), "deleting nothing makes no revision");
+    assert_eq!(
+        kv.put("", "v"),
+        Err(KvError::Status(tonic::Code::InvalidArgument, "etcdserver: key is not provided".into()))
+    );
+}
+
+/// A connection on the client URL that speaks neither HTTP/2 (gRPC) nor HTTP/1 (`/metrics`,
+/// `/health`) is closed without an answer.
+#[test]
+fn a_connection_that_is_not_http_is_closed() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let client = free_port();
+    let (_server, mut kv) = serve(&dir.path().join("infra1"), free_port(), client);
+    kv.put("/k", "v").unwrap();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", client)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream.write_all(b"get /k\n").unwrap();
+    let mut answer = Vec::new();
+    let read = stream.read_to_end(&mut answer);
+    assert!(read.is_ok() || answer.is_empty(), "{read:?}");
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    // The member goes on serving.
+    assert_eq!(kv.get("/k", false).unwrap().as_deref(), Some("v"));
 }
 
 /// The backend commits in batches (etcd's batch interval): a put is acknowledged once the raft
@@ -105,31 +104,24 @@ fn a_member_killed_right_after_acknowledging_puts_has_them_all_after_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("infra1");
     let (peer, client) = (free_port(), free_port());
-    let (mut server, mut conn) = serve(&data, peer, client);
+    let (mut server, mut kv) = serve(&data, peer, client);
     const KEYS: usize = 300;
     for i in 0..KEYS {
-        let reply = conn.ask(&format!("put /k{i:03} v{i}"));
-        assert!(reply.starts_with("OK "), "put {i}: {reply}");
+        kv.put(&format!("/k{i:03}"), &format!("v{i}")).unwrap_or_else(|e| panic!("put {i}: {e}"));
     }
     // SIGKILL: no destructor runs, nothing is closed cleanly.
     server.0.kill().unwrap();
     server.0.wait().unwrap();
     drop(server);
+    drop(kv);
 
-    let (_server, mut conn) = serve(&data, peer, client);
+    let (_server, mut kv) = serve(&data, peer, client);
     // Once this put is applied, so is every entry before it.
-    assert!(conn.ask("put /after restart").starts_with("OK "));
-    let mut n = 0;
-    assert_eq!(conn.ask("range /k /l"), "KV /k000 v0");
-    loop {
-        n += 1;
-        let line = conn.line();
-        if line == "END" {
-            break;
-        }
-        assert_eq!(line, format!("KV /k{n:03} v{n}"));
-    }
-    assert_eq!(n, KEYS, "every acknowledged put survives the kill");
+    kv.put("/after", "restart").unwrap();
+    let held = kv.range("/k", "/l", false).unwrap();
+    let want: Vec<(String, String)> = (0..KEYS).map(|n| (format!("/k{n:03}"), format!("v{n}"))).collect();
+    assert_eq!(held.len(), KEYS, "every acknowledged put survives the kill");
+    assert_eq!(held, want);
 }
 
 #[test]

@@ -6,12 +6,15 @@
 // Test scaffolding: a failure here is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::unreachable)]
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use support::{Kv, KvError};
 
 /// How long any one step may take before the test fails.
 const WAIT: Duration = Duration::from_secs(90);
@@ -63,81 +66,46 @@ impl Member {
         }
     }
 
+    /// A gRPC client of the member, once it listens.
     fn connect(&self) -> Conn {
         let deadline = Instant::now() + WAIT;
-        let stream = loop {
-            match TcpStream::connect(("127.0.0.1", self.client)) {
-                Ok(s) => break s,
+        loop {
+            match Kv::new(self.client, Duration::from_secs(30)) {
+                Ok(kv) => return Conn(kv),
                 Err(e) => {
                     assert!(Instant::now() < deadline, "{} never listened: {e}", self.name);
                     std::thread::sleep(Duration::from_millis(50));
                 }
             }
-        };
-        Conn::new(stream).unwrap()
+        }
     }
 }
 
-struct Conn {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
+/// A client of a member's gRPC API (etcd's KV service).
+struct Conn(Kv);
 
 impl Conn {
-    fn new(stream: TcpStream) -> std::io::Result<Conn> {
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        Ok(Conn { reader: BufReader::new(stream.try_clone()?), writer: stream })
-    }
-
-    fn ask(&mut self, req: &str) -> std::io::Result<String> {
-        self.writer.write_all(format!("{req}\n").as_bytes())?;
-        let mut line = String::new();
-        self.reader.read_line(&mut line)?;
-        if line.is_empty() {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        Ok(line.trim_end().to_string())
-    }
-
     /// Puts until the member acknowledges it (it refuses while there is no leader).
     fn put(&mut self, key: &str, value: &str) {
         let deadline = Instant::now() + WAIT;
         loop {
-            let reply = self.ask(&format!("put {key} {value}")).unwrap();
-            if reply.starts_with("OK ") {
-                return;
+            match self.0.put(key, value) {
+                Ok(_) => return,
+                Err(e) => assert!(Instant::now() < deadline, "put {key}: {e}"),
             }
-            assert!(Instant::now() < deadline, "put {key}: {reply}");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
-    /// Every key and value in `[start, end)`.
+    /// Every key and value in `[start, end)`, read linearizably.
     fn range(&mut self, start: &str, end: &str) -> BTreeMap<String, String> {
-        self.read("range", start, end).unwrap()
+        self.read(false, start, end).unwrap()
     }
 
-    /// Every key and value in `[start, end)`, read with `verb` (`range` or `srange`); an error
-    /// if the member goes away or refuses.
-    fn read(&mut self, verb: &str, start: &str, end: &str) -> std::io::Result<BTreeMap<String, String>> {
-        self.writer.write_all(format!("{verb} {start} {end}\n").as_bytes())?;
-        let mut out = BTreeMap::new();
-        loop {
-            let mut line = String::new();
-            if self.reader.read_line(&mut line)? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            let line = line.trim_end();
-            if line == "END" {
-                return Ok(out);
-            }
-            let mut words = line.splitn(3, ' ');
-            if words.next() != Some("KV") {
-                return Err(std::io::Error::other(line.to_string()));
-            }
-            let key = words.next().unwrap_or_default().to_string();
-            out.insert(key, words.next().unwrap_or_default().to_string());
-        }
+    /// Every key and value in `[start, end)`, read serializably if `serializable`; an error if
+    /// the member goes away or refuses.
+    fn read(&mut self, serializable: bool, start: &str, end: &str) -> Result<BTreeMap<String, String>, KvError> {
+        Ok(self.0.range(start, end, serializable)?.into_iter().collect())
     }
 }
 
@@ -412,11 +380,11 @@ fn watch(
         let mut conn = None;
         while !stop.load(std::sync::atomic::Ordering::Relaxed) && served.mix.is_none() {
             let Some(c) = conn.as_mut() else {
-                conn = TcpStream::connect(("127.0.0.1", port)).and_then(Conn::new).ok();
+                conn = Kv::new(port, Duration::from_secs(30)).ok().map(Conn);
                 std::thread::sleep(Duration::from_millis(5));
                 continue;
             };
-            match c.read("srange", "/k", "/l") {
+            match c.read(true, "/k", "/l") {
                 Ok(state) => {
                     std::thread::sleep(pause);
                     served.reads += 1;

@@ -253,8 +253,8 @@ fn check_intervals(ops: &[PbTxnRequestOp]) -> Result<Intervals, Status> {
 
 /// The response to `r` from the node's `response`, with what each op asked for (`prev_kv`).
 /// A node's transaction response in etcd's form. Only the top response has a full header; the
-/// ops' responses carry only the revision their op saw, and nested transactions none, as etcd's
-/// `applyTxn` builds them.
+/// ops' responses carry only the revision their op saw, and nested transactions an empty one
+/// (all zero), as etcd's `newTxnResp` and `applyTxn` build them.
 fn txn_to_pb(member: &Member, response: TxnResponse, r: &PbTxnRequest) -> PbTxnResponse {
     let mut pb = txn_ops_to_pb(response.responses, response.succeeded, r);
     pb.header = member.header(response.header);
@@ -301,7 +301,7 @@ fn txn_ops_to_pb(done: Vec<TxnOpResponse>, succeeded: bool, r: &PbTxnRequest) ->
             PbResponseOp { response: Some(response) }
         })
         .collect();
-    PbTxnResponse { header: None, succeeded, responses }
+    PbTxnResponse { header: Some(PbResponseHeader::default()), succeeded, responses }
 }
 
 #[tonic::async_trait]

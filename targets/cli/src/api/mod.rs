@@ -8,9 +8,9 @@
 //! What is not served yet answers `Unimplemented`; docs/etcd-differences.md lists the
 //! differences.
 //!
-//! The client URL carries this API, `/metrics` and `/health` ([`http`]) and the line protocol:
-//! [`serve`] looks at the first bytes of each connection, as etcd's cmux does: the HTTP/2 preface
-//! goes to gRPC, an HTTP/1 request line to [`http`], anything else to the line protocol.
+//! The client URL carries this API, `/metrics` and `/health` ([`http`]): [`serve`] looks at the
+//! first bytes of each connection, as etcd's cmux does: the HTTP/2 preface goes to gRPC, an
+//! HTTP/1 request line to [`http`], and any other connection is closed.
 
 mod auth;
 mod cluster;
@@ -22,7 +22,6 @@ mod maintenance;
 mod pb;
 mod watch;
 
-use std::future::Future;
 use std::time::Duration;
 
 use pb::{
@@ -122,15 +121,11 @@ fn token<T>(request: &tonic::Request<T>) -> Option<String> {
 }
 
 /// Accepts clients on `listener` until it fails: HTTP/2 connections are served etcd's gRPC
-/// services for `member`, every other connection is handed to `other` (the line protocol).
+/// services for `member`, HTTP/1 ones `/metrics` and `/health`; any other is closed.
 ///
 /// # Errors
 /// Why it stopped: the listener or the gRPC server failed.
-pub async fn serve<F, Fut>(listener: TcpListener, member: Member, other: F) -> Result<(), String>
-where
-    F: Fn(TcpStream) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
+pub async fn serve(listener: TcpListener, member: Member) -> Result<(), String> {
     let (grpc_tx, grpc_rx) = mpsc::unbounded_channel::<Result<TcpStream, std::io::Error>>();
     // etcd's `grpc.MaxRecvMsgSize(maxRequestBytes + grpcOverheadBytes)`; it sends any size.
     let max = member.limits.max_request_bytes.saturating_add(GRPC_OVERHEAD_BYTES);
@@ -154,16 +149,18 @@ where
                 Ok((stream, _)) => stream,
                 Err(e) => return format!("accepting clients: {e}"),
             };
-            let (grpc_tx, other, member) = (grpc_tx.clone(), other.clone(), member.clone());
+            // As etcd's (Go's) and tonic's own listeners: without it a response's frames wait for
+            // the client's delayed ACK (about 40 ms) behind Nagle's algorithm.
+            let _ = stream.set_nodelay(true);
+            let (grpc_tx, member) = (grpc_tx.clone(), member.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(SNIFF_WAIT, sniff(&stream)).await {
                     Ok(Ok(Protocol::Http2)) => {
                         let _ = grpc_tx.send(Ok(stream));
                     }
                     Ok(Ok(Protocol::Http1)) => http::serve(stream, member).await,
-                    Ok(Ok(Protocol::Other)) => other(stream).await,
-                    // A connection that errs or stays silent is dropped.
-                    Ok(Err(_)) | Err(_) => {}
+                    // A connection that speaks neither, errs or stays silent is dropped.
+                    Ok(Ok(Protocol::Other)) | Ok(Err(_)) | Err(_) => {}
                 }
             });
         }
@@ -226,7 +223,7 @@ enum Protocol {
     Http2,
     /// An HTTP/1 request line (`GET /metrics ...`): `/metrics` and `/health`.
     Http1,
-    /// Anything else: the line protocol (whose verbs are lower case).
+    /// Anything else: closed.
     Other,
 }
 
