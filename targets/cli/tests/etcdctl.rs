@@ -1823,6 +1823,15 @@ fn a_stale_token_is_refused_as_etcd_refuses_it_and_changes_nothing() {
         });
         seen.push(outcome);
     }
+    // etcd 3.5 cancels a watch whose token is not valid with "permission denied" (its
+    // `isWatchPermitted` folds every auth error into that); etcd 3.4, and snapply, name the
+    // invalid token (docs/etcd-differences.md).
+    let folded = "created true canceled true: rpc error: code = PermissionDenied desc = etcdserver: permission denied";
+    let named = "created true canceled true: rpc error: code = Unauthenticated desc = etcdserver: invalid auth token";
+    assert_eq!(seen[1][5], named, "{:?}", seen[1]);
+    if seen[0][5] == folded {
+        seen[0][5] = named.to_string();
+    }
     assert_eq!(seen[0], seen[1], "etcd, then snapply");
     assert_eq!(seen[1][0], "ok", "alice's token worked before");
     assert_eq!(seen[1][1], "Unauthenticated: etcdserver: invalid auth token", "{:?}", seen[1]);
