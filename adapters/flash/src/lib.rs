@@ -23,6 +23,8 @@
 
 mod fmt;
 
+#[cfg(feature = "async")]
+mod asynch;
 mod backend;
 mod boot;
 mod chip;
@@ -34,6 +36,8 @@ pub mod mock;
 mod ram;
 mod store;
 
+#[cfg(feature = "async")]
+pub use asynch::BlockOn;
 pub use backend::{FlashBackend, FlashRead, FlashWrite};
 pub use boot::{BootError, Booted, RefusedSnapshot};
 pub use error::FlashError;

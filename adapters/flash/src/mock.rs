@@ -367,6 +367,65 @@ impl<const WRITE: usize, const ERASE: usize> NorFlash for MockFlash<WRITE, ERASE
     }
 }
 
+/// An async-only view of a blocking flash, as an async driver behaves: each operation first
+/// reports that it is not done (and wakes its task), then completes, so whoever drives it must
+/// poll it again ([`crate::BlockOn`] does). Implements only `embedded-storage-async`'s traits.
+#[cfg(feature = "async")]
+#[derive(Clone, Debug)]
+pub struct AsyncMock<F>(pub F);
+
+/// A future that is pending once (waking its task), then ready.
+#[cfg(feature = "async")]
+struct YieldOnce(bool);
+
+#[cfg(feature = "async")]
+impl core::future::Future for YieldOnce {
+    type Output = ();
+    fn poll(mut self: core::pin::Pin<&mut Self>, cx: &mut core::task::Context<'_>) -> core::task::Poll<()> {
+        if self.0 {
+            return core::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        core::task::Poll::Pending
+    }
+}
+
+#[cfg(feature = "async")]
+impl<F: ErrorType> ErrorType for AsyncMock<F> {
+    type Error = F::Error;
+}
+
+#[cfg(feature = "async")]
+impl<F: ReadNorFlash> embedded_storage_async::nor_flash::ReadNorFlash for AsyncMock<F> {
+    const READ_SIZE: usize = F::READ_SIZE;
+
+    async fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
+        YieldOnce(false).await;
+        self.0.read(offset, bytes)
+    }
+
+    fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+}
+
+#[cfg(feature = "async")]
+impl<F: NorFlash> embedded_storage_async::nor_flash::NorFlash for AsyncMock<F> {
+    const WRITE_SIZE: usize = F::WRITE_SIZE;
+    const ERASE_SIZE: usize = F::ERASE_SIZE;
+
+    async fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
+        YieldOnce(false).await;
+        self.0.erase(from, to)
+    }
+
+    async fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
+        YieldOnce(false).await;
+        self.0.write(offset, bytes)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
