@@ -18,7 +18,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let cluster = Cluster::start(root.path(), 3)?;
     let leader = cluster.leader(wait).await?;
     let follower = cluster.ids().into_iter().find(|&id| id != leader).ok_or("no follower")?;
-    cluster.node(follower)?.isolate(true);
+    cluster.node(follower)?.isolate(true).await?;
     let client = cluster.node(leader)?.client();
     let t = Instant::now();
     let mut inflight = JoinSet::new();
@@ -39,7 +39,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let compacted = cluster.node(leader)?.compact_log().await?;
     println!("leader snapshot + log compaction at index {compacted}: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
     let healed = Instant::now();
-    cluster.node(follower)?.isolate(false);
+    cluster.node(follower)?.isolate(false).await?;
     let status = cluster.wait_applied(follower, compacted, wait).await?;
     let restore = status.last_restore.ok_or("caught up without a snapshot")?;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;

@@ -182,7 +182,8 @@ pub(crate) enum Control {
     /// Client API hook (crate::query): propose, and run the reads on this node just before and
     /// just after the entry is applied here (etcd's prev_kv, deleted count, txn responses).
     ProposeRead(Command, crate::query::AroundApply, oneshot::Sender<Result<i64, RaftError>>),
-    Isolate(bool),
+    /// Cuts the node off the network or heals it; answers once the transport has taken it.
+    Isolate(bool, oneshot::Sender<()>),
     /// Defragment the backend (etcd's `Maintenance.Defragment`), on the loop.
     Defragment(oneshot::Sender<Result<(), RaftError>>),
     /// A lease request only the leader answers (node::leases).
@@ -450,9 +451,13 @@ impl Client {
         self.ask(Control::Defragment, "the backend to be defragmented").await?
     }
 
-    /// Cuts the node off the network (`true`) or heals it (`false`).
-    pub fn isolate(&self, on: bool) {
-        let _ = self.control.send(Control::Isolate(on));
+    /// Cuts the node off the network (`true`) or heals it (`false`); returns once the node's
+    /// transport has taken it, so nothing sent or received after the return crosses the cut.
+    ///
+    /// # Errors
+    /// [`RaftError::Stopped`] or [`RaftError::Timeout`].
+    pub async fn isolate(&self, on: bool) -> Result<(), RaftError> {
+        self.ask(|tx| Control::Isolate(on, tx), "the node to be cut off or healed").await
     }
 
     /// Client API hook: sends `control` to the loop (crate::query builds it).
@@ -1075,7 +1080,10 @@ impl Loop {
             Control::CompactLog(reply) => {
                 let _ = reply.send(blocking(|| self.compact_log()));
             }
-            Control::Isolate(on) => self.net.set_isolated(on),
+            Control::Isolate(on, reply) => {
+                self.net.set_isolated(on);
+                let _ = reply.send(());
+            }
             Control::Defragment(reply) => {
                 let _ = reply.send(blocking(|| self.defragment()));
             }

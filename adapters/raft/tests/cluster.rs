@@ -28,11 +28,11 @@ async fn write_keys(client: &Client, prefix: &str, n: usize) -> Result {
 /// bring the follower back, heals it, and checks it was restored by snapshot.
 async fn lag_and_catch_up(cluster: &Cluster, leader: u64, follower: u64, prefix: &str, keys: usize) -> Result<u64> {
     let before = cluster.node(follower)?.status().await?.snapshots_applied;
-    cluster.node(follower)?.isolate(true);
+    cluster.node(follower)?.isolate(true).await?;
     write_keys(&cluster.node(leader)?.client(), prefix, keys).await?;
     let compacted = cluster.node(leader)?.compact_log().await?;
     assert!(cluster.node(follower)?.status().await?.applied_index < compacted, "the follower lagged");
-    cluster.node(follower)?.isolate(false);
+    cluster.node(follower)?.isolate(false).await?;
     let status = cluster.wait_applied(follower, compacted, WAIT).await?;
     assert_eq!(status.snapshots_applied, before + 1, "the follower caught up by one snapshot");
     let restore = status.last_restore.ok_or("no restore report")?;
@@ -103,7 +103,7 @@ async fn proposals_a_cut_off_leader_never_commits_are_forgotten_once_their_clien
         let l = cluster.node(leader)?.client();
         let pending = "etcd_server_proposals_pending";
         assert_eq!(sample(&l, pending), Some(0.0));
-        l.isolate(true);
+        l.isolate(true).await?;
         let mut inflight = JoinSet::new();
         for i in 0..20 {
             let put =
@@ -116,7 +116,7 @@ async fn proposals_a_cut_off_leader_never_commits_are_forgotten_once_their_clien
             assert!(r?.is_err(), "a proposal to a cut-off leader was answered");
         }
         until_sample(&l, pending, 0.0).await?;
-        l.isolate(false);
+        l.isolate(false).await?;
         cluster.shutdown().await;
         Ok(())
     })

@@ -23,7 +23,7 @@ async fn follower_stopped_during_the_restore_finishes_it_from_its_data_dir() -> 
         let leader = cluster.leader(WAIT).await?;
         let follower = cluster.ids().into_iter().find(|&id| id != leader).ok_or("no follower")?;
 
-        cluster.node(follower)?.isolate(true);
+        cluster.node(follower)?.isolate(true).await?;
         let client = cluster.node(leader)?.client();
         let puts = (0..500).map(|i| Command::Put {
             key: format!("/lagged/{i:04}").into_bytes(),
@@ -35,7 +35,7 @@ async fn follower_stopped_during_the_restore_finishes_it_from_its_data_dir() -> 
 
         // The follower persists the snapshot, then fails on opening its backend: its loop stops.
         fail::cfg("fs::open::start", "1*return").map_err(|e| e.to_string())?;
-        cluster.node(follower)?.isolate(false);
+        cluster.node(follower)?.isolate(false).await?;
         let deadline = Instant::now() + WAIT;
         loop {
             match cluster.node(follower)?.status().await {

@@ -40,13 +40,13 @@ fn keep_alive(client: Client, id: i64) -> tokio::sync::oneshot::Sender<()> {
 /// snapshot, its lessor rebuilt from the snapshot's leases.
 async fn restore_by_snapshot(cluster: &Cluster, leader: u64, follower: u64) -> Result {
     let before = cluster.node(follower)?.status().await?.snapshots_applied;
-    cluster.node(follower)?.isolate(true);
+    cluster.node(follower)?.isolate(true).await?;
     let client = cluster.node(leader)?.client();
     for i in 0..20 {
         client.put(format!("/fill/{follower:x}/{i}").as_bytes(), b"x").await?;
     }
     let compacted = cluster.node(leader)?.compact_log().await?;
-    cluster.node(follower)?.isolate(false);
+    cluster.node(follower)?.isolate(false).await?;
     let status = cluster.wait_applied(follower, compacted, WAIT).await?;
     assert_eq!(status.snapshots_applied, before + 1, "member {follower:x} caught up by a snapshot");
     Ok(())

@@ -107,14 +107,14 @@ async fn a_learner_is_added_catches_up_and_is_promoted_and_a_removed_member_stop
         // ErrLearnerNotReady), then started, caught up, promoted.
         let learner = member_id(9);
         let joiner = cluster.spawn_joiner(learner, "learner")?;
-        cluster.node(learner)?.isolate(true);
+        cluster.node(learner)?.isolate(true).await?;
         cluster.node(learner)?.status().await?;
         client.add_learner(learner, &joiner).await?;
         let refused = client.promote_member(learner).await;
         assert!(matches!(refused, Err(RaftError::LearnerNotReady { .. })), "{refused:?}");
         let status = cluster.node(leader)?.status().await?;
         assert!(status.learners.contains(&learner) && !status.voters.contains(&learner));
-        cluster.node(learner)?.isolate(false);
+        cluster.node(learner)?.isolate(false).await?;
         let applied = cluster.node(leader)?.status().await?.applied_index;
         cluster.wait_applied(learner, applied, WAIT).await?;
         client.promote_member(learner).await?;
@@ -126,13 +126,13 @@ async fn a_learner_is_added_catches_up_and_is_promoted_and_a_removed_member_stop
         // A member removed while cut off never gets its own removal (the others stop sending
         // to it once they applied it): when it is heard from again, it is told, and stops.
         let removed = cluster.ids().into_iter().find(|&id| id != leader && id != learner).ok_or("no follower")?;
-        cluster.node(removed)?.isolate(true);
+        cluster.node(removed)?.isolate(true).await?;
         // The loop takes its controls in order: once it answers, it is cut off (else the removal
         // could reach it first, and it would stop before the check below).
         cluster.node(removed)?.status().await?;
         client.remove_member(removed).await?;
         assert!(!cluster.node(removed)?.status().await?.voters.is_empty(), "it knows nothing of its removal");
-        cluster.node(removed)?.isolate(false);
+        cluster.node(removed)?.isolate(false).await?;
         let deadline = Instant::now() + WAIT;
         while cluster.node(removed)?.status().await.is_ok() {
             assert!(Instant::now() < deadline, "the removed member still runs");

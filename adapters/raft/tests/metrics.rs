@@ -46,7 +46,7 @@ async fn the_apply_gauge_is_1_while_a_follower_restores_a_snapshot_and_0_after()
         assert_eq!(sample(f.metrics(), "etcd_server_is_leader"), Some(0.0));
         assert_eq!(sample(f.metrics(), "etcd_server_snapshot_apply_in_progress_total"), Some(0.0));
 
-        f.isolate(true);
+        f.isolate(true).await?;
         let puts = (0..300).map(|i| Command::Put {
             key: format!("/lagged/{i:04}").into_bytes(),
             value: vec![b'v'; 64],
@@ -57,7 +57,7 @@ async fn the_apply_gauge_is_1_while_a_follower_restores_a_snapshot_and_0_after()
 
         // The follower receives and persists the snapshot, then holds in its restore.
         fail::cfg("fs::open::start", "pause").map_err(|e| e.to_string())?;
-        f.isolate(false);
+        f.isolate(false).await?;
         until(f.metrics(), "etcd_server_snapshot_apply_in_progress_total", 1.0).await?;
         let from = format!("etcd_network_snapshot_receive_success{{From=\"{leader:x}\"}}");
         assert_eq!(sample(f.metrics(), &from), Some(1.0), "{}", f.metrics().text());

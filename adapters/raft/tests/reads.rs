@@ -32,7 +32,7 @@ async fn a_cut_off_follower_answers_a_linearizable_read_only_with_the_leaders_la
         cluster.wait_applied(follower, applied, WAIT).await?;
         assert_eq!(f.read(b"/k", b"", Consistency::Linearizable).await?, vec![(b"/k".to_vec(), b"old".to_vec())]);
 
-        f.isolate(true);
+        f.isolate(true).await?;
         // Acknowledged by the leader and the other follower.
         l.put(b"/k", b"new").await?;
         // The follower's own state is stale: a serializable read says so.
@@ -44,7 +44,7 @@ async fn a_cut_off_follower_answers_a_linearizable_read_only_with_the_leaders_la
         });
         tokio::time::sleep(Duration::from_millis(800)).await;
         assert!(!read.is_finished(), "a cut-off follower answered a linearizable read: {:?}", read.await);
-        f.isolate(false);
+        f.isolate(false).await?;
         assert_eq!(read.await??, vec![(b"/k".to_vec(), b"new".to_vec())]);
         Ok(())
     })

@@ -39,7 +39,7 @@ async fn leader_and_follower(cluster: &Cluster) -> Result<(u64, u64)> {
 
 /// Cuts `follower` off, writes, compacts the leader's log; returns the compaction index.
 async fn lag(cluster: &Cluster, leader: u64, follower: u64, prefix: &str, keys: usize) -> Result<u64> {
-    cluster.node(follower)?.isolate(true);
+    cluster.node(follower)?.isolate(true).await?;
     write_keys(&cluster.node(leader)?.client(), prefix, keys).await?;
     let status = cluster.node(leader)?.status().await?;
     assert_eq!(status.leader, leader, "leadership stayed put while the follower lagged");
@@ -56,14 +56,14 @@ async fn membership_changed_while_the_follower_lagged_changes_its_peers() -> Res
         let joiner = member_id(9);
         assert_eq!(cluster.node(follower)?.status().await?.peers.len(), 4);
 
-        cluster.node(follower)?.isolate(true);
+        cluster.node(follower)?.isolate(true).await?;
         let info = cluster.spawn_joiner(joiner, "joiner")?;
         cluster.node(leader)?.add_member(joiner, &info).await?;
         cluster.node(leader)?.remove_member(removed).await?;
         cluster.forget(removed).await;
         let compacted = lag(&cluster, leader, follower, "lagged", 500).await?;
 
-        cluster.node(follower)?.isolate(false);
+        cluster.node(follower)?.isolate(false).await?;
         let status = cluster.wait_applied(follower, compacted, WAIT).await?;
         assert_eq!(status.snapshots_applied, 1, "caught up by snapshot");
         let mut want: Vec<u64> = cluster.ids().into_iter().filter(|&id| id != follower).collect();
@@ -89,7 +89,7 @@ async fn two_snapshots_in_a_row() -> Result {
         let (leader, follower) = leader_and_follower(&cluster).await?;
         for (round, prefix) in ["first", "second"].into_iter().enumerate() {
             let compacted = lag(&cluster, leader, follower, prefix, 300).await?;
-            cluster.node(follower)?.isolate(false);
+            cluster.node(follower)?.isolate(false).await?;
             let status = cluster.wait_applied(follower, compacted, WAIT).await?;
             assert_eq!(status.snapshots_applied, round as u64 + 1);
             assert!(status.last_restore.is_some_and(|r| r.index >= compacted));
@@ -114,7 +114,7 @@ async fn leader_restarted_while_sending() -> Result {
                 cluster.node(id)?.compact_log().await?;
             }
         }
-        cluster.node(follower)?.isolate(false);
+        cluster.node(follower)?.isolate(false).await?;
         tokio::time::sleep(Duration::from_millis(20)).await;
         cluster.kill(leader).await;
         cluster.restart(leader)?;

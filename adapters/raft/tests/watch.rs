@@ -159,11 +159,11 @@ async fn a_watcher_of_a_follower_reads_on_after_a_snapshot_restore_or_is_told_it
 
         // Cut off while the leader writes and compacts its raft log: only a snapshot brings the
         // follower back.
-        follower.isolate(true);
+        follower.isolate(true).await?;
         write_keys(&leader, "lagged", 300).await?;
         leader.compact_log().await?;
         let now = leader.header().await?.revision;
-        follower.isolate(false);
+        follower.isolate(false).await?;
         until_revision(&follower, now).await?;
         let status = follower.status().await?;
         assert_eq!(status.snapshots_applied, 1, "the follower was caught up by a snapshot");
@@ -178,12 +178,12 @@ async fn a_watcher_of_a_follower_reads_on_after_a_snapshot_restore_or_is_told_it
 
         // Again, with the history compacted past the watcher meanwhile: the restored member
         // refuses its revision with the compaction's.
-        follower.isolate(true);
+        follower.isolate(true).await?;
         write_keys(&leader, "later", 20).await?;
         let compact_at = leader.header().await?.revision;
         leader.propose(Command::Compact { revision: compact_at }).await?;
         leader.compact_log().await?;
-        follower.isolate(false);
+        follower.isolate(false).await?;
         until_revision(&follower, compact_at).await?;
         assert_eq!(follower.status().await?.snapshots_applied, 2);
         match follower.events(request(b"/later/", b"/later0", now, false)).await {

@@ -127,7 +127,7 @@ async fn scenario(args: &Args, root: &Path, cluster: &Cluster, started: Instant)
     let follower = cluster.ids().into_iter().find(|&id| id != leader).ok_or("the cluster has no follower")?;
 
     let t = Instant::now();
-    cluster.node(follower)?.isolate(true);
+    cluster.node(follower)?.isolate(true).await?;
     println!("follower {follower:016x} cut off from the network");
     let commands = workload(args, "pods");
     let n = commands.len();
@@ -148,7 +148,7 @@ async fn scenario(args: &Args, root: &Path, cluster: &Cluster, started: Instant)
     );
 
     let healed = Instant::now();
-    cluster.node(follower)?.isolate(false);
+    cluster.node(follower)?.isolate(false).await?;
     println!("follower healed; the leader sends its snapshot:");
     let status = cluster.wait_applied(follower, compacted, WAIT).await?;
     let Some(restore) = status.last_restore else {
