@@ -104,6 +104,25 @@ struct Outcome {
     error: String,
 }
 
+/// The commands whose outcomes differ between etcd and snapply, to fail with at the end of a
+/// comparison (so one run lists every difference).
+#[derive(Default)]
+struct Differences(Vec<String>);
+
+impl Differences {
+    /// Notes `command` if its outcomes on etcd and on snapply differ.
+    fn compare(&mut self, command: &str, etcd: &Outcome, snapply: &Outcome) {
+        if etcd != snapply {
+            self.0.push(format!("etcdctl {command}:\n  etcd:    {etcd:?}\n  snapply: {snapply:?}"));
+        }
+    }
+
+    /// Fails, listing every difference noted.
+    fn assert_none(&self) {
+        assert!(self.0.is_empty(), "{} commands differ:\n{}", self.0.len(), self.0.join("\n"));
+    }
+}
+
 fn etcdctl(endpoint: &str, args: &[&str]) -> Outcome {
     let out = Command::new(etcd::binary("SNAPPLY_ETCDCTL", "etcdctl"))
         .env("ETCDCTL_API", "3")
@@ -263,7 +282,7 @@ fn etcdctl_prints_against_snapply_what_it_prints_against_etcd() {
         &["endpoint", "status", "-w", "json"],
         &["member", "list", "-w", "json"],
     ];
-    let mut differences = Vec::new();
+    let mut differences = Differences::default();
     for args in script {
         let mut outcomes = Vec::new();
         for (i, (name, url)) in sides.iter().enumerate() {
@@ -277,16 +296,9 @@ fn etcdctl_prints_against_snapply_what_it_prints_against_etcd() {
             }
             outcomes.push(normalise(o, leases.get(i).map_or("", String::as_str)));
         }
-        if outcomes.first() != outcomes.get(1) {
-            differences.push(format!(
-                "etcdctl {}:\n  etcd:    {:?}\n  snapply: {:?}",
-                args.join(" "),
-                outcomes[0],
-                outcomes[1]
-            ));
-        }
+        differences.compare(&args.join(" "), &outcomes[0], &outcomes[1]);
     }
-    assert!(differences.is_empty(), "{} commands differ:\n{}", differences.len(), differences.join("\n"));
+    differences.assert_none();
 }
 
 fn snapply_cmd(args: &[&dyn AsRef<std::ffi::OsStr>]) -> std::process::Output {
@@ -590,7 +602,7 @@ fn etcdctl_member_commands_print_against_snapply_what_they_print_against_etcd() 
         &["member", "promote", "SELF"],
         &["member", "remove", "1234"],
     ];
-    let mut differences = Vec::new();
+    let mut differences = Differences::default();
     for args in script {
         let mut outcomes = Vec::new();
         for (i, (url, self_peer)) in sides.iter().enumerate() {
@@ -614,16 +626,9 @@ fn etcdctl_member_commands_print_against_snapply_what_they_print_against_etcd() 
             }
             outcomes.push(normalise_members(o, &ids[i]));
         }
-        if outcomes.first() != outcomes.get(1) {
-            differences.push(format!(
-                "etcdctl {}:\n  etcd:    {:?}\n  snapply: {:?}",
-                args.join(" "),
-                outcomes[0],
-                outcomes[1]
-            ));
-        }
+        differences.compare(&args.join(" "), &outcomes[0], &outcomes[1]);
     }
-    assert!(differences.is_empty(), "{} commands differ:\n{}", differences.len(), differences.join("\n"));
+    differences.assert_none();
 }
 
 /// `KEY="value"` of `member add`'s output.
@@ -888,7 +893,7 @@ fn alarms_gate_writes_and_etcdctl_lists_and_disarms_them_as_against_etcd() {
         &["put", "/x", "1"],
         &["endpoint", "health"],
     ];
-    let (mut differences, mut seen) = (Vec::new(), Vec::new());
+    let (mut differences, mut seen) = (Differences::default(), Vec::new());
     for args in script {
         let mut outcomes = Vec::new();
         for (url, me) in sides.iter().zip(&selves) {
@@ -901,17 +906,10 @@ fn alarms_gate_writes_and_etcdctl_lists_and_disarms_them_as_against_etcd() {
             }
             outcomes.push(o);
         }
-        if outcomes.first() != outcomes.get(1) {
-            differences.push(format!(
-                "etcdctl {}:\n  etcd:    {:?}\n  snapply: {:?}",
-                args.join(" "),
-                outcomes[0],
-                outcomes[1]
-            ));
-        }
+        differences.compare(&args.join(" "), &outcomes[0], &outcomes[1]);
         seen.push(outcomes.swap_remove(1));
     }
-    assert!(differences.is_empty(), "{} commands differ:\n{}", differences.len(), differences.join("\n"));
+    differences.assert_none();
     // What was compared: the alarm listed, the write refused, the member unhealthy, then not.
     assert_eq!(seen[0].stdout, "memberID:SELF alarm:NOSPACE \n");
     assert_eq!(seen[1].error, "Error: etcdserver: mvcc: database space exceeded");
@@ -969,20 +967,13 @@ fn etcdctl_txn_prints_against_snapply_what_it_prints_against_etcd() {
         (&["txn", "-w", "json"], "\ndel /t/nothing\nget /t/a\nput /t/d 1\nget /t/d\ndel /t/d\nget /t/ --prefix\n\n\n"),
         (&["get", "/t/", "--prefix", "-w", "json"], ""),
     ];
-    let mut differences = Vec::new();
+    let mut differences = Differences::default();
     for (args, input) in script {
         let outcomes: Vec<Outcome> =
             sides.iter().map(|url| normalise(etcdctl_with_input(url, args, input), "")).collect();
-        if outcomes.first() != outcomes.get(1) {
-            differences.push(format!(
-                "etcdctl {} <<< {input:?}:\n  etcd:    {:?}\n  snapply: {:?}",
-                args.join(" "),
-                outcomes[0],
-                outcomes[1]
-            ));
-        }
+        differences.compare(&format!("{} <<< {input:?}", args.join(" ")), &outcomes[0], &outcomes[1]);
     }
-    assert!(differences.is_empty(), "{} commands differ:\n{}", differences.len(), differences.join("\n"));
+    differences.assert_none();
 }
 
 /// `etcdctl watch` with `args` against `endpoint`, while `writes` (each etcdctl's arguments and
@@ -1110,7 +1101,7 @@ fn etcdctl_watch_prints_against_snapply_what_it_prints_against_etcd() {
         (&["/k", "--rev=2"], &[], "\0"),
         (&["/k", "--rev=2", "-w", "json"], &[], "\0"),
     ];
-    let mut differences = Vec::new();
+    let mut differences = Differences::default();
     for (args, writes, until) in cases {
         let mut outcomes = Vec::new();
         for url in &sides {
@@ -1150,17 +1141,13 @@ fn etcdctl_watch_prints_against_snapply_what_it_prints_against_etcd() {
             }
             outcomes.push(o);
         }
-        if outcomes.first() != outcomes.get(1) {
-            differences.push(format!(
-                "etcdctl watch {}:\n  etcd:    {:?}\n  snapply: {:?}",
-                args.join(" "),
-                outcomes[0],
-                outcomes[1]
-            ));
+        // A case without a watch only writes: nothing to compare.
+        if let [etcd, snapply] = outcomes.as_slice() {
+            differences.compare(&format!("watch {}", args.join(" ")), etcd, snapply);
         }
         eprintln!("etcdctl watch {}: {:?}", args.join(" "), outcomes.get(1));
     }
-    assert!(differences.is_empty(), "{} watches differ:\n{}", differences.len(), differences.join("\n"));
+    differences.assert_none();
 }
 
 /// `etcdctl lease keep-alive LEASE` on `endpoint`, running until killed; its output piped.
@@ -1408,7 +1395,7 @@ fn etcdctl_auth_prints_against_snapply_what_it_prints_against_etcd() {
         &["role", "delete", "reader"],
         &["user", "get", "root"],
     ];
-    let mut differences = Vec::new();
+    let mut differences = Differences::default();
     let mut seen = std::collections::HashMap::new();
     for args in script {
         let mut outcomes = Vec::new();
@@ -1428,16 +1415,9 @@ fn etcdctl_auth_prints_against_snapply_what_it_prints_against_etcd() {
         }
         // The first run of each command.
         seen.entry(args.join(" ")).or_insert_with(|| outcomes[1].clone());
-        if outcomes.first() != outcomes.get(1) {
-            differences.push(format!(
-                "etcdctl {}:\n  etcd:    {:?}\n  snapply: {:?}",
-                args.join(" "),
-                outcomes[0],
-                outcomes[1]
-            ));
-        }
+        differences.compare(&args.join(" "), &outcomes[0], &outcomes[1]);
     }
-    assert!(differences.is_empty(), "{} commands differ:\n{}", differences.len(), differences.join("\n"));
+    differences.assert_none();
     // What was compared: refusals and what they left.
     let error = |command: &str| seen[command].error.clone();
     assert_eq!(error("auth enable"), "Error: etcdserver: root user does not exist");
@@ -1494,7 +1474,7 @@ fn hashkv_defrag_and_member_update_print_against_snapply_what_they_print_against
         &["member", "list"],
         &["put", "/d", "5"],
     ];
-    let mut differences = Vec::new();
+    let mut differences = Differences::default();
     let mut hashes = Vec::new();
     for args in script {
         let mut outcomes = Vec::new();
@@ -1510,16 +1490,9 @@ fn hashkv_defrag_and_member_update_print_against_snapply_what_they_print_against
             }
             outcomes.push(normalise_members(o, &ids[i]));
         }
-        if outcomes.first() != outcomes.get(1) {
-            differences.push(format!(
-                "etcdctl {}:\n  etcd:    {:?}\n  snapply: {:?}",
-                args.join(" "),
-                outcomes[0],
-                outcomes[1]
-            ));
-        }
+        differences.compare(&args.join(" "), &outcomes[0], &outcomes[1]);
     }
-    assert!(differences.is_empty(), "{} commands differ:\n{}", differences.len(), differences.join("\n"));
+    differences.assert_none();
     // The hash changed with the compaction and not with the defragmentation.
     assert_ne!(hashes[0], hashes[2], "{hashes:?}");
     assert_eq!(hashes[2], hashes[4], "{hashes:?}");
