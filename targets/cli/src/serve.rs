@@ -61,6 +61,10 @@ pub struct Args {
     /// Where to listen for clients.
     #[arg(long, default_value = "http://127.0.0.1:2379")]
     listen_client_urls: String,
+    /// More URLs to serve `/metrics` and `/health` on (HTTP/1.1), comma-separated, beside the
+    /// client URL.
+    #[arg(long, value_delimiter = ',')]
+    listen_metrics_urls: Vec<String>,
     /// This member's client URLs as other members and `member list` show them, comma-separated
     /// (default: --listen-client-urls).
     #[arg(long, value_delimiter = ',')]
@@ -178,6 +182,14 @@ fn serve(log: &Log, args: &Args) -> Result<(), Failure> {
     let client_listener = TcpListener::bind(client).map_err(|e| busy("clients", client, e))?;
     let failed = |what: &str, e: &dyn std::fmt::Display| Failure::new(exit::IO, format!("{what}: {e}"));
     client_listener.set_nonblocking(true).map_err(|e| failed("configuring the client listener", &e))?;
+    let mut metrics_listeners = Vec::new();
+    for url in &args.listen_metrics_urls {
+        let addr =
+            peer_addr(url).ok_or_else(|| usage(format!("--listen-metrics-urls `{url}` is not http://IP:PORT")))?;
+        let listener = TcpListener::bind(addr).map_err(|e| busy("metrics", addr, e))?;
+        listener.set_nonblocking(true).map_err(|e| failed("configuring the metrics listener", &e))?;
+        metrics_listeners.push(listener);
+    }
     // A member that started once is that member again (etcd reads its ids from its WAL).
     let kept = snapply_raft::ids(&args.data_dir).map_err(|e| start_failure(id, &args.data_dir, &e))?;
     route_member_logs(*log);
@@ -236,6 +248,11 @@ fn serve(log: &Log, args: &Args) -> Result<(), Failure> {
             limits,
             bcrypt_cost: args.auth.bcrypt_cost,
         };
+        for listener in metrics_listeners {
+            let listener =
+                tokio::net::TcpListener::from_std(listener).map_err(|e| failed("listening for metrics", &e))?;
+            tokio::spawn(crate::api::serve_metrics(listener, member.clone()));
+        }
         let accept = crate::api::serve(clients, member);
         tokio::select! {
             stopped = accept => if let Err(e) = stopped { log.warn("stopped serving clients", &[("error", e.into())]) },

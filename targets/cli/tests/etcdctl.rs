@@ -1820,3 +1820,27 @@ async fn first_response(stream: &mut etcd_client::WatchStream) -> String {
         other => format!("{other:?}"),
     }
 }
+
+/// `--listen-metrics-urls`: `/metrics` and `/health` on URLs of their own beside the client URL,
+/// as etcd serves them there (and gRPC is not served there).
+#[test]
+fn metrics_and_health_are_served_on_the_listen_metrics_urls_as_etcd_serves_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let urls: Vec<String> = (0..2).map(|_| format!("http://127.0.0.1:{}", free_port())).collect();
+    let etcd = Etcd::start(dir.path(), &[&format!("--listen-metrics-urls={}", urls[0])]);
+    let peer = free_port();
+    let flags = [format!("--initial-cluster=s1=http://127.0.0.1:{peer}"), format!("--listen-metrics-urls={}", urls[1])];
+    let snapply = Snapply::spawn(&dir.path().join("snapply"), "s1", &flags);
+    snapply.wait_leader();
+    let mut seen = Vec::new();
+    for url in &urls {
+        let (status, metrics) = http_get(url, "/metrics");
+        assert_eq!(status, 200, "{url}");
+        assert!(metrics.lines().any(|l| l == "etcd_server_has_leader 1"), "{url}: {metrics}");
+        // The health body differs between etcd releases (3.5 adds a reason); the status not.
+        seen.push((http_get(url, "/health").0, http_get(url, "/nothing")));
+    }
+    assert_eq!(seen[0], seen[1], "etcd, then snapply");
+    assert_eq!(seen[1].0, 200);
+    drop(etcd);
+}

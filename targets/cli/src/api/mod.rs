@@ -114,6 +114,24 @@ impl Member {
     }
 }
 
+/// Serves `/metrics` and `/health` (HTTP/1.1) on `listener` (etcd's
+/// `--listen-metrics-urls`); each connection is its own task. Never returns.
+pub async fn serve_metrics(listener: TcpListener, member: Member) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(http::serve(stream, member.clone()));
+            }
+            // Out of file descriptors, say: the client URL is unaffected; try again shortly.
+            Err(e) => {
+                log::warn!("accepting metrics clients: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 /// The auth token `request` carries in its `token` metadata (etcd's `TokenFieldNameGRPC`). One
 /// that is not ASCII is not one this member issued: it is kept, to be checked and refused.
 fn token<T>(request: &tonic::Request<T>) -> Option<String> {
