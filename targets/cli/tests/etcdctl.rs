@@ -1844,3 +1844,54 @@ fn metrics_and_health_are_served_on_the_listen_metrics_urls_as_etcd_serves_them(
     assert_eq!(seen[1].0, 200);
     drop(etcd);
 }
+
+/// A watcher created with `fragment` gets a response larger than `--max-request-bytes` (plus
+/// etcd's gRPC overhead) split into
+/// fragments of whole events, as etcd splits it: the same events per response against etcd and
+/// snapply (the client library hands each fragment on as it comes).
+#[test]
+fn watch_fragments_follow_max_request_bytes_as_etcd_splits_them() {
+    let dir = tempfile::tempdir().unwrap();
+    // Puts of 60 KB fit in 64 KiB; twelve of them do not fit in 64 KiB plus etcd's 512 KiB of
+    // overhead, where a fragment ends.
+    let limit = "--max-request-bytes=65536";
+    let etcd = Etcd::start(dir.path(), &[limit]);
+    let peer = free_port();
+    let snapply = Snapply::spawn(
+        &dir.path().join("snapply"),
+        "s1",
+        &[format!("--initial-cluster=s1=http://127.0.0.1:{peer}"), limit.into()],
+    );
+    snapply.wait_leader();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut seen = Vec::new();
+    for url in [etcd.client_url.clone(), snapply.client_url.clone()] {
+        let fragments = runtime.block_on(async {
+            let mut client = etcd_client::Client::connect([url.as_str()], None).await.unwrap();
+            let mut first = 0;
+            for i in 0..12 {
+                let put = client.put(format!("/f/{i:02}"), vec![b'v'; 60_000], None).await.unwrap();
+                if i == 0 {
+                    first = put.header().unwrap().revision();
+                }
+            }
+            let options = etcd_client::WatchOptions::new().with_prefix().with_start_revision(first).with_fragment();
+            let mut stream = client.watch("/f/", Some(options)).await.unwrap();
+            let mut fragments = Vec::new();
+            let mut events = 0;
+            while events < 12 {
+                let r =
+                    tokio::time::timeout(Duration::from_secs(10), stream.message()).await.unwrap().unwrap().unwrap();
+                if r.created() && r.events().is_empty() {
+                    continue;
+                }
+                events += r.events().len();
+                fragments.push(r.events().len());
+            }
+            fragments
+        });
+        seen.push(fragments);
+    }
+    assert_eq!(seen[0], seen[1], "etcd's fragments, then snapply's");
+    assert!(seen[1].len() > 1 && seen[1].iter().sum::<usize>() == 12, "split, every event once: {:?}", seen[1]);
+}

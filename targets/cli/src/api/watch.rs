@@ -37,10 +37,6 @@ pub(super) struct WatchService(pub(super) Member);
 /// Responses a stream holds for its client before its watchers wait.
 const SEND_BUFFER: usize = 16;
 
-/// etcd's default `--max-request-bytes` (1.5 MiB): a response of a watcher created with
-/// `fragment` is split into responses below it.
-const MAX_REQUEST_BYTES: usize = 3 * 512 * 1024;
-
 /// How often a watcher created with `progress_notify` is told the revision it reached when it
 /// had no event meanwhile (etcd's `progressReportInterval`).
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
@@ -384,7 +380,9 @@ impl Stream {
                 events,
                 ..PbWatchResponse::default()
             };
-            let parts = if fragment { fragments(response, MAX_REQUEST_BYTES) } else { vec![response] };
+            // etcd's `MaxRequestBytesWithOverhead`: `--max-request-bytes` plus the gRPC overhead.
+            let max = self.member.limits.max_request_bytes.saturating_add(super::GRPC_OVERHEAD_BYTES);
+            let parts = if fragment { fragments(response, max) } else { vec![response] };
             for part in parts {
                 self.send(part).await?;
             }
