@@ -47,6 +47,9 @@ pub enum AuthError {
     AuthFailed,
     /// Auth is not enabled (`ErrAuthNotEnabled`).
     NotEnabled,
+    /// The auth state changed between the request's check and its apply (`ErrAuthOldRevision`):
+    /// it changed nothing, and is checked and proposed again.
+    OldRevision,
     /// A password could not be hashed (a `--bcrypt-cost` out of bcrypt's 4..=31, or no
     /// randomness).
     Hash(String),
@@ -61,6 +64,7 @@ impl fmt::Display for AuthError {
             AuthError::UserNotFound => f.write_str("user name not found"),
             AuthError::AuthFailed => f.write_str(AUTH_FAILED),
             AuthError::NotEnabled => f.write_str(AUTH_NOT_ENABLED),
+            AuthError::OldRevision => f.write_str("revision of auth store is old"),
             AuthError::Hash(e) => write!(f, "hashing a password: {e}"),
         }
     }
@@ -73,7 +77,7 @@ impl From<AuthError> for RaftError {
 }
 
 /// What a request needs of its user (the checks of etcd's `authApplierV3`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum Need {
     /// Read permission on every key of `[key, range_end)` (etcd's range conventions).
@@ -99,6 +103,54 @@ pub enum Need {
     AdminOrUser(Vec<u8>),
     /// The root role, or holding the role named (etcd's `RoleGet` of one's own role).
     AdminOrRole(Vec<u8>),
+}
+
+/// A request's auth as [`Client::authorize`] checked it: the user, the auth revision and the
+/// needs, carried with the request's entry (etcd's request header) and checked again as it is
+/// applied. A [`Client::with_auth`] proposes with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Authorized {
+    user: Vec<u8>,
+    revision: u64,
+    needs: Vec<Need>,
+}
+
+impl Authorized {
+    /// The user.
+    pub fn user(&self) -> &[u8] {
+        &self.user
+    }
+
+    /// The auth revision the request was checked at.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// `command`, carrying this auth.
+    pub(crate) fn stamp(&self, command: Command) -> Command {
+        Command::Checked {
+            user: self.user.clone(),
+            auth_revision: self.revision,
+            needs: self.needs.clone(),
+            command: Box::new(command),
+        }
+    }
+}
+
+/// etcd's apply-time check of a request proposed with its auth ([`Command::Checked`]): with
+/// auth enabled, a request checked at an older auth revision is refused (the client's member
+/// checks it again and proposes it anew), and its needs are checked again; the request inside
+/// is what is applied. Deterministic: every member applies it on the same auth state.
+pub(crate) fn unwrap_checked(view: &View<'_>, command: Command) -> Result<Command, AuthError> {
+    let Command::Checked { user, auth_revision, needs, command } = command else { return Ok(command) };
+    let auth = &view.node.stores().auth;
+    if auth.is_enabled() {
+        if auth_revision < auth.revision() {
+            return Err(AuthError::OldRevision);
+        }
+        needs.iter().try_for_each(|need| check(view, &user, need))?;
+    }
+    Ok(*command)
 }
 
 /// A user as etcd's `AuthUserGet` and `AuthUserList` show it.
@@ -235,7 +287,7 @@ pub async fn hash_password(password: String, cost: u32) -> Result<Vec<u8>, RaftE
 /// What one auth check on the loop found.
 enum Checked {
     /// The answer.
-    Done(Result<Option<Vec<u8>>, AuthError>),
+    Done(Result<Option<Authorized>, AuthError>),
     /// The token is not known here, and names an entry this member has not applied yet.
     NotYet(u64),
 }
@@ -286,7 +338,8 @@ fn store_to_auth(e: RaftError) -> RaftError {
 
 impl Client {
     /// Checks a request carrying `token` (etcd's `token` metadata) against `needs`, on the
-    /// member's applied auth state; returns the user, or `None` when auth is disabled (then
+    /// member's applied auth state; returns what was checked (to propose the request with,
+    /// [`Client::with_auth`]), or `None` when auth is disabled (then
     /// everything is permitted and the token is not looked at, as etcd's `AuthInfoFromCtx`).
     ///
     /// A token that is not live is refused even for a request that needs nothing; a request
@@ -299,7 +352,7 @@ impl Client {
     /// # Errors
     /// [`RaftError::Auth`] with what was refused; [`RaftError::Stopped`] or
     /// [`RaftError::Timeout`].
-    pub async fn authorize(&self, token: Option<String>, needs: Vec<Need>) -> Result<Option<Vec<u8>>, RaftError> {
+    pub async fn authorize(&self, token: Option<String>, needs: Vec<Need>) -> Result<Option<Authorized>, RaftError> {
         match self.check(token.clone(), needs.clone()).await? {
             Checked::Done(result) => Ok(result?),
             // A token names the index of the entry that issued it: a member that has not
@@ -340,11 +393,22 @@ impl Client {
                     None if needs.is_empty() => return Checked::Done(Ok(None)),
                     None => return Checked::Done(Err(AuthError::UserEmpty)),
                 };
-                Checked::Done(needs.iter().try_for_each(|need| check(view, &user, need)).map(|()| Some(user)))
+                let revision = view.node.stores().auth.revision();
+                let checked = needs.iter().try_for_each(|need| check(view, &user, need));
+                Checked::Done(checked.map(|()| Some(Authorized { user, revision, needs })))
             },
             "an auth check",
         )
         .await
+    }
+
+    /// This client, proposing every request with `auth` (etcd's request header), so that it is
+    /// checked again as it is applied ([`AuthError::OldRevision`] if the auth state changed
+    /// since). `None`: as this client.
+    pub fn with_auth(&self, auth: Option<Authorized>) -> Client {
+        let mut client = self.clone();
+        client.auth = auth.map(std::sync::Arc::new);
+        client
     }
 
     /// etcd's `Authenticate`: after a linearizable read barrier, checks `password` against the

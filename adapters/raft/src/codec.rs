@@ -137,6 +137,19 @@ pub enum Command {
         /// Its new peer URLs.
         peer_urls: Vec<Vec<u8>>,
     },
+    /// A client's request with the auth it was checked with when proposed (etcd's request
+    /// header: user name and auth revision), checked again when it is applied
+    /// (`crate::auth::unwrap_checked`).
+    Checked {
+        /// The user.
+        user: Vec<u8>,
+        /// The auth revision the request was checked at.
+        auth_revision: u64,
+        /// What the request needs of the user.
+        needs: Vec<crate::Need>,
+        /// The request.
+        command: Box<Command>,
+    },
     /// Set the name and client URLs a member publishes once it started (etcd's
     /// `ClusterMemberAttrSetRequest`).
     MemberAttrSet {
@@ -267,6 +280,7 @@ impl Command {
     pub fn with_request<R>(&self, f: impl FnOnce(&Request<'_>) -> R) -> R {
         let nodes = match self {
             Command::Txn(nodes) => nodes,
+            Command::Checked { command, .. } => return command.with_request(f),
             Command::MemberUpdate { id, peer_urls } => {
                 let peer_urls: Vec<&[u8]> = peer_urls.iter().map(Vec::as_slice).collect();
                 return f(&Request::MemberUpdate { id: *id, peer_urls: &peer_urls });
@@ -322,6 +336,8 @@ impl Command {
             Command::UserDelete { name } => Request::UserDelete { name },
             Command::RoleDelete { name } => Request::RoleDelete { name },
             Command::UserChangePassword { name, password_hash } => Request::UserChangePassword { name, password_hash },
+            // Answered by `with_request`, which takes the request inside.
+            Command::Checked { command, .. } => command.request(),
             Command::Authenticate { name, .. } => Request::Authenticate { name },
             Command::MemberUpdate { id, .. } => Request::MemberUpdate { id: *id, peer_urls: &[] },
             Command::MemberAttrSet { id, name, .. } => Request::MemberAttrSet { id: *id, name, client_urls: &[] },

@@ -17,7 +17,8 @@ mod transport;
 mod watch;
 
 pub use auth::{
-    AuthError, DEFAULT_BCRYPT_COST, DEFAULT_TOKEN_TTL, Need, PermissionInfo, RoleInfo, UserInfo, hash_password,
+    AuthError, Authorized, DEFAULT_BCRYPT_COST, DEFAULT_TOKEN_TTL, Need, PermissionInfo, RoleInfo, UserInfo,
+    hash_password,
 };
 pub use cluster::{Cluster, member_id};
 pub use codec::{Command, Compare, CompareResult, CompareTarget, MemberInfo, TxnNode, TxnOp};

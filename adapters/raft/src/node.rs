@@ -210,6 +210,8 @@ pub struct Client {
     pub(crate) revision: tokio::sync::watch::Receiver<i64>,
     /// The auth tokens this member issued (crate::auth).
     pub(crate) tokens: Arc<crate::auth::Tokens>,
+    /// The auth this client's proposals carry ([`Client::with_auth`]).
+    pub(crate) auth: Option<Arc<crate::auth::Authorized>>,
 }
 
 impl std::fmt::Debug for Control {
@@ -283,7 +285,7 @@ impl Client {
     /// futures are awaited concurrently.
     pub fn propose(&self, command: Command) -> impl Future<Output = Result<i64, RaftError>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
-        let sent = self.control.send(Control::Propose(command, tx)).is_ok();
+        let sent = self.control.send(Control::Propose(self.stamped(command), tx)).is_ok();
         async move {
             if !sent {
                 return Err(RaftError::Stopped);
@@ -322,6 +324,14 @@ impl Client {
             revision = oldest.await?;
         }
         Ok(revision)
+    }
+
+    /// `command` with this client's auth, if it has one ([`Client::with_auth`]).
+    pub(crate) fn stamped(&self, command: Command) -> Command {
+        match &self.auth {
+            Some(auth) => auth.stamp(command),
+            None => command,
+        }
     }
 
     /// Puts `value` under `key`.
@@ -830,7 +840,7 @@ pub fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Node
         result
     });
     Ok(NodeHandle {
-        client: Client { id, cluster_id, control: control_tx, metrics, revision, tokens },
+        client: Client { id, cluster_id, control: control_tx, metrics, revision, tokens, auth: None },
         task: Some(task),
     })
 }
@@ -1295,10 +1305,21 @@ impl Loop {
                 EntryType::EntryNormal if e.data.is_empty() => continue,
                 EntryType::EntryNormal => match Command::decode(&e.data) {
                     Some(c) => {
-                        let after = parse_context(&e.context)
+                        let around = parse_context(&e.context)
                             .filter(|(origin, _)| *origin == self.id)
-                            .and_then(|(_, seq)| self.around_apply.remove(&seq))
-                            .map(|around| around(&self.view()));
+                            .and_then(|(_, seq)| self.around_apply.remove(&seq));
+                        // etcd's apply-time auth check: a request checked when it was proposed
+                        // is checked again against the auth state it is applied on (the same on
+                        // every member); a refused one changes nothing.
+                        let c = match crate::auth::unwrap_checked(&self.view(), c) {
+                            Ok(c) => c,
+                            Err(refused) => {
+                                self.unsynced_entries += 1;
+                                self.answer(&e, Err(refused.into()));
+                                continue;
+                            }
+                        };
+                        let after = around.map(|around| around(&self.view()));
                         let applied = c.with_request(|r| self.node.apply(e.index, e.term, r)).map_err(RaftError::from);
                         if applied.is_ok() {
                             self.lease_applied(&c);
@@ -1325,14 +1346,19 @@ impl Loop {
             if let Err(e) = &result {
                 log::warn!("member {:x}: entry not applied: {e}", self.id);
             }
-            if let Some((origin, seq)) = parse_context(&e.context)
-                && origin == self.id
-                && let Some(w) = self.waiters.remove(&seq)
-            {
-                let _ = w.send(result);
-            }
+            self.answer(&e, result);
         }
         Ok(())
+    }
+
+    /// Hands the outcome of applying `e` to the client that proposed it here, if any.
+    fn answer(&mut self, e: &Entry, result: Result<i64, RaftError>) {
+        if let Some((origin, seq)) = parse_context(&e.context)
+            && origin == self.id
+            && let Some(w) = self.waiters.remove(&seq)
+        {
+            let _ = w.send(result);
+        }
     }
 
     /// etcd's `isLearnerReady`, on the leader: the learner's log matches at least 90% of the

@@ -424,7 +424,7 @@ impl Client {
                 let _ = read_tx.send(after(view, read));
             })
         });
-        self.send(Control::ProposeRead(command, around, tx))?;
+        self.send(Control::ProposeRead(self.stamped(command), around, tx))?;
         let revision = match tokio::time::timeout(WAIT, rx).await {
             Ok(Ok(v)) => v?,
             Ok(Err(_)) => return Err(RaftError::Stopped),

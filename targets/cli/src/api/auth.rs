@@ -52,8 +52,12 @@ impl AuthService {
         needs: Vec<Need>,
         command: Command,
     ) -> Result<Option<PbResponseHeader>, Status> {
-        self.member.authorize(request, needs).await?;
-        self.propose(command).await
+        let propose = |client: snapply_raft::Client| {
+            let command = command.clone();
+            async move { client.propose_with_header(command).await }
+        };
+        let header = self.member.authorized(request, needs, propose).await?;
+        Ok(self.member.header(header))
     }
 
     async fn propose(&self, command: Command) -> Result<Option<PbResponseHeader>, Status> {

@@ -84,6 +84,7 @@ fn auth(e: &AuthError) -> Status {
             Status::new(Code::InvalidArgument, "etcdserver: authentication failed, invalid user ID or password")
         }
         AuthError::NotEnabled => Status::new(Code::FailedPrecondition, "etcdserver: authentication is not enabled"),
+        AuthError::OldRevision => Status::new(Code::InvalidArgument, "etcdserver: revision of auth store is old"),
         e => Status::new(Code::Internal, e.to_string()),
     }
 }

@@ -334,8 +334,7 @@ impl PbKvService for KvService {
     async fn put(&self, request: Request<PbPutRequest>) -> Result<Response<PbPutResponse>, Status> {
         let mut needs = Vec::new();
         put_needs(request.get_ref(), &mut needs);
-        self.0.authorize(&request, needs).await?;
-        let r = request.into_inner();
+        let r = request.get_ref();
         if r.key.is_empty() {
             return Err(error::empty_key());
         }
@@ -345,7 +344,7 @@ impl PbKvService for KvService {
         if r.ignore_lease && r.lease != 0 {
             return Err(error::lease_provided());
         }
-        let (mut value, mut lease) = (r.value, r.lease);
+        let (mut value, mut lease) = (r.value.clone(), r.lease);
         if r.ignore_value || r.ignore_lease {
             // etcd resolves these when it applies the put; here they are resolved from this
             // member's state before proposing (docs/etcd-differences.md).
@@ -365,7 +364,11 @@ impl PbKvService for KvService {
                 lease = kv.lease;
             }
         }
-        let (header, prev) = self.0.client.put_returning(r.key, value, lease).await.map_err(|e| error::status(&e))?;
+        let put = |client: snapply_raft::Client| {
+            let (key, value) = (r.key.clone(), value.clone());
+            async move { client.put_returning(key, value, lease).await }
+        };
+        let (header, prev) = self.0.authorized(&request, needs, put).await?;
         Ok(Response::new(PbPutResponse {
             header: self.0.header(header),
             prev_kv: if r.prev_kv { prev.map(to_pb) } else { None },
@@ -375,12 +378,15 @@ impl PbKvService for KvService {
     async fn delete_range(&self, request: Request<PbDeleteRequest>) -> Result<Response<PbDeleteResponse>, Status> {
         let mut needs = Vec::new();
         delete_needs(request.get_ref(), &mut needs);
-        self.0.authorize(&request, needs).await?;
-        let r = request.into_inner();
+        let r = request.get_ref();
         if r.key.is_empty() {
             return Err(error::empty_key());
         }
-        let (header, prev) = self.0.client.delete_returning(r.key, r.range_end).await.map_err(|e| error::status(&e))?;
+        let delete = |client: snapply_raft::Client| {
+            let (key, range_end) = (r.key.clone(), r.range_end.clone());
+            async move { client.delete_returning(key, range_end).await }
+        };
+        let (header, prev) = self.0.authorized(&request, needs, delete).await?;
         Ok(Response::new(PbDeleteResponse {
             header: self.0.header(header),
             deleted: i64::try_from(prev.len()).unwrap_or(i64::MAX),
@@ -391,27 +397,27 @@ impl PbKvService for KvService {
     async fn txn(&self, request: Request<PbTxnRequest>) -> Result<Response<PbTxnResponse>, Status> {
         let mut needs = Vec::new();
         txn_needs(request.get_ref(), &mut needs);
-        self.0.authorize(&request, needs).await?;
-        let r = request.into_inner();
+        let r = request.get_ref();
         let (mut nodes, mut ranges) = (Vec::new(), Vec::new());
-        flatten(&r, self.0.limits.max_txn_ops, 1, &mut nodes, &mut ranges)?;
+        flatten(r, self.0.limits.max_txn_ops, 1, &mut nodes, &mut ranges)?;
         check_intervals(&r.success)?;
         check_intervals(&r.failure)?;
-        let response = self.0.client.txn(nodes, ranges).await.map_err(|e| error::status(&e))?;
-        Ok(Response::new(txn_to_pb(&self.0, response, &r)))
+        let txn = |client: snapply_raft::Client| {
+            let (nodes, ranges) = (nodes.clone(), ranges.clone());
+            async move { client.txn(nodes, ranges).await }
+        };
+        let response = self.0.authorized(&request, needs, txn).await?;
+        Ok(Response::new(txn_to_pb(&self.0, response, r)))
     }
 
     async fn compact(&self, request: Request<PbCompactionRequest>) -> Result<Response<PbCompactionResponse>, Status> {
         // etcd checks no permission for a compaction, only that a token given is live.
-        self.0.authorize(&request, Vec::new()).await?;
-        let r = request.into_inner();
+        let revision = request.get_ref().revision;
         // The compaction is applied with the entry, so `physical` is always met.
-        let header = self
-            .0
-            .client
-            .propose_with_header(Command::Compact { revision: r.revision })
-            .await
-            .map_err(|e| error::status(&e))?;
+        let compact = |client: snapply_raft::Client| async move {
+            client.propose_with_header(Command::Compact { revision }).await
+        };
+        let header = self.0.authorized(&request, Vec::new(), compact).await?;
         Ok(Response::new(PbCompactionResponse { header: self.0.header(header) }))
     }
 }

@@ -54,10 +54,10 @@ impl PbLeaseService for LeaseService {
         request: Request<PbLeaseRevokeRequest>,
     ) -> Result<Response<PbLeaseRevokeResponse>, Status> {
         // etcd's `checkLeasePuts`: revoking deletes the lease's keys.
-        self.0.authorize(&request, vec![Need::LeaseKeys(request.get_ref().id)]).await?;
-        let id = request.into_inner().id;
-        let header =
-            self.0.client.propose_with_header(Command::LeaseRevoke { id }).await.map_err(|e| error::status(&e))?;
+        let id = request.get_ref().id;
+        let revoke =
+            |client: snapply_raft::Client| async move { client.propose_with_header(Command::LeaseRevoke { id }).await };
+        let header = self.0.authorized(&request, vec![Need::LeaseKeys(id)], revoke).await?;
         Ok(Response::new(PbLeaseRevokeResponse { header: self.0.header(header) }))
     }
 

@@ -71,6 +71,10 @@ impl Default for Limits {
     }
 }
 
+/// How often a request refused at apply for an auth state that changed since its check is
+/// checked and proposed again.
+const AUTH_RETRIES: usize = 3;
+
 /// What etcd's gRPC server takes beyond `--max-request-bytes` (`grpcOverheadBytes`, 512 KiB):
 /// a larger message is refused before it is decoded.
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
@@ -90,6 +94,34 @@ impl Member {
     /// [`snapply_raft::Client::authorize`]). With auth disabled, everything passes.
     async fn authorize<T>(&self, request: &tonic::Request<T>, needs: Vec<Need>) -> Result<(), Status> {
         self.client.authorize(token(request), needs).await.map(drop).map_err(|e| error::status(&e))
+    }
+
+    /// Runs `call`, which proposes through the client it is given, under `request`'s auth:
+    /// checked now ([`Member::authorize`]), carried with the request's entries and checked
+    /// again as they are applied. When the auth state changed in between, the entries changed
+    /// nothing, and the request is checked and run again, as etcd's server retries on
+    /// `ErrAuthOldRevision` (at most [`AUTH_RETRIES`] times; then etcd's error).
+    async fn authorized<R, T, F, Fut>(
+        &self,
+        request: &tonic::Request<R>,
+        needs: Vec<Need>,
+        call: F,
+    ) -> Result<T, Status>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, snapply_raft::RaftError>>,
+    {
+        let token = token(request);
+        let mut tries = 0;
+        loop {
+            let auth = self.client.authorize(token.clone(), needs.clone()).await.map_err(|e| error::status(&e))?;
+            match call(self.client.with_auth(auth)).await {
+                Err(snapply_raft::RaftError::Auth(snapply_raft::AuthError::OldRevision)) if tries < AUTH_RETRIES => {
+                    tries += 1;
+                }
+                result => return result.map_err(|e| error::status(&e)),
+            }
+        }
     }
 
     /// [`Member::authorize`] as etcd 3.4's and 3.5's maintenance service checks a request for the
