@@ -123,24 +123,31 @@ impl Differences {
     }
 }
 
-fn etcdctl(endpoint: &str, args: &[&str]) -> Outcome {
-    let out = Command::new(etcd::binary("SNAPPLY_ETCDCTL", "etcdctl"))
+/// etcdctl (v3 API) against `endpoint`, standard input closed.
+fn etcdctl_command(endpoint: &str) -> Command {
+    let mut command = Command::new(etcd::binary("SNAPPLY_ETCDCTL", "etcdctl"));
+    command
         .env("ETCDCTL_API", "3")
         // host:port, not a URL: etcdctl 3.4 sends a URL endpoint's `endpoint status` with the
         // URL as its HTTP/2 :authority, which snapply's HTTP/2 server refuses
         // (docs/etcd-differences.md).
         .arg(format!("--endpoints={}", endpoint.trim_start_matches("http://")))
-        .args(["--command-timeout=10s", "--dial-timeout=2s"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+        .stdin(Stdio::null());
+    command
+}
+
+/// What a finished etcdctl did.
+fn outcome(out: std::process::Output) -> Outcome {
     let stderr = String::from_utf8_lossy(&out.stderr);
     Outcome {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         error: stderr.lines().filter(|l| l.starts_with("Error:")).collect::<Vec<_>>().join("\n"),
     }
+}
+
+fn etcdctl(endpoint: &str, args: &[&str]) -> Outcome {
+    outcome(etcdctl_command(endpoint).args(["--command-timeout=10s", "--dial-timeout=2s"]).args(args).output().unwrap())
 }
 
 /// Starts a one-member `snapply serve` and waits (at most 30 s) until it has a leader.
@@ -923,9 +930,7 @@ fn alarms_gate_writes_and_etcdctl_lists_and_disarms_them_as_against_etcd() {
 
 fn etcdctl_with_input(endpoint: &str, args: &[&str], input: &str) -> Outcome {
     use std::io::Write as _;
-    let mut child = Command::new(etcd::binary("SNAPPLY_ETCDCTL", "etcdctl"))
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={}", endpoint.trim_start_matches("http://")))
+    let mut child = etcdctl_command(endpoint)
         .args(["--command-timeout=10s", "--dial-timeout=2s"])
         .args(args)
         .stdin(Stdio::piped())
@@ -934,13 +939,7 @@ fn etcdctl_with_input(endpoint: &str, args: &[&str], input: &str) -> Outcome {
         .spawn()
         .unwrap();
     child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    Outcome {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        error: stderr.lines().filter(|l| l.starts_with("Error:")).collect::<Vec<_>>().join("\n"),
-    }
+    outcome(child.wait_with_output().unwrap())
 }
 
 /// `etcdctl txn` (compares, then the success ops, then the failure ops, from standard input)
@@ -982,12 +981,9 @@ fn etcdctl_txn_prints_against_snapply_what_it_prints_against_etcd() {
 /// error lines (`Error:`, `watch was canceled`).
 fn etcdctl_watch(endpoint: &str, args: &[String], writes: &[(&[&str], &str)], until: &str) -> Outcome {
     use std::io::{BufRead as _, Read as _};
-    let mut child = Command::new(etcd::binary("SNAPPLY_ETCDCTL", "etcdctl"))
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={}", endpoint.trim_start_matches("http://")))
+    let mut child = etcdctl_command(endpoint)
         .args(["--dial-timeout=2s", "watch"])
         .args(args)
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -1152,11 +1148,8 @@ fn etcdctl_watch_prints_against_snapply_what_it_prints_against_etcd() {
 
 /// `etcdctl lease keep-alive LEASE` on `endpoint`, running until killed; its output piped.
 fn spawn_keep_alive(endpoint: &str, lease: &str) -> Child {
-    Command::new(etcd::binary("SNAPPLY_ETCDCTL", "etcdctl"))
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={}", endpoint.trim_start_matches("http://")))
+    etcdctl_command(endpoint)
         .args(["lease", "keep-alive", lease])
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
