@@ -150,6 +150,22 @@ fn etcdctl(endpoint: &str, args: &[&str]) -> Outcome {
     outcome(etcdctl_command(endpoint).args(["--command-timeout=10s", "--dial-timeout=2s"]).args(args).output().unwrap())
 }
 
+/// Starts on `data` the member that `member add` (its outcome `add`) added, with what etcdctl
+/// printed for it (name, cluster, peer URLs, `existing`), and waits until it knows a leader.
+fn start_added(data: &Path, add: &Outcome) -> Snapply {
+    let member = Snapply::spawn(
+        data,
+        &env_value(add, "ETCD_NAME"),
+        &[
+            format!("--initial-cluster={}", env_value(add, "ETCD_INITIAL_CLUSTER")),
+            format!("--initial-advertise-peer-urls={}", env_value(add, "ETCD_INITIAL_ADVERTISE_PEER_URLS")),
+            format!("--initial-cluster-state={}", env_value(add, "ETCD_INITIAL_CLUSTER_STATE")),
+        ],
+    );
+    member.wait_leader();
+    member
+}
+
 /// Starts a one-member `snapply serve` and waits (at most 30 s) until it has a leader.
 fn start_snapply(dir: &Path) -> Snapply {
     start_member(&dir.join("snapply"), free_port())
@@ -682,16 +698,7 @@ fn members_added_with_etcdctl_join_with_initial_cluster_state_existing_are_promo
     assert_eq!(add.code, Some(0), "{add:?}");
     assert_eq!(env_value(&add, "ETCD_INITIAL_CLUSTER_STATE"), "existing");
     let id2 = added(&add);
-    let mut second = Snapply::spawn(
-        &dir.path().join("infra2"),
-        &env_value(&add, "ETCD_NAME"),
-        &[
-            format!("--initial-cluster={}", env_value(&add, "ETCD_INITIAL_CLUSTER")),
-            format!("--initial-advertise-peer-urls={}", env_value(&add, "ETCD_INITIAL_ADVERTISE_PEER_URLS")),
-            "--initial-cluster-state=existing".into(),
-        ],
-    );
-    second.wait_leader();
+    let mut second = start_added(&dir.path().join("infra2"), &add);
     assert_eq!(etcdctl(&second.client_url, &["get", "/a", "--print-value-only"]).stdout, "1\n", "{}", second.log());
     assert_eq!(etcdctl(&second.client_url, &["put", "/b", "2"]).stdout, "OK\n");
     assert_eq!(etcdctl(&first.client_url, &["get", "/b", "--print-value-only"]).stdout, "2\n");
@@ -704,15 +711,7 @@ fn members_added_with_etcdctl_join_with_initial_cluster_state_existing_are_promo
     let add = etcdctl(&first.client_url, &["member", "add", "infra3", &format!("--peer-urls={url3}"), "--learner"]);
     assert_eq!(add.code, Some(0), "{add:?}");
     let id3 = added(&add);
-    let third = Snapply::spawn(
-        &dir.path().join("infra3"),
-        "infra3",
-        &[
-            format!("--initial-cluster={}", env_value(&add, "ETCD_INITIAL_CLUSTER")),
-            "--initial-cluster-state=existing".into(),
-        ],
-    );
-    third.wait_leader();
+    let third = start_added(&dir.path().join("infra3"), &add);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let promote = etcdctl(&first.client_url, &["member", "promote", &id3]);
@@ -1624,15 +1623,7 @@ fn a_cluster_agrees_on_hashkv_defragments_follows_member_updates_and_lists_publi
     let add = etcdctl(&urls[0], &["member", "add", "n4", &format!("--peer-urls={url4}")]);
     assert_eq!(add.code, Some(0), "{add:?}");
     assert_eq!(names_and_clients(&urls[0]).get(&url4), Some(&(String::new(), Vec::new())));
-    let n4 = Snapply::spawn(
-        &dir.path().join("n4"),
-        "n4",
-        &[
-            format!("--initial-cluster={}", env_value(&add, "ETCD_INITIAL_CLUSTER")),
-            "--initial-cluster-state=existing".into(),
-        ],
-    );
-    n4.wait_leader();
+    let n4 = start_added(&dir.path().join("n4"), &add);
     for url in [&urls[0], &urls[1], &n3.client_url, &n4.client_url] {
         wait_published(url, &url4, "n4", &n4.client_url);
     }
