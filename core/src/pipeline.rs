@@ -42,7 +42,7 @@ use crate::collections::{Profile, Seq};
 use crate::error::{ApplyError, ApplyErrorKind};
 use crate::fmt::info;
 use crate::image;
-use crate::node::{Node, Unfinished};
+use crate::node::Node;
 use crate::observe::{Event, Observer, Phase, SnapshotFields};
 use crate::ports::{
     Durable, PersistTicket, PortError, PortErrorKind, Ports, ReleaseTicket, RunId, SnapshotStore, Transport,
@@ -81,8 +81,8 @@ struct Run<'n, P: Profile, S: SnapshotStore> {
 impl<P: Profile, S: SnapshotStore> Run<'_, P, S> {
     fn fields(&self) -> SnapshotFields {
         SnapshotFields {
-            current_snapshot_index: self.node.progress.snapshot_index,
-            current_applied_index: self.node.progress.applied_index,
+            current_snapshot_index: self.node.progress().snapshot_index,
+            current_applied_index: self.node.progress().applied_index,
             incoming_leader_snapshot_index: self.index,
             incoming_leader_snapshot_term: self.term,
         }
@@ -110,7 +110,7 @@ impl<P: Profile, S: SnapshotStore> Run<'_, P, S> {
     }
 
     fn swapped(&self) -> bool {
-        self.node.unfinished.as_ref().is_some_and(|u| u.swapped())
+        self.node.unfinished().is_some_and(|u| u.swapped())
     }
 
     fn fail(&mut self, phase: Phase, kind: ApplyErrorKind) -> ApplyError {
@@ -265,29 +265,10 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
         if snapshot.is_empty() {
             return Ok(None);
         }
-        let mut resuming = false;
-        if let Some(u) = &node.unfinished {
-            // The very snapshot being restored, sent again (the leader retries it), completes
-            // the restore from its image: so a node whose persisted copy was lost (deleted by a
-            // broken store, a damaged medium) is never stuck unfinished. Any other is refused.
-            let unfinished = (u.metadata.index, u.swapped());
-            if u.metadata != *snapshot.metadata {
-                let kind = ApplyErrorKind::RestoreUnfinished { index: unfinished.0, swapped: unfinished.1 };
-                return Err(ApplyError::new(Phase::Validate, kind));
-            }
-            if unfinished.1 {
-                resuming = true;
-            } else if node.abandon_before_swap().is_err() || node.unfinished.is_some() {
-                // Before the swap the old state is read back first, as `resume` does.
-                let kind = ApplyErrorKind::RestoreUnfinished { index: unfinished.0, swapped: false };
-                return Err(ApplyError::new(Phase::Validate, kind));
-            }
-        }
-        if node.interrupted {
-            // A request was cut short: the stores may not be the backend's, and a restore ending
-            // before the swap would leave them so. The node is reopened first.
-            return Err(ApplyError::new(Phase::Validate, ApplyErrorKind::Store(StoreError::ApplyInterrupted)));
-        }
+        // The very snapshot being restored, sent again (the leader retries it), completes the
+        // restore from its image: so a node whose persisted copy was lost (deleted by a broken
+        // store, a damaged medium) is never stuck unfinished. Any other is refused.
+        let resuming = node.admit(snapshot.metadata).map_err(|kind| ApplyError::new(Phase::Validate, kind))?;
         let Snapshot { metadata, data } = snapshot;
         Self::start(node, ports, metadata, data, resuming).map(Some)
     }
@@ -302,19 +283,8 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
         resuming: bool,
     ) -> Result<Self, ApplyError> {
         let run_id = RunId::next();
-        match &mut node.unfinished {
-            // Completing an unfinished restore: the mark stays, the run is a new one.
-            Some(u) if resuming => u.run = run_id,
-            _ => {
-                node.unfinished = Some(Unfinished {
-                    metadata: metadata.clone(),
-                    sha256: None,
-                    stage: crate::node::Stage::Begun,
-                    capabilities: node.stores.membership.capabilities(),
-                    run: run_id,
-                });
-            }
-        }
+        // Completing an unfinished restore: the mark stays, the run is a new one.
+        node.begin_restore(metadata, run_id, resuming);
         let Ports { storage, transport, observer } = ports;
         let mut run = Run {
             node,
@@ -339,10 +309,10 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
         // roll the node back. Completing the unfinished restore itself is the one exception.
         // A node reopened in place while unfinished took its progress from the new backend,
         // which is the snapshot's: completing the restore at that very index is not outdated.
-        let applied = run.node.progress.applied_index;
+        let applied = run.node.progress().applied_index;
         let outdated =
-            if resuming { run.index < applied } else { run.index <= applied.max(run.node.stores.cindex.index()) };
-        let floor = if resuming { applied } else { applied.max(run.node.stores.cindex.index()) };
+            if resuming { run.index < applied } else { run.index <= applied.max(run.node.stores().cindex.index()) };
+        let floor = if resuming { applied } else { applied.max(run.node.stores().cindex.index()) };
         if outdated {
             run.event(Event::OutdatedSnapshot(fields));
             let kind = ApplyErrorKind::Outdated { incoming_index: run.index, applied_index: floor };
@@ -395,10 +365,10 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
         // `Validated` is reached once per run and consumed by the persist phase, so the image is
         // always there, and the mark set before it stays until the run ends.
         let misuse = |what| PortError::new(PortErrorKind::Misuse, what);
-        let Some(unfinished) = &self.run.node.unfinished else {
+        let Some(unfinished) = self.run.node.unfinished() else {
             return Err(misuse("persisting without the node's unfinished mark"));
         };
-        let ticket = PersistTicket::new(&unfinished.metadata, unfinished.run);
+        let ticket = PersistTicket::new(unfinished.metadata(), unfinished.run());
         match self.run.image.take() {
             Some(image) => {
                 let asked = match &image {
@@ -425,15 +395,13 @@ impl<'n, P: Profile, S: SnapshotStore> Validated<'n, P, S> {
         let other_image = asked.is_some_and(|d| d != *durable.sha256());
         // The brand keeps a proof of another run out at compile time, but rustc's implied-bounds
         // hole (#25860) lets safe code rebrand one: the run identity it carries is checked too.
-        let other_run = self.run.node.unfinished.as_ref().is_none_or(|u| u.run != durable.run());
+        let other_run = self.run.node.restoring_run() != Some(durable.run());
         if durable.index() != self.run.index || durable.term() != self.run.term || other_image || other_run {
             let kind =
                 ApplyErrorKind::PersistedOther { expected_index: self.run.index, confirmed_index: durable.index() };
             return Err(self.run.fail(Phase::Persist, kind));
         }
-        if let Some(u) = &mut self.run.node.unfinished {
-            u.sha256 = Some(*durable.sha256());
-        }
+        self.run.node.record_persisted(*durable.sha256());
         self.run.done(Phase::Persist);
         Ok(Persisted { run: self.run, durable })
     }
@@ -486,14 +454,14 @@ impl<P: Profile, S: SnapshotStore> BackendOpened<'_, P, S> {
     #[inline(never)]
     fn check_metadata(&self, backend_term: u64) -> Result<(), ApplyErrorKind> {
         let index = self.run.index;
-        let Some(unfinished) = &self.run.node.unfinished else {
+        let Some(unfinished) = self.run.node.unfinished() else {
             return Err(ApplyErrorKind::MetadataMismatch { index });
         };
         let conf_matches = self
             .backend
             .read()
             .map_err(StoreError::from)
-            .and_then(|t| crate::store::conf_state_is(&t, &unfinished.metadata.conf_state))
+            .and_then(|t| crate::store::conf_state_is(&t, &unfinished.metadata().conf_state))
             .map_err(ApplyErrorKind::Store)?;
         if backend_term != self.run.term || !conf_matches {
             return Err(ApplyErrorKind::MetadataMismatch { index });
@@ -513,16 +481,15 @@ impl<P: Profile, S: SnapshotStore> BackendOpened<'_, P, S> {
     /// exchanges them.
     #[inline(never)]
     fn read_later(&mut self) -> Result<(), ApplyErrorKind> {
-        let level = self.run.node.config.v2_deprecation;
         match self.run.storage.v2_data(&self.durable) {
-            Ok(data) => self.run.node.staged_v2.recover_into(data, level).map_err(ApplyErrorKind::Store)?,
+            Ok(data) => self.run.node.stage_v2(data).map_err(ApplyErrorKind::Store)?,
             Err(e) => return Err(ApplyErrorKind::Port(e)),
         }
         self.run.node.read_restored_stores(&self.backend).map_err(ApplyErrorKind::Store)?;
         // The transport port takes a member's peer URLs as one fixed array (the core has no
         // heap): a member with more is refused here, before the swap, rather than cut short when
         // the peers are updated after it.
-        for m in self.run.node.stores.membership.members() {
+        for m in self.run.node.stores().membership.members() {
             crate::store::check_peer_urls(m.peer_urls.as_slice().len()).map_err(ApplyErrorKind::Store)?;
         }
         Ok(())
@@ -553,10 +520,8 @@ impl<'n, P: Profile, S: SnapshotStore> IndexBound<'n, P, S> {
     /// #6098).
     pub fn restore_lease(mut self) -> Result<LeaseRestored<'n, P, S>, ApplyError> {
         self.run.event(Event::RestoringLeaseStore);
-        let min_ttl = self.run.node.config.min_lease_ttl;
-        self.run.node.clear_for_rebuild();
-        // In the node's own lessor, cleared above: a device has no room for a second one.
-        if let Err(e) = self.run.node.stores.lessor.recover_into(&mut self.backend, min_ttl, &self.cindex) {
+        // In the node's own lessor, cleared first: a device has no room for a second one.
+        if let Err(e) = self.run.node.rebuild_lessor(&mut self.backend, &self.cindex) {
             return Err(self.run.store_err(Phase::RestoreLease)(e));
         }
         Ok(self.lease_restored())
@@ -573,7 +538,7 @@ impl<'n, P: Profile, S: SnapshotStore> IndexBound<'n, P, S> {
     pub fn restore_lease_prebuilt(mut self, prebuilt: Prebuilt<P>) -> Result<LeaseWithIndex<'n, P, S>, ApplyError> {
         let fits = prebuilt.index == self.run.index
             && prebuilt.sha256 == *self.durable.sha256()
-            && prebuilt.min_ttl == self.run.node.config.min_lease_ttl;
+            && prebuilt.min_ttl == self.run.node.config().min_lease_ttl;
         if !fits {
             return self.restore_lease().map(|restored| (restored, None));
         }
@@ -585,8 +550,8 @@ impl<'n, P: Profile, S: SnapshotStore> IndexBound<'n, P, S> {
             return Err(self.run.store_err(Phase::RestoreLease)(e));
         }
         let Prebuilt { index, sha256, min_ttl, lessor, attached, kv } = prebuilt;
-        self.run.node.stores.lessor = lessor;
-        let run = self.run.node.unfinished.as_ref().map(|u| u.run);
+        self.run.node.install_prebuilt(lessor, None);
+        let run = self.run.node.restoring_run();
         Ok((self.lease_restored(), Some(PrebuiltIndex { index, sha256, min_ttl, run, attached, kv })))
     }
 
@@ -602,10 +567,9 @@ impl<'n, P: Profile, S: SnapshotStore> LeaseRestored<'n, P, S> {
     /// resumes an unfinished scheduled compaction.
     pub fn restore_mvcc(mut self) -> Result<MvccRestored<'n, P, S>, ApplyError> {
         self.run.event(Event::RestoringMvccStore);
-        let stores = &mut self.run.node.stores;
         // In the node's own key store, cleared with the lessor: no second key store (24 KiB in
         // the reference profile) ever exists.
-        if let Err(e) = stores.kv.restore_into(&mut self.backend, &mut stores.lessor, &self.cindex) {
+        if let Err(e) = self.run.node.rebuild_kv(&mut self.backend, &self.cindex) {
             return Err(self.run.store_err(Phase::RestoreMvcc)(e));
         }
         Ok(self.mvcc_restored())
@@ -617,19 +581,17 @@ impl<'n, P: Profile, S: SnapshotStore> LeaseRestored<'n, P, S> {
     /// snapshot, is not used: the key index is then rebuilt from the backend, as `restore_mvcc`
     /// does.
     pub fn restore_mvcc_prebuilt(mut self, index: PrebuiltIndex<P>) -> Result<MvccRestored<'n, P, S>, ApplyError> {
-        let run = self.run.node.unfinished.as_ref().map(|u| u.run);
+        let run = self.run.node.restoring_run();
         let fits = index.run.is_some()
             && index.run == run
             && index.index == self.run.index
             && index.sha256 == *self.durable.sha256()
-            && index.min_ttl == self.run.node.config.min_lease_ttl;
+            && index.min_ttl == self.run.node.config().min_lease_ttl;
         if !fits {
             return self.restore_mvcc();
         }
         self.run.event(Event::RestoringMvccStore);
-        let stores = &mut self.run.node.stores;
-        stores.lessor = index.attached;
-        stores.kv = index.kv;
+        self.run.node.install_prebuilt(index.attached, Some(index.kv));
         Ok(self.mvcc_restored())
     }
 
@@ -776,9 +738,9 @@ impl<'n, P: Profile, S: SnapshotStore> ClusterRestored<'n, P, S> {
         self.run.transport.remove_all_peers();
         self.run.event(Event::RemovedOldPeers);
         self.run.event(Event::AddingPeers);
-        let me = self.run.node.config.id;
+        let me = self.run.node.config().id;
         let mut failed = None;
-        for member in self.run.node.stores.membership.members() {
+        for member in self.run.node.stores().membership.members() {
             if member.id == me {
                 continue;
             }
@@ -823,12 +785,12 @@ impl<'n, P: Profile, S: SnapshotStore> PeersUpdated<'n, P, S> {
 impl<P: Profile, S: SnapshotStore> Applied<'_, P, S> {
     /// The node's progress after the snapshot.
     pub fn progress(&self) -> &Progress {
-        &self.run.node.progress
+        self.run.node.progress()
     }
 
     /// The new progress.
     pub fn into_progress(self) -> Progress {
-        self.run.node.progress.clone()
+        self.run.node.progress().clone()
     }
 }
 
@@ -880,10 +842,10 @@ pub fn resume<'n, P: Profile, S: SnapshotStore>(
     node: &'n mut Node<S::Backend, P>,
     ports: Ports<'n, S>,
 ) -> Result<Option<Outcome<S::Backend>>, ApplyError> {
-    let Some(unfinished) = node.unfinished.clone() else {
+    let Some(unfinished) = node.unfinished().cloned() else {
         return Ok(None);
     };
-    let sha256 = match unfinished.sha256 {
+    let sha256 = match unfinished.sha256().copied() {
         Some(sha256) if unfinished.swapped() => sha256,
         _ => {
             node.abandon_before_swap().map_err(|e| ApplyError::new(Phase::Validate, ApplyErrorKind::Store(e)))?;
@@ -891,6 +853,6 @@ pub fn resume<'n, P: Profile, S: SnapshotStore>(
             return Ok(None);
         }
     };
-    let validated = Validated::start(node, ports, &unfinished.metadata, ImageData::Persisted { sha256 }, true)?;
+    let validated = Validated::start(node, ports, unfinished.metadata(), ImageData::Persisted { sha256 }, true)?;
     run_from(validated).map(Some)
 }
