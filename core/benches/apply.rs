@@ -9,13 +9,14 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use snapply_core::NoObserver;
 use snapply_core::backend::Backend;
 use snapply_core::collections::Growable;
 use snapply_core::image::{self, MIN_BUFFER};
 use snapply_core::mem::VecBackend;
 use snapply_core::memports::{MemSnapshotStore, PeerTable};
 use snapply_core::pipeline::Validated;
-use snapply_core::ports::{NoObserver, Ports};
+use snapply_core::ports::Ports;
 use snapply_core::store::{NewMember, V2Deprecation};
 use snapply_core::{Config, Node, Request, Snapshot, SnapshotMetadata};
 

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use snapply_core::backend::{Backend, Bucket, WriteTxn};
 use snapply_core::image::{Decoder, Item, MAX_KEY_LEN, buffer_for, encode};
 use snapply_core::mem::VecBackend;
-use snapply_core::raft::{ConfState, SnapshotMetadata};
+use snapply_core::{ConfState, SnapshotMetadata};
 
 const TARGET: usize = 24 << 20;
 

@@ -14,7 +14,7 @@ use crate::snapshot::ImageData;
 use crate::store::MemberId;
 
 pub use crate::error::{PortError, PortErrorKind};
-pub use crate::observe::{Event, NoObserver, Observer, Phase, SnapshotFields};
+use crate::observe::Observer;
 
 /// The brand of a proof: an invariant lifetime (so a proof of one run cannot be passed off as
 /// one of another run: the compiler never unifies two invariant lifetimes it cannot prove equal)

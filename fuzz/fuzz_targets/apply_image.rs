@@ -17,7 +17,8 @@ use snapply_core::collections::{Fixed, Growable, Profile};
 use snapply_core::image::{BASE_BUFFER, encode};
 use snapply_core::mem::{MemBackend, VecBackend};
 use snapply_core::memports::{MemSnapshotStore, PeerTable};
-use snapply_core::ports::{Observer, Phase, Ports};
+use snapply_core::ports::Ports;
+use snapply_core::{Observer, Phase};
 use snapply_core::store::{META_CONSISTENT_INDEX, NewMember, V2Deprecation};
 use snapply_core::{Config, Node, Request, Snapshot, SnapshotMetadata, apply_snapshot};
 

@@ -29,7 +29,7 @@ use snapply_core::image::{
     encode, materialize,
 };
 use snapply_core::mem::VecBackend;
-use snapply_core::raft::{ConfState, IdList, SnapshotMetadata};
+use snapply_core::{ConfState, IdList, SnapshotMetadata};
 
 type Records = Vec<(Bucket, Vec<u8>, Vec<u8>)>;
 

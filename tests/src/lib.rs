@@ -9,12 +9,12 @@ use snapply_core::backend::{Backend, Bucket, OwnedRecord, dump};
 use snapply_core::collections::{Growable, Profile};
 use snapply_core::image;
 use snapply_core::mem::VecBackend;
-use snapply_core::ports::{Event, Observer, Phase};
 use snapply_core::store::{
     Alarm, AlarmType, Compare, CompareResult, CompareTarget, Downgrade, NewMember, PermissionType, Txn, TxnNode, TxnOp,
     V2Deprecation, Version,
 };
 use snapply_core::{Config, Node, Request, SnapshotMetadata};
+use snapply_core::{Event, Observer, Phase};
 
 /// The node type of the host tests.
 pub type HostNode = Node<VecBackend, Growable>;

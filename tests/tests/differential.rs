@@ -3,8 +3,8 @@
 //! equals the leader's.
 
 use proptest::prelude::*;
+use snapply_core::Phase;
 use snapply_core::collections::Growable;
-use snapply_core::ports::Phase;
 use snapply_core::store::TokenProvider;
 use snapply_tests::{Op, Recorder, apply_in_memory, check_restored, node, records, run, snapshot, workload};
 

@@ -6,9 +6,10 @@ use snapply_core::collections::{Fixed, Growable};
 use snapply_core::image::{self, MIN_BUFFER};
 use snapply_core::mem::{MemBackend, VecBackend};
 use snapply_core::memports::{MemSnapshotStore, PeerTable};
-use snapply_core::ports::{Event, Phase, PortErrorKind, Ports};
+use snapply_core::ports::{PortErrorKind, Ports};
 use snapply_core::store::{META_CONSISTENT_INDEX, StoreError, V2Deprecation, V2Store};
 use snapply_core::{ApplyError, ApplyErrorKind, Config, Node, Request, Snapshot, SnapshotMetadata, apply_snapshot};
+use snapply_core::{Event, Phase};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use snapply_tests::{

@@ -11,9 +11,10 @@ use snapply_core::image::MIN_BUFFER;
 use snapply_core::mem::VecBackend;
 use snapply_core::memports::{MemSnapshotStore, PeerTable};
 use snapply_core::pipeline::Validated;
-use snapply_core::ports::{Durable, Event, Observer, Phase, PortError, PortErrorKind, Ports, Transport};
+use snapply_core::ports::{Durable, PortError, PortErrorKind, Ports, Transport};
 use snapply_core::store::{MemberId, StoreError};
 use snapply_core::{ApplyErrorKind, Node, Request, Snapshot, SnapshotMetadata, resume};
+use snapply_core::{Event, Observer, Phase};
 use snapply_tests::{Op, Recorder, records, run, sample_follower, sample_leader, snapshot, state};
 
 type Store<'b> = MemSnapshotStore<'b, VecBackend, Vec<u8>>;
@@ -508,7 +509,7 @@ fn a_proof_naming_another_pinned_image_at_the_same_index_and_term_is_refused() {
 
     // Another snapshot at the same index and term, under another conf state.
     let mut md = pinned_md.clone();
-    md.conf_state.voters = snapply_core::raft::IdList::from_slice(&[42, 43]).expect("room");
+    md.conf_state.voters = snapply_core::IdList::from_slice(&[42, 43]).expect("room");
     let before = state(&f);
     let mut storage = ConfirmsWith { inner: &mut inner, digest: summary.sha256 };
     let mut transport = PeerTable::<Growable>::default();

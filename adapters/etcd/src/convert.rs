@@ -17,11 +17,11 @@ use serde::Serialize;
 use snapply_core::backend::{BackendError, BackendErrorKind, Bucket, ReadTxn, Visit};
 use snapply_core::collections::Growable;
 use snapply_core::image::{self, EncodeError, Sink, Summary};
-use snapply_core::raft::{ConfState, IdList, SnapshotMetadata};
 use snapply_core::store::{
     self, AUTH_ENABLED_KEY, AUTH_REVISION_KEY, CLUSTER_VERSION_KEY, DOWNGRADE_KEY, META_CONF_STATE,
     META_CONSISTENT_INDEX, META_FINISHED_COMPACT, META_SCHEDULED_COMPACT, META_TERM, V2Store, member_key, records,
 };
+use snapply_core::{ConfState, IdList, SnapshotMetadata};
 
 use crate::bbolt::ReadAt;
 use crate::error::Error;

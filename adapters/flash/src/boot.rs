@@ -4,8 +4,9 @@
 use core::fmt;
 
 use embedded_storage::nor_flash::NorFlash;
+use snapply_core::Observer;
 use snapply_core::collections::Profile;
-use snapply_core::ports::{Observer, PortErrorKind, Ports, Transport};
+use snapply_core::ports::{PortErrorKind, Ports, Transport};
 use snapply_core::store::StoreError;
 use snapply_core::{ApplyError, ApplyErrorKind, Config, Node, Snapshot, apply_snapshot};
 

@@ -10,8 +10,8 @@ use std::cell::RefCell;
 use std::ops::ControlFlow;
 
 use common::{RECORD, RECORDS, on_big_stack};
+use snapply_core::Phase;
 use snapply_core::backend::{Backend, BackendErrorKind, Bucket, ReadTxn, WriteTxn};
-use snapply_core::ports::Phase;
 use snapply_core::{ApplyError, ApplyErrorKind, Request};
 use snapply_flash::mock::MockFlash;
 use snapply_flash::{FlashError, OtherArea, mount};

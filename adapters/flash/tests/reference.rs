@@ -14,10 +14,11 @@ use std::ops::Range;
 
 use common::on_big_stack;
 use embedded_storage::nor_flash::NorFlash;
+use snapply_core::NoObserver;
 use snapply_core::collections::Reference;
 use snapply_core::image::BASE_BUFFER;
 use snapply_core::memports::PeerTable;
-use snapply_core::ports::{NoObserver, Ports};
+use snapply_core::ports::Ports;
 use snapply_core::store::NewMember;
 use snapply_core::{ApplyError, ApplyErrorKind, Node, Request, Snapshot, SnapshotMetadata, apply_snapshot};
 use snapply_flash::mock::MockFlash;

@@ -164,7 +164,7 @@ fn a_restore_whose_flip_failed_is_resumed_from_flash() {
         chip.borrow_mut().cut_after(cost);
         let err = apply(&chip, RANGE, &mut node, &metadata, &image).unwrap_err();
         assert!(err.is_fatal(), "{err}");
-        assert_eq!(err.phase(), snapply_core::ports::Phase::Finish);
+        assert_eq!(err.phase(), snapply_core::Phase::Finish);
         chip.borrow_mut().reboot();
         assert!(node.unfinished().is_some_and(|u| u.swapped()));
         let refused = node.apply(metadata.index + 1, 3, &Request::Put { key: b"k", value: b"v", lease: 0 });
@@ -174,7 +174,7 @@ fn a_restore_whose_flip_failed_is_resumed_from_flash() {
         let mut store =
             snapply_flash::FlashSnapshotStore::<Chip, RECORDS, RECORD>::new(&chip, RANGE, &mut buf).unwrap();
         let mut transport = snapply_core::memports::PeerTable::<Small>::default();
-        let mut observer = snapply_core::ports::NoObserver;
+        let mut observer = snapply_core::NoObserver;
         let ports =
             snapply_core::ports::Ports { storage: &mut store, transport: &mut transport, observer: &mut observer };
         let outcome = snapply_core::resume(&mut node, ports).unwrap();

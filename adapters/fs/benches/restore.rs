@@ -11,12 +11,12 @@
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main};
+use snapply_core::NoObserver;
 use snapply_core::backend::Backend;
 use snapply_core::collections::Growable;
 use snapply_core::image;
 use snapply_core::mem::VecBackend;
 use snapply_core::memports::PeerTable;
-use snapply_core::ports::NoObserver;
 use snapply_core::store::{NewMember, V2Deprecation};
 use snapply_core::{Config, Node, Request, SnapshotMetadata};
 use snapply_fs::{AsyncNode, DataDir, FsSnapshotStore, PersistedSnapshot, persist_async, persist_for_apply};

@@ -12,12 +12,12 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use snapply_core::NoObserver;
 use snapply_core::backend::Backend;
 use snapply_core::collections::Growable;
 use snapply_core::image::{self, Source};
 use snapply_core::mem::VecBackend;
 use snapply_core::memports::PeerTable;
-use snapply_core::ports::NoObserver;
 use snapply_core::store::V2Deprecation;
 use snapply_core::{Config, Node, Request};
 use snapply_fs::{AsyncNode, DataDir, FsSnapshotStore, persist_file_for_apply};

@@ -7,11 +7,12 @@
 use std::time::Instant;
 
 use snapply_core::ImageData;
+use snapply_core::NoObserver;
 use snapply_core::collections::Growable;
 use snapply_core::image;
 use snapply_core::mem::VecBackend;
 use snapply_core::memports::PeerTable;
-use snapply_core::ports::{NoObserver, Ports};
+use snapply_core::ports::Ports;
 use snapply_core::store::V2Deprecation;
 use snapply_core::{Config, Node, Request, Snapshot, apply_snapshot};
 use snapply_fs::{DataDir, FsSnapshotStore};

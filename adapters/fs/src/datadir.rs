@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use snapply_core::Snapshot;
+use snapply_core::SnapshotMetadata;
 use snapply_core::backend::Backend;
-use snapply_core::raft::SnapshotMetadata;
 use snapply_core::store::ConsistentIndex;
 
 use crate::backend::RedbBackend;

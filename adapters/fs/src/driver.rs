@@ -19,10 +19,10 @@ use snapply_core::collections::Growable;
 use snapply_core::image::Source;
 use snapply_core::pipeline::{Persisted, Prebuilt, Validated};
 use snapply_core::ports::{
-    Durable, Event, ImageStream, Observer, PersistTicket, Phase, PortError, Ports, ReleaseTicket, SnapshotStore,
-    Transport,
+    Durable, ImageStream, PersistTicket, PortError, Ports, ReleaseTicket, SnapshotStore, Transport,
 };
 use snapply_core::{Config, ImageData, Node, Progress, Snapshot, SnapshotMetadata};
+use snapply_core::{Event, Observer, Phase};
 
 use crate::backend::{RedbBackend, RedbRead, RedbView};
 use crate::datadir::DataDir;

@@ -7,12 +7,12 @@
 
 use snapply_core::Config;
 use snapply_core::ImageData;
+use snapply_core::SnapshotMetadata;
 use snapply_core::backend::Backend;
 use snapply_core::collections::Growable;
 use snapply_core::image::{self, DecodeError, MaterializeError};
 use snapply_core::pipeline::Prebuilt;
 use snapply_core::ports::{Durable, PersistTicket, PortError, ReleaseTicket, SnapshotStore};
-use snapply_core::raft::SnapshotMetadata;
 use snapply_core::store::{AlarmStore, AuthStore, ConsistentIndex, Membership, V2Store};
 
 use crate::backend::RedbBackend;

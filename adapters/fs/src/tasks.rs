@@ -7,7 +7,7 @@
 //! image is not read again), so the apply loop waits only for the open and the restore proper.
 
 use snapply_core::ImageData;
-use snapply_core::raft::SnapshotMetadata;
+use snapply_core::SnapshotMetadata;
 
 use crate::backend::RedbBackend;
 use crate::datadir::DataDir;

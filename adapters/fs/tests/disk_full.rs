@@ -8,7 +8,8 @@ mod common;
 
 use common::{DiskNode, FOLLOWER, apply, assert_same, leader, more_ops, rich_ops, snap_files};
 use snapply_core::Node;
-use snapply_core::ports::{Phase, PortErrorKind};
+use snapply_core::Phase;
+use snapply_core::ports::PortErrorKind;
 use snapply_fs::{DataDir, FsSnapshotStore};
 use snapply_tests::{config, records, run};
 

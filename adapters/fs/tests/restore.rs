@@ -10,7 +10,8 @@ mod common;
 use common::{DiskNode, FOLLOWER, apply, assert_same, boot, leader, more_ops, rich_ops, snap_files};
 use proptest::prelude::*;
 use snapply_core::Node;
-use snapply_core::ports::{Phase, PortErrorKind};
+use snapply_core::Phase;
+use snapply_core::ports::PortErrorKind;
 use snapply_fs::{DataDir, FsSnapshotStore, SnapName};
 use snapply_tests::{config, records, run, workload};
 
@@ -66,7 +67,7 @@ fn a_received_snapshot_applies_with_the_stores_built_while_persisting() {
     let (mut node, mut store) = follower(root.path(), &rich_ops());
     let before = records(node.backend());
     let mut transport = snapply_core::memports::PeerTable::<snapply_core::collections::Growable>::default();
-    let mut observer = snapply_core::ports::NoObserver;
+    let mut observer = snapply_core::NoObserver;
     // A damaged image is refused in the persist phase and leaves the follower as it was.
     let state = (node.stores().clone(), node.progress().clone());
     for at in [12, image.len() / 2, image.len() - 3] {
@@ -343,7 +344,7 @@ fn a_release_ticket_of_another_directory_does_not_delete_a_waiting_snapshot() {
     let (mut other_node, own) = follower(other_root.path(), &[]);
     let mut storage = ReleasesInto { own, victim: &mut victim };
     let mut transport = snapply_core::memports::PeerTable::<snapply_core::collections::Growable>::default();
-    let mut observer = snapply_core::ports::NoObserver;
+    let mut observer = snapply_core::NoObserver;
     let ports =
         snapply_core::ports::Ports { storage: &mut storage, transport: &mut transport, observer: &mut observer };
     let err = snapply_core::apply_snapshot(

@@ -4,10 +4,12 @@
 //!
 //! `cargo run --release -p snapply-raft --example catch_up -- 100000`
 
+use snapply_raft::RequestBuf;
 use std::error::Error;
 use std::time::{Duration, Instant};
 
-use snapply_raft::{Cluster, Command, Phase};
+use snapply_core::Phase;
+use snapply_raft::{Cluster, Command};
 use tokio::task::JoinSet;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -24,7 +26,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let mut inflight = JoinSet::new();
     for i in 0..keys {
         let key = format!("/registry/pods/default/pod-{i:07}").into_bytes();
-        inflight.spawn(client.propose(Command::Put { key, value: vec![b'v'; 128], lease: 0 }));
+        inflight.spawn(client.propose(Command::Apply(RequestBuf::Put { key, value: vec![b'v'; 128], lease: 0 })));
         if inflight.len() >= 256
             && let Some(r) = inflight.join_next().await
         {

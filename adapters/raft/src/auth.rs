@@ -8,6 +8,7 @@
 //! `<16 random letters>.<raft index>`, which lives in memory until it is unused for the TTL
 //! (`--auth-token-ttl`, 300 s), its user is deleted or changes password, or auth is disabled.
 
+use snapply_core::RequestBuf;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -242,10 +243,9 @@ pub(crate) fn applied(tokens: &Tokens, command: &Command, index: u64, applied: b
     }
     match command {
         Command::Authenticate { name, prefix } => tokens.assign(format!("{prefix}.{index}"), name, Instant::now()),
-        Command::UserDelete { name } | Command::UserChangePassword { name, .. } => {
-            tokens.retain_users(|u| u != name.as_slice())
-        }
-        Command::AuthSetEnabled(false) => tokens.retain_users(|_| false),
+        Command::Apply(RequestBuf::UserDelete { name })
+        | Command::Apply(RequestBuf::UserChangePassword { name, .. }) => tokens.retain_users(|u| u != name.as_slice()),
+        Command::Apply(RequestBuf::AuthSetEnabled(false)) => tokens.retain_users(|_| false),
         _ => {}
     }
 }
@@ -536,11 +536,11 @@ mod tests {
         assert_eq!(tokens.user("nope.1", t0), None);
         tokens.assign("c.7".into(), b"carol", t0 + Duration::from_secs(600));
         assert_eq!(tokens.len(), 2, "expired tokens are dropped as new ones are issued");
-        applied(&tokens, &Command::UserDelete { name: b"carol".to_vec() }, 8, true);
+        applied(&tokens, &Command::Apply(RequestBuf::UserDelete { name: b"carol".to_vec() }), 8, true);
         assert_eq!(tokens.user("c.7", t0 + Duration::from_secs(600)), None);
-        applied(&tokens, &Command::AuthSetEnabled(false), 9, false);
+        applied(&tokens, &Command::Apply(RequestBuf::AuthSetEnabled(false)), 9, false);
         assert_eq!(tokens.len(), 1, "a command the store refused changes no token");
-        applied(&tokens, &Command::AuthSetEnabled(false), 9, true);
+        applied(&tokens, &Command::Apply(RequestBuf::AuthSetEnabled(false)), 9, true);
         assert_eq!(tokens.len(), 0);
         applied(&tokens, &Command::Authenticate { name: b"dave".to_vec(), prefix: "xyz".into() }, 10, true);
         assert_eq!(tokens.user("xyz.10", Instant::now()), Some(b"dave".to_vec()));

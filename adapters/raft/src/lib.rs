@@ -21,7 +21,7 @@ pub use auth::{
     hash_password,
 };
 pub use cluster::{Cluster, member_id};
-pub use codec::{Command, Compare, CompareResult, CompareTarget, MemberInfo, TxnNode, TxnOp};
+pub use codec::{Command, MemberInfo};
 pub use error::RaftError;
 pub use log::RaftLog;
 pub use membership::{
@@ -37,7 +37,8 @@ pub use query::{
     Header, KeyValue, LeaseInfo, Member, NodeStatus, RangeRequest, RangeResponse, SortOrder, SortTarget, TxnOpResponse,
     TxnResponse,
 };
-pub use snapply_core::ports::Phase;
+pub use snapply_core::store::CompareResult;
+pub use snapply_core::{CompareBuf, CompareTargetBuf, MemberBuf, RequestBuf, TxnNodeBuf, TxnOpBuf};
 pub use snapshot::ImageStream;
 pub use transport::{CHUNK, MAX_SNAPSHOT_BYTES, Network, fetch_cluster, peer_addr};
 pub use watch::{Event, EventKind, Events, EventsRequest, MAX_BATCH_EVENTS, MAX_BATCH_REVISIONS};

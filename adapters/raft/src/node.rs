@@ -3,6 +3,7 @@
 
 mod leases;
 
+use snapply_core::RequestBuf;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,9 +15,10 @@ use raft::{RawNode, SnapshotStatus};
 use sha2::{Digest as _, Sha256};
 use snapply_core::backend::{Backend, for_each_record};
 use snapply_core::collections::Growable;
-use snapply_core::ports::{Event, Observer, Phase, Ports, Transport};
+use snapply_core::ports::{Ports, Transport};
 use snapply_core::store::{StoreError, V2Deprecation};
 use snapply_core::{Config, Node, Request, pipeline};
+use snapply_core::{Event, Observer, Phase};
 use snapply_fs::{DataDir, FsSnapshotStore, PersistedSnapshot, RedbBackend, SnapName};
 use tokio::sync::{mpsc, oneshot};
 
@@ -339,7 +341,7 @@ impl Client {
     /// # Errors
     /// As [`NodeHandle::propose`].
     pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<i64, RaftError> {
-        self.propose(Command::Put { key: key.to_vec(), value: value.to_vec(), lease: 0 }).await
+        self.propose(Command::Apply(RequestBuf::Put { key: key.to_vec(), value: value.to_vec(), lease: 0 })).await
     }
 
     /// Adds member `id` (a conf change whose context is `info`, as etcd's).
@@ -1466,7 +1468,7 @@ impl Loop {
     /// transport's peer), and a member about to join is told the new names and URLs.
     fn member_changed(&mut self, command: &Command) {
         match command {
-            Command::MemberUpdate { id, peer_urls } => {
+            Command::Apply(RequestBuf::MemberUpdate { id, peer_urls }) => {
                 let urls: Vec<&[u8]> = peer_urls.iter().map(Vec::as_slice).collect();
                 match self.net.add_peer(*id, &urls) {
                     Ok(()) => log::info!("member {:x} updated the peer URLs of member {id:x}", self.id),
@@ -1474,7 +1476,7 @@ impl Loop {
                     Err(e) => log::warn!("member {:x} cannot dial the new peer URLs of member {id:x}: {e}", self.id),
                 }
             }
-            Command::MemberAttrSet { .. } => {}
+            Command::Apply(RequestBuf::MemberAttrSet { .. }) => {}
             _ => return,
         }
         self.publish_membership();

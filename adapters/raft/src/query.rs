@@ -6,13 +6,14 @@
 //! exactly the entries applied so far; the previous key-values of a write are read on the loop
 //! just before this node applies it, so they are exactly what the write replaced.
 
+use snapply_core::{RequestBuf, TxnNodeBuf, TxnOpBuf};
 use std::time::Duration;
 
 use snapply_core::backend::Backend as _;
 use snapply_core::store::{AlarmType, KeyValue as StoredKeyValue, Revision};
 use tokio::sync::oneshot;
 
-use crate::codec::{Command, TxnNode, TxnOp};
+use crate::codec::Command;
 use crate::error::RaftError;
 use crate::node::{Client, Control, HostNode};
 use crate::snapshot::ImageStream;
@@ -340,7 +341,7 @@ impl TxnCursor {
 /// just after the transaction is applied: each op reads the store as the ops before it left it.
 fn txn_responses(
     view: &View<'_>,
-    nodes: &[TxnNode],
+    nodes: &[TxnNodeBuf],
     ranges: &[[Vec<RangeRequest>; 2]],
     index: usize,
     path: &mut dyn Iterator<Item = bool>,
@@ -357,7 +358,7 @@ fn txn_responses(
     let mut responses = Vec::with_capacity(ops.len());
     for op in ops {
         responses.push(match op {
-            TxnOp::Range { .. } => {
+            TxnOpBuf::Range { .. } => {
                 let r =
                     node_ranges.next().ok_or(RaftError::Decode { what: "a transaction range without its request" })?;
                 let kvs = if r.revision > 0 {
@@ -368,17 +369,17 @@ fn txn_responses(
                 let header = Header { revision: cursor.revision(), ..Header::default() };
                 TxnOpResponse::Range(shape_range(r, kvs, header))
             }
-            TxnOp::Put { key, .. } => {
+            TxnOpBuf::Put { key, .. } => {
                 let prev_kv = range_before(view, key, b"", cursor.bound())?.into_iter().next();
                 cursor.changes = cursor.changes.saturating_add(1);
                 TxnOpResponse::Put { revision: cursor.revision(), prev_kv }
             }
-            TxnOp::DeleteRange { key, range_end } => {
+            TxnOpBuf::DeleteRange { key, range_end } => {
                 let prev_kvs = range_before(view, key, range_end, cursor.bound())?;
                 cursor.changes = cursor.changes.saturating_add(count(&prev_kvs));
                 TxnOpResponse::DeleteRange { revision: cursor.revision(), prev_kvs }
             }
-            TxnOp::Txn(child) => {
+            TxnOpBuf::Txn(child) => {
                 let child = usize::try_from(*child).unwrap_or(usize::MAX);
                 let mut nested = txn_responses(view, nodes, ranges, child, path, cursor)?;
                 nested.header = Header::default();
@@ -467,7 +468,7 @@ impl Client {
         lease: i64,
     ) -> Result<(Header, Option<KeyValue>), RaftError> {
         let k = key.clone();
-        let command = Command::Put { key, value, lease };
+        let command = Command::Apply(RequestBuf::Put { key, value, lease });
         let (revision, (mut header, prev)) =
             self.propose_reading(command, move |view| (header(view), range_at(view, &k, b"", 0))).await?;
         header.revision = revision;
@@ -485,7 +486,7 @@ impl Client {
         range_end: Vec<u8>,
     ) -> Result<(Header, Vec<KeyValue>), RaftError> {
         let (k, end) = (key.clone(), range_end.clone());
-        let command = Command::DeleteRange { key, range_end };
+        let command = Command::Apply(RequestBuf::DeleteRange { key, range_end });
         let (revision, (mut header, prev)) =
             self.propose_reading(command, move |view| (header(view), range_at(view, &k, &end, 0))).await?;
         header.revision = revision;
@@ -502,11 +503,11 @@ impl Client {
     /// does not exist, an alarm).
     pub async fn txn(
         &self,
-        nodes: Vec<TxnNode>,
+        nodes: Vec<TxnNodeBuf>,
         ranges: Vec<[Vec<RangeRequest>; 2]>,
     ) -> Result<TxnResponse, RaftError> {
-        let command = Command::Txn(nodes.clone());
-        let plan = Command::Txn(nodes.clone());
+        let command = Command::Apply(RequestBuf::Txn(nodes.clone()));
+        let plan = Command::Apply(RequestBuf::Txn(nodes.clone()));
         // Before: the compares' outcomes, on the store the transaction sees, and its revision.
         let before = move |view: &View<'_>| {
             let mut path = Vec::new();
@@ -629,7 +630,9 @@ impl Client {
     /// As [`Client::propose`].
     pub async fn change_alarm(&self, member: u64, nospace: bool, activate: bool) -> Result<(Header, bool), RaftError> {
         let kind = if nospace { AlarmType::Nospace } else { AlarmType::Corrupt };
-        let command = Command::Alarm { member, nospace, activate };
+        let alarm = snapply_core::store::Alarm { member, kind };
+        let request = if activate { RequestBuf::AlarmActivate(alarm) } else { RequestBuf::AlarmDeactivate(alarm) };
+        let command = Command::Apply(request);
         let (revision, (mut header, raised)) = self
             .propose_reading(command, move |view| {
                 let raised = view.node.stores().alarms.alarms().iter().any(|a| a.member == member && a.kind == kind);
@@ -736,7 +739,7 @@ impl Client {
     /// [`Client::propose`].
     pub async fn update_member(&self, id: u64, peer_urls: &[String]) -> Result<Header, RaftError> {
         let peer_urls = peer_urls.iter().map(|u| u.as_bytes().to_vec()).collect();
-        self.propose_with_header(Command::MemberUpdate { id, peer_urls }).await
+        self.propose_with_header(Command::Apply(RequestBuf::MemberUpdate { id, peer_urls })).await
     }
 
     /// Publishes this member's name and client URLs through raft (etcd's `publish`, a
@@ -746,7 +749,12 @@ impl Client {
     /// As [`Client::propose`].
     pub async fn publish_attributes(&self, name: &str, client_urls: &[String]) -> Result<(), RaftError> {
         let client_urls = client_urls.iter().map(|u| u.as_bytes().to_vec()).collect();
-        self.propose(Command::MemberAttrSet { id: self.id(), name: name.as_bytes().to_vec(), client_urls }).await?;
+        self.propose(Command::Apply(RequestBuf::MemberAttrSet {
+            id: self.id(),
+            name: name.as_bytes().to_vec(),
+            client_urls,
+        }))
+        .await?;
         Ok(())
     }
 

@@ -30,8 +30,8 @@ fn parse_image_name(name: &str) -> Option<(u64, u64)> {
 }
 
 pub(crate) fn to_core_conf(cs: &raft::prelude::ConfState) -> Result<snapply_core::ConfState, RaftError> {
-    let list = |ids: &[u64]| -> Result<snapply_core::raft::IdList, RaftError> {
-        snapply_core::raft::IdList::from_slice(ids).map_err(|_| RaftError::Config {
+    let list = |ids: &[u64]| -> Result<snapply_core::IdList, RaftError> {
+        snapply_core::IdList::from_slice(ids).map_err(|_| RaftError::Config {
             what: format!("a configuration of {} nodes: snapply holds at most 16", ids.len()),
         })
     };

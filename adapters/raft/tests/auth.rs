@@ -3,6 +3,7 @@
 //! one and a bogus token are refused with etcd's errors; permissions are checked over whole
 //! ranges; deleting a user or changing its password ends its tokens, disabling auth ends all.
 
+use snapply_raft::RequestBuf;
 use std::error::Error;
 use std::time::Duration;
 
@@ -47,25 +48,33 @@ async fn tokens_from_one_member_are_taken_by_all_while_live_and_checked_against_
         // The cost is bcrypt's least, to keep the test quick; etcd's default is 10.
         let hash = |p: &str| hash_password(p.into(), 4);
         let commands = [
-            Command::UserAdd { name: b"root".to_vec(), password_hash: hash("rootpw").await? },
-            Command::UserGrantRole { user: b"root".to_vec(), role: b"root".to_vec() },
-            Command::UserAdd { name: b"alice".to_vec(), password_hash: hash("alicepw").await? },
-            Command::UserAdd { name: b"svc".to_vec(), password_hash: Vec::new() },
-            Command::RoleAdd { name: b"r".to_vec() },
-            Command::RoleGrantPermission {
+            Command::Apply(RequestBuf::UserAdd {
+                name: b"root".to_vec(),
+                password_hash: hash("rootpw").await?,
+                no_password: false,
+            }),
+            Command::Apply(RequestBuf::UserGrantRole { user: b"root".to_vec(), role: b"root".to_vec() }),
+            Command::Apply(RequestBuf::UserAdd {
+                name: b"alice".to_vec(),
+                password_hash: hash("alicepw").await?,
+                no_password: false,
+            }),
+            Command::Apply(RequestBuf::UserAdd { name: b"svc".to_vec(), password_hash: Vec::new(), no_password: true }),
+            Command::Apply(RequestBuf::RoleAdd { name: b"r".to_vec() }),
+            Command::Apply(RequestBuf::RoleGrantPermission {
                 role: b"r".to_vec(),
                 kind: PermissionType::Read,
                 key: b"/a".to_vec(),
                 range_end: b"/c".to_vec(),
-            },
-            Command::RoleGrantPermission {
+            }),
+            Command::Apply(RequestBuf::RoleGrantPermission {
                 role: b"r".to_vec(),
                 kind: PermissionType::ReadWrite,
                 key: b"/c".to_vec(),
                 range_end: b"/e".to_vec(),
-            },
-            Command::UserGrantRole { user: b"alice".to_vec(), role: b"r".to_vec() },
-            Command::AuthSetEnabled(true),
+            }),
+            Command::Apply(RequestBuf::UserGrantRole { user: b"alice".to_vec(), role: b"r".to_vec() }),
+            Command::Apply(RequestBuf::AuthSetEnabled(true)),
         ];
         for c in commands {
             b.propose(c).await?;
@@ -98,7 +107,11 @@ async fn tokens_from_one_member_are_taken_by_all_while_live_and_checked_against_
 
         // A changed password ends alice's tokens; root's stay.
         let (_, root) = a.authenticate("root", "rootpw").await?;
-        b.propose(Command::UserChangePassword { name: b"alice".to_vec(), password_hash: hash("new").await? }).await?;
+        b.propose(Command::Apply(RequestBuf::UserChangePassword {
+            name: b"alice".to_vec(),
+            password_hash: hash("new").await?,
+        }))
+        .await?;
         for client in [&a, &b] {
             // Caught up with the commit (a linearizable barrier): the change is applied here.
             client.read_index().await?;
@@ -111,13 +124,13 @@ async fn tokens_from_one_member_are_taken_by_all_while_live_and_checked_against_
         // Checked again as it is applied (etcd's request header): a write checked before the
         // auth state changed is refused, whoever applies it, and changes nothing.
         let checked = b.authorize(Some(alice.clone()), vec![write("/c", "")]).await?;
-        let put = |v: &str| Command::Put { key: b"/c".to_vec(), value: v.into(), lease: 0 };
+        let put = |v: &str| Command::Apply(RequestBuf::Put { key: b"/c".to_vec(), value: v.into(), lease: 0 });
         b.with_auth(checked.clone()).propose(put("1")).await?;
-        a.propose(Command::RoleRevokePermission {
+        a.propose(Command::Apply(RequestBuf::RoleRevokePermission {
             role: b"r".to_vec(),
             key: b"/c".to_vec(),
             range_end: b"/e".to_vec(),
-        })
+        }))
         .await?;
         let stale = b.with_auth(checked).propose(put("2")).await;
         assert!(matches!(stale, Err(RaftError::Auth(AuthError::OldRevision))), "{stale:?}");
@@ -131,8 +144,8 @@ async fn tokens_from_one_member_are_taken_by_all_while_live_and_checked_against_
         assert_eq!(refused(now.map(|a| a.map(|a| a.user().to_vec()))), Some(AuthError::PermissionDenied));
 
         // Disabling auth ends every token: enabled again, root's old one is refused.
-        a.propose(Command::AuthSetEnabled(false)).await?;
-        a.propose(Command::AuthSetEnabled(true)).await?;
+        a.propose(Command::Apply(RequestBuf::AuthSetEnabled(false))).await?;
+        a.propose(Command::Apply(RequestBuf::AuthSetEnabled(true))).await?;
         b.read_index().await?;
         for token in [&root, &alice] {
             assert_eq!(refused(b.authorize(Some(token.clone()), Vec::new()).await), Some(AuthError::InvalidToken));

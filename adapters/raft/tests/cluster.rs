@@ -2,10 +2,12 @@
 //! catches up by a snapshot applied through snapply's pipeline, and every node ends with the
 //! same state.
 
+use snapply_raft::RequestBuf;
 use std::error::Error;
 use std::time::Duration;
 
-use snapply_raft::{Client, Cluster, Command, Phase};
+use snapply_core::Phase;
+use snapply_raft::{Client, Cluster, Command};
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 
@@ -15,10 +17,12 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// Writes `n` keys `prefix-00000..` through `client`, 64 proposals in flight at a time.
 async fn write_keys(client: &Client, prefix: &str, n: usize) -> Result {
-    let puts = (0..n).map(|i| Command::Put {
-        key: format!("/{prefix}/key-{i:05}").into_bytes(),
-        value: format!("value-{i}-{}", "x".repeat(i % 50)).into_bytes(),
-        lease: 0,
+    let puts = (0..n).map(|i| {
+        Command::Apply(RequestBuf::Put {
+            key: format!("/{prefix}/key-{i:05}").into_bytes(),
+            value: format!("value-{i}-{}", "x".repeat(i % 50)).into_bytes(),
+            lease: 0,
+        })
     });
     client.propose_all(puts, 64).await?;
     Ok(())
@@ -106,8 +110,11 @@ async fn proposals_a_cut_off_leader_never_commits_are_forgotten_once_their_clien
         l.isolate(true).await?;
         let mut inflight = JoinSet::new();
         for i in 0..20 {
-            let put =
-                l.propose(Command::Put { key: format!("/lost/{i}").into_bytes(), value: b"v".to_vec(), lease: 0 });
+            let put = l.propose(Command::Apply(RequestBuf::Put {
+                key: format!("/lost/{i}").into_bytes(),
+                value: b"v".to_vec(),
+                lease: 0,
+            }));
             inflight.spawn(timeout(Duration::from_secs(2), put));
         }
         // Taken by raft-rs while the member still leads, then never committed.
@@ -134,7 +141,11 @@ async fn members_agree_on_the_hash_of_the_key_space_and_defragmenting_keeps_it()
         let leader = cluster.leader(WAIT).await?;
         let l = cluster.node(leader)?.client();
         write_keys(&l, "hashed", 300).await?;
-        l.propose(Command::DeleteRange { key: b"/hashed/key-00001".to_vec(), range_end: Vec::new() }).await?;
+        l.propose(Command::Apply(RequestBuf::DeleteRange {
+            key: b"/hashed/key-00001".to_vec(),
+            range_end: Vec::new(),
+        }))
+        .await?;
         cluster.settle(leader, WAIT).await?;
         let hashes = async |rev: i64| -> Result<Vec<(u32, i64, i64)>> {
             let mut out = Vec::new();
@@ -160,7 +171,7 @@ async fn members_agree_on_the_hash_of_the_key_space_and_defragmenting_keeps_it()
         let future = cluster.node(leader)?.hash_kv(rev + 1).await;
         assert!(matches!(future, Err(snapply_raft::RaftError::Store(_))), "{future:?}");
         // Compacted: revisions at or below it are refused, and the hash still agrees.
-        l.propose(Command::Compact { revision: at }).await?;
+        l.propose(Command::Apply(RequestBuf::Compact { revision: at })).await?;
         cluster.settle(leader, WAIT).await?;
         let compacted_hashes = hashes(0).await?;
         assert!(compacted_hashes.iter().all(|h| *h == (compacted_hashes[0].0, at, rev)), "{compacted_hashes:?}");
@@ -196,11 +207,14 @@ async fn propose_all_applies_in_order_and_stops_at_the_first_refused_command() -
     let cluster = Cluster::start(dir.path(), 1)?;
     let id = cluster.leader(WAIT).await?;
     let client = cluster.node(id)?.client();
-    let put = |key: &str, value: &str| Command::Put { key: key.into(), value: value.into(), lease: 0 };
+    let put =
+        |key: &str, value: &str| Command::Apply(RequestBuf::Put { key: key.into(), value: value.into(), lease: 0 });
     let before = client.propose(put("/x", "0")).await?;
     let revision = client.propose_all([put("/a", "1"), put("/a", "2"), put("/b", "1")], 2).await?;
     assert_eq!(revision, before + 3, "the revision after the last of three puts");
-    let refused = client.propose_all([put("/a", "3"), Command::LeaseRevoke { id: 99 }, put("/c", "1")], 1).await;
+    let refused = client
+        .propose_all([put("/a", "3"), Command::Apply(RequestBuf::LeaseRevoke { id: 99 }), put("/c", "1")], 1)
+        .await;
     assert!(matches!(refused, Err(snapply_raft::RaftError::Store(_))), "{refused:?}");
     assert_eq!(client.range(b"/a", b"").await?, vec![(b"/a".to_vec(), b"3".to_vec())]);
     assert_eq!(client.range(b"/c", b"").await?, Vec::new(), "nothing after the refused command was proposed");

@@ -4,6 +4,7 @@
 //!
 //! Alone in its test binary: failpoints are configured process-wide.
 
+use snapply_raft::RequestBuf;
 use std::error::Error;
 use std::time::{Duration, Instant};
 
@@ -25,10 +26,12 @@ async fn follower_stopped_during_the_restore_finishes_it_from_its_data_dir() -> 
 
         cluster.node(follower)?.isolate(true).await?;
         let client = cluster.node(leader)?.client();
-        let puts = (0..500).map(|i| Command::Put {
-            key: format!("/lagged/{i:04}").into_bytes(),
-            value: vec![b'v'; 64],
-            lease: 0,
+        let puts = (0..500).map(|i| {
+            Command::Apply(RequestBuf::Put {
+                key: format!("/lagged/{i:04}").into_bytes(),
+                value: vec![b'v'; 64],
+                lease: 0,
+            })
         });
         client.propose_all(puts, 64).await?;
         let compacted = cluster.node(leader)?.compact_log().await?;

@@ -2,6 +2,7 @@
 //! log, on every member; a member whose lessor was rebuilt from a snapshot expires the leases it
 //! restored once it leads; a restarted leader starts every expiry over.
 
+use snapply_raft::RequestBuf;
 use std::error::Error;
 use std::time::{Duration, Instant};
 
@@ -58,8 +59,10 @@ async fn leases_restored_by_snapshot_expire_under_the_member_that_then_leads() -
     let mut cluster = Cluster::start(dir.path(), 3)?;
     let leader = cluster.leader(WAIT).await?;
     let client = cluster.node(leader)?.client();
-    client.propose(Command::LeaseGrant { id: 7, ttl: 2 }).await?;
-    client.propose(Command::Put { key: b"/leased".to_vec(), value: b"v".to_vec(), lease: 7 }).await?;
+    client.propose(Command::Apply(RequestBuf::LeaseGrant { id: 7, ttl: 2 })).await?;
+    client
+        .propose(Command::Apply(RequestBuf::Put { key: b"/leased".to_vec(), value: b"v".to_vec(), lease: 7 }))
+        .await?;
     let renewing = keep_alive(client.clone(), 7);
 
     // Both followers are restored by snapshot while the lease is kept alive.
@@ -90,8 +93,10 @@ async fn a_restarted_leader_expires_the_leases_it_held() -> Result {
     let mut cluster = Cluster::start(dir.path(), 1)?;
     let id = cluster.leader(WAIT).await?;
     let client = cluster.node(id)?.client();
-    client.propose(Command::LeaseGrant { id: 9, ttl: 2 }).await?;
-    client.propose(Command::Put { key: b"/leased".to_vec(), value: b"v".to_vec(), lease: 9 }).await?;
+    client.propose(Command::Apply(RequestBuf::LeaseGrant { id: 9, ttl: 2 })).await?;
+    client
+        .propose(Command::Apply(RequestBuf::Put { key: b"/leased".to_vec(), value: b"v".to_vec(), lease: 9 }))
+        .await?;
     // Renewed while it runs: the TTL is the granted one, and an unknown lease is not found.
     assert_eq!(client.renew_lease(9).await?, Some(2));
     assert_eq!(client.renew_lease(10).await?, None);

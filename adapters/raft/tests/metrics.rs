@@ -5,6 +5,7 @@
 //!
 //! Alone in its test binary: failpoints are configured process-wide.
 
+use snapply_raft::RequestBuf;
 use std::error::Error;
 use std::time::{Duration, Instant};
 
@@ -47,10 +48,12 @@ async fn the_apply_gauge_is_1_while_a_follower_restores_a_snapshot_and_0_after()
         assert_eq!(sample(f.metrics(), "etcd_server_snapshot_apply_in_progress_total"), Some(0.0));
 
         f.isolate(true).await?;
-        let puts = (0..300).map(|i| Command::Put {
-            key: format!("/lagged/{i:04}").into_bytes(),
-            value: vec![b'v'; 64],
-            lease: 0,
+        let puts = (0..300).map(|i| {
+            Command::Apply(RequestBuf::Put {
+                key: format!("/lagged/{i:04}").into_bytes(),
+                value: vec![b'v'; 64],
+                lease: 0,
+            })
         });
         l.propose_all(puts, 64).await?;
         let compacted = l.compact_log().await?;

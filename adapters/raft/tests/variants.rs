@@ -2,6 +2,7 @@
 //! lagged, two snapshots in a row, the leader restarted while sending (the follower killed
 //! during the restore is in `crash_restore.rs`: it configures process-wide failpoints).
 
+use snapply_raft::RequestBuf;
 use std::error::Error;
 use std::time::Duration;
 
@@ -14,10 +15,12 @@ const WAIT: Duration = Duration::from_secs(60);
 const BOUND: Duration = Duration::from_secs(240);
 
 async fn write_keys(client: &Client, prefix: &str, n: usize) -> Result {
-    let puts = (0..n).map(|i| Command::Put {
-        key: format!("/{prefix}/key-{i:05}").into_bytes(),
-        value: vec![b'v'; 64],
-        lease: 0,
+    let puts = (0..n).map(|i| {
+        Command::Apply(RequestBuf::Put {
+            key: format!("/{prefix}/key-{i:05}").into_bytes(),
+            value: vec![b'v'; 64],
+            lease: 0,
+        })
     });
     client.propose_all(puts, 64).await?;
     Ok(())

@@ -3,6 +3,7 @@
 //! batches; a revision below the compaction refused with the compaction revision; and a
 //! watcher of a follower caught up by a snapshot reads on from the restored history.
 
+use snapply_raft::RequestBuf;
 use std::error::Error;
 use std::time::Duration;
 
@@ -46,8 +47,13 @@ fn delete(key: &str, revision: i64, prev_kv: Option<KeyValue>) -> Event {
 
 /// Writes `n` keys `/<prefix>/NNNNN` through `client`, 64 proposals in flight at a time.
 async fn write_keys(client: &Client, prefix: &str, n: usize) -> Result {
-    let puts =
-        (0..n).map(|i| Command::Put { key: format!("/{prefix}/{i:05}").into_bytes(), value: b"v".to_vec(), lease: 0 });
+    let puts = (0..n).map(|i| {
+        Command::Apply(RequestBuf::Put {
+            key: format!("/{prefix}/{i:05}").into_bytes(),
+            value: b"v".to_vec(),
+            lease: 0,
+        })
+    });
     client.propose_all(puts, 64).await?;
     Ok(())
 }
@@ -83,7 +89,7 @@ async fn events_come_from_the_history_in_revision_order_with_prev_kv_and_a_compa
         client.put(b"/a", b"1").await?; // 2
         client.put(b"/b", b"2").await?; // 3
         client.put(b"/a", b"3").await?; // 4
-        client.propose(Command::DeleteRange { key: b"/a".to_vec(), range_end: Vec::new() }).await?; // 5
+        client.propose(Command::Apply(RequestBuf::DeleteRange { key: b"/a".to_vec(), range_end: Vec::new() })).await?; // 5
         client.put(b"/a", b"4").await?; // 6
         // The loop publishes the revision once the ready that applied the write is done.
         until_revision(&client, 6).await?;
@@ -112,7 +118,7 @@ async fn events_come_from_the_history_in_revision_order_with_prev_kv_and_a_compa
             assert_eq!((got.events.len(), got.through), (0, after));
         }
 
-        client.propose(Command::Compact { revision: 4 }).await?;
+        client.propose(Command::Apply(RequestBuf::Compact { revision: 4 })).await?;
         match client.events(request(b"/a", b"", 2, false)).await {
             Err(RaftError::Store(StoreError::Compacted { compacted: 4, .. })) => {}
             other => panic!("a start below the compaction: {other:?}"),
@@ -181,7 +187,7 @@ async fn a_watcher_of_a_follower_reads_on_after_a_snapshot_restore_or_is_told_it
         follower.isolate(true).await?;
         write_keys(&leader, "later", 20).await?;
         let compact_at = leader.header().await?.revision;
-        leader.propose(Command::Compact { revision: compact_at }).await?;
+        leader.propose(Command::Apply(RequestBuf::Compact { revision: compact_at })).await?;
         leader.compact_log().await?;
         follower.isolate(false).await?;
         until_revision(&follower, compact_at).await?;

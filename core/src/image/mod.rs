@@ -21,7 +21,7 @@
 //! use snapply_core::backend::{Backend, Bucket, WriteTxn};
 //! use snapply_core::image::{self, BASE_BUFFER};
 //! use snapply_core::mem::MemBackend;
-//! use snapply_core::raft::SnapshotMetadata;
+//! use snapply_core::SnapshotMetadata;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let mut leader = MemBackend::<8, 16, 16>::new();

@@ -5,7 +5,7 @@ use crate::backend::{Backend, Bucket, ReadTxn, WriteTxn};
 use crate::collections::{Profile, Seq};
 
 /// The kind of an alarm (etcd's `AlarmType`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum AlarmType {
     /// The member ran out of backend space.
@@ -25,7 +25,7 @@ impl AlarmType {
 }
 
 /// An alarm raised by a member.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Alarm {
     /// The member that raised it.

@@ -24,7 +24,7 @@ use crate::collections::Profile;
 pub const MAX_TXN_DEPTH: usize = 16;
 
 /// How a compare's target is compared with the key's (etcd's `Compare.CompareResult`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum CompareResult {
     /// The key's is equal to the target.

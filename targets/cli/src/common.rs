@@ -12,10 +12,11 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value};
+use snapply_core::SnapshotMetadata;
 use snapply_core::backend::Bucket;
 use snapply_core::image::{self, BASE_BUFFER, DecodeError, Decoder, Item, Summary};
-use snapply_core::ports::{Event, Observer, Phase, PortErrorKind};
-use snapply_core::raft::SnapshotMetadata;
+use snapply_core::ports::PortErrorKind;
+use snapply_core::{Event, Observer, Phase};
 use snapply_etcd::bbolt::ReadAt;
 
 /// Exit codes scripts can rely on (documented in the README and in `--help`).

@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Args as ClapArgs;
+use snapply_core::SnapshotMetadata;
 use snapply_core::backend::Backend;
 use snapply_core::collections::Growable;
 use snapply_core::image::{self, EncodeError, Sink};
-use snapply_core::raft::SnapshotMetadata;
 use snapply_core::store::{ConsistentIndex, Membership, V2Store, load_conf_state, member_key};
 use snapply_fs::{FsError, RedbReadOnly};
 

@@ -5,12 +5,14 @@
 //! by the leader's snapshot, which it receives out of band, persists while it arrives and applies
 //! through every phase of snapply's pipeline. The nodes' state digests are then compared.
 
+use snapply_core::store::{Alarm, AlarmType};
+use snapply_raft::RequestBuf;
 use std::error::Error;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use snapply_core::ports::{Observer, Phase};
+use snapply_core::{Observer, Phase};
 use snapply_raft::{Client, Cluster, Command, SnapshotPolicy, Trace};
 
 use crate::observe::Printer;
@@ -67,7 +69,7 @@ fn workload(args: &Args, prefix: &str) -> Vec<Command> {
     // The leader's lessor expires leases as etcd's does: an hour outlives any run of the demo,
     // so no put finds its lease revoked.
     for id in 1..=8 {
-        commands.push(Command::LeaseGrant { id, ttl: 3_600 });
+        commands.push(Command::Apply(RequestBuf::LeaseGrant { id, ttl: 3_600 }));
     }
     for i in 0..args.keys {
         let value: Vec<u8> = (0..args.value_size)
@@ -80,9 +82,9 @@ fn workload(args: &Args, prefix: &str) -> Vec<Command> {
             .collect();
         let key = format!("/registry/{prefix}/pod-{i:07}").into_bytes();
         let lease = if i % 4 == 0 { i64::from(i % 8) + 1 } else { 0 };
-        commands.push(Command::Put { key: key.clone(), value, lease });
+        commands.push(Command::Apply(RequestBuf::Put { key: key.clone(), value, lease }));
         if i % 10 == 0 {
-            commands.push(Command::DeleteRange { key, range_end: Vec::new() });
+            commands.push(Command::Apply(RequestBuf::DeleteRange { key, range_end: Vec::new() }));
         }
     }
     commands
@@ -117,10 +119,14 @@ async fn scenario(args: &Args, root: &Path, cluster: &Cluster, started: Instant)
     propose_all(
         &client,
         vec![
-            Command::UserAdd { name: b"root".to_vec(), password_hash: b"$2a$10$rootpasswordhash".to_vec() },
-            Command::RoleAdd { name: b"root".to_vec() },
-            Command::UserGrantRole { user: b"root".to_vec(), role: b"root".to_vec() },
-            Command::AuthSetEnabled(true),
+            Command::Apply(RequestBuf::UserAdd {
+                name: b"root".to_vec(),
+                password_hash: b"$2a$10$rootpasswordhash".to_vec(),
+                no_password: false,
+            }),
+            Command::Apply(RequestBuf::RoleAdd { name: b"root".to_vec() }),
+            Command::Apply(RequestBuf::UserGrantRole { user: b"root".to_vec(), role: b"root".to_vec() }),
+            Command::Apply(RequestBuf::AuthSetEnabled(true)),
         ],
     )
     .await?;
@@ -132,7 +138,11 @@ async fn scenario(args: &Args, root: &Path, cluster: &Cluster, started: Instant)
     let commands = workload(args, "pods");
     let n = commands.len();
     propose_all(&client, commands).await?;
-    propose_all(&client, vec![Command::Alarm { member: leader, nospace: true, activate: true }]).await?;
+    propose_all(
+        &client,
+        vec![Command::Apply(RequestBuf::AlarmActivate(Alarm { member: leader, kind: AlarmType::Nospace }))],
+    )
+    .await?;
     println!(
         "leader wrote {n} entries ({} keys, {} bytes per value) in {}",
         args.keys,
@@ -176,11 +186,14 @@ async fn scenario(args: &Args, root: &Path, cluster: &Cluster, started: Instant)
     // The restored follower goes on applying entries like the others: the NOSPACE alarm it
     // restored is disarmed first (under it, puts are refused as etcd refuses them), then keys
     // are written.
-    let mut after = vec![Command::Alarm { member: leader, nospace: true, activate: false }];
-    after.extend((0..10).map(|i| Command::Put {
-        key: format!("/registry/after/{i}").into_bytes(),
-        value: b"v".to_vec(),
-        lease: 0,
+    let mut after =
+        vec![Command::Apply(RequestBuf::AlarmDeactivate(Alarm { member: leader, kind: AlarmType::Nospace }))];
+    after.extend((0..10).map(|i| {
+        Command::Apply(RequestBuf::Put {
+            key: format!("/registry/after/{i}").into_bytes(),
+            value: b"v".to_vec(),
+            lease: 0,
+        })
     }));
     propose_all(&client, after).await?;
     let digests = cluster.settle(leader, WAIT).await?;

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Args as ClapArgs;
-use snapply_core::raft::{ConfState, IdList};
+use snapply_core::{ConfState, IdList};
 use snapply_etcd::bbolt::BoltError;
 use snapply_etcd::{Digest, EtcdSnapshot, ImportError, ImportOptions, Imported, Options};
 

@@ -22,8 +22,8 @@ use snapply_core::collections::Growable;
 use snapply_core::image::{self, DecodeError, Decoder, Item, Sink};
 use snapply_core::mem::VecBackend;
 use snapply_core::ports::{PortError, PortErrorKind};
-use snapply_core::raft::{ConfState, IdList, SnapshotMetadata};
 use snapply_core::store::{NewMember, V2Deprecation};
+use snapply_core::{ConfState, IdList, SnapshotMetadata};
 use snapply_core::{Config, Node, Request};
 use snapply_raft::InitialCluster;
 

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use snapply_core::ports::{Event, Observer, Phase};
+use snapply_core::{Event, Observer, Phase};
 
 /// Prints events and phase timings to standard output.
 pub struct Printer {

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use serde_json::{Value, json};
-use snapply_core::raft::ConfState;
+use snapply_core::ConfState;
 
 use crate::common::{Failure, ImageArgs, Log, Scanned, Visit, hex, scan_image};
 

@@ -20,7 +20,7 @@ fn demo_prints_every_phase_in_order_and_states_equal() {
         .filter_map(|l| l.split_whitespace().next())
         .collect();
     // Every phase the pipeline has, in its order.
-    let all: Vec<&str> = snapply_core::ports::Phase::ALL.iter().map(|p| p.state()).collect();
+    let all: Vec<&str> = snapply_core::Phase::ALL.iter().map(|p| p.state()).collect();
     assert_eq!(phases, all);
     assert!(stdout.contains("restored mvcc store"), "{stdout}");
     assert_eq!(stdout.lines().last(), Some("states equal"));

@@ -29,7 +29,8 @@ use defmt::{Display2Format, error, info};
 use defmt_semihosting as _;
 use snapply_core::image::{self, BASE_BUFFER, Chunked};
 use snapply_core::memports::PeerTable;
-use snapply_core::ports::{ImageStream, Observer, Phase, Ports};
+use snapply_core::ports::{ImageStream, Ports};
+use snapply_core::{Observer, Phase};
 use snapply_core::store::{NewMember, StoreError};
 use snapply_core::{ApplyError, Node, Request, Snapshot, SnapshotMetadata};
 

@@ -9,13 +9,14 @@ use std::cell::RefCell;
 use std::ops::Range;
 
 use embedded_storage::nor_flash::NorFlash;
+use snapply_core::NoObserver;
 use snapply_core::backend::{Backend, Bucket, OwnedRecord, dump};
 use snapply_core::collections::Fixed;
 use snapply_core::image::BASE_BUFFER;
 use snapply_core::mem::MemBackend;
 use snapply_core::memports::PeerTable;
 use snapply_core::pipeline::Validated;
-use snapply_core::ports::{NoObserver, Ports};
+use snapply_core::ports::Ports;
 use snapply_core::{ApplyError, Node, Snapshot, SnapshotMetadata, Stores, apply_snapshot};
 use snapply_flash::{BootError, Booted, FlashBackend, FlashSnapshotStore, mount};
 use snapply_tests::Op;

@@ -15,6 +15,7 @@
 //! leader's peer URL (`/leases`, `/leases/internal`), and retries until the request timeout
 //! while there is no leader or the new one has not promoted its lessor yet.
 
+use snapply_core::RequestBuf;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -123,7 +124,9 @@ impl Loop {
         for id in expired {
             self.seq += 1;
             // No one waits for it: its outcome shows in the lessor (a lost proposal is retried).
-            if let Err(e) = self.raw.propose(context(self.id, self.seq), Command::LeaseRevoke { id }.encode()) {
+            if let Err(e) =
+                self.raw.propose(context(self.id, self.seq), Command::Apply(RequestBuf::LeaseRevoke { id }).encode())
+            {
                 log::warn!("member {:x} failed to revoke lease {id:016x}: {e}", self.id);
             }
         }
@@ -132,7 +135,7 @@ impl Loop {
     /// A lease granted while this member's lessor is promoted starts to expire at once (etcd's
     /// `Grant` on the primary lessor).
     pub(super) fn lease_applied(&mut self, command: &Command) {
-        if let Command::LeaseGrant { id, .. } = command
+        if let Command::Apply(RequestBuf::LeaseGrant { id, .. }) = command
             && self.node.stores().lessor.is_primary()
         {
             let _ = self.node.renew_lease(*id, self.lease_clock.now_ms());

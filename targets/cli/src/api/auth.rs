@@ -5,6 +5,7 @@
 //! root role; a user may get itself, and a role it holds (etcd's `authApplierV3`).
 
 use snapply_core::store::PermissionType;
+use snapply_raft::RequestBuf;
 use snapply_raft::{Command, Need, PermissionInfo, hash_password};
 use tonic::{Request, Response, Status};
 
@@ -83,7 +84,7 @@ impl PbAuthService for AuthService {
         request: Request<PbAuthEnableRequest>,
     ) -> Result<Response<PbAuthEnableResponse>, Status> {
         // Enabling needs a root user with the root role, which the store checks as it applies.
-        let header = self.change(&request, Vec::new(), Command::AuthSetEnabled(true)).await?;
+        let header = self.change(&request, Vec::new(), Command::Apply(RequestBuf::AuthSetEnabled(true))).await?;
         Ok(Response::new(PbAuthEnableResponse { header }))
     }
 
@@ -91,7 +92,8 @@ impl PbAuthService for AuthService {
         &self,
         request: Request<PbAuthDisableRequest>,
     ) -> Result<Response<PbAuthDisableResponse>, Status> {
-        let header = self.change(&request, vec![Need::Admin], Command::AuthSetEnabled(false)).await?;
+        let header =
+            self.change(&request, vec![Need::Admin], Command::Apply(RequestBuf::AuthSetEnabled(false))).await?;
         Ok(Response::new(PbAuthDisableResponse { header }))
     }
 
@@ -131,7 +133,9 @@ impl PbAuthService for AuthService {
             (false, false) => r.hashed_password.into_bytes(),
             (false, true) => self.hash(r.password).await?,
         };
-        let header = self.propose(Command::UserAdd { name: r.name.into_bytes(), password_hash }).await?;
+        let header = self
+            .propose(Command::Apply(RequestBuf::UserAdd { name: r.name.into_bytes(), password_hash, no_password }))
+            .await?;
         Ok(Response::new(PbAuthUserAddResponse { header }))
     }
 
@@ -166,7 +170,7 @@ impl PbAuthService for AuthService {
         request: Request<PbAuthUserDeleteRequest>,
     ) -> Result<Response<PbAuthUserDeleteResponse>, Status> {
         let name = request.get_ref().name.clone().into_bytes();
-        let header = self.change(&request, vec![Need::Admin], Command::UserDelete { name }).await?;
+        let header = self.change(&request, vec![Need::Admin], Command::Apply(RequestBuf::UserDelete { name })).await?;
         Ok(Response::new(PbAuthUserDeleteResponse { header }))
     }
 
@@ -178,7 +182,7 @@ impl PbAuthService for AuthService {
         let r = request.into_inner();
         let password_hash =
             if r.hashed_password.is_empty() { self.hash(r.password).await? } else { r.hashed_password.into_bytes() };
-        let command = Command::UserChangePassword { name: r.name.into_bytes(), password_hash };
+        let command = Command::Apply(RequestBuf::UserChangePassword { name: r.name.into_bytes(), password_hash });
         let header = self.propose(command).await?;
         Ok(Response::new(PbAuthUserChangePasswordResponse { header }))
     }
@@ -188,7 +192,10 @@ impl PbAuthService for AuthService {
         request: Request<PbAuthUserGrantRoleRequest>,
     ) -> Result<Response<PbAuthUserGrantRoleResponse>, Status> {
         let r = request.get_ref();
-        let command = Command::UserGrantRole { user: r.user.clone().into_bytes(), role: r.role.clone().into_bytes() };
+        let command = Command::Apply(RequestBuf::UserGrantRole {
+            user: r.user.clone().into_bytes(),
+            role: r.role.clone().into_bytes(),
+        });
         let header = self.change(&request, vec![Need::Admin], command).await?;
         Ok(Response::new(PbAuthUserGrantRoleResponse { header }))
     }
@@ -198,7 +205,10 @@ impl PbAuthService for AuthService {
         request: Request<PbAuthUserRevokeRoleRequest>,
     ) -> Result<Response<PbAuthUserRevokeRoleResponse>, Status> {
         let r = request.get_ref();
-        let command = Command::UserRevokeRole { user: r.name.clone().into_bytes(), role: r.role.clone().into_bytes() };
+        let command = Command::Apply(RequestBuf::UserRevokeRole {
+            user: r.name.clone().into_bytes(),
+            role: r.role.clone().into_bytes(),
+        });
         let header = self.change(&request, vec![Need::Admin], command).await?;
         Ok(Response::new(PbAuthUserRevokeRoleResponse { header }))
     }
@@ -211,7 +221,7 @@ impl PbAuthService for AuthService {
         if name.is_empty() {
             return Err(error::role_empty());
         }
-        let header = self.change(&request, vec![Need::Admin], Command::RoleAdd { name }).await?;
+        let header = self.change(&request, vec![Need::Admin], Command::Apply(RequestBuf::RoleAdd { name })).await?;
         Ok(Response::new(PbAuthRoleAddResponse { header }))
     }
 
@@ -246,7 +256,7 @@ impl PbAuthService for AuthService {
         request: Request<PbAuthRoleDeleteRequest>,
     ) -> Result<Response<PbAuthRoleDeleteResponse>, Status> {
         let name = request.get_ref().role.clone().into_bytes();
-        let header = self.change(&request, vec![Need::Admin], Command::RoleDelete { name }).await?;
+        let header = self.change(&request, vec![Need::Admin], Command::Apply(RequestBuf::RoleDelete { name })).await?;
         Ok(Response::new(PbAuthRoleDeleteResponse { header }))
     }
 
@@ -262,12 +272,12 @@ impl PbAuthService for AuthService {
             Ok(PbPermissionType::Readwrite) => PermissionType::ReadWrite,
             Err(_) => return Err(error::invalid_auth_mgmt()),
         };
-        let command = Command::RoleGrantPermission {
+        let command = Command::Apply(RequestBuf::RoleGrantPermission {
             role: r.name.clone().into_bytes(),
             kind,
             key: perm.key.clone(),
             range_end: perm.range_end.clone(),
-        };
+        });
         let header = self.change(&request, vec![Need::Admin], command).await?;
         Ok(Response::new(PbAuthRoleGrantPermissionResponse { header }))
     }
@@ -277,11 +287,11 @@ impl PbAuthService for AuthService {
         request: Request<PbAuthRoleRevokePermissionRequest>,
     ) -> Result<Response<PbAuthRoleRevokePermissionResponse>, Status> {
         let r = request.get_ref();
-        let command = Command::RoleRevokePermission {
+        let command = Command::Apply(RequestBuf::RoleRevokePermission {
             role: r.role.clone().into_bytes(),
             key: r.key.clone(),
             range_end: r.range_end.clone(),
-        };
+        });
         let header = self.change(&request, vec![Need::Admin], command).await?;
         Ok(Response::new(PbAuthRoleRevokePermissionResponse { header }))
     }

@@ -7,8 +7,8 @@ use super::pb::{
 };
 use snapply_core::store::MAX_TXN_DEPTH;
 use snapply_raft::{
-    Command, Compare, CompareResult, CompareTarget, KeyValue, Need, RangeRequest, SortOrder, SortTarget, TxnNode,
-    TxnOp, TxnOpResponse, TxnResponse,
+    Command, CompareBuf, CompareResult, CompareTargetBuf, KeyValue, Need, RangeRequest, RequestBuf, SortOrder,
+    SortTarget, TxnNodeBuf, TxnOpBuf, TxnOpResponse, TxnResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -109,7 +109,7 @@ fn txn_needs(r: &PbTxnRequest, needs: &mut Vec<Need>) {
 /// may have.
 pub const MAX_TXN_OPS: usize = 128;
 
-fn compare(c: &PbCompare) -> Result<Compare, Status> {
+fn compare(c: &PbCompare) -> Result<CompareBuf, Status> {
     let result = match c.result {
         0 => CompareResult::Equal,
         1 => CompareResult::Greater,
@@ -118,22 +118,22 @@ fn compare(c: &PbCompare) -> Result<Compare, Status> {
         _ => return Err(Status::invalid_argument("etcdserver: unknown compare result")),
     };
     let target = match &c.target_union {
-        Some(PbTargetUnion::Version(v)) => CompareTarget::Version(*v),
-        Some(PbTargetUnion::CreateRevision(v)) => CompareTarget::CreateRevision(*v),
-        Some(PbTargetUnion::ModRevision(v)) => CompareTarget::ModRevision(*v),
-        Some(PbTargetUnion::Value(v)) => CompareTarget::Value(v.clone()),
-        Some(PbTargetUnion::Lease(v)) => CompareTarget::Lease(*v),
+        Some(PbTargetUnion::Version(v)) => CompareTargetBuf::Version(*v),
+        Some(PbTargetUnion::CreateRevision(v)) => CompareTargetBuf::CreateRevision(*v),
+        Some(PbTargetUnion::ModRevision(v)) => CompareTargetBuf::ModRevision(*v),
+        Some(PbTargetUnion::Value(v)) => CompareTargetBuf::Value(v.clone()),
+        Some(PbTargetUnion::Lease(v)) => CompareTargetBuf::Lease(*v),
         // A compare without its value compares with the target's zero, as Go's proto does.
         None => match c.target {
-            0 => CompareTarget::Version(0),
-            1 => CompareTarget::CreateRevision(0),
-            2 => CompareTarget::ModRevision(0),
-            3 => CompareTarget::Value(Vec::new()),
-            4 => CompareTarget::Lease(0),
+            0 => CompareTargetBuf::Version(0),
+            1 => CompareTargetBuf::CreateRevision(0),
+            2 => CompareTargetBuf::ModRevision(0),
+            3 => CompareTargetBuf::Value(Vec::new()),
+            4 => CompareTargetBuf::Lease(0),
             _ => return Err(Status::invalid_argument("etcdserver: unknown compare target")),
         },
     };
-    Ok(Compare { key: c.key.clone(), range_end: c.range_end.clone(), result, target })
+    Ok(CompareBuf { key: c.key.clone(), range_end: c.range_end.clone(), result, target })
 }
 
 /// Flattens `r` and its nested transactions into the table the node applies (a nested one
@@ -142,7 +142,7 @@ fn flatten(
     r: &PbTxnRequest,
     max_ops: usize,
     depth: usize,
-    nodes: &mut Vec<TxnNode>,
+    nodes: &mut Vec<TxnNodeBuf>,
     ranges: &mut Vec<[Vec<RangeRequest>; 2]>,
 ) -> Result<u32, Status> {
     if depth > MAX_TXN_DEPTH {
@@ -153,7 +153,7 @@ fn flatten(
     }
     let index = nodes.len();
     let id = u32::try_from(index).map_err(|_| error::too_many_ops())?;
-    nodes.push(TxnNode::default());
+    nodes.push(TxnNodeBuf::default());
     ranges.push([Vec::new(), Vec::new()]);
     let compares = r.compare.iter().map(compare).collect::<Result<Vec<_>, _>>()?;
     let mut branches = [Vec::new(), Vec::new()];
@@ -166,7 +166,7 @@ fn flatten(
                         return Err(error::unimplemented("a range at a past revision inside a transaction"));
                     }
                     let request = range_request(rr.clone())?;
-                    let op = TxnOp::Range { key: request.key.clone(), range_end: request.range_end.clone() };
+                    let op = TxnOpBuf::Range { key: request.key.clone(), range_end: request.range_end.clone() };
                     out_ranges.push(request);
                     op
                 }
@@ -177,22 +177,22 @@ fn flatten(
                     if p.ignore_value || p.ignore_lease {
                         return Err(error::unimplemented("ignore_value and ignore_lease inside a transaction"));
                     }
-                    TxnOp::Put { key: p.key.clone(), value: p.value.clone(), lease: p.lease }
+                    TxnOpBuf::Put { key: p.key.clone(), value: p.value.clone(), lease: p.lease }
                 }
                 Some(PbTxnOpRequest::RequestDeleteRange(d)) => {
                     if d.key.is_empty() {
                         return Err(error::empty_key());
                     }
-                    TxnOp::DeleteRange { key: d.key.clone(), range_end: d.range_end.clone() }
+                    TxnOpBuf::DeleteRange { key: d.key.clone(), range_end: d.range_end.clone() }
                 }
-                Some(PbTxnOpRequest::RequestTxn(t)) => TxnOp::Txn(flatten(t, max_ops, depth + 1, nodes, ranges)?),
+                Some(PbTxnOpRequest::RequestTxn(t)) => TxnOpBuf::Txn(flatten(t, max_ops, depth + 1, nodes, ranges)?),
                 None => return Err(Status::invalid_argument("etcdserver: a transaction op without a request")),
             });
         }
     }
     let [success, failure] = branches;
     if let (Some(node), Some(node_ranges)) = (nodes.get_mut(index), ranges.get_mut(index)) {
-        *node = TxnNode { compare: compares, success, failure };
+        *node = TxnNodeBuf { compare: compares, success, failure };
         *node_ranges = branch_ranges;
     }
     Ok(id)
@@ -415,7 +415,7 @@ impl PbKvService for KvService {
         let revision = request.get_ref().revision;
         // The compaction is applied with the entry, so `physical` is always met.
         let compact = |client: snapply_raft::Client| async move {
-            client.propose_with_header(Command::Compact { revision }).await
+            client.propose_with_header(Command::Apply(RequestBuf::Compact { revision })).await
         };
         let header = self.0.authorized(&request, Vec::new(), compact).await?;
         Ok(Response::new(PbCompactionResponse { header: self.0.header(header) }))

@@ -1,6 +1,7 @@
 //! etcd's Lease service: Grant, Revoke, KeepAlive, TimeToLive and Leases. Expiry is the
 //! leader's (snapply-raft's node): renewals and remaining TTLs are answered by it.
 
+use snapply_raft::RequestBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -42,7 +43,12 @@ impl PbLeaseService for LeaseService {
         let r = request.into_inner();
         let id = if r.id == 0 { new_lease_id(self.0.client.id()) } else { r.id };
         let status = |e| error::status(&e);
-        let header = self.0.client.propose_with_header(Command::LeaseGrant { id, ttl: r.ttl }).await.map_err(status)?;
+        let header = self
+            .0
+            .client
+            .propose_with_header(Command::Apply(RequestBuf::LeaseGrant { id, ttl: r.ttl }))
+            .await
+            .map_err(status)?;
         // The lessor raises a TTL below its minimum: answer the TTL it granted.
         let (_, lease) = self.0.client.lease(id).await.map_err(status)?;
         let ttl = lease.map_or(r.ttl, |l| l.granted_ttl);
@@ -55,8 +61,9 @@ impl PbLeaseService for LeaseService {
     ) -> Result<Response<PbLeaseRevokeResponse>, Status> {
         // etcd's `checkLeasePuts`: revoking deletes the lease's keys.
         let id = request.get_ref().id;
-        let revoke =
-            |client: snapply_raft::Client| async move { client.propose_with_header(Command::LeaseRevoke { id }).await };
+        let revoke = |client: snapply_raft::Client| async move {
+            client.propose_with_header(Command::Apply(RequestBuf::LeaseRevoke { id })).await
+        };
         let header = self.0.authorized(&request, vec![Need::LeaseKeys(id)], revoke).await?;
         Ok(Response::new(PbLeaseRevokeResponse { header: self.0.header(header) }))
     }

@@ -3,6 +3,12 @@
 //! active alarm), then each request's store operation, in one write transaction that
 //! [`crate::Node::apply`] commits.
 
+#[cfg(feature = "alloc")]
+mod owned;
+
+#[cfg(feature = "alloc")]
+pub use owned::{CompareBuf, CompareTargetBuf, MemberBuf, RequestBuf, TxnNodeBuf, TxnOpBuf};
+
 use crate::backend::WriteTxn;
 use crate::collections::{Profile, Seq};
 use crate::node::Stores;
