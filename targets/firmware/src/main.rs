@@ -36,7 +36,7 @@ use snapply_core::{ApplyError, Node, Request, Snapshot, SnapshotMetadata};
 use shared::{DEVICE, Device, digests};
 
 use snapply_flash::{BootError, FlashError, RamFlashError};
-use storage::{DeviceBackend, DeviceStore, MediumError, RANGE, RECORD_BYTES, RECORDS};
+use storage::{DeviceBackend, DeviceIndexes, DeviceStore, MediumError, RANGE, RECORD_BYTES, RECORDS};
 
 /// What the build script expects a snapshot to lead to.
 struct Expected {
@@ -215,9 +215,11 @@ fn run() -> Result<(), Failure> {
     }
     // The one slot for a snapshot's metadata: the pending one's, then the received one's.
     let mut metadata = SnapshotMetadata::default();
-    let Mounted { backend, pending, formatted } = mount(&chip, &mut metadata)?;
+    // The backends' record indexes: the node's, and the one of the snapshot being restored.
+    let indexes = DeviceIndexes::new();
+    let Mounted { backend, pending, formatted } = mount(&chip, &indexes, &mut metadata)?;
     let mut buf = [0u8; BASE_BUFFER];
-    let mut store = DeviceStore::new(&chip, RANGE, &mut buf)?;
+    let mut store = DeviceStore::new(&chip, &indexes, RANGE, &mut buf)?;
     let mut peers = PeerTable::<Device>::default();
     // `snapply_flash::Mounted::open_node`, taken apart: the node is made here, in the one slot
     // it lives in, and opened in place (`Node::open` would build it and return it, a second
@@ -288,7 +290,7 @@ fn log_sizes() {
     };
     type S<'a> = DeviceStore<'a, 'a>;
     info!(
-        "sizes: states validated={} persisted={} opened={} bound={} leases={} mvcc={} swapped={}, node={} kv={} auth={} membership={} v2={} backend={} metadata={} peers={} store={} mounted={}",
+        "sizes: states validated={} persisted={} opened={} bound={} leases={} mvcc={} swapped={}, node={} kv={} auth={} membership={} v2={} backend={} indexes={} metadata={} peers={} store={} mounted={}",
         size_of::<Validated<'_, Device, S<'_>>>(),
         size_of::<Persisted<'_, Device, S<'_>>>(),
         size_of::<BackendOpened<'_, Device, S<'_>>>(),
@@ -302,6 +304,7 @@ fn log_sizes() {
         size_of::<snapply_core::store::Membership<Device>>(),
         size_of::<snapply_core::store::V2Store<Device>>(),
         size_of::<DeviceBackend<'_>>(),
+        size_of::<DeviceIndexes>(),
         size_of::<SnapshotMetadata>(),
         size_of::<PeerTable<Device>>(),
         size_of::<S<'_>>(),
@@ -322,8 +325,12 @@ struct Mounted<'f> {
 /// the pending snapshot it reads would stay in `main`'s frame, under the whole restore), and
 /// moves a pending snapshot's metadata into `metadata`, the one slot `main` keeps for it.
 #[inline(never)]
-fn mount<'f>(chip: &'f RefCell<storage::Chip>, metadata: &mut SnapshotMetadata) -> Result<Mounted<'f>, Failure> {
-    let mounted = snapply_flash::mount::<_, RECORDS, RECORD_BYTES>(chip, RANGE)?;
+fn mount<'f>(
+    chip: &'f RefCell<storage::Chip>,
+    indexes: &'f DeviceIndexes,
+    metadata: &mut SnapshotMetadata,
+) -> Result<Mounted<'f>, Failure> {
+    let mounted = snapply_flash::mount::<_, RECORDS, RECORD_BYTES>(chip, indexes, RANGE)?;
     info!("flash mounted: formatted={} other-area={}", mounted.formatted, mounted.other);
     let snapply_flash::Mounted { backend, pending, formatted, .. } = mounted;
     let pending = pending.map(|p| {

@@ -11,7 +11,7 @@ use core::cell::RefCell;
 use core::ops::Range;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use snapply_flash::{FlashBackend, FlashSnapshotStore, RamFlash};
+use snapply_flash::{FlashBackend, FlashSnapshotStore, Indexes, RamFlash};
 
 /// Start of the board memory used: the mps2-an385's 16 MiB PSRAM.
 pub const REGION_BASE: usize = 0x2100_0000;
@@ -24,13 +24,17 @@ pub const WRITE: usize = 4;
 /// Erase unit of the emulated flash.
 pub const ERASE: usize = 4096;
 /// Erase units per area; the flash adapter keeps two areas (committed state, next snapshot).
-const AREA_UNITS: usize = 4;
+/// An area holds the reference profile's snapshot (about 40 KiB, `BENCHMARKS.md`) with room for
+/// the entries after it before a compaction.
+const AREA_UNITS: usize = 12;
 /// Bytes of flash given to the adapter.
 pub const FLASH_LEN: usize = 2 * AREA_UNITS * ERASE;
 /// The flash range given to the adapter: all of it.
 pub const RANGE: Range<u32> = 0..FLASH_LEN as u32;
-/// Live records the backend indexes (4 bytes of RAM each).
-pub const RECORDS: usize = 192;
+/// Live records the backend indexes: the reference profile's whole state (512 key revisions,
+/// 8 leases, 3 members and 4 removed ones, 2 users, 2 roles, auth, meta, cluster and alarm
+/// records), 4 bytes of RAM each in each of the two slots of [`DeviceIndexes`].
+pub const RECORDS: usize = 560;
 /// Largest record the backend holds.
 pub const RECORD_BYTES: usize = 256;
 
@@ -38,6 +42,9 @@ const _: () = assert!(BOARD_PAGE + FLASH_LEN <= REGION_LEN);
 
 /// The emulated chip.
 pub type Chip = RamFlash<'static, WRITE, ERASE>;
+/// The record indexes of the node's backend and of a snapshot being restored (one slot each):
+/// the backends refer to them, so no index rides along when a backend moves.
+pub type DeviceIndexes = Indexes<RECORDS>;
 /// The node's backend on the flash.
 pub type DeviceBackend<'f> = FlashBackend<'f, Chip, RECORDS, RECORD_BYTES>;
 /// The snapshot store on the flash.
