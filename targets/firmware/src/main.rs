@@ -23,7 +23,9 @@ mod storage;
 use core::cell::RefCell;
 use core::mem::size_of;
 
-use cortex_m_rt::{ExceptionFrame, entry, exception};
+#[cfg(not(feature = "async"))]
+use cortex_m_rt::entry;
+use cortex_m_rt::{ExceptionFrame, exception};
 use cortex_m_semihosting::debug::{self, EXIT_FAILURE, EXIT_SUCCESS};
 use defmt::{Display2Format, error, info};
 use defmt_semihosting as _;
@@ -190,10 +192,27 @@ impl Observer for PhaseLog {
     }
 }
 
+#[cfg(not(feature = "async"))]
 #[entry]
 fn main() -> ! {
     stack::paint();
-    let code = match run() {
+    info!("executor: none (blocking flash)");
+    exit(run())
+}
+
+/// The async build: the firmware runs as embassy-executor's main task (thread mode), on the
+/// async flash driver (`storage::AsyncRam` under `snapply_flash::BlockOn`).
+#[cfg(feature = "async")]
+#[embassy_executor::main]
+async fn main(_spawner: embassy_executor::Spawner) {
+    stack::paint();
+    info!("executor: embassy (async flash)");
+    exit(run())
+}
+
+/// Exits QEMU through semihosting with the run's outcome.
+fn exit(outcome: Result<(), Failure>) -> ! {
+    let code = match outcome {
         Ok(()) => EXIT_SUCCESS,
         Err(e) => {
             error!("firmware failed: {}", e);
@@ -261,11 +280,9 @@ fn run() -> Result<(), Failure> {
         info!("all snapshots restored and checked after reboot");
         return Ok(());
     };
-    if let Ok(mut chip) = chip.try_borrow_mut() {
-        chip.reset_stats();
-    }
+    storage::reset_stats(&chip);
     restore(node, &mut store, &mut peers, image, expected, &mut metadata)?;
-    let stats = chip.try_borrow().map(|chip| chip.stats()).unwrap_or_default();
+    let stats = storage::stats(&chip);
     check(node, expected.restored(), "before reboot")?;
     info!(
         "flash: image-bytes={} programmed-bytes={} erases={} (erase unit {} bytes)",
