@@ -8,6 +8,9 @@
 //! resets. Boot 3 re-opens and checks the second snapshot's state and exits through
 //! semihosting. Every failure, panic or fault exits with failure.
 //!
+//! With feature `async` the same run is embassy-executor's main task, on an async flash driver
+//! (`storage::AsyncRam`) that the flash adapter drives through `snapply_flash::BlockOn`.
+//!
 //! The log goes out through defmt over semihosting; decode it on the host with
 //! `defmt-print -e <elf>` (`cargo xtask qemu` does).
 #![no_std]
