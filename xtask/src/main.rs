@@ -44,10 +44,11 @@ TASKS:
                                     and p50/p99 latency at the same concurrency, catch-up, peak
                                     RSS and disk of each side (default N: 100000;
                                     --snapply-only: no etcd cluster)
-    qemu                            build the firmware and run it in QEMU (mps2-an385), decode its
-                                    defmt log, check every phase and digest check; installs the
-                                    thumbv7m target, qemu-system-arm, flip-link and defmt-print
-                                    when missing
+    qemu                            build the firmware (blocking, and on embassy-executor with an
+                                    async flash) and run each in QEMU (mps2-an385), decode its
+                                    defmt log, check every phase and digest check and that both
+                                    builds agree; installs the thumbv7m target, qemu-system-arm,
+                                    flip-link and defmt-print when missing
     nightly                         the long runs CI has no time for: every power-cut point of the
                                     flash sweeps checked in full (SNAPPLY_FLASH_SWEEP=full) and
                                     5,000 request streams against each real etcd, for the final

@@ -1,7 +1,9 @@
-//! `cargo xtask qemu`: builds the firmware (`targets/firmware`, its own workspace), runs it under
-//! QEMU's mps2-an385 with a time bound, decodes its defmt log on the host with `defmt-print`, and
-//! checks that it went through every phase of both restores and both digest checks, before and
-//! after each reset. Installs what it needs when missing.
+//! `cargo xtask qemu`: builds the firmware (`targets/firmware`, its own workspace) twice, blocking
+//! and on embassy-executor with an async flash driver (feature `async`), runs each under QEMU's
+//! mps2-an385 with a time bound, decodes its defmt log on the host with `defmt-print`, checks
+//! that it went through every phase of both restores and both digest checks, before and after
+//! each reset, within the RAM budget, and that both builds logged the same phases and digests.
+//! Installs what it needs when missing.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -51,39 +53,118 @@ pub fn qemu(ctx: &Ctx) -> Result<()> {
     // The firmware is not a member of the workspace, so the workspace's fmt and clippy skip it.
     run(ctx.cargo().args(["fmt", "--", "--check"]).current_dir(&firmware))
         .map_err(|e| e.hint("run `cargo fmt` in targets/firmware"))?;
+    let mut runs = Vec::new();
+    for build in &BUILDS {
+        runs.push(build_and_run(ctx, &firmware, build)?);
+    }
+    compare_builds(&runs).map_err(|e| Error::new(format!("the firmware's builds disagree: {e}")))?;
+    println!();
+    for (build, run) in BUILDS.iter().zip(&runs) {
+        println!(
+            "qemu ({}): whole restore {} B of RAM (peak stack {} B + .data and .bss {} B), budget {RAM_BUDGET} B",
+            build.name,
+            run.summary.peak_stack + run.statics,
+            run.summary.peak_stack,
+            run.statics
+        );
+    }
+    println!("qemu: both builds went through the same phases in the same order and reached the same digests");
+    Ok(())
+}
+
+/// A build of the firmware: its name, its cargo features, the line its log opens with.
+struct Build {
+    name: &'static str,
+    features: &'static [&'static str],
+    executor_line: &'static str,
+}
+
+/// The blocking firmware, and the one on embassy-executor with an async flash driver.
+const BUILDS: [Build; 2] = [
+    Build { name: "blocking", features: &[], executor_line: "executor: none (blocking flash)" },
+    Build { name: "async", features: &["--features", "async"], executor_line: "executor: embassy (async flash)" },
+];
+
+/// What a build's run gave.
+struct Run {
+    summary: Summary,
+    statics: u64,
+    lines: Vec<String>,
+}
+
+/// Lints, builds and runs one build, and checks its log and its RAM.
+fn build_and_run(ctx: &Ctx, firmware: &Path, build: &Build) -> Result<Run> {
+    println!("\nqemu: the {} build", build.name);
     run(ctx
         .cargo()
         .args(["clippy", "--release"])
+        .args(build.features)
         .args(ctx.locked())
         .args(["--", "-D", "warnings"])
-        .current_dir(&firmware))?;
+        .current_dir(firmware))?;
     // The build script makes the snapshot images and the expected digests on the host.
     // The target directory is named, so a `CARGO_TARGET_DIR` in the environment does not move
-    // the ELF away from where it is read.
-    let target_dir = firmware.join("target");
+    // the ELF away from where it is read; each build has its own, so neither overwrites the
+    // other's ELF.
+    let target_dir =
+        if build.features.is_empty() { firmware.join("target") } else { firmware.join("target").join(build.name) };
     run(ctx
         .cargo()
         .args(["build", "--release"])
+        .args(build.features)
         .args(ctx.locked())
         .arg("--target-dir")
         .arg(&target_dir)
-        .current_dir(&firmware))?;
+        .current_dir(firmware))?;
     let elf = target_dir.join(TARGET).join("release").join(BIN);
     let statics = print_sizes(&elf)?;
     let lines = run_firmware(ctx, &elf)?;
-    let summary =
-        check_log(&lines).map_err(|e| Error::new(format!("the firmware's log is not what it should be: {e}")))?;
+    let summary = check_log(&lines)
+        .map_err(|e| Error::new(format!("the {} firmware's log is not what it should be: {e}", build.name)))?;
+    if !lines.iter().any(|l| l.contains(build.executor_line)) {
+        return Err(Error::new(format!("the {} firmware's log lacks `{}`", build.name, build.executor_line)));
+    }
     println!(
-        "\nqemu: {} restores with every phase in order; digest checks: {} after a restore, {} after entries on top, {} after a reset",
-        summary.restores, summary.checks_before, summary.checks_written, summary.checks_after
+        "\nqemu ({}): {} restores with every phase in order; digest checks: {} after a restore, {} after entries on top, {} after a reset",
+        build.name, summary.restores, summary.checks_before, summary.checks_written, summary.checks_after
     );
     let whole = summary.peak_stack + statics;
-    println!(
-        "qemu: whole restore {whole} B of RAM (peak stack {} B + .data and .bss {statics} B), budget {RAM_BUDGET} B",
-        summary.peak_stack
-    );
     if whole > RAM_BUDGET {
-        return Err(Error::new(format!("the whole restore takes {whole} B of RAM, over the {RAM_BUDGET} B budget")));
+        return Err(Error::new(format!(
+            "the {} firmware's whole restore takes {whole} B of RAM, over the {RAM_BUDGET} B budget",
+            build.name
+        )));
+    }
+    Ok(Run { summary, statics, lines })
+}
+
+/// The lines two builds must share: every phase and every digest check, in order.
+fn milestones(lines: &[String]) -> Vec<&str> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            let at = l.find("phase done: ").or_else(|| l.find("digest check passed"))?;
+            l.get(at..)
+        })
+        .collect()
+}
+
+/// Checks that the builds went through the same phases in the same order and reached the same
+/// digests (the digest lines carry the index, the record count and the records' SHA-256).
+fn compare_builds(runs: &[Run]) -> std::result::Result<(), String> {
+    let Some((first, rest)) = runs.split_first() else { return Ok(()) };
+    let want = milestones(&first.lines);
+    for (n, run) in rest.iter().enumerate() {
+        let got = milestones(&run.lines);
+        if got != want {
+            let at = want.iter().zip(&got).position(|(a, b)| a != b).unwrap_or(want.len().min(got.len()));
+            return Err(format!(
+                "build {} differs from build 0 at milestone {at}: `{}` against `{}`",
+                n + 1,
+                got.get(at).copied().unwrap_or("(none)"),
+                want.get(at).copied().unwrap_or("(none)")
+            ));
+        }
     }
     Ok(())
 }
@@ -368,6 +449,29 @@ mod tests {
         let cut = lines.iter().position(|l| l.contains("boot 2")).unwrap();
         let err = check_log(&lines[..cut]).unwrap_err();
         assert!(err.contains("after reboot"), "{err}");
+    }
+
+    fn run_of(lines: Vec<String>) -> Run {
+        let summary = check_log(&lines).unwrap();
+        Run { summary, statics: 24, lines }
+    }
+
+    #[test]
+    fn builds_with_the_same_phases_and_digests_agree() {
+        let mut other = good_log();
+        // Sizes, stack marks and other lines may differ between builds.
+        other.insert(1, "INFO  executor: embassy (async flash)".into());
+        other.push("INFO  peak stack: 47000 of 49128 bytes".into());
+        assert_eq!(compare_builds(&[run_of(good_log()), run_of(other)]), Ok(()));
+    }
+
+    #[test]
+    fn builds_with_other_digests_disagree() {
+        let mut other = good_log();
+        let at = other.iter().position(|l| l.contains("digest check passed (after writes)")).unwrap();
+        other[at] = "INFO  digest check passed (after writes): index=69".into();
+        let err = compare_builds(&[run_of(good_log()), run_of(other)]).unwrap_err();
+        assert!(err.contains("index=69"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The backend on one flash area: a log of transactions and a sorted index of record offsets
-//! in RAM (4 bytes per live record).
+//! in RAM (4 bytes per live record), held in one of the two slots of an [`Indexes`].
 
-use core::cell::RefCell;
+use core::cell::{RefCell, RefMut};
 
 use embedded_storage::nor_flash::NorFlash;
 use heapless::Vec;
@@ -16,10 +16,57 @@ use crate::log::{
 /// The consistent index key of the `meta` bucket (etcd's `consistent_index`).
 const CONSISTENT_INDEX: &[u8] = b"consistent_index";
 
+/// The RAM the record indexes of a flash's backends live in: two slots of `N` records (4 bytes
+/// each), one for the backend a node runs on and one for the backend of a snapshot being
+/// restored. Give the same `Indexes` to [`crate::mount`] and to [`crate::FlashSnapshotStore::new`].
+///
+/// A [`FlashBackend`] takes a free slot when it is opened and gives it back when it is dropped;
+/// it refers to its slot rather than holding the index, so a backend is a few dozen bytes
+/// whatever `N` is, and moving it (through the pipeline's states, into and out of a node) copies
+/// no index. Opening a third backend while two are alive fails with [`FlashError::Misuse`].
+pub struct Indexes<const N: usize> {
+    slots: [RefCell<Vec<u32, N>>; 2],
+}
+
+impl<const N: usize> Indexes<N> {
+    /// Two empty slots.
+    pub const fn new() -> Self {
+        Indexes { slots: [RefCell::new(Vec::new()), RefCell::new(Vec::new())] }
+    }
+
+    /// Number of slots in use (held by a live backend).
+    pub fn in_use(&self) -> usize {
+        self.slots.iter().filter(|s| s.try_borrow_mut().is_err()).count()
+    }
+
+    /// A free slot, emptied.
+    fn claim<E>(&self) -> core::result::Result<RefMut<'_, Vec<u32, N>>, FlashError<E>> {
+        let mut slot = self
+            .slots
+            .iter()
+            .find_map(|s| s.try_borrow_mut().ok())
+            .ok_or(FlashError::Misuse("both record index slots are held by live backends"))?;
+        slot.clear();
+        Ok(slot)
+    }
+}
+
+impl<const N: usize> Default for Indexes<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> core::fmt::Debug for Indexes<N> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Indexes").field("records", &N).field("in_use", &self.in_use()).finish()
+    }
+}
+
 /// A bucketed key-value backend on one area of a NOR flash (see FORMAT.md).
 ///
 /// `N` is the most live records it holds: the index keeps one `u32` offset per record, sorted
-/// by bucket and key, and reads compare keys on flash. `R` is the largest record
+/// by bucket and key, in a slot of the flash's [`Indexes`], and reads compare keys on flash. `R` is the largest record
 /// (key + value bytes) it accepts: reads copy a record into an `R`-byte stack buffer to hand it
 /// out as slices, and a put of a larger record is a `Full` error.
 ///
@@ -37,7 +84,7 @@ pub struct FlashBackend<'f, F: NorFlash, const N: usize, const R: usize> {
     area: u8,
     epoch: u32,
     tail: u32,
-    index: Vec<u32, N>,
+    index: RefMut<'f, Vec<u32, N>>,
     snap: Option<SnapInfo>,
     poisoned: bool,
     compact_next: bool,
@@ -91,11 +138,15 @@ pub struct FlashWrite<'b, 'f, F: NorFlash, const N: usize, const R: usize> {
 }
 
 impl<'f, F: NorFlash, const N: usize, const R: usize> FlashBackend<'f, F, N, R> {
-    /// Opens the backend of `area` by scanning its log.
-    pub(crate) fn open(flash: &'f RefCell<F>, geo: Geometry, area: u8, epoch: u32) -> Result<Self, F> {
-        // Scanned into the backend it returns, not into an index of its own moved in after:
-        // that was a second copy of the index on the stack.
-        let mut backend = Self::fresh(flash, geo, area, epoch);
+    /// Opens the backend of `area` by scanning its log, its index in a free slot of `indexes`.
+    pub(crate) fn open(
+        flash: &'f RefCell<F>,
+        indexes: &'f Indexes<N>,
+        geo: Geometry,
+        area: u8,
+        epoch: u32,
+    ) -> Result<Self, F> {
+        let mut backend = Self::fresh(flash, indexes, geo, area, epoch)?;
         let mut key = [0u8; R];
         let scanned = log::scan(flash, &geo, geo.base(area), Some(backend.index.as_mut_view()), &mut key, false)?;
         backend.tail = scanned.tail;
@@ -103,19 +154,25 @@ impl<'f, F: NorFlash, const N: usize, const R: usize> FlashBackend<'f, F, N, R> 
         Ok(backend)
     }
 
-    /// An empty backend on a freshly formatted `area`.
-    pub(crate) fn fresh(flash: &'f RefCell<F>, geo: Geometry, area: u8, epoch: u32) -> Self {
-        FlashBackend {
+    /// An empty backend on a freshly formatted `area`, its index in a free slot of `indexes`.
+    pub(crate) fn fresh(
+        flash: &'f RefCell<F>,
+        indexes: &'f Indexes<N>,
+        geo: Geometry,
+        area: u8,
+        epoch: u32,
+    ) -> Result<Self, F> {
+        Ok(FlashBackend {
             flash,
             geo,
             area,
             epoch,
             tail: geo.base(area) + geo.log_start,
-            index: Vec::new(),
+            index: indexes.claim()?,
             snap: None,
             poisoned: false,
             compact_next: false,
-        }
+        })
     }
 
     /// Which area (0 or 1) the backend lives on.

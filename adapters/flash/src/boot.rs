@@ -76,7 +76,7 @@ impl<'f, F: NorFlash, const N: usize, const R: usize> Mounted<'f, F, N, R> {
     /// A pending snapshot that can never be applied does not keep the device from booting: when
     /// its restore fails before the swap, with the node's old state read back intact, for any
     /// reason but a failed flash operation (its records exceed the profile, its area does not
-    /// read back intact),
+    /// read back intact; not a misuse of the adapter either),
     /// it is logged, its area erased, and the node is returned on the committed state with the
     /// snapshot in [`Booted::refused`] (etcd logs a failed snapshot and keeps serving; the
     /// leader sends a snapshot again). Kept, it would fail every boot and keep the committed
@@ -117,11 +117,15 @@ impl<'f, F: NorFlash, const N: usize, const R: usize> Mounted<'f, F, N, R> {
 
 /// Whether a failed restore of a pending snapshot fails the same way at every boot: it ended
 /// before the swap for a reason the snapshot carries, not a flash operation that failed and may
-/// pass (through the snapshot store, or through the backend under a store).
+/// pass (through the snapshot store, or through the backend under a store), nor the caller's
+/// misuse of the adapter (say a backend held beside the node's, so that the snapshot's backend
+/// finds no free slot in the [`crate::Indexes`]), which is no fault of the snapshot.
 fn never_applies(error: &ApplyError) -> bool {
-    let io = match error.kind() {
-        ApplyErrorKind::Port(e) | ApplyErrorKind::Store(StoreError::Backend(e)) => e.kind == PortErrorKind::Io,
+    let passing = match error.kind() {
+        ApplyErrorKind::Port(e) | ApplyErrorKind::Store(StoreError::Backend(e)) => {
+            matches!(e.kind, PortErrorKind::Io | PortErrorKind::Misuse)
+        }
         _ => false,
     };
-    !error.is_fatal() && !io
+    !error.is_fatal() && !passing
 }

@@ -38,7 +38,7 @@ mod store;
 
 #[cfg(feature = "async")]
 pub use asynch::BlockOn;
-pub use backend::{FlashBackend, FlashRead, FlashWrite};
+pub use backend::{FlashBackend, FlashRead, FlashWrite, Indexes};
 pub use boot::{BootError, Booted, RefusedSnapshot};
 pub use error::FlashError;
 #[cfg(any(test, feature = "ram"))]

@@ -12,7 +12,7 @@ use snapply_core::{ImageData, SnapshotMetadata};
 
 use snapply_core::store::ConsistentIndex;
 
-use crate::backend::{FlashBackend, FlashWrite};
+use crate::backend::{FlashBackend, FlashWrite, Indexes};
 use crate::chip::{self, Geometry, Result};
 use crate::error::FlashError;
 use crate::log::{self, AreaKind, AreaState, K_SNAP, K_V2};
@@ -215,6 +215,7 @@ fn complete_snapshot_into<F: NorFlash>(
 /// A half-written area is left alone here and erased when it is next written.
 pub fn mount<'f, F: NorFlash, const N: usize, const R: usize>(
     flash: &'f RefCell<F>,
+    indexes: &'f Indexes<N>,
     range: Range<u32>,
 ) -> Result<Mounted<'f, F, N, R>, F> {
     let geo = geometry(flash, &range)?;
@@ -228,7 +229,7 @@ pub fn mount<'f, F: NorFlash, const N: usize, const R: usize>(
             (0, 1, true)
         }
     };
-    let backend = FlashBackend::<F, N, R>::open(flash, geo, area, epoch)?;
+    let backend = FlashBackend::<F, N, R>::open(flash, indexes, geo, area, epoch)?;
     let other = if formatted { log::area_state(flash, &geo, 1)? } else { pick(&states, 1 - area) };
     let (other, pending) = match complete_snapshot(flash, &geo, &other, epoch)? {
         Some((metadata, sha256)) if metadata.index > backend.consistent_index()? => {
@@ -289,6 +290,7 @@ struct Held {
 #[derive(Debug)]
 pub struct FlashSnapshotStore<'f, 'b, F: NorFlash, const N: usize, const R: usize> {
     flash: &'f RefCell<F>,
+    indexes: &'f Indexes<N>,
     geo: Geometry,
     buf: &'b mut [u8],
     held: Option<Held>,
@@ -358,9 +360,17 @@ impl<'f, 'b, F: NorFlash, const N: usize, const R: usize> FlashSnapshotStore<'f,
     /// The snapshot store of the flash range `range` (the range given to [`mount`]), decoding
     /// images with `buf` (at least [`snapply_core::image::BASE_BUFFER`] bytes, and as large as
     /// the largest record the node accepts: [`snapply_core::image::buffer_for`]).
-    pub fn new(flash: &'f RefCell<F>, range: Range<u32>, buf: &'b mut [u8]) -> Result<Self, F> {
+    ///
+    /// `indexes` is the one given to [`mount`]: the backend of a snapshot being restored takes
+    /// the slot the node's backend does not hold.
+    pub fn new(
+        flash: &'f RefCell<F>,
+        indexes: &'f Indexes<N>,
+        range: Range<u32>,
+        buf: &'b mut [u8],
+    ) -> Result<Self, F> {
         let geo = geometry(flash, &range)?;
-        Ok(FlashSnapshotStore { flash, geo, buf, held: None })
+        Ok(FlashSnapshotStore { flash, indexes, geo, buf, held: None })
     }
 
     fn areas(&self) -> Result<(AreaState, u32, AreaState), F> {
@@ -474,7 +484,7 @@ impl<'f, 'b, F: NorFlash, const N: usize, const R: usize> FlashSnapshotStore<'f,
         image: ImageData<'_>,
     ) -> Result<[u8; SHA256_LEN], F> {
         log::format_area(self.flash, &self.geo, area, AreaKind::Snapshot, epoch)?;
-        let mut backend = FlashBackend::<F, N, R>::fresh(self.flash, self.geo, area, epoch);
+        let mut backend = FlashBackend::<F, N, R>::fresh(self.flash, self.indexes, self.geo, area, epoch)?;
         let txn = RefCell::new(backend.write().map_err(FlashError::Backend)?);
         let mut staging = Staging(&txn);
         let mut v2 = |chunk: &[u8]| -> core::result::Result<(), BackendError> {
@@ -524,7 +534,7 @@ impl<'f, 'b, F: NorFlash, const N: usize, const R: usize> FlashSnapshotStore<'f,
         epoch: u32,
         metadata: &SnapshotMetadata,
     ) -> Result<Option<[u8; SHA256_LEN]>, F> {
-        let backend = FlashBackend::<F, N, R>::open(self.flash, self.geo, area, epoch)?;
+        let backend = FlashBackend::<F, N, R>::open(self.flash, self.indexes, self.geo, area, epoch)?;
         let Some(snap) = backend.snap().filter(|s| s.frame != 0) else { return Ok(None) };
         let mut meta = SnapshotMetadata::default();
         let sha256 = read_snap_into(self.flash, &self.geo, snap.frame, &mut meta)?;
@@ -544,9 +554,9 @@ impl<'f, 'b, F: NorFlash, const N: usize, const R: usize> FlashSnapshotStore<'f,
         sha256: &[u8; SHA256_LEN],
     ) -> Result<FlashBackend<'f, F, N, R>, F> {
         let held = self.held(index, term, sha256)?;
-        // Checked where `open` put it and returned as it is: the backend is 4 bytes per record,
-        // and every move of it through a `?` is another copy on a device's stack.
-        let opened = FlashBackend::<F, N, R>::open(self.flash, self.geo, held.area, held.epoch);
+        // Checked where `open` put it and returned as it is: every move of a backend through a
+        // `?` is another copy on a device's stack (its index stays in its slot).
+        let opened = FlashBackend::<F, N, R>::open(self.flash, self.indexes, self.geo, held.area, held.epoch);
         if let Ok(backend) = &opened
             && backend.snap().is_none()
         {
@@ -678,9 +688,10 @@ mod tests {
         }
         let (metadata, image) = snapply_tests::snapshot(&leader);
         let chip = RefCell::new(Chip::new(8));
-        drop(mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap());
+        let indexes = Indexes::new();
+        drop(mount::<Chip, RECORDS, RECORD>(&chip, &indexes, RANGE).unwrap());
         let mut buf = std::vec![0u8; BASE_BUFFER];
-        let mut store = FlashSnapshotStore::<Chip, RECORDS, RECORD>::new(&chip, RANGE, &mut buf).unwrap();
+        let mut store = FlashSnapshotStore::<Chip, RECORDS, RECORD>::new(&chip, &indexes, RANGE, &mut buf).unwrap();
         let persisted = store.persist_snapshot(&metadata, ImageData::Bytes(&image)).unwrap();
         assert!(!persisted.reused);
         let sha256 = persisted.sha256;
@@ -705,7 +716,7 @@ mod tests {
         let other = store.persist_snapshot(&metadata, ImageData::Persisted { sha256: [0; 32] });
         assert_eq!(other.unwrap_err(), FlashError::MetadataMismatch);
 
-        let mounted = mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap();
+        let mounted = mount::<Chip, RECORDS, RECORD>(&chip, &indexes, RANGE).unwrap();
         let v2 = store.committed_v2(&mounted.backend).unwrap().to_vec();
         let mut node = Node::<_, Growable>::open(snapply_tests::config(2), mounted.backend, &v2).unwrap();
         node.apply(metadata.index + 1, 3, &Request::Put { key: b"k", value: b"v", lease: 0 }).unwrap();

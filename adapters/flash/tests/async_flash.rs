@@ -15,8 +15,8 @@ use std::ops::Range;
 use common::*;
 use embedded_storage::nor_flash::NorFlash;
 use snapply_core::SnapshotMetadata;
-use snapply_flash::BlockOn;
 use snapply_flash::mock::{AsyncMock, MockFlash};
+use snapply_flash::{BlockOn, Indexes};
 
 /// Keys of the snapshot (as the blocking sweep's).
 const KEYS: u8 = 20;
@@ -41,11 +41,12 @@ fn restore<F: NorFlash>(
     image: &[u8],
 ) -> F {
     let chip = RefCell::new(chip);
-    let mut node = follower(&chip, range.clone(), &[]);
+    let indexes = Indexes::new();
+    let mut node = follower(&chip, &indexes, range.clone(), &[]);
     if let Some(n) = cut {
         arm(&mut chip.borrow_mut(), n);
     }
-    let result = apply(&chip, range, &mut node, metadata, image);
+    let result = apply(&chip, &indexes, range, &mut node, metadata, image);
     assert_eq!(result.is_ok(), cut.is_none(), "a restore fails exactly when the power is cut");
     drop(node);
     chip.into_inner()
@@ -58,7 +59,8 @@ fn the_async_path_programs_what_the_blocking_path_does_and_survives_the_same_cut
         let leader = leader(KEYS);
         let (metadata, image) = snapply_tests::snapshot(&leader);
         let base = RefCell::new(Chip::new(UNITS));
-        drop(follower(&base, range.clone(), &follower_ops()));
+        let indexes = Indexes::new();
+        drop(follower(&base, &indexes, range.clone(), &follower_ops()));
         let mut base = base.into_inner();
         base.reset_stats();
         let (old_records, _, _) = reboot_state(&RefCell::new(base.clone()), range.clone());
@@ -90,13 +92,15 @@ fn the_async_path_programs_what_the_blocking_path_does_and_survives_the_same_cut
 
             // Rebooted on the async path: old or new, then recovered to the leader's state.
             let chip = RefCell::new(Async::new(AsyncMock(on_async)));
+            let indexes = Indexes::new();
             let (recs, _, pending) = reboot_state(&chip, range.clone());
             let is_new = recs == records(leader.backend()) && pending.is_none();
             assert!(is_new || recs == old_records, "cut at {n}: neither the old state nor the new one");
-            let booted = boot(&chip, range.clone()).unwrap_or_else(|e| panic!("cut at {n}: boot: {e}"));
+            let booted = boot(&chip, &indexes, range.clone()).unwrap_or_else(|e| panic!("cut at {n}: boot: {e}"));
             let mut node = booted.node;
             if node.progress().applied_index < metadata.index {
-                apply(&chip, range.clone(), &mut node, &metadata, &image).unwrap_or_else(|e| panic!("cut at {n}: {e}"));
+                apply(&chip, &indexes, range.clone(), &mut node, &metadata, &image)
+                    .unwrap_or_else(|e| panic!("cut at {n}: {e}"));
             }
             assert_eq!(records(node.backend()), records(leader.backend()), "cut at {n}: recovered");
             assert_eq!(differing(node.stores(), leader.stores(), true), Vec::<&str>::new(), "cut at {n}");

@@ -14,7 +14,7 @@ use snapply_core::Phase;
 use snapply_core::backend::{Backend, BackendErrorKind, Bucket, ReadTxn, WriteTxn};
 use snapply_core::{ApplyError, ApplyErrorKind, Request};
 use snapply_flash::mock::MockFlash;
-use snapply_flash::{FlashError, OtherArea, mount};
+use snapply_flash::{FlashError, Indexes, OtherArea, mount};
 
 type Chip = MockFlash<4, 4096>;
 const RANGE: std::ops::Range<u32> = 0..4 * 4096;
@@ -40,10 +40,36 @@ fn kv(pairs: &[(&[u8], &[u8])]) -> Vec<(Vec<u8>, Vec<u8>)> {
     pairs.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
 }
 
+/// The indexes' two slots: the node's backend and a restoring snapshot's. A third backend open
+/// at once is refused with a clear error rather than sharing a slot, and a dropped backend
+/// gives its slot back, emptied of its records.
+#[test]
+fn a_third_backend_is_refused_until_one_is_dropped() {
+    let chip = RefCell::new(Chip::new(4));
+    let indexes = Indexes::new();
+    let mut a = mount::<Chip, RECORDS, RECORD>(&chip, &indexes, RANGE).unwrap().backend;
+    let mut t = a.write().unwrap();
+    t.put(Bucket::Key, b"a", b"1").unwrap();
+    t.commit().unwrap();
+    let b = mount::<Chip, RECORDS, RECORD>(&chip, &indexes, RANGE).unwrap().backend;
+    assert_eq!(indexes.in_use(), 2);
+    let err = mount::<Chip, RECORDS, RECORD>(&chip, &indexes, RANGE).unwrap_err();
+    assert!(matches!(err, FlashError::Misuse(why) if why.contains("slots")), "{err:?}");
+    assert!(err.to_string().contains("slots"), "{err}");
+    drop(a);
+    assert_eq!(indexes.in_use(), 1);
+    let c = mount::<Chip, RECORDS, RECORD>(&chip, &indexes, RANGE).unwrap().backend;
+    assert_eq!(all(&c, Bucket::Key), kv(&[(b"a", b"1")]));
+    assert_eq!(all(&b, Bucket::Key), all(&c, Bucket::Key));
+    drop((b, c));
+    assert_eq!(indexes.in_use(), 0);
+}
+
 #[test]
 fn transactions_commit_or_vanish_and_survive_a_remount() {
     let chip = RefCell::new(Chip::new(4));
-    let mounted = mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap();
+    let indexes = Indexes::new();
+    let mounted = mount::<Chip, RECORDS, RECORD>(&chip, &indexes, RANGE).unwrap();
     assert!(mounted.formatted);
     let mut b = mounted.backend;
     let mut t = b.write().unwrap();
@@ -75,7 +101,7 @@ fn transactions_commit_or_vanish_and_survive_a_remount() {
     t.commit().unwrap();
     drop(b);
 
-    let b = mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap().backend;
+    let b = mount::<Chip, RECORDS, RECORD>(&chip, &indexes, RANGE).unwrap().backend;
     assert_eq!(all(&b, Bucket::Key), kv(&[(b"a", b"1'")]));
     assert!(all(&b, Bucket::Meta).is_empty());
     assert_eq!(all(&b, Bucket::Lease), kv(&[(b"l", b"")]));
@@ -94,7 +120,8 @@ fn transactions_commit_or_vanish_and_survive_a_remount() {
 #[test]
 fn a_full_area_is_compacted_into_the_other_and_survives_a_remount() {
     let chip = RefCell::new(Chip::new(4));
-    let mut b = mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap().backend;
+    let indexes = Indexes::new();
+    let mut b = mount::<Chip, RECORDS, RECORD>(&chip, &indexes, RANGE).unwrap().backend;
     for i in 0..400u32 {
         let mut t = b.write().unwrap();
         t.put(Bucket::Key, format!("key{}", i % 7).as_bytes(), &i.to_be_bytes()).unwrap();
@@ -109,7 +136,7 @@ fn a_full_area_is_compacted_into_the_other_and_survives_a_remount() {
     let epoch = b.epoch();
     let area = b.area();
     drop(b);
-    let b = mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap().backend;
+    let b = mount::<Chip, RECORDS, RECORD>(&chip, &indexes, RANGE).unwrap().backend;
     assert_eq!((b.area(), b.epoch()), (area, epoch));
     assert_eq!(all(&b, Bucket::Key), want);
 }
@@ -120,22 +147,23 @@ fn a_pending_snapshot_blocks_compaction_with_a_full_error() {
         let leader = common::leader(10);
         let (metadata, image) = snapply_tests::snapshot(&leader);
         let chip = RefCell::new(Chip::new(4));
-        let mut node = common::follower(&chip, RANGE, &[]);
-        common::persist_only(&chip, RANGE, &mut node, &metadata, common::Image::Bytes(&image)).unwrap();
-        let sha256 = mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap().pending.map(|p| p.sha256).unwrap();
+        let indexes = Indexes::new();
+        let mut node = common::follower(&chip, &indexes, RANGE, &[]);
+        common::persist_only(&chip, &indexes, RANGE, &mut node, &metadata, common::Image::Bytes(&image)).unwrap();
+        let sha256 = mount::<Chip, RECORDS, RECORD>(&chip, &indexes, RANGE).unwrap().pending.map(|p| p.sha256).unwrap();
         // A second persist of the same snapshot reuses the area, writing nothing: named by its
         // digest, or with the same image (decoded again to check its digest). Another image is
         // refused.
         chip.borrow_mut().reset_stats();
-        common::persist_only(&chip, RANGE, &mut node, &metadata, common::Image::Persisted(sha256)).unwrap();
-        common::persist_only(&chip, RANGE, &mut node, &metadata, common::Image::Bytes(&image)).unwrap();
+        common::persist_only(&chip, &indexes, RANGE, &mut node, &metadata, common::Image::Persisted(sha256)).unwrap();
+        common::persist_only(&chip, &indexes, RANGE, &mut node, &metadata, common::Image::Bytes(&image)).unwrap();
         let stats = chip.borrow().stats();
         assert_eq!((stats.programmed, stats.erases), (0, 0), "a reused snapshot was written again");
-        let err =
-            common::persist_only(&chip, RANGE, &mut node, &metadata, common::Image::Persisted([7; 32])).unwrap_err();
+        let err = common::persist_only(&chip, &indexes, RANGE, &mut node, &metadata, common::Image::Persisted([7; 32]))
+            .unwrap_err();
         assert!(persist_failed(&err, "comparing the image's metadata with the snapshot's"), "{err}");
         drop(node);
-        let mut b = mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap().backend;
+        let mut b = mount::<Chip, RECORDS, RECORD>(&chip, &indexes, RANGE).unwrap().backend;
         let mut full = None;
         for i in 0..400u32 {
             let result = b.write().and_then(|mut t| {
@@ -148,7 +176,7 @@ fn a_pending_snapshot_blocks_compaction_with_a_full_error() {
             }
         }
         assert_eq!(full.map(|e| e.kind), Some(BackendErrorKind::Full));
-        let mounted = mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap();
+        let mounted = mount::<Chip, RECORDS, RECORD>(&chip, &indexes, RANGE).unwrap();
         assert_eq!(mounted.other, OtherArea::Pending);
         assert_eq!(mounted.pending.map(|p| p.metadata), Some(metadata));
     });
@@ -162,14 +190,15 @@ fn a_bad_image_leaves_a_discarded_area_and_the_state_untouched() {
         let at = image.len() / 2;
         image[at] ^= 0x40;
         let chip = RefCell::new(Chip::new(4));
-        let mut node = common::follower(&chip, RANGE, &[]);
+        let indexes = Indexes::new();
+        let mut node = common::follower(&chip, &indexes, RANGE, &[]);
         let next = node.progress().applied_index + 1;
         node.apply(next, 1, &Request::Put { key: b"mine", value: b"1", lease: 0 }).unwrap();
         let before = common::records(node.backend());
-        let err = common::apply(&chip, RANGE, &mut node, &metadata, &image).unwrap_err();
+        let err = common::apply(&chip, &indexes, RANGE, &mut node, &metadata, &image).unwrap_err();
         assert!(persist_failed(&err, "checking the snapshot image"), "{err}");
         drop(node);
-        let mounted = mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap();
+        let mounted = mount::<Chip, RECORDS, RECORD>(&chip, &indexes, RANGE).unwrap();
         assert_eq!(mounted.other, OtherArea::Discarded);
         assert!(mounted.pending.is_none());
         assert_eq!(common::records(&mounted.backend), before);
@@ -179,8 +208,9 @@ fn a_bad_image_leaves_a_discarded_area_and_the_state_untouched() {
 #[test]
 fn ranges_that_do_not_fit_the_layout_are_refused() {
     let chip = RefCell::new(Chip::new(4));
+    let indexes = Indexes::new();
     for range in [0..3 * 4096, 100..4 * 4096, 0..5 * 4096, 0..4096] {
-        let err = mount::<Chip, RECORDS, RECORD>(&chip, range.clone()).unwrap_err();
+        let err = mount::<Chip, RECORDS, RECORD>(&chip, &indexes, range.clone()).unwrap_err();
         assert!(matches!(err, FlashError::Geometry(_)), "{range:?}: {err:?}");
     }
     assert_eq!(chip.borrow().stats().programmed, 0);
@@ -196,11 +226,12 @@ fn a_snapshot_whose_backend_misses_its_index_is_refused_before_it_is_committed()
         let mut image = Vec::new();
         snapply_core::image::encode(&metadata, &leader.backend().read().unwrap(), &[], &mut image).unwrap();
         let chip = RefCell::new(Chip::new(4));
-        let mut node = common::follower(&chip, RANGE, &[]);
-        let err = common::apply(&chip, RANGE, &mut node, &metadata, &image).unwrap_err();
+        let indexes = Indexes::new();
+        let mut node = common::follower(&chip, &indexes, RANGE, &[]);
+        let err = common::apply(&chip, &indexes, RANGE, &mut node, &metadata, &image).unwrap_err();
         assert!(persist_failed(&err, "comparing the snapshot's consistent index with its index"), "{err}");
         drop(node);
-        let mounted = mount::<Chip, RECORDS, RECORD>(&chip, RANGE).unwrap();
+        let mounted = mount::<Chip, RECORDS, RECORD>(&chip, &indexes, RANGE).unwrap();
         assert!(mounted.pending.is_none());
         assert_eq!(mounted.other, OtherArea::Discarded);
     });
@@ -221,17 +252,18 @@ fn a_pending_snapshot_too_large_for_the_node_is_refused_at_boot_and_the_committe
         }
         let (metadata, image) = snapply_tests::snapshot(&leader);
         let chip = RefCell::new(Chip::new(8));
+        let indexes = Indexes::new();
         let range = 0..8 * 4096;
-        let mut node = common::follower(&chip, range.clone(), &common::follower_ops());
+        let mut node = common::follower(&chip, &indexes, range.clone(), &common::follower_ops());
         let before = common::records(node.backend());
         // The run persists the snapshot and fails before the swap: it stays pending on flash.
-        let err = common::apply(&chip, range.clone(), &mut node, &metadata, &image).unwrap_err();
+        let err = common::apply(&chip, &indexes, range.clone(), &mut node, &metadata, &image).unwrap_err();
         assert!(!err.is_fatal() && err.phase() > Phase::Persist, "{err}");
         drop(node);
-        let pending = mount::<Chip, RECORDS, RECORD>(&chip, range.clone()).unwrap().pending.unwrap();
+        let pending = mount::<Chip, RECORDS, RECORD>(&chip, &indexes, range.clone()).unwrap().pending.unwrap();
         assert_eq!(pending.metadata, metadata);
 
-        let booted = common::boot(&chip, range.clone()).unwrap_or_else(|e| panic!("boot failed: {e}"));
+        let booted = common::boot(&chip, &indexes, range.clone()).unwrap_or_else(|e| panic!("boot failed: {e}"));
         let refused = booted.refused.expect("the refused snapshot is reported");
         assert_eq!(refused.snapshot, pending);
         assert!(!refused.error.is_fatal(), "{}", refused.error);
@@ -241,8 +273,8 @@ fn a_pending_snapshot_too_large_for_the_node_is_refused_at_boot_and_the_committe
         assert_eq!(common::records(node.backend()), before);
         drop(node);
         // Its area was erased: the next boot finds nothing pending and reports nothing.
-        assert_eq!(mount::<Chip, RECORDS, RECORD>(&chip, range.clone()).unwrap().other, OtherArea::Unused);
-        let again = common::boot(&chip, range).unwrap();
+        assert_eq!(mount::<Chip, RECORDS, RECORD>(&chip, &indexes, range.clone()).unwrap().other, OtherArea::Unused);
+        let again = common::boot(&chip, &indexes, range).unwrap();
         assert_eq!(again.refused, None);
         assert_eq!(common::records(again.node.backend()), before);
     });
@@ -258,7 +290,8 @@ fn a_transaction_that_outgrows_the_area_compacts_it_and_goes_on_and_a_cut_leaves
     type Small = MockFlash<4, 1024>;
     let range = 0..4 * 1024;
     let chip = RefCell::new(Small::new(4));
-    let mut b = mount::<Small, RECORDS, RECORD>(&chip, range.clone()).unwrap().backend;
+    let indexes = Indexes::new();
+    let mut b = mount::<Small, RECORDS, RECORD>(&chip, &indexes, range.clone()).unwrap().backend;
     let mut i = 0u32;
     loop {
         let (used, len) = b.usage();
@@ -286,7 +319,10 @@ fn a_transaction_that_outgrows_the_area_compacts_it_and_goes_on_and_a_cut_leaves
     assert_eq!(after.len(), before.len() + 11);
     drop(b);
     let journal = chip.borrow_mut().take_journal();
-    assert_eq!(common::records(&mount::<Small, RECORDS, RECORD>(&chip, range.clone()).unwrap().backend), after);
+    assert_eq!(
+        common::records(&mount::<Small, RECORDS, RECORD>(&chip, &indexes, range.clone()).unwrap().backend),
+        after
+    );
 
     let mut done = base;
     let mut olds = 0;
@@ -297,7 +333,8 @@ fn a_transaction_that_outgrows_the_area_compacts_it_and_goes_on_and_a_cut_leaves
             assert!(cut.replay(op).is_err());
             cut.reboot();
             let cut = RefCell::new(cut);
-            let mounted = mount::<Small, RECORDS, RECORD>(&cut, range.clone()).unwrap();
+            let indexes = Indexes::new();
+            let mounted = mount::<Small, RECORDS, RECORD>(&cut, &indexes, range.clone()).unwrap();
             assert!(!mounted.formatted && mounted.pending.is_none());
             let got = common::records(&mounted.backend);
             assert!(got == before || got == after, "a cut at byte {k} of {op:?} left neither state");

@@ -13,7 +13,7 @@ use std::ops::Range;
 use embedded_storage::nor_flash::NorFlash;
 use proptest::prelude::*;
 use snapply_flash::mock::MockFlash;
-use snapply_flash::{FlashBackend, mount};
+use snapply_flash::{FlashBackend, Indexes, mount};
 use snapply_testkit::{Shape, Subject, check, steps};
 
 /// Live records the backend indexes: more than a sequence can put.
@@ -24,14 +24,15 @@ const RECORD: usize = 64;
 /// A flash backend, rebooted by mounting the flash again.
 struct OnFlash<'f, F: NorFlash> {
     chip: &'f RefCell<F>,
+    indexes: &'f Indexes<RECORDS>,
     range: Range<u32>,
     backend: FlashBackend<'f, F, RECORDS, RECORD>,
 }
 
 impl<'f, F: NorFlash> OnFlash<'f, F> {
-    fn mount(chip: &'f RefCell<F>, range: Range<u32>) -> Self {
-        let backend = mount::<F, RECORDS, RECORD>(chip, range.clone()).unwrap().backend;
-        OnFlash { chip, range, backend }
+    fn mount(chip: &'f RefCell<F>, indexes: &'f Indexes<RECORDS>, range: Range<u32>) -> Self {
+        let backend = mount::<F, RECORDS, RECORD>(chip, indexes, range.clone()).unwrap().backend;
+        OnFlash { chip, indexes, range, backend }
     }
 }
 
@@ -43,13 +44,13 @@ impl<'f, F: NorFlash> Subject for OnFlash<'f, F> {
     }
 
     fn reopen(self) -> Result<Self, String> {
-        let OnFlash { chip, range, backend } = self;
+        let OnFlash { chip, indexes, range, backend } = self;
         drop(backend);
-        let mounted = mount::<F, RECORDS, RECORD>(chip, range.clone()).map_err(|e| e.to_string())?;
+        let mounted = mount::<F, RECORDS, RECORD>(chip, indexes, range.clone()).map_err(|e| e.to_string())?;
         if mounted.formatted || mounted.pending.is_some() {
             return Err(format!("the remount formatted the flash or found a snapshot: {:?}", mounted.other));
         }
-        Ok(OnFlash { chip, range, backend: mounted.backend })
+        Ok(OnFlash { chip, indexes, range, backend: mounted.backend })
     }
 }
 
@@ -61,13 +62,15 @@ proptest! {
         steps in steps(Shape { steps: 256, buckets: 3, max_key: 1, max_value: 32, ..Shape::default() })
     ) {
         let chip = RefCell::new(MockFlash::<4, 1024>::new(4));
-        check(OnFlash::mount(&chip, 0..4 * 1024), &steps)?;
+        let indexes = Indexes::new();
+        check(OnFlash::mount(&chip, &indexes, 0..4 * 1024), &steps)?;
     }
 
     /// Two areas of four 4 KiB units, 8-byte words.
     #[test]
     fn flash_backend_matches_the_model_with_eight_byte_words(steps in steps(Shape::default())) {
         let chip = RefCell::new(MockFlash::<8, 4096>::new(8));
-        check(OnFlash::mount(&chip, 0..8 * 4096), &steps)?;
+        let indexes = Indexes::new();
+        check(OnFlash::mount(&chip, &indexes, 0..8 * 4096), &steps)?;
     }
 }

@@ -25,7 +25,7 @@ use embedded_storage::nor_flash::NorFlash;
 use snapply_core::backend::OwnedRecord;
 use snapply_core::{Request, SnapshotMetadata, Stores};
 use snapply_flash::mock::{MockFlash, Recorded};
-use snapply_flash::mount;
+use snapply_flash::{Indexes, mount};
 
 /// Keys of the snapshot: about 2.5 KiB of image.
 const KEYS: u8 = 20;
@@ -73,31 +73,33 @@ fn recover<F: NorFlash>(
     leader: &Leader,
     n: u64,
 ) {
-    let pending = mount::<F, RECORDS, RECORD>(chip, range.clone()).unwrap().pending;
+    let indexes = Indexes::new();
+    let pending = mount::<F, RECORDS, RECORD>(chip, &indexes, range.clone()).unwrap().pending;
     if let Some(p) = &pending {
         assert_eq!(p.metadata, *metadata, "cut at {n}: another snapshot pending");
     }
-    let booted = boot(chip, range.clone()).unwrap_or_else(|e| panic!("cut at {n}: boot: {e}"));
+    let booted = boot(chip, &indexes, range.clone()).unwrap_or_else(|e| panic!("cut at {n}: boot: {e}"));
     assert_eq!(booted.refused, None, "cut at {n}: boot refused the pending snapshot");
     let mut node = booted.node;
     assert!(node.unfinished().is_none(), "cut at {n}: a booted node holds an unfinished restore");
     if node.progress().applied_index < metadata.index {
         assert!(pending.is_none(), "cut at {n}: boot left the pending snapshot unapplied");
-        apply(chip, range.clone(), &mut node, metadata, image).unwrap_or_else(|e| panic!("cut at {n}: {e}"));
+        apply(chip, &indexes, range.clone(), &mut node, metadata, image).unwrap_or_else(|e| panic!("cut at {n}: {e}"));
     }
     assert_eq!(node.progress().applied_index, metadata.index, "cut at {n}");
     assert_eq!(records(node.backend()), records(leader.backend()), "cut at {n}: records after recovery");
     assert_eq!(differing(node.stores(), leader.stores(), true), Vec::<&str>::new(), "cut at {n}");
     drop(node);
-    let again = mount::<F, RECORDS, RECORD>(chip, range).unwrap();
+    let again = mount::<F, RECORDS, RECORD>(chip, &indexes, range).unwrap();
     assert!(again.pending.is_none(), "cut at {n}: still pending after recovery");
 }
 
 /// What determines a reboot: the committed area (which one, its bytes) and the pending
 /// snapshot, as mount finds them on a copy of the flash.
 fn boot_key<F: NorFlash + Clone>(chip: &RefCell<F>, range: Range<u32>) -> u64 {
+    let indexes = Indexes::new();
     use std::hash::{Hash, Hasher};
-    let mounted = mount::<F, RECORDS, RECORD>(chip, range.clone()).expect("mount after a power cut");
+    let mounted = mount::<F, RECORDS, RECORD>(chip, &indexes, range.clone()).expect("mount after a power cut");
     // Mounting writes only to format a flash without a committed area, which a cut never leaves.
     assert!(!mounted.formatted, "a cut left no committed area");
     let area = mounted.backend.area();
@@ -115,8 +117,9 @@ fn boot_key<F: NorFlash + Clone>(chip: &RefCell<F>, range: Range<u32>) -> u64 {
 /// The boot key of the write sweep: the committed area and its bytes, the first bytes of the
 /// other area (its header and commit records), and the requests returned before the cut.
 fn write_boot_key<F: NorFlash + Clone>(chip: &RefCell<F>, range: Range<u32>, returned: usize) -> u64 {
+    let indexes = Indexes::new();
     use std::hash::{Hash, Hasher};
-    let mounted = mount::<F, RECORDS, RECORD>(chip, range.clone()).expect("mount after a power cut");
+    let mounted = mount::<F, RECORDS, RECORD>(chip, &indexes, range.clone()).expect("mount after a power cut");
     assert!(!mounted.formatted, "a cut left no committed area");
     let area = mounted.backend.area();
     let (_, len) = mounted.backend.usage();
@@ -138,7 +141,8 @@ fn sweep_restore<const W: usize, const E: usize>(units: usize) {
     let leader = leader(KEYS);
     let (metadata, image) = snapply_tests::snapshot(&leader);
     let base = RefCell::new(MockFlash::<W, E>::new(units));
-    let old = follower(&base, range.clone(), &follower_ops());
+    let indexes = Indexes::new();
+    let old = follower(&base, &indexes, range.clone(), &follower_ops());
     let old_records = records(old.backend());
     let old_stores = old.stores().clone();
     drop(old);
@@ -148,10 +152,11 @@ fn sweep_restore<const W: usize, const E: usize>(units: usize) {
 
     // The whole restore, uncut: what it costs, and every write and erase it makes.
     let chip = RefCell::new(base.clone());
-    let mut node = follower(&chip, range.clone(), &[]);
+    let indexes = Indexes::new();
+    let mut node = follower(&chip, &indexes, range.clone(), &[]);
     chip.borrow_mut().reset_stats();
     chip.borrow_mut().record();
-    apply(&chip, range.clone(), &mut node, &metadata, &image).unwrap();
+    apply(&chip, &indexes, range.clone(), &mut node, &metadata, &image).unwrap();
     drop(node);
     let journal = chip.borrow_mut().take_journal();
     let stats = chip.borrow().stats();
@@ -262,9 +267,10 @@ fn live_cut<const W: usize, const E: usize>(
     image: &[u8],
 ) -> MockFlash<W, E> {
     let chip = RefCell::new(base.clone());
-    let mut node = follower(&chip, range.clone(), &[]);
+    let indexes = Indexes::new();
+    let mut node = follower(&chip, &indexes, range.clone(), &[]);
     chip.borrow_mut().cut_after(n);
-    let _ = apply(&chip, range, &mut node, metadata, image);
+    let _ = apply(&chip, &indexes, range, &mut node, metadata, image);
     drop(node);
     let mut chip = chip.into_inner();
     chip.reboot();
@@ -322,7 +328,8 @@ fn sweep_writes<const W: usize, const E: usize>(units: usize, compact: bool) {
     let leader = leader(KEYS);
     let (metadata, image) = snapply_tests::snapshot(&leader);
     let base = RefCell::new(MockFlash::<W, E>::new(units));
-    drop(follower(&base, range.clone(), &follower_ops()));
+    let indexes = Indexes::new();
+    drop(follower(&base, &indexes, range.clone(), &follower_ops()));
     let url: &[u8] = b"http://10.0.0.7:2380";
     let requests = [
         Request::Put { key: b"after/one", value: b"first write after the restore", lease: 0 },
@@ -339,8 +346,9 @@ fn sweep_writes<const W: usize, const E: usize>(units: usize, compact: bool) {
     // The restore, then (with `compact`) checkpoints until the next write compacts, then the
     // requests with every write recorded, and the state after each.
     let chip = RefCell::new(base.into_inner());
-    let mut node = follower(&chip, range.clone(), &[]);
-    apply(&chip, range.clone(), &mut node, &metadata, &image).unwrap();
+    let indexes = Indexes::new();
+    let mut node = follower(&chip, &indexes, range.clone(), &[]);
+    apply(&chip, &indexes, range.clone(), &mut node, &metadata, &image).unwrap();
     let mut index = metadata.index;
     if compact {
         let area = node.backend().area();
@@ -389,6 +397,7 @@ fn sweep_writes<const W: usize, const E: usize>(units: usize, compact: bool) {
         // Requests whose writes all came before the cut returned; the one cut is all or nothing.
         let returned = ends.iter().filter(|end| **end <= n).count();
         let chip = RefCell::new(cut);
+        let indexes = Indexes::new();
         // What a reboot and the writes after it do is a function of the committed area's bytes
         // and of the other area's header and commit records (a write that must compact erases
         // the other area first, whatever it holds): contents that agree on those are checked
@@ -406,7 +415,7 @@ fn sweep_writes<const W: usize, const E: usize>(units: usize, compact: bool) {
         assert!(ok, "cut at {n}: the state after {returned} requests is neither complete nor untouched");
         // The node goes on writing after the reboot (compacting again if it must); what it
         // writes survives another one.
-        let mut node = boot(&chip, range.clone()).unwrap_or_else(|e| panic!("cut at {n}: boot: {e}")).node;
+        let mut node = boot(&chip, &indexes, range.clone()).unwrap_or_else(|e| panic!("cut at {n}: boot: {e}")).node;
         let next = node.progress().applied_index + 1;
         node.apply(next, 3, &Request::Put { key: b"after/reboot", value: b"x", lease: 0 })
             .unwrap_or_else(|e| panic!("cut at {n}: a write after the reboot: {e}"));

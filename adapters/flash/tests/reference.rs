@@ -22,7 +22,7 @@ use snapply_core::ports::Ports;
 use snapply_core::store::NewMember;
 use snapply_core::{ApplyError, ApplyErrorKind, Node, Request, Snapshot, SnapshotMetadata, apply_snapshot};
 use snapply_flash::mock::MockFlash;
-use snapply_flash::{Booted, FlashBackend, FlashSnapshotStore, Mounted, OtherArea, RamFlash, mount};
+use snapply_flash::{Booted, FlashBackend, FlashSnapshotStore, Indexes, Mounted, OtherArea, RamFlash, mount};
 use snapply_tests::HostNode;
 
 /// Live records of the reference device's backend: 500 keys, 8 leases, 3 members, 2 users,
@@ -74,40 +74,46 @@ fn leader() -> HostNode {
 /// Runs the pipeline on `node` with a flash snapshot store over `range`.
 fn restore<'f, F: NorFlash>(
     chip: &'f RefCell<F>,
+    indexes: &'f Indexes<RECORDS>,
     range: Range<u32>,
     node: &mut RefNode<'f, F>,
     metadata: &SnapshotMetadata,
     image: &[u8],
 ) {
-    try_restore(chip, range, node, metadata, image).unwrap();
+    try_restore(chip, indexes, range, node, metadata, image).unwrap();
 }
 
 fn try_restore<'f, F: NorFlash>(
     chip: &'f RefCell<F>,
+    indexes: &'f Indexes<RECORDS>,
     range: Range<u32>,
     node: &mut RefNode<'f, F>,
     metadata: &SnapshotMetadata,
     image: &[u8],
 ) -> Result<(), ApplyError> {
     let mut buf = [0u8; BASE_BUFFER];
-    let mut store = FlashSnapshotStore::<F, RECORDS, RECORD>::new(chip, range, &mut buf).unwrap();
+    let mut store = FlashSnapshotStore::<F, RECORDS, RECORD>::new(chip, indexes, range, &mut buf).unwrap();
     let mut peers = PeerTable::<Reference>::default();
     let ports = Ports { storage: &mut store, transport: &mut peers, observer: &mut NoObserver };
     apply_snapshot(node, ports, Snapshot::from_bytes(metadata, image)).map(drop)
 }
 
 /// Mounts and boots a node the way the firmware does.
-fn boot<'f, F: NorFlash>(chip: &'f RefCell<F>, range: Range<u32>) -> RefNode<'f, F> {
-    let booted = open(chip, range);
+fn boot<'f, F: NorFlash>(chip: &'f RefCell<F>, indexes: &'f Indexes<RECORDS>, range: Range<u32>) -> RefNode<'f, F> {
+    let booted = open(chip, indexes, range);
     assert_eq!(booted.refused, None);
     booted.node
 }
 
 /// Mounts and opens the node, reporting a pending snapshot boot refused.
-fn open<'f, F: NorFlash>(chip: &'f RefCell<F>, range: Range<u32>) -> Booted<'f, F, RECORDS, RECORD, Reference> {
-    let mounted: Mounted<'f, F, RECORDS, RECORD> = mount(chip, range.clone()).unwrap();
+fn open<'f, F: NorFlash>(
+    chip: &'f RefCell<F>,
+    indexes: &'f Indexes<RECORDS>,
+    range: Range<u32>,
+) -> Booted<'f, F, RECORDS, RECORD, Reference> {
+    let mounted: Mounted<'f, F, RECORDS, RECORD> = mount(chip, indexes, range.clone()).unwrap();
     let mut buf = [0u8; BASE_BUFFER];
-    let mut store = FlashSnapshotStore::<F, RECORDS, RECORD>::new(chip, range, &mut buf).unwrap();
+    let mut store = FlashSnapshotStore::<F, RECORDS, RECORD>::new(chip, indexes, range, &mut buf).unwrap();
     let mut peers = PeerTable::<Reference>::default();
     mounted.open_node(snapply_tests::config(2), &mut store, &mut peers, &mut NoObserver).unwrap()
 }
@@ -134,17 +140,21 @@ fn the_reference_device_restores_on_a_ram_flash_and_finds_the_state_after_a_rebo
         let range = 0..32 * 4096;
         let mut mem = vec![0xFFu8; 32 * 4096];
         let chip = RefCell::new(RamFlash::<4, 4096>::new(&mut mem).unwrap());
-        let mut node = boot(&chip, range.clone());
+        let indexes = Indexes::new();
+        let mut node = boot(&chip, &indexes, range.clone());
         // Mounting the blank flash formatted its first area; the restore's cost starts here.
         chip.borrow_mut().reset_stats();
-        restore(&chip, range.clone(), &mut node, &metadata, &image);
+        restore(&chip, &indexes, range.clone(), &mut node, &metadata, &image);
         check_equal(&node, &leader, "after the restore");
+        // The old backend was dropped at the swap: its slot is free for the next restore.
+        assert_eq!(indexes.in_use(), 1, "slots held after the restore");
         let stats = chip.borrow().stats();
         drop(node);
         let mem = chip.into_inner().into_inner();
         // The reboot: a new driver over the same memory.
         let chip = RefCell::new(RamFlash::<4, 4096>::new(mem).unwrap());
-        let node = boot(&chip, range);
+        let indexes = Indexes::new();
+        let node = boot(&chip, &indexes, range);
         check_equal(&node, &leader, "after the reboot");
         assert_eq!(chip.borrow().stats().programmed, 0, "booting a committed state writes nothing");
         println!(
@@ -174,16 +184,17 @@ fn a_pending_snapshot_with_more_peer_urls_than_the_profile_holds_is_refused_at_b
 
         let range = 0..32 * 4096;
         let chip = RefCell::new(MockFlash::<4, 4096>::new(32));
-        let mut node = boot(&chip, range.clone());
+        let indexes = Indexes::new();
+        let mut node = boot(&chip, &indexes, range.clone());
         node.apply(1, 1, &Request::Put { key: b"mine", value: b"old", lease: 0 }).unwrap();
         let before = snapply_tests::records(node.backend());
-        let err = try_restore(&chip, range.clone(), &mut node, &metadata, &image).unwrap_err();
+        let err = try_restore(&chip, &indexes, range.clone(), &mut node, &metadata, &image).unwrap_err();
         assert!(!err.is_fatal(), "{err}");
         drop(node);
-        let pending = mount::<_, RECORDS, RECORD>(&chip, range.clone()).unwrap().pending.unwrap();
+        let pending = mount::<_, RECORDS, RECORD>(&chip, &indexes, range.clone()).unwrap().pending.unwrap();
         assert_eq!(pending.metadata, metadata);
 
-        let booted = open(&chip, range.clone());
+        let booted = open(&chip, &indexes, range.clone());
         let refused = booted.refused.expect("the refused snapshot is reported");
         assert_eq!(refused.snapshot, pending);
         assert!(matches!(refused.error.kind(), ApplyErrorKind::Store(_)), "{}", refused.error);
@@ -193,10 +204,10 @@ fn a_pending_snapshot_with_more_peer_urls_than_the_profile_holds_is_refused_at_b
         assert_eq!(node.progress().applied_index, 1);
         assert_eq!(snapply_tests::records(node.backend()), before);
         drop(node);
-        let mounted = mount::<_, RECORDS, RECORD>(&chip, range.clone()).unwrap();
+        let mounted = mount::<_, RECORDS, RECORD>(&chip, &indexes, range.clone()).unwrap();
         assert_eq!((&mounted.pending, mounted.other), (&None, OtherArea::Unused));
         drop(mounted);
-        assert_eq!(snapply_tests::records(boot(&chip, range).backend()), before);
+        assert_eq!(snapply_tests::records(boot(&chip, &indexes, range).backend()), before);
     });
 }
 
@@ -207,11 +218,12 @@ fn cost<const W: usize, const E: usize>(units: usize) -> (usize, u64, u64) {
     let (metadata, image) = snapply_tests::snapshot(&leader);
     let range = 0..(units * E) as u32;
     let chip = RefCell::new(MockFlash::<W, E>::new(units));
-    let mut node = boot(&chip, range.clone());
+    let indexes = Indexes::new();
+    let mut node = boot(&chip, &indexes, range.clone());
     // The follower's own state first, so the restore replaces something.
     node.apply(1, 1, &Request::Put { key: b"mine", value: b"old", lease: 0 }).unwrap();
     chip.borrow_mut().reset_stats();
-    restore(&chip, range, &mut node, &metadata, &image);
+    restore(&chip, &indexes, range, &mut node, &metadata, &image);
     check_equal(&node, &leader, "after the restore");
     let stats = chip.borrow().stats();
     let erases = chip.borrow().unit_erases().to_vec();
@@ -252,20 +264,24 @@ fn a_reference_restore_with_8_byte_words_and_128_kib_units_programs_at_most_1_05
 }
 
 /// RAM of the adapter's types for the reference device (measured on the 64-bit host; a 32-bit
-/// target's are smaller), pinned: the backend is one `u32` per record plus a fixed header, the
-/// store a few words and the held snapshot's digest.
+/// target's are smaller), pinned: the indexes are one `u32` per record in each of two slots; the
+/// backend is a fixed header that refers to its slot, whatever the number of records (so moving
+/// it copies no index); the store a few words and the held snapshot's digest.
 #[test]
 fn the_reference_configuration_takes_pinned_ram() {
     type Chip<'a> = RamFlash<'a, 4, 4096>;
     let backend = std::mem::size_of::<RefBackend<'_, Chip<'_>>>();
+    let indexes = std::mem::size_of::<Indexes<RECORDS>>();
     let store = std::mem::size_of::<FlashSnapshotStore<'_, '_, Chip<'_>, RECORDS, RECORD>>();
     let mounted = std::mem::size_of::<Mounted<'_, Chip<'_>, RECORDS, RECORD>>();
     let node = std::mem::size_of::<RefNode<'_, Chip<'_>>>();
     println!(
-        "reference sizes (host, 64-bit): FlashBackend {backend} B, FlashSnapshotStore {store} B, Mounted {mounted} B, \
-         Node<FlashBackend, Reference> {node} B"
+        "reference sizes (host, 64-bit): FlashBackend {backend} B, Indexes {indexes} B, FlashSnapshotStore {store} B, \
+         Mounted {mounted} B, Node<FlashBackend, Reference> {node} B"
     );
-    assert!(backend <= RECORDS * 4 + 96, "{backend}");
+    assert!(indexes <= 2 * (RECORDS * 4 + 16), "{indexes}");
+    assert!(backend <= 128, "{backend}");
+    assert_eq!(backend, std::mem::size_of::<FlashBackend<'_, Chip<'_>, 8, RECORD>>(), "the backend grows with N");
     assert!(store <= 128, "{store}");
     // The mount result is the backend and the pending snapshot's metadata (its conf state).
     assert!(mounted <= backend + 640, "{mounted}");

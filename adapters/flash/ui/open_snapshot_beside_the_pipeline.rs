@@ -8,7 +8,8 @@ use snapply_flash::mock::MockFlash;
 
 fn main() {
     let chip = RefCell::new(MockFlash::<4, 4096>::new(4));
+    let indexes = snapply_flash::Indexes::new();
     let mut buf = vec![0u8; 4096];
-    let mut store = FlashSnapshotStore::<_, 64, 256>::new(&chip, 0..4 * 4096, &mut buf).unwrap();
+    let mut store = FlashSnapshotStore::<_, 64, 256>::new(&chip, &indexes, 0..4 * 4096, &mut buf).unwrap();
     let _ = store.open_snapshot(7, 2, &[0; 32]);
 }

@@ -1,6 +1,7 @@
-//! The leader the firmware's snapshot comes from, built on the host by the build script: a few
-//! hundred keys (some overwritten, some deleted, the history compacted), leases with attached
-//! keys, three members, two users and two roles with permissions, auth enabled.
+//! The leader the firmware's snapshot comes from, built on the host by the build script: the
+//! reference profile filled (500 keys of 16 to 32 bytes, some overwritten, some deleted, the
+//! history compacted), eight leases with attached keys, three members, two users and two roles
+//! with permissions, auth enabled.
 
 use std::error::Error;
 
@@ -15,13 +16,14 @@ use snapply_core::{Config, Node, Request, Snapshot, apply_snapshot};
 
 use crate::shared::{DEVICE, Device, Digests, digests, writes_after_restore};
 
-/// Number of distinct keys the leader puts before the first snapshot. The reference profile
-/// holds 512 revisions; the flash backend's record index (`src/storage.rs`, 192 records, 4 B of
-/// RAM each) is what bounds a snapshot here, and every record it indexes is RAM that the
-/// restore's frames carry too (BENCHMARKS.md, "Firmware").
-pub const KEYS: u32 = 100;
-/// Keys the leader adds between the two snapshots.
-const MORE_KEYS: u32 = KEYS / 10;
+/// Number of distinct keys the leader puts before the first snapshot: the reference profile's
+/// 500 (`shared::Device`: 512 key revisions, 12 KiB of key arena). Each snapshot's key index
+/// holds 500 revisions (about 500 live keys, one revision each), and the device's entries after
+/// a restore (a put, an overwrite, a range deletion of 10 keys) fill it to its 512 revisions.
+pub const KEYS: u32 = 500;
+/// Keys the leader adds between the two snapshots (it deletes three), so that the second
+/// snapshot's key index, with the tombstone its compaction keeps, is as large as the first's.
+const MORE_KEYS: u32 = 2;
 /// Keys attached to leases (the reference profile holds 16 lease items).
 const LEASED_KEYS: u32 = 16;
 /// Leases granted (the reference profile holds 8).
@@ -46,10 +48,10 @@ pub struct Generated {
     pub live_keys: u32,
 }
 
-/// A key of 16 to 32 bytes, the reference profile's key lengths.
+/// A key of 16 to 32 bytes, 24 on average: the reference profile's key lengths.
 fn key(i: u32) -> Vec<u8> {
     let len = 16 + (i % 17) as usize;
-    let mut k = format!("/device/cfg/{i:05}/").into_bytes();
+    let mut k = format!("/device/c{i:05}/").into_bytes();
     k.resize(len.max(k.len()), b'k');
     k
 }
@@ -104,18 +106,31 @@ pub fn generate() -> Result<[Generated; 2], Box<dyn Error>> {
         let lease = if i < LEASED_KEYS { i64::from(i % LEASES + 1) * 100 } else { 0 };
         apply(&mut leader, Request::Put { key: &key(i), value: &value(i, 0), lease })?;
     }
-    // Overwrites and deletes make revisions and tombstones; compacting drops the old ones.
+    // Overwrites and deletes make revisions and tombstones; the profile holds 512 revisions, so
+    // the leader compacts at the current revision after every ten of them (the history goes,
+    // one revision per key stays), and some deleted keys come back.
+    let mut changes = 0u32;
     for i in (LEASED_KEYS..KEYS).step_by(13) {
         apply(&mut leader, Request::Put { key: &key(i), value: &value(i, 1), lease: 0 })?;
+        changes += 1;
+        if changes.is_multiple_of(10) {
+            let revision = leader.stores().kv.current_revision();
+            apply(&mut leader, Request::Compact { revision })?;
+        }
     }
     let mut live: std::collections::BTreeSet<u32> = (0..KEYS).collect();
     for i in (LEASED_KEYS + 5..KEYS).step_by(37) {
         apply(&mut leader, Request::DeleteRange { key: &key(i), range_end: b"" })?;
         live.remove(&i);
+        changes += 1;
+        if changes.is_multiple_of(10) {
+            let revision = leader.stores().kv.current_revision();
+            apply(&mut leader, Request::Compact { revision })?;
+        }
     }
     let revision = leader.stores().kv.current_revision();
-    apply(&mut leader, Request::Compact { revision: revision - 20 })?;
-    for i in (LEASED_KEYS + 7..KEYS).step_by(41) {
+    apply(&mut leader, Request::Compact { revision })?;
+    for i in (LEASED_KEYS + 5..KEYS).step_by(37).skip(1) {
         apply(&mut leader, Request::Put { key: &key(i), value: &value(i, 2), lease: 0 })?;
         live.insert(i);
     }
@@ -135,6 +150,8 @@ pub fn generate() -> Result<[Generated; 2], Box<dyn Error>> {
         live.remove(&i);
     }
     apply(&mut leader, Request::MemberRemove { id: 3 })?;
+    let revision = leader.stores().kv.current_revision();
+    apply(&mut leader, Request::Compact { revision })?;
     let second = snapshot(&leader, &live)?;
     Ok([first, second])
 }

@@ -8,6 +8,9 @@
 //! resets. Boot 3 re-opens and checks the second snapshot's state and exits through
 //! semihosting. Every failure, panic or fault exits with failure.
 //!
+//! With feature `async` the same run is embassy-executor's main task, on an async flash driver
+//! (`storage::AsyncRam`) that the flash adapter drives through `snapply_flash::BlockOn`.
+//!
 //! The log goes out through defmt over semihosting; decode it on the host with
 //! `defmt-print -e <elf>` (`cargo xtask qemu` does).
 #![no_std]
@@ -23,7 +26,9 @@ mod storage;
 use core::cell::RefCell;
 use core::mem::size_of;
 
-use cortex_m_rt::{ExceptionFrame, entry, exception};
+#[cfg(not(feature = "async"))]
+use cortex_m_rt::entry;
+use cortex_m_rt::{ExceptionFrame, exception};
 use cortex_m_semihosting::debug::{self, EXIT_FAILURE, EXIT_SUCCESS};
 use defmt::{Display2Format, error, info};
 use defmt_semihosting as _;
@@ -37,7 +42,7 @@ use snapply_core::{ApplyError, Node, Request, Snapshot, SnapshotMetadata};
 use shared::{DEVICE, Device, digests};
 
 use snapply_flash::{BootError, FlashError, RamFlashError};
-use storage::{DeviceBackend, DeviceStore, MediumError, RANGE, RECORD_BYTES, RECORDS};
+use storage::{DeviceBackend, DeviceIndexes, DeviceStore, MediumError, RANGE, RECORD_BYTES, RECORDS};
 
 /// What the build script expects a snapshot to lead to.
 struct Expected {
@@ -191,10 +196,27 @@ impl Observer for PhaseLog {
     }
 }
 
+#[cfg(not(feature = "async"))]
 #[entry]
 fn main() -> ! {
     stack::paint();
-    let code = match run() {
+    info!("executor: none (blocking flash)");
+    exit(run())
+}
+
+/// The async build: the firmware runs as embassy-executor's main task (thread mode), on the
+/// async flash driver (`storage::AsyncRam` under `snapply_flash::BlockOn`).
+#[cfg(feature = "async")]
+#[embassy_executor::main]
+async fn main(_spawner: embassy_executor::Spawner) {
+    stack::paint();
+    info!("executor: embassy (async flash)");
+    exit(run())
+}
+
+/// Exits QEMU through semihosting with the run's outcome.
+fn exit(outcome: Result<(), Failure>) -> ! {
+    let code = match outcome {
         Ok(()) => EXIT_SUCCESS,
         Err(e) => {
             error!("firmware failed: {}", e);
@@ -216,9 +238,11 @@ fn run() -> Result<(), Failure> {
     }
     // The one slot for a snapshot's metadata: the pending one's, then the received one's.
     let mut metadata = SnapshotMetadata::default();
-    let Mounted { backend, pending, formatted } = mount(&chip, &mut metadata)?;
+    // The backends' record indexes: the node's, and the one of the snapshot being restored.
+    let indexes = DeviceIndexes::new();
+    let Mounted { backend, pending, formatted } = mount(&chip, &indexes, &mut metadata)?;
     let mut buf = [0u8; BASE_BUFFER];
-    let mut store = DeviceStore::new(&chip, RANGE, &mut buf)?;
+    let mut store = DeviceStore::new(&chip, &indexes, RANGE, &mut buf)?;
     let mut peers = PeerTable::<Device>::default();
     // `snapply_flash::Mounted::open_node`, taken apart: the node is made here, in the one slot
     // it lives in, and opened in place (`Node::open` would build it and return it, a second
@@ -260,11 +284,9 @@ fn run() -> Result<(), Failure> {
         info!("all snapshots restored and checked after reboot");
         return Ok(());
     };
-    if let Ok(mut chip) = chip.try_borrow_mut() {
-        chip.reset_stats();
-    }
+    storage::reset_stats(&chip);
     restore(node, &mut store, &mut peers, image, expected, &mut metadata)?;
-    let stats = chip.try_borrow().map(|chip| chip.stats()).unwrap_or_default();
+    let stats = storage::stats(&chip);
     check(node, expected.restored(), "before reboot")?;
     info!(
         "flash: image-bytes={} programmed-bytes={} erases={} (erase unit {} bytes)",
@@ -289,7 +311,7 @@ fn log_sizes() {
     };
     type S<'a> = DeviceStore<'a, 'a>;
     info!(
-        "sizes: states validated={} persisted={} opened={} bound={} leases={} mvcc={} swapped={}, node={} kv={} auth={} membership={} v2={} backend={} metadata={} peers={} store={} mounted={}",
+        "sizes: states validated={} persisted={} opened={} bound={} leases={} mvcc={} swapped={}, node={} kv={} auth={} membership={} v2={} backend={} indexes={} metadata={} peers={} store={} mounted={}",
         size_of::<Validated<'_, Device, S<'_>>>(),
         size_of::<Persisted<'_, Device, S<'_>>>(),
         size_of::<BackendOpened<'_, Device, S<'_>>>(),
@@ -303,6 +325,7 @@ fn log_sizes() {
         size_of::<snapply_core::store::Membership<Device>>(),
         size_of::<snapply_core::store::V2Store<Device>>(),
         size_of::<DeviceBackend<'_>>(),
+        size_of::<DeviceIndexes>(),
         size_of::<SnapshotMetadata>(),
         size_of::<PeerTable<Device>>(),
         size_of::<S<'_>>(),
@@ -323,8 +346,12 @@ struct Mounted<'f> {
 /// the pending snapshot it reads would stay in `main`'s frame, under the whole restore), and
 /// moves a pending snapshot's metadata into `metadata`, the one slot `main` keeps for it.
 #[inline(never)]
-fn mount<'f>(chip: &'f RefCell<storage::Chip>, metadata: &mut SnapshotMetadata) -> Result<Mounted<'f>, Failure> {
-    let mounted = snapply_flash::mount::<_, RECORDS, RECORD_BYTES>(chip, RANGE)?;
+fn mount<'f>(
+    chip: &'f RefCell<storage::Chip>,
+    indexes: &'f DeviceIndexes,
+    metadata: &mut SnapshotMetadata,
+) -> Result<Mounted<'f>, Failure> {
+    let mounted = snapply_flash::mount::<_, RECORDS, RECORD_BYTES>(chip, indexes, RANGE)?;
     info!("flash mounted: formatted={} other-area={}", mounted.formatted, mounted.other);
     let snapply_flash::Mounted { backend, pending, formatted, .. } = mounted;
     let pending = pending.map(|p| {

@@ -83,7 +83,7 @@ pub fn writes_after_restore<B: Backend, P: Profile>(
     let requests = [
         Request::Put { key: b"/device/after-restore", value: b"written after the restore", lease: 0 },
         Request::Put { key: b"/device/after-restore", value: b"and overwritten", lease: 0 },
-        Request::DeleteRange { key: b"/device/cfg/0003", range_end: b"/device/cfg/0004" },
+        Request::DeleteRange { key: b"/device/c0003", range_end: b"/device/c0004" },
     ];
     let mut index = snapshot_index;
     for request in &requests {

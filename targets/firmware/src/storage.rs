@@ -11,7 +11,9 @@ use core::cell::RefCell;
 use core::ops::Range;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use snapply_flash::{FlashBackend, FlashSnapshotStore, RamFlash};
+#[cfg(feature = "async")]
+use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
+use snapply_flash::{FlashBackend, FlashSnapshotStore, Indexes, RamFlash, RamStats};
 
 /// Start of the board memory used: the mps2-an385's 16 MiB PSRAM.
 pub const REGION_BASE: usize = 0x2100_0000;
@@ -24,20 +26,32 @@ pub const WRITE: usize = 4;
 /// Erase unit of the emulated flash.
 pub const ERASE: usize = 4096;
 /// Erase units per area; the flash adapter keeps two areas (committed state, next snapshot).
-const AREA_UNITS: usize = 4;
+/// An area holds the reference profile's snapshot (about 40 KiB, `BENCHMARKS.md`) with room for
+/// the entries after it before a compaction.
+const AREA_UNITS: usize = 12;
 /// Bytes of flash given to the adapter.
 pub const FLASH_LEN: usize = 2 * AREA_UNITS * ERASE;
 /// The flash range given to the adapter: all of it.
 pub const RANGE: Range<u32> = 0..FLASH_LEN as u32;
-/// Live records the backend indexes (4 bytes of RAM each).
-pub const RECORDS: usize = 192;
+/// Live records the backend indexes: the reference profile's whole state (512 key revisions,
+/// 8 leases, 3 members and 4 removed ones, 2 users, 2 roles, auth, meta, cluster and alarm
+/// records), 4 bytes of RAM each in each of the two slots of [`DeviceIndexes`].
+pub const RECORDS: usize = 560;
 /// Largest record the backend holds.
 pub const RECORD_BYTES: usize = 256;
 
 const _: () = assert!(BOARD_PAGE + FLASH_LEN <= REGION_LEN);
 
 /// The emulated chip.
+#[cfg(not(feature = "async"))]
 pub type Chip = RamFlash<'static, WRITE, ERASE>;
+/// The emulated chip behind an async driver ([`AsyncRam`]), which the adapter drives through
+/// `snapply_flash::BlockOn`.
+#[cfg(feature = "async")]
+pub type Chip = snapply_flash::BlockOn<AsyncRam>;
+/// The record indexes of the node's backend and of a snapshot being restored (one slot each):
+/// the backends refer to them, so no index rides along when a backend moves.
+pub type DeviceIndexes = Indexes<RECORDS>;
 /// The node's backend on the flash.
 pub type DeviceBackend<'f> = FlashBackend<'f, Chip, RECORDS, RECORD_BYTES>;
 /// The snapshot store on the flash.
@@ -99,5 +113,68 @@ pub fn take() -> Result<(RefCell<Chip>, Boot), MediumError> {
         *boots = 0;
     }
     *boots = boots.saturating_add(1);
+    #[cfg(feature = "async")]
+    let chip = snapply_flash::BlockOn::new(AsyncRam(chip));
     Ok((RefCell::new(chip), Boot { boot: *boots }))
+}
+
+/// The emulated chip under [`Chip`].
+fn ram(chip: &mut Chip) -> &mut RamFlash<'static, WRITE, ERASE> {
+    #[cfg(feature = "async")]
+    let chip = &mut chip.inner_mut().0;
+    chip
+}
+
+/// What the chip did since [`reset_stats`] (zeros if the chip is borrowed).
+pub fn stats(chip: &RefCell<Chip>) -> RamStats {
+    chip.try_borrow_mut().map(|mut chip| ram(&mut chip).stats()).unwrap_or_default()
+}
+
+/// Starts counting what the chip does afresh (nothing if the chip is borrowed).
+pub fn reset_stats(chip: &RefCell<Chip>) {
+    if let Ok(mut chip) = chip.try_borrow_mut() {
+        ram(&mut chip).reset_stats();
+    }
+}
+
+/// The emulated chip as an async NOR flash driver (`embedded-storage-async`, as embassy's flash
+/// drivers are): each operation yields to the executor once before it completes, as a driver
+/// waiting for its peripheral does, so the adapter's async path (`BlockOn` polling it until it
+/// is ready) is what runs.
+#[cfg(feature = "async")]
+pub struct AsyncRam(RamFlash<'static, WRITE, ERASE>);
+
+#[cfg(feature = "async")]
+impl embedded_storage_async::nor_flash::ErrorType for AsyncRam {
+    type Error = snapply_flash::RamFlashError;
+}
+
+#[cfg(feature = "async")]
+impl embedded_storage_async::nor_flash::ReadNorFlash for AsyncRam {
+    const READ_SIZE: usize = <RamFlash<'static, WRITE, ERASE> as ReadNorFlash>::READ_SIZE;
+
+    async fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
+        embassy_futures::yield_now().await;
+        ReadNorFlash::read(&mut self.0, offset, bytes)
+    }
+
+    fn capacity(&self) -> usize {
+        ReadNorFlash::capacity(&self.0)
+    }
+}
+
+#[cfg(feature = "async")]
+impl embedded_storage_async::nor_flash::NorFlash for AsyncRam {
+    const WRITE_SIZE: usize = WRITE;
+    const ERASE_SIZE: usize = ERASE;
+
+    async fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
+        embassy_futures::yield_now().await;
+        NorFlash::erase(&mut self.0, from, to)
+    }
+
+    async fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
+        embassy_futures::yield_now().await;
+        NorFlash::write(&mut self.0, offset, bytes)
+    }
 }

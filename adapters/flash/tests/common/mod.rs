@@ -18,7 +18,7 @@ use snapply_core::memports::PeerTable;
 use snapply_core::pipeline::Validated;
 use snapply_core::ports::Ports;
 use snapply_core::{ApplyError, Node, Snapshot, SnapshotMetadata, Stores, apply_snapshot};
-use snapply_flash::{BootError, Booted, FlashBackend, FlashSnapshotStore, mount};
+use snapply_flash::{BootError, Booted, FlashBackend, FlashSnapshotStore, Indexes, mount};
 use snapply_tests::Op;
 
 /// The stores' capacities in these tests.
@@ -88,10 +88,16 @@ pub fn follower_ops() -> Vec<Op> {
 }
 
 /// A node on the mounted flash, after `ops` (entries 1..).
-pub fn follower<'f, F: NorFlash>(chip: &'f RefCell<F>, range: Range<u32>, ops: &[Op]) -> FlashNode<'f, F> {
-    let mounted = mount::<F, RECORDS, RECORD>(chip, range.clone()).unwrap();
+pub fn follower<'f, F: NorFlash>(
+    chip: &'f RefCell<F>,
+    indexes: &'f Indexes<RECORDS>,
+    range: Range<u32>,
+    ops: &[Op],
+) -> FlashNode<'f, F> {
+    let mounted = mount::<F, RECORDS, RECORD>(chip, indexes, range.clone()).unwrap();
     assert!(mounted.pending.is_none());
-    let mut node = boot(chip, range).unwrap().node;
+    drop(mounted);
+    let mut node = boot(chip, indexes, range).unwrap().node;
     let first = node.progress().applied_index;
     snapply_tests::run(&mut node, ops, first, 1);
     node
@@ -101,11 +107,13 @@ pub fn follower<'f, F: NorFlash>(chip: &'f RefCell<F>, range: Range<u32>, ops: &
 /// it).
 pub fn boot<'f, F: NorFlash>(
     chip: &'f RefCell<F>,
+    indexes: &'f Indexes<RECORDS>,
     range: Range<u32>,
 ) -> Result<Booted<'f, F, RECORDS, RECORD, Small>, BootError<F::Error>> {
-    let mounted = mount::<F, RECORDS, RECORD>(chip, range.clone()).map_err(BootError::Flash)?;
+    let mounted = mount::<F, RECORDS, RECORD>(chip, indexes, range.clone()).map_err(BootError::Flash)?;
     let mut buf = vec![0u8; BASE_BUFFER];
-    let mut storage = FlashSnapshotStore::<F, RECORDS, RECORD>::new(chip, range, &mut buf).map_err(BootError::Flash)?;
+    let mut storage =
+        FlashSnapshotStore::<F, RECORDS, RECORD>::new(chip, indexes, range, &mut buf).map_err(BootError::Flash)?;
     let mut transport = PeerTable::<Small>::default();
     mounted.open_node(snapply_tests::config(FOLLOWER), &mut storage, &mut transport, &mut NoObserver)
 }
@@ -113,13 +121,14 @@ pub fn boot<'f, F: NorFlash>(
 /// Applies `(metadata, image)` to `node` through the pipeline with a flash snapshot store.
 pub fn apply<'f, F: NorFlash>(
     chip: &'f RefCell<F>,
+    indexes: &'f Indexes<RECORDS>,
     range: Range<u32>,
     node: &mut FlashNode<'f, F>,
     metadata: &SnapshotMetadata,
     image: &[u8],
 ) -> Result<(), ApplyError> {
     let mut buf = vec![0u8; BASE_BUFFER];
-    let mut storage = FlashSnapshotStore::<F, RECORDS, RECORD>::new(chip, range, &mut buf).unwrap();
+    let mut storage = FlashSnapshotStore::<F, RECORDS, RECORD>::new(chip, indexes, range, &mut buf).unwrap();
     let mut transport = PeerTable::<Small>::default();
     let mut observer = NoObserver;
     let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut observer };
@@ -139,13 +148,14 @@ pub enum Image<'a> {
 /// the persist phase leaves it. The node stays on its old state.
 pub fn persist_only<'f, F: NorFlash>(
     chip: &'f RefCell<F>,
+    indexes: &'f Indexes<RECORDS>,
     range: Range<u32>,
     node: &mut FlashNode<'f, F>,
     metadata: &SnapshotMetadata,
     image: Image<'_>,
 ) -> Result<(), ApplyError> {
     let mut buf = vec![0u8; BASE_BUFFER];
-    let mut storage = FlashSnapshotStore::<F, RECORDS, RECORD>::new(chip, range, &mut buf).unwrap();
+    let mut storage = FlashSnapshotStore::<F, RECORDS, RECORD>::new(chip, indexes, range, &mut buf).unwrap();
     let mut transport = PeerTable::<Small>::default();
     let mut observer = NoObserver;
     let ports = Ports { storage: &mut storage, transport: &mut transport, observer: &mut observer };
@@ -177,7 +187,8 @@ pub fn reboot_state<F: NorFlash + Clone>(
     range: Range<u32>,
 ) -> (Vec<OwnedRecord>, Stores<Small>, Option<SnapshotMetadata>) {
     let copy = RefCell::new(chip.borrow().clone());
-    let mounted = mount::<F, RECORDS, RECORD>(&copy, range).expect("mount after a power cut");
+    let indexes = Indexes::new();
+    let mounted = mount::<F, RECORDS, RECORD>(&copy, &indexes, range).expect("mount after a power cut");
     let pending = mounted.pending.map(|p| p.metadata);
     let backend = mounted.backend;
     let recs = records(&backend);
