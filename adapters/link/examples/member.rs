@@ -22,6 +22,7 @@ use std::error::Error;
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+use indicatif::{ProgressBar, ProgressStyle};
 use snapply_core::backend::Backend as _;
 use snapply_core::image;
 use snapply_core::mem::VecBackend;
@@ -128,28 +129,67 @@ fn build(keys: u32, entries: u32) -> Result<(Member, String), Box<dyn Error>> {
     Ok((Member { snapshot, entries: log }, line))
 }
 
+/// The device's address, for its progress bar.
+fn session_peer(session: &Session<TcpStream>) -> String {
+    session.stream().peer_addr().map_or_else(|_| "device".to_owned(), |a| a.to_string())
+}
+
 fn serve(stream: TcpStream, member: &mut Member) -> Result<(), Box<dyn Error>> {
     stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
     stream.set_nodelay(true)?;
     let started = Instant::now();
     let mut session = Session::new(stream);
+    // When the device said hello, and when its snapshot was durable: the image's transfer,
+    // from the `Snapshot` frame to the `Durable` answer (the restore's commit included).
+    let (mut hello, mut durable) = (started, None);
+    // One bar per device, on the standard error (drawn only on a terminal): the image's bytes,
+    // then the entries up to the member's last index.
+    let peer = session_peer(&session);
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} {msg:<9} [{bar:30}] {pos}/{len}")
+            .map_or_else(|_| ProgressStyle::default_bar(), |s| s.progress_chars("=> ")),
+    );
+    bar.set_prefix(peer);
+    let last = member.entries.last().map_or(0, |e| e.index);
     let mut progress = |p: Progress| match p {
-        Progress::Hello { applied_index } => println!("member: device says applied index {applied_index}"),
-        Progress::Durable { index } => println!("member: snapshot {index} durable on the device"),
-        Progress::Image { .. } | Progress::Applied { .. } => {}
+        Progress::Hello { applied_index } => {
+            hello = Instant::now();
+            println!("member: device says applied index {applied_index}");
+            bar.set_message("entries");
+            bar.set_length(last.saturating_sub(applied_index));
+        }
+        Progress::Image { sent, total } => {
+            bar.set_message("image");
+            bar.set_length(total);
+            bar.set_position(sent);
+        }
+        Progress::Durable { index } => {
+            durable = Some(Instant::now());
+            println!("member: snapshot {index} durable on the device");
+            bar.set_message("entries");
+            bar.set_length(last.saturating_sub(index));
+            bar.set_position(0);
+        }
+        Progress::Applied { .. } => bar.inc(1),
     };
     let result = session.catch_up(member, &mut progress);
+    bar.finish_and_clear();
     let r = session.report();
-    let secs = started.elapsed().as_secs_f64();
+    let end = Instant::now();
+    let image_secs = durable.map_or(0.0, |d| d.duration_since(hello).as_secs_f64());
+    let entry_secs = end.duration_since(durable.unwrap_or(hello)).as_secs_f64();
     println!(
-        "member: session: snapshots={} image-bytes={} entries={} resent={} bad-frames={} applied-index={} seconds={secs:.3} image-bytes-per-second={:.0}",
+        "member: session: snapshots={} image-bytes={} entries={} resent={} bad-frames={} applied-index={} seconds={:.3} image-bytes-per-second={:.0} entries-per-second={:.0}",
         r.snapshots,
         r.image_bytes,
         r.entries,
         r.resent,
         r.bad_frames,
         r.applied_index,
-        r.image_bytes as f64 / secs.max(1e-9)
+        end.duration_since(started).as_secs_f64(),
+        if image_secs > 0.0 { r.image_bytes as f64 / image_secs } else { 0.0 },
+        if entry_secs > 0.0 { r.entries as f64 / entry_secs } else { 0.0 },
     );
     result?;
     println!("member: device up to date at index {}", r.applied_index);

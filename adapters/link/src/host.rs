@@ -169,6 +169,11 @@ impl<S: Read + Write> Session<S> {
         Session { stream, rx: Receiver::new(), seq: 0, bad_in_a_row: 0, report: Report::default() }
     }
 
+    /// The stream.
+    pub fn stream(&self) -> &S {
+        &self.stream
+    }
+
     /// What the session did so far.
     pub fn report(&self) -> Report {
         self.report
