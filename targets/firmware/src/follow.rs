@@ -270,6 +270,9 @@ pub fn follow<'f>(
                         log_digest(node)?;
                         link.send(Message::Applied { index });
                     }
+                    // Applied already (a host that restarted sends from its own idea of the
+                    // device's index): applied again it would change nothing, as in the core.
+                    Some(Ok(_)) if index <= applied => link.send(Message::Applied { index }),
                     Some(Ok(_)) => link.send(Message::Refused { reason: Refusal::OutOfOrder }),
                     _ => link.send(Message::Refused { reason: Refusal::Unexpected }),
                 }

@@ -306,7 +306,8 @@ impl<const WRITE: usize, const ERASE: usize> NorFlash for HostFlash<WRITE, ERASE
             Some(kept) => {
                 // Bytes before the cut are programmed; the rest of the word being programmed
                 // is undefined; the words after it are untouched.
-                let word_end = kept.div_ceil(WRITE) * WRITE;
+                // `kept < bytes.len()`: the word holding byte `kept` is the one being programmed.
+                let word_end = ((kept / WRITE + 1) * WRITE).min(bytes.len());
                 let mut out = [0u8; SCRATCH];
                 let mut at = 0usize;
                 while at < word_end {
