@@ -217,7 +217,7 @@ fn main() -> ! {
 
 fn run() -> Result<(), Failure> {
     let (chip, boot) = storage::take()?;
-    info!("boot {}", boot.boot);
+    info!("boot {} (flash file {})", boot.boot, if boot.blank { "created blank" } else { "found" });
     log_sizes();
     if boot.boot > 3 && !boot.link {
         return Err(Failure::TooManyBoots { boot: boot.boot });
