@@ -157,6 +157,10 @@ enum Reply {
 /// One device's session on `stream` (with a read timeout set: it is the resend timer).
 pub struct Session<S> {
     stream: S,
+    /// Bytes read from the stream and not yet pushed into the receiver.
+    inbox: [u8; 512],
+    inbox_at: usize,
+    inbox_len: usize,
     rx: Receiver,
     seq: u16,
     bad_in_a_row: u32,
@@ -166,7 +170,16 @@ pub struct Session<S> {
 impl<S: Read + Write> Session<S> {
     /// A session on `stream`.
     pub fn new(stream: S) -> Self {
-        Session { stream, rx: Receiver::new(), seq: 0, bad_in_a_row: 0, report: Report::default() }
+        Session {
+            stream,
+            inbox: [0; 512],
+            inbox_at: 0,
+            inbox_len: 0,
+            rx: Receiver::new(),
+            seq: 0,
+            bad_in_a_row: 0,
+            report: Report::default(),
+        }
     }
 
     /// The stream.
@@ -181,16 +194,24 @@ impl<S: Read + Write> Session<S> {
 
     /// The next answer, or `None` when the read timed out.
     fn answer(&mut self) -> Result<Option<Reply>, HostError> {
-        let mut byte = [0u8; 1];
         loop {
-            match self.stream.read(&mut byte) {
-                Ok(0) => return Err(HostError::Io(io::ErrorKind::UnexpectedEof.into())),
-                Ok(_) => {}
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return Ok(None),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(HostError::Io(e)),
+            if self.inbox_at == self.inbox_len {
+                match self.stream.read(&mut self.inbox) {
+                    Ok(0) => return Err(HostError::Io(io::ErrorKind::UnexpectedEof.into())),
+                    Ok(n) => (self.inbox_at, self.inbox_len) = (0, n),
+                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                        return Ok(None);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(HostError::Io(e)),
+                }
             }
-            let [b] = byte;
+            let Some(&b) = self.inbox.get(self.inbox_at) else {
+                self.inbox_len = 0;
+                self.inbox_at = 0;
+                continue;
+            };
+            self.inbox_at += 1;
             match self.rx.push(b) {
                 None => {}
                 Some(Err(e)) => {
