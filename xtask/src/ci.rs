@@ -303,6 +303,8 @@ fn cross_builds(ctx: &Ctx) -> Result<Outcome> {
 
     // The flash adapter is no_std too (DESIGN.md section 2).
     run(ctx.cargo().args(["build", "-p", "snapply-flash", "--target", m4f]).args(ctx.locked()))?;
+    // So is the device link's frame codec, which the firmware shares with the host.
+    run(ctx.cargo().args(["build", "-p", "snapply-link", "--target", m4f]).args(ctx.locked()))?;
 
     // The firmware (excluded from the workspace) is built and run by the next step, `qemu`.
     Ok(Outcome::Done)

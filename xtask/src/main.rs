@@ -8,6 +8,8 @@ mod ci;
 mod cmd;
 mod fuzz;
 mod qemu;
+mod qemu_cuts;
+mod qemu_link;
 
 use std::process::ExitCode;
 

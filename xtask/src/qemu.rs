@@ -3,19 +3,16 @@
 //! mps2-an385 with a time bound, decodes its defmt log on the host with `defmt-print`, checks
 //! that it went through every phase of both restores and both digest checks, before and after
 //! each reset, within the RAM budget, and that both builds logged the same phases and digests.
-//! Installs what it needs when missing.
+//! The flash is a file on the host: a second QEMU on it must find the last state, QEMU killed
+//! mid-restore must leave the old state or the new one (`crate::qemu_cuts`), and a device
+//! follows a member over the link (`crate::qemu_link`). Installs what it needs when missing.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use crate::cmd::{Ctx, Error, Result, run};
 
 /// The firmware's target (the Cortex-M3 of mps2-an385).
 pub const TARGET: &str = "thumbv7m-none-eabi";
-/// How long the firmware may run: it takes a few seconds; anything longer is a hang.
-const TIME_BOUND: Duration = Duration::from_secs(120);
 /// What the firmware's ELF is called under `target/<TARGET>/release`.
 const BIN: &str = "snapply-firmware";
 /// RAM for the whole restore (peak stack, `.data`, `.bss`) with the core's reference profile:
@@ -61,10 +58,10 @@ pub fn qemu(ctx: &Ctx) -> Result<()> {
     println!();
     for (build, run) in BUILDS.iter().zip(&runs) {
         println!(
-            "qemu ({}): whole restore {} B of RAM (peak stack {} B + .data and .bss {} B), budget {RAM_BUDGET} B",
+            "qemu ({}): whole restore {} B of RAM (peak stack {} B of every run + .data and .bss {} B), budget {RAM_BUDGET} B",
             build.name,
-            run.summary.peak_stack + run.statics,
-            run.summary.peak_stack,
+            run.peak_stack + run.statics,
+            run.peak_stack,
             run.statics
         );
     }
@@ -87,7 +84,8 @@ const BUILDS: [Build; 2] = [
 
 /// What a build's run gave.
 struct Run {
-    summary: Summary,
+    /// The peak stack of every run of the build: the scenario, the power cuts, the link.
+    peak_stack: u64,
     statics: u64,
     lines: Vec<String>,
 }
@@ -118,24 +116,72 @@ fn build_and_run(ctx: &Ctx, firmware: &Path, build: &Build) -> Result<Run> {
         .current_dir(firmware))?;
     let elf = target_dir.join(TARGET).join("release").join(BIN);
     let statics = print_sizes(&elf)?;
-    let lines = run_firmware(ctx, &elf)?;
+    // The flash files (`crate::qemu_cuts`) live next to the ELF; the scenario starts blank.
+    let flash_dir = target_dir.join("qemu-flash");
+    let flash = flash_dir.join("scenario.bin");
+    let _ = std::fs::remove_file(&flash);
+    std::fs::create_dir_all(&flash_dir)
+        .map_err(|e| Error::new(format!("creating {}: {e}", ctx.rel(&flash_dir).display())))?;
+    let flash_arg = ["flash=scenario.bin".to_owned()];
+    let lines =
+        crate::qemu_cuts::run_qemu(&elf, &flash_dir, &flash_arg, None, &crate::qemu_cuts::Stop::Exit, true)?.lines;
     let summary = check_log(&lines)
         .map_err(|e| Error::new(format!("the {} firmware's log is not what it should be: {e}", build.name)))?;
     if !lines.iter().any(|l| l.contains(build.executor_line)) {
         return Err(Error::new(format!("the {} firmware's log lacks `{}`", build.name, build.executor_line)));
     }
+    // QEMU has exited: a new QEMU on the same file boots from what the file holds.
+    let again =
+        crate::qemu_cuts::run_qemu(&elf, &flash_dir, &flash_arg, None, &crate::qemu_cuts::Stop::Exit, false)?.lines;
+    if again.iter().any(|l| l.contains("applying snapshot"))
+        || !again.iter().any(|l| l.contains("all snapshots restored and checked after reboot"))
+    {
+        return Err(Error::new(format!(
+            "a second QEMU on the same flash file did not find the {} firmware's last state:\n{}",
+            build.name,
+            again.join("\n")
+        )));
+    }
+    println!("qemu ({}): a second QEMU on the same flash file re-opened the last state and checked it", build.name);
+    let cost = crate::qemu_cuts::first_restore_cost(&lines).map_err(Error::new)?;
+    let cuts = crate::qemu_cuts::power_cuts(ctx, &elf, &flash_dir, cost)?;
+    println!(
+        "qemu ({}): {} power cuts (QEMU killed mid-restore): {} runs after them booted on the old state, {} on the new, all completed",
+        build.name,
+        cuts.old + cuts.new,
+        cuts.old,
+        cuts.new
+    );
     println!(
         "\nqemu ({}): {} restores with every phase in order; digest checks: {} after a restore, {} after entries on top, {} after a reset",
         build.name, summary.restores, summary.checks_before, summary.checks_written, summary.checks_after
     );
-    let whole = summary.peak_stack + statics;
+    let link = crate::qemu_link::link(ctx, &elf, &flash_dir)?;
+    println!(
+        "qemu ({}): link: transfers={} cuts={} entries-applied={} peak-ram={} B (stack {} B + statics {statics} B) image-bytes-per-second={} programmed-per-image-byte={}.{:03}",
+        build.name,
+        link.transfers,
+        link.cuts,
+        link.entries,
+        link.peak_stack + statics,
+        link.peak_stack,
+        link.image_bytes_per_second,
+        link.programmed_per_image_milli / 1000,
+        link.programmed_per_image_milli % 1000
+    );
+    let peak_stack = summary.peak_stack.max(cuts.peak_stack).max(link.peak_stack);
+    let whole = peak_stack + statics;
+    println!(
+        "qemu ({}): whole restore {whole} B of RAM (peak stack {peak_stack} B of every run + .data and .bss {statics} B), budget {RAM_BUDGET} B",
+        build.name
+    );
     if whole > RAM_BUDGET {
         return Err(Error::new(format!(
             "the {} firmware's whole restore takes {whole} B of RAM, over the {RAM_BUDGET} B budget",
             build.name
         )));
     }
-    Ok(Run { summary, statics, lines })
+    Ok(Run { peak_stack, statics, lines })
 }
 
 /// The lines two builds must share: every phase and every digest check, in order.
@@ -197,86 +243,6 @@ pub fn ensure_tools(ctx: &Ctx) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Kills and reaps a child process when dropped, however the task ends.
-struct Reaper(Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-        }
-        let _ = self.0.wait();
-    }
-}
-
-/// Runs the firmware under QEMU, its standard output (the defmt frames, through semihosting)
-/// piped into `defmt-print`; prints and returns the decoded lines. Fails if QEMU does not exit
-/// with success (the firmware exits through semihosting with failure on any error, panic or
-/// fault) within [`TIME_BOUND`].
-fn run_firmware(ctx: &Ctx, elf: &Path) -> Result<Vec<String>> {
-    let mut qemu = Command::new("qemu-system-arm");
-    qemu.args(["-cpu", "cortex-m3", "-machine", "mps2-an385", "-nographic"])
-        .args(["-semihosting-config", "enable=on,target=native", "-kernel"])
-        .arg(elf)
-        .current_dir(&ctx.root)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped());
-    println!("$ {} | defmt-print -e {}", show(&qemu), ctx.rel(elf).display());
-    let mut qemu = Reaper(qemu.spawn().map_err(|e| Error::new(format!("could not start qemu-system-arm: {e}")))?);
-    let frames = qemu.0.stdout.take().ok_or_else(|| Error::new("qemu-system-arm's output was not piped"))?;
-    let mut decoder = Command::new("defmt-print");
-    decoder.arg("-e").arg(elf).stdin(Stdio::from(frames)).stdout(Stdio::piped());
-    let mut decoder = Reaper(decoder.spawn().map_err(|e| Error::new(format!("could not start defmt-print: {e}")))?);
-    let decoded = decoder.0.stdout.take().ok_or_else(|| Error::new("defmt-print's output was not piped"))?;
-    let reader = std::thread::spawn(move || {
-        let mut lines = Vec::new();
-        for line in BufReader::new(decoded).lines().map_while(std::result::Result::ok) {
-            println!("{line}");
-            lines.push(line);
-        }
-        lines
-    });
-
-    let started = Instant::now();
-    let status = loop {
-        match qemu.0.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if started.elapsed() > TIME_BOUND => {
-                // Dropping the reapers kills both; defmt-print then sees the end of its input.
-                drop(qemu);
-                drop(decoder);
-                return Err(Error::new(format!(
-                    "the firmware did not finish within {} s: it hangs (QEMU was killed)",
-                    TIME_BOUND.as_secs()
-                )));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => return Err(Error::new(format!("could not wait for qemu-system-arm: {e}"))),
-        }
-    };
-    // QEMU closed its end of the pipe: defmt-print ends once it has decoded the rest.
-    let decoder_status = decoder.0.wait().map_err(|e| Error::new(format!("could not wait for defmt-print: {e}")))?;
-    let lines = reader.join().map_err(|_| Error::new("the thread reading defmt-print's output panicked"))?;
-    if !status.success() {
-        return Err(Error::new(format!(
-            "the firmware failed: qemu-system-arm exited with {status} (semihosting exit with failure, or a lockup)"
-        )));
-    }
-    if !decoder_status.success() {
-        return Err(Error::new(format!("defmt-print failed ({decoder_status})")));
-    }
-    Ok(lines)
-}
-
-fn show(cmd: &Command) -> String {
-    let mut line = cmd.get_program().to_string_lossy().into_owned();
-    for arg in cmd.get_args() {
-        line.push(' ');
-        line.push_str(&arg.to_string_lossy());
-    }
-    line
 }
 
 /// What a good log contained.
@@ -453,7 +419,7 @@ mod tests {
 
     fn run_of(lines: Vec<String>) -> Run {
         let summary = check_log(&lines).unwrap();
-        Run { summary, statics: 24, lines }
+        Run { peak_stack: summary.peak_stack, statics: 24, lines }
     }
 
     #[test]

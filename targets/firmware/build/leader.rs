@@ -5,12 +5,12 @@
 
 use std::error::Error;
 
+use snapply_core::NoObserver;
 use snapply_core::backend::Backend as _;
 use snapply_core::image;
 use snapply_core::mem::VecBackend;
 use snapply_core::memports::{MemSnapshotStore, PeerTable};
 use snapply_core::ports::Ports;
-use snapply_core::NoObserver;
 use snapply_core::store::{NewMember, PermissionType, V2Deprecation};
 use snapply_core::{Config, Node, Request, Snapshot, apply_snapshot};
 

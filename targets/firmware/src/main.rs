@@ -8,8 +8,14 @@
 //! resets. Boot 3 re-opens and checks the second snapshot's state and exits through
 //! semihosting. Every failure, panic or fault exits with failure.
 //!
+//! The flash is a file on the host ([`hostflash`]), so it outlives QEMU: a run on a file that
+//! a killed QEMU left boots on whatever state it holds (the old state, a snapshot restored with
+//! or without the entries on top, a persisted snapshot it completes) and carries the scenario
+//! on from there. `cut=N` on the semihosting command line cuts the power `N` bytes into the
+//! run's first restore.
+//!
 //! With feature `async` the same run is embassy-executor's main task, on an async flash driver
-//! (`storage::AsyncRam`) that the flash adapter drives through `snapply_flash::BlockOn`.
+//! (`storage::AsyncFlash`) that the flash adapter drives through `snapply_flash::BlockOn`.
 //!
 //! The log goes out through defmt over semihosting; decode it on the host with
 //! `defmt-print -e <elf>` (`cargo xtask qemu` does).
@@ -18,10 +24,13 @@
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod follow;
+mod hostflash;
 mod phases;
 mod shared;
 mod stack;
 mod storage;
+mod uart;
 
 use core::cell::RefCell;
 use core::mem::size_of;
@@ -35,14 +44,14 @@ use defmt_semihosting as _;
 use snapply_core::image::{self, BASE_BUFFER, Chunked};
 use snapply_core::memports::PeerTable;
 use snapply_core::ports::{ImageStream, Ports};
-use snapply_core::{Observer, Phase};
 use snapply_core::store::{NewMember, StoreError};
 use snapply_core::{ApplyError, Node, Request, Snapshot, SnapshotMetadata};
+use snapply_core::{Observer, Phase};
 
 use shared::{DEVICE, Device, digests};
 
-use snapply_flash::{BootError, FlashError, RamFlashError};
-use storage::{DeviceBackend, DeviceIndexes, DeviceStore, MediumError, RANGE, RECORD_BYTES, RECORDS};
+use snapply_flash::{BootError, FlashError};
+use storage::{ChipError, DeviceBackend, DeviceIndexes, DeviceStore, MediumError, RANGE, RECORD_BYTES, RECORDS};
 
 /// What the build script expects a snapshot to lead to.
 struct Expected {
@@ -114,9 +123,9 @@ enum Failure {
     /// The board memory holding the flash could not be taken.
     Medium(MediumError),
     /// The flash adapter failed (mounting, reading the committed v2 data).
-    Flash(FlashError<RamFlashError>),
+    Flash(FlashError<ChipError>),
     /// Booting from the flash failed.
-    Boot(BootError<RamFlashError>),
+    Boot(BootError<ChipError>),
     /// A store failed: applying an entry of the old state, or re-opening the node.
     Store(StoreError),
     /// The pipeline failed; the error names the phase.
@@ -161,13 +170,13 @@ impl From<MediumError> for Failure {
         Failure::Medium(e)
     }
 }
-impl From<FlashError<RamFlashError>> for Failure {
-    fn from(e: FlashError<RamFlashError>) -> Self {
+impl From<FlashError<ChipError>> for Failure {
+    fn from(e: FlashError<ChipError>) -> Self {
         Failure::Flash(e)
     }
 }
-impl From<BootError<RamFlashError>> for Failure {
-    fn from(e: BootError<RamFlashError>) -> Self {
+impl From<BootError<ChipError>> for Failure {
+    fn from(e: BootError<ChipError>) -> Self {
         Failure::Boot(e)
     }
 }
@@ -231,9 +240,9 @@ fn exit(outcome: Result<(), Failure>) -> ! {
 
 fn run() -> Result<(), Failure> {
     let (chip, boot) = storage::take()?;
-    info!("boot {}", boot.boot);
+    info!("boot {} (flash file {})", boot.boot, if boot.blank { "created blank" } else { "found" });
     log_sizes();
-    if boot.boot > 3 {
+    if boot.boot > 3 && !boot.link {
         return Err(Failure::TooManyBoots { boot: boot.boot });
     }
     // The one slot for a snapshot's metadata: the pending one's, then the received one's.
@@ -259,6 +268,9 @@ fn run() -> Result<(), Failure> {
         let ports = Ports { storage: &mut store, transport: &mut peers, observer: &mut PhaseLog };
         phases::apply(node, ports, Snapshot::persisted(&metadata, sha256))?;
     }
+    if boot.link {
+        return follow::follow(node, &mut store, &mut peers, &mut metadata, &chip, boot.cut);
+    }
     let next = if formatted {
         old_state(node)?;
         info!(
@@ -267,26 +279,52 @@ fn run() -> Result<(), Failure> {
             node.stores().kv.index_len(),
             node.backend().len()
         );
+        log_state(node, "old state")?;
         0
     } else {
         let applied_index = node.progress().applied_index;
         info!("re-opened from flash after reboot: applied-index={}", applied_index);
-        // The last boot restored a snapshot and applied `writes_after_restore` on top.
-        let done = SNAPSHOTS.iter().position(|s| s.written_index == applied_index);
-        let (Some(done), Some(expected)) = (done, done.and_then(|d| SNAPSHOTS.get(d))) else {
-            return Err(Failure::UnknownState { applied_index });
-        };
-        check(node, expected.reopened(), "after reboot")?;
-        done + 1
+        log_state(node, "found on flash")?;
+        match found(applied_index) {
+            // A power cut before the first snapshot's commit record: the old state, whole (the
+            // host compares its records with the ones logged before the cut).
+            Some(Found::Old) => {
+                info!("the old state survived the power cut: restoring the first snapshot again");
+                0
+            }
+            // A power cut after a snapshot's commit record, before the entries on top of it.
+            Some(Found::Restored(done)) => {
+                let expected = SNAPSHOTS.get(done).ok_or(Failure::UnknownState { applied_index })?;
+                check_records(node, expected.restored(), "restored before the power cut")?;
+                match write_and_reboot(node, expected, false)? {}
+            }
+            // The last boot restored a snapshot and applied `writes_after_restore` on top.
+            Some(Found::Written(done)) => {
+                let expected = SNAPSHOTS.get(done).ok_or(Failure::UnknownState { applied_index })?;
+                check(node, expected.reopened(), "after reboot")?;
+                done + 1
+            }
+            None => return Err(Failure::UnknownState { applied_index }),
+        }
     };
     let (Some(expected), Some(image)) = (SNAPSHOTS.get(next), IMAGES.get(next)) else {
         info!("peak stack: {} of {} bytes", stack::high_water(), stack::size());
         info!("all snapshots restored and checked after reboot");
         return Ok(());
     };
-    storage::reset_stats(&chip);
+    storage::with_flash(&chip, |flash| {
+        flash.reset_stats();
+        // The power cut the host asked for falls in this run's first restore.
+        if boot.boot == 1 {
+            flash.cut_after(boot.cut);
+        }
+    });
     restore(node, &mut store, &mut peers, image, expected, &mut metadata)?;
-    let stats = storage::stats(&chip);
+    let stats = storage::with_flash(&chip, |flash| {
+        flash.cut_after(None);
+        flash.stats()
+    })
+    .unwrap_or_default();
     check(node, expected.restored(), "before reboot")?;
     info!(
         "flash: image-bytes={} programmed-bytes={} erases={} (erase unit {} bytes)",
@@ -296,11 +334,65 @@ fn run() -> Result<(), Failure> {
         storage::ERASE
     );
     report(node, expected);
+    match write_and_reboot(node, expected, true)? {}
+}
+
+/// Index of the old state's last entry ([`old_state`]: a member, a user, a lease, the keys).
+const OLD_INDEX: u64 = 3 + OLD_KEYS as u64;
+/// Keys of the old state.
+const OLD_KEYS: u32 = 30;
+
+/// Which state of the scenario the flash holds.
+enum Found {
+    /// The old state, before any snapshot.
+    Old,
+    /// Snapshot `n` restored, no entry on top.
+    Restored(usize),
+    /// Snapshot `n` restored and `writes_after_restore` applied on top.
+    Written(usize),
+}
+
+fn found(applied_index: u64) -> Option<Found> {
+    if applied_index == OLD_INDEX {
+        return Some(Found::Old);
+    }
+    if let Some(n) = SNAPSHOTS.iter().position(|s| s.written_index == applied_index) {
+        return Some(Found::Written(n));
+    }
+    SNAPSHOTS.iter().position(|s| s.index == applied_index).map(Found::Restored)
+}
+
+/// Applies `writes_after_restore` on top of `expected`'s snapshot, checks (the stores too when
+/// the node was restored in this boot, not re-opened), and resets.
+fn write_and_reboot(
+    node: &mut DeviceNode<'_>,
+    expected: &'static Expected,
+    restored_here: bool,
+) -> Result<core::convert::Infallible, Failure> {
     // Ordinary entries after the restore go to the flash like any other and survive the reset.
     let written = shared::writes_after_restore(node, expected.index, expected.term)?;
-    check(node, expected.written(), "after writes")?;
+    if restored_here {
+        check(node, expected.written(), "after writes")?;
+    } else {
+        check_records(node, expected.written(), "after writes")?;
+    }
     info!("applied entries up to index {} after the restore; rebooting", written);
     cortex_m::peripheral::SCB::sys_reset();
+}
+
+/// Logs the applied index and the digest of the backend's records, for the host to compare
+/// across a power cut.
+#[inline(never)]
+fn log_state(node: &DeviceNode<'_>, what: &'static str) -> Result<(), Failure> {
+    let got = digests(node)?;
+    info!(
+        "state ({}): index={} records={} records-sha256={:02x}",
+        what,
+        node.progress().applied_index,
+        got.record_count,
+        got.records
+    );
+    Ok(())
 }
 
 /// Logs the sizes of the node, its stores and the pipeline's states (BENCHMARKS.md, "Firmware").
@@ -382,7 +474,7 @@ fn old_state(node: &mut DeviceNode<'_>) -> Result<(), Failure> {
     apply(node, Request::UserAdd { name: b"old-user", password_hash: b"x", no_password: false })?;
     apply(node, Request::LeaseGrant { id: 9, ttl: 60 })?;
     let mut key = *b"/old/key/00000000";
-    for i in 0..30u32 {
+    for i in 0..OLD_KEYS {
         let digits = i.to_be_bytes();
         if let Some(tail) = key.get_mut(9..13) {
             tail.copy_from_slice(&digits);
@@ -444,6 +536,25 @@ fn check(node: &DeviceNode<'_>, want: Want, when: &'static str) -> Result<(), Fa
     if got.stores != *want.stores_sha256 {
         error!("stores sha256 {:02x}", got.stores);
         return Err(Failure::Digest { what: "stores and progress" });
+    }
+    info!(
+        "digest check passed ({}): index={} records={} sha256={:02x}",
+        when,
+        node.progress().applied_index,
+        got.record_count,
+        got.records
+    );
+    Ok(())
+}
+
+/// Compares the node's backend records with the host's digest (the stores of a node re-opened
+/// from its backend are laid out afresh, so only the records are compared).
+#[inline(never)]
+fn check_records(node: &DeviceNode<'_>, want: Want, when: &'static str) -> Result<(), Failure> {
+    let got = digests(node)?;
+    if got.record_count != want.records || got.records != *want.records_sha256 {
+        error!("records: {} (expected {}), sha256 {:02x}", got.record_count, want.records, got.records);
+        return Err(Failure::Digest { what: "backend records" });
     }
     info!(
         "digest check passed ({}): index={} records={} sha256={:02x}",
