@@ -2,6 +2,9 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod etcd;
+pub mod etcd_ops;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::ControlFlow;

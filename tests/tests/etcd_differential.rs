@@ -13,14 +13,9 @@
 //! Where etcd's answer depends on its version, the check says which
 //! (`docs/etcd-differences.md` lists each deliberate difference).
 
-mod etcd_ops;
-mod etcd_support;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use etcd_ops::{LONG_TTL, Op, Rng, fixed_streams, gen_op, key, kind_name, lease_id, role, user};
-use etcd_support::{Binaries, Etcd, ROOT_PASSWORD, b64};
 use serde_json::json;
 use snapply_core::backend::{Backend, Bucket, ReadTxn};
 use snapply_core::collections::Growable;
@@ -30,6 +25,8 @@ use snapply_core::store::{
 };
 use snapply_core::{Config, Node, Request};
 use snapply_etcd::EtcdSnapshot;
+use snapply_testkit::etcd::{self as etcd_support, Binaries, Etcd, ROOT_PASSWORD, SLOW_ELECTION, b64};
+use snapply_testkit::etcd_ops::{LONG_TTL, Op, Rng, fixed_streams, gen_op, key, kind_name, lease_id, role, user};
 
 type HostNode = Node<VecBackend, Growable>;
 
@@ -549,7 +546,8 @@ fn compare(version: &str, snapshot: &Path, node: &HostNode, known: &mut BTreeMap
 /// Starts etcd and a node that mirrors etcd's initial state: its member, and its cluster
 /// version once etcd has published it.
 fn start_pair(bins: &Binaries, dir: &Path) -> Pair {
-    let etcd = Etcd::start(bins, &dir.join("etcd"));
+    let _ = std::fs::remove_dir_all(dir.join("etcd"));
+    let etcd = Etcd::start(bins, &dir.join("etcd"), SLOW_ELECTION);
     let snapshot = dir.join("initial.db");
     // etcd publishes its member attributes and the cluster version through raft just after it
     // starts serving; wait (at most 20 s) until the snapshot shows both.

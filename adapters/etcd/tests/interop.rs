@@ -7,19 +7,17 @@
 // Test scaffolding: a failure here is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::unreachable)]
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::Etcd;
 use serde_json::Value;
 use snapply_etcd::bbolt::BoltError;
 use snapply_etcd::proto::{KeyValue, PermissionType};
 use snapply_etcd::{Digest, Error, EtcdSnapshot, Layout, Options, Version};
+use snapply_testkit::etcd::{Etcd, etcd_3_4};
 
 /// What the workload left and what etcdctl reported about it.
 struct Fixture {
@@ -66,7 +64,7 @@ fn run_workload() -> Fixture {
     let dir = root.join(format!("etcd-interop-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("fixture dir");
-    let mut etcd = Etcd::start(&dir, &[]);
+    let mut etcd = Etcd::start(&etcd_3_4(), &dir, &[]);
 
     // Puts, an overwrite, a delete.
     etcd.ctl(["put", "foo", "bar"]);

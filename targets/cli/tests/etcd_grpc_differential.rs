@@ -22,11 +22,6 @@
 // Test scaffolding: a failure here is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::unreachable)]
 
-#[path = "../../../tests/tests/etcd_ops/mod.rs"]
-mod etcd_ops;
-#[allow(dead_code)] // The snapshot comparison's part of it is not used here.
-#[path = "../../../tests/tests/etcd_support/mod.rs"]
-mod etcd_support;
 mod support;
 
 use std::collections::BTreeMap;
@@ -37,8 +32,8 @@ use etcd_client::{
     AlarmAction, AlarmOptions, AlarmType, Client, CompactionOptions, Compare, CompareOp, ConnectOptions, DeleteOptions,
     GetOptions, LeaseGrantOptions, LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp,
 };
-use etcd_ops::{Op, Rng, fixed_streams, gen_op, key, lease_id};
-use etcd_support::{Binaries, Etcd};
+use snapply_testkit::etcd::{self as etcd_support, Binaries, Etcd, SLOW_ELECTION};
+use snapply_testkit::etcd_ops::{Op, Rng, fixed_streams, gen_op, key, lease_id};
 
 /// etcd's minimum lease TTL with the test etcd's election timeout (20 s): `ceil(1.5 × 20 s)`.
 const ETCD_MIN_TTL: i64 = 30;
@@ -331,7 +326,8 @@ async fn differential(bins: &Binaries, name: &str) {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("etcd-grpc-diff-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let etcd = Etcd::start(bins, &dir.join("etcd"));
+    let _ = std::fs::remove_dir_all(dir.join("etcd"));
+    let etcd = Etcd::start(bins, &dir.join("etcd"), SLOW_ELECTION);
     let mut members = support::cluster(&dir, 3);
     for m in &mut members {
         m.start();

@@ -17,19 +17,16 @@
 // Test scaffolding: a failure here is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::unreachable)]
 
-#[path = "../../../adapters/etcd/tests/common/mod.rs"]
-mod etcd;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
-use etcd::Etcd;
 use serde_json::Value;
 use snapply_core::collections::Growable;
 use snapply_core::store::{PermissionType, StoreError, V2Deprecation};
 use snapply_core::{Config, Node};
 use snapply_fs::{DataDir, RedbBackend};
+use snapply_testkit::etcd::{Etcd, etcd_3_4};
 
 /// A permission as etcdctl prints it: type, key, range end.
 type Perm = (i64, Vec<u8>, Vec<u8>);
@@ -303,7 +300,7 @@ fn compare(node: &Node<RedbBackend, Growable>, e: &Expected) {
 #[test]
 fn a_mixed_workload_with_auth_leases_and_members_restores_as_etcd_serves_it() {
     let dir = workdir("mixed");
-    let mut etcd = Etcd::start(&dir, &[]);
+    let mut etcd = Etcd::start(&etcd_3_4(), &dir, &[]);
     etcd.ctl(["put", "foo", "bar"]);
     etcd.ctl(["put", "foo", "baz"]);
     etcd.ctl(["put", "gone", "x"]);
@@ -391,8 +388,11 @@ fn one_hundred_thousand_keys_restore_as_etcd_serves_them() {
     const KEYS: usize = 100_000;
     const BATCH: usize = 10_000;
     let dir = workdir("100k");
-    let etcd =
-        Etcd::start(&dir, &["--max-txn-ops=10000", "--max-request-bytes=8388608", "--quota-backend-bytes=4294967296"]);
+    let etcd = Etcd::start(
+        &etcd_3_4(),
+        &dir,
+        &["--max-txn-ops=10000", "--max-request-bytes=8388608", "--quota-backend-bytes=4294967296"],
+    );
     let txn = |range: std::ops::Range<usize>, value: &dyn Fn(usize) -> String| {
         let mut body = String::from("\n");
         for i in range {
@@ -422,7 +422,7 @@ fn one_hundred_thousand_keys_restore_as_etcd_serves_them() {
 #[test]
 fn a_members_db_with_a_long_history_restores_as_etcd_serves_it() {
     let dir = workdir("history");
-    let etcd = Etcd::start(&dir, &[]);
+    let etcd = Etcd::start(&etcd_3_4(), &dir, &[]);
     // Keys overwritten many times, deleted and created again (new generations), a lease
     // revoked with its keys, and a compaction in the middle of it.
     for round in 0..30 {

@@ -14,16 +14,13 @@
 // Test scaffolding: a failure here is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::unreachable)]
 
-#[path = "../../../adapters/etcd/tests/common/mod.rs"]
-mod etcd;
-
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use etcd::Etcd;
 use serde_json::Value;
+use snapply_testkit::etcd::{self, Etcd, etcd_3_4};
 
 /// A `snapply serve` process, killed when the test ends, however it ends; its standard error
 /// is kept in `log`.
@@ -252,7 +249,7 @@ fn granted(o: &Outcome) -> String {
 #[test]
 fn etcdctl_prints_against_snapply_what_it_prints_against_etcd() {
     let dir = tempfile::tempdir().unwrap();
-    let etcd = Etcd::start(dir.path(), &[]);
+    let etcd = Etcd::start(&etcd_3_4(), dir.path(), &[]);
     let snapply = start_snapply(dir.path());
     let sides = [("etcd", etcd.client_url.clone()), ("snapply", snapply.client_url.clone())];
     let mut leases = [String::new(), String::new()];
@@ -331,7 +328,7 @@ fn snapply_cmd(args: &[&dyn AsRef<std::ffi::OsStr>]) -> std::process::Output {
 #[test]
 fn etcdctl_snapshot_save_writes_a_file_snapply_verifies_and_restores() {
     let dir = tempfile::tempdir().unwrap();
-    let etcd = Etcd::start(dir.path(), &[]);
+    let etcd = Etcd::start(&etcd_3_4(), dir.path(), &[]);
     let peer = free_port();
     let snapply = start_member(&dir.path().join("member"), peer);
     let mut saved = Vec::new();
@@ -402,7 +399,7 @@ fn ids_of(url: &str) -> (u64, Vec<(u64, Vec<String>)>) {
 #[test]
 fn member_and_cluster_ids_are_the_ones_etcd_derives() {
     let dir = tempfile::tempdir().unwrap();
-    let etcd = Etcd::start(dir.path(), &["--initial-cluster-token=a-token"]);
+    let etcd = Etcd::start(&etcd_3_4(), dir.path(), &["--initial-cluster-token=a-token"]);
     // The same name, peer URL and token as the etcd (listening elsewhere: etcd has the port).
     let snapply = Snapply::spawn(
         &dir.path().join("snapply"),
@@ -597,7 +594,7 @@ fn added(o: &Outcome) -> String {
 #[test]
 fn etcdctl_member_commands_print_against_snapply_what_they_print_against_etcd() {
     let dir = tempfile::tempdir().unwrap();
-    let etcd = Etcd::start(dir.path(), &[]);
+    let etcd = Etcd::start(&etcd_3_4(), dir.path(), &[]);
     let peer = free_port();
     let snapply =
         Snapply::spawn(&dir.path().join("snapply"), "s1", &[format!("--initial-cluster=s1=http://127.0.0.1:{peer}")]);
@@ -811,7 +808,7 @@ fn families(text: &str) -> std::collections::BTreeMap<String, Vec<String>> {
 #[test]
 fn metrics_and_health_are_served_on_the_client_url_as_etcd_serves_them() {
     let dir = tempfile::tempdir().unwrap();
-    let etcd = Etcd::start(dir.path(), &[]);
+    let etcd = Etcd::start(&etcd_3_4(), dir.path(), &[]);
     let snapply = start_snapply(dir.path());
     assert_eq!(etcdctl(&snapply.client_url, &["put", "/a", "1"]).stdout, "OK\n");
 
@@ -866,7 +863,7 @@ fn metrics_and_health_are_served_on_the_client_url_as_etcd_serves_them() {
 #[test]
 fn alarms_gate_writes_and_etcdctl_lists_and_disarms_them_as_against_etcd() {
     let dir = tempfile::tempdir().unwrap();
-    let etcd = Etcd::start(dir.path(), &[]);
+    let etcd = Etcd::start(&etcd_3_4(), dir.path(), &[]);
     let snapply = start_snapply(dir.path());
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let sides = [etcd.client_url.clone(), snapply.client_url.clone()];
@@ -948,7 +945,7 @@ fn etcdctl_with_input(endpoint: &str, args: &[&str], input: &str) -> Outcome {
 #[test]
 fn etcdctl_txn_prints_against_snapply_what_it_prints_against_etcd() {
     let dir = tempfile::tempdir().unwrap();
-    let etcd = Etcd::start(dir.path(), &[]);
+    let etcd = Etcd::start(&etcd_3_4(), dir.path(), &[]);
     let snapply = start_snapply(dir.path());
     let sides = [etcd.client_url.clone(), snapply.client_url.clone()];
     // (arguments, standard input): a transaction is three blocks ended by empty lines.
@@ -1053,7 +1050,7 @@ fn etcdctl_watch(endpoint: &str, args: &[String], writes: &[(&[&str], &str)], un
 #[test]
 fn etcdctl_watch_prints_against_snapply_what_it_prints_against_etcd() {
     let dir = tempfile::tempdir().unwrap();
-    let etcd = Etcd::start(dir.path(), &[]);
+    let etcd = Etcd::start(&etcd_3_4(), dir.path(), &[]);
     let snapply = start_snapply(dir.path());
     let sides = [etcd.client_url.clone(), snapply.client_url.clone()];
     let txn = "\nput /p/b 2\nput /p/c 3\nput /q 3\n\n\n";
@@ -1189,7 +1186,7 @@ fn remaining(o: &Outcome) -> Option<i64> {
 #[test]
 fn leases_expire_unless_kept_alive_and_etcdctl_prints_against_snapply_what_it_prints_against_etcd() {
     let dir = tempfile::tempdir().unwrap();
-    let etcd = Etcd::start(dir.path(), &[]);
+    let etcd = Etcd::start(&etcd_3_4(), dir.path(), &[]);
     let snapply = start_snapply(dir.path());
     let mut per_side = Vec::new();
     for (name, url) in [("etcd", etcd.client_url.as_str()), ("snapply", snapply.client_url.as_str())] {
@@ -1310,7 +1307,7 @@ fn a_new_leader_extends_leases_and_then_expires_them() {
 #[test]
 fn etcdctl_auth_prints_against_snapply_what_it_prints_against_etcd() {
     let dir = tempfile::tempdir().unwrap();
-    let etcd = Etcd::start(dir.path(), &[]);
+    let etcd = Etcd::start(&etcd_3_4(), dir.path(), &[]);
     let snapply = start_snapply(dir.path());
     let sides = [("etcd", etcd.client_url.clone()), ("snapply", snapply.client_url.clone())];
     const ROOT: &str = "--user=root:rootpw";
@@ -1430,7 +1427,7 @@ fn etcdctl_auth_prints_against_snapply_what_it_prints_against_etcd() {
 #[test]
 fn hashkv_defrag_and_member_update_print_against_snapply_what_they_print_against_etcd() {
     let dir = tempfile::tempdir().unwrap();
-    let etcd = Etcd::start(dir.path(), &[]);
+    let etcd = Etcd::start(&etcd_3_4(), dir.path(), &[]);
     let peer = free_port();
     let snapply =
         Snapply::spawn(&dir.path().join("snapply"), "s1", &[format!("--initial-cluster=s1=http://127.0.0.1:{peer}")]);
@@ -1672,7 +1669,7 @@ fn oversized_and_malformed_requests_are_refused_as_etcd_refuses_them() {
     }
 
     let dir = tempfile::tempdir().unwrap();
-    let etcd = Etcd::start(dir.path(), &["--max-txn-ops=2"]);
+    let etcd = Etcd::start(&etcd_3_4(), dir.path(), &["--max-txn-ops=2"]);
     let snapply = Snapply::spawn(
         &dir.path().join("snapply"),
         "infra1",
@@ -1732,7 +1729,7 @@ fn oversized_and_malformed_requests_are_refused_as_etcd_refuses_them() {
 #[test]
 fn a_stale_token_is_refused_as_etcd_refuses_it_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let etcd = Etcd::start(dir.path(), &[]);
+    let etcd = Etcd::start(&etcd_3_4(), dir.path(), &[]);
     let snapply = start_snapply(dir.path());
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let mut seen = Vec::new();
@@ -1811,7 +1808,7 @@ async fn first_response(stream: &mut etcd_client::WatchStream) -> String {
 fn metrics_and_health_are_served_on_the_listen_metrics_urls_as_etcd_serves_them() {
     let dir = tempfile::tempdir().unwrap();
     let urls: Vec<String> = (0..2).map(|_| format!("http://127.0.0.1:{}", free_port())).collect();
-    let etcd = Etcd::start(dir.path(), &[&format!("--listen-metrics-urls={}", urls[0])]);
+    let etcd = Etcd::start(&etcd_3_4(), dir.path(), &[&format!("--listen-metrics-urls={}", urls[0])]);
     let peer = free_port();
     let flags = [format!("--initial-cluster=s1=http://127.0.0.1:{peer}"), format!("--listen-metrics-urls={}", urls[1])];
     let snapply = Snapply::spawn(&dir.path().join("snapply"), "s1", &flags);
@@ -1839,7 +1836,7 @@ fn watch_fragments_follow_max_request_bytes_as_etcd_splits_them() {
     // Puts of 60 KB fit in 64 KiB; twelve of them do not fit in 64 KiB plus etcd's 512 KiB of
     // overhead, where a fragment ends.
     let limit = "--max-request-bytes=65536";
-    let etcd = Etcd::start(dir.path(), &[limit]);
+    let etcd = Etcd::start(&etcd_3_4(), dir.path(), &[limit]);
     let peer = free_port();
     let snapply = Snapply::spawn(
         &dir.path().join("snapply"),

