@@ -5,13 +5,14 @@
 //! input, beyond "no panic" and no read past the receiver's fixed buffer:
 //! - a frame the receiver accepts encodes again, within `MAX_FRAME` bytes, and that encoding
 //!   decodes to the same frame (so what a peer accepts is what the other side could have sent);
-//! - an `Entry`'s request either decodes to an `Op` whose encoding decodes to the same op, or is
+//! - an `Entry`'s request either decodes (`Request::decode`, as a device reads it) to a request whose encoding decodes to the same request, or is
 //!   refused as a value.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use snapply_link::{MAX_FRAME, MAX_PAYLOAD, Message, Op, Receiver, decode, encode};
+use snapply_core::{Request, RequestBuf};
+use snapply_link::{MAX_FRAME, Message, Receiver, decode, encode};
 
 fuzz_target!(|line: &[u8]| {
     let mut rx = Receiver::new();
@@ -23,10 +24,9 @@ fuzz_target!(|line: &[u8]| {
         let mut body = wire[..wire.len() - 1].to_vec();
         assert_eq!(decode(&mut body), Ok(frame), "an accepted frame round-trips");
         if let Message::Entry { request, .. } = frame.message {
-            if let Ok(op) = Op::decode(request) {
-                let mut buf = [0u8; MAX_PAYLOAD];
-                let bytes = op.encode(&mut buf).expect("a decoded op fits its payload").to_vec();
-                assert_eq!(Op::decode(&bytes), Ok(op));
+            if let Some(r) = Request::decode(request) {
+                let bytes = RequestBuf::from(&r).encode();
+                assert_eq!(Request::decode(&bytes), Some(r), "a decoded request encodes to the same request");
             }
         }
     }

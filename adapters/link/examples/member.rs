@@ -28,7 +28,6 @@ use snapply_core::image;
 use snapply_core::mem::VecBackend;
 use snapply_core::store::{NewMember, V2Deprecation};
 use snapply_core::{Config, Node, Request};
-use snapply_link::Op;
 use snapply_link::host::{Entry, Feed, Offer, Progress, Session};
 
 use shared::{Device, digests};
@@ -115,9 +114,11 @@ fn build(keys: u32, entries: u32) -> Result<(Member, String), Box<dyn Error>> {
         };
         index += 1;
         leader.apply(index, term, &request)?;
-        let op = Op::from_request(&request).ok_or("a request the link does not carry")?;
-        let mut buf = [0u8; snapply_link::MAX_PAYLOAD];
-        log.push(Entry { index, term, op: op.encode(&mut buf)?.to_vec() });
+        let encoded = snapply_core::RequestBuf::from(&request).encode();
+        if encoded.len() > snapply_link::MAX_PAYLOAD || Request::decode(&encoded).is_none() {
+            return Err("a request the link does not carry".into());
+        }
+        log.push(Entry { index, term, request: encoded });
     }
     let d = digests(&leader)?;
     let line = format!(

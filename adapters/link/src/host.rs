@@ -29,15 +29,15 @@ pub struct Offer {
     pub image: Vec<u8>,
 }
 
-/// A committed entry to send: index, term and its op (`crate::Op::encode`d).
+/// A committed entry to send: index, term and its request (`snapply_core::RequestBuf::encode`d).
 #[derive(Clone, Debug)]
 pub struct Entry {
     /// The entry's index.
     pub index: u64,
     /// The entry's term.
     pub term: u64,
-    /// The encoded op.
-    pub op: Vec<u8>,
+    /// The encoded request.
+    pub request: Vec<u8>,
 }
 
 /// Where the host's snapshots and committed entries come from (a member's snapshot files and
@@ -324,7 +324,7 @@ impl<S: Read + Write> Session<S> {
     /// See [`HostError`].
     pub fn send_entry(&mut self, entry: &Entry, progress: &mut dyn FnMut(Progress)) -> Result<(), HostError> {
         let index = entry.index;
-        let message = Message::Entry { index, term: entry.term, request: &entry.op };
+        let message = Message::Entry { index, term: entry.term, request: &entry.request };
         self.exchange(message, |r, _| (r == Reply::Applied { index }).then_some(()))?;
         self.report.entries += 1;
         self.report.applied_index = index;

@@ -6,7 +6,6 @@ pub mod host;
 
 use crc::{CRC_32_ISCSI, Crc};
 use serde::{Deserialize, Serialize};
-use snapply_core::Request;
 
 /// Largest image chunk, or encoded request of an entry, one frame carries.
 pub const MAX_PAYLOAD: usize = 128;
@@ -79,102 +78,18 @@ pub enum Message<'a> {
         #[serde(borrow)]
         bytes: &'a [u8],
     },
-    /// Host: a committed entry; its request is encoded by the host and decoded by the device
-    /// (opaque to the link).
+    /// Host: a committed entry: its request in the core's encoding (`RequestBuf::encode` on the
+    /// host, `Request::decode`, without a heap, on the device; opaque to the link).
     Entry {
         /// The entry's index.
         index: u64,
         /// The entry's term.
         term: u64,
-        /// The encoded request (at most [`MAX_PAYLOAD`]).
+        /// The encoded request (at most [`MAX_PAYLOAD`]); a request `Request::decode` cannot
+        /// read (one with a list) is never sent: the host sends a snapshot taken after it.
         #[serde(borrow)]
         request: &'a [u8],
     },
-}
-
-/// A committed entry's request as the link carries it: the requests a device follows (the
-/// key-value and lease requests). Others (membership, auth, alarms) have no `Op`: a host with
-/// such an entry in a device's range sends a snapshot taken after it instead.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub enum Op<'a> {
-    /// `Request::Put`.
-    Put {
-        /// The key.
-        key: &'a [u8],
-        /// The value.
-        value: &'a [u8],
-        /// The lease, 0 for none.
-        lease: i64,
-    },
-    /// `Request::DeleteRange`.
-    DeleteRange {
-        /// The key or start of the range.
-        key: &'a [u8],
-        /// The end of the range (empty: just `key`).
-        range_end: &'a [u8],
-    },
-    /// `Request::Compact`.
-    Compact {
-        /// The revision.
-        revision: i64,
-    },
-    /// `Request::LeaseGrant`.
-    LeaseGrant {
-        /// The id.
-        id: i64,
-        /// The TTL in seconds.
-        ttl: i64,
-    },
-    /// `Request::LeaseRevoke`.
-    LeaseRevoke {
-        /// The id.
-        id: i64,
-    },
-}
-
-impl<'a> Op<'a> {
-    /// The `Op` of `request`, if the link carries it.
-    pub fn from_request(request: &Request<'a>) -> Option<Self> {
-        Some(match *request {
-            Request::Put { key, value, lease } => Op::Put { key, value, lease },
-            Request::DeleteRange { key, range_end } => Op::DeleteRange { key, range_end },
-            Request::Compact { revision } => Op::Compact { revision },
-            Request::LeaseGrant { id, ttl } => Op::LeaseGrant { id, ttl },
-            Request::LeaseRevoke { id } => Op::LeaseRevoke { id },
-            _ => return None,
-        })
-    }
-
-    /// The request to apply.
-    pub fn request(&self) -> Request<'a> {
-        match *self {
-            Op::Put { key, value, lease } => Request::Put { key, value, lease },
-            Op::DeleteRange { key, range_end } => Request::DeleteRange { key, range_end },
-            Op::Compact { revision } => Request::Compact { revision },
-            Op::LeaseGrant { id, ttl } => Request::LeaseGrant { id, ttl },
-            Op::LeaseRevoke { id } => Request::LeaseRevoke { id },
-        }
-    }
-
-    /// Encodes the op into `out` (an `Entry`'s request, at most [`MAX_PAYLOAD`] bytes).
-    ///
-    /// # Errors
-    /// [`FrameError::Oversize`] when it does not fit `out`.
-    pub fn encode<'o>(&self, out: &'o mut [u8]) -> Result<&'o [u8], FrameError> {
-        postcard::to_slice(self, out).map(|s| &*s).map_err(|_| FrameError::Oversize)
-    }
-
-    /// Decodes an `Entry`'s request.
-    ///
-    /// # Errors
-    /// [`FrameError::Message`] when the bytes are no op.
-    pub fn decode(bytes: &'a [u8]) -> Result<Self, FrameError> {
-        match postcard::take_from_bytes(bytes) {
-            Ok((op, [])) => Ok(op),
-            _ => Err(FrameError::Message),
-        }
-    }
 }
 
 /// Why a device refused a transfer.

@@ -10,8 +10,9 @@ use std::net::{TcpListener, TcpStream};
 use std::thread;
 use std::time::Duration;
 
+use snapply_core::{Request, RequestBuf};
 use snapply_link::host::{Entry, Feed, HostError, Offer, Progress, Session};
-use snapply_link::{Frame, MAX_FRAME, Message, Op, Receiver, Seen, Sequence, encode};
+use snapply_link::{Frame, MAX_FRAME, Message, Receiver, Seen, Sequence, encode};
 
 /// A log that holds entries `first..=last` and one snapshot at `first - 1`.
 struct Log {
@@ -31,9 +32,8 @@ impl Feed for Log {
         let mut out = Vec::new();
         for index in next..=self.last {
             let key = format!("/k/{index}");
-            let mut buf = [0u8; 64];
-            let op = Op::Put { key: key.as_bytes(), value: b"v", lease: 0 }.encode(&mut buf).unwrap().to_vec();
-            out.push(Entry { index, term: 2, op });
+            let request = RequestBuf::Put { key: key.into_bytes(), value: b"v".to_vec(), lease: 0 }.encode();
+            out.push(Entry { index, term: 2, request });
         }
         Ok(Some(out))
     }
@@ -114,7 +114,7 @@ fn device(mut stream: TcpStream, mut applied: u64, damage_out: usize, nak_at: us
             }
             (Seen::New, Message::Entry { index, request, .. }) => {
                 assert_eq!(index, applied + 1, "entries arrive in order, once");
-                Op::decode(request).unwrap();
+                Request::decode(request).unwrap();
                 applied = index;
                 took.applied.push(index);
                 reply(&mut stream, Message::Applied { index }, &mut sent);

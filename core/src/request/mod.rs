@@ -5,6 +5,7 @@
 
 #[cfg(feature = "alloc")]
 mod owned;
+mod wire;
 
 #[cfg(feature = "alloc")]
 pub use owned::{CompareBuf, CompareTargetBuf, MemberBuf, RequestBuf, TxnNodeBuf, TxnOpBuf};

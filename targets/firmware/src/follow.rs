@@ -12,8 +12,8 @@ use defmt::{info, warn};
 use snapply_core::image::{self, Source};
 use snapply_core::memports::PeerTable;
 use snapply_core::ports::{ImageStream, Ports};
-use snapply_core::{Snapshot, SnapshotMetadata};
-use snapply_link::{Frame, MAX_PAYLOAD, Message, Op, Receiver, Refusal, Seen, Sequence, encode};
+use snapply_core::{Request, Snapshot, SnapshotMetadata};
+use snapply_link::{Frame, MAX_PAYLOAD, Message, Receiver, Refusal, Seen, Sequence, encode};
 
 use crate::shared::{Device, digests};
 use crate::storage::{self, Chip, DeviceStore};
@@ -254,10 +254,10 @@ pub fn follow<'f>(
             }
             (Seen::New, Got::Entry { index, term, len }) => {
                 let applied = node.progress().applied_index;
-                let op = payload.get(..len).map(Op::decode);
-                match op {
-                    Some(Ok(op)) if index == applied + 1 => {
-                        if let Err(e) = node.apply(index, term, &op.request()) {
+                let request = payload.get(..len).and_then(Request::decode);
+                match request {
+                    Some(request) if index == applied + 1 => {
+                        if let Err(e) = node.apply(index, term, &request) {
                             link.send(Message::Refused { reason: Refusal::Apply });
                             restart(Failure::Store(e));
                         }
@@ -272,9 +272,9 @@ pub fn follow<'f>(
                     }
                     // Applied already (a host that restarted sends from its own idea of the
                     // device's index): applied again it would change nothing, as in the core.
-                    Some(Ok(_)) if index <= applied => link.send(Message::Applied { index }),
-                    Some(Ok(_)) => link.send(Message::Refused { reason: Refusal::OutOfOrder }),
-                    _ => link.send(Message::Refused { reason: Refusal::Unexpected }),
+                    Some(_) if index <= applied => link.send(Message::Applied { index }),
+                    Some(_) => link.send(Message::Refused { reason: Refusal::OutOfOrder }),
+                    None => link.send(Message::Refused { reason: Refusal::Unexpected }),
                 }
             }
             (Seen::New, _) => link.send(Message::Refused { reason: Refusal::Unexpected }),
