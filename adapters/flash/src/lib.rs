@@ -42,5 +42,5 @@ pub use backend::{FlashBackend, FlashRead, FlashWrite, Indexes};
 pub use boot::{BootError, Booted, RefusedSnapshot};
 pub use error::FlashError;
 #[cfg(any(test, feature = "ram"))]
-pub use ram::{RamFlash, RamFlashError, RamStats};
+pub use ram::{RamFlash, RamFlashError, RamStats, check_erased, erase_span, span, write_span};
 pub use store::{FlashSnapshotStore, Mounted, OtherArea, PendingSnapshot, mount};

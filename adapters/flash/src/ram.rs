@@ -7,7 +7,54 @@
 //! `0xFF`, which a real chip cannot tell either). It counts what a restore costs. Power cuts
 //! are the host mock's business ([`crate::mock::MockFlash`], feature `mock`).
 
+use core::ops::Range;
+
 use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash};
+
+/// The bytes `[offset, offset + len)` of a flash of `capacity` bytes, or
+/// [`RamFlashError::OutOfBounds`].
+pub fn span(offset: u32, len: usize, capacity: usize) -> Result<Range<usize>, RamFlashError> {
+    let start = usize::try_from(offset).map_err(|_| RamFlashError::OutOfBounds { offset })?;
+    let end = start.checked_add(len).ok_or(RamFlashError::OutOfBounds { offset })?;
+    if end > capacity {
+        return Err(RamFlashError::OutOfBounds { offset });
+    }
+    Ok(start..end)
+}
+
+/// The NOR rule of an erase of `[from, to)` on a flash of `ERASE`-byte units and `capacity`
+/// bytes: whole aligned units within the chip. The span it covers, or what it breaks.
+///
+/// [`RamFlash`] keeps the rules with these functions, and so can an emulated flash whose memory
+/// is elsewhere (a file on a host), so every emulated chip refuses the same accesses.
+pub fn erase_span<const ERASE: usize>(from: u32, to: u32, capacity: usize) -> Result<Range<usize>, RamFlashError> {
+    let len = to.checked_sub(from).ok_or(RamFlashError::OutOfBounds { offset: from })? as usize;
+    if !(from as usize).is_multiple_of(ERASE) || !len.is_multiple_of(ERASE) {
+        return Err(RamFlashError::NotAligned { offset: from });
+    }
+    span(from, len, capacity)
+}
+
+/// The NOR rule of a write of `len` bytes at `offset` on a flash of `WRITE`-byte words and
+/// `capacity` bytes: whole aligned words within the chip. The span it covers, or what it
+/// breaks. See [`check_erased`] for the rule on what the span holds.
+pub fn write_span<const WRITE: usize>(offset: u32, len: usize, capacity: usize) -> Result<Range<usize>, RamFlashError> {
+    if !(offset as usize).is_multiple_of(WRITE) || !len.is_multiple_of(WRITE) {
+        return Err(RamFlashError::NotAligned { offset });
+    }
+    span(offset, len, capacity)
+}
+
+/// The NOR rule on what a write programs: every `WRITE`-byte word of `current` (what the flash
+/// holds from `offset` on) is erased (all `0xFF`); a word is programmed once per erase.
+pub fn check_erased<const WRITE: usize>(offset: u32, current: &[u8]) -> Result<(), RamFlashError> {
+    for (i, word) in current.chunks(WRITE).enumerate() {
+        if word.iter().any(|b| *b != 0xFF) {
+            return Err(RamFlashError::NotErased { offset: offset.saturating_add((i * WRITE) as u32) });
+        }
+    }
+    Ok(())
+}
 
 /// What [`RamFlash`] refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,13 +155,8 @@ impl<'a, const WRITE: usize, const ERASE: usize> RamFlash<'a, WRITE, ERASE> {
         self.mem
     }
 
-    fn span(&self, offset: u32, len: usize) -> Result<core::ops::Range<usize>, RamFlashError> {
-        let start = usize::try_from(offset).map_err(|_| RamFlashError::OutOfBounds { offset })?;
-        let end = start.checked_add(len).ok_or(RamFlashError::OutOfBounds { offset })?;
-        if end > self.mem.len() {
-            return Err(RamFlashError::OutOfBounds { offset });
-        }
-        Ok(start..end)
+    fn span(&self, offset: u32, len: usize) -> Result<Range<usize>, RamFlashError> {
+        span(offset, len, self.mem.len())
     }
 }
 
@@ -143,28 +185,18 @@ impl<const WRITE: usize, const ERASE: usize> NorFlash for RamFlash<'_, WRITE, ER
     const ERASE_SIZE: usize = ERASE;
 
     fn erase(&mut self, from: u32, to: u32) -> Result<(), RamFlashError> {
-        let len = to.checked_sub(from).ok_or(RamFlashError::OutOfBounds { offset: from })? as usize;
-        if !(from as usize).is_multiple_of(ERASE) || !len.is_multiple_of(ERASE) {
-            return Err(RamFlashError::NotAligned { offset: from });
-        }
-        let span = self.span(from, len)?;
+        let span = erase_span::<ERASE>(from, to, self.mem.len())?;
+        let units = span.len() / ERASE;
         self.mem.get_mut(span).ok_or(RamFlashError::OutOfBounds { offset: from })?.fill(0xFF);
-        self.stats.erases += (len / ERASE) as u64;
+        self.stats.erases += units as u64;
         Ok(())
     }
 
     fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), RamFlashError> {
-        if !(offset as usize).is_multiple_of(WRITE) || !bytes.len().is_multiple_of(WRITE) {
-            return Err(RamFlashError::NotAligned { offset });
-        }
-        let span = self.span(offset, bytes.len())?;
+        let span = write_span::<WRITE>(offset, bytes.len(), self.mem.len())?;
         let dst = self.mem.get_mut(span).ok_or(RamFlashError::OutOfBounds { offset })?;
         // Check every word before programming any, so a refused write changes nothing.
-        for (i, word) in dst.chunks(WRITE).enumerate() {
-            if word.iter().any(|b| *b != 0xFF) {
-                return Err(RamFlashError::NotErased { offset: offset.saturating_add((i * WRITE) as u32) });
-            }
-        }
+        check_erased::<WRITE>(offset, dst)?;
         dst.copy_from_slice(bytes);
         self.stats.programmed += bytes.len() as u64;
         Ok(())

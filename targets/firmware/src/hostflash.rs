@@ -20,26 +20,15 @@ use core::ffi::CStr;
 use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash};
 use semihosting::fs::{File, OpenOptions};
 use semihosting::io::{Read, Seek, SeekFrom, Write};
+use snapply_flash::{RamFlashError, RamStats};
 
 /// What [`HostFlash`] refused, or what the host's file calls failed at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, defmt::Format)]
 #[non_exhaustive]
 pub enum HostFlashError {
-    /// Offset or length not aligned to the write or erase size.
-    NotAligned {
-        /// The offending offset.
-        offset: u32,
-    },
-    /// The operation reaches past the chip.
-    OutOfBounds {
-        /// The offending offset.
-        offset: u32,
-    },
-    /// A write to a word that is not erased.
-    NotErased {
-        /// Address of the word.
-        offset: u32,
-    },
+    /// The access breaks a NOR rule (alignment, bounds, a word programmed twice): the same
+    /// refusals as `snapply-flash`'s `RamFlash`.
+    Rule(RamFlashError),
     /// The host's file call failed.
     Io {
         /// Which call.
@@ -57,9 +46,7 @@ pub enum HostFlashError {
 impl core::fmt::Display for HostFlashError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            HostFlashError::NotAligned { offset } => write!(f, "misaligned flash access at {offset:#x}"),
-            HostFlashError::OutOfBounds { offset } => write!(f, "flash access past the chip at {offset:#x}"),
-            HostFlashError::NotErased { offset } => write!(f, "flash word at {offset:#x} written without erase"),
+            HostFlashError::Rule(e) => write!(f, "{e}"),
             HostFlashError::Io { op, offset } => write!(f, "the host's flash file: {op} at {offset:#x} failed"),
             HostFlashError::WrongSize { len } => {
                 write!(f, "the host's flash file holds {len} bytes, more than the chip: another chip's file")
@@ -73,22 +60,10 @@ impl core::error::Error for HostFlashError {}
 impl NorFlashError for HostFlashError {
     fn kind(&self) -> NorFlashErrorKind {
         match self {
-            HostFlashError::NotAligned { .. } => NorFlashErrorKind::NotAligned,
-            HostFlashError::OutOfBounds { .. } => NorFlashErrorKind::OutOfBounds,
+            HostFlashError::Rule(e) => e.kind(),
             _ => NorFlashErrorKind::Other,
         }
     }
-}
-
-/// What a [`HostFlash`] did since it was opened or [`HostFlash::reset_stats`] was called.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, defmt::Format)]
-pub struct HostStats {
-    /// Bytes read.
-    pub bytes_read: u64,
-    /// Bytes programmed.
-    pub programmed: u64,
-    /// Erase units erased.
-    pub erases: u64,
 }
 
 /// Bytes moved per file call when checking, erasing or filling (a small stack buffer: the
@@ -100,7 +75,7 @@ const SCRATCH: usize = 64;
 pub struct HostFlash<const WRITE: usize, const ERASE: usize> {
     file: File,
     len: u32,
-    stats: HostStats,
+    stats: RamStats,
     /// Bytes that may still be programmed or erased before the power is cut.
     budget: Option<u64>,
 }
@@ -111,11 +86,11 @@ impl<const WRITE: usize, const ERASE: usize> HostFlash<WRITE, ERASE> {
     /// chip and whether the file was created.
     ///
     /// # Errors
-    /// [`HostFlashError::NotAligned`] for a bad geometry, [`HostFlashError::WrongSize`] for a
+    /// [`HostFlashError::Rule`] for a bad geometry, [`HostFlashError::WrongSize`] for a
     /// file longer than `len`, [`HostFlashError::Io`] when a file call fails.
     pub fn open(path: &CStr, len: u32) -> Result<(Self, bool), HostFlashError> {
         if WRITE == 0 || ERASE == 0 || !ERASE.is_multiple_of(WRITE) || !(len as usize).is_multiple_of(ERASE) {
-            return Err(HostFlashError::NotAligned { offset: len });
+            return Err(HostFlashError::Rule(RamFlashError::NotAligned { offset: len }));
         }
         let existing = OpenOptions::new().read(true).write(true).open(path);
         let created = existing.is_err();
@@ -134,7 +109,7 @@ impl<const WRITE: usize, const ERASE: usize> HostFlash<WRITE, ERASE> {
         if held > len {
             return Err(HostFlashError::WrongSize { len: held });
         }
-        let mut chip = HostFlash { file, len, stats: HostStats::default(), budget: None };
+        let mut chip = HostFlash { file, len, stats: RamStats::default(), budget: None };
         // The part of a blank chip the file does not hold yet (all of a new file; the tail
         // of a file whose filling a power cut stopped).
         let mut at = held;
@@ -147,13 +122,13 @@ impl<const WRITE: usize, const ERASE: usize> HostFlash<WRITE, ERASE> {
     }
 
     /// The counters.
-    pub fn stats(&self) -> HostStats {
+    pub fn stats(&self) -> RamStats {
         self.stats
     }
 
     /// Sets the counters to zero.
     pub fn reset_stats(&mut self) {
-        self.stats = HostStats::default();
+        self.stats = RamStats::default();
     }
 
     /// Cuts the power once `bytes` more bytes have been programmed or erased (`None`: never).
@@ -179,11 +154,7 @@ impl<const WRITE: usize, const ERASE: usize> HostFlash<WRITE, ERASE> {
     }
 
     fn check_span(&self, offset: u32, len: usize) -> Result<(), HostFlashError> {
-        let end = u32::try_from(len).ok().and_then(|len| offset.checked_add(len));
-        match end {
-            Some(end) if end <= self.len => Ok(()),
-            _ => Err(HostFlashError::OutOfBounds { offset }),
-        }
+        snapply_flash::span(offset, len, self.len as usize).map(drop).map_err(HostFlashError::Rule)
     }
 
     /// Spends `n` bytes of the power budget; the bytes that fit before the cut, if it comes
@@ -240,11 +211,7 @@ impl<const WRITE: usize, const ERASE: usize> NorFlash for HostFlash<WRITE, ERASE
     const ERASE_SIZE: usize = ERASE;
 
     fn erase(&mut self, from: u32, to: u32) -> Result<(), HostFlashError> {
-        let len = to.checked_sub(from).ok_or(HostFlashError::OutOfBounds { offset: from })? as usize;
-        if !(from as usize).is_multiple_of(ERASE) || !len.is_multiple_of(ERASE) {
-            return Err(HostFlashError::NotAligned { offset: from });
-        }
-        self.check_span(from, len)?;
+        snapply_flash::erase_span::<ERASE>(from, to, self.len as usize).map_err(HostFlashError::Rule)?;
         let mut unit = from;
         while unit < to {
             if let Some(done) = self.spend(ERASE) {
@@ -254,7 +221,8 @@ impl<const WRITE: usize, const ERASE: usize> NorFlash for HostFlash<WRITE, ERASE
                 let mut buf = [0u8; SCRATCH];
                 while at < end {
                     let n = ((end - at) as usize).min(SCRATCH);
-                    let chunk = buf.get_mut(..n).ok_or(HostFlashError::OutOfBounds { offset: at })?;
+                    let chunk =
+                        buf.get_mut(..n).ok_or(HostFlashError::Rule(RamFlashError::OutOfBounds { offset: at }))?;
                     self.get(at, chunk)?;
                     for b in chunk.iter_mut() {
                         *b = torn(*b, 0xFF);
@@ -278,23 +246,16 @@ impl<const WRITE: usize, const ERASE: usize> NorFlash for HostFlash<WRITE, ERASE
     }
 
     fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), HostFlashError> {
-        if !(offset as usize).is_multiple_of(WRITE) || !bytes.len().is_multiple_of(WRITE) {
-            return Err(HostFlashError::NotAligned { offset });
-        }
-        self.check_span(offset, bytes.len())?;
+        snapply_flash::write_span::<WRITE>(offset, bytes.len(), self.len as usize).map_err(HostFlashError::Rule)?;
         // Check every word before programming any, so a refused write changes nothing.
         let mut buf = [0u8; SCRATCH];
         let mut done = 0usize;
         while done < bytes.len() {
             let n = (bytes.len() - done).min(SCRATCH);
             let at = offset + done as u32;
-            let chunk = buf.get_mut(..n).ok_or(HostFlashError::OutOfBounds { offset: at })?;
+            let chunk = buf.get_mut(..n).ok_or(HostFlashError::Rule(RamFlashError::OutOfBounds { offset: at }))?;
             self.get(at, chunk)?;
-            for (i, word) in chunk.chunks(WRITE).enumerate() {
-                if word.iter().any(|b| *b != 0xFF) {
-                    return Err(HostFlashError::NotErased { offset: at + (i * WRITE) as u32 });
-                }
-            }
+            snapply_flash::check_erased::<WRITE>(at, chunk).map_err(HostFlashError::Rule)?;
             done += n;
         }
         match self.spend(bytes.len()) {
