@@ -12,8 +12,8 @@ use crate::codec::{Command, MemberInfo};
 use crate::error::RaftError;
 use crate::metrics::Metrics;
 
-/// A running node: talk to it through this handle (its [`Client`] methods are the handle's
-/// own). Dropping the handle stops the node's tasks.
+/// A running node: talk to it through its [`Client`] ([`NodeHandle::client`]). Dropping the
+/// handle stops the node's tasks.
 #[derive(Debug)]
 pub struct NodeHandle {
     pub(super) client: Client,
@@ -33,13 +33,6 @@ pub struct Client {
     pub(crate) tokens: Arc<crate::auth::Tokens>,
     /// The auth this client's proposals carry ([`Client::with_auth`]).
     pub(crate) auth: Option<Arc<crate::auth::Authorized>>,
-}
-
-impl std::ops::Deref for NodeHandle {
-    type Target = Client;
-    fn deref(&self) -> &Client {
-        &self.client
-    }
 }
 
 /// How a read is served (etcd's `--consistency`).
@@ -152,7 +145,7 @@ impl Client {
     /// Puts `value` under `key`.
     ///
     /// # Errors
-    /// As [`NodeHandle::propose`].
+    /// As [`Client::propose`].
     pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<i64, RaftError> {
         self.propose(Command::Apply(RequestBuf::Put { key: key.to_vec(), value: value.to_vec(), lease: 0 })).await
     }
@@ -160,7 +153,7 @@ impl Client {
     /// Adds member `id` (a conf change whose context is `info`, as etcd's).
     ///
     /// # Errors
-    /// As [`NodeHandle::propose`].
+    /// As [`Client::propose`].
     pub async fn add_member(&self, id: u64, info: &MemberInfo) -> Result<i64, RaftError> {
         let mut cc = ConfChange { node_id: id, context: info.encode(), ..Default::default() };
         cc.set_change_type(ConfChangeType::AddNode);
@@ -170,7 +163,7 @@ impl Client {
     /// Adds member `id` as a learner (raft-rs `AddLearnerNode`).
     ///
     /// # Errors
-    /// As [`NodeHandle::propose`].
+    /// As [`Client::propose`].
     pub async fn add_learner(&self, id: u64, info: &MemberInfo) -> Result<i64, RaftError> {
         let mut cc = ConfChange { node_id: id, context: info.encode(), ..Default::default() };
         cc.set_change_type(ConfChangeType::AddLearnerNode);
@@ -182,7 +175,7 @@ impl Client {
     /// 90% of the leader's (etcd's `isLearnerReady`).
     ///
     /// # Errors
-    /// [`RaftError::LearnerNotReady`], and as [`NodeHandle::propose`].
+    /// [`RaftError::LearnerNotReady`], and as [`Client::propose`].
     pub async fn promote_member(&self, id: u64) -> Result<i64, RaftError> {
         let mut cc = ConfChange { node_id: id, ..Default::default() };
         cc.set_change_type(ConfChangeType::AddNode);
@@ -192,7 +185,7 @@ impl Client {
     /// Removes member `id`.
     ///
     /// # Errors
-    /// As [`NodeHandle::propose`].
+    /// As [`Client::propose`].
     pub async fn remove_member(&self, id: u64) -> Result<i64, RaftError> {
         let mut cc = ConfChange { node_id: id, ..Default::default() };
         cc.set_change_type(ConfChangeType::RemoveNode);
@@ -292,9 +285,9 @@ impl Client {
 }
 
 impl NodeHandle {
-    /// A client of the node.
-    pub fn client(&self) -> Client {
-        self.client.clone()
+    /// The node's client: every request goes through it. Clone it for a task of its own.
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// Stops the node and waits for its loop to end; returns the loop's error, if it failed.
