@@ -335,3 +335,14 @@ impl Drop for NodeHandle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_are_linearizable_unless_asked_otherwise() {
+        // etcd's `--consistency` defaults to `l`.
+        assert_eq!(Consistency::default(), Consistency::Linearizable);
+    }
+}

@@ -466,3 +466,121 @@ fn parse_context(c: &[u8]) -> Option<(u64, u64)> {
     let seq = u64::from_be_bytes(c.get(8..16)?.try_into().ok()?);
     Some((origin, seq))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::InitialCluster;
+
+    fn member(name: &str, port: u16) -> MemberInfo {
+        MemberInfo {
+            name: name.into(),
+            peer_urls: vec![format!("http://127.0.0.1:{port}")],
+            client_urls: vec![format!("http://127.0.0.1:{}", port + 1)],
+        }
+    }
+
+    fn config(tick_ms: u64, election_tick: usize) -> NodeConfig {
+        let mut config = NodeConfig::new(1, PathBuf::from("unused"), Vec::new());
+        config.tick = Duration::from_millis(tick_ms);
+        config.election_tick = election_tick;
+        config
+    }
+
+    #[test]
+    fn a_proposal_context_round_trips() {
+        for (origin, seq) in [(1, 1), (0x8e9e_05c5_2164_694d, 42), (u64::MAX, u64::MAX), (0, 0)] {
+            let c = context(origin, seq);
+            assert_eq!(c.len(), 16);
+            assert_eq!(parse_context(&c), Some((origin, seq)));
+        }
+        // Origin first: two members' proposals with the same sequence number differ.
+        assert_ne!(context(1, 7), context(2, 7));
+    }
+
+    #[test]
+    fn a_short_context_is_not_a_proposal_of_this_crate() {
+        // An entry a leader appends on its own (empty), or one too short to hold both numbers.
+        for c in [&[][..], &[1; 7], &[1; 8], &[1; 15]] {
+            assert_eq!(parse_context(c), None, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn the_default_election_timeout_is_500_ms_and_its_minimum_lease_ttl_1_s() {
+        let config = NodeConfig::new(1, PathBuf::from("unused"), Vec::new());
+        assert_eq!(election_timeout(&config), Duration::from_millis(500));
+        assert_eq!(min_lease_ttl(&config), 1);
+        assert_eq!(request_timeout(&config), Duration::from_secs(6));
+        let core = core_config(7, &config);
+        assert_eq!((core.id, core.min_lease_ttl), (7, 1));
+    }
+
+    #[test]
+    fn the_minimum_lease_ttl_is_one_and_a_half_election_timeouts_rounded_up() {
+        // etcd's defaults: 100 ms ticks, 10 of them: 1.5 s, so 2 s.
+        assert_eq!(election_timeout(&config(100, 10)), Duration::from_secs(1));
+        assert_eq!(min_lease_ttl(&config(100, 10)), 2);
+        // 3 s: 4.5 s, so 5 s; exactly 3 s: 3 s.
+        assert_eq!(min_lease_ttl(&config(1000, 3)), 5);
+        assert_eq!(min_lease_ttl(&config(1000, 2)), 3);
+        // Never below 1, even without an election timeout.
+        assert_eq!(min_lease_ttl(&config(0, 10)), 1);
+        assert_eq!(min_lease_ttl(&config(100, 0)), 1);
+    }
+
+    #[test]
+    fn a_huge_election_tick_saturates_instead_of_overflowing() {
+        let config = config(1000, usize::MAX);
+        assert_eq!(election_timeout(&config), Duration::from_secs(u64::from(u32::MAX)));
+        assert!(min_lease_ttl(&config) > i64::from(u32::MAX));
+        assert!(request_timeout(&config) > election_timeout(&config));
+    }
+
+    #[test]
+    fn bootstrap_commits_one_add_node_per_initial_member_at_term_1() {
+        let initial = [(0x10, member("a", 2380)), (0x20, member("b", 2390))];
+        let (cs, entries) = bootstrap(&initial);
+        assert_eq!(cs.voters, vec![0x10, 0x20]);
+        assert!(cs.learners.is_empty());
+        assert_eq!(entries.len(), 2);
+        for (i, (e, (id, info))) in entries.iter().zip(&initial).enumerate() {
+            assert_eq!((e.index, e.term), (i as u64 + 1, 1));
+            assert_eq!(e.get_entry_type(), EntryType::EntryConfChange);
+            let cc = ConfChange::decode(&e.data[..]).expect("a conf change");
+            assert_eq!(cc.node_id, *id);
+            assert_eq!(cc.get_change_type(), ConfChangeType::AddNode);
+            assert_eq!(MemberInfo::decode(&cc.context).as_ref(), Some(info));
+        }
+    }
+
+    #[test]
+    fn a_member_joining_an_existing_cluster_bootstraps_nothing() {
+        let (cs, entries) = bootstrap(&[]);
+        assert!(cs.voters.is_empty() && entries.is_empty());
+    }
+
+    #[test]
+    fn init_raft_log_writes_the_ids_once() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        assert_eq!(ids(dir.path()).expect("no log yet"), None);
+        let cluster =
+            InitialCluster::parse("a=http://127.0.0.1:2380,b=http://127.0.0.1:2390", "token").expect("a valid cluster");
+        let member = cluster.members()[1].0;
+        init_raft_log(dir.path(), &cluster, member).expect("a new log");
+        assert_eq!(ids(dir.path()).expect("the log"), Some((member, cluster.id())));
+        let again = init_raft_log(dir.path(), &cluster, member);
+        assert!(matches!(&again, Err(RaftError::Config { what }) if what.contains("exists already")), "{again:?}");
+        assert_eq!(ids(dir.path()).expect("the log"), Some((member, cluster.id())));
+    }
+
+    #[test]
+    fn a_member_id_of_0_is_refused_before_anything_is_opened() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+        let config = NodeConfig::new(0, dir.path().join("data"), Vec::new());
+        let started = start(config, listener);
+        assert!(matches!(&started, Err(RaftError::Config { what }) if what.contains("must not be 0")), "{started:?}");
+        assert!(!dir.path().join("data").exists());
+    }
+}

@@ -60,3 +60,56 @@ impl Observer for Recorder {
         self.trace.push(Trace::PhaseDone(phase, took));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recorder() -> (Recorder, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new(1, std::path::PathBuf::from("unused/db")).unwrap());
+        (Recorder::new(&metrics), metrics)
+    }
+
+    #[test]
+    fn the_gauge_is_up_while_applying_and_the_apply_is_timed_once() {
+        let (mut r, metrics) = recorder();
+        r.in_progress(true);
+        assert_eq!(metrics.snapshot_apply_in_progress(), 1);
+        assert_eq!(metrics.snapshot_apply.get_sample_count(), 0);
+        r.in_progress(false);
+        assert_eq!(metrics.snapshot_apply_in_progress(), 0);
+        assert_eq!(metrics.snapshot_apply.get_sample_count(), 1);
+        assert_eq!(r.trace, vec![Trace::InProgress(true), Trace::InProgress(false)]);
+    }
+
+    #[test]
+    fn phases_and_events_are_kept_in_order() {
+        let (mut r, _) = recorder();
+        r.event(&Event::RestoringLeaseStore);
+        r.phase_done(Phase::Validate, Some(1500));
+        r.event(&Event::RestoredLeaseStore);
+        // A pipeline without a clock reports no duration: counted as none.
+        r.phase_done(Phase::Persist, None);
+        assert_eq!(r.phases, vec![(Phase::Validate, Duration::from_micros(1500)), (Phase::Persist, Duration::ZERO)]);
+        assert_eq!(
+            r.trace,
+            vec![
+                Trace::Event(Event::RestoringLeaseStore),
+                Trace::PhaseDone(Phase::Validate, Duration::from_micros(1500)),
+                Trace::Event(Event::RestoredLeaseStore),
+                Trace::PhaseDone(Phase::Persist, Duration::ZERO),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_clock_never_goes_back() {
+        let (mut r, _) = recorder();
+        let mut last = 0;
+        for _ in 0..100 {
+            let now = r.now_micros().unwrap();
+            assert!(now >= last, "{last} then {now}");
+            last = now;
+        }
+    }
+}

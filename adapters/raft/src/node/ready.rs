@@ -719,3 +719,50 @@ fn membership_verdict(node: &HostNode, request: &Request<'_>) -> Result<Result<(
     let mut scratch = Node::<_, Growable>::open(*node.config(), copy, &v2)?;
     Ok(scratch.apply(1, 1, request).map(drop))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorted_orders_ids_and_keeps_each() {
+        assert_eq!(sorted([3, 1, 2, 1].into_iter()), vec![1, 1, 2, 3]);
+        assert_eq!(sorted([u64::MAX, 0].into_iter()), vec![0, u64::MAX]);
+        assert!(sorted(std::iter::empty()).is_empty());
+    }
+
+    fn host_node(dir: &std::path::Path) -> HostNode {
+        let boot = snapply_fs::DataDir::open(dir).unwrap().boot().unwrap();
+        let config = snapply_core::Config {
+            id: 1,
+            min_lease_ttl: 1,
+            v2_deprecation: snapply_core::store::V2Deprecation::WriteOnly,
+        };
+        HostNode::open(config, boot.backend, &[]).unwrap()
+    }
+
+    #[test]
+    fn a_membership_verdict_is_the_cores_and_leaves_the_node_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut node = host_node(dir.path());
+        let peers: [&[u8]; 1] = [b"http://127.0.0.1:2380"];
+        let add = Request::MemberAdd(snapply_core::store::NewMember {
+            id: 5,
+            name: b"e",
+            peer_urls: &peers,
+            client_urls: &[],
+            is_learner: false,
+        });
+        let remove = Request::MemberRemove { id: 5 };
+        assert!(matches!(membership_verdict(&node, &add), Ok(Ok(()))));
+        assert!(node.stores().membership.members().is_empty(), "the verdict changed the node");
+        let verdict = membership_verdict(&node, &remove);
+        assert!(matches!(verdict, Ok(Err(StoreError::NotFound(_)))), "{verdict:?}");
+
+        node.apply(1, 1, &add).unwrap();
+        let verdict = membership_verdict(&node, &add);
+        assert!(matches!(verdict, Ok(Err(StoreError::AlreadyExists(_)))), "{verdict:?}");
+        assert!(matches!(membership_verdict(&node, &remove), Ok(Ok(()))));
+        assert_eq!(node.stores().membership.members().iter().map(|m| m.id).collect::<Vec<_>>(), vec![5]);
+    }
+}
