@@ -20,7 +20,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let cluster = Cluster::start(root.path(), 3)?;
     let leader = cluster.leader(wait).await?;
     let follower = cluster.ids().into_iter().find(|&id| id != leader).ok_or("no follower")?;
-    cluster.node(follower)?.isolate(true).await?;
+    cluster.node(follower)?.client().isolate(true).await?;
     let client = cluster.node(leader)?.client();
     let t = Instant::now();
     let mut inflight = JoinSet::new();
@@ -38,10 +38,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
     }
     println!("wrote {keys} keys (128-byte values) in {:.1} s", t.elapsed().as_secs_f64());
     let t = Instant::now();
-    let compacted = cluster.node(leader)?.compact_log().await?;
+    let compacted = cluster.node(leader)?.client().compact_log().await?;
     println!("leader snapshot + log compaction at index {compacted}: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
     let healed = Instant::now();
-    cluster.node(follower)?.isolate(false).await?;
+    cluster.node(follower)?.client().isolate(false).await?;
     let status = cluster.wait_applied(follower, compacted, wait).await?;
     let restore = status.last_restore.ok_or("caught up without a snapshot")?;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;

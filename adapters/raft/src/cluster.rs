@@ -103,7 +103,7 @@ impl Cluster {
             let mut leaders = Vec::new();
             for m in self.members.values() {
                 if let Some(h) = &m.handle {
-                    leaders.push(h.status().await?.leader);
+                    leaders.push(h.client().status().await?.leader);
                 }
             }
             if let Some(&l) = leaders.first()
@@ -127,7 +127,7 @@ impl Cluster {
     pub async fn wait_applied(&self, id: u64, index: u64, within: Duration) -> Result<Status, RaftError> {
         let deadline = Instant::now() + within;
         loop {
-            let s = self.node(id)?.status().await?;
+            let s = self.node(id)?.client().status().await?;
             if s.applied_index >= index {
                 return Ok(s);
             }
@@ -144,12 +144,12 @@ impl Cluster {
     /// # Errors
     /// [`RaftError::Timeout`] if they do not catch up within `within`.
     pub async fn settle(&self, leader: u64, within: Duration) -> Result<BTreeMap<u64, [u8; 32]>, RaftError> {
-        let index = self.node(leader)?.status().await?.applied_index;
+        let index = self.node(leader)?.client().status().await?.applied_index;
         let mut digests = BTreeMap::new();
         for (&id, m) in &self.members {
             if let Some(h) = &m.handle {
                 self.wait_applied(id, index, within).await?;
-                digests.insert(id, h.digest().await?);
+                digests.insert(id, h.client().digest().await?);
             }
         }
         Ok(digests)

@@ -31,12 +31,12 @@ async fn write_keys(client: &Client, prefix: &str, n: usize) -> Result {
 /// Cuts `follower` off, writes `keys` keys, compacts the leader's log so only a snapshot can
 /// bring the follower back, heals it, and checks it was restored by snapshot.
 async fn lag_and_catch_up(cluster: &Cluster, leader: u64, follower: u64, prefix: &str, keys: usize) -> Result<u64> {
-    let before = cluster.node(follower)?.status().await?.snapshots_applied;
-    cluster.node(follower)?.isolate(true).await?;
-    write_keys(&cluster.node(leader)?.client(), prefix, keys).await?;
-    let compacted = cluster.node(leader)?.compact_log().await?;
-    assert!(cluster.node(follower)?.status().await?.applied_index < compacted, "the follower lagged");
-    cluster.node(follower)?.isolate(false).await?;
+    let before = cluster.node(follower)?.client().status().await?.snapshots_applied;
+    cluster.node(follower)?.client().isolate(true).await?;
+    write_keys(cluster.node(leader)?.client(), prefix, keys).await?;
+    let compacted = cluster.node(leader)?.client().compact_log().await?;
+    assert!(cluster.node(follower)?.client().status().await?.applied_index < compacted, "the follower lagged");
+    cluster.node(follower)?.client().isolate(false).await?;
     let status = cluster.wait_applied(follower, compacted, WAIT).await?;
     assert_eq!(status.snapshots_applied, before + 1, "the follower caught up by one snapshot");
     let restore = status.last_restore.ok_or("no restore report")?;
@@ -58,12 +58,12 @@ async fn snapshot_catch_up(nodes: usize, keys: usize) -> Result {
     let cluster = Cluster::start(root.path(), nodes)?;
     let leader = cluster.leader(WAIT).await?;
     let follower = cluster.ids().into_iter().find(|&id| id != leader).ok_or("no follower")?;
-    write_keys(&cluster.node(leader)?.client(), "before", 10).await?;
+    write_keys(cluster.node(leader)?.client(), "before", 10).await?;
     lag_and_catch_up(&cluster, leader, follower, "lagged", keys).await?;
     // The restored follower goes on applying entries like the others.
-    write_keys(&cluster.node(leader)?.client(), "after", 10).await?;
+    write_keys(cluster.node(leader)?.client(), "after", 10).await?;
     assert_equal_digests(&cluster, leader).await?;
-    let got = cluster.node(follower)?.range(b"/lagged/key-00007", b"").await?;
+    let got = cluster.node(follower)?.client().range(b"/lagged/key-00007", b"").await?;
     assert_eq!(got.len(), 1);
     cluster.shutdown().await;
     Ok(())
@@ -106,7 +106,7 @@ async fn proposals_a_cut_off_leader_never_commits_are_forgotten_once_their_clien
         let leader = cluster.leader(WAIT).await?;
         let l = cluster.node(leader)?.client();
         let pending = "etcd_server_proposals_pending";
-        assert_eq!(sample(&l, pending), Some(0.0));
+        assert_eq!(sample(l, pending), Some(0.0));
         l.isolate(true).await?;
         let mut inflight = JoinSet::new();
         for i in 0..20 {
@@ -118,11 +118,11 @@ async fn proposals_a_cut_off_leader_never_commits_are_forgotten_once_their_clien
             inflight.spawn(timeout(Duration::from_secs(2), put));
         }
         // Taken by raft-rs while the member still leads, then never committed.
-        until_sample(&l, pending, 20.0).await?;
+        until_sample(l, pending, 20.0).await?;
         while let Some(r) = inflight.join_next().await {
             assert!(r?.is_err(), "a proposal to a cut-off leader was answered");
         }
-        until_sample(&l, pending, 0.0).await?;
+        until_sample(l, pending, 0.0).await?;
         l.isolate(false).await?;
         cluster.shutdown().await;
         Ok(())
@@ -140,7 +140,7 @@ async fn members_agree_on_the_hash_of_the_key_space_and_defragmenting_keeps_it()
         let cluster = Cluster::start(root.path(), 3)?;
         let leader = cluster.leader(WAIT).await?;
         let l = cluster.node(leader)?.client();
-        write_keys(&l, "hashed", 300).await?;
+        write_keys(l, "hashed", 300).await?;
         l.propose(Command::Apply(RequestBuf::DeleteRange {
             key: b"/hashed/key-00001".to_vec(),
             range_end: Vec::new(),
@@ -150,7 +150,7 @@ async fn members_agree_on_the_hash_of_the_key_space_and_defragmenting_keeps_it()
         let hashes = async |rev: i64| -> Result<Vec<(u32, i64, i64)>> {
             let mut out = Vec::new();
             for id in cluster.ids() {
-                let (header, hash, compacted, at) = cluster.node(id)?.hash_kv(rev).await?;
+                let (header, hash, compacted, at) = cluster.node(id)?.client().hash_kv(rev).await?;
                 assert_eq!(header.member_id, id);
                 out.push((hash, compacted, at));
             }
@@ -168,14 +168,14 @@ async fn members_agree_on_the_hash_of_the_key_space_and_defragmenting_keeps_it()
         assert!(after.iter().all(|h| *h == (after[0].0, -1, rev)), "{after:?}");
         assert_ne!(after[0].0, hash);
         assert!(hashes(at).await?.iter().all(|h| h.0 == hash));
-        let future = cluster.node(leader)?.hash_kv(rev + 1).await;
+        let future = cluster.node(leader)?.client().hash_kv(rev + 1).await;
         assert!(matches!(future, Err(snapply_raft::RaftError::Store(_))), "{future:?}");
         // Compacted: revisions at or below it are refused, and the hash still agrees.
         l.propose(Command::Apply(RequestBuf::Compact { revision: at })).await?;
         cluster.settle(leader, WAIT).await?;
         let compacted_hashes = hashes(0).await?;
         assert!(compacted_hashes.iter().all(|h| *h == (compacted_hashes[0].0, at, rev)), "{compacted_hashes:?}");
-        assert!(cluster.node(leader)?.hash_kv(at).await.is_err());
+        assert!(cluster.node(leader)?.client().hash_kv(at).await.is_err());
         let _ = compacted;
 
         // Defragmenting: the content is kept, the file does not grow.
@@ -183,7 +183,7 @@ async fn members_agree_on_the_hash_of_the_key_space_and_defragmenting_keeps_it()
         for id in cluster.ids() {
             let db = cluster.dir(id).ok_or("no data dir")?.join("member").join("db");
             let size = std::fs::metadata(&db)?.len();
-            cluster.node(id)?.defragment().await?;
+            cluster.node(id)?.client().defragment().await?;
             assert!(std::fs::metadata(&db)?.len() <= size, "member {id:x}'s backend grew");
         }
         assert_eq!(cluster.settle(leader, WAIT).await?, digests);

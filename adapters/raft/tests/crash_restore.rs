@@ -24,7 +24,7 @@ async fn follower_stopped_during_the_restore_finishes_it_from_its_data_dir() -> 
         let leader = cluster.leader(WAIT).await?;
         let follower = cluster.ids().into_iter().find(|&id| id != leader).ok_or("no follower")?;
 
-        cluster.node(follower)?.isolate(true).await?;
+        cluster.node(follower)?.client().isolate(true).await?;
         let client = cluster.node(leader)?.client();
         let puts = (0..500).map(|i| {
             Command::Apply(RequestBuf::Put {
@@ -34,14 +34,14 @@ async fn follower_stopped_during_the_restore_finishes_it_from_its_data_dir() -> 
             })
         });
         client.propose_all(puts, 64).await?;
-        let compacted = cluster.node(leader)?.compact_log().await?;
+        let compacted = cluster.node(leader)?.client().compact_log().await?;
 
         // The follower persists the snapshot, then fails on opening its backend: its loop stops.
         fail::cfg("fs::open::start", "1*return").map_err(|e| e.to_string())?;
-        cluster.node(follower)?.isolate(false).await?;
+        cluster.node(follower)?.client().isolate(false).await?;
         let deadline = Instant::now() + WAIT;
         loop {
-            match cluster.node(follower)?.status().await {
+            match cluster.node(follower)?.client().status().await {
                 Err(RaftError::Stopped) => break,
                 Ok(s) => assert!(s.applied_index < compacted, "the restore must not have completed"),
                 Err(e) => return Err(e.into()),

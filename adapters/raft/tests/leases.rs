@@ -40,14 +40,14 @@ fn keep_alive(client: Client, id: i64) -> tokio::sync::oneshot::Sender<()> {
 /// Cuts `follower` off, writes, compacts the leader's log and heals it: it catches up by a
 /// snapshot, its lessor rebuilt from the snapshot's leases.
 async fn restore_by_snapshot(cluster: &Cluster, leader: u64, follower: u64) -> Result {
-    let before = cluster.node(follower)?.status().await?.snapshots_applied;
-    cluster.node(follower)?.isolate(true).await?;
+    let before = cluster.node(follower)?.client().status().await?.snapshots_applied;
+    cluster.node(follower)?.client().isolate(true).await?;
     let client = cluster.node(leader)?.client();
     for i in 0..20 {
         client.put(format!("/fill/{follower:x}/{i}").as_bytes(), b"x").await?;
     }
-    let compacted = cluster.node(leader)?.compact_log().await?;
-    cluster.node(follower)?.isolate(false).await?;
+    let compacted = cluster.node(leader)?.client().compact_log().await?;
+    cluster.node(follower)?.client().isolate(false).await?;
     let status = cluster.wait_applied(follower, compacted, WAIT).await?;
     assert_eq!(status.snapshots_applied, before + 1, "member {follower:x} caught up by a snapshot");
     Ok(())
@@ -69,7 +69,7 @@ async fn leases_restored_by_snapshot_expire_under_the_member_that_then_leads() -
     let followers: Vec<u64> = cluster.ids().into_iter().filter(|&id| id != leader).collect();
     for &follower in &followers {
         restore_by_snapshot(&cluster, leader, follower).await?;
-        assert_eq!(cluster.node(follower)?.range(b"/leased", &[]).await?.len(), 1, "kept alive");
+        assert_eq!(cluster.node(follower)?.client().range(b"/leased", &[]).await?.len(), 1, "kept alive");
     }
 
     // The leader dies and nobody renews: one of the restored members leads and revokes the
@@ -79,8 +79,8 @@ async fn leases_restored_by_snapshot_expire_under_the_member_that_then_leads() -
     let new_leader = cluster.leader(WAIT).await?;
     assert!(followers.contains(&new_leader));
     for &follower in &followers {
-        wait_gone(&cluster.node(follower)?.client(), b"/leased").await?;
-        let (_, lease) = cluster.node(follower)?.lease(7).await?;
+        wait_gone(cluster.node(follower)?.client(), b"/leased").await?;
+        let (_, lease) = cluster.node(follower)?.client().lease(7).await?;
         assert_eq!(lease, None, "the lease is revoked on {follower:x}");
     }
     cluster.shutdown().await;
@@ -109,7 +109,7 @@ async fn a_restarted_leader_expires_the_leases_it_held() -> Result {
     cluster.restart(id)?;
     cluster.leader(WAIT).await?;
     let client = cluster.node(id)?.client();
-    wait_gone(&client, b"/leased").await?;
+    wait_gone(client, b"/leased").await?;
     assert_eq!(client.lease(9).await?.1, None);
     assert_eq!(client.renew_lease(9).await?, None);
     cluster.shutdown().await;

@@ -25,7 +25,7 @@ async fn configurations(cluster: &Cluster, leader: u64) -> Result<Vec<(Vec<u64>,
     cluster.settle(leader, WAIT).await?;
     let mut out = Vec::new();
     for id in cluster.ids() {
-        let s = cluster.node(id)?.status().await?;
+        let s = cluster.node(id)?.client().status().await?;
         let mut members = s.members.clone();
         members.sort_unstable();
         out.push((s.voters, s.learners, members));
@@ -44,7 +44,7 @@ async fn a_conf_change_the_membership_refuses_changes_neither_raft_nor_any_membe
         let before = configurations(&cluster, leader).await?;
         let (voters, learners, members) = before.first().cloned().ok_or("no member")?;
         assert_eq!((voters.len(), learners.len(), members.len()), (3, 0, 3));
-        let taken = cluster.node(leader)?.status().await?;
+        let taken = cluster.node(leader)?.client().status().await?;
         let in_use = cluster.ids().into_iter().find(|&id| id != leader).ok_or("no follower")?;
         let in_use_url = format!("http://{}", cluster_url(&cluster, in_use).await?);
 
@@ -72,7 +72,7 @@ async fn a_conf_change_the_membership_refuses_changes_neither_raft_nor_any_membe
         // Nothing changed: not raft-rs's configuration, not any member's membership; the
         // cluster goes on, and every member holds the same state.
         assert_eq!(configurations(&cluster, leader).await?, before);
-        assert!(cluster.node(leader)?.status().await?.applied_index > taken.applied_index);
+        assert!(cluster.node(leader)?.client().status().await?.applied_index > taken.applied_index);
         client.put(b"/after", b"v").await?;
         let digests = cluster.settle(leader, WAIT).await?;
         let first = digests.values().next().ok_or("no digest")?;
@@ -86,7 +86,7 @@ async fn a_conf_change_the_membership_refuses_changes_neither_raft_nor_any_membe
 /// The peer address of member `id`, as its peers dial it.
 async fn cluster_url(cluster: &Cluster, id: u64) -> Result<String> {
     let leader = cluster.leader(WAIT).await?;
-    let (_, members) = cluster.node(leader)?.members().await?;
+    let (_, members) = cluster.node(leader)?.client().members().await?;
     let m = members.into_iter().find(|m| m.id == id).ok_or("no such member")?;
     let url = m.peer_urls.first().ok_or("no peer URL")?;
     Ok(url.trim_start_matches("http://").to_string())
@@ -98,7 +98,7 @@ async fn a_learner_is_added_catches_up_and_is_promoted_and_a_removed_member_stop
         let root = tempfile::tempdir()?;
         let mut cluster = Cluster::start(root.path(), 3)?;
         let leader = cluster.leader(WAIT).await?;
-        let client = cluster.node(leader)?.client();
+        let client = cluster.node(leader)?.client().clone();
         for i in 0..50 {
             client.put(format!("/k/{i}").as_bytes(), b"v").await?;
         }
@@ -107,18 +107,18 @@ async fn a_learner_is_added_catches_up_and_is_promoted_and_a_removed_member_stop
         // ErrLearnerNotReady), then started, caught up, promoted.
         let learner = member_id(9);
         let joiner = cluster.spawn_joiner(learner, "learner")?;
-        cluster.node(learner)?.isolate(true).await?;
-        cluster.node(learner)?.status().await?;
+        cluster.node(learner)?.client().isolate(true).await?;
+        cluster.node(learner)?.client().status().await?;
         client.add_learner(learner, &joiner).await?;
         let refused = client.promote_member(learner).await;
         assert!(matches!(refused, Err(RaftError::LearnerNotReady { .. })), "{refused:?}");
-        let status = cluster.node(leader)?.status().await?;
+        let status = cluster.node(leader)?.client().status().await?;
         assert!(status.learners.contains(&learner) && !status.voters.contains(&learner));
-        cluster.node(learner)?.isolate(false).await?;
-        let applied = cluster.node(leader)?.status().await?.applied_index;
+        cluster.node(learner)?.client().isolate(false).await?;
+        let applied = cluster.node(leader)?.client().status().await?.applied_index;
         cluster.wait_applied(learner, applied, WAIT).await?;
         client.promote_member(learner).await?;
-        let status = cluster.node(leader)?.status().await?;
+        let status = cluster.node(leader)?.client().status().await?;
         assert!(status.voters.contains(&learner) && status.learners.is_empty(), "{status:?}");
         let (_, members) = client.members().await?;
         assert!(members.iter().any(|m| m.id == learner && !m.is_learner));
@@ -126,15 +126,15 @@ async fn a_learner_is_added_catches_up_and_is_promoted_and_a_removed_member_stop
         // A member removed while cut off never gets its own removal (the others stop sending
         // to it once they applied it): when it is heard from again, it is told, and stops.
         let removed = cluster.ids().into_iter().find(|&id| id != leader && id != learner).ok_or("no follower")?;
-        cluster.node(removed)?.isolate(true).await?;
+        cluster.node(removed)?.client().isolate(true).await?;
         // The loop takes its controls in order: once it answers, it is cut off (else the removal
         // could reach it first, and it would stop before the check below).
-        cluster.node(removed)?.status().await?;
+        cluster.node(removed)?.client().status().await?;
         client.remove_member(removed).await?;
-        assert!(!cluster.node(removed)?.status().await?.voters.is_empty(), "it knows nothing of its removal");
-        cluster.node(removed)?.isolate(false).await?;
+        assert!(!cluster.node(removed)?.client().status().await?.voters.is_empty(), "it knows nothing of its removal");
+        cluster.node(removed)?.client().isolate(false).await?;
         let deadline = Instant::now() + WAIT;
-        while cluster.node(removed)?.status().await.is_ok() {
+        while cluster.node(removed)?.client().status().await.is_ok() {
             assert!(Instant::now() < deadline, "the removed member still runs");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

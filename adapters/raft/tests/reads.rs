@@ -28,7 +28,7 @@ async fn a_cut_off_follower_answers_a_linearizable_read_only_with_the_leaders_la
         let (leader, follower) = leader_and_follower(&cluster).await?;
         let (l, f) = (cluster.node(leader)?.client(), cluster.node(follower)?.client());
         l.put(b"/k", b"old").await?;
-        let applied = cluster.node(leader)?.status().await?.applied_index;
+        let applied = cluster.node(leader)?.client().status().await?.applied_index;
         cluster.wait_applied(follower, applied, WAIT).await?;
         assert_eq!(f.read(b"/k", b"", Consistency::Linearizable).await?, vec![(b"/k".to_vec(), b"old".to_vec())]);
 

@@ -42,11 +42,11 @@ async fn leader_and_follower(cluster: &Cluster) -> Result<(u64, u64)> {
 
 /// Cuts `follower` off, writes, compacts the leader's log; returns the compaction index.
 async fn lag(cluster: &Cluster, leader: u64, follower: u64, prefix: &str, keys: usize) -> Result<u64> {
-    cluster.node(follower)?.isolate(true).await?;
-    write_keys(&cluster.node(leader)?.client(), prefix, keys).await?;
-    let status = cluster.node(leader)?.status().await?;
+    cluster.node(follower)?.client().isolate(true).await?;
+    write_keys(cluster.node(leader)?.client(), prefix, keys).await?;
+    let status = cluster.node(leader)?.client().status().await?;
     assert_eq!(status.leader, leader, "leadership stayed put while the follower lagged");
-    Ok(cluster.node(leader)?.compact_log().await?)
+    Ok(cluster.node(leader)?.client().compact_log().await?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -57,16 +57,16 @@ async fn membership_changed_while_the_follower_lagged_changes_its_peers() -> Res
         let (leader, follower) = leader_and_follower(&cluster).await?;
         let removed = cluster.ids().into_iter().find(|&id| id != leader && id != follower).ok_or("no third")?;
         let joiner = member_id(9);
-        assert_eq!(cluster.node(follower)?.status().await?.peers.len(), 4);
+        assert_eq!(cluster.node(follower)?.client().status().await?.peers.len(), 4);
 
-        cluster.node(follower)?.isolate(true).await?;
+        cluster.node(follower)?.client().isolate(true).await?;
         let info = cluster.spawn_joiner(joiner, "joiner")?;
-        cluster.node(leader)?.add_member(joiner, &info).await?;
-        cluster.node(leader)?.remove_member(removed).await?;
+        cluster.node(leader)?.client().add_member(joiner, &info).await?;
+        cluster.node(leader)?.client().remove_member(removed).await?;
         cluster.forget(removed).await;
         let compacted = lag(&cluster, leader, follower, "lagged", 500).await?;
 
-        cluster.node(follower)?.isolate(false).await?;
+        cluster.node(follower)?.client().isolate(false).await?;
         let status = cluster.wait_applied(follower, compacted, WAIT).await?;
         assert_eq!(status.snapshots_applied, 1, "caught up by snapshot");
         let mut want: Vec<u64> = cluster.ids().into_iter().filter(|&id| id != follower).collect();
@@ -76,7 +76,7 @@ async fn membership_changed_while_the_follower_lagged_changes_its_peers() -> Res
         let mut members = status.members.clone();
         members.sort_unstable();
         assert_eq!(members, cluster.ids());
-        write_keys(&cluster.node(leader)?.client(), "after", 10).await?;
+        write_keys(cluster.node(leader)?.client(), "after", 10).await?;
         assert_equal_digests(&cluster, leader).await?;
         cluster.shutdown().await;
         Ok(())
@@ -92,7 +92,7 @@ async fn two_snapshots_in_a_row() -> Result {
         let (leader, follower) = leader_and_follower(&cluster).await?;
         for (round, prefix) in ["first", "second"].into_iter().enumerate() {
             let compacted = lag(&cluster, leader, follower, prefix, 300).await?;
-            cluster.node(follower)?.isolate(false).await?;
+            cluster.node(follower)?.client().isolate(false).await?;
             let status = cluster.wait_applied(follower, compacted, WAIT).await?;
             assert_eq!(status.snapshots_applied, round as u64 + 1);
             assert!(status.last_restore.is_some_and(|r| r.index >= compacted));
@@ -114,17 +114,17 @@ async fn leader_restarted_while_sending() -> Result {
         // Every log is compacted, so whichever node leads next can only send a snapshot.
         for id in cluster.ids() {
             if id != follower && id != leader {
-                cluster.node(id)?.compact_log().await?;
+                cluster.node(id)?.client().compact_log().await?;
             }
         }
-        cluster.node(follower)?.isolate(false).await?;
+        cluster.node(follower)?.client().isolate(false).await?;
         tokio::time::sleep(Duration::from_millis(20)).await;
         cluster.kill(leader).await;
         cluster.restart(leader)?;
         let status = cluster.wait_applied(follower, compacted, WAIT).await?;
         assert!(status.snapshots_applied >= 1, "caught up by snapshot: {status:?}");
         let leader = cluster.leader(WAIT).await?;
-        write_keys(&cluster.node(leader)?.client(), "after", 10).await?;
+        write_keys(cluster.node(leader)?.client(), "after", 10).await?;
         assert_equal_digests(&cluster, leader).await?;
         cluster.shutdown().await;
         Ok(())

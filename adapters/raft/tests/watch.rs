@@ -92,7 +92,7 @@ async fn events_come_from_the_history_in_revision_order_with_prev_kv_and_a_compa
         client.propose(Command::Apply(RequestBuf::DeleteRange { key: b"/a".to_vec(), range_end: Vec::new() })).await?; // 5
         client.put(b"/a", b"4").await?; // 6
         // The loop publishes the revision once the ready that applied the write is done.
-        until_revision(&client, 6).await?;
+        until_revision(client, 6).await?;
         assert_eq!(*client.revisions().borrow(), 6, "the loop published the store's revision");
 
         let got = client.events(request(b"/a", b"", 1, true)).await?;
@@ -140,8 +140,8 @@ async fn a_watcher_far_behind_reads_bounded_batches() -> Result {
         let cluster = Cluster::start(root.path(), 1)?;
         let client = cluster.node(cluster.leader(WAIT).await?)?.client();
         let n = MAX_BATCH_EVENTS + 100;
-        write_keys(&client, "k", n).await?;
-        let batches = read_all(&client, b"/k/", b"/k0", 1).await?;
+        write_keys(client, "k", n).await?;
+        let batches = read_all(client, b"/k/", b"/k0", 1).await?;
         assert!(batches.len() >= 2, "{} batches", batches.len());
         assert!(batches.iter().all(|b| b.events.len() <= MAX_BATCH_EVENTS));
         let revisions: Vec<i64> = batches.iter().flat_map(|b| b.events.iter().map(|e| e.kv.mod_revision)).collect();
@@ -159,21 +159,21 @@ async fn a_watcher_of_a_follower_reads_on_after_a_snapshot_restore_or_is_told_it
         let leader_id = cluster.leader(WAIT).await?;
         let follower_id = cluster.ids().into_iter().find(|&id| id != leader_id).ok_or("no follower")?;
         let (leader, follower) = (cluster.node(leader_id)?.client(), cluster.node(follower_id)?.client());
-        write_keys(&leader, "before", 10).await?;
+        write_keys(leader, "before", 10).await?;
         let seen = leader.header().await?.revision;
-        until_revision(&follower, seen).await?;
+        until_revision(follower, seen).await?;
 
         // Cut off while the leader writes and compacts its raft log: only a snapshot brings the
         // follower back.
         follower.isolate(true).await?;
-        write_keys(&leader, "lagged", 300).await?;
+        write_keys(leader, "lagged", 300).await?;
         leader.compact_log().await?;
         let now = leader.header().await?.revision;
         follower.isolate(false).await?;
-        until_revision(&follower, now).await?;
+        until_revision(follower, now).await?;
         let status = follower.status().await?;
         assert_eq!(status.snapshots_applied, 1, "the follower was caught up by a snapshot");
-        let batches = read_all(&follower, b"/lagged/", b"/lagged0", seen).await?;
+        let batches = read_all(follower, b"/lagged/", b"/lagged0", seen).await?;
         let keys: Vec<Vec<u8>> = batches.iter().flat_map(|b| b.events.iter().map(|e| e.kv.key.clone())).collect();
         let want: Vec<Vec<u8>> = (0..300).map(|i| format!("/lagged/{i:05}").into_bytes()).collect();
         let mut sorted = keys.clone();
@@ -185,12 +185,12 @@ async fn a_watcher_of_a_follower_reads_on_after_a_snapshot_restore_or_is_told_it
         // Again, with the history compacted past the watcher meanwhile: the restored member
         // refuses its revision with the compaction's.
         follower.isolate(true).await?;
-        write_keys(&leader, "later", 20).await?;
+        write_keys(leader, "later", 20).await?;
         let compact_at = leader.header().await?.revision;
         leader.propose(Command::Apply(RequestBuf::Compact { revision: compact_at })).await?;
         leader.compact_log().await?;
         follower.isolate(false).await?;
-        until_revision(&follower, compact_at).await?;
+        until_revision(follower, compact_at).await?;
         assert_eq!(follower.status().await?.snapshots_applied, 2);
         match follower.events(request(b"/later/", b"/later0", now, false)).await {
             Err(RaftError::Store(StoreError::Compacted { compacted, .. })) => assert_eq!(compacted, compact_at),

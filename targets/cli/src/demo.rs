@@ -117,7 +117,7 @@ async fn scenario(args: &Args, root: &Path, cluster: &Cluster, started: Instant)
     );
     let client = cluster.node(leader)?.client();
     propose_all(
-        &client,
+        client,
         vec![
             Command::Apply(RequestBuf::UserAdd {
                 name: b"root".to_vec(),
@@ -133,13 +133,13 @@ async fn scenario(args: &Args, root: &Path, cluster: &Cluster, started: Instant)
     let follower = cluster.ids().into_iter().find(|&id| id != leader).ok_or("the cluster has no follower")?;
 
     let t = Instant::now();
-    cluster.node(follower)?.isolate(true).await?;
+    cluster.node(follower)?.client().isolate(true).await?;
     println!("follower {follower:016x} cut off from the network");
     let commands = workload(args, "pods");
     let n = commands.len();
-    propose_all(&client, commands).await?;
+    propose_all(client, commands).await?;
     propose_all(
-        &client,
+        client,
         vec![Command::Apply(RequestBuf::AlarmActivate(Alarm { member: leader, kind: AlarmType::Nospace }))],
     )
     .await?;
@@ -150,7 +150,7 @@ async fn scenario(args: &Args, root: &Path, cluster: &Cluster, started: Instant)
         ms(t.elapsed())
     );
 
-    let lagging = cluster.node(follower)?.status().await?.applied_index;
+    let lagging = cluster.node(follower)?.client().status().await?.applied_index;
     let (compacted, first) = leader_compacted_past(cluster, leader, lagging).await?;
     println!(
         "leader snapshotted its backend at index {compacted} on its own (snapshot count {}) and compacted its raft log to start at {first}; the follower is at index {lagging}",
@@ -158,7 +158,7 @@ async fn scenario(args: &Args, root: &Path, cluster: &Cluster, started: Instant)
     );
 
     let healed = Instant::now();
-    cluster.node(follower)?.isolate(false).await?;
+    cluster.node(follower)?.client().isolate(false).await?;
     println!("follower healed; the leader sends its snapshot:");
     let status = cluster.wait_applied(follower, compacted, WAIT).await?;
     let Some(restore) = status.last_restore else {
@@ -195,7 +195,7 @@ async fn scenario(args: &Args, root: &Path, cluster: &Cluster, started: Instant)
             lease: 0,
         })
     }));
-    propose_all(&client, after).await?;
+    propose_all(client, after).await?;
     let digests = cluster.settle(leader, WAIT).await?;
     let mut equal = true;
     let first = digests.values().next().copied();
@@ -220,7 +220,7 @@ async fn scenario(args: &Args, root: &Path, cluster: &Cluster, started: Instant)
 async fn leader_compacted_past(cluster: &Cluster, leader: u64, lagging: u64) -> Result<(u64, u64), Box<dyn Error>> {
     let deadline = Instant::now() + WAIT;
     loop {
-        let status = cluster.node(leader)?.status().await?;
+        let status = cluster.node(leader)?.client().status().await?;
         if status.snapshot_index > 0 && status.log.0 > lagging.saturating_add(1) {
             return Ok((status.snapshot_index, status.log.0));
         }

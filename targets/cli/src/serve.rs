@@ -221,7 +221,7 @@ fn serve(log: &Log, args: &Args) -> Result<(), Failure> {
             "serving",
             &[
                 ("member-id", format!("{id:016x}").into()),
-                ("cluster-id", format!("{:016x}", node.cluster_id()).into()),
+                ("cluster-id", format!("{:016x}", node.client().cluster_id()).into()),
                 ("name", args.name.clone().into()),
                 ("listen-peer-url", peer.to_string().into()),
                 ("listen-client-url", client.to_string().into()),
