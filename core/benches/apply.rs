@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use snapply_core::NoObserver;
-use snapply_core::backend::Backend;
 use snapply_core::collections::Growable;
-use snapply_core::image::{self, MIN_BUFFER};
+use snapply_core::image::MIN_BUFFER;
 use snapply_core::mem::VecBackend;
 use snapply_core::memports::{MemSnapshotStore, PeerTable};
 use snapply_core::pipeline::Validated;
@@ -48,11 +47,8 @@ fn leader(keys: u32) -> (SnapshotMetadata, Vec<u8>) {
         let lease = if i % 4 == 0 { i64::from(i % 16) + 1 } else { 0 };
         apply(&mut node, &Request::Put { key: key.as_bytes(), value: &value, lease });
     }
-    let metadata = node.snapshot_metadata().expect("a bench leader has no unfinished restore");
-    let mut v2 = Vec::new();
-    node.v2_snapshot_data(&mut v2).expect("v2 data");
     let mut data = Vec::new();
-    image::encode(&metadata, &node.backend().read().expect("read"), &v2, &mut data).expect("encode");
+    let (metadata, _) = node.encode_image(&mut Vec::new(), &mut data).expect("a bench leader encodes its image");
     (metadata, data)
 }
 

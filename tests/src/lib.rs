@@ -311,12 +311,8 @@ pub fn sample_follower<B: Backend>(backend: B) -> Node<B, Growable> {
 
 /// Encodes `node`'s snapshot image at its applied index.
 pub fn snapshot<B: Backend, P: Profile>(node: &Node<B, P>) -> (SnapshotMetadata, Vec<u8>) {
-    let metadata = node.snapshot_metadata().expect("a test leader has no unfinished restore");
-    let mut v2 = Vec::new();
-    node.v2_snapshot_data(&mut v2).expect("v2 data of a test node");
     let mut image = Vec::new();
-    let txn = node.backend().read().expect("read transaction on a memory backend");
-    image::encode(&metadata, &txn, &v2, &mut image).expect("encoding a test node's image");
+    let (metadata, _) = node.encode_image(&mut Vec::new(), &mut image).expect("encoding a test node's image");
     (metadata, image)
 }
 

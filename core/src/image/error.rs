@@ -263,6 +263,9 @@ pub enum EncodeError<E> {
     /// The metadata does not encode within [`MAX_METADATA_LEN`](super::MAX_METADATA_LEN)
     /// bytes (a bug: the metadata's capacities are fixed so that it always does).
     MetadataTooLong,
+    /// The node's own state could not be read for its image ([`crate::Node::encode_image`]):
+    /// a restore is unfinished, or its v2 data does not fit the buffer given.
+    Node(crate::store::StoreError),
 }
 
 impl<E: fmt::Display> fmt::Display for EncodeError<E> {
@@ -286,6 +289,7 @@ impl<E: fmt::Display> fmt::Display for EncodeError<E> {
                 write!(f, "backend scanned bucket `{}` out of key order", bucket.name())
             }
             EncodeError::MetadataTooLong => f.write_str("snapshot metadata does not fit an image header"),
+            EncodeError::Node(e) => write!(f, "reading the node's state for its image failed: {e}"),
         }
     }
 }
@@ -296,6 +300,7 @@ impl<E: core::error::Error + 'static> core::error::Error for EncodeError<E> {
         match self {
             EncodeError::Sink(e) => e.source(),
             EncodeError::Backend(e) => e.source(),
+            EncodeError::Node(e) => e.source(),
             _ => None,
         }
     }

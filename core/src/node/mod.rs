@@ -325,6 +325,27 @@ impl<B: Backend, P: Profile> Node<B, P> {
         self.progress.conf_state = conf_state;
     }
 
+    /// Encodes an image of this node's state at its applied index into `sink`: the snapshot
+    /// metadata, the backend's records and the v2 store's data, which is written into `v2`
+    /// first (the buffer the caller gives: a device's is fixed). Returns the metadata and the
+    /// image's summary. Refused while a restore is unfinished, as [`Node::snapshot_metadata`].
+    ///
+    /// # Errors
+    /// [`EncodeError::Node`](crate::image::EncodeError::Node) when the node's state cannot be
+    /// read, and what [`crate::image::encode`] returns.
+    pub fn encode_image<S: crate::collections::Seq<u8>, W: crate::image::Sink>(
+        &self,
+        v2: &mut S,
+        sink: &mut W,
+    ) -> Result<(SnapshotMetadata, crate::image::Summary), crate::image::EncodeError<W::Error>> {
+        use crate::image::EncodeError;
+        let metadata = self.snapshot_metadata().map_err(EncodeError::Node)?;
+        self.v2_snapshot_data(v2).map_err(EncodeError::Node)?;
+        let txn = self.backend.read().map_err(EncodeError::Backend)?;
+        let summary = crate::image::encode(&metadata, &txn, v2.as_slice(), sink)?;
+        Ok((metadata, summary))
+    }
+
     /// Writes the v2 store's snapshot data into `out`.
     pub fn v2_snapshot_data<S: crate::collections::Seq<u8>>(&self, out: &mut S) -> Result<(), StoreError> {
         self.stores.v2.save(out)

@@ -617,3 +617,29 @@ fn cancelling_a_downgrade_clears_its_target() {
     apply(&mut n, &Request::Downgrade(Downgrade { enabled: false, target })).unwrap();
     assert_eq!(n.stores().membership.downgrade(), Downgrade::default());
 }
+
+#[test]
+fn a_nodes_image_is_its_metadata_records_and_v2_data_and_a_full_v2_buffer_is_an_error() {
+    let mut leader = node();
+    let url: &[u8] = b"http://127.0.0.1:2380";
+    let member = NewMember { id: 2, name: b"b", peer_urls: &[url], client_urls: &[], is_learner: false };
+    apply(&mut leader, &Request::MemberAdd(member)).unwrap();
+    apply(&mut leader, &Request::Put { key: b"k", value: b"v", lease: 0 }).unwrap();
+    let mut image = std::vec::Vec::new();
+    let (metadata, summary) = leader.encode_image(&mut std::vec::Vec::new(), &mut image).unwrap();
+    // The same bytes as the image encoded by hand from the node's parts.
+    let mut v2 = std::vec::Vec::new();
+    leader.v2_snapshot_data(&mut v2).unwrap();
+    assert!(!v2.is_empty(), "a member puts v2 data in the image");
+    let mut by_hand = std::vec::Vec::new();
+    let txn = leader.backend().read().unwrap();
+    assert_eq!(crate::image::encode(&leader.snapshot_metadata().unwrap(), &txn, &v2, &mut by_hand).unwrap(), summary);
+    assert_eq!(image, by_hand);
+    assert_eq!(metadata.index, leader.progress().applied_index);
+    // A device's v2 buffer too small for the data: an error naming the node, nothing written.
+    let mut small = heapless::Vec::<u8, 4>::new();
+    let mut out = std::vec::Vec::new();
+    let err = leader.encode_image(&mut small, &mut out).unwrap_err();
+    assert!(matches!(err, crate::image::EncodeError::Node(_)), "{err:?}");
+    assert!(out.is_empty());
+}

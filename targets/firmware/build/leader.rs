@@ -162,11 +162,8 @@ fn snapshot(
     leader: &Node<VecBackend, Device>,
     live: &std::collections::BTreeSet<u32>,
 ) -> Result<Generated, Box<dyn Error>> {
-    let metadata = leader.snapshot_metadata()?;
-    let mut v2 = Vec::new();
-    leader.v2_snapshot_data(&mut v2)?;
     let mut data = Vec::new();
-    image::encode(&metadata, &leader.backend().read()?, &v2, &mut data)?;
+    let (metadata, _) = leader.encode_image(&mut Vec::new(), &mut data)?;
 
     let mut follower = Node::<VecBackend, Device>::new(DEVICE, VecBackend::default());
     let mut buf = vec![0u8; image::BASE_BUFFER];
