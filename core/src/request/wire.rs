@@ -1,4 +1,4 @@
-//! A request's encoding read back without a heap: the bytes [`crate::RequestBuf::encode`]
+//! A request's encoding read back without a heap: the bytes `RequestBuf::encode` (feature `alloc`)
 //! writes (postcard), decoded into a borrowed [`Request`] whose keys and values point into
 //! them. A device that follows a host's committed entries decodes them so, in a fixed buffer.
 //!
@@ -12,7 +12,7 @@ use serde::de::IgnoredAny;
 use super::Request;
 use crate::store::{Alarm, Downgrade, LeaseId, MemberId, PermissionType, Version};
 
-/// [`crate::RequestBuf`]'s variants, in its order, borrowed; the variants with a list are
+/// `RequestBuf`'s variants, in its order, borrowed; the variants with a list are
 /// ignored (postcard cannot skip them, so they fail to decode). Its order is checked against
 /// `RequestBuf`'s by the round-trip test of every variant.
 #[derive(Deserialize)]
@@ -47,10 +47,10 @@ enum Wire<'a> {
 }
 
 impl<'a> Request<'a> {
-    /// Decodes a request from its encoding ([`crate::RequestBuf::encode`]), borrowing its keys
+    /// Decodes a request from its encoding (`RequestBuf::encode`, feature `alloc`), borrowing its keys
     /// and values from `bytes`, without a heap. `None` for bytes that are no request, with bytes
     /// left over, or for a request with a list (a transaction, a member's URLs), which needs
-    /// [`crate::RequestBuf::decode`].
+    /// `RequestBuf::decode`.
     pub fn decode(bytes: &'a [u8]) -> Option<Request<'a>> {
         let (wire, rest) = postcard::take_from_bytes::<Wire<'a>>(bytes).ok()?;
         if !rest.is_empty() {
