@@ -6,7 +6,6 @@
 use std::error::Error;
 
 use snapply_core::NoObserver;
-use snapply_core::backend::Backend as _;
 use snapply_core::image;
 use snapply_core::mem::VecBackend;
 use snapply_core::memports::{MemSnapshotStore, PeerTable};
